@@ -1,0 +1,82 @@
+"""The backend protocol: create, delete, relabel, list, and a stream of pod events.
+
+The scheduler never asks a backend what to do; it tells it, and learns what happened
+from ``events()``. A backend reports every change of a pod it manages as a PodEvent
+carrying the pod's whole current status, and ``deleted=True`` once the pod is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "agent-sandbox-controller"
+LABEL_STATE = "agent-sandbox/state"
+LABEL_SESSION = "agent-sandbox/session"
+LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
+
+
+def session_label(session_id: str) -> str:
+    """Label values are at most 63 characters, so pods carry a hash of the session id."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:40]
+
+
+class BackendError(Exception):
+    """A backend call failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class PodPhase(enum.StrEnum):
+    PENDING = "pending"  # exists, not ready to serve yet
+    READY = "ready"  # the sandbox port answers
+    FAILED = "failed"  # died or will never become ready
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    name: str
+    phase: PodPhase
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    address: str | None = None  # "host:port" of the sandbox port, once known
+    detail: str | None = None  # why it is not ready yet, in the platform's words
+    unschedulable: bool = False  # no node can take it (counts as capacity blocked)
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    pod: PodStatus
+    deleted: bool = False
+
+
+class Backend(Protocol):
+    template_hash: str
+    """Hash of the pod template in force; pods with another hash are from an old one."""
+
+    async def start(self) -> None:
+        """Connect and begin watching; events() yields from then on."""
+
+    async def create_pod(self, labels: Mapping[str, str]) -> str:
+        """Create one sandbox pod and return its name (it starts out pending)."""
+
+    async def delete_pod(self, name: str) -> None:
+        """Delete a pod; deleting one that is already gone is not an error."""
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        """Merge labels into a pod, for operators and for recovery after a restart."""
+
+    async def list_pods(self) -> list[PodStatus]:
+        """Every pod this controller manages, as the backend knows them now."""
+
+    def events(self) -> AsyncIterator[PodEvent]:
+        """Changes to managed pods, in order, for as long as the backend runs."""
+
+    async def close(self) -> None:
+        """Stop watching and release connections."""
