@@ -1,0 +1,71 @@
+"""Request bodies and the session JSON of the contract (DESIGN §4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..model import Session, SessionState
+from ..tokens import issue_token
+
+
+def _check_id(value: str) -> str:
+    if not 1 <= len(value) <= 253:
+        raise ValueError("must be 1 to 253 characters")
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    return value
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str
+    thread_id: str
+    wait_seconds: float = Field(30.0, ge=0, le=120)
+
+    _ids = field_validator("user_id", "thread_id")(_check_id)
+
+
+class ActivityReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    activity: dict[str, float] = Field(max_length=10000)
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def session_json(
+    session: Session,
+    *,
+    proxy_url: str,
+    token_secret: bytes,
+    token_ttl: float,
+    now: float,
+    detail: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": session.id,
+        "user_id": session.user_id,
+        "thread_id": session.thread_id,
+        "state": session.state.value,
+        "end_reason": session.end_reason.value if session.end_reason else None,
+        "created_at": iso(session.created_at),
+        "last_active_at": iso(session.last_active_at),
+        "ended_at": iso(session.ended_at),
+        "pod": session.pod_name,
+        "connect": None,
+        "reclaimed_session_id": session.reclaimed_session_id,
+    }
+    if session.state is not SessionState.ENDED:
+        body["connect"] = {
+            "url": f"{proxy_url.rstrip('/')}/s/{session.id}/",
+            "token": issue_token(token_secret, session.id, now + token_ttl),
+        }
+    if session.state is SessionState.PROVISIONING:
+        body["detail"] = detail
+    return body

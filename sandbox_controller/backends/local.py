@@ -1,0 +1,289 @@
+"""The local backend: each sandbox is a devsandbox process on 127.0.0.1.
+
+The embedded default, so the whole product runs on a laptop with no cluster. Every
+process gets a small JSON file in the state directory (name, pid, port, labels); a
+controller that restarts after being killed reads those files and adopts the
+processes that are still alive, so none is orphaned. Processes run in their own
+session, so a signal meant for the controller does not reach them by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import string
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .. import __version__
+from ..aiotasks import TaskGroup
+from .base import (
+    LABEL_MANAGED_BY,
+    LABEL_TEMPLATE_HASH,
+    MANAGED_BY,
+    BackendError,
+    PodEvent,
+    PodPhase,
+    PodStatus,
+)
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "agent-sandbox-job-"
+_ALPHABET = string.ascii_lowercase + string.digits
+TERMINATE_GRACE = 5.0
+
+
+def _pod_name() -> str:
+    return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(5))
+
+
+@dataclass
+class _Process:
+    name: str
+    pid: int
+    created_at: float
+    labels: dict[str, str]
+    port: int | None = None
+    phase: PodPhase = PodPhase.PENDING
+    detail: str | None = "starting"
+    deleting: bool = False
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def status(self) -> PodStatus:
+        address = f"127.0.0.1:{self.port}" if self.port else None
+        return PodStatus(
+            self.name, self.phase, dict(self.labels), self.created_at, address, self.detail
+        )
+
+
+class LocalBackend:
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        stop_on_close: bool = False,
+        ready_timeout: float = 60.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.state_dir = Path(state_dir) / "pods"
+        self.stop_on_close = stop_on_close
+        self.ready_timeout = ready_timeout
+        self.python = python
+        self.template_hash = hashlib.sha256(f"devsandbox:{__version__}".encode()).hexdigest()[:10]
+        self._procs: dict[str, _Process] = {}
+        self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
+        self._tasks = TaskGroup("local-backend")
+        self._http: httpx.AsyncClient | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._http = httpx.AsyncClient(timeout=2.0)
+        for path in sorted(self.state_dir.glob("*.json")):
+            self._adopt(path)
+
+    async def close(self) -> None:
+        if self.stop_on_close:
+            await asyncio.gather(*(self.delete_pod(n) for n in list(self._procs)))
+            await asyncio.gather(*(p.exited.wait() for p in list(self._procs.values())))
+        await self._tasks.stop()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------ protocol
+
+    async def create_pod(self, labels: Mapping[str, str]) -> str:
+        name = _pod_name()
+        all_labels = {
+            **labels,
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_TEMPLATE_HASH: self.template_hash,
+        }
+        log_file = open(self.state_dir / f"{name}.log", "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "sandbox_controller.devsandbox",
+                "--port",
+                "0",
+                "--name",
+                name,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot start sandbox process: {exc}") from exc
+        finally:
+            log_file.close()
+        entry = _Process(name, proc.pid, time.time(), all_labels)
+        self._procs[name] = entry
+        self._save(entry)
+        self._tasks.start(self._run_child(entry, proc), f"pod:{name}")
+        return name
+
+    async def delete_pod(self, name: str) -> None:
+        entry = self._procs.get(name)
+        if entry is None:
+            return
+        if not entry.deleting:
+            entry.deleting = True
+            self._tasks.start(self._terminate(entry), f"stop:{name}")
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        entry = self._procs.get(name)
+        if entry is not None and not entry.deleting:
+            entry.labels.update(labels)
+            self._save(entry)
+
+    async def list_pods(self) -> list[PodStatus]:
+        return [p.status() for p in self._procs.values()]
+
+    async def events(self) -> AsyncIterator[PodEvent]:
+        while True:
+            yield await self._events.get()
+
+    # ------------------------------------------------------------ processes
+
+    def _emit(self, entry: _Process, *, deleted: bool = False) -> None:
+        self._events.put_nowait(PodEvent(entry.status(), deleted=deleted))
+
+    async def _run_child(self, entry: _Process, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(self.ready_timeout):
+                line = (await proc.stdout.readline()).decode().strip()
+                if line.startswith("listening "):
+                    entry.port = int(line.rsplit(":", 1)[1])
+                    self._save(entry)
+                    await self._wait_healthy(entry)
+        except TimeoutError:
+            entry.detail = "sandbox did not become healthy"
+        if entry.port is None and not entry.deleting:
+            entry.phase, entry.detail = PodPhase.FAILED, "sandbox process did not start"
+            self._emit(entry)
+        await proc.wait()
+        self._exited(entry, proc.returncode)
+
+    async def _wait_healthy(self, entry: _Process) -> None:
+        assert self._http is not None
+        delay = 0.02
+        while not entry.deleting:
+            with contextlib.suppress(httpx.HTTPError):
+                response = await self._http.get(f"http://127.0.0.1:{entry.port}/healthz")
+                if response.status_code == 200:
+                    entry.phase, entry.detail = PodPhase.READY, None
+                    self._emit(entry)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _exited(self, entry: _Process, code: int | None) -> None:
+        if not entry.deleting and entry.phase is not PodPhase.FAILED:
+            # The sandbox died on its own: report it failed, as a kubelet would; the
+            # scheduler ends its session and deletes it.
+            entry.phase, entry.detail = PodPhase.FAILED, f"sandbox process exited ({code})"
+            self._emit(entry)
+        entry.exited.set()
+        if entry.deleting:
+            self._forget(entry)
+
+    def _forget(self, entry: _Process) -> None:
+        self._procs.pop(entry.name, None)
+        for suffix in (".json", ".log"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / f"{entry.name}{suffix}").unlink()
+        self._emit(entry, deleted=True)
+
+    async def _terminate(self, entry: _Process) -> None:
+        if entry.exited.is_set():
+            self._forget(entry)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(entry.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(TERMINATE_GRACE):
+                await entry.exited.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(entry.pid, signal.SIGKILL)
+            await entry.exited.wait()
+
+    # ------------------------------------------------------------ adoption
+
+    def _adopt(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+            entry = _Process(
+                data["name"], int(data["pid"]), float(data["created_at"]), dict(data["labels"])
+            )
+            entry.port = data.get("port")
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable sandbox state file %s", path)
+            path.unlink(missing_ok=True)
+            return
+        if not _is_our_process(entry.pid, entry.name):
+            path.unlink(missing_ok=True)
+            path.with_suffix(".log").unlink(missing_ok=True)
+            return
+        try:
+            pidfd = os.pidfd_open(entry.pid)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            return
+        entry.phase = PodPhase.READY if entry.port else PodPhase.PENDING
+        entry.detail = None if entry.port else "starting"
+        self._procs[entry.name] = entry
+        loop = asyncio.get_running_loop()
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._exited(entry, None)
+
+        # A pidfd becomes readable when the process exits: no polling, and it works
+        # for processes that are not our children (the previous controller's).
+        loop.add_reader(pidfd, on_exit)
+        if entry.port is None:
+            self._tasks.start(self._fail_later(entry), f"adopted:{entry.name}")
+
+    async def _fail_later(self, entry: _Process) -> None:
+        """An adopted process whose port we never learned cannot serve: stop it."""
+        entry.phase, entry.detail = PodPhase.FAILED, "adopted before it was ready"
+        self._emit(entry)
+
+    def _save(self, entry: _Process) -> None:
+        data = {
+            "name": entry.name,
+            "pid": entry.pid,
+            "port": entry.port,
+            "created_at": entry.created_at,
+            "labels": entry.labels,
+        }
+        tmp = self.state_dir / f"{entry.name}.json.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.state_dir / f"{entry.name}.json")
+
+
+def _is_our_process(pid: int, name: str) -> bool:
+    """Guard against pid reuse: the command line must name this very sandbox."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"sandbox_controller.devsandbox" in cmdline and name.encode() in cmdline

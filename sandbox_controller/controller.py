@@ -1,0 +1,198 @@
+"""The controller process: store, backend, leader lease and scheduler, started and
+stopped in order.
+
+Only the lease holder schedules. A second replica keeps trying for the lease and
+takes over when the leader stops renewing it; every write the leader makes carries
+the lease epoch, so a deposed leader that wakes late cannot write (store.db).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from .aiotasks import TaskGroup
+from .backends.base import Backend
+from .clock import Clock, SystemClock
+from .config import Settings
+from .metrics import ControllerMetrics
+from .model import Limits
+from .scheduler.loop import Scheduler
+from .scheduler.pool import Pool
+from .store import Fence, Store
+from .store.db import wait_for_database
+
+log = logging.getLogger(__name__)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        prewarm_pool_size=settings.prewarm_pool_size,
+        max_total_jobs=settings.max_total_jobs,
+        max_sessions_per_user=settings.max_sessions_per_user,
+        idle_after=settings.idle_after,
+        idle_timeout=settings.idle_timeout,
+        max_lifetime=settings.max_lifetime,
+        startup_timeout=settings.startup_timeout,
+        max_concurrent_creates=settings.max_concurrent_creates,
+    )
+
+
+def build_backend(settings: Settings, *, stop_on_close: bool = False) -> Backend:
+    if settings.backend == "kubernetes":
+        from .backends.kubernetes import KubernetesBackend
+
+        backend: Backend = KubernetesBackend.from_settings(settings)
+        return backend
+    from .backends.local import LocalBackend
+
+    return LocalBackend(settings.state_dir, stop_on_close=stop_on_close)
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend,
+        clock: Clock | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.clock: Clock = clock or SystemClock()
+        self.store = store or Store.open(settings.database_url)
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.token_secret = (settings.token_secret or "").encode()
+        self.scheduler: Scheduler | None = None
+        self.metrics = ControllerMetrics(self._pool, lambda: self.is_leader, self.clock.now)
+        self._tasks = TaskGroup("controller")
+        self._stopping = asyncio.Event()
+
+    def _pool(self) -> Pool | None:
+        return self.scheduler.pool if self.scheduler is not None else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.scheduler is not None and self.scheduler.running
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        if not self.token_secret:
+            # Fine for one process (dev); a separate proxy needs the same secret.
+            self.token_secret = secrets.token_bytes(32)
+            log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
+        await wait_for_database(self.store, timeout=60.0)
+        await self.store.migrate()
+        await self.backend.start()
+        await self._try_to_lead()
+        self._tasks.start(self._lease_loop(), "lease")
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
+        await self._tasks.stop()
+        await self._step_down(release=True)
+        await self.backend.close()
+        await self.store.close()
+
+    # ------------------------------------------------------------ leadership
+
+    async def _try_to_lead(self) -> None:
+        settings = self.settings
+        try:
+            epoch = await self.store.acquire_lease(
+                self.holder, settings.leader_lease_ttl, self.clock.now()
+            )
+        except Exception as exc:
+            log.warning("cannot reach the store for the leader lease: %s", exc)
+            return
+        if epoch is None:
+            return
+        log.info("leading with lease epoch %d as %s", epoch, self.holder)
+        scheduler = Scheduler(
+            limits=limits_from(settings),
+            store=self.store,
+            backend=self.backend,
+            clock=self.clock,
+            metrics=self.metrics,
+            fence=Fence(self.holder, epoch),
+        )
+        try:
+            await scheduler.start()
+        except Exception:
+            log.exception("could not start scheduling")
+            await scheduler.stop()
+            return
+        self.scheduler = scheduler
+
+    async def _step_down(self, *, release: bool) -> None:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is None:
+            return
+        await scheduler.stop()
+        if release and scheduler.fence is not None:
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(scheduler.fence.holder, scheduler.fence.epoch)
+
+    async def _lease_loop(self) -> None:
+        settings = self.settings
+        last_renewed = self.clock.now()
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.leader_renew_interval):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            scheduler = self.scheduler
+            if scheduler is None:
+                await self._try_to_lead()
+                last_renewed = self.clock.now()
+                continue
+            if not scheduler.running:
+                log.error("scheduler stopped (%s); stepping down", scheduler.failed)
+                await self._step_down(release=True)
+                continue
+            assert scheduler.fence is not None
+            try:
+                epoch = await self.store.acquire_lease(
+                    self.holder, settings.leader_lease_ttl, self.clock.now()
+                )
+            except Exception as exc:
+                log.warning("renewing the leader lease failed: %s", exc)
+                epoch = scheduler.fence.epoch
+                if self.clock.now() - last_renewed < settings.leader_lease_ttl:
+                    continue
+                epoch = None
+            if epoch != scheduler.fence.epoch:
+                log.error("lost the leader lease; stepping down")
+                await self._step_down(release=False)
+            else:
+                last_renewed = self.clock.now()
+
+    # ------------------------------------------------------------ status
+
+    def pool_status(self) -> dict[str, Any]:
+        pool = self._pool()
+        settings = self.settings
+        body: dict[str, Any] = {
+            "pods": {"pending": 0, "idle": 0, "assigned": 0, "terminating": 0},
+            "creating": 0,
+            "waiters": 0,
+            "capacity_blocked": False,
+            "max_total_jobs": settings.max_total_jobs,
+            "prewarm_pool_size": settings.prewarm_pool_size,
+            "max_sessions_per_user": settings.max_sessions_per_user,
+            "leader": self.is_leader,
+        }
+        if pool is not None:
+            body["pods"] = {state.value: count for state, count in pool.counts.items()}
+            body["creating"] = pool.creates_in_flight
+            body["waiters"] = len(pool.waiting)
+            body["capacity_blocked"] = pool.capacity_blocked
+        return body

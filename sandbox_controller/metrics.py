@@ -1,0 +1,157 @@
+"""Prometheus metrics of the controller. Names are part of the contract (DESIGN §4).
+
+Each controller gets its own registry (tests run several in one process). Gauges of
+pool state are read from the pool at scrape time, so they can never drift from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .model import EndReason, Outcome, PodState, SessionState
+from .scheduler.pool import Pool
+
+ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class _PoolCollector(Collector):
+    def __init__(
+        self,
+        pool: Callable[[], Pool | None],
+        is_leader: Callable[[], bool],
+        now: Callable[[], float],
+    ) -> None:
+        self._pool = pool
+        self._is_leader = is_leader
+        self._now = now
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        pods = GaugeMetricFamily("sandbox_pool_pods", "Sandbox pods by state", labels=["state"])
+        sessions = GaugeMetricFamily(
+            "sandbox_sessions", "Live sessions by activity", labels=["state"]
+        )
+        creating = GaugeMetricFamily(
+            "sandbox_pod_creates_in_flight",
+            "Pod creates sent and not yet answered (count toward the cap)",
+        )
+        waiters = GaugeMetricFamily("sandbox_waiters", "Session requests waiting for a pod")
+        blocked = GaugeMetricFamily(
+            "sandbox_capacity_blocked",
+            "1 when demand is refused or stalled by maxTotalJobs or by a cluster without room",
+        )
+        cap_reached = GaugeMetricFamily(
+            "sandbox_cap_reached", "1 when pods (incl. in-flight creates) equal maxTotalJobs"
+        )
+        max_total = GaugeMetricFamily("sandbox_max_total_jobs", "The maxTotalJobs cap")
+        prewarm = GaugeMetricFamily("sandbox_prewarm_pool_size", "Target of ready, unassigned pods")
+        per_user = GaugeMetricFamily(
+            "sandbox_max_sessions_per_user", "The per-user limit of live sessions"
+        )
+        leader = GaugeMetricFamily("sandbox_is_leader", "1 on the replica that schedules")
+        leader.add_metric([], 1.0 if self._is_leader() else 0.0)
+        if pool is not None:
+            for state in PodState:
+                pods.add_metric([state.value], pool.counts[state])
+            creating.add_metric([], pool.creates_in_flight)
+            now = self._now()
+            by_state = {"active": 0, "idle": 0, "provisioning": 0}
+            for session in pool.sessions.values():
+                if session.state is SessionState.PROVISIONING:
+                    by_state["provisioning"] += 1
+                elif session.state is SessionState.READY:
+                    idle = session.is_idle(now, pool.limits.idle_after)
+                    by_state["idle" if idle else "active"] += 1
+            for name, count in by_state.items():
+                sessions.add_metric([name], count)
+            waiters.add_metric([], len(pool.waiting))
+            blocked.add_metric([], 1.0 if pool.capacity_blocked else 0.0)
+            at_cap = pool.total_pods >= pool.limits.max_total_jobs
+            cap_reached.add_metric([], 1.0 if at_cap else 0.0)
+            max_total.add_metric([], pool.limits.max_total_jobs)
+            prewarm.add_metric([], pool.limits.prewarm_pool_size)
+            per_user.add_metric([], pool.limits.max_sessions_per_user)
+        yield from (
+            pods,
+            creating,
+            sessions,
+            waiters,
+            blocked,
+            cap_reached,
+            max_total,
+            prewarm,
+            per_user,
+        )
+        yield leader
+
+
+class ControllerMetrics:
+    def __init__(
+        self,
+        pool: Callable[[], Pool | None],
+        is_leader: Callable[[], bool],
+        now: Callable[[], float],
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "sandbox_session_requests",
+            "POST /sessions by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in Outcome:
+            self.requests.labels(outcome.value)
+        self.assign_seconds = Histogram(
+            "sandbox_session_assign_seconds",
+            "Time from POST /sessions to a sandbox, by path (warm pool or cold start)",
+            ["path"],
+            buckets=ASSIGN_BUCKETS,
+            registry=self.registry,
+        )
+        self.startup_seconds = Histogram(
+            "sandbox_pod_startup_seconds",
+            "Time from pod creation to ready",
+            buckets=STARTUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.reclaims = Counter(
+            "sandbox_reclaims",
+            "Sessions ended by policy or failure, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in EndReason:
+            if reason is not EndReason.DELETED:
+                self.reclaims.labels(reason.value)
+        self.sessions_ended = Counter(
+            "sandbox_sessions_ended",
+            "Sessions ended, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "sandbox_backend_errors",
+            "Backend calls that failed, by operation",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "sandbox_store_errors", "Store transactions that failed", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "sandbox_scheduler_batch_commands",
+            "Commands decided per scheduler round (one commit each)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool, is_leader, now))
+
+    def ended(self, reason: EndReason) -> None:
+        self.sessions_ended.labels(reason.value).inc()
+        if reason is not EndReason.DELETED:
+            self.reclaims.labels(reason.value).inc()

@@ -1,0 +1,589 @@
+"""The pool brain: every scheduling decision, over in-memory state, with no I/O.
+
+Callers feed in what happened (a request, a pod event, the passing of time) along
+with ``now``; the Pool updates its state and appends what must follow to ``outbox``:
+answers for callers, pods to create or delete, rows to persist. The scheduler loop
+(loop.py) carries those effects out. Nothing here awaits, so every policy can be
+tested by calling methods with a hand-set clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, session_label
+from ..model import EndReason, Limits, Outcome, Pod, PodState, Session, SessionState
+from .deadlines import Deadlines
+
+# A create that failed is not retried at once: the API server or the node is
+# likely still unhappy, and a hot retry loop would only add to its load.
+CREATE_BACKOFF_START = 1.0
+CREATE_BACKOFF_MAX = 30.0
+# A delete that has not been confirmed by an event is asked for again.
+DELETE_RETRY = 30.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a waiting POST /sessions caller is told, once its writes are committed."""
+
+    request_id: int
+    outcome: Outcome
+    session_id: str | None = None
+    reclaimed_session_id: str | None = None
+    retry_after: float | None = None
+    message: str = ""
+
+
+@dataclass
+class Outbox:
+    answers: list[Answer] = field(default_factory=list)
+    creates: int = 0
+    deletes: list[str] = field(default_factory=list)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    dirty_sessions: set[str] = field(default_factory=set)
+    dirty_pods: set[str] = field(default_factory=set)
+    forgotten_pods: set[str] = field(default_factory=set)
+    startup_seconds: list[float] = field(default_factory=list)
+    ended: list[EndReason] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.answers
+            or self.creates
+            or self.deletes
+            or self.labels
+            or self.dirty_sessions
+            or self.dirty_pods
+            or self.forgotten_pods
+        )
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Pool:
+    def __init__(
+        self,
+        limits: Limits,
+        template_hash: str,
+        *,
+        new_id: Callable[[], str] = new_session_id,
+    ) -> None:
+        self.limits = limits
+        self.template_hash = template_hash
+        self._new_id = new_id
+        self.pods: dict[str, Pod] = {}
+        self.sessions: dict[str, Session] = {}  # live ones, plus ended ones not yet pruned
+        self.idle: OrderedDict[str, None] = OrderedDict()  # ready pool pods, oldest first
+        self.waiting: OrderedDict[str, None] = OrderedDict()  # provisioning sessions, FCFS
+        self.live_by_user: defaultdict[str, set[str]] = defaultdict(set)
+        self.live_by_thread: dict[str, str] = {}
+        self.creates_in_flight = 0
+        # Pods the watch showed before their create call returned (see _stray_pod).
+        self._seen_early: set[str] = set()
+        self.create_backoff = 0.0
+        self.create_blocked_until = 0.0
+        self.cap_blocked = False
+        self.counts: dict[PodState, int] = {s: 0 for s in PodState}
+        self.deadlines = Deadlines()
+        self.outbox = Outbox()
+        self._request_ids = itertools.count(1)
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def total_pods(self) -> int:
+        """Pods that exist or are being created: the number the cap applies to."""
+        return len(self.pods) + self.creates_in_flight
+
+    @property
+    def unschedulable(self) -> bool:
+        return any(p.unschedulable for p in self.pods.values() if p.state is PodState.PENDING)
+
+    @property
+    def capacity_blocked(self) -> bool:
+        return self.cap_blocked or self.unschedulable
+
+    def next_request_id(self) -> int:
+        return next(self._request_ids)
+
+    def take_outbox(self) -> Outbox:
+        out, self.outbox = self.outbox, Outbox()
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.deadlines.earliest()
+
+    # ------------------------------------------------------------ pod bookkeeping
+
+    def _set_pod_state(self, pod: Pod, state: PodState) -> None:
+        self.counts[pod.state] -= 1
+        self.counts[state] += 1
+        if pod.state is PodState.IDLE:
+            self.idle.pop(pod.name, None)
+        pod.state = state
+        if state is PodState.IDLE:
+            self.idle[pod.name] = None
+        self.outbox.dirty_pods.add(pod.name)
+
+    def _add_pod(self, pod: Pod) -> None:
+        self.pods[pod.name] = pod
+        self.counts[pod.state] += 1
+        if pod.state is PodState.IDLE:
+            self.idle[pod.name] = None
+        if pod.state is PodState.PENDING:
+            self.deadlines.push(
+                pod.created_at + self.limits.startup_timeout, "pod_startup", pod.name
+            )
+        self.outbox.dirty_pods.add(pod.name)
+
+    def _remove_pod(self, pod: Pod) -> None:
+        del self.pods[pod.name]
+        self.counts[pod.state] -= 1
+        self.idle.pop(pod.name, None)
+        self.outbox.dirty_pods.discard(pod.name)
+        self.outbox.forgotten_pods.add(pod.name)
+
+    def _delete_pod(self, pod: Pod, now: float) -> None:
+        if pod.state is PodState.TERMINATING:
+            return
+        self._set_pod_state(pod, PodState.TERMINATING)
+        pod.delete_retry_at = now + DELETE_RETRY
+        self.deadlines.push(pod.delete_retry_at, "pod_delete", pod.name)
+        self.outbox.deletes.append(pod.name)
+
+    # ------------------------------------------------------------ sessions
+
+    def _track_live(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self.live_by_user[session.user_id].add(session.id)
+        self.live_by_thread[session.thread_id] = session.id
+
+    def _untrack_live(self, session: Session) -> None:
+        user_sessions = self.live_by_user.get(session.user_id)
+        if user_sessions is not None:
+            user_sessions.discard(session.id)
+            if not user_sessions:
+                del self.live_by_user[session.user_id]
+        if self.live_by_thread.get(session.thread_id) == session.id:
+            del self.live_by_thread[session.thread_id]
+        self.waiting.pop(session.id, None)
+
+    def _watch_session_deadlines(self, session: Session) -> None:
+        limits = self.limits
+        if session.state is SessionState.READY:
+            self.deadlines.push(session.last_active_at + limits.idle_timeout, "idle", session.id)
+        if limits.max_lifetime > 0:
+            self.deadlines.push(session.created_at + limits.max_lifetime, "lifetime", session.id)
+        if session.state is SessionState.PROVISIONING:
+            self.deadlines.push(
+                session.created_at + limits.startup_timeout, "session_startup", session.id
+            )
+
+    def _assign(self, pod: Pod, session: Session, now: float) -> None:
+        self._set_pod_state(pod, PodState.ASSIGNED)
+        pod.session_id = session.id
+        session.pod_name = pod.name
+        session.state = SessionState.READY
+        # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
+        session.last_active_at = max(session.last_active_at, now)
+        self.waiting.pop(session.id, None)
+        self.outbox.dirty_sessions.add(session.id)
+        self.outbox.labels[pod.name] = {
+            LABEL_STATE: "assigned",
+            LABEL_SESSION: session_label(session.id),
+        }
+        self._watch_session_deadlines(session)
+
+    def open_session(
+        self, request_id: int, user_id: str, thread_id: str, wait_seconds: float, now: float
+    ) -> None:
+        """A builder opened an agent thread. The answer arrives via the outbox."""
+        existing_id = self.live_by_thread.get(thread_id)
+        if existing_id is not None:
+            existing = self.sessions[existing_id]
+            if existing.user_id != user_id:
+                self._answer(request_id, Outcome.ERROR, message="thread belongs to another user")
+                return
+            existing.requests.append(request_id)
+            if existing.reply_deadline is None:
+                self._answer(request_id, Outcome.EXISTING, existing.id)
+            return
+
+        reclaimed: Session | None = None
+        live = self.live_by_user.get(user_id, ())
+        if len(live) >= self.limits.max_sessions_per_user:
+            reclaimed = self.oldest_idle(live, now)
+            if reclaimed is None:
+                self._answer(
+                    request_id,
+                    Outcome.USER_LIMIT,
+                    retry_after=self._user_retry_after(live, now),
+                    message=(
+                        f"user has {len(live)} live sessions (limit "
+                        f"{self.limits.max_sessions_per_user}) and none is idle"
+                    ),
+                )
+                return
+            self.end_session(reclaimed.id, EndReason.RECLAIMED, now)
+
+        session = Session(
+            id=self._new_id(),
+            user_id=user_id,
+            thread_id=thread_id,
+            state=SessionState.PROVISIONING,
+            created_at=now,
+            last_active_at=now,
+            requests=[request_id],
+            reclaimed_session_id=reclaimed.id if reclaimed else None,
+        )
+        self._track_live(session)
+        pod = self._take_idle_pod()
+        if pod is not None:
+            self._assign(pod, session, now)
+            self._answer_session(session, Outcome.WARM)
+            return
+        session.reply_deadline = now + wait_seconds
+        self.waiting[session.id] = None
+        self.deadlines.push(session.reply_deadline, "reply", session.id)
+        self._watch_session_deadlines(session)
+
+    def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
+        """The least recently active idle session among these, if any (never an active one)."""
+        candidates = [
+            s
+            for sid in session_ids
+            if (s := self.sessions[sid]).is_idle(now, self.limits.idle_after)
+        ]
+        return min(candidates, key=lambda s: (s.last_active_at, s.created_at), default=None)
+
+    def _user_retry_after(self, session_ids: Iterable[str], now: float) -> float:
+        """When the first of these sessions could become idle, at the earliest."""
+        quiet_at = [
+            self.sessions[sid].last_active_at + self.limits.idle_after for sid in session_ids
+        ]
+        return max(1.0, min(quiet_at, default=now) - now)
+
+    def _take_idle_pod(self) -> Pod | None:
+        for name in self.idle:
+            pod = self.pods[name]
+            if pod.template_hash == self.template_hash:
+                return pod
+        return None
+
+    def end_session(self, session_id: str, reason: EndReason, now: float) -> bool:
+        """End a live session and give its pod back (by deleting it). False if not live."""
+        session = self.sessions.get(session_id)
+        if session is None or not session.live:
+            return False
+        session.state = SessionState.ENDED
+        session.end_reason = reason
+        session.ended_at = now
+        self._untrack_live(session)
+        self.outbox.dirty_sessions.add(session.id)
+        self.outbox.ended.append(reason)
+        if session.reply_deadline is not None:
+            # Ended before its caller heard back (a start-up timeout shorter than the
+            # wait): the caller learns the ending, not a silent drop.
+            self._answer_session(session, Outcome.COLD)
+        if session.pod_name is not None:
+            pod = self.pods.get(session.pod_name)
+            if pod is not None:
+                self._delete_pod(pod, now)
+        return True
+
+    def touch(self, session_id: str, at: float) -> bool:
+        session = self.sessions.get(session_id)
+        if session is None or not session.live:
+            return False
+        if at > session.last_active_at:
+            session.last_active_at = at
+            self.outbox.dirty_sessions.add(session_id)
+        return True
+
+    # ------------------------------------------------------------ answers
+
+    def _answer(
+        self,
+        request_id: int,
+        outcome: Outcome,
+        session_id: str | None = None,
+        *,
+        retry_after: float | None = None,
+        message: str = "",
+        reclaimed: str | None = None,
+    ) -> None:
+        self.outbox.answers.append(
+            Answer(request_id, outcome, session_id, reclaimed, retry_after, message)
+        )
+
+    def _answer_session(self, session: Session, outcome: Outcome) -> None:
+        """Answer everyone who asked for this thread: the first creates, the rest retry."""
+        session.reply_deadline = None
+        for i, request_id in enumerate(session.requests):
+            self._answer(
+                request_id,
+                outcome if i == 0 else Outcome.EXISTING,
+                session.id,
+                reclaimed=session.reclaimed_session_id if i == 0 else None,
+            )
+        session.requests.clear()
+        self.outbox.dirty_sessions.add(session.id)
+
+    def _refuse_capacity(self, session: Session, now: float) -> None:
+        """No slot freed in time: the request fails and leaves no session behind."""
+        for request_id in session.requests:
+            self._answer(
+                request_id,
+                Outcome.CAPACITY,
+                retry_after=5.0,
+                message=(
+                    f"all {self.limits.max_total_jobs} sandbox pods (maxTotalJobs) are in use "
+                    "and none freed in time"
+                ),
+            )
+        session.requests.clear()
+        session.reply_deadline = None
+        self._untrack_live(session)
+        del self.sessions[session.id]
+        self.outbox.dirty_sessions.discard(session.id)
+
+    # ------------------------------------------------------------ pod events
+
+    def pod_created(self, name: str, now: float) -> None:
+        # max(): after a rebuild from the store, creates started before it may return.
+        self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        self.create_backoff = 0.0
+        if name in self._seen_early:
+            self._seen_early.discard(name)
+        elif name not in self.pods:
+            self._add_pod(Pod(name, PodState.PENDING, now, self.template_hash))
+
+    def create_failed(self, now: float) -> None:
+        self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        while len(self._seen_early) > self.creates_in_flight:
+            self._seen_early.pop()  # a stray after all; it stays a pool pod
+        self.create_backoff = min(
+            CREATE_BACKOFF_MAX, max(CREATE_BACKOFF_START, self.create_backoff * 2)
+        )
+        self.create_blocked_until = now + self.create_backoff
+        self.deadlines.push(self.create_blocked_until, "create_backoff", "")
+
+    def delete_failed(self, name: str, now: float) -> None:
+        pod = self.pods.get(name)
+        if pod is not None and pod.state is PodState.TERMINATING:
+            pod.delete_retry_at = now + 5.0
+            self.deadlines.push(pod.delete_retry_at, "pod_delete", name)
+
+    def pod_observed(self, status: PodStatus, now: float) -> None:
+        """The backend reports a pod's current status."""
+        pod = self.pods.get(status.name)
+        if pod is None:
+            self._stray_pod(status, now)
+            return
+        if status.address:
+            pod.address = status.address
+        if pod.state is PodState.TERMINATING:
+            return
+        if status.phase is PodPhase.FAILED:
+            self._pod_lost(pod, now)
+        elif status.phase is PodPhase.READY:
+            if pod.state is PodState.PENDING:
+                self._pod_ready(pod, now)
+        elif pod.state is PodState.PENDING:
+            if (pod.detail, pod.unschedulable) != (status.detail, status.unschedulable):
+                pod.detail, pod.unschedulable = status.detail, status.unschedulable
+        elif pod.state is PodState.IDLE:
+            # A warm pod that stopped answering is no longer worth handing out.
+            self._delete_pod(pod, now)
+
+    def pod_gone(self, name: str, now: float) -> None:
+        pod = self.pods.get(name)
+        if pod is None:
+            return
+        if pod.state is PodState.ASSIGNED and pod.session_id is not None:
+            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+        self._remove_pod(pod)
+
+    def _stray_pod(self, status: PodStatus, now: float) -> None:
+        """A pod we did not know. While our own creates are in flight it is most
+        likely one of them, seen by the watch before the create call returned; adopt
+        it, still counting the create as in flight until it returns (the count errs
+        high, never low). Otherwise nobody accounts for it: delete it."""
+        if len(self._seen_early) < self.creates_in_flight and not status.labels.get(LABEL_SESSION):
+            self._add_pod(Pod(status.name, PodState.PENDING, now, self.template_hash))
+            self._seen_early.add(status.name)
+            self.pod_observed(status, now)
+            return
+        self.outbox.deletes.append(status.name)
+
+    def _pod_ready(self, pod: Pod, now: float) -> None:
+        pod.ready_at = now
+        pod.detail = None
+        pod.unschedulable = False
+        self.outbox.startup_seconds.append(now - pod.created_at)
+        if pod.template_hash != self.template_hash:
+            self._delete_pod(pod, now)
+            return
+        self._set_pod_state(pod, PodState.IDLE)
+        self.outbox.labels[pod.name] = {LABEL_STATE: "idle"}
+        if self.waiting:
+            session = self.sessions[next(iter(self.waiting))]
+            self._assign(pod, session, now)
+            if session.reply_deadline is not None:
+                self._answer_session(session, Outcome.COLD)
+
+    def _pod_lost(self, pod: Pod, now: float) -> None:
+        if pod.state is PodState.ASSIGNED and pod.session_id is not None:
+            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+        else:
+            self._delete_pod(pod, now)
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """Act on every deadline that has passed, then bring the pool to size.
+
+        Reconcile runs first too, so that a caller whose wait ends right now is
+        judged after the pods its demand calls for have been ordered."""
+        self.reconcile(now)
+        for kind, key in self.deadlines.due(now):
+            self._deadline(kind, key, now)
+        self.reconcile(now)
+
+    def _deadline(self, kind: str, key: str, now: float) -> None:
+        limits = self.limits
+        if kind == "reply":
+            session = self.sessions.get(key)
+            if session is None or session.reply_deadline is None or not session.live:
+                return
+            if session.reply_deadline > now:
+                self.deadlines.push(session.reply_deadline, "reply", key)
+            elif self._covered(key):
+                self._answer_session(session, Outcome.COLD)
+            else:
+                self._refuse_capacity(session, now)
+        elif kind == "idle":
+            session = self.sessions.get(key)
+            if session is None or session.state is not SessionState.READY:
+                return
+            due = session.last_active_at + limits.idle_timeout
+            if due <= now:
+                self.end_session(key, EndReason.IDLE_TIMEOUT, now)
+            else:
+                self.deadlines.push(due, "idle", key)  # activity moved it on
+        elif kind == "lifetime":
+            session = self.sessions.get(key)
+            if session is not None and session.live:
+                self.end_session(key, EndReason.MAX_LIFETIME, now)
+        elif kind == "session_startup":
+            session = self.sessions.get(key)
+            if session is not None and session.state is SessionState.PROVISIONING:
+                self.end_session(key, EndReason.STARTUP_TIMEOUT, now)
+        elif kind == "pod_startup":
+            pod = self.pods.get(key)
+            if pod is not None and pod.state is PodState.PENDING:
+                self._delete_pod(pod, now)  # replaced by the refill below
+        elif kind == "pod_delete":
+            pod = self.pods.get(key)
+            if (
+                pod is not None
+                and pod.state is PodState.TERMINATING
+                and pod.delete_retry_at is not None
+                and pod.delete_retry_at <= now
+            ):
+                pod.delete_retry_at = now + DELETE_RETRY
+                self.deadlines.push(pod.delete_retry_at, "pod_delete", key)
+                self.outbox.deletes.append(key)
+
+    def _covered(self, session_id: str) -> bool:
+        """Whether a pod already on its way will reach this waiting session (FCFS)."""
+        coming = self.counts[PodState.PENDING] + self.creates_in_flight
+        for position, waiting_id in enumerate(self.waiting):
+            if position >= coming:
+                return False
+            if waiting_id == session_id:
+                return True
+        return False
+
+    def reconcile(self, now: float) -> None:
+        """Replace idle pods of an old template, hand ready pods to waiters, and create
+        what demand needs, within the cap and the create window."""
+        for name in [n for n in self.idle if self.pods[n].template_hash != self.template_hash]:
+            self._delete_pod(self.pods[name], now)
+        while self.waiting and self.idle:
+            session = self.sessions[next(iter(self.waiting))]
+            pod = self._take_idle_pod()
+            if pod is None:
+                break
+            self._assign(pod, session, now)
+            if session.reply_deadline is not None:
+                self._answer_session(session, Outcome.COLD)
+
+        limits = self.limits
+        coming = self.counts[PodState.PENDING] + self.creates_in_flight
+        wanted = len(self.waiting) + limits.prewarm_pool_size - len(self.idle) - coming
+        room = limits.max_total_jobs - self.total_pods
+        self.cap_blocked = wanted > 0 and room <= 0 and bool(self.waiting)
+        if wanted <= 0 or room <= 0:
+            return
+        if now < self.create_blocked_until:
+            return
+        if self.unschedulable:
+            # The cluster has no room: more pending pods would only pile up.
+            return
+        window = limits.max_concurrent_creates - self.creates_in_flight
+        count = min(wanted, room, window)
+        if count > 0:
+            self.creates_in_flight += count
+            self.outbox.creates += count
+
+    # ------------------------------------------------------------ restore
+
+    def restore_session(self, session: Session) -> None:
+        """Take back a live session from the store (at start-up)."""
+        self._track_live(session)
+        if session.state is SessionState.PROVISIONING:
+            self.waiting[session.id] = None
+        self._watch_session_deadlines(session)
+
+    def restore_pod(self, pod: Pod) -> None:
+        self._add_pod(pod)
+        if pod.state is PodState.TERMINATING:
+            pod.delete_retry_at = pod.created_at
+            self.deadlines.push(0.0, "pod_delete", pod.name)
+
+    def provisioning_detail(self, session_id: str) -> str | None:
+        """Why a provisioning session has no sandbox yet, in the platform's words."""
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not SessionState.PROVISIONING:
+            return None
+        pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
+        reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
+        if reasons:
+            return reasons[-1].detail
+        if self.cap_blocked:
+            return (
+                f"waiting for a free slot: maxTotalJobs ({self.limits.max_total_jobs}) "
+                "sandbox pods exist"
+            )
+        if pending or self.creates_in_flight:
+            return "sandbox pod is starting"
+        return "waiting for a sandbox pod"
+
+    def prune_ended(self, older_than: float) -> list[str]:
+        """Forget ended sessions from memory (they stay in the store)."""
+        gone = [
+            sid
+            for sid, s in self.sessions.items()
+            if s.state is SessionState.ENDED and (s.ended_at or 0.0) < older_than
+        ]
+        for sid in gone:
+            del self.sessions[sid]
+        return gone

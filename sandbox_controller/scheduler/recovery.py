@@ -1,0 +1,60 @@
+"""Rebuilding the pool after a (re)start, from the store's record and the backend's pods.
+
+The store says what was promised; the backend says what exists. A pod held by a live
+session is adopted back to it, so the builder notices nothing; a fresh pool pod the
+store knows is adopted into the pool; anything else is deleted, because a pod that
+may have served a session must never serve another (DESIGN invariants 3 and 5).
+"""
+
+from __future__ import annotations
+
+from ..backends.base import PodPhase, PodStatus
+from ..model import EndReason, Pod, PodState, Session, SessionState
+from .pool import Pool
+
+
+def restore(
+    pool: Pool,
+    sessions: list[Session],
+    pod_rows: list[Pod],
+    backend_pods: list[PodStatus],
+    now: float,
+) -> None:
+    rows = {p.name: p for p in pod_rows}
+    holder = {s.pod_name: s for s in sessions if s.pod_name and s.live}
+    adopted: set[str] = set()
+
+    for status in backend_pods:
+        row = rows.get(status.name)
+        session = holder.get(status.name)
+        healthy = status.phase is not PodPhase.FAILED
+        created_at = row.created_at if row else status.created_at
+        template = (
+            row.template_hash if row else status.labels.get("agent-sandbox/template-hash", "")
+        )
+        pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
+        if session is not None and healthy and session.state is SessionState.READY:
+            pod.state, pod.session_id = PodState.ASSIGNED, session.id
+            pod.ready_at = row.ready_at if row else None
+            adopted.add(status.name)
+        elif (
+            session is None
+            and healthy
+            and row is not None
+            and row.session_id is None
+            and row.state in (PodState.PENDING, PodState.IDLE)
+        ):
+            ready = status.phase is PodPhase.READY
+            pod.state = PodState.IDLE if ready else PodState.PENDING
+            pod.ready_at = row.ready_at if ready else None
+        pool.restore_pod(pod)
+
+    for name in rows.keys() - {p.name for p in backend_pods}:
+        pool.outbox.forgotten_pods.add(name)
+
+    for session in sessions:
+        if not session.live:
+            continue
+        pool.restore_session(session)
+        if session.state is SessionState.READY and session.pod_name not in adopted:
+            pool.end_session(session.id, EndReason.POD_FAILED, now)

@@ -1,0 +1,61 @@
+"""Running ASGI apps under uvicorn inside our own lifecycle.
+
+uvicorn's Server installs its own signal handlers and re-raises the signal after
+shutdown; with a controller and a proxy in one process (``dev``) we want one owner
+of the signals instead, so these servers leave signals alone and stop when told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before serving, so port 0 works and the real port is known up front."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: Any, *, log_level: str = "info", **options: Any) -> Server:
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **options,
+    )
+    return Server(config)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT only set the stop event; shutdown happens in order elsewhere."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def serve_until(server: Server, sock: socket.socket, stop: asyncio.Event) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+    stopper = asyncio.create_task(stop.wait(), name="stop-wait")
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopper.cancel()
+    await task

@@ -1,0 +1,57 @@
+"""Table definitions, shared by the store and the migrations' autogenerate check.
+
+Timestamps are Unix seconds as doubles: the same on both databases, and what the
+scheduler computes with.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(253), nullable=False),
+    sa.Column("thread_id", sa.String(253), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("end_reason", sa.String(32), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_active_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("pod_name", sa.String(253), nullable=True),
+    sa.Column("reclaimed_session_id", sa.String(64), nullable=True),
+    sa.Index("ix_sessions_user_id", "user_id"),
+    sa.Index("ix_sessions_state_ended_at", "state", "ended_at"),
+    # The database, too, refuses two live sessions for one thread.
+    sa.Index(
+        "ux_sessions_live_thread",
+        "thread_id",
+        unique=True,
+        postgresql_where=sa.text("state <> 'ended'"),
+        sqlite_where=sa.text("state <> 'ended'"),
+    ),
+)
+
+pods = sa.Table(
+    "pods",
+    metadata,
+    sa.Column("name", sa.String(253), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("session_id", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("ready_at", sa.Float, nullable=True),
+    sa.Column("template_hash", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(64), nullable=True),
+)
+
+leader_lease = sa.Table(
+    "leader_lease",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
