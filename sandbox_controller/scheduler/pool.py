@@ -503,8 +503,10 @@ class Pool:
                 self.outbox.deletes.append(key)
 
     def _covered(self, session_id: str) -> bool:
-        """Whether a pod already on its way will reach this waiting session (FCFS)."""
-        coming = self.counts[PodState.PENDING] + self.creates_in_flight
+        """Whether this waiting session has a slot (FCFS): a pod on its way will reach
+        it, or the cap leaves room to create one (the create window only delays it)."""
+        room = max(0, self.limits.max_total_jobs - self.total_pods)
+        coming = self.counts[PodState.PENDING] + self.creates_in_flight + room
         for position, waiting_id in enumerate(self.waiting):
             if position >= coming:
                 return False

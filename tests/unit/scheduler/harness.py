@@ -1,0 +1,106 @@
+"""Drives a Pool the way the scheduler loop does, with a hand-set clock and a
+pretend platform whose pods become ready, fail or vanish when the test says so."""
+
+from __future__ import annotations
+
+import itertools
+
+from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.model import Limits, Outcome, PodState, SessionState
+from sandbox_controller.scheduler.pool import Answer, Pool
+
+TEMPLATE = "tmpl-1"
+
+
+class Harness:
+    def __init__(self, limits: Limits | None = None, now: float = 1000.0) -> None:
+        self.now = now
+        self.pool = Pool(limits or Limits(), TEMPLATE)
+        self.answers: dict[int, Answer] = {}
+        self.deleted: list[str] = []
+        self.created: list[str] = []
+        self._names = itertools.count(1)
+
+    # -- time and effects
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.tick()
+
+    def tick(self) -> None:
+        self.pool.tick(self.now)
+        self.drain()
+
+    def drain(self) -> None:
+        out = self.pool.take_outbox()
+        for answer in out.answers:
+            self.answers[answer.request_id] = answer
+        self.deleted.extend(out.deletes)
+        self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
+
+    def complete_creates(self) -> list[str]:
+        """The platform answers every create call sent so far."""
+        names = []
+        while getattr(self, "_pending_creates", 0) > 0:
+            self._pending_creates -= 1
+            name = f"pod-{next(self._names)}"
+            self.pool.pod_created(name, self.now)
+            names.append(name)
+        self.created.extend(names)
+        self.tick()
+        return names
+
+    def ready(self, *names: str) -> None:
+        for name in names:
+            self.pool.pod_observed(
+                PodStatus(name, PodPhase.READY, address=f"127.0.0.1:{9000 + len(name)}"), self.now
+            )
+        self.tick()
+
+    def fail(self, name: str) -> None:
+        self.pool.pod_observed(PodStatus(name, PodPhase.FAILED), self.now)
+        self.tick()
+
+    def gone(self, name: str) -> None:
+        self.pool.pod_gone(name, self.now)
+        self.tick()
+
+    def confirm_deletes(self) -> None:
+        """The platform finishes every delete asked for so far."""
+        for name in self.deleted:
+            self.pool.pod_gone(name, self.now)
+        self.deleted.clear()
+        self.tick()
+
+    def fill_pool(self) -> None:
+        """Create and ready pods until nothing more is asked for."""
+        for _ in range(100):
+            names = self.complete_creates()
+            pending = [n for n, p in self.pool.pods.items() if p.state is PodState.PENDING]
+            if not names and not pending:
+                return
+            self.ready(*pending)
+        raise AssertionError("pool never settled")
+
+    # -- requests
+
+    def open(self, user: str, thread: str, wait: float = 30.0) -> int:
+        rid = self.pool.next_request_id()
+        self.pool.open_session(rid, user, thread, wait, self.now)
+        self.tick()
+        return rid
+
+    def answer(self, rid: int) -> Answer | None:
+        return self.answers.get(rid)
+
+    def session_of(self, rid: int) -> str:
+        answer = self.answers[rid]
+        assert answer.session_id is not None, answer
+        return answer.session_id
+
+    def state(self, session_id: str) -> SessionState:
+        return self.pool.sessions[session_id].state
+
+    def outcome(self, rid: int) -> Outcome | None:
+        answer = self.answers.get(rid)
+        return answer.outcome if answer else None

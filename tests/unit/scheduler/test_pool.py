@@ -1,0 +1,287 @@
+"""Each pool policy, decided on a hand-set clock with no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_controller.model import EndReason, Limits, Outcome, PodState, SessionState
+
+from .harness import Harness
+
+
+def test_pool_refills_to_prewarm_size_within_the_create_window() -> None:
+    h = Harness(Limits(prewarm_pool_size=5, max_concurrent_creates=3))
+    h.tick()
+    assert h.pool.creates_in_flight == 3  # never more than the window at once
+    h.fill_pool()
+    assert h.pool.counts[PodState.IDLE] == 5
+    assert len(h.created) == 5  # exactly the pool, not one more
+
+
+def test_pending_pods_count_as_supply_so_nothing_is_created_twice() -> None:
+    h = Harness(Limits(prewarm_pool_size=5, max_concurrent_creates=10))
+    h.tick()
+    h.complete_creates()
+    assert h.pool.counts[PodState.PENDING] == 5
+    for _ in range(20):  # many rounds while pods are still starting
+        h.advance(1)
+    assert h.pool.creates_in_flight == 0
+    assert len(h.created) == 5
+
+
+def test_a_warm_session_is_ready_at_once_and_the_pool_refills() -> None:
+    h = Harness(Limits(prewarm_pool_size=2))
+    h.tick()
+    h.fill_pool()
+    rid = h.open("alice", "t1")
+    assert h.outcome(rid) is Outcome.WARM
+    sid = h.session_of(rid)
+    assert h.state(sid) is SessionState.READY
+    assert h.pool.pods[h.pool.sessions[sid].pod_name or ""].state is PodState.ASSIGNED
+    assert h.pool.creates_in_flight == 1  # one replacement on its way
+
+
+def test_cap_holds_at_max_total_jobs() -> None:
+    h = Harness(Limits(prewarm_pool_size=5, max_total_jobs=50, max_sessions_per_user=100))
+    h.tick()
+    h.fill_pool()
+    rids = [h.open("u", f"t{i}", wait=0) for i in range(60)]
+    for _ in range(10):
+        assert h.pool.total_pods <= 50
+        h.fill_pool()
+    outcomes = [h.outcome(r) for r in rids]
+    assert h.pool.total_pods == 50
+    assert outcomes.count(Outcome.CAPACITY) == 10
+    assert h.pool.counts[PodState.ASSIGNED] == 50
+    assert h.pool.capacity_blocked is False  # nobody is waiting any more
+
+
+def test_cap_blocked_is_reported_while_someone_waits() -> None:
+    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=1, max_sessions_per_user=5))
+    first = h.open("u", "t1")
+    h.fill_pool()
+    assert h.outcome(first) is Outcome.COLD
+    h.open("u", "t2", wait=30)
+    assert h.pool.capacity_blocked
+    assert "maxTotalJobs" in (h.pool.provisioning_detail(next(iter(h.pool.waiting))) or "")
+
+
+def test_sixth_thread_with_all_five_active_is_refused() -> None:
+    h = Harness(Limits(prewarm_pool_size=6, max_concurrent_creates=6))
+    h.tick()
+    h.fill_pool()
+    for i in range(5):
+        assert h.outcome(h.open("alice", f"t{i}")) is Outcome.WARM
+        h.advance(10)
+    rid = h.open("alice", "t5")
+    answer = h.answer(rid)
+    assert answer is not None and answer.outcome is Outcome.USER_LIMIT
+    assert answer.retry_after is not None and answer.retry_after > 0
+    assert len(h.pool.live_by_user["alice"]) == 5
+
+
+def test_oldest_idle_session_is_reclaimed_and_the_new_thread_is_ready_at_once() -> None:
+    limits = Limits(prewarm_pool_size=6, max_concurrent_creates=6, idle_after=300)
+    h = Harness(limits)
+    h.tick()
+    h.fill_pool()
+    sids = []
+    for i in range(5):
+        sids.append(h.session_of(h.open("alice", f"t{i}")))
+        h.advance(1)
+    h.advance(400)  # everyone has been quiet for over idle_after ...
+    for sid in sids[:1] + sids[2:]:
+        h.pool.touch(sid, h.now)  # ... but all except sids[1] are busy again
+    h.pool.touch(sids[0], h.now - 350)  # sids[0] stays idle too, but was active later
+    rid = h.open("alice", "t-new")
+    answer = h.answer(rid)
+    assert answer is not None
+    assert answer.outcome is Outcome.WARM
+    assert answer.reclaimed_session_id == sids[1]
+    assert h.pool.sessions[sids[1]].end_reason is EndReason.RECLAIMED
+    assert h.pool.sessions[sids[0]].live
+    assert len(h.pool.live_by_user["alice"]) == 5
+
+
+def test_an_active_session_is_never_reclaimed() -> None:
+    h = Harness(Limits(prewarm_pool_size=5, idle_after=300))
+    h.tick()
+    h.fill_pool()
+    sids = [h.session_of(h.open("bob", f"t{i}")) for i in range(5)]
+    h.advance(299)
+    assert h.outcome(h.open("bob", "t6")) is Outcome.USER_LIMIT
+    assert all(h.pool.sessions[s].live for s in sids)
+
+
+def test_session_ends_after_exactly_idle_timeout_and_activity_pushes_it_back() -> None:
+    h = Harness(Limits(prewarm_pool_size=1, idle_timeout=9000))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("carol", "t1"))
+    h.advance(8999)
+    assert h.state(sid) is SessionState.READY
+    h.pool.touch(sid, h.now)  # activity at t+8999
+    h.advance(1)
+    assert h.state(sid) is SessionState.READY
+    h.advance(8998)
+    assert h.state(sid) is SessionState.READY
+    h.advance(1)  # exactly idle_timeout after the last activity
+    assert h.state(sid) is SessionState.ENDED
+    assert h.pool.sessions[sid].end_reason is EndReason.IDLE_TIMEOUT
+    assert h.pool.sessions[sid].pod_name in h.deleted
+
+
+def test_max_lifetime_ends_even_a_busy_session() -> None:
+    h = Harness(Limits(prewarm_pool_size=1, max_lifetime=3600))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("dan", "t1"))
+    for _ in range(59):
+        h.advance(60)
+        h.pool.touch(sid, h.now)
+    assert h.state(sid) is SessionState.READY
+    h.advance(60)
+    assert h.pool.sessions[sid].end_reason is EndReason.MAX_LIFETIME
+
+
+def test_a_pod_not_ready_within_startup_timeout_is_replaced() -> None:
+    h = Harness(Limits(prewarm_pool_size=1, startup_timeout=300))
+    h.tick()
+    (stuck,) = h.complete_creates()
+    h.advance(299)
+    assert h.pool.pods[stuck].state is PodState.PENDING
+    h.advance(1)
+    assert h.pool.pods[stuck].state is PodState.TERMINATING
+    assert stuck in h.deleted
+    assert h.pool.creates_in_flight == 1  # its replacement
+    assert h.pool.total_pods == 2  # the stuck one counts until it is gone
+
+
+def test_a_provisioning_session_ends_with_startup_timeout() -> None:
+    h = Harness(Limits(prewarm_pool_size=0, startup_timeout=300))
+    rid = h.open("erin", "t1", wait=5)
+    h.complete_creates()
+    h.advance(5)
+    assert h.outcome(rid) is Outcome.COLD  # answered provisioning when its wait ran out
+    sid = h.session_of(rid)
+    assert h.state(sid) is SessionState.PROVISIONING
+    h.advance(295)
+    assert h.pool.sessions[sid].end_reason is EndReason.STARTUP_TIMEOUT
+
+
+def test_waiters_at_the_cap_are_served_first_come_first_served() -> None:
+    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=2, max_sessions_per_user=10))
+    holders = [h.open("u", f"hold{i}") for i in range(2)]
+    h.fill_pool()
+    assert [h.outcome(r) for r in holders] == [Outcome.COLD, Outcome.COLD]
+    waiters = [h.open("u", f"wait{i}", wait=60) for i in range(3)]
+    assert all(h.answer(r) is None for r in waiters)
+    # free one slot: the first waiter gets the next pod, the others keep waiting
+    h.pool.end_session(h.session_of(holders[0]), EndReason.DELETED, h.now)
+    h.tick()
+    h.confirm_deletes()
+    h.fill_pool()
+    assert h.outcome(waiters[0]) is Outcome.COLD
+    assert h.answer(waiters[1]) is None and h.answer(waiters[2]) is None
+    h.pool.end_session(h.session_of(holders[1]), EndReason.DELETED, h.now)
+    h.tick()
+    h.confirm_deletes()
+    h.fill_pool()
+    assert h.outcome(waiters[1]) is Outcome.COLD
+    h.advance(60)
+    assert h.outcome(waiters[2]) is Outcome.CAPACITY  # no slot freed within its wait
+    assert h.session_of(waiters[0]) in h.pool.sessions
+
+
+def test_a_refused_request_leaves_no_session_behind() -> None:
+    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=1))
+    h.open("u", "t1")
+    h.fill_pool()
+    rid = h.open("u", "t2", wait=0)
+    assert h.outcome(rid) is Outcome.CAPACITY
+    assert "t2" not in h.pool.live_by_thread
+    assert all(s.thread_id != "t2" for s in h.pool.sessions.values())
+
+
+def test_same_thread_twice_returns_the_same_session() -> None:
+    h = Harness(Limits(prewarm_pool_size=0))
+    first = h.open("u", "t1", wait=30)
+    second = h.open("u", "t1", wait=30)  # a retry while the first is still waiting
+    h.fill_pool()
+    assert h.outcome(first) is Outcome.COLD
+    assert h.outcome(second) is Outcome.EXISTING
+    assert h.session_of(first) == h.session_of(second)
+    third = h.open("u", "t1")
+    assert h.outcome(third) is Outcome.EXISTING and h.session_of(third) == h.session_of(first)
+    assert h.outcome(h.open("someone-else", "t1")) is Outcome.ERROR
+
+
+@pytest.mark.parametrize("how", ["failed", "vanished"])
+def test_a_dead_pod_ends_its_session_and_the_pool_refills(how: str) -> None:
+    h = Harness(Limits(prewarm_pool_size=1))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("u", "t1"))
+    pod = h.pool.sessions[sid].pod_name or ""
+    if how == "failed":
+        h.fail(pod)
+    else:
+        h.gone(pod)
+    assert h.pool.sessions[sid].end_reason is EndReason.POD_FAILED
+    h.confirm_deletes()
+    h.fill_pool()
+    assert h.pool.counts[PodState.IDLE] == 1
+    assert pod not in h.pool.pods
+
+
+def test_idle_pods_of_an_old_template_are_replaced_assigned_ones_kept() -> None:
+    h = Harness(Limits(prewarm_pool_size=2))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("u", "t1"))
+    h.fill_pool()
+    held = h.pool.sessions[sid].pod_name or ""
+    old_idle = list(h.pool.idle)
+    h.pool.template_hash = "tmpl-2"  # an upgrade
+    h.tick()
+    assert all(h.pool.pods[n].state is PodState.TERMINATING for n in old_idle)
+    assert h.pool.pods[held].state is PodState.ASSIGNED
+    h.confirm_deletes()
+    h.fill_pool()
+    assert {h.pool.pods[n].template_hash for n in h.pool.idle} == {"tmpl-2"}
+
+
+def test_a_failed_create_backs_off_before_trying_again() -> None:
+    h = Harness(Limits(prewarm_pool_size=1))
+    h.tick()
+    h._pending_creates = 0
+    h.pool.create_failed(h.now)
+    h.tick()
+    assert h.pool.creates_in_flight == 0  # not straight away
+    h.advance(1.0)
+    assert h.pool.creates_in_flight == 1
+
+
+def test_a_pod_seen_by_the_watch_before_its_create_returns_is_not_counted_twice() -> None:
+    from sandbox_controller.backends.base import PodPhase, PodStatus
+
+    h = Harness(Limits(prewarm_pool_size=1))
+    h.tick()
+    assert h.pool.creates_in_flight == 1
+    h.pool.pod_observed(PodStatus("early", PodPhase.PENDING), h.now)
+    h.tick()
+    assert h.pool.creates_in_flight == 1 and "early" in h.pool.pods
+    h.pool.pod_created("early", h.now)
+    h._pending_creates = 0
+    h.tick()
+    assert h.pool.creates_in_flight == 0
+    assert list(h.pool.pods) == ["early"]
+
+
+def test_an_unknown_pod_with_no_create_in_flight_is_deleted() -> None:
+    from sandbox_controller.backends.base import PodPhase, PodStatus
+
+    h = Harness(Limits(prewarm_pool_size=0))
+    h.pool.pod_observed(PodStatus("stray", PodPhase.READY), h.now)
+    h.tick()
+    assert "stray" in h.deleted and "stray" not in h.pool.pods

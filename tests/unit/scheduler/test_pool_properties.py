@@ -1,0 +1,190 @@
+"""Random sequences of requests, platform events and clock jumps against DESIGN §3's
+invariants 1-4, checked after every step."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.model import EndReason, Limits, PodState, SessionState
+from sandbox_controller.scheduler.pool import Pool
+
+LIMITS = Limits(
+    prewarm_pool_size=3,
+    max_total_jobs=8,
+    max_sessions_per_user=2,
+    idle_after=300,
+    idle_timeout=3600,
+    max_lifetime=20000,
+    startup_timeout=600,
+    max_concurrent_creates=2,
+)
+USERS = st.sampled_from(["ann", "ben", "cat", "dov"])
+THREADS = st.sampled_from([f"t{i}" for i in range(8)])
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+        ids = itertools.count(1)
+        # Deterministic ids: hypothesis replays draws that depend on them.
+        self.pool = Pool(LIMITS, "tmpl", new_id=lambda: f"s{next(ids):04d}")
+        self.platform: set[str] = set()  # pods that exist on the pretend platform
+        self.creates_sent = 0
+        self.deletes_sent: set[str] = set()
+        self.served_by: dict[str, str] = {}  # pod -> the one session it ever served
+        self.names = 0
+        self.max_platform = 0
+        self.settle()
+
+    # -- plumbing
+
+    def settle(self) -> None:
+        self.pool.tick(self.now)
+        out = self.pool.take_outbox()
+        self.creates_sent += out.creates
+        self.deletes_sent.update(out.deletes)
+        self.check_ends()
+
+    def check_ends(self) -> None:
+        for session in self.pool.sessions.values():
+            if session.state is SessionState.ENDED and session.ended_at == self.now:
+                quiet = self.now - session.last_active_at
+                if session.end_reason is EndReason.RECLAIMED:
+                    assert quiet >= LIMITS.idle_after, "invariant 4: an active session reclaimed"
+                if session.end_reason is EndReason.IDLE_TIMEOUT:
+                    assert quiet >= LIMITS.idle_timeout, "ended before its idle timeout"
+
+    def pods_in(self, *states: PodState) -> list[str]:
+        return sorted(n for n, p in self.pool.pods.items() if p.state in states)
+
+    # -- callers
+
+    @rule(user=USERS, thread=THREADS, wait=st.sampled_from([0.0, 5.0, 60.0]))
+    def open_session(self, user: str, thread: str, wait: float) -> None:
+        self.pool.open_session(self.pool.next_request_id(), user, thread, wait, self.now)
+        self.settle()
+
+    @rule(data=st.data())
+    def close_session(self, data: st.DataObject) -> None:
+        live = sorted(s.id for s in self.pool.sessions.values() if s.live)
+        if live:
+            self.pool.end_session(data.draw(st.sampled_from(live)), EndReason.DELETED, self.now)
+            self.settle()
+
+    @rule(data=st.data())
+    def touch(self, data: st.DataObject) -> None:
+        live = sorted(s.id for s in self.pool.sessions.values() if s.live)
+        if live:
+            self.pool.touch(data.draw(st.sampled_from(live)), self.now)
+            self.settle()
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 60.0, 299.0, 301.0, 700.0, 3600.0]))
+    def clock_jumps(self, seconds: float) -> None:
+        self.now += seconds
+        self.settle()
+
+    # -- the platform
+
+    @precondition(lambda self: self.creates_sent > 0)
+    @rule(ok=st.booleans())
+    def create_returns(self, ok: bool) -> None:
+        self.creates_sent -= 1
+        if ok:
+            self.names += 1
+            name = f"pod-{self.names}"
+            self.platform.add(name)
+            self.pool.pod_created(name, self.now)
+        else:
+            self.pool.create_failed(self.now)
+        self.settle()
+
+    @rule()
+    def platform_catches_up(self) -> None:
+        """Every create returns and every pending pod becomes ready, in one step."""
+        while self.creates_sent > 0:
+            self.create_returns(ok=True)
+        for name in self.pods_in(PodState.PENDING):
+            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.settle()
+
+    @rule(data=st.data())
+    def pod_becomes_ready(self, data: st.DataObject) -> None:
+        pending = self.pods_in(PodState.PENDING)
+        if pending:
+            name = data.draw(st.sampled_from(pending))
+            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.settle()
+
+    @rule(data=st.data())
+    def pod_fails(self, data: st.DataObject) -> None:
+        alive = self.pods_in(PodState.PENDING, PodState.IDLE, PodState.ASSIGNED)
+        if alive:
+            name = data.draw(st.sampled_from(alive))
+            self.pool.pod_observed(PodStatus(name, PodPhase.FAILED), self.now)
+            self.settle()
+
+    @rule(data=st.data())
+    def pod_vanishes(self, data: st.DataObject) -> None:
+        if self.platform:
+            name = data.draw(st.sampled_from(sorted(self.platform)))
+            self.platform.discard(name)
+            self.deletes_sent.discard(name)
+            self.pool.pod_gone(name, self.now)
+            self.settle()
+
+    @precondition(lambda self: bool(self.deletes_sent))
+    @rule(data=st.data())
+    def delete_completes(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.deletes_sent)))
+        self.deletes_sent.discard(name)
+        self.platform.discard(name)
+        self.pool.pod_gone(name, self.now)
+        self.settle()
+
+    # -- invariants
+
+    @invariant()
+    def pods_never_exceed_the_cap(self) -> None:
+        assert self.pool.total_pods <= LIMITS.max_total_jobs
+        assert len(self.platform) + self.creates_sent <= LIMITS.max_total_jobs
+
+    @invariant()
+    def no_user_above_the_limit(self) -> None:
+        for user, sessions in self.pool.live_by_user.items():
+            assert len(sessions) <= LIMITS.max_sessions_per_user, user
+
+    @invariant()
+    def a_pod_serves_one_session_in_its_life(self) -> None:
+        for name, pod in self.pool.pods.items():
+            if pod.session_id is not None:
+                first = self.served_by.setdefault(name, pod.session_id)
+                assert first == pod.session_id, f"{name} served {first} then {pod.session_id}"
+            elif name in self.served_by:
+                raise AssertionError(f"{name} went back to the pool after serving a session")
+        holders: dict[str, str] = {}
+        for session in self.pool.sessions.values():
+            if session.live and session.pod_name:
+                assert session.pod_name not in holders, "two live sessions on one pod"
+                holders[session.pod_name] = session.id
+
+    @invariant()
+    def state_is_consistent(self) -> None:
+        for state in PodState:
+            assert self.pool.counts[state] == len(self.pods_in(state))
+        assert set(self.pool.idle) == set(self.pods_in(PodState.IDLE))
+        for sid in self.pool.waiting:
+            assert self.pool.sessions[sid].state is SessionState.PROVISIONING
+        for session in self.pool.sessions.values():
+            if session.state is SessionState.READY:
+                pod = self.pool.pods.get(session.pod_name or "")
+                assert pod is not None and pod.state is PodState.ASSIGNED
+
+
+TestPoolInvariants = PoolMachine.TestCase
+TestPoolInvariants.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
