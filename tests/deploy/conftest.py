@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploytools import CHART, NAMESPACE, RELEASE, REPO, Docs, Render
+
+from tests.deploy.deploytools import CHART, NAMESPACE, RELEASE, REPO, Docs, Render
 
 
 @pytest.fixture(scope="session")

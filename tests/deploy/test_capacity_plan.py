@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploytools import REPO, Render, find
 
 from sandbox_controller import plan
+from tests.deploy.deploytools import REPO, Render, find
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

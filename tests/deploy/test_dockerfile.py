@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from deploytools import REPO
+from tests.deploy.deploytools import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 

@@ -9,7 +9,16 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from deploytools import CHART, NAMESPACE, Render, agent, container_env, find, pod_template
+
+from tests.deploy.deploytools import (
+    CHART,
+    NAMESPACE,
+    Render,
+    agent,
+    container_env,
+    find,
+    pod_template,
+)
 
 # The oldest Kubernetes still in upstream support when this was written, and the newest
 # that the installed kubernetes-validate knows.

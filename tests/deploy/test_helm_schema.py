@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from deploytools import agent
+
+from tests.deploy.deploytools import agent
 
 Template = Callable[[dict[str, Any] | None], subprocess.CompletedProcess[str]]
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploytools import (
+
+from tests.deploy.deploytools import (
     CONTROLLER_METRICS,
     DASHBOARD,
     DESIGN_METRICS,
