@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy.deploytools import (
     CHART,
@@ -19,6 +21,7 @@ from tests.deploy.deploytools import (
     find,
     pod_template,
 )
+from tests.deploy.fake_kube_api import fake_kube_api
 
 # The oldest Kubernetes still in upstream support when this was written, and the newest
 # that the installed kubernetes-validate knows.
@@ -92,9 +95,7 @@ def test_validator_rejects_an_unknown_field(render: Render) -> None:
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
 
 
-def test_default_render_passes_the_kubernetes_validate_cli(render: Render, tmp_path: Any) -> None:
-    import yaml
-
+def test_default_render_passes_the_kubernetes_validate_cli(render: Render, tmp_path: Path) -> None:
     path = tmp_path / "all.yaml"
     path.write_text(yaml.safe_dump_all(render()))
     proc = subprocess.run(
@@ -400,14 +401,45 @@ def test_existing_secrets_are_referenced_and_none_is_created(render: Render) -> 
     assert proxy_env["SANDBOX_TOKEN_SECRET"] == {"secretKeyRef": {"name": "signing", "key": "key"}}
 
 
-def test_secrets_survive_upgrade_through_lookup() -> None:
-    # `helm template` has no cluster, so lookup returns nothing there; this pins the
-    # mechanism that keeps tokens stable across `helm upgrade` (a new token on every
-    # upgrade would log every editor out and break the editor backend).
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
-    assert (
-        'lookup "v1" "Secret" .ctx.Release.Namespace (include "agent-sandbox.secretName"' in helpers
-    )
+def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> None:
+    # A new token on every `helm upgrade` would log every editor out and lock the editor
+    # backend out of the API. The chart reads the release's Secret back with `lookup`;
+    # a fake API server holding that Secret stands in for the cluster.
+    existing = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "rel-agent-sandbox", "namespace": NAMESPACE},
+        "data": {
+            "api-token": base64.b64encode(b"kept-api-token").decode(),
+            "token-secret": base64.b64encode(b"kept-signing-secret").decode(),
+        },
+    }
+    path = f"/api/v1/namespaces/{NAMESPACE}/secrets/rel-agent-sandbox"
+    with fake_kube_api({path: existing}, tmp_path / "kubeconfig") as kubeconfig:
+        proc = subprocess.run(
+            [
+                helm,
+                "template",
+                "rel",
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--dry-run=server",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--show-only",
+                "templates/secret.yaml",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert secret_data(docs) == {
+        "api-token": "kept-api-token",
+        "token-secret": "kept-signing-secret",
+    }
 
 
 def test_second_controller_replica_is_a_standby_on_a_shared_database(render: Render) -> None:
