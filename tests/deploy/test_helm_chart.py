@@ -63,9 +63,12 @@ EXPECTED_RULES = {
 }
 
 
-def test_lint_strict(helm: str) -> None:
+@pytest.mark.parametrize("scenario", ["defaults", "monitoring", "hardened-sandbox", "ingress"])
+def test_lint_strict(helm: str, tmp_path: Path, scenario: str) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(SCENARIOS[scenario]))
     proc = subprocess.run(
-        [helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE],
+        [helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, "-f", str(values)],
         capture_output=True,
         text=True,
         timeout=60,
