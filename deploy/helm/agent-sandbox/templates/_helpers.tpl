@@ -1,0 +1,135 @@
+{{/* Names are cut at 63 characters: the limit of a DNS label and of a label value. */}}
+{{- define "agent-sandbox.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agent-sandbox.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agent-sandbox.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of one component; call with (dict "ctx" $ "component" "controller"). */}}
+{{- define "agent-sandbox.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agent-sandbox.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Standard labels; call with (dict "ctx" $ "component" "controller"). */}}
+{{- define "agent-sandbox.labels" -}}
+helm.sh/chart: {{ include "agent-sandbox.chart" .ctx }}
+{{ include "agent-sandbox.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: agent-sandbox
+{{- end }}
+
+{{- define "agent-sandbox.controllerName" -}}
+{{- printf "%s-controller" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agent-sandbox.proxyName" -}}
+{{- printf "%s-proxy" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agent-sandbox.podTemplateName" -}}
+{{- printf "%s-pod-template" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agent-sandbox.secretName" -}}
+{{- include "agent-sandbox.fullname" . }}
+{{- end }}
+
+{{- define "agent-sandbox.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agent-sandbox.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "agent-sandbox.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "agent-sandbox.controllerUrl" -}}
+{{- printf "http://%s:8080" (include "agent-sandbox.controllerName" .) }}
+{{- end }}
+
+{{/* SANDBOX_PROXY_PUBLIC_URL: the explicit value, else the ingress host, else the Service. */}}
+{{- define "agent-sandbox.proxyPublicUrl" -}}
+{{- $c := .Values.agentSandbox.controller }}
+{{- $ing := .Values.agentSandbox.proxy.ingress }}
+{{- if $c.proxyPublicUrl }}
+{{- $c.proxyPublicUrl | trimSuffix "/" }}
+{{- else if and $ing.enabled $ing.host }}
+{{- printf "%s://%s" (ternary "https" "http" (ne $ing.tlsSecretName "")) $ing.host }}
+{{- else }}
+{{- printf "http://%s.%s.svc:8081" (include "agent-sandbox.proxyName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/* True (non-empty) when no database is configured and the controller falls back to SQLite. */}}
+{{- define "agent-sandbox.sqliteFallback" -}}
+{{- $db := .Values.agentSandbox.database }}
+{{- if not (or $db.url $db.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/*
+Checks that values.schema.json cannot express because they compare two values.
+Helm prints the message after "execution error at (...)", so each one names the value.
+*/}}
+{{- define "agent-sandbox.validate" -}}
+{{- $s := .Values.agentSandbox.controller.scaling }}
+{{- if gt (int $s.prewarmPoolSize) (int $s.maxTotalJobs) }}
+{{- fail (printf "agentSandbox.controller.scaling.prewarmPoolSize (%d) must not be greater than agentSandbox.controller.scaling.maxTotalJobs (%d): the warm pool counts against the cap" (int $s.prewarmPoolSize) (int $s.maxTotalJobs)) }}
+{{- end }}
+{{- if and (gt (int .Values.agentSandbox.controller.replicas) 1) (include "agent-sandbox.sqliteFallback" .) }}
+{{- fail "agentSandbox.controller.replicas > 1 needs agentSandbox.database.url or agentSandbox.database.existingSecret: each replica would elect itself leader of its own SQLite file" }}
+{{- end }}
+{{- end }}
+
+{{/*
+A secret value that is generated once and kept: the value from values.yaml, else the one
+already in the release's Secret (lookup; empty under `helm template`), else a new random one.
+Call with (dict "ctx" $ "key" "api-token" "value" "..." "length" 48).
+*/}}
+{{- define "agent-sandbox.stableSecret" -}}
+{{- if .value }}
+{{- .value }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace (include "agent-sandbox.secretName" .ctx) }}
+{{- $data := dig "data" (dict) $existing }}
+{{- if hasKey $data .key }}
+{{- index $data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum (int .length) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* An env entry read from a Secret; call with (dict "ctx" $ "name" "SANDBOX_API_TOKEN" "cfg" .Values.agentSandbox.apiToken "key" "api-token"). */}}
+{{- define "agent-sandbox.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "agent-sandbox.secretName" .ctx) .cfg.existingSecret }}
+      key: {{ ternary .cfg.existingSecretKey .key (ne .cfg.existingSecret "") }}
+{{- end }}
+
+{{- define "agent-sandbox.chartSecretNeeded" -}}
+{{- $a := .Values.agentSandbox }}
+{{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (and $a.database.url (not $a.database.existingSecret)) }}true{{ end }}
+{{- end }}
