@@ -326,7 +326,11 @@ class KubernetesBackend:
                     feed.relists += 1
                     self.relists += 1
                     await self._list(feed)
-                await self._watch(feed)
+                started = self.clock.now()
+                if not await self._watch(feed) and self.clock.now() - started < 1.0:
+                    # A stream that ends at once with nothing in it is a failure in
+                    # disguise (a proxy, a broken server): back off rather than spin.
+                    raise KubeError(0, "watch stream ended at once")
             except _Gone:
                 log.info("%s watch expired at %s; relisting", feed.name, feed.rv)
                 feed.rv = None
@@ -337,7 +341,8 @@ class KubernetesBackend:
                 await self.clock.sleep(delay)
             self.watch_restarts += 1
 
-    async def _watch(self, feed: _Feed) -> None:
+    async def _watch(self, feed: _Feed) -> bool:
+        """Follow one watch stream to its end; True if it carried any event."""
         await self.bucket.acquire()
         self.api_calls += 1
         timeout = int(self.watch_timeout * (0.8 + 0.4 * self._rng.random()))
@@ -358,12 +363,14 @@ class KubernetesBackend:
                 raw = await response.read()
                 raise _error(response.status, raw, response.headers.get("Retry-After"))
             feed.failures = 0
+            seen = False
             while True:
                 line = await response.content.readline()
                 if not line:
-                    return  # the server's timeout: resume from feed.rv at once
+                    return seen  # the server's timeout: resume from feed.rv at once
                 if line.strip():
                     self._handle(feed, json.loads(line))
+                    seen = True
         finally:
             response.close()
 

@@ -309,6 +309,7 @@ class Cluster:
         )
         config.load()
         server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)  # what serve() would have set up
         # startup()/shutdown() rather than serve(): serve() takes over the process's
         # signal handlers, which is not ours to do for a hundred simulated pods.
         await server.startup(sockets=[sock])

@@ -38,6 +38,11 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+def flag(value: str | None) -> bool:
+    """Booleans in query strings as Go's strconv.ParseBool reads them."""
+    return value in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def _route(path: str) -> tuple[str | None, str, str | None, str | None]:
     """(namespace, resource, name, subresource) of a core/v1 path, or ApiError 404."""
     parts = path.strip("/").split("/")[2:]  # drop "api", "v1"
@@ -72,7 +77,7 @@ def classify(request: web.Request) -> tuple[str, str]:
     if method == "GET":
         if name:
             return "get", resource
-        return ("watch" if request.query.get("watch") in ("true", "1") else "list"), resource
+        return ("watch" if flag(request.query.get("watch")) else "list"), resource
     verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
     verb = verbs.get(method, "other")
     if verb == "delete" and not name:
@@ -139,7 +144,7 @@ class ApiServer:
                 raise ApiError(405, "MethodNotAllowed", f"{sub} is not supported by kubesim")
         if name is None:
             if request.method == "GET":
-                if request.query.get("watch") in ("true", "1"):
+                if flag(request.query.get("watch")):
                     return await self._watch(request, resource, namespace)
                 return self._list(request, resource, namespace)
             if request.method == "POST" and (namespace is not None or resource in CLUSTER_SCOPED):
@@ -226,7 +231,7 @@ class ApiServer:
     ) -> web.StreamResponse:
         store = self.sim.store
         timeout = float(request.query.get("timeoutSeconds") or 1800)
-        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        bookmarks = flag(request.query.get("allowWatchBookmarks"))
         response = web.StreamResponse(status=200)
         response.content_type = "application/json"
         response.enable_chunked_encoding()
