@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .sim import KubeSim
 
 log = logging.getLogger(__name__)
+RECORD = web.RequestKey("record", CallRecord)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -95,7 +96,7 @@ class ApiServer:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         verb, resource = classify(request)
         record = CallRecord(request.method, request.path_qs, verb, resource, at=time.time())
-        request["record"] = record
+        request[RECORD] = record
         sim = self.sim
         if verb != "admin":
             sim.calls.append(record)
@@ -247,7 +248,7 @@ class ApiServer:
             await response.write_eof()
             return response
         await response.prepare(request)
-        request["record"].status = 200
+        request[RECORD].status = 200
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

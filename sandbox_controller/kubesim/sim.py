@@ -94,9 +94,11 @@ class KubeSim:
         count, cpu, memory = self._initial_nodes
         for i in range(count):
             self.cluster.add_node(f"kubesim-node-{i}", cpu, memory)
-        self._runner = web.AppRunner(ApiServer(self).app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            ApiServer(self).app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self.kubeconfig_path is not None:
