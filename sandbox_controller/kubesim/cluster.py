@@ -164,7 +164,8 @@ class Cluster:
                         problems.append("Insufficient cpu")
                     if mem > m:
                         problems.append("Insufficient memory")
-                if not problems and chosen is None:
+                # Least allocated first, as the default scheduler's scoring spreads pods.
+                if not problems and (chosen is None or c > free[chosen][0]):
                     chosen = name
                 reasons.update(problems)
             if chosen is not None:
