@@ -109,8 +109,15 @@ class Cluster:
 
     def _on_change(self, change: Change) -> None:
         # New pods, freed capacity or new nodes are what can change a placement.
-        if change.resource == "nodes" or (
-            change.resource == "pods" and change.type in ("ADDED", "DELETED")
+        ended = (
+            change.resource == "pods"
+            and change.obj["status"].get("phase") in ("Failed", "Succeeded")
+            and (change.old or {}).get("status", {}).get("phase") != change.obj["status"]["phase"]
+        )
+        if (
+            ended
+            or change.resource == "nodes"
+            or (change.resource == "pods" and change.type in ("ADDED", "DELETED"))
         ):
             self._wake.set()
 
