@@ -125,3 +125,14 @@ async def test_container_exit(
     else:
         assert state.waiting.reason == "CrashLoopBackOff"
     assert condition(small, "crash", "Ready")["status"] == "False"
+
+
+async def test_failed_pod_frees_capacity(small: KubeSim, api: client.CoreV1Api) -> None:
+    first = pod_body("first")
+    first["spec"]["restartPolicy"] = "Never"
+    await api.create_namespaced_pod(NS, first)
+    await api.create_namespaced_pod(NS, pod_body("second"))
+    await wait_until(lambda: condition(small, "second", "PodScheduled").get("status") == "False")
+    await wait_until(lambda: condition(small, "first", "Ready").get("status") == "True")
+    small.exit_container("first")
+    await wait_until(lambda: condition(small, "second", "Ready").get("status") == "True")
