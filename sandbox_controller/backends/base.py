@@ -48,6 +48,7 @@ class PodStatus:
     address: str | None = None  # "host:port" of the sandbox port, once known
     detail: str | None = None  # why it is not ready yet, in the platform's words
     unschedulable: bool = False  # no node can take it (counts as capacity blocked)
+    terminating: bool = False  # deletion has begun; it still counts against capacity
 
 
 @dataclass(frozen=True)

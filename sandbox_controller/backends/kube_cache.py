@@ -1,0 +1,194 @@
+"""What the watch has shown: pods and their latest Warning events, as PodStatus.
+
+Pure state: the backend feeds it list results and watch events, and it answers with
+the PodEvents to emit. An event is emitted only when a pod's PodStatus changes, so a
+resync that finds nothing new says nothing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .base import PodEvent, PodPhase, PodStatus
+
+Obj = dict[str, Any]
+
+
+def parse_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError:
+        return 0.0
+
+
+def resource_version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0  # opaque resourceVersions: every update then counts as newer
+
+
+def _terminated(cs: Mapping[str, Any]) -> str:
+    term = (cs.get("state") or {}).get("terminated") or {}
+    return (
+        f"container {cs.get('name')} exited with code {term.get('exitCode')}"
+        f" ({term.get('reason', 'Error')})"
+    )
+
+
+def _failure(pod: Mapping[str, Any]) -> str | None:
+    status = pod.get("status") or {}
+    for cs in status.get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode") != 0:  # init containers are meant to exit 0
+            return _terminated(cs)
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if state.get("terminated"):
+            return _terminated(cs)
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") == "CrashLoopBackOff":
+            return f"CrashLoopBackOff: {waiting.get('message', '')}".rstrip(": ")
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return status.get("message") or status.get("reason") or f"pod {status['phase'].lower()}"
+    return None
+
+
+def _waiting(pod: Mapping[str, Any]) -> str | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason:
+            message = waiting.get("message")
+            return f"{reason}: {message}" if message else str(reason)
+    return None
+
+
+def pod_status(pod: Mapping[str, Any], warning: str | None = None, port: int = 8080) -> PodStatus:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    common: dict[str, Any] = {
+        "name": meta.get("name", ""),
+        "labels": dict(meta.get("labels") or {}),
+        "created_at": parse_time(meta.get("creationTimestamp")),
+        "terminating": bool(meta.get("deletionTimestamp")),
+    }
+    failure = _failure(pod)
+    if failure is not None:
+        return PodStatus(phase=PodPhase.FAILED, detail=failure, **common)
+    ready = conditions.get("Ready", {}).get("status") == "True"
+    ip = status.get("podIP")
+    if ready and ip:
+        return PodStatus(phase=PodPhase.READY, address=f"{ip}:{port}", **common)
+    scheduled = conditions.get("PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        return PodStatus(
+            phase=PodPhase.PENDING,
+            detail=scheduled.get("message") or scheduled.get("reason"),
+            unschedulable=scheduled.get("reason") == "Unschedulable",
+            **common,
+        )
+    return PodStatus(phase=PodPhase.PENDING, detail=_waiting(pod) or warning, **common)
+
+
+def _event_order(event: Mapping[str, Any]) -> tuple[float, int]:
+    stamp = (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("metadata", {}).get("creationTimestamp")
+    )
+    return parse_time(stamp), resource_version(event)
+
+
+class PodCache:
+    def __init__(self, port: int = 8080) -> None:
+        self.port = port
+        self._pods: dict[str, Obj] = {}
+        self._status: dict[str, PodStatus] = {}
+        self._warnings: dict[str, tuple[tuple[float, int], str]] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pods
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def statuses(self) -> list[PodStatus]:
+        return list(self._status.values())
+
+    def raw(self, name: str) -> Obj | None:
+        return self._pods.get(name)
+
+    def _refresh(self, name: str) -> PodEvent | None:
+        pod = self._pods[name]
+        warning = self._warnings.get(name)
+        new = pod_status(pod, warning[1] if warning else None, self.port)
+        if self._status.get(name) == new:
+            return None
+        self._status[name] = new
+        return PodEvent(new)
+
+    def upsert(self, pod: Obj) -> PodEvent | None:
+        name = pod["metadata"]["name"]
+        old = self._pods.get(name)
+        same_pod = old is not None and old["metadata"].get("uid") == pod["metadata"].get("uid")
+        if same_pod and old is not None and resource_version(old) > resource_version(pod):
+            return None  # an older view than ours (a create response raced the watch)
+        self._pods[name] = pod
+        return self._refresh(name)
+
+    def remove(self, name: str) -> PodEvent | None:
+        pod = self._pods.pop(name, None)
+        self._warnings.pop(name, None)
+        status = self._status.pop(name, None)
+        if pod is None or status is None:
+            return None
+        return PodEvent(status, deleted=True)
+
+    def replace(self, pods: Iterable[Obj], keep: Callable[[Obj], bool]) -> list[PodEvent]:
+        """A relist: upserts for what changed, deletions for what is gone, except pods
+        ``keep`` vouches for (created after the list was taken)."""
+        events: list[PodEvent] = []
+        seen: set[str] = set()
+        for pod in pods:
+            seen.add(pod["metadata"]["name"])
+            event = self.upsert(pod)
+            if event is not None:
+                events.append(event)
+        for name in [n for n in self._pods if n not in seen]:
+            if keep(self._pods[name]):
+                continue
+            event = self.remove(name)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def warn(self, event: Mapping[str, Any]) -> PodEvent | None:
+        if event.get("type") != "Warning":
+            return None
+        involved = event.get("involvedObject") or {}
+        name = involved.get("name")
+        if involved.get("kind") != "Pod" or not name:
+            return None
+        pod = self._pods.get(name)
+        if pod is not None and involved.get("uid") not in (None, pod["metadata"].get("uid")):
+            return None  # about an earlier pod of the same name
+        order = _event_order(event)
+        current = self._warnings.get(name)
+        if current is not None and current[0] > order:
+            return None
+        self._warnings[name] = (order, str(event.get("message", "")))
+        return self._refresh(name) if pod is not None else None
+
+    def replace_warnings(self, events: Iterable[Mapping[str, Any]]) -> list[PodEvent]:
+        self._warnings.clear()
+        for event in events:
+            self.warn(event)
+        out = [self._refresh(name) for name in list(self._pods)]
+        return [e for e in out if e is not None]

@@ -1,0 +1,104 @@
+"""The sandbox pod template: loaded once, hashed, and stamped into each new pod."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY
+
+Obj = dict[str, Any]
+GENERATE_NAME = "agent-sandbox-job-"
+DEFAULT_PORT = 8080
+
+DEFAULT_TEMPLATE: Obj = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {},
+    "spec": {
+        # A sandbox serves one session; a crash ends it rather than restarting in place.
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {
+                "name": "sandbox",
+                "image": "python:3.11-slim",
+                "command": [
+                    "python",
+                    "-m",
+                    "sandbox_controller.devsandbox",
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    str(DEFAULT_PORT),
+                ],
+                "ports": [{"name": "http", "containerPort": DEFAULT_PORT}],
+                "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
+                "readinessProbe": {
+                    "httpGet": {"path": "/healthz", "port": DEFAULT_PORT},
+                    "periodSeconds": 2,
+                },
+            }
+        ],
+    },
+}
+
+
+def load_template(path: str | Path | None) -> Obj:
+    """A Pod manifest from YAML holding a Pod, or only a pod spec."""
+    if path is None:
+        return copy.deepcopy(DEFAULT_TEMPLATE)
+    doc = yaml.safe_load(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: the pod template must be a YAML mapping")
+    if doc.get("kind") == "Pod" or "spec" in doc:
+        pod = copy.deepcopy(doc)
+    elif "containers" in doc:
+        pod = {"spec": copy.deepcopy(doc)}
+    else:
+        raise ValueError(f"{path}: expected a Pod or a pod spec with containers")
+    pod["apiVersion"], pod["kind"] = "v1", "Pod"
+    pod.setdefault("metadata", {})
+    if not pod.get("spec", {}).get("containers"):
+        raise ValueError(f"{path}: the pod template has no containers")
+    return pod
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """Short and stable: key order and YAML formatting do not change it."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def pod_port(template: Mapping[str, Any]) -> int:
+    for container in template.get("spec", {}).get("containers", []):
+        for port in container.get("ports") or []:
+            return int(port["containerPort"])
+    return DEFAULT_PORT
+
+
+def build_pod(
+    template: Mapping[str, Any],
+    labels: Mapping[str, str],
+    hash_: str,
+    owner: Mapping[str, Any] | None = None,
+) -> Obj:
+    pod = copy.deepcopy(dict(template))
+    meta = pod.setdefault("metadata", {})
+    meta.pop("name", None)
+    meta["generateName"] = GENERATE_NAME
+    meta["labels"] = {
+        **(meta.get("labels") or {}),
+        **labels,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_TEMPLATE_HASH: hash_,
+    }
+    if owner is not None:
+        meta["ownerReferences"] = [dict(owner)]
+    return pod

@@ -1,0 +1,397 @@
+"""The Kubernetes backend: sandbox pods as bare Pods, known through a watch-fed cache.
+
+Every decision reads the cache; the API server sees one List per (re)sync, one Watch
+stream per resource, and the writes the scheduler asks for. Each call passes a token
+bucket, creates pass a semaphore, and retryable failures back off with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from ..aiotasks import TaskGroup
+from ..clock import Clock, SystemClock
+from ..config import Settings
+from .base import LABEL_MANAGED_BY, MANAGED_BY, BackendError, PodEvent, PodStatus
+from .expectations import CreateExpectations
+from .kube_cache import Obj, PodCache, resource_version
+from .kube_template import build_pod, load_template, pod_port, template_hash
+from .ratelimit import Backoff, TokenBucket, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+RETRYABLE = {0, 429, 500, 502, 503, 504}
+_CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class KubeError(BackendError):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"kubernetes API {status}: {message}", retryable=status in RETRYABLE)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is older than the server's history: relist."""
+
+
+@dataclass
+class _Feed:
+    """One list+watch loop: pods, or Warning events about pods."""
+
+    name: str
+    list_fn: Callable[..., Any]
+    selector: dict[str, str]
+    on_list: Callable[[list[Obj], str], list[PodEvent]]
+    on_event: Callable[[str, Obj], list[PodEvent]]
+    rv: str | None = None
+    failures: int = 0
+    relists: int = field(default=0)
+
+
+async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
+    """A kubeconfig if one is named, else in-cluster config, else ~/.kube/config."""
+    configuration = k8s.Configuration()
+    if kubeconfig:
+        await k8s_config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        await k8s_config.load_kube_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:
+    """Settings first, then the pod's own namespace, then the kubeconfig context."""
+    if explicit:
+        return explicit
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    try:
+        _, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        return str((current or {}).get("context", {}).get("namespace") or "default")
+    except Exception:  # no kubeconfig at all: the conventional default
+        return "default"
+
+
+class KubernetesBackend:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        namespace: str,
+        template: Mapping[str, Any] | None = None,
+        template_configmap: str | None = None,
+        qps: float = 20.0,
+        burst: int = 40,
+        max_concurrent_creates: int = 3,
+        clock: Clock | None = None,
+        expectation_timeout: float = 60.0,
+        # Spread over 4-6 minutes so many controllers do not reconnect in step.
+        watch_timeout: float = 300.0,
+        max_retries: int = 8,
+        backoff: Backoff | None = None,
+        watch_events: bool = True,
+        owns_api: bool = False,
+    ) -> None:
+        self.api = api
+        self.core = k8s.CoreV1Api(api)
+        self.namespace = namespace
+        self.template: Obj = dict(template) if template is not None else load_template(None)
+        self.template_hash = template_hash(self.template)
+        self.template_configmap = template_configmap
+        self.clock = clock or SystemClock()
+        self.bucket = TokenBucket(qps, burst, self.clock)
+        self.backoff = backoff or Backoff()
+        self.max_retries = max_retries
+        self.watch_timeout = watch_timeout
+        self.watch_events = watch_events
+        self._owns_api = owns_api
+        self._create_slots = asyncio.Semaphore(max_concurrent_creates)
+        self._expectations = CreateExpectations(self.clock, expectation_timeout)
+        self._cache = PodCache(pod_port(self.template))
+        self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
+        self._tasks = TaskGroup("kubernetes-backend")
+        self._owner: Obj | None = None
+        self._creating = 0
+        self._rng = random.Random()
+        # Counters for tests, benchmarks and metrics.
+        self.api_calls = 0
+        self.creates_ok = 0
+        self.watch_restarts = 0
+        self.relists = 0
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, **overrides: Any) -> KubernetesBackend:
+        api = await load_api_client(settings.kubeconfig)
+        options: dict[str, Any] = {
+            "namespace": resolve_namespace(settings.namespace, settings.kubeconfig),
+            "template": load_template(settings.pod_template_path),
+            "template_configmap": settings.pod_template_configmap,
+            "qps": settings.kube_qps,
+            "burst": settings.kube_burst,
+            "max_concurrent_creates": settings.max_concurrent_creates,
+            "owns_api": True,
+        }
+        return cls(api, **{**options, **overrides})
+
+    @property
+    def creates_unobserved(self) -> int:
+        """Creates sent or answered that the watch has not shown yet."""
+        return self._creating + self._expectations.pending()
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
+        """One API call, paced by the bucket and retried while the failure is retryable."""
+        attempt = 0
+        while True:
+            await self.bucket.acquire()
+            self.api_calls += 1
+            try:
+                response = await fn(*args, _preload_content=False, **kwargs)
+                try:
+                    raw = await response.read()
+                finally:
+                    response.release()
+                if 200 <= response.status < 300:
+                    result: Obj = json.loads(raw) if raw else {}
+                    return result
+                error = _error(response.status, raw, response.headers.get("Retry-After"))
+            except _CONNECTION_ERRORS as exc:
+                error = KubeError(0, f"{type(exc).__name__}: {exc}")
+            if not error.retryable or attempt >= self.max_retries:
+                raise error
+            delay = self.backoff.delay(attempt, error.retry_after)
+            log.debug("retrying in %.2fs after %s", delay, error)
+            attempt += 1
+            await self.clock.sleep(delay)
+
+    # -- the protocol ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.template_configmap:
+            await self._find_owner(self.template_configmap)
+        pods = _Feed(
+            "pods",
+            self.core.list_namespaced_pod,
+            {"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
+            self._pods_listed,
+            self._pod_event,
+        )
+        feeds = [pods]
+        if self.watch_events:
+            feeds.append(
+                _Feed(
+                    "events",
+                    self.core.list_namespaced_event,
+                    {"field_selector": "type=Warning,involvedObject.kind=Pod"},
+                    lambda items, rv: self._cache.replace_warnings(items),
+                    self._warning_event,
+                )
+            )
+        # The first lists happen here, so list_pods() is complete when start returns.
+        for feed in feeds:
+            await self._list(feed)
+        for feed in feeds:
+            self._tasks.start(self._reflect(feed), f"watch {feed.name}")
+
+    async def _find_owner(self, name: str) -> None:
+        try:
+            cm = await self._call(self.core.read_namespaced_config_map, name, self.namespace)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            log.warning("pod template ConfigMap %s not found: pods get no ownerReference", name)
+            return
+        self._owner = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": name,
+            "uid": cm["metadata"]["uid"],
+            # Not a controller reference: this controller, not the ConfigMap, manages
+            # the pods; the reference only lets helm uninstall garbage-collect them.
+            "controller": False,
+            "blockOwnerDeletion": False,
+        }
+
+    async def create_pod(self, labels: Mapping[str, str]) -> str:
+        body = build_pod(self.template, labels, self.template_hash, self._owner)
+        async with self._create_slots:
+            self._creating += 1
+            try:
+                pod = await self._call(self.core.create_namespaced_pod, self.namespace, body)
+            finally:
+                self._creating -= 1
+            # No await from here on: the watch cannot slip in between these lines.
+            name = str(pod["metadata"]["name"])
+            self.creates_ok += 1
+            if name not in self._cache:
+                self._expectations.expect(name)
+                self._emit([self._cache.upsert(pod)])
+        return name
+
+    async def delete_pod(self, name: str) -> None:
+        try:
+            await self._call(self.core.delete_namespaced_pod, name, self.namespace)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        patch = {"metadata": {"labels": dict(labels)}}
+        await self._call(
+            self.core.patch_namespaced_pod,
+            name,
+            self.namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+
+    async def list_pods(self) -> list[PodStatus]:
+        return self._cache.statuses()
+
+    async def events(self) -> AsyncIterator[PodEvent]:
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    async def close(self) -> None:
+        await self._tasks.stop()
+        self._queue.put_nowait(None)
+        if self._owns_api:
+            await self.api.close()
+
+    # -- the cache ---------------------------------------------------------------------
+
+    def _emit(self, events: list[PodEvent | None]) -> None:
+        for event in events:
+            if event is not None:
+                self._queue.put_nowait(event)
+
+    def _pods_listed(self, items: list[Obj], rv: str) -> list[PodEvent]:
+        listed_at = int(rv) if rv.isdigit() else 0
+        for pod in items:
+            self._expectations.observe(pod["metadata"]["name"])
+
+        def created_since(pod: Obj) -> bool:
+            # Our own create, answered after the list was taken: not gone, just newer.
+            return self._expectations.is_pending(pod["metadata"]["name"]) and (
+                resource_version(pod) > listed_at
+            )
+
+        return self._cache.replace(items, created_since)
+
+    def _pod_event(self, type_: str, pod: Obj) -> list[PodEvent]:
+        name = pod["metadata"]["name"]
+        self._expectations.observe(name)
+        if type_ == "DELETED":
+            return [e for e in [self._cache.remove(name)] if e is not None]
+        return [e for e in [self._cache.upsert(pod)] if e is not None]
+
+    def _warning_event(self, type_: str, event: Obj) -> list[PodEvent]:
+        if type_ == "DELETED":
+            return []
+        return [e for e in [self._cache.warn(event)] if e is not None]
+
+    # -- list and watch ----------------------------------------------------------------
+
+    async def _list(self, feed: _Feed) -> None:
+        body = await self._call(feed.list_fn, self.namespace, **feed.selector)
+        rv = str(body.get("metadata", {}).get("resourceVersion", ""))
+        self._emit(list(feed.on_list(body.get("items") or [], rv)))
+        feed.rv = rv
+
+    async def _reflect(self, feed: _Feed) -> None:
+        while True:
+            try:
+                if feed.rv is None:
+                    feed.relists += 1
+                    self.relists += 1
+                    await self._list(feed)
+                started = self.clock.now()
+                if not await self._watch(feed) and self.clock.now() - started < 1.0:
+                    # A stream that ends at once with nothing in it is a failure in
+                    # disguise (a proxy, a broken server): back off rather than spin.
+                    raise KubeError(0, "watch stream ended at once")
+            except _Gone:
+                log.info("%s watch expired at %s; relisting", feed.name, feed.rv)
+                feed.rv = None
+            except (BackendError, ValueError, *_CONNECTION_ERRORS) as exc:
+                delay = self.backoff.delay(feed.failures)
+                feed.failures += 1
+                log.info("%s watch failed (%s); again in %.2fs", feed.name, exc, delay)
+                await self.clock.sleep(delay)
+            self.watch_restarts += 1
+
+    async def _watch(self, feed: _Feed) -> bool:
+        """Follow one watch stream to its end; True if it carried any event."""
+        await self.bucket.acquire()
+        self.api_calls += 1
+        timeout = int(self.watch_timeout * (0.8 + 0.4 * self._rng.random()))
+        response = await feed.list_fn(
+            self.namespace,
+            watch=True,
+            resource_version=feed.rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_connect=10),
+            **feed.selector,
+        )
+        try:
+            if response.status == 410:
+                raise _Gone()
+            if response.status != 200:
+                raw = await response.read()
+                raise _error(response.status, raw, response.headers.get("Retry-After"))
+            feed.failures = 0
+            seen = False
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return seen  # the server's timeout: resume from feed.rv at once
+                if line.strip():
+                    self._handle(feed, json.loads(line))
+                    seen = True
+        finally:
+            response.close()
+
+    def _handle(self, feed: _Feed, event: Obj) -> None:
+        type_ = event.get("type", "")
+        obj = event.get("object") or {}
+        if type_ == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise KubeError(int(obj.get("code") or 500), str(obj.get("message", "")))
+        if type_ != "BOOKMARK":
+            self._emit(list(feed.on_event(type_, obj)))
+        rv = obj.get("metadata", {}).get("resourceVersion")
+        if rv:
+            feed.rv = str(rv)
+
+
+def _error(status: int, raw: bytes, retry_after: str | None) -> KubeError:
+    message = raw.decode(errors="replace")[:300]
+    try:
+        message = json.loads(raw).get("message", message)
+    except (ValueError, AttributeError):
+        pass
+    return KubeError(status, message, parse_retry_after(retry_after))

@@ -1,0 +1,419 @@
+"""The simulated control plane: a scheduler that places pods by CPU and memory
+requests, a kubelet that starts them after a delay, and node lifecycle.
+
+Each running pod gets its own loopback address (127.1.0.1 upward), and optionally a
+devsandbox listening there on the pod port, so traffic reaches a pod as in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from ..aiotasks import TaskGroup
+from .quantities import cpu_millis, memory_bytes
+from .store import Change, Obj, Store, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+POD_PORT = 8080
+_FIRST_POD_IP = int(ipaddress.IPv4Address("127.1.0.1"))
+_LAST_POD_IP = int(ipaddress.IPv4Address("127.255.255.254"))
+
+
+def pod_requests(pod: Obj) -> tuple[int, int]:
+    """(millicores, bytes) the scheduler reserves; limits stand in for missing requests."""
+    cpu = mem = 0
+    for container in pod.get("spec", {}).get("containers", []):
+        resources = container.get("resources") or {}
+        wanted = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        cpu += cpu_millis(wanted.get("cpu", 0))
+        mem += memory_bytes(wanted.get("memory", 0))
+    return cpu, mem
+
+
+def _condition(
+    type_: str, status: bool, reason: str | None = None, message: str | None = None
+) -> Obj:
+    cond: Obj = {"type": type_, "status": "True" if status else "False"}
+    cond["lastTransitionTime"] = now_rfc3339()
+    if reason:
+        cond["reason"] = reason
+    if message:
+        cond["message"] = message
+    return cond
+
+
+def _set_condition(pod: Obj, cond: Obj) -> None:
+    conditions = [c for c in pod["status"].get("conditions", []) if c["type"] != cond["type"]]
+    pod["status"]["conditions"] = [*conditions, cond]
+
+
+class Cluster:
+    def __init__(
+        self,
+        store: Store,
+        tasks: TaskGroup,
+        *,
+        startup_delay: float = 0.5,
+        termination_delay: float = 0.1,
+        workload: bool = False,
+    ) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.startup_delay = startup_delay
+        self.termination_delay = termination_delay
+        self.workload = workload
+        self._wake = asyncio.Event()
+        self._next_ip = _FIRST_POD_IP
+        self._servers: dict[str, Any] = {}  # pod uid -> uvicorn.Server
+        self._starting: dict[str, asyncio.Task[Any]] = {}
+        store.listeners.append(self._on_change)
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def add_node(
+        self, name: str, cpu: str = "4", memory: str = "16Gi", labels: dict[str, str] | None = None
+    ) -> Obj:
+        node = {
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+            },
+            "spec": {},
+            "status": {
+                "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+                "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+                "conditions": [_condition("Ready", True, "KubeletReady")],
+            },
+        }
+        return self.store.create("nodes", "", node)
+
+    def remove_node(self, name: str) -> list[str]:
+        """The node goes, and its pods with it (node lifecycle and pod GC, compressed)."""
+        self.store.delete("nodes", "", name)
+        gone = []
+        for pod in self.store.query("pods", None, lambda p: p["spec"].get("nodeName") == name):
+            self._stop_pod(pod)
+            self.store.delete("pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
+            gone.append(pod["metadata"]["name"])
+        return gone
+
+    # -- the scheduler -----------------------------------------------------------------
+
+    def _on_change(self, change: Change) -> None:
+        # New pods, freed capacity or new nodes are what can change a placement.
+        ended = (
+            change.resource == "pods"
+            and change.obj["status"].get("phase") in ("Failed", "Succeeded")
+            and (change.old or {}).get("status", {}).get("phase") != change.obj["status"]["phase"]
+        )
+        if (
+            ended
+            or change.resource == "nodes"
+            or (change.resource == "pods" and change.type in ("ADDED", "DELETED"))
+        ):
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.schedule_pending()
+
+    def _free(self) -> dict[str, tuple[int, int, Obj]]:
+        free: dict[str, tuple[int, int, Obj]] = {}
+        for node in self.store.query("nodes", None, lambda o: True):
+            alloc = node["status"]["allocatable"]
+            free[node["metadata"]["name"]] = (
+                cpu_millis(alloc["cpu"]),
+                memory_bytes(alloc["memory"]),
+                node,
+            )
+        for pod in self.store.query("pods", None, lambda p: bool(p["spec"].get("nodeName"))):
+            if pod["status"].get("phase") in ("Failed", "Succeeded"):
+                continue
+            node_name = pod["spec"]["nodeName"]
+            if node_name in free:
+                cpu, mem = pod_requests(pod)
+                c, m, n = free[node_name]
+                free[node_name] = (c - cpu, m - mem, n)
+        return free
+
+    def schedule_pending(self) -> None:
+        pending = self.store.query(
+            "pods",
+            None,
+            lambda p: not p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp"),
+        )
+        if not pending:
+            return
+        pending.sort(key=lambda p: int(p["metadata"]["resourceVersion"]))
+        free = self._free()
+        for pod in pending:
+            cpu, mem = pod_requests(pod)
+            selector = pod["spec"].get("nodeSelector") or {}
+            reasons: Counter[str] = Counter()
+            chosen = None
+            for name, (c, m, node) in sorted(free.items()):
+                node_labels = node["metadata"].get("labels", {})
+                problems = []
+                if any(node_labels.get(k) != v for k, v in selector.items()):
+                    problems.append("node(s) didn't match Pod's node affinity/selector")
+                else:
+                    if cpu > c:
+                        problems.append("Insufficient cpu")
+                    if mem > m:
+                        problems.append("Insufficient memory")
+                # Least allocated first, as the default scheduler's scoring spreads pods.
+                if not problems and (chosen is None or c > free[chosen][0]):
+                    chosen = name
+                reasons.update(problems)
+            if chosen is not None:
+                c, m, node = free[chosen]
+                free[chosen] = (c - cpu, m - mem, node)
+                self._bind(pod, chosen)
+            else:
+                self._unschedulable(pod, self._message(len(free), reasons))
+
+    @staticmethod
+    def _message(nodes: int, reasons: Counter[str]) -> str:
+        if nodes == 0:
+            return "no nodes available to schedule pods"
+        parts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        return f"0/{nodes} nodes are available: {parts}."
+
+    def _bind(self, pod: Obj, node: str) -> None:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+
+        def bind(p: Obj) -> None:
+            p["spec"]["nodeName"] = node
+            p["status"]["hostIP"] = "127.0.0.1"
+            _set_condition(p, _condition("PodScheduled", True))
+
+        bound = self.store.mutate("pods", ns, name, bind)
+        self.record_event(
+            bound, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node}"
+        )
+        uid = bound["metadata"]["uid"]
+        self._starting[uid] = self.tasks.start(self._kubelet_start(ns, name, uid), f"start {name}")
+
+    def _unschedulable(self, pod: Obj, message: str) -> None:
+        current = next(
+            (c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None
+        )
+        if current and current.get("message") == message:
+            return  # the real scheduler rate-limits repeats; one event per new reason is enough
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        cond = _condition("PodScheduled", False, "Unschedulable", message)
+        pod = self.store.mutate("pods", ns, name, lambda p: _set_condition(p, cond))
+        self.record_event(
+            pod, "Warning", "FailedScheduling", message, component="default-scheduler"
+        )
+
+    def record_event(
+        self, pod: Obj, type_: str, reason: str, message: str, component: str = "kubelet"
+    ) -> Obj:
+        meta = pod["metadata"]
+        stamp = now_rfc3339()
+        event = {
+            "metadata": {
+                "name": f"{meta['name']}.{time.time_ns():x}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": component},
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "reportingComponent": component,
+        }
+        return self.store.create("events", meta["namespace"], event)
+
+    # -- the kubelet -------------------------------------------------------------------
+
+    def _allocate_ip(self) -> str:
+        ip = self._next_ip
+        self._next_ip = _FIRST_POD_IP if ip >= _LAST_POD_IP else ip + 1
+        return str(ipaddress.IPv4Address(ip))
+
+    def _current(self, ns: str, name: str, uid: str) -> Obj | None:
+        pod = self.store.find("pods", ns, name)
+        if pod is None or pod["metadata"]["uid"] != uid or pod["metadata"].get("deletionTimestamp"):
+            return None
+        return pod
+
+    async def _kubelet_start(self, ns: str, name: str, uid: str) -> None:
+        try:
+            await asyncio.sleep(self.startup_delay)
+            pod = self._current(ns, name, uid)
+            if pod is None:
+                return
+            ip = self._allocate_ip()
+            if self.workload:
+                await self._serve(uid, ip)
+                if self._current(ns, name, uid) is None:  # deleted while we bound the port
+                    await self._stop_server(uid)
+                    return
+            self.store.mutate("pods", ns, name, lambda p: self._running(p, ip))
+        finally:
+            self._starting.pop(uid, None)
+
+    @staticmethod
+    def _running(pod: Obj, ip: str) -> None:
+        stamp = now_rfc3339()
+        status = pod["status"]
+        status["phase"] = "Running"
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": ip}]
+        status["startTime"] = stamp
+        for type_ in ("Initialized", "ContainersReady", "Ready"):
+            _set_condition(pod, _condition(type_, True))
+        status["containerStatuses"] = [
+            {
+                "name": c["name"],
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": stamp}},
+            }
+            for c in pod["spec"].get("containers", [])
+        ]
+
+    async def _serve(self, uid: str, ip: str) -> None:
+        import uvicorn
+
+        from ..devsandbox import build_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, POD_PORT))
+        sock.listen(128)
+        config = uvicorn.Config(
+            build_app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws_ping_interval=None,
+            timeout_graceful_shutdown=1,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)  # what serve() would have set up
+        # startup()/shutdown() rather than serve(): serve() takes over the process's
+        # signal handlers, which is not ours to do for a hundred simulated pods.
+        await server.startup(sockets=[sock])
+        self._servers[uid] = server
+
+    async def _stop_server(self, uid: str) -> None:
+        server = self._servers.pop(uid, None)
+        if server is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await server.shutdown()
+
+    def _stop_pod(self, pod: Obj) -> None:
+        uid = pod["metadata"]["uid"]
+        task = self._starting.pop(uid, None)
+        if task is not None:
+            task.cancel()
+        if uid in self._servers:
+            self.tasks.start(self._stop_server(uid), f"stop {pod['metadata']['name']}")
+
+    # -- deletion and crashes ----------------------------------------------------------
+
+    def delete_pod(self, ns: str, name: str, grace: float | None) -> Obj:
+        """Graceful deletion: deletionTimestamp now, gone once the containers stopped.
+        A pod never bound to a node, or grace 0, goes at once, as with the real server."""
+        pod = self.store.get("pods", ns, name)
+        if grace is None:
+            grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        if grace <= 0 or not pod["spec"].get("nodeName"):
+            self._stop_pod(pod)
+            return self.store.delete("pods", ns, name)
+        if pod["metadata"].get("deletionTimestamp"):
+            return pod
+
+        def mark(p: Obj) -> None:
+            p["metadata"]["deletionTimestamp"] = now_rfc3339(time.time() + grace)
+            p["metadata"]["deletionGracePeriodSeconds"] = int(grace)
+
+        marked = self.store.mutate("pods", ns, name, mark)
+        uid = marked["metadata"]["uid"]
+        # The devsandbox stops at once on SIGTERM, so the pod goes long before the grace
+        # period ends; termination_delay stands for that short shutdown.
+        wait = min(grace, self.termination_delay)
+        self.tasks.start(self._finish_delete(ns, name, uid, wait), f"terminate {name}")
+        return marked
+
+    async def _finish_delete(self, ns: str, name: str, uid: str, wait: float) -> None:
+        await asyncio.sleep(wait)
+        pod = self.store.find("pods", ns, name)
+        if pod is not None and pod["metadata"]["uid"] == uid:
+            self._stop_pod(pod)
+            self.store.delete("pods", ns, name)
+
+    def exit_container(self, ns: str, name: str, exit_code: int = 1) -> Obj:
+        """The sandbox process dies: Failed with restartPolicy Never, else CrashLoopBackOff."""
+        pod = self.store.get("pods", ns, name)
+        self._stop_pod(pod)
+        never = pod["spec"].get("restartPolicy", "Always") == "Never" or (
+            pod["spec"].get("restartPolicy") == "OnFailure" and exit_code == 0
+        )
+        stamp = now_rfc3339()
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "finishedAt": stamp,
+        }
+
+        def crash(p: Obj) -> None:
+            statuses = p["status"].get("containerStatuses") or [
+                {"name": c["name"], "restartCount": 0} for c in p["spec"].get("containers", [])
+            ]
+            for status in statuses:
+                status["ready"] = False
+                status["started"] = False
+                if never:
+                    status["state"] = {"terminated": terminated}
+                else:
+                    status["lastState"] = {"terminated": terminated}
+                    status["restartCount"] = status.get("restartCount", 0) + 1
+                    status["state"] = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off 10s restarting failed container={status['name']}",
+                        }
+                    }
+            p["status"]["containerStatuses"] = statuses
+            if never:
+                p["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+            _set_condition(p, _condition("ContainersReady", False, "ContainersNotReady"))
+            _set_condition(p, _condition("Ready", False, "ContainersNotReady"))
+
+        crashed = self.store.mutate("pods", ns, name, crash)
+        if not never:
+            self.record_event(crashed, "Warning", "BackOff", "Back-off restarting failed container")
+        return crashed
+
+    async def close(self) -> None:
+        for uid in list(self._servers):
+            await self._stop_server(uid)

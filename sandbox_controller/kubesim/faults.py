@@ -1,0 +1,71 @@
+"""What can go wrong on purpose, and the record of what was asked."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .store import ApiError
+
+
+@dataclass
+class Faults:
+    # Fraction of API calls (0..1) answered with one of error_codes instead of served.
+    error_rate: float = 0.0
+    error_codes: tuple[int, ...] = (500, 429)
+    # Seconds in the Retry-After header of a 429.
+    retry_after: int = 1
+    # Seconds added before every API call is served.
+    latency: float = 0.0
+    # Cut every open watch stream this often (seconds; 0 = never).
+    cut_watches_every: float = 0.0
+    # Only calls whose verb is in this set are failed (empty = every verb but discovery).
+    verbs: frozenset[str] = field(default_factory=frozenset)
+
+    def update(self, values: dict[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"unknown fault {key!r}")
+            if key == "error_codes":
+                value = tuple(int(v) for v in value)
+            elif key == "verbs":
+                value = frozenset(value)
+            setattr(self, key, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["error_codes"] = list(self.error_codes)
+        data["verbs"] = sorted(self.verbs)
+        return data
+
+    def pick_error(self, verb: str, rng: random.Random) -> ApiError | None:
+        if verb == "discovery" or self.error_rate <= 0 or not self.error_codes:
+            return None
+        if self.verbs and verb not in self.verbs:
+            return None
+        if rng.random() >= self.error_rate:
+            return None
+        code = rng.choice(self.error_codes)
+        if code == 429:
+            return ApiError(
+                429,
+                "TooManyRequests",
+                "kubesim: injected fault: too many requests, please try again later",
+                details={"retryAfterSeconds": self.retry_after},
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        if code == 503:
+            return ApiError(503, "ServiceUnavailable", "kubesim: injected fault: unavailable")
+        return ApiError(code, "InternalError", "kubesim: injected fault: internal error")
+
+
+@dataclass
+class CallRecord:
+    method: str
+    path: str
+    verb: str  # list, watch, get, create, update, patch, delete, discovery, admin, other
+    resource: str
+    status: int = 0  # 0 while a watch is still streaming its headers
+    at: float = 0.0
