@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import sys
 from typing import Any
@@ -30,13 +31,11 @@ def _settings(**overrides: Any) -> Settings:
 
 async def _dev(settings: Settings) -> None:
     from .api import create_app
-    from .controller import build_backend
     from .serving import bind, make_server, serve_until, stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    backend = build_backend(settings, stop_on_close=True)
-    app = create_app(settings, backend=backend)
+    app = create_app(settings, stop_sandboxes_on_exit=True)
     api_sock = bind(settings.host, settings.port)
     api_port = api_sock.getsockname()[1]
     proxy_sock = bind(settings.proxy_host, settings.proxy_port)
@@ -44,8 +43,9 @@ async def _dev(settings: Settings) -> None:
     settings = settings.model_copy(
         update={
             "controller_url": f"http://127.0.0.1:{api_port}",
+            # Follow the port actually bound, unless the operator named a public URL.
             "proxy_public_url": settings.proxy_public_url
-            if settings.proxy_port
+            if "SANDBOX_PROXY_PUBLIC_URL" in os.environ
             else f"http://{settings.proxy_host}:{proxy_port}",
         }
     )

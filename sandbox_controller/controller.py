@@ -43,11 +43,13 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-def build_backend(settings: Settings, *, stop_on_close: bool = False) -> Backend:
+async def make_backend(settings: Settings, *, stop_on_close: bool = False) -> Backend:
+    """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
+    (``dev`` stops what it started); pods in a cluster outlive a controller restart."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
-        backend: Backend = KubernetesBackend.from_settings(settings)
+        backend: Backend = await KubernetesBackend.from_settings(settings)
         return backend
     from .backends.local import LocalBackend
 
@@ -59,12 +61,14 @@ class Controller:
         self,
         settings: Settings,
         *,
-        backend: Backend,
+        backend: Backend | None = None,
         clock: Clock | None = None,
         store: Store | None = None,
+        stop_sandboxes_on_exit: bool = False,
     ) -> None:
         self.settings = settings
-        self.backend = backend
+        self._backend = backend
+        self._stop_sandboxes_on_exit = stop_sandboxes_on_exit
         self.clock: Clock = clock or SystemClock()
         self.store = store or Store.open(settings.database_url)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -73,6 +77,11 @@ class Controller:
         self.metrics = ControllerMetrics(self._pool, lambda: self.is_leader, self.clock.now)
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
+
+    @property
+    def backend(self) -> Backend:
+        assert self._backend is not None, "the backend is made at start-up"
+        return self._backend
 
     def _pool(self) -> Pool | None:
         return self.scheduler.pool if self.scheduler is not None else None
@@ -90,6 +99,10 @@ class Controller:
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
         await wait_for_database(self.store, timeout=60.0)
         await self.store.migrate()
+        if self._backend is None:
+            self._backend = await make_backend(
+                self.settings, stop_on_close=self._stop_sandboxes_on_exit
+            )
         await self.backend.start()
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
@@ -98,7 +111,8 @@ class Controller:
         self._stopping.set()
         await self._tasks.stop()
         await self._step_down(release=True)
-        await self.backend.close()
+        if self._backend is not None:
+            await self._backend.close()
         await self.store.close()
 
     # ------------------------------------------------------------ leadership

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..backends.base import Backend
 from ..clock import Clock
 from ..config import Settings
-from ..controller import Controller, build_backend
+from ..controller import Controller
 from ..errors import (
     CapacityExhausted,
     NotLeader,
@@ -49,10 +49,13 @@ def create_app(
     backend: Backend | None = None,
     clock: Clock | None = None,
     controller: Controller | None = None,
+    stop_sandboxes_on_exit: bool = False,
 ) -> FastAPI:
     """The controller app; the Controller is built here and started by the lifespan."""
     if controller is None:
-        controller = Controller(settings, backend=backend or build_backend(settings), clock=clock)
+        controller = Controller(
+            settings, backend=backend, clock=clock, stop_sandboxes_on_exit=stop_sandboxes_on_exit
+        )
     ctl = controller
 
     @asynccontextmanager

@@ -391,7 +391,9 @@ class Pool:
             pod.address = status.address
         if pod.state is PodState.TERMINATING:
             return
-        if status.phase is PodPhase.FAILED:
+        if status.phase is PodPhase.FAILED or status.terminating:
+            # Failed, or deleted by someone else (kubectl, a node drain): either way
+            # this pod will not serve.
             self._pod_lost(pod, now)
         elif status.phase is PodPhase.READY:
             if pod.state is PodState.PENDING:

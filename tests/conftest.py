@@ -1,0 +1,140 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL) and a controller served over
+real HTTP by uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from sandbox_controller.api import create_app
+from sandbox_controller.clock import Clock
+from sandbox_controller.config import Settings, load_settings
+from sandbox_controller.controller import Controller
+from sandbox_controller.serving import Server, bind, make_server
+
+PG_ADMIN_URL = os.environ.get(
+    "SANDBOX_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+API_TOKEN = "test-api-token"
+
+
+@asynccontextmanager
+async def fresh_postgres() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    name = f"sbx_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each store test runs against both databases, migrated from empty."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+        return
+    async with fresh_postgres() as url:
+        yield url
+
+
+@dataclass
+class RunningController:
+    url: str
+    client: httpx.AsyncClient
+    controller: Controller
+    settings: Settings
+
+    async def settle(self) -> None:
+        assert self.controller.scheduler is not None
+        await self.controller.scheduler.settle()
+
+    async def open(self, user: str, thread: str, wait: float = 30.0) -> httpx.Response:
+        return await self.client.post(
+            "/sessions", json={"user_id": user, "thread_id": thread, "wait_seconds": wait}
+        )
+
+    async def pool(self) -> dict[str, Any]:
+        response = await self.client.get("/pool")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait_for(
+        self, check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = ""
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await check():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what or check}")
+            await asyncio.sleep(0.05)
+
+    async def wait_idle_pods(self, count: int, timeout: float = 30.0) -> None:
+        async def ready() -> bool:
+            return int((await self.pool())["pods"]["idle"]) >= count
+
+        await self.wait_for(ready, timeout, f"{count} idle pods")
+
+
+ControllerFactory = Callable[..., Awaitable[RunningController]]
+
+
+@pytest.fixture
+async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
+    """Start controllers over real HTTP; everything they started is stopped afterwards."""
+    running: list[tuple[Server, asyncio.Task[None], httpx.AsyncClient]] = []
+
+    async def start(*, clock: Clock | None = None, **overrides: Any) -> RunningController:
+        values: dict[str, Any] = {
+            "database_url": f"sqlite+aiosqlite:///{tmp_path}/sandbox.db",
+            "state_dir": str(tmp_path / "state"),
+            "api_token": API_TOKEN,
+            "token_secret": "test-token-secret",
+            "prewarm_pool_size": 1,
+        }
+        values.update(overrides)
+        settings = load_settings(**values)
+        app = create_app(settings, clock=clock, stop_sandboxes_on_exit=True)
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        server = make_server(app, log_level="warning")
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=60.0,
+        )
+        running.append((server, task, client))
+        return RunningController(f"http://127.0.0.1:{port}", client, app.state.controller, settings)
+
+    yield start
+    for server, task, client in reversed(running):
+        await client.aclose()
+        server.should_exit = True
+        await task

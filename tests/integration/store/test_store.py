@@ -1,0 +1,108 @@
+"""The store against SQLite and PostgreSQL, migrated from empty."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from sandbox_controller.model import EndReason, Pod, PodState, Session, SessionState
+from sandbox_controller.store import Batch, Deposed, Fence, Store
+
+
+def session(sid: str, thread: str, state: SessionState = SessionState.READY) -> Session:
+    return Session(sid, "user", thread, state, 100.0, 100.0, pod_name=f"pod-{sid}")
+
+
+@pytest.fixture
+async def store(database_url: str) -> Store:
+    store = Store.open(database_url)
+    await store.migrate()
+    yield store  # type: ignore[misc]
+    await store.close()
+
+
+async def test_migrations_apply_from_empty_and_are_idempotent(store: Store) -> None:
+    await store.migrate()
+    async with store.engine.connect() as conn:
+        tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+    assert {"sessions", "pods", "leader_lease"} <= set(tables)
+    assert version == "0001"
+
+
+async def test_a_batch_round_trips(store: Store) -> None:
+    epoch = await store.acquire_lease("me", 10, 1000.0)
+    assert epoch == 1
+    fence = Fence("me", epoch)
+    s1, s2 = session("s1", "t1"), session("s2", "t2", SessionState.PROVISIONING)
+    s2.pod_name = None
+    pod = Pod("pod-s1", PodState.ASSIGNED, 90.0, "h", ready_at=95.0, session_id="s1")
+    await store.write(Batch(sessions=[s1, s2], pods=[pod]), fence)
+    await store.write(Batch(last_active={"s1": 150.0, "s2": 50.0}), fence)
+    sessions, pods = await store.load()
+    by_id = {s.id: s for s in sessions}
+    assert by_id["s1"].last_active_at == 150.0
+    assert by_id["s2"].last_active_at == 100.0  # activity never moves backwards
+    assert by_id["s2"].state is SessionState.PROVISIONING
+    assert pods == [pod]
+    s1.state, s1.end_reason, s1.ended_at = SessionState.ENDED, EndReason.IDLE_TIMEOUT, 200.0
+    await store.write(Batch(sessions=[s1], forgotten_pods=["pod-s1"]), fence)
+    sessions, pods = await store.load()
+    assert [s.id for s in sessions] == ["s2"] and pods == []
+    ended = await store.get_session("s1")
+    assert ended is not None and ended.end_reason is EndReason.IDLE_TIMEOUT
+    assert {s.id for s in await store.list_sessions("user")} == {"s1", "s2"}
+
+
+async def test_the_database_refuses_two_live_sessions_for_one_thread(store: Store) -> None:
+    await store.write(Batch(sessions=[session("a", "same")]), None)
+    with pytest.raises(sa.exc.IntegrityError):
+        await store.write(Batch(sessions=[session("b", "same")]), None)
+    # Nothing of the failed batch was written.
+    assert [s.id for s in (await store.load())[0]] == ["a"]
+
+
+async def test_a_thread_can_start_again_once_its_session_ended(store: Store) -> None:
+    old = session("a", "same")
+    await store.write(Batch(sessions=[old]), None)
+    old.state, old.end_reason, old.ended_at = SessionState.ENDED, EndReason.DELETED, 101.0
+    # The ending and the new session commit together; ended rows go first.
+    await store.write(Batch(sessions=[session("b", "same"), old]), None)
+    assert [s.id for s in (await store.load())[0]] == ["b"]
+
+
+async def test_a_deposed_leader_cannot_write(store: Store) -> None:
+    first = await store.acquire_lease("old", 10, 1000.0)
+    assert first is not None
+    assert await store.acquire_lease("new", 10, 1005.0) is None  # still held
+    second = await store.acquire_lease("new", 10, 1011.0)  # expired: taken over
+    assert second == first + 1
+    with pytest.raises(Deposed):
+        await store.write(Batch(sessions=[session("late", "t")]), Fence("old", first))
+    assert (await store.load())[0] == []
+    await store.write(Batch(sessions=[session("ok", "t")]), Fence("new", second))
+    assert [s.id for s in (await store.load())[0]] == ["ok"]
+
+
+async def test_the_lease_is_renewed_by_its_holder_and_released(store: Store) -> None:
+    epoch = await store.acquire_lease("me", 10, 1000.0)
+    assert await store.acquire_lease("me", 10, 1008.0) == epoch  # renewal keeps the epoch
+    assert await store.acquire_lease("you", 10, 1015.0) is None  # renewed until 1018
+    assert epoch is not None
+    await store.release_lease("me", epoch)
+    assert await store.acquire_lease("you", 10, 1016.0) == epoch + 1
+
+
+async def test_large_batches_are_written_in_chunks(store: Store) -> None:
+    sessions = [session(f"s{i:04d}", f"t{i}") for i in range(1200)]
+    await store.write(Batch(sessions=sessions), None)
+    assert len((await store.load())[0]) == 1200
+
+
+async def test_ended_sessions_are_purged_after_retention(store: Store) -> None:
+    old = session("old", "t1")
+    old.state, old.end_reason, old.ended_at = SessionState.ENDED, EndReason.DELETED, 10.0
+    await store.write(Batch(sessions=[old, session("live", "t2")]), None)
+    assert await store.delete_ended_before(50.0) == 1
+    assert await store.get_session("old") is None
+    assert await store.get_session("live") is not None
