@@ -108,6 +108,7 @@ class Response:
         "head_only",
         "headers",
         "headers_done",
+        "keep",
         "status",
     )
 
@@ -119,6 +120,7 @@ class Response:
         self.headers_done = False
         self.body: list[bytes] = []
         self.complete = False
+        self.keep = False
 
     def feed(self, data: bytes) -> None:
         try:
@@ -136,6 +138,8 @@ class Response:
             return
         self.status = status
         self.headers_done = True
+        # Asked here: once the message is complete llhttp has reset the flags it reads.
+        self.keep = self._parser.should_keep_alive()
         if self.head_only:
             self.complete = True
 
@@ -160,4 +164,4 @@ class Response:
         return True
 
     def keep_alive(self) -> bool:
-        return not self.head_only and self._parser.should_keep_alive()
+        return self.keep and not self.head_only
