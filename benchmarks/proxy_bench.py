@@ -10,12 +10,12 @@ Targets are interleaved round by round and medians reported, because the machine
 shared. Writes nothing unless ``--write`` is given (then benchmarks/proxy.md).
 """
 
+# ruff: noqa: ASYNC220  (a benchmark driver: blocking Popen at set-up is fine)
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import re
@@ -101,7 +101,9 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def spawn_listening(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def spawn_listening(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -150,8 +152,10 @@ async def ws_rtt(url: str, headers: dict[str, str], n: int = 2000) -> tuple[floa
 async def open_many(url: str, headers: dict[str, str], count: int) -> list[object]:
     conns: list[object] = []
     for i in range(0, count, 100):
-        batch = [connect(url, additional_headers=headers, compression=None, ping_interval=None)
-                 for _ in range(min(100, count - i))]
+        batch = [
+            connect(url, additional_headers=headers, compression=None, ping_interval=None)
+            for _ in range(min(100, count - i))
+        ]
         conns += await asyncio.gather(*batch)
     for ws in conns:  # each one carries a frame, so every relay is fully set up
         await ws.send("hi")  # type: ignore[attr-defined]
@@ -193,7 +197,7 @@ async def main() -> None:
     ap.add_argument("--websockets", type=int, default=1000)
     ap.add_argument("--write", action="store_true", help="write benchmarks/proxy.md")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
@@ -203,8 +207,11 @@ async def main() -> None:
         # Upstreams, shared by every target.
         up_port = free_port()
         (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
-        procs.append(subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "up.conf"),
-                                       "-g", "daemon off;"]))
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "up.conf"), "-g", "daemon off;"]
+            )
+        )
         wait_port(up_port)
         http_up = f"127.0.0.1:{up_port}"
         ws_proc, ws_up = spawn_listening([sys.executable, "-c", WS_ECHO])
@@ -212,37 +219,65 @@ async def main() -> None:
 
         # The controller for this proxy: the internal route API, in this process.
         controller = Controller(http_up)
-        ctl_app = Starlette(routes=[Route("/internal/routes/{sid}", controller.route),
-                                    Route("/internal/activity", controller.activity,
-                                          methods=["POST"])])
+        ctl_app = Starlette(
+            routes=[
+                Route("/internal/routes/{sid}", controller.route),
+                Route("/internal/activity", controller.activity, methods=["POST"]),
+            ]
+        )
         ctl_sock = bind("127.0.0.1", 0)
         ctl = _Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
         ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
-        env = dict(os.environ, SANDBOX_TOKEN_SECRET=SECRET, SANDBOX_API_TOKEN=API_TOKEN,
-                   SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
-                   SANDBOX_LOG_LEVEL="warning")
+        env = dict(
+            os.environ,
+            SANDBOX_TOKEN_SECRET=SECRET,
+            SANDBOX_API_TOKEN=API_TOKEN,
+            SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
+            SANDBOX_LOG_LEVEL="warning",
+        )
         ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
         procs.append(ours)
 
         chp_port, chp_api = free_port(), free_port()
         chp_env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench")
-        procs.append(subprocess.Popen(
-            [str(CHP), "--ip", "127.0.0.1", "--port", str(chp_port), "--api-ip", "127.0.0.1",
-             "--api-port", str(chp_api), "--log-level", "error"], env=chp_env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(CHP),
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(chp_port),
+                    "--api-ip",
+                    "127.0.0.1",
+                    "--api-port",
+                    str(chp_api),
+                    "--log-level",
+                    "error",
+                ],
+                env=chp_env,
+            )
+        )
         wait_port(chp_api)
         nginx_port = free_port()
-        (tmp / "px.conf").write_text(NGINX_PROXY.format(
-            d=tmp, port=nginx_port, http_up=http_up, ws_up=ws_up, sid=SESSION))
-        procs.append(subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "px.conf"),
-                                       "-g", "daemon off;"]))
+        (tmp / "px.conf").write_text(
+            NGINX_PROXY.format(d=tmp, port=nginx_port, http_up=http_up, ws_up=ws_up, sid=SESSION)
+        )
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "px.conf"), "-g", "daemon off;"]
+            )
+        )
         wait_port(nginx_port)
 
         async with httpx.AsyncClient(trust_env=False) as client:
             # CHP keeps the route prefix on the way to the target, as JupyterHub expects;
             # the nginx upstream answers any path and the echo server any WS path.
-            r = await client.post(f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
-                                  headers={"Authorization": "token bench"},
-                                  json={"target": f"http://{http_up}"})
+            r = await client.post(
+                f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
+                headers={"Authorization": "token bench"},
+                json={"target": f"http://{http_up}"},
+            )
             r.raise_for_status()
 
         http_targets = {
@@ -263,9 +298,11 @@ async def main() -> None:
 
         # WS: CHP needs the echo target on its route; swap the route for this phase.
         async with httpx.AsyncClient(trust_env=False) as client:
-            r = await client.post(f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
-                                  headers={"Authorization": "token bench"},
-                                  json={"target": f"http://{ws_up}"})
+            r = await client.post(
+                f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
+                headers={"Authorization": "token bench"},
+                json={"target": f"http://{ws_up}"},
+            )
             r.raise_for_status()
         controller.address = ws_up
         await asyncio.sleep(6)  # our route cache TTL: pick the WS upstream up
@@ -295,29 +332,40 @@ async def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def render(results: dict[str, list[tuple[float, float]]],
-           ws_results: dict[str, list[tuple[float, float]]],
-           idle_rss: float, ws_rss: float, args: argparse.Namespace) -> str:
-    med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
-           for k, v in results.items()}
-    wsm = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
-           for k, v in ws_results.items()}
+def render(
+    results: dict[str, list[tuple[float, float]]],
+    ws_results: dict[str, list[tuple[float, float]]],
+    idle_rss: float,
+    ws_rss: float,
+    args: argparse.Namespace,
+) -> str:
+    med = {
+        k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
+        for k, v in results.items()
+    }
+    wsm = {
+        k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
+        for k, v in ws_results.items()
+    }
     chp_rps = med["configurable-http-proxy"][0]
     lines = [
-        "| target | requests/s (median) | vs CHP | p99 ms (median) | WS RTT p50 ms | WS RTT p99 ms |",
+        "| target | requests/s (median) | vs CHP | p99 ms (median) "
+        "| WS RTT p50 ms | WS RTT p99 ms |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name in med:
         rps, p99 = med[name]
-        lines.append(f"| {name} | {rps:,.0f} | {rps / chp_rps:.2f}x | {p99:.2f} | "
-                     f"{wsm[name][0]:.3f} | {wsm[name][1]:.3f} |")
+        lines.append(
+            f"| {name} | {rps:,.0f} | {rps / chp_rps:.2f}x | {p99:.2f} | "
+            f"{wsm[name][0]:.3f} | {wsm[name][1]:.3f} |"
+        )
     rounds = {k: ", ".join(f"{r:,.0f}" for r, _ in v) for k, v in results.items()}
     notes = [
         "",
         f"This proxy's RSS: {idle_rss:.1f} MiB idle, {ws_rss:.1f} MiB with "
         f"{args.websockets} open WebSockets.",
         "",
-        f"Per-round requests/s: " + "; ".join(f"{k}: {v}" for k, v in rounds.items()),
+        "Per-round requests/s: " + "; ".join(f"{k}: {v}" for k, v in rounds.items()),
         "",
         f"wrk -t2 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds; "
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "

@@ -38,10 +38,12 @@ class Counting:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.count = 0
+        self.clients: list[tuple[str, int]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             self.count += 1
+            self.clients.append(tuple(scope["client"]))
         await self.app(scope, receive, send)
 
 
@@ -193,8 +195,8 @@ async def raw_request(port: int, target: str, headers: dict[str, str] | None = N
     return int(status_line.split()[1])
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if not isinstance(result, bool):

@@ -63,9 +63,7 @@ async def test_headers_raw_path_and_hop_by_hop(stack: Stack) -> None:
         },
     )
     assert resp.status_code == 200
-    seen = dict(
-        line.split(": ", 1) for line in resp.text.splitlines() if ": " in line
-    )
+    seen = dict(line.split(": ", 1) for line in resp.text.splitlines() if ": " in line)
     assert "x-hop" not in seen and "keep-alive" not in seen and "te" not in seen
     assert seen["x-app"] == "kept"
     assert seen["x-forwarded-for"] == "10.9.9.9, 127.0.0.1"
@@ -112,7 +110,9 @@ async def test_pod_killed_mid_request_gives_502_then_the_route_is_re_resolved(
         stack.controller.add("sess-k", "ready", address)
         headers = {"x-sandbox-token": token}
         url = stack.base + "/s/sess-k/upload"
-        assert (await stack.client.get(stack.base + "/s/sess-k/healthz", headers=headers)).status_code == 200
+        assert (
+            await stack.client.get(stack.base + "/s/sess-k/healthz", headers=headers)
+        ).status_code == 200
         killed = asyncio.Event()
 
         async def body() -> AsyncIterator[bytes]:
@@ -156,6 +156,9 @@ async def test_head_and_keep_alive_reuse(stack: Stack) -> None:
     for _ in range(3):
         resp = await stack.client.get(stack.base + "/s/sess-a/blob?size=5", headers=headers)
         assert resp.content == b"xxxxx"
+    # After HEAD the connection is not reused (its body length is unknowable); after
+    # that, one pooled keep-alive connection carries all three GETs.
+    assert len(set(stack.sandbox.clients[1:])) == 1
 
 
 async def test_controller_unavailable_is_503(stack: Stack) -> None:

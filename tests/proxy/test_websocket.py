@@ -35,10 +35,15 @@ async def test_pod_close_code_reaches_the_client(stack: Stack, code: int) -> Non
     assert ws.close_code == code
 
 
-async def test_client_close_code_reaches_the_pod(stack: Stack) -> None:
+async def test_client_close_code_reaches_the_pod_without_credentials(stack: Stack) -> None:
     seen: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
+    requests: list[tuple[str, dict[str, str]]] = []
 
     async def recorder(conn: ServerConnection) -> None:
+        assert conn.request is not None
+        requests.append(
+            (conn.request.path, {k.lower(): v for k, v in conn.request.headers.raw_items()})
+        )
         try:
             async for message in conn:
                 await conn.send(message)
@@ -50,12 +55,18 @@ async def test_client_close_code_reaches_the_pod(stack: Stack) -> None:
         port = pod.sockets[0].getsockname()[1]
         token = stack.session("sess-r")
         stack.controller.add("sess-r", "ready", f"127.0.0.1:{port}")
-        headers = {"x-sandbox-token": token}
-        async with connect(stack.ws_base + "/s/sess-r/x", additional_headers=headers) as ws:
+        headers = {"authorization": f"Bearer {token}", "cookie": f"sandbox_token={token}; a=b"}
+        url = stack.ws_base + f"/s/sess-r/x?q=1&token={token}"
+        async with connect(url, additional_headers=headers) as ws:
             await ws.send("one")
             assert await ws.recv() == "one"
             await ws.close(4321, "bye")
         assert await asyncio.wait_for(seen.get(), 5) == (4321, "bye")
+    path, pod_headers = requests[0]
+    assert path == "/x?q=1"
+    assert "authorization" not in pod_headers and pod_headers["cookie"] == "a=b"
+    assert token not in repr(pod_headers)
+    assert pod_headers["x-forwarded-prefix"] == "/s/sess-r"
 
 
 async def test_pod_that_dies_closes_the_client_with_1011(stack: Stack) -> None:
