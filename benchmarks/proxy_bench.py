@@ -10,7 +10,7 @@ Targets are interleaved round by round and medians reported, because the machine
 shared. Writes nothing unless ``--write`` is given (then benchmarks/proxy.md).
 """
 
-# ruff: noqa: ASYNC220  (a benchmark driver: blocking Popen at set-up is fine)
+
 from __future__ import annotations
 
 import argparse

@@ -11,26 +11,18 @@ clients hear 1001 (going away) from us rather than uvicorn's 1012:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 
 import uvicorn
 
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
+from sandbox_controller.serving import Server, bind
 
 from .app import ProxyApp
 
 log = logging.getLogger(__name__)
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # Signals belong to whoever owns the process; they set our `shutdown` event.
-        yield
 
 
 def _http_impl() -> str:
@@ -39,17 +31,6 @@ def _http_impl() -> str:
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
         return "h11"
     return "httptools"
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    # A deep backlog: a thousand editors reconnecting after a deploy arrive at once.
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 class ProxyServer:
@@ -78,7 +59,7 @@ class ProxyServer:
             date_header=False,  # the pod's Date passes through; two would be wrong
             timeout_graceful_shutdown=max(1, round(self.drain_timeout)),
         )
-        server = _Server(config)
+        server = Server(config)
         await self.app.startup()
         try:
             config.load()

@@ -12,7 +12,6 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
 DRAIN_LIMIT = 32 * 1024 * 1024
 
 

@@ -40,7 +40,7 @@ class Dev:
             "SANDBOX_MAX_TOTAL_JOBS": str(MAX_TOTAL),
             "SANDBOX_LOG_LEVEL": "warning",
         }
-        self.log = open(tmp / "dev.log", "ab")  # noqa: SIM115
+        self.log = open(tmp / "dev.log", "ab")
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.port}",
