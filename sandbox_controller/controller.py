@@ -29,6 +29,8 @@ from .store.db import wait_for_database
 
 log = logging.getLogger(__name__)
 
+RETENTION_EVERY = 3600.0
+
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(
@@ -106,6 +108,7 @@ class Controller:
         await self.backend.start()
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
+        self._tasks.start(self._retention_loop(), "retention")
 
     async def shutdown(self) -> None:
         self._stopping.set()
@@ -188,6 +191,22 @@ class Controller:
                 await self._step_down(release=False)
             else:
                 last_renewed = self.clock.now()
+
+    async def _retention_loop(self) -> None:
+        """Delete ended sessions past SANDBOX_ENDED_RETENTION, hourly, on the leader."""
+        while not self._stopping.is_set():
+            if self.is_leader:
+                cutoff = self.clock.now() - self.settings.ended_retention
+                try:
+                    purged = await self.store.delete_ended_before(cutoff)
+                except Exception as exc:
+                    log.warning("purging ended sessions failed: %s", exc)
+                else:
+                    if purged:
+                        log.info("purged %d ended sessions", purged)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETENTION_EVERY):
+                    await self._stopping.wait()
 
     # ------------------------------------------------------------ status
 
