@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from sandbox_controller.api import create_app
 from sandbox_controller.api.schemas import CreateSession
 from sandbox_controller.config import load_settings
+from sandbox_controller.serving import tune_gc
 
 bench_rows = sa.Table(
     "bench_rows",
@@ -27,6 +28,7 @@ bench_rows = sa.Table(
 
 
 def build() -> FastAPI:
+    tune_gc()  # as `sandbox-controller serve` does
     app = create_app(load_settings())
     store = app.state.controller.store
 

@@ -49,16 +49,40 @@ def fresh_database(kind: str, tmp: Path) -> str:
     if kind == "sqlite":
         return f"sqlite+aiosqlite:///{tmp}/bench.db"
     name = f"bench_{os.getpid()}_{int(time.time())}"
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
-                    f'CREATE DATABASE "{name}"'], check=True)
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qc",
+            f'CREATE DATABASE "{name}"',
+        ],
+        check=True,
+    )
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
 def drop_database(url: str) -> None:
     if url.startswith("postgresql"):
         name = url.rsplit("/", 1)[1]
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
-                        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            ],
+            check=False,
+        )
 
 
 async def create_bench_table(url: str) -> None:
@@ -73,11 +97,33 @@ async def create_bench_table(url: str) -> None:
 def start_kubesim(tmp: Path) -> tuple[subprocess.Popen[str], str]:
     kubeconfig = str(tmp / "kubeconfig")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox_controller.kubesim", "--port", "0",
-         "--kubeconfig", kubeconfig, "--nodes", "1", "--node-cpu", "100000",
-         "--node-memory", "1000000Gi", "--startup-delay", "0", "--termination-delay", "0",
-         "--history", "400000", "--token", ""],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sandbox_controller.kubesim",
+            "--port",
+            "0",
+            "--kubeconfig",
+            kubeconfig,
+            "--nodes",
+            "1",
+            "--node-cpu",
+            "100000",
+            "--node-memory",
+            "1000000Gi",
+            "--startup-delay",
+            "0",
+            "--termination-delay",
+            "0",
+            "--history",
+            "400000",
+            "--token",
+            "",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     proc.stdout.readline()  # {"url": ..., "kubeconfig": ...} once it listens
@@ -102,10 +148,26 @@ def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subproc
         "SANDBOX_LOG_LEVEL": "warning",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.bench_app:build",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-         "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "benchmarks.bench_app:build",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -125,10 +187,25 @@ async def wait_pool(base: str, idle: int, timeout: float = 300) -> None:
 
 def run_wrk(base: str, path: str, conns: int, seconds: float, tag: str) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", "-t", "2" if conns > 1 else "1", "-c", str(conns), "-d", f"{seconds:g}s",
-         "-H", f"Authorization: Bearer {TOKEN}", "-s", str(ROOT / "benchmarks" / "claims.lua"),
-         f"{base}{path}", "--", tag],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            "2" if conns > 1 else "1",
+            "-c",
+            str(conns),
+            "-d",
+            f"{seconds:g}s",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "-s",
+            str(ROOT / "benchmarks" / "claims.lua"),
+            f"{base}{path}",
+            "--",
+            tag,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"RESULT (\{.*\})", out)
     assert match, out
@@ -158,17 +235,25 @@ async def bench_database(kind: str, seconds: float, pool: int) -> list[dict[str,
             await create_bench_table(url)
             started = time.monotonic()
             await wait_pool(base, pool)
-            print(f"[{kind}] warm pool of {pool} ready in {time.monotonic() - started:.1f}s",
-                  file=sys.stderr)
+            print(
+                f"[{kind}] warm pool of {pool} ready in {time.monotonic() - started:.1f}s",
+                file=sys.stderr,
+            )
             for conns in (1, 32):
-                for name, path in (("noop", "/bench/noop"), ("insert", "/bench/insert"),
-                                   ("sessions", "/sessions")):
+                for name, path in (
+                    ("noop", "/bench/noop"),
+                    ("insert", "/bench/insert"),
+                    ("sessions", "/sessions"),
+                ):
                     result = run_wrk(base, path, conns, seconds, f"{kind}{conns}{name}")
                     result.update(database=kind, endpoint=name, connections=conns)
                     rows.append(result)
-                    print(f"[{kind}] {name:8} c={conns:<3} {result['rps']:8.0f} req/s  "
-                          f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
-                          f"  non2xx {result['non2xx']}", file=sys.stderr)
+                    print(
+                        f"[{kind}] {name:8} c={conns:<3} {result['rps']:8.0f} req/s  "
+                        f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
+                        f"  non2xx {result['non2xx']}",
+                        file=sys.stderr,
+                    )
             counts = outcomes(base)
             for row in rows:
                 row["warm_claims_total"] = counts.get("warm", 0)
@@ -190,8 +275,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ceiling = next(r for r in rows if r["database"] == row["database"]
-                       and r["connections"] == row["connections"] and r["endpoint"] == "insert")
+        ceiling = next(
+            r
+            for r in rows
+            if r["database"] == row["database"]
+            and r["connections"] == row["connections"]
+            and r["endpoint"] == "insert"
+        )
         lines.append(
             f"| {row['database']} | {row['connections']} | {row['endpoint']} | "
             f"{row['rps']:.0f} | {row['p50_us'] / 1000:.2f} | {row['p99_us'] / 1000:.2f} | "

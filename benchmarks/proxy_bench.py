@@ -10,7 +10,6 @@ Targets are interleaved round by round and medians reported, because the machine
 shared. Writes nothing unless ``--write`` is given (then benchmarks/proxy.md).
 """
 
-
 from __future__ import annotations
 
 import argparse

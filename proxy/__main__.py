@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 
 from sandbox_controller.config import load_settings
+from sandbox_controller.serving import tune_gc
 
 from .server import serve_proxy
 
@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             on_bound=lambda host, port: print(f"listening {host}:{port}", flush=True),
         )
 
-    # A process of its own, so we may tune the collector: the forwarding path allocates
-    # many short-lived objects, and fewer young collections cut the latency tail
-    # (benchmarks/proxy.md); freezing moves start-up objects out of every full collection.
-    gc.set_threshold(20_000, 50, 100)
-    gc.freeze()
+    tune_gc()  # a process of its own, so the collector may be tuned for serving
     try:
         import uvloop
     except ImportError:

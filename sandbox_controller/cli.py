@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import secrets
@@ -150,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(settings.log_level)
     runner = {"dev": _dev, "serve": _serve, "proxy": _proxy, "migrate": _migrate}[args.command]
-    if args.command == "proxy":
-        # A process of its own: tune the collector as proxy/__main__.py explains.
-        gc.set_threshold(20_000, 50, 100)
-        gc.freeze()
+    if args.command != "migrate":
+        from .serving import tune_gc
+
+        tune_gc()
     try:
         uvloop.run(runner(settings))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 from collections.abc import Generator
@@ -60,3 +61,16 @@ async def serve_until(server: Server, sock: socket.socket, stop: asyncio.Event) 
     server.should_exit = True
     stopper.cancel()
     await task
+
+
+def tune_gc() -> None:
+    """For a long-running server process (never in library code: it is process-wide).
+
+    The scheduler and the proxy allocate many short-lived objects while the pool keeps
+    many long-lived ones; with the default thresholds, young collections run every few
+    hundred allocations and full ones rescan every pod and session, which showed up as
+    tens of milliseconds in the claim and proxy latency tails (benchmarks/README.md).
+    Fewer young collections and freezing what start-up created keep the tail short.
+    """
+    gc.set_threshold(20_000, 50, 100)
+    gc.freeze()
