@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.server import ProxyServer, _Server, bind
+from proxy.server import ProxyServer
 from sandbox_controller import devsandbox
 from sandbox_controller.config import Settings
+from sandbox_controller.serving import Server, bind
 from sandbox_controller.tokens import issue_token
 
 SECRET = "test-secret"
@@ -67,7 +68,7 @@ async def serve(app: ASGIApp) -> Served:
     config = uvicorn.Config(
         app, lifespan="off", log_level="warning", ws_ping_interval=None, access_log=False
     )
-    server = _Server(config)
+    server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
