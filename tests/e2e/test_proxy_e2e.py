@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +204,36 @@ async def test_dev_serves_curl_and_websockets_through_its_proxy_then_stops_clean
             dev.proc.wait()
         for pid in sandbox_processes(dev.state_dir):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_dev_exits_when_its_proxy_port_is_taken(tmp_path: Path) -> None:
+    dev = Dev(tmp_path)
+    dev.env["SANDBOX_PREWARM_POOL_SIZE"] = "0"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sandbox_controller.cli",
+            "dev",
+            "--port",
+            "0",
+            "--proxy-port",
+            str(taken.getsockname()[1]),
+            env=dev.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    await dev.client.aclose()
+    assert proc.returncode != 0
+    assert b"Address already in use" in err, err.decode()
 
 
 async def test_traffic_through_the_proxy_moves_last_active_at(
