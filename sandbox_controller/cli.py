@@ -49,7 +49,14 @@ async def _dev(settings: Settings) -> None:
         serve_proxy(settings, shutdown=stop, on_bound=lambda _, port: proxy_bound.set_result(port)),
         name="proxy",
     )
-    proxy_port = await proxy_bound
+    # A proxy that fails to start (its port taken) never binds: raise its error rather
+    # than wait for a port forever.
+    starting: set[asyncio.Future[Any]] = {proxy, proxy_bound}
+    await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+    if not proxy_bound.done():
+        proxy.result()
+        raise RuntimeError("the proxy stopped before it was listening")
+    proxy_port = proxy_bound.result()
     if "SANDBOX_PROXY_PUBLIC_URL" not in os.environ:
         # Follow the port actually bound, unless the operator named a public URL.
         public = f"http://{settings.proxy_host}:{proxy_port}"
