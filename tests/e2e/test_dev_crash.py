@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,19 @@ class Dev:
 
     async def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox_controller.cli", "dev",
-             "--port", str(self.port), "--proxy-port", str(self.proxy_port)],
-            env=self.env, stdout=self.log, stderr=self.log,
+            [
+                sys.executable,
+                "-m",
+                "sandbox_controller.cli",
+                "dev",
+                "--port",
+                str(self.port),
+                "--proxy-port",
+                str(self.proxy_port),
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=self.log,
         )
         await self.until(self._ready, "the dev server to be ready")
 
@@ -107,8 +118,12 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
         producer = asyncio.create_task(burst())
 
         async def enough_promised() -> bool:
-            return sum(isinstance(r, httpx.Response) and r.status_code == 201
-                       for r in results.values()) >= 6
+            return (
+                sum(
+                    isinstance(r, httpx.Response) and r.status_code == 201 for r in results.values()
+                )
+                >= 6
+            )
 
         await dev.until(enough_promised, "six sessions to be promised", timeout=30)
         assert not producer.done(), "the burst ended before the kill"
@@ -118,7 +133,8 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
         await producer
         await asyncio.gather(*tasks)
         promised = {
-            thread: r.json() for thread, r in results.items()
+            thread: r.json()
+            for thread, r in results.items()
             if isinstance(r, httpx.Response) and r.status_code == 201
         }
         assert len(promised) >= 6
@@ -154,16 +170,21 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
         assert known <= MAX_TOTAL
         assert len(sandbox_processes(dev.state_dir)) == known, "an orphaned sandbox process"
     finally:
-        if dev.proc is not None and dev.proc.poll() is None:
-            dev.proc.send_signal(signal.SIGTERM)
-            dev.proc.wait(timeout=30)
         await dev.client.aclose()
-    # A clean stop leaves no sandbox behind either.
-    for _ in range(50):
-        if not sandbox_processes(dev.state_dir):
-            break
-        await asyncio.sleep(0.1)
+        leftover = stop_and_reap(dev)
+    assert not leftover, "dev left sandbox processes running after SIGTERM"
+
+
+def stop_and_reap(dev: Dev) -> list[int]:
+    """SIGTERM dev, give its sandboxes a moment to go, and kill (and report) any that stay,
+    so that a failing test does not leave processes behind either."""
+    if dev.proc is not None and dev.proc.poll() is None:
+        dev.proc.send_signal(signal.SIGTERM)
+        dev.proc.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while sandbox_processes(dev.state_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
     leftover = sandbox_processes(dev.state_dir)
     for pid in leftover:
         os.kill(pid, signal.SIGKILL)
-    assert not leftover, "dev left sandbox processes running after SIGTERM"
+    return leftover
