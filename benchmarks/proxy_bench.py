@@ -7,7 +7,7 @@ Needs ``wrk`` and ``nginx`` (Debian packages) and configurable-http-proxy instal
 the same upstreams: a single-worker nginx answering ``200 ok`` for HTTP (so the upstream
 is not the bottleneck) and a ``websockets`` echo server for WebSocket round trips.
 Targets are interleaved round by round and medians reported, because the machine is
-shared. Writes nothing unless ``--write`` is given (then benchmarks/proxy.md).
+shared. Writes nothing unless ``--write`` is given (then benchmarks/results/proxy.md, for benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ async def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--websockets", type=int, default=1000)
-    ap.add_argument("--write", action="store_true", help="write benchmarks/proxy.md")
+    ap.add_argument("--write", action="store_true", help="write benchmarks/results/proxy.md")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -327,7 +327,8 @@ async def main() -> None:
     table = render(results, ws_results, idle_rss, ws_rss, args)
     print(table)
     if args.write:
-        (ROOT / "benchmarks/proxy.md").write_text(table)
+        (ROOT / "benchmarks/results").mkdir(exist_ok=True)
+        (ROOT / "benchmarks/results/proxy.md").write_text(table)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

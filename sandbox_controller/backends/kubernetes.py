@@ -32,6 +32,8 @@ from .ratelimit import Backoff, TokenBucket, parse_retry_after
 
 log = logging.getLogger(__name__)
 
+GENERATE_NAME_ATTEMPTS = 3
+
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -235,7 +237,7 @@ class KubernetesBackend:
         async with self._create_slots:
             self._creating += 1
             try:
-                pod = await self._call(self.core.create_namespaced_pod, self.namespace, body)
+                pod = await self._create_with_fresh_name(body)
             finally:
                 self._creating -= 1
             # No await from here on: the watch cannot slip in between these lines.
@@ -245,6 +247,17 @@ class KubernetesBackend:
                 self._expectations.expect(name)
                 self._emit([self._cache.upsert(pod)])
         return name
+
+    async def _create_with_fresh_name(self, body: Obj) -> Obj:
+        """generateName draws a 5-character suffix; among thousands of pods a draw can
+        collide (409 AlreadyExists). The pod was not created, so ask again at once."""
+        for _ in range(GENERATE_NAME_ATTEMPTS - 1):
+            try:
+                return await self._call(self.core.create_namespaced_pod, self.namespace, body)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        return await self._call(self.core.create_namespaced_pod, self.namespace, body)
 
     async def delete_pod(self, name: str) -> None:
         try:
