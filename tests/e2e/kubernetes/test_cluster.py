@@ -7,7 +7,7 @@ from typing import Any
 
 from sandbox_controller.kubesim import KubeSim
 
-from .conftest import Kube, is_pending, live_pods, managed_pods, until
+from .conftest import Kube, is_pending, live_pods, managed_pods
 
 NO_ROOM = "0/3 nodes are available: 3 Insufficient cpu."
 

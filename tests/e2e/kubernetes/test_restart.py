@@ -27,9 +27,7 @@ async def test_a_restarted_controller_adopts_live_pods_and_leaks_none(
     await asyncio.sleep(0.01)
     await first.stop()
     answers = await asyncio.gather(*late, return_exceptions=True)
-    promised = [
-        a.json() for a in answers if isinstance(a, httpx.Response) and a.status_code == 201
-    ]
+    promised = [a.json() for a in answers if isinstance(a, httpx.Response) and a.status_code == 201]
     before = uids(managed_pods(sim))
     creates_before = sim.count_calls("create", "pods", 201)
 

@@ -24,8 +24,9 @@ async def test_pool_fills_to_prewarm_size_and_refills_after_a_claim(kube: Kube) 
     await ctl.wait_idle_pods(3)
     await until(
         ctl,
-        lambda: [p["metadata"]["labels"].get(LABEL_STATE) for p in managed_pods(sim)]
-        == ["idle"] * 3,
+        lambda: (
+            [p["metadata"]["labels"].get(LABEL_STATE) for p in managed_pods(sim)] == ["idle"] * 3
+        ),
         what="three pods labelled idle in the cluster",
     )
 
@@ -36,8 +37,10 @@ async def test_pool_fills_to_prewarm_size_and_refills_after_a_claim(kube: Kube) 
     await ctl.wait_idle_pods(3)
     await until(
         ctl,
-        lambda: labels_of(managed_pods(sim), body["pod"]).get(LABEL_SESSION)
-        == session_label(body["id"]),
+        lambda: (
+            labels_of(managed_pods(sim), body["pod"]).get(LABEL_SESSION)
+            == session_label(body["id"])
+        ),
         what="the claimed pod labelled with its session",
     )
     assert labels_of(managed_pods(sim), body["pod"])[LABEL_STATE] == "assigned"
