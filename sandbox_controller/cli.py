@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
 import sys
 from typing import Any
+
+import uvloop
 
 from .config import ConfigError, Settings, is_loopback, load_settings
 
@@ -30,37 +33,32 @@ def _settings(**overrides: Any) -> Settings:
 
 
 async def _dev(settings: Settings) -> None:
+    """Controller, proxy and local sandboxes in one process, stopped together."""
+    from proxy import serve_proxy
+
     from .api import create_app
     from .serving import bind, make_server, serve_until, stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    app = create_app(settings, stop_sandboxes_on_exit=True)
     api_sock = bind(settings.host, settings.port)
     api_port = api_sock.getsockname()[1]
-    proxy_sock = bind(settings.proxy_host, settings.proxy_port)
-    proxy_port = proxy_sock.getsockname()[1]
-    settings = settings.model_copy(
-        update={
-            "controller_url": f"http://127.0.0.1:{api_port}",
-            # Follow the port actually bound, unless the operator named a public URL.
-            "proxy_public_url": settings.proxy_public_url
-            if "SANDBOX_PROXY_PUBLIC_URL" in os.environ
-            else f"http://{settings.proxy_host}:{proxy_port}",
-        }
+    settings = settings.model_copy(update={"controller_url": f"http://127.0.0.1:{api_port}"})
+
+    proxy_bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    proxy = asyncio.create_task(
+        serve_proxy(settings, shutdown=stop, on_bound=lambda _, port: proxy_bound.set_result(port)),
+        name="proxy",
     )
-    app.state.controller.settings = settings
-    server = make_server(app, log_level=settings.log_level)
-    tasks = [asyncio.create_task(serve_until(server, api_sock, stop), name="controller")]
-    try:
-        from proxy import create_proxy_app
-    except ImportError:  # pragma: no cover - the proxy ships in the same distribution
-        proxy_sock.close()
-    else:
-        proxy_server = make_server(
-            create_proxy_app(settings), log_level=settings.log_level, ws_ping_interval=None
-        )
-        tasks.append(asyncio.create_task(serve_until(proxy_server, proxy_sock, stop), name="proxy"))
+    proxy_port = await proxy_bound
+    if "SANDBOX_PROXY_PUBLIC_URL" not in os.environ:
+        # Follow the port actually bound, unless the operator named a public URL.
+        public = f"http://{settings.proxy_host}:{proxy_port}"
+        settings = settings.model_copy(update={"proxy_public_url": public})
+    server = make_server(
+        create_app(settings, stop_sandboxes_on_exit=True), log_level=settings.log_level
+    )
+    controller = asyncio.create_task(serve_until(server, api_sock, stop), name="controller")
     print(
         f"agent-sandbox-controller dev\n"
         f"  controller API  http://{settings.host}:{api_port}\n"
@@ -68,11 +66,11 @@ async def _dev(settings: Settings) -> None:
         f"  API token       {settings.api_token}\n"
         f"  database        {settings.database_url}\n"
         f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
-        f'-d \'{{"user_id":"me","thread_id":"t1"}}\' '
-        f"-H 'content-type: application/json' http://{settings.host}:{api_port}/sessions",
+        f'-H \'content-type: application/json\' -d \'{{"user_id":"me","thread_id":"t1"}}\' '
+        f"http://{settings.host}:{api_port}/sessions",
         flush=True,
     )
-    await asyncio.gather(*tasks)
+    await asyncio.gather(controller, proxy)
 
 
 async def _serve(settings: Settings) -> None:
@@ -86,16 +84,13 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _proxy(settings: Settings) -> None:
-    from proxy import create_proxy_app
+    from proxy import serve_proxy
 
-    from .serving import bind, make_server, serve_until, stop_on_signals
+    from .serving import stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    server = make_server(
-        create_proxy_app(settings), log_level=settings.log_level, ws_ping_interval=None
-    )
-    await serve_until(server, bind(settings.proxy_host, settings.proxy_port), stop)
+    await serve_proxy(settings, shutdown=stop)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -148,13 +143,19 @@ def main(argv: list[str] | None = None) -> int:
             settings = _settings()
         if args.command == "serve":
             _require_api_token(settings)
+        if args.command == "proxy" and not settings.token_secret:
+            raise ConfigError("SANDBOX_TOKEN_SECRET: required by the proxy to verify tokens")
     except ConfigError as exc:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
     runner = {"dev": _dev, "serve": _serve, "proxy": _proxy, "migrate": _migrate}[args.command]
+    if args.command == "proxy":
+        # A process of its own: tune the collector as proxy/__main__.py explains.
+        gc.set_threshold(20_000, 50, 100)
+        gc.freeze()
     try:
-        asyncio.run(runner(settings))
+        uvloop.run(runner(settings))
     except KeyboardInterrupt:
         pass
     return 0

@@ -149,3 +149,23 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
         await client.aclose()
         server.should_exit = True
         await task
+
+
+def sandbox_processes(marker: str = "") -> list[int]:
+    """Pids of live devsandbox processes whose command line or environment has marker."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"sandbox_controller.devsandbox" not in cmdline:
+                continue
+            if (proc / "stat").read_text().split()[2] == "Z":
+                continue
+            environ = (proc / "environ").read_bytes() if marker else b""
+        except OSError:
+            continue
+        if marker.encode() in cmdline or marker.encode() in environ:
+            pids.append(int(proc.name))
+    return pids

@@ -72,7 +72,8 @@ def create_app(
     _install_error_handlers(app)
     api_token = settings.api_token
 
-    def authorize(request: Request) -> None:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
+    async def authorize(request: Request) -> None:
         if api_token is None:
             return
         header = request.headers.get("authorization", "")
@@ -91,7 +92,7 @@ def create_app(
             detail = scheduler.pool.provisioning_detail(session.id)
         body = session_json(
             session,
-            proxy_url=settings.proxy_public_url,
+            proxy_url=ctl.settings.proxy_public_url,
             token_secret=ctl.token_secret,
             token_ttl=settings.token_ttl,
             now=ctl.clock.now(),
@@ -163,7 +164,7 @@ def create_app(
                 "sessions": [
                     session_json(
                         s,
-                        proxy_url=settings.proxy_public_url,
+                        proxy_url=ctl.settings.proxy_public_url,
                         token_secret=ctl.token_secret,
                         token_ttl=settings.token_ttl,
                         now=now,

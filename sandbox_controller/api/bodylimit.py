@@ -1,7 +1,9 @@
 """Refuse oversized request bodies with 413 before the app sees them.
 
 The controller's bodies are small JSON documents, so the middleware reads the body
-up to the limit and replays it; past the limit it answers 413 and reads no further.
+up to the limit and replays it; past the limit it discards the rest and answers 413.
+Discarding (up to a bound) rather than hanging up is what lets an ordinary client
+read the 413: a server that closes mid-upload leaves it with a connection reset.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DRAIN_LIMIT = 32 * 1024 * 1024
 
 
 class BodySizeLimit:
@@ -22,6 +26,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive)
             await self._refuse(send)
             return
         messages: list[Message] = []
@@ -33,6 +38,8 @@ class BodySizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive)
                 await self._refuse(send)
                 return
             if not message.get("more_body", False):
@@ -44,6 +51,16 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive) -> None:
+        drained = 0
+        while drained < DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(

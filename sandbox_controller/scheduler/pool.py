@@ -91,6 +91,10 @@ class Pool:
         self.create_blocked_until = 0.0
         self.cap_blocked = False
         self.counts: dict[PodState, int] = {s: 0 for s in PodState}
+        # Kept up to date as pods change, so a round never scans every pod: at
+        # thousands of pods a scan per round was the claim path's largest cost.
+        self.stale_idle: set[str] = set()  # idle pods of an old template
+        self.unschedulable_pods: set[str] = set()  # pending pods no node can take
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
@@ -104,7 +108,12 @@ class Pool:
 
     @property
     def unschedulable(self) -> bool:
-        return any(p.unschedulable for p in self.pods.values() if p.state is PodState.PENDING)
+        return bool(self.unschedulable_pods)
+
+    def set_template_hash(self, template_hash: str) -> None:
+        """A new pod template (an upgrade): idle pods of the old one get replaced."""
+        self.template_hash = template_hash
+        self.stale_idle = {n for n in self.idle if self.pods[n].template_hash != template_hash}
 
     @property
     def capacity_blocked(self) -> bool:
@@ -125,18 +134,29 @@ class Pool:
     def _set_pod_state(self, pod: Pod, state: PodState) -> None:
         self.counts[pod.state] -= 1
         self.counts[state] += 1
+        self._leave_state(pod)
+        pod.state = state
+        self._enter_state(pod)
+        self.outbox.dirty_pods.add(pod.name)
+
+    def _enter_state(self, pod: Pod) -> None:
+        if pod.state is PodState.IDLE:
+            self.idle[pod.name] = None
+            if pod.template_hash != self.template_hash:
+                self.stale_idle.add(pod.name)
+        elif pod.state is PodState.PENDING and pod.unschedulable:
+            self.unschedulable_pods.add(pod.name)
+
+    def _leave_state(self, pod: Pod) -> None:
         if pod.state is PodState.IDLE:
             self.idle.pop(pod.name, None)
-        pod.state = state
-        if state is PodState.IDLE:
-            self.idle[pod.name] = None
-        self.outbox.dirty_pods.add(pod.name)
+            self.stale_idle.discard(pod.name)
+        self.unschedulable_pods.discard(pod.name)
 
     def _add_pod(self, pod: Pod) -> None:
         self.pods[pod.name] = pod
         self.counts[pod.state] += 1
-        if pod.state is PodState.IDLE:
-            self.idle[pod.name] = None
+        self._enter_state(pod)
         if pod.state is PodState.PENDING:
             self.deadlines.push(
                 pod.created_at + self.limits.startup_timeout, "pod_startup", pod.name
@@ -146,7 +166,7 @@ class Pool:
     def _remove_pod(self, pod: Pod) -> None:
         del self.pods[pod.name]
         self.counts[pod.state] -= 1
-        self.idle.pop(pod.name, None)
+        self._leave_state(pod)
         self.outbox.dirty_pods.discard(pod.name)
         self.outbox.forgotten_pods.add(pod.name)
 
@@ -399,8 +419,11 @@ class Pool:
             if pod.state is PodState.PENDING:
                 self._pod_ready(pod, now)
         elif pod.state is PodState.PENDING:
-            if (pod.detail, pod.unschedulable) != (status.detail, status.unschedulable):
-                pod.detail, pod.unschedulable = status.detail, status.unschedulable
+            pod.detail, pod.unschedulable = status.detail, status.unschedulable
+            if pod.unschedulable:
+                self.unschedulable_pods.add(pod.name)
+            else:
+                self.unschedulable_pods.discard(pod.name)
         elif pod.state is PodState.IDLE:
             # A warm pod that stopped answering is no longer worth handing out.
             self._delete_pod(pod, now)
@@ -429,12 +452,12 @@ class Pool:
         pod.ready_at = now
         pod.detail = None
         pod.unschedulable = False
+        self.unschedulable_pods.discard(pod.name)
         self.outbox.startup_seconds.append(now - pod.created_at)
         if pod.template_hash != self.template_hash:
             self._delete_pod(pod, now)
             return
         self._set_pod_state(pod, PodState.IDLE)
-        self.outbox.labels[pod.name] = {LABEL_STATE: "idle"}
         if self.waiting:
             session = self.sessions[next(iter(self.waiting))]
             self._assign(pod, session, now)
@@ -519,7 +542,7 @@ class Pool:
     def reconcile(self, now: float) -> None:
         """Replace idle pods of an old template, hand ready pods to waiters, and create
         what demand needs, within the cap and the create window."""
-        for name in [n for n in self.idle if self.pods[n].template_hash != self.template_hash]:
+        for name in list(self.stale_idle):
             self._delete_pod(self.pods[name], now)
         while self.waiting and self.idle:
             session = self.sessions[next(iter(self.waiting))]

@@ -8,7 +8,6 @@ epoch (a fencing token): a deposed leader that wakes up late cannot write.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from .tables import leader_lease, pods, sessions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LEASE_NAME = "controller"
-# Rows per multi-row statement: well under both databases' bound-parameter limits.
-CHUNK = 500
 
 
 class Deposed(Exception):
@@ -108,15 +105,11 @@ def pod_from_row(row: sa.Row[Any]) -> Pod:
     )
 
 
-def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
-    for i in range(0, len(rows), CHUNK):
-        yield rows[i : i + CHUNK]
-
-
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._upserts: dict[str, sa.Executable] = {}
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -209,13 +202,21 @@ class Store:
     async def _upsert(
         self, conn: AsyncConnection, table: sa.Table, key: str, rows: list[dict[str, Any]]
     ) -> None:
-        if not rows:
-            return
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        for chunk in _chunks(rows):
-            stmt = insert(table).values(list(chunk))
+        if rows:
+            # One statement for all rows, executed as executemany: its compiled form is
+            # cached, where a multi-VALUES statement would be compiled afresh each round.
+            await conn.execute(self._upsert_statement(table, key), rows)
+
+    def _upsert_statement(self, table: sa.Table, key: str) -> sa.Executable:
+        cached = self._upserts.get(table.name)
+        if cached is None:
+            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            stmt = insert(table)
             update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != key}
-            await conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=update))
+            cached = self._upserts[table.name] = stmt.on_conflict_do_update(
+                index_elements=[key], set_=update
+            )
+        return cached
 
     async def delete_ended_before(self, cutoff: float) -> int:
         async with self.engine.begin() as conn:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import httpx
 
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.tokens import verify_token
 
-from ...conftest import ControllerFactory, RunningController
+from ...conftest import ControllerFactory, RunningController, sandbox_processes
 
 
 async def test_a_warm_session_is_ready_with_a_working_sandbox(
@@ -111,8 +110,7 @@ async def test_idle_timeout_ends_the_session_and_stops_its_sandbox(
     assert (ended["state"], ended["end_reason"]) == ("ended", "idle_timeout")
 
     async def process_gone() -> bool:
-        ps = subprocess.run(["pgrep", "-f", f"--name {pod}"], capture_output=True)
-        return ps.returncode != 0
+        return not sandbox_processes(pod)
 
     await ctl.wait_for(process_gone, 15, f"sandbox process of {pod} to exit")
     touched = await ctl.client.post(f"/sessions/{body['id']}/touch")

@@ -242,7 +242,7 @@ def test_idle_pods_of_an_old_template_are_replaced_assigned_ones_kept() -> None:
     h.fill_pool()
     held = h.pool.sessions[sid].pod_name or ""
     old_idle = list(h.pool.idle)
-    h.pool.template_hash = "tmpl-2"  # an upgrade
+    h.pool.set_template_hash("tmpl-2")  # an upgrade
     h.tick()
     assert all(h.pool.pods[n].state is PodState.TERMINATING for n in old_idle)
     assert h.pool.pods[held].state is PodState.ASSIGNED

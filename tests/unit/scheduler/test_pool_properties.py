@@ -40,6 +40,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.served_by: dict[str, str] = {}  # pod -> the one session it ever served
         self.names = 0
         self.max_platform = 0
+        self.templates = 0
         self.settle()
 
     # -- plumbing
@@ -121,6 +122,23 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
             self.settle()
 
+    @rule(data=st.data(), stuck=st.booleans())
+    def pod_scheduling_news(self, data: st.DataObject, stuck: bool) -> None:
+        """A pending pod turns out unschedulable (no node has room), or gets placed."""
+        pending = self.pods_in(PodState.PENDING)
+        if pending:
+            name = data.draw(st.sampled_from(pending))
+            detail = "0/3 nodes are available: 3 Insufficient cpu." if stuck else "pulling"
+            status = PodStatus(name, PodPhase.PENDING, detail=detail, unschedulable=stuck)
+            self.pool.pod_observed(status, self.now)
+            self.settle()
+
+    @rule()
+    def upgrade_template(self) -> None:
+        self.templates += 1
+        self.pool.set_template_hash(f"tmpl-{self.templates}")
+        self.settle()
+
     @rule(data=st.data())
     def pod_fails(self, data: st.DataObject) -> None:
         alive = self.pods_in(PodState.PENDING, PodState.IDLE, PodState.ASSIGNED)
@@ -178,6 +196,11 @@ class PoolMachine(RuleBasedStateMachine):
         for state in PodState:
             assert self.pool.counts[state] == len(self.pods_in(state))
         assert set(self.pool.idle) == set(self.pods_in(PodState.IDLE))
+        pods = self.pool.pods
+        stuck = {n for n in self.pods_in(PodState.PENDING) if pods[n].unschedulable}
+        assert self.pool.unschedulable_pods == stuck
+        stale = {n for n in self.pool.idle if pods[n].template_hash != self.pool.template_hash}
+        assert self.pool.stale_idle <= stale
         for sid in self.pool.waiting:
             assert self.pool.sessions[sid].state is SessionState.PROVISIONING
         for session in self.pool.sessions.values():

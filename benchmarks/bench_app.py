@@ -1,0 +1,47 @@
+"""The controller app plus two ceiling endpoints, for claim_bench.py only.
+
+``/bench/noop`` validates the same body and answers: the cost of HTTP + FastAPI alone.
+``/bench/insert`` also inserts one row and commits: the cost of one durable write.
+Run by uvicorn as a factory: ``uvicorn --factory benchmarks.bench_app:build``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from sandbox_controller.api import create_app
+from sandbox_controller.api.schemas import CreateSession
+from sandbox_controller.config import load_settings
+
+bench_rows = sa.Table(
+    "bench_rows",
+    sa.MetaData(),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(253), nullable=False),
+    sa.Column("thread_id", sa.String(253), nullable=False),
+)
+
+
+def build() -> FastAPI:
+    app = create_app(load_settings())
+    store = app.state.controller.store
+
+    @app.post("/bench/noop", status_code=201)
+    async def noop(body: CreateSession) -> Response:
+        return JSONResponse({"user_id": body.user_id, "thread_id": body.thread_id}, 201)
+
+    @app.post("/bench/insert", status_code=201)
+    async def insert(body: CreateSession) -> Response:
+        async with store.engine.begin() as conn:  # claim_bench.py created the table
+            await conn.execute(
+                bench_rows.insert().values(
+                    id=uuid.uuid4().hex, user_id=body.user_id, thread_id=body.thread_id
+                )
+            )
+        return JSONResponse({"user_id": body.user_id, "thread_id": body.thread_id}, 201)
+
+    return app

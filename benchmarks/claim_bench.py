@@ -1,0 +1,222 @@
+"""Warm-path POST /sessions against two ceilings of the same app, over SQLite and PostgreSQL.
+
+    python benchmarks/claim_bench.py [--seconds 4] [--pool 8000] [--databases sqlite,postgres]
+
+For each database: kubesim (the in-repo fake Kubernetes API) and the controller run as
+separate processes; the controller fills a warm pool of --pool pods, with maxTotalJobs
+equal to the pool so no refill runs during the measurement. wrk (Debian package `wrk`)
+then drives, at 1 and at 32 connections:
+  noop      POST /bench/noop     same body validation, no work: HTTP + FastAPI alone
+  insert    POST /bench/insert   one single-row INSERT and COMMIT per request
+  sessions  POST /sessions       the real warm claim (a new user and thread each time)
+Results go to stdout as a Markdown table and to benchmarks/results/claims.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.bench_app import bench_rows  # noqa: E402
+
+TOKEN = "bench-token"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fresh_database(kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp}/bench.db"
+    name = f"bench_{os.getpid()}_{int(time.time())}"
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                    f'CREATE DATABASE "{name}"'], check=True)
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(url: str) -> None:
+    if url.startswith("postgresql"):
+        name = url.rsplit("/", 1)[1]
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
+
+
+async def create_bench_table(url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: bench_rows.create(c, checkfirst=True))
+    await engine.dispose()
+
+
+def start_kubesim(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    kubeconfig = str(tmp / "kubeconfig")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox_controller.kubesim", "--port", "0",
+         "--kubeconfig", kubeconfig, "--nodes", "1", "--node-cpu", "100000",
+         "--node-memory", "1000000Gi", "--startup-delay", "0", "--termination-delay", "0",
+         "--history", "400000", "--token", ""],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # {"url": ..., "kubeconfig": ...} once it listens
+    return proc, kubeconfig
+
+
+def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SANDBOX_DATABASE_URL": url,
+        "SANDBOX_BACKEND": "kubernetes",
+        "SANDBOX_KUBECONFIG": kubeconfig,
+        "SANDBOX_NAMESPACE": "default",
+        "SANDBOX_PREWARM_POOL_SIZE": str(pool),
+        "SANDBOX_MAX_TOTAL_JOBS": str(pool),
+        "SANDBOX_MAX_CONCURRENT_CREATES": "20",
+        "SANDBOX_KUBE_QPS": "5000",
+        "SANDBOX_KUBE_BURST": "5000",
+        "SANDBOX_API_TOKEN": TOKEN,
+        "SANDBOX_TOKEN_SECRET": "bench-secret",
+        "SANDBOX_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.bench_app:build",
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+         "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=ROOT,
+    )
+
+
+async def wait_pool(base: str, idle: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        while time.monotonic() < deadline:
+            try:
+                pool = (await c.get("/pool")).json()
+                if pool["pods"]["idle"] >= idle:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"pool never reached {idle} idle pods")
+
+
+def run_wrk(base: str, path: str, conns: int, seconds: float, tag: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t", "2" if conns > 1 else "1", "-c", str(conns), "-d", f"{seconds:g}s",
+         "-H", f"Authorization: Bearer {TOKEN}", "-s", str(ROOT / "benchmarks" / "claims.lua"),
+         f"{base}{path}", "--", tag],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    match = re.search(r"RESULT (\{.*\})", out)
+    assert match, out
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def outcomes(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics").text
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'sandbox_session_requests_total\{outcome="(\w+)"\} ([\d.e+]+)', text)
+    }
+
+
+async def bench_database(kind: str, seconds: float, pool: int) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        url = fresh_database(kind, tmp)
+        kubesim, kubeconfig = start_kubesim(tmp)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        controller = start_controller(url, kubeconfig, pool, port)
+        try:
+            await create_bench_table(url)
+            started = time.monotonic()
+            await wait_pool(base, pool)
+            print(f"[{kind}] warm pool of {pool} ready in {time.monotonic() - started:.1f}s",
+                  file=sys.stderr)
+            for conns in (1, 32):
+                for name, path in (("noop", "/bench/noop"), ("insert", "/bench/insert"),
+                                   ("sessions", "/sessions")):
+                    result = run_wrk(base, path, conns, seconds, f"{kind}{conns}{name}")
+                    result.update(database=kind, endpoint=name, connections=conns)
+                    rows.append(result)
+                    print(f"[{kind}] {name:8} c={conns:<3} {result['rps']:8.0f} req/s  "
+                          f"p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms"
+                          f"  non2xx {result['non2xx']}", file=sys.stderr)
+            counts = outcomes(base)
+            for row in rows:
+                row["warm_claims_total"] = counts.get("warm", 0)
+                row["non_warm_claims_total"] = sum(v for k, v in counts.items() if k != "warm")
+        finally:
+            for proc in (controller, kubesim):
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            drop_database(url)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| database | connections | endpoint | req/s | p50 ms | p99 ms | vs insert ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ceiling = next(r for r in rows if r["database"] == row["database"]
+                       and r["connections"] == row["connections"] and r["endpoint"] == "insert")
+        lines.append(
+            f"| {row['database']} | {row['connections']} | {row['endpoint']} | "
+            f"{row['rps']:.0f} | {row['p50_us'] / 1000:.2f} | {row['p99_us'] / 1000:.2f} | "
+            f"{row['rps'] / ceiling['rps']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--pool", type=int, default=8000)
+    parser.add_argument("--databases", default="sqlite,postgres")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("claim_bench: needs wrk (apt-get install wrk)")
+    rows = []
+    for kind in args.databases.split(","):
+        rows += asyncio.run(bench_database(kind, args.seconds, args.pool))
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "claims.json").write_text(json.dumps(rows, indent=2))
+    print(table(rows))
+    warm = {r["database"]: (r["warm_claims_total"], r["non_warm_claims_total"]) for r in rows}
+    print("\nclaims served warm / not warm, per database:", warm)
+
+
+if __name__ == "__main__":
+    main()

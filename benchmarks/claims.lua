@@ -1,0 +1,31 @@
+-- wrk script: every request opens a session for a new user and thread.
+-- args: <run tag>. Each wrk thread gets its own prefix so ids never collide.
+local threads = {}
+local counter = 0
+local prefix = ""
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  prefix = (args[1] or "run") .. "-" .. tostring(tid) .. "-"
+  wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  counter = counter + 1
+  local id = prefix .. counter
+  local body = '{"user_id":"u' .. id .. '","thread_id":"t' .. id .. '","wait_seconds":0}'
+  return wrk.format("POST", wrk.path, wrk.headers, body)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    'RESULT {"requests":%d,"duration_us":%d,"non2xx":%d,"socket_errors":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end

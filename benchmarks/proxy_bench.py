@@ -1,0 +1,380 @@
+"""Side-by-side proxy benchmark: direct, this proxy, configurable-http-proxy, nginx.
+
+    python benchmarks/proxy_bench.py [--rounds 3] [--duration 10] [--connections 50]
+
+Needs ``wrk`` and ``nginx`` (Debian packages) and configurable-http-proxy installed with
+``npm install --prefix .cache/tools configurable-http-proxy``. Every target forwards to
+the same upstreams: a single-worker nginx answering ``200 ok`` for HTTP (so the upstream
+is not the bottleneck) and a ``websockets`` echo server for WebSocket round trips.
+Targets are interleaved round by round and medians reported, because the machine is
+shared. Writes nothing unless ``--write`` is given (then benchmarks/proxy.md).
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proxy.server import _Server, bind  # noqa: E402
+from sandbox_controller.tokens import issue_token  # noqa: E402
+
+SECRET = "bench-secret"
+API_TOKEN = "bench-api-token"
+SESSION = "sess-bench"
+CHP = ROOT / ".cache/tools/node_modules/.bin/configurable-http-proxy"
+
+WS_ECHO = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for m in ws:
+        await ws.send(m)
+async def main():
+    async with serve(echo, "127.0.0.1", 0, compression=None, ping_interval=None) as s:
+        print("listening 127.0.0.1:%d" % s.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+import uvloop; uvloop.run(main())
+"""
+
+NGINX_UPSTREAM = """
+worker_processes 1; pid {d}/up.pid; error_log {d}/up.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 100000;
+    location / {{ return 200 "ok\\n"; }} }} }}
+"""
+
+NGINX_PROXY = """
+worker_processes 1; pid {d}/px.pid; error_log {d}/px.err warn;
+events {{ worker_connections 8192; }}
+http {{ access_log off;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  upstream http_up {{ server {http_up}; keepalive 64; }}
+  upstream ws_up {{ server {ws_up}; }}
+  server {{ listen 127.0.0.1:{port};
+    location /s/{sid}/ws {{ proxy_pass http://ws_up/ws; proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade; proxy_read_timeout 1h; }}
+    location /s/{sid}/ {{ proxy_pass http://http_up/; proxy_http_version 1.1;
+      proxy_set_header Connection ""; }} }} }}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def spawn_listening(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening "):
+        raise RuntimeError(f"{args[:3]} did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> tuple[float, float]:
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    for k, v in headers.items():
+        args[1:1] = ["-H", f"{k}: {v}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert m, out
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return rps, p99
+
+
+async def ws_rtt(url: str, headers: dict[str, str], n: int = 2000) -> tuple[float, float]:
+    samples = []
+    async with connect(url, additional_headers=headers, compression=None) as ws:
+        for _ in range(50):
+            await ws.send("warm")
+            await ws.recv()
+        for _ in range(n):
+            t = time.perf_counter()
+            await ws.send("x" * 32)
+            await ws.recv()
+            samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+async def open_many(url: str, headers: dict[str, str], count: int) -> list[object]:
+    conns: list[object] = []
+    for i in range(0, count, 100):
+        batch = [
+            connect(url, additional_headers=headers, compression=None, ping_interval=None)
+            for _ in range(min(100, count - i))
+        ]
+        conns += await asyncio.gather(*batch)
+    for ws in conns:  # each one carries a frame, so every relay is fully set up
+        await ws.send("hi")  # type: ignore[attr-defined]
+        await ws.recv()  # type: ignore[attr-defined]
+    return conns
+
+
+class Controller:
+    """The controller's internal route API, reduced to the one session the bench uses."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    async def route(self, request: Request) -> Response:
+        return JSONResponse({"session_id": SESSION, "state": "ready", "address": self.address})
+
+    async def activity(self, request: Request) -> Response:
+        return Response(status_code=204)
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--websockets", type=int, default=1000)
+    ap.add_argument("--write", action="store_true", help="write benchmarks/proxy.md")
+    args = ap.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
+    auth = {"X-Sandbox-Token": token}
+
+    with processes() as procs:
+        # Upstreams, shared by every target.
+        up_port = free_port()
+        (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "up.conf"), "-g", "daemon off;"]
+            )
+        )
+        wait_port(up_port)
+        http_up = f"127.0.0.1:{up_port}"
+        ws_proc, ws_up = spawn_listening([sys.executable, "-c", WS_ECHO])
+        procs.append(ws_proc)
+
+        # The controller for this proxy: the internal route API, in this process.
+        controller = Controller(http_up)
+        ctl_app = Starlette(
+            routes=[
+                Route("/internal/routes/{sid}", controller.route),
+                Route("/internal/activity", controller.activity, methods=["POST"]),
+            ]
+        )
+        ctl_sock = bind("127.0.0.1", 0)
+        ctl = _Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
+        ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
+        env = dict(
+            os.environ,
+            SANDBOX_TOKEN_SECRET=SECRET,
+            SANDBOX_API_TOKEN=API_TOKEN,
+            SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
+            SANDBOX_LOG_LEVEL="warning",
+        )
+        ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
+        procs.append(ours)
+
+        chp_port, chp_api = free_port(), free_port()
+        chp_env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench")
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(CHP),
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(chp_port),
+                    "--api-ip",
+                    "127.0.0.1",
+                    "--api-port",
+                    str(chp_api),
+                    "--log-level",
+                    "error",
+                ],
+                env=chp_env,
+            )
+        )
+        wait_port(chp_api)
+        nginx_port = free_port()
+        (tmp / "px.conf").write_text(
+            NGINX_PROXY.format(d=tmp, port=nginx_port, http_up=http_up, ws_up=ws_up, sid=SESSION)
+        )
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "px.conf"), "-g", "daemon off;"]
+            )
+        )
+        wait_port(nginx_port)
+
+        async with httpx.AsyncClient(trust_env=False) as client:
+            # CHP keeps the route prefix on the way to the target, as JupyterHub expects;
+            # the nginx upstream answers any path and the echo server any WS path.
+            r = await client.post(
+                f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
+                headers={"Authorization": "token bench"},
+                json={"target": f"http://{http_up}"},
+            )
+            r.raise_for_status()
+
+        http_targets = {
+            "direct": (f"http://{http_up}/s/{SESSION}/healthz", {}),
+            "this proxy": (f"http://{ours_addr}/s/{SESSION}/healthz", auth),
+            "configurable-http-proxy": (f"http://127.0.0.1:{chp_port}/s/{SESSION}/healthz", {}),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/s/{SESSION}/healthz", {}),
+        }
+        results: dict[str, list[tuple[float, float]]] = {k: [] for k in http_targets}
+        for url, headers in http_targets.values():  # warm-up (and a fail-fast check)
+            await asyncio.to_thread(wrk, url, 1, 4, headers)
+        for rnd in range(args.rounds):
+            for name, (url, headers) in http_targets.items():
+                # In a thread: this process's loop must keep serving the route API.
+                run = await asyncio.to_thread(wrk, url, args.duration, args.connections, headers)
+                results[name].append(run)
+                print(f"round {rnd + 1} {name}: {results[name][-1]}", flush=True)
+
+        # WS: CHP needs the echo target on its route; swap the route for this phase.
+        async with httpx.AsyncClient(trust_env=False) as client:
+            r = await client.post(
+                f"http://127.0.0.1:{chp_api}/api/routes/s/{SESSION}",
+                headers={"Authorization": "token bench"},
+                json={"target": f"http://{ws_up}"},
+            )
+            r.raise_for_status()
+        controller.address = ws_up
+        await asyncio.sleep(6)  # our route cache TTL: pick the WS upstream up
+        ws_targets = {
+            "direct": (f"ws://{ws_up}/ws", {}),
+            "this proxy": (f"ws://{ours_addr}/s/{SESSION}/ws", auth),
+            "configurable-http-proxy": (f"ws://127.0.0.1:{chp_port}/s/{SESSION}/ws", {}),
+            "nginx": (f"ws://127.0.0.1:{nginx_port}/s/{SESSION}/ws", {}),
+        }
+        ws_results: dict[str, list[tuple[float, float]]] = {k: [] for k in ws_targets}
+        for _ in range(args.rounds):
+            for name, (url, headers) in ws_targets.items():
+                ws_results[name].append(await ws_rtt(url, headers))
+        idle_rss = rss_mib(ours.pid)
+        conns = await open_many(ws_targets["this proxy"][0], auth, args.websockets)
+        await asyncio.sleep(1)
+        ws_rss = rss_mib(ours.pid)
+        for ws in conns:
+            await ws.close()  # type: ignore[attr-defined]
+        ctl.should_exit = True
+        await ctl_task
+
+    table = render(results, ws_results, idle_rss, ws_rss, args)
+    print(table)
+    if args.write:
+        (ROOT / "benchmarks/proxy.md").write_text(table)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def render(
+    results: dict[str, list[tuple[float, float]]],
+    ws_results: dict[str, list[tuple[float, float]]],
+    idle_rss: float,
+    ws_rss: float,
+    args: argparse.Namespace,
+) -> str:
+    med = {
+        k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
+        for k, v in results.items()
+    }
+    wsm = {
+        k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
+        for k, v in ws_results.items()
+    }
+    chp_rps = med["configurable-http-proxy"][0]
+    lines = [
+        "| target | requests/s (median) | vs CHP | p99 ms (median) "
+        "| WS RTT p50 ms | WS RTT p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in med:
+        rps, p99 = med[name]
+        lines.append(
+            f"| {name} | {rps:,.0f} | {rps / chp_rps:.2f}x | {p99:.2f} | "
+            f"{wsm[name][0]:.3f} | {wsm[name][1]:.3f} |"
+        )
+    rounds = {k: ", ".join(f"{r:,.0f}" for r, _ in v) for k, v in results.items()}
+    notes = [
+        "",
+        f"This proxy's RSS: {idle_rss:.1f} MiB idle, {ws_rss:.1f} MiB with "
+        f"{args.websockets} open WebSockets.",
+        "",
+        "Per-round requests/s: " + "; ".join(f"{k}: {v}" for k, v in rounds.items()),
+        "",
+        f"wrk -t2 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds; "
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.2f}.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())

@@ -1,0 +1,109 @@
+"""Finding the session token on a request, checking it, and the session cookie.
+
+Carriers, in order of precedence: ``Authorization: Bearer``, ``X-Sandbox-Token``, the
+``token`` query parameter, then the session cookie. An explicit carrier wins over the
+cookie, so a stale cookie never shadows a fresh token. All of them are stripped before
+forwarding (forward.py and websocket.py build the upstream headers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote, unquote_plus
+
+from sandbox_controller.tokens import TokenClaims, TokenError, verify_token
+
+from .errors import forbidden, unauthorized
+
+COOKIE_NAME = "sandbox_token"
+_COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
+
+
+@dataclass(slots=True)
+class Credentials:
+    token: str | None = None
+    carrier: str = ""  # "authorization" | "header" | "query" | "cookie"
+    cookies: list[str] = field(default_factory=list)
+
+
+def find_credentials(headers: list[tuple[bytes, bytes]], query: bytes) -> Credentials:
+    creds = Credentials()
+    bearer = header = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, rest = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                bearer = rest.strip().decode("latin-1")
+        elif name == b"x-sandbox-token":
+            header = value.strip().decode("latin-1")
+        elif name == b"cookie" and _COOKIE_PREFIX in value:
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(_COOKIE_PREFIX):
+                    creds.cookies.append(part[len(_COOKIE_PREFIX) :].decode("latin-1"))
+    if bearer is not None:
+        creds.token, creds.carrier = bearer, "authorization"
+    elif header is not None:
+        creds.token, creds.carrier = header, "header"
+    else:
+        from_query = query_token(query)
+        if from_query is not None:
+            creds.token, creds.carrier = from_query, "query"
+    return creds
+
+
+def query_token(query: bytes) -> str | None:
+    if b"token=" not in query:
+        return None
+    for item in query.split(b"&"):
+        key, _, value = item.partition(b"=")
+        if key == b"token":
+            return unquote_plus(value.decode("latin-1"))
+    return None
+
+
+def strip_query_token(query: bytes) -> bytes:
+    if b"token" not in query:
+        return query
+    return b"&".join(i for i in query.split(b"&") if i.partition(b"=")[0] != b"token")
+
+
+def strip_cookie(value: bytes) -> bytes:
+    """The Cookie header without ours ("" if nothing is left)."""
+    if _COOKIE_PREFIX not in value:
+        return value
+    parts = [p.strip() for p in value.split(b";")]
+    return b"; ".join(p for p in parts if p and not p.startswith(_COOKIE_PREFIX))
+
+
+def authenticate(secret: bytes, creds: Credentials, session_id: str, now: float) -> TokenClaims:
+    """The claims of a token for ``session_id``; ProxyError 401/403 otherwise."""
+    candidates = [creds.token] if creds.token is not None else creds.cookies
+    if not candidates:
+        raise unauthorized("a session token is required")
+    other_session = False
+    for token in candidates:
+        try:
+            claims = verify_token(secret, token, now)
+        except TokenError as exc:
+            if creds.token is not None:
+                raise unauthorized(str(exc)) from None
+            continue  # one stale cookie among several is not fatal
+        if claims.session_id == session_id:
+            return claims
+        other_session = True
+    if other_session:
+        raise forbidden()
+    raise unauthorized("invalid session token")
+
+
+def session_cookie(session_id: str, token: str, expires_at: int, now: float, secure: bool) -> bytes:
+    """Scoped to this session's routes, so one session's cookie never goes to another.
+
+    The id is re-escaped (";" and "," included) so it can never end the attribute early;
+    a browser that spelled the path differently just does not send the cookie.
+    """
+    max_age = max(0, int(expires_at - now))
+    path = quote(session_id, safe="-._~:@!$&'()*+=")
+    cookie = f"{COOKIE_NAME}={token}; Path=/s/{path}/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+    return (cookie + "; Secure" if secure else cookie).encode("latin-1")

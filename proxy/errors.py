@@ -1,0 +1,52 @@
+"""Proxy errors carry their status and code; they become responses in one place (app.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+class ProxyError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> bytes:
+        return json.dumps({"error": {"code": self.code, "message": self.message}}).encode()
+
+
+def bad_path(message: str) -> ProxyError:
+    return ProxyError(400, "bad_path", message)
+
+
+def unauthorized(message: str) -> ProxyError:
+    return ProxyError(401, "unauthorized", message)
+
+
+def forbidden() -> ProxyError:
+    return ProxyError(403, "forbidden", "the token belongs to another session")
+
+
+def not_found(message: str = "no such session") -> ProxyError:
+    return ProxyError(404, "session_not_found", message)
+
+
+def provisioning() -> ProxyError:
+    return ProxyError(409, "session_provisioning", "the session's sandbox is not ready yet")
+
+
+def ended() -> ProxyError:
+    return ProxyError(410, "session_ended", "the session has ended")
+
+
+def unreachable(message: str = "the sandbox is unreachable") -> ProxyError:
+    return ProxyError(502, "sandbox_unreachable", message)
+
+
+def upstream_timeout() -> ProxyError:
+    return ProxyError(504, "sandbox_timeout", "timed out connecting to the sandbox")
+
+
+def controller_unavailable() -> ProxyError:
+    return ProxyError(503, "controller_unavailable", "cannot look the route up right now")

@@ -1,0 +1,62 @@
+"""Which session a request is for, read from the raw (still escaped) path.
+
+Only ``/s/{session_id}/...`` forwards. The session id is taken from the raw path, never
+from the decoded one, and any dot segment (``.``/``..``, plain or percent-encoded, even
+double-encoded) is refused with 400 before auth or routing. Refusing is simpler and
+safer than normalising: a normaliser in front of us, in the sandbox, or in a browser
+could then disagree with us about which session a path names (DESIGN invariant 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from .errors import bad_path
+
+PREFIX = b"/s/"
+MAX_SESSION_ID = 253
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    session_id: str
+    upstream_path: bytes  # raw and escaped, always starting with "/"
+
+
+def _is_dot_segment(segment: bytes) -> bool:
+    if b"." not in segment and b"%" not in segment:
+        return False
+    # Decode a few times so %252e%252e (decoded twice by some stacks) is caught too.
+    for _ in range(3):
+        if segment in (b".", b".."):
+            return True
+        decoded = unquote_to_bytes(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment in (b".", b"..")
+
+
+def parse_target(raw_path: bytes) -> Target | None:
+    """The target of a ``/s/...`` path, None for any other path; ProxyError(400) if unsafe."""
+    if not raw_path.startswith(PREFIX):
+        return None
+    for segment in raw_path.split(b"/"):
+        if _is_dot_segment(segment):
+            raise bad_path("dot segments are not allowed in sandbox paths")
+    rest = raw_path[len(PREFIX) :]
+    slash = rest.find(b"/")
+    raw_id, tail = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+    try:
+        session_id = unquote_to_bytes(raw_id).decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_path("the session id is not valid UTF-8") from None
+    if (
+        not session_id
+        or len(session_id) > MAX_SESSION_ID
+        or "/" in session_id
+        or not session_id.isprintable()
+    ):
+        raise bad_path("malformed session id")
+    return Target(session_id, tail)

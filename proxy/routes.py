@@ -1,0 +1,140 @@
+"""Where a session's pod is: asked of the controller, cached briefly, never taken from
+the request (DESIGN invariant 6).
+
+A burst of requests for one session makes one lookup (single flight). A ready route is
+kept for ``ttl`` seconds and dropped early when a dial to it fails; if the controller is
+briefly unreachable (a leader failover takes up to the lease TTL), a ready route not
+older than ``stale_ttl`` keeps serving rather than failing every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+
+from sandbox_controller.clock import Clock
+
+from .errors import ProxyError, controller_unavailable, ended, not_found, provisioning
+from .metrics import ProxyMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    state: str  # "provisioning" | "ready" | "ended" | "missing"
+    address: str | None
+    fetched_at: float
+
+
+def _check(route: Route) -> str:
+    if route.state == "ready" and route.address:
+        return route.address
+    if route.state == "missing":
+        raise not_found()
+    if route.state == "ended":
+        raise ended()
+    if route.state == "provisioning" or route.state == "ready":
+        raise provisioning()
+    raise ProxyError(502, "bad_route", f"the controller reported state {route.state!r}")
+
+
+def _valid_address(address: object) -> bool:
+    if not isinstance(address, str):
+        return False
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+class RouteCache:
+    # How long each answer is trusted. Ready routes are re-checked often enough that an
+    # ended session stops routing within seconds; "ended" never changes back.
+    TTL = {"ready": 5.0, "provisioning": 0.5, "ended": 60.0, "missing": 1.0}
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        controller_url: str,
+        api_token: str | None,
+        clock: Clock,
+        metrics: ProxyMetrics,
+        stale_ttl: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._base = controller_url.rstrip("/") + "/internal/routes/"
+        self._headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
+        self._clock = clock
+        self._metrics = metrics
+        self._stale_ttl = stale_ttl
+        self._entries: dict[str, Route] = {}
+        self._inflight: dict[str, asyncio.Task[Route]] = {}
+
+    async def address(self, session_id: str) -> str:
+        """The pod address of a ready session; ProxyError 404/409/410/502/503 otherwise."""
+        route = self._entries.get(session_id)
+        if route is not None and self._clock.now() - route.fetched_at < self.TTL[route.state]:
+            return _check(route)
+        task = self._inflight.get(session_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._refresh(session_id, route), name=f"proxy:route:{session_id[:32]}"
+            )
+            self._inflight[session_id] = task
+            task.add_done_callback(lambda t: self._finished(session_id, t))
+        # Shielded: one impatient client leaving must not cancel the lookup for the rest.
+        return _check(await asyncio.shield(task))
+
+    def _finished(self, session_id: str, task: asyncio.Task[Route]) -> None:
+        self._inflight.pop(session_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the waiters got it already, if any are left
+
+    def invalidate(self, session_id: str) -> None:
+        self._entries.pop(session_id, None)
+
+    async def _refresh(self, session_id: str, previous: Route | None) -> Route:
+        try:
+            route = await self._fetch(session_id)
+        except ProxyError:
+            self._metrics.route_lookups("error")
+            if (
+                previous is not None
+                and previous.state == "ready"
+                and self._clock.now() - previous.fetched_at < self._stale_ttl
+            ):
+                log.warning("controller unreachable; serving a stale route for %s", session_id)
+                return previous
+            raise
+        self._metrics.route_lookups(route.state)
+        self._entries[session_id] = route
+        return route
+
+    async def _fetch(self, session_id: str) -> Route:
+        url = self._base + quote(session_id, safe="")
+        try:
+            resp = await self._client.get(url, headers=self._headers)
+        except httpx.HTTPError as exc:
+            log.warning("route lookup for %s failed: %s", session_id, exc)
+            raise controller_unavailable() from None
+        now = self._clock.now()
+        if resp.status_code == 404:
+            return Route("missing", None, now)
+        if resp.status_code != 200:
+            log.warning("route lookup for %s: controller said %s", session_id, resp.status_code)
+            raise controller_unavailable()
+        try:
+            data = resp.json()
+            state = data["state"]
+            address = data.get("address")
+        except (ValueError, KeyError, TypeError):
+            raise controller_unavailable() from None
+        if state == "ready" and not _valid_address(address):
+            log.warning("controller gave a bad address for %s: %r", session_id, address)
+            raise controller_unavailable()
+        if state not in ("ready", "provisioning", "ended"):
+            raise controller_unavailable()
+        return Route(state, address if state == "ready" else None, now)

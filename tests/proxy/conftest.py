@@ -1,0 +1,208 @@
+"""Real sockets everywhere: a devsandbox, a controller double and the proxy, each served
+by uvicorn on its own free loopback port inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.server import ProxyServer, _Server, bind
+from sandbox_controller import devsandbox
+from sandbox_controller.config import Settings
+from sandbox_controller.tokens import issue_token
+
+SECRET = "test-secret"
+API_TOKEN = "test-api-token"
+
+
+def token_for(session_id: str, ttl: float = 3600.0, secret: str = SECRET) -> str:
+    return issue_token(secret.encode(), session_id, time.time() + ttl)
+
+
+class Counting:
+    """Wraps the sandbox so tests can prove a refused request never reached it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.count = 0
+        self.clients: list[tuple[str, int]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            self.count += 1
+            self.clients.append(tuple(scope["client"]))
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Served:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+
+async def serve(app: ASGIApp) -> Served:
+    sock = bind("127.0.0.1", 0)
+    config = uvicorn.Config(
+        app, lifespan="off", log_level="warning", ws_ping_interval=None, access_log=False
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return Served(server, task, sock.getsockname()[1])
+
+
+@dataclass
+class ControllerDouble:
+    """A TEST DOUBLE of the controller's documented internal API (routes + activity),
+    standing in until the real controller lands; not the controller itself."""
+
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
+    activity: list[dict[str, float]] = field(default_factory=list)
+    lookup_delay: float = 0.0
+
+    def add(self, session_id: str, state: str = "ready", address: str | None = None) -> None:
+        self.sessions[session_id] = {"state": state, "address": address}
+
+    def active_ids(self) -> set[str]:
+        return {sid for batch in self.activity for sid in batch}
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {API_TOKEN}"
+
+    async def route(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"error": {"code": "unauthorized", "message": "x"}}, 401)
+        sid = request.path_params["session_id"]
+        self.lookups.append(sid)
+        if self.lookup_delay:
+            await asyncio.sleep(self.lookup_delay)
+        if sid not in self.sessions:
+            body = {"error": {"code": "session_not_found", "message": "unknown"}}
+            return JSONResponse(body, 404)
+        return JSONResponse({"session_id": sid, **self.sessions[sid]})
+
+    async def post_activity(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"error": {"code": "unauthorized", "message": "x"}}, 401)
+        self.activity.append((await request.json())["activity"])
+        return Response(status_code=204)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/internal/routes/{session_id:path}", self.route),
+                Route("/internal/activity", self.post_activity, methods=["POST"]),
+            ]
+        )
+
+
+@dataclass
+class Stack:
+    controller: ControllerDouble
+    sandbox: Counting
+    sandbox_served: Served
+    proxy: ProxyServer
+    proxy_port: int
+    shutdown: asyncio.Event
+    proxy_task: asyncio.Task[None]
+    client: httpx.AsyncClient
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.proxy_port}"
+
+    def session(self, session_id: str = "sess-a", state: str = "ready") -> str:
+        """Register a session on the sandbox and return its token."""
+        address = self.sandbox_served.address if state == "ready" else None
+        self.controller.add(session_id, state, address)
+        return token_for(session_id)
+
+
+def proxy_settings(controller_port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "token_secret": SECRET,
+        "api_token": API_TOKEN,
+        "controller_url": f"http://127.0.0.1:{controller_port}",
+        "proxy_host": "127.0.0.1",
+        "proxy_port": 0,
+        "activity_flush_interval": 0.2,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    controller = ControllerDouble()
+    controller_served = await serve(controller.app())
+    sandbox = Counting(devsandbox.build_app())
+    sandbox_served = await serve(sandbox)
+    server = ProxyServer(proxy_settings(controller_served.port), drain_timeout=3.0)
+    shutdown, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(server.run(shutdown, ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    assert server.port is not None
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        yield Stack(
+            controller, sandbox, sandbox_served, server, server.port, shutdown, task, client
+        )
+    shutdown.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 10)
+    await asyncio.gather(sandbox_served.stop(), controller_served.stop())
+
+
+async def raw_request(port: int, target: str, headers: dict[str, str] | None = None) -> int:
+    """Send a request line exactly as written (httpx would normalise dot segments)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"GET {target} HTTP/1.1", "Host: proxy", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return int(status_line.split()[1])
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

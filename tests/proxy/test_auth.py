@@ -1,0 +1,120 @@
+"""The auth matrix: each refusal gets its status, and none reaches the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from .conftest import Stack, raw_request, token_for
+
+
+async def status_of(stack: Stack, path: str, **kw: object) -> int:
+    resp = await stack.client.get(stack.base + path, **kw)  # type: ignore[arg-type]
+    if resp.status_code >= 400:
+        assert resp.json()["error"]["code"]
+    return resp.status_code
+
+
+async def test_refusals_get_their_codes_and_never_reach_the_sandbox(stack: Stack) -> None:
+    good = stack.session("sess-a")
+    other = stack.session("sess-b")
+    stack.session("sess-ended", state="ended")
+    stack.session("sess-prov", state="provisioning")
+    forged = token_for("sess-a", secret="not-the-secret")
+    expired = token_for("sess-a", ttl=-10)
+    bearer = {"authorization": "Bearer x"}
+    cases = {
+        "no token": (401, "/s/sess-a/healthz", {}),
+        "malformed": (401, "/s/sess-a/healthz", {"headers": {"x-sandbox-token": "nope"}}),
+        "forged": (401, "/s/sess-a/healthz", {"headers": {"x-sandbox-token": forged}}),
+        "expired": (401, "/s/sess-a/healthz", {"headers": {"x-sandbox-token": expired}}),
+        "empty bearer": (401, "/s/sess-a/healthz", {"headers": bearer}),
+        "other session": (403, "/s/sess-a/healthz", {"headers": {"x-sandbox-token": other}}),
+        "unknown": (404, "/s/sess-x/healthz", {"params": {"token": token_for("sess-x")}}),
+        "provisioning": (409, "/s/sess-prov/", {"params": {"token": token_for("sess-prov")}}),
+        "ended": (410, "/s/sess-ended/", {"params": {"token": token_for("sess-ended")}}),
+        "outside /s/": (404, "/sess-a/healthz", {"headers": {"x-sandbox-token": good}}),
+    }
+    for name, (expected, path, kw) in cases.items():
+        assert await status_of(stack, path, **kw) == expected, name
+    assert stack.sandbox.count == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/s/sess-a/../sess-b/headers",
+        "/s/sess-a/%2e%2e/sess-b/headers",
+        "/s/sess-a/%2E%2e/sess-b/headers",
+        "/s/sess-a/.%2e/sess-b/headers",
+        "/s/sess-a/%252e%252e/sess-b/headers",
+        "/s/sess-a/./headers",
+        "/s/../s/sess-b/headers",
+        "/s/sess-a%2F..%2Fsess-b/headers",
+    ],
+)
+async def test_dot_segments_are_refused_before_auth(stack: Stack, target: str) -> None:
+    token = stack.session("sess-a")
+    stack.session("sess-b")
+    assert await raw_request(stack.proxy_port, target, {"X-Sandbox-Token": token}) == 400
+    assert stack.sandbox.count == 0
+    assert stack.controller.lookups == []
+
+
+@pytest.mark.parametrize("carrier", ["authorization", "header", "query"])
+async def test_each_carrier_opens_the_session_and_is_stripped(stack: Stack, carrier: str) -> None:
+    token = stack.session("sess-a")
+    kw: dict[str, object] = {
+        "authorization": {"headers": {"authorization": f"Bearer {token}"}},
+        "header": {"headers": {"x-sandbox-token": token}},
+        "query": {"params": {"token": token, "keep": "1"}},
+    }[carrier]
+    resp = await stack.client.get(stack.base + "/s/sess-a/headers", **kw)  # type: ignore[arg-type]
+    assert resp.status_code == 200
+    seen = resp.text.lower()
+    assert token.lower() not in seen
+    assert "authorization" not in seen and "x-sandbox-token" not in seen
+    assert "sandbox_token" not in seen
+    assert "path: /headers" in seen
+    if carrier == "query":
+        assert "query: keep=1" in seen
+    assert stack.sandbox.count == 1
+
+
+async def test_cookie_is_set_then_used_alone_for_http_and_websocket(stack: Stack) -> None:
+    token = stack.session("sess-a")
+    resp = await stack.client.get(stack.base + "/s/sess-a/healthz", params={"token": token})
+    assert resp.status_code == 200
+    cookie = resp.headers["set-cookie"]
+    assert "Path=/s/sess-a/" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    value = cookie.split(";")[0]
+
+    # The cookie alone, next to a cookie of the sandbox app's own that must pass through.
+    headers = {"cookie": f"app=1; {value}"}
+    resp = await stack.client.get(stack.base + "/s/sess-a/headers", headers=headers)
+    assert resp.status_code == 200
+    assert "cookie: app=1" in resp.text and token not in resp.text
+    async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=headers) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+
+    # The same cookie presented on another session's path is refused.
+    stack.session("sess-b")
+    resp = await stack.client.get(stack.base + "/s/sess-b/headers", headers=headers)
+    assert resp.status_code == 403
+
+
+async def test_websocket_upgrades_are_refused_with_http_codes(stack: Stack) -> None:
+    stack.session("sess-a")
+    other = stack.session("sess-b")
+    for url, headers, expected in [
+        ("/s/sess-a/ws", {}, 401),
+        ("/s/sess-a/ws", {"x-sandbox-token": other}, 403),
+        ("/s/sess-a/ws", {"x-sandbox-token": token_for("sess-a", ttl=-1)}, 401),
+    ]:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(stack.ws_base + url, additional_headers=headers):
+                pass
+        assert info.value.response.status_code == expected
+    assert stack.sandbox.count == 0

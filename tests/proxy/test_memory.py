@@ -1,0 +1,74 @@
+"""100 MB each way through a proxy subprocess, whose peak RSS must stay far below 100 MB."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from sandbox_controller import devsandbox
+
+from .conftest import API_TOKEN, SECRET, ControllerDouble, serve, token_for
+
+SIZE = 100 * 1024 * 1024
+
+
+def status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_100mb_each_way_with_bounded_memory() -> None:
+    controller = ControllerDouble()
+    controller_served = await serve(controller.app())
+    sandbox_served = await serve(devsandbox.build_app())
+    controller.add("sess-m", "ready", sandbox_served.address)
+    env = dict(
+        os.environ,
+        SANDBOX_TOKEN_SECRET=SECRET,
+        SANDBOX_API_TOKEN=API_TOKEN,
+        SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{controller_served.port}",
+        SANDBOX_LOG_LEVEL="warning",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        base = "http://" + line.split()[1] + "/s/sess-m"
+        headers = {"x-sandbox-token": token_for("sess-m")}
+        async with httpx.AsyncClient(timeout=60, trust_env=False, headers=headers) as client:
+            assert (await client.get(base + "/healthz")).status_code == 200
+            baseline = status_kib(proc.pid, "VmRSS")
+
+            async def body() -> AsyncIterator[bytes]:
+                chunk = b"u" * (1024 * 1024)
+                for _ in range(SIZE // len(chunk)):
+                    yield chunk
+
+            resp = await client.post(base + "/upload", content=body())
+            assert resp.status_code == 200 and int(resp.text) == SIZE
+
+            received = 0
+            async with client.stream("GET", base + "/blob", params={"size": SIZE}) as resp:
+                assert resp.status_code == 200
+                async for chunk in resp.aiter_raw():
+                    received += len(chunk)
+            assert received == SIZE
+        growth_mib = (status_kib(proc.pid, "VmHWM") - baseline) / 1024
+        print(f"proxy peak RSS growth {growth_mib:.1f} MiB")
+        assert growth_mib < 40, f"proxy peak RSS grew {growth_mib:.1f} MiB"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        await asyncio.gather(sandbox_served.stop(), controller_served.stop())

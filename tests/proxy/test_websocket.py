@@ -1,0 +1,99 @@
+"""WebSocket relay: frames both ways, pings, close codes passed on both ways."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from .conftest import Stack
+
+
+async def test_text_binary_and_ping(stack: Stack) -> None:
+    token = stack.session()
+    headers = {"x-sandbox-token": token}
+    async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=headers) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        await ws.send(b"\x00\x01\xff")
+        assert await ws.recv() == b"\x00\x01\xff"
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)
+
+
+@pytest.mark.parametrize("code", [4001, 1008])
+async def test_pod_close_code_reaches_the_client(stack: Stack, code: int) -> None:
+    token = stack.session()
+    headers = {"x-sandbox-token": token}
+    async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=headers) as ws:
+        await ws.send(f"close:{code}")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == code
+
+
+async def test_client_close_code_reaches_the_pod_without_credentials(stack: Stack) -> None:
+    seen: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
+    requests: list[tuple[str, dict[str, str]]] = []
+
+    async def recorder(conn: ServerConnection) -> None:
+        assert conn.request is not None
+        requests.append(
+            (conn.request.path, {k.lower(): v for k, v in conn.request.headers.raw_items()})
+        )
+        try:
+            async for message in conn:
+                await conn.send(message)
+        except ConnectionClosed:
+            pass
+        await seen.put((conn.close_code, conn.close_reason))
+
+    async with serve(recorder, "127.0.0.1", 0, compression=None) as pod:
+        port = pod.sockets[0].getsockname()[1]
+        token = stack.session("sess-r")
+        stack.controller.add("sess-r", "ready", f"127.0.0.1:{port}")
+        headers = {"authorization": f"Bearer {token}", "cookie": f"sandbox_token={token}; a=b"}
+        url = stack.ws_base + f"/s/sess-r/x?q=1&token={token}"
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send("one")
+            assert await ws.recv() == "one"
+            await ws.close(4321, "bye")
+        assert await asyncio.wait_for(seen.get(), 5) == (4321, "bye")
+    path, pod_headers = requests[0]
+    assert path == "/x?q=1"
+    assert "authorization" not in pod_headers and pod_headers["cookie"] == "a=b"
+    assert token not in repr(pod_headers)
+    assert pod_headers["x-forwarded-prefix"] == "/s/sess-r"
+
+
+async def test_pod_that_dies_closes_the_client_with_1011(stack: Stack) -> None:
+    async def dies(conn: ServerConnection) -> None:
+        await conn.recv()
+        conn.transport.abort()  # no close frame: the pod just vanished
+
+    async with serve(dies, "127.0.0.1", 0) as pod:
+        port = pod.sockets[0].getsockname()[1]
+        token = stack.session("sess-d")
+        stack.controller.add("sess-d", "ready", f"127.0.0.1:{port}")
+        headers = {"x-sandbox-token": token}
+        async with connect(stack.ws_base + "/s/sess-d/x", additional_headers=headers) as ws:
+            await ws.send("boom")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1011
+
+
+async def test_unreachable_pod_refuses_the_upgrade_with_502(stack: Stack) -> None:
+    import websockets
+
+    token = stack.session()
+    stack.controller.add("sess-a", "ready", "127.0.0.1:9")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with connect(
+            stack.ws_base + "/s/sess-a/ws", additional_headers={"x-sandbox-token": token}
+        ):
+            pass
+    assert info.value.response.status_code == 502
