@@ -45,8 +45,10 @@ async def test_kubectl_lists_the_pool_by_the_managed_by_label(kube: Kube) -> Non
         "pods",
         "-l",
         f"{LABEL_MANAGED_BY}={MANAGED_BY}",
-        "-L",
-        "agent-sandbox/state",
+        "-o",
+        "custom-columns=NAME:.metadata.name,PHASE:.status.phase,"
+        "READY:.status.conditions[?(@.type=='Ready')].status,"
+        "STATE:.metadata.labels.agent-sandbox/state",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "HOME": str(sim.kubeconfig_path.parent)},
@@ -54,10 +56,10 @@ async def test_kubectl_lists_the_pool_by_the_managed_by_label(kube: Kube) -> Non
     out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, out.decode()
     lines = out.decode().strip().splitlines()
-    # kubesim serves no server-side table, so kubectl prints NAME and AGE (+ -L).
-    assert lines[0].split()[0] == "NAME" and lines[0].split()[-1] == "STATE", lines
-    rows = {line.split()[0]: line.split()[-1] for line in lines[1:]}
+    assert lines[0].split() == ["NAME", "PHASE", "READY", "STATE"], lines
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert set(rows) == pod_names(sim) and len(rows) == 4  # the kubeconfig's namespace
-    assert rows.pop(session["pod"]) == "assigned"
-    assert sorted(rows.values()) == ["idle"] * 3
+    assert all(row[:2] == ["Running", "True"] for row in rows.values()), rows
+    assert rows.pop(session["pod"])[2] == "assigned"
+    assert all(row[2] != "assigned" for row in rows.values()), rows  # the warm pool
     assert NAMESPACE == sim.namespace

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from sandbox_controller.backends.base import LABEL_SESSION, LABEL_STATE, session_label
+from sandbox_controller.backends.base import (
+    LABEL_SESSION,
+    LABEL_STATE,
+    LABEL_TEMPLATE_HASH,
+    session_label,
+)
 from sandbox_controller.clock import ManualClock
 
 from .conftest import Kube, is_pending, live_pods, managed_pods, pod_names, until
@@ -22,13 +27,11 @@ async def test_pool_fills_to_prewarm_size_and_refills_after_a_claim(kube: Kube) 
     sim = await kube.sim()
     ctl = await kube.controller(sim, prewarm_pool_size=3)
     await ctl.wait_idle_pods(3)
-    await until(
-        ctl,
-        lambda: (
-            [p["metadata"]["labels"].get(LABEL_STATE) for p in managed_pods(sim)] == ["idle"] * 3
-        ),
-        what="three pods labelled idle in the cluster",
-    )
+    backend = ctl.controller.backend
+    for pod in managed_pods(sim):
+        labels = pod["metadata"]["labels"]
+        assert labels[LABEL_TEMPLATE_HASH] == backend.template_hash
+        assert LABEL_SESSION not in labels and pod["status"]["phase"] == "Running"
 
     response = await ctl.open("alice", "t1")
     assert response.status_code == 201, response.text
