@@ -7,10 +7,10 @@ import asyncio
 
 import httpx
 
-from .conftest import Kube, live_pods, managed_pods, pod_names, until
+from .conftest import Kube, Obj, live_pods, managed_pods, pod_names, until
 
 
-def uids(sim_pods: list[dict]) -> dict[str, str]:  # type: ignore[type-arg]
+def uids(sim_pods: list[Obj]) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in sim_pods}
 
 

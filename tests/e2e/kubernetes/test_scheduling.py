@@ -13,12 +13,12 @@ from sandbox_controller.backends.base import (
 )
 from sandbox_controller.clock import ManualClock
 
-from .conftest import Kube, is_pending, live_pods, managed_pods, pod_names, until
+from .conftest import Kube, Obj, is_pending, live_pods, managed_pods, pod_names, until
 
 START = 2_000_000_000.0
 
 
-def labels_of(sim_pods: list[dict], name: str) -> dict[str, str]:  # type: ignore[type-arg]
+def labels_of(sim_pods: list[Obj], name: str) -> dict[str, str]:
     [pod] = [p for p in sim_pods if p["metadata"]["name"] == name]
     return dict(pod["metadata"]["labels"])
 
