@@ -142,13 +142,22 @@ async def test_a_pod_not_ready_within_startup_timeout_is_replaced(kube: Kube) ->
         what="one scheduled pod",
     )
     [stuck] = pod_names(sim)
+
+    async def pool_knows_it() -> bool:  # its start-up clock runs from when the pool saw it
+        return int((await ctl.pool())["pods"]["pending"]) == 1
+
+    await ctl.wait_for(pool_knows_it, 15, "the pool to record the pending pod")
     sim.cluster.startup_delay = 0.05  # the replacement starts normally
     clock.advance(59)
     await ctl.settle()
     assert pod_names(sim) == {stuck} and (await ctl.pool())["pods"]["pending"] == 1
     clock.advance(1)
     await ctl.settle()
-    await ctl.wait_idle_pods(1)
+    try:
+        await ctl.wait_idle_pods(1, timeout=15)
+    except AssertionError:
+        seen = [(p["metadata"]["name"], p["status"], p["metadata"]) for p in managed_pods(sim)]
+        raise AssertionError(f"{await ctl.pool()} {seen}") from None
     await until(ctl, lambda: stuck not in pod_names(sim), what="the stuck pod deleted")
     assert len(live_pods(sim)) == 1 and not is_pending(live_pods(sim)[0])
     assert sim.count_calls("create", "pods", 201) == 2
