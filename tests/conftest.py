@@ -66,6 +66,15 @@ class RunningController:
     client: httpx.AsyncClient
     controller: Controller
     settings: Settings
+    server: Server | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        """Stop serving (the lifespan shuts the controller down), as a crash or a
+        rollout would; the fixture's teardown then has nothing left to do for it."""
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await self.task
 
     async def settle(self) -> None:
         assert self.controller.scheduler is not None
@@ -131,7 +140,9 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
             timeout=60.0,
         )
         running.append((server, task, client))
-        return RunningController(f"http://127.0.0.1:{port}", client, app.state.controller, settings)
+        return RunningController(
+            f"http://127.0.0.1:{port}", client, app.state.controller, settings, server, task
+        )
 
     yield start
     for server, task, client in reversed(running):

@@ -1,0 +1,469 @@
+"""The controller on the Kubernetes backend at scale, against kubesim.
+
+    python benchmarks/kube_bench.py [--pool 3700] [--claims 3600] [--concurrency 50]
+                                    [--refill 300] [--refill-qps 20:40,100:200]
+                                    [--database sqlite|postgres]
+
+Two parts, each with kubesim and the controller (``sandbox-controller serve``,
+SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is its own:
+
+1. Warm claims: a warm pool of --pool pods, then --claims POST /sessions (a new user
+   and thread each) at --concurrency over the real HTTP API. maxTotalJobs leaves room
+   for the refill, so the pool refills while claims are served, as in production.
+   Reports claim latency (client-side and the controller's own histogram), controller
+   RSS, and Kubernetes API calls per session from kubesim's call record.
+2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
+   (qps:burst), against the bound the limit sets: (API calls made - burst) / qps.
+
+Writes a Markdown table to stdout and to benchmarks/kube.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def fresh_database(kind: str, tmp: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp}/bench.db"
+    name = f"kube_bench_{os.getpid()}_{int(time.time())}"
+    subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qc",
+            f'CREATE DATABASE "{name}"',
+        ],
+        check=True,
+    )
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(url: str) -> None:
+    if url.startswith("postgresql"):
+        name = url.rsplit("/", 1)[1]
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+            ],
+            check=False,
+        )
+
+
+class Kubesim:
+    """kubesim in its own process, driven through its /_kubesim admin endpoints."""
+
+    def __init__(self, tmp: Path, nodes: int) -> None:
+        self.kubeconfig = str(tmp / "kubeconfig")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sandbox_controller.kubesim",
+                "--port",
+                "0",
+                "--kubeconfig",
+                self.kubeconfig,
+                "--nodes",
+                str(nodes),
+                "--node-cpu",
+                "128",
+                "--node-memory",
+                "512Gi",
+                "--startup-delay",
+                "0.05",
+                "--termination-delay",
+                "0.05",
+                "--history",
+                "400000",
+                "--token",
+                "",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        self.url = json.loads(self.proc.stdout.readline())["url"]
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/_kubesim/stats", timeout=60).json()
+        return result
+
+    def first_create_at(self) -> float:
+        """Wall-clock time of the first pod create kubesim served."""
+        calls = httpx.get(f"{self.url}/_kubesim/calls", timeout=60).json()
+        return min(c["at"] for c in calls if c["verb"] == "create" and c["resource"] == "pods")
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def start_controller(
+    kubeconfig: str,
+    database: str,
+    port: int,
+    *,
+    pool: int,
+    max_total: int,
+    qps: float,
+    burst: int,
+    creates: int,
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SANDBOX_DATABASE_URL": database,
+        "SANDBOX_BACKEND": "kubernetes",
+        "SANDBOX_KUBECONFIG": kubeconfig,
+        "SANDBOX_NAMESPACE": "default",
+        "SANDBOX_PREWARM_POOL_SIZE": str(pool),
+        "SANDBOX_MAX_TOTAL_JOBS": str(max_total),
+        "SANDBOX_MAX_SESSIONS_PER_USER": "5",
+        "SANDBOX_MAX_CONCURRENT_CREATES": str(creates),
+        "SANDBOX_KUBE_QPS": str(qps),
+        "SANDBOX_KUBE_BURST": str(burst),
+        "SANDBOX_API_TOKEN": TOKEN,
+        "SANDBOX_TOKEN_SECRET": "bench-secret",
+        "SANDBOX_HOST": "127.0.0.1",
+        "SANDBOX_PORT": str(port),
+        "SANDBOX_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
+    )
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
+    try:
+        body: dict[str, Any] = (await client.get("/pool")).json()
+        return body
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def wait_idle(client: httpx.AsyncClient, idle: int, timeout: float) -> float:
+    """Seconds until the pool shows ``idle`` ready pods (polled every 20 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        pool = await pool_status(client)
+        if pool is not None and pool["pods"]["idle"] >= idle:
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the pool never reached {idle} idle pods")
+
+
+async def wait_leader(client: httpx.AsyncClient, timeout: float = 60) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the controller never became ready")
+
+
+def api_calls(stats: dict[str, Any]) -> Counter[str]:
+    return Counter({k: v for k, v in stats["by_call"].items() if not k.startswith("discovery")})
+
+
+def warm_histogram(metrics: str) -> dict[float, float]:
+    """Cumulative buckets of sandbox_session_assign_seconds{path="warm"}."""
+    buckets = {}
+    for m in re.finditer(
+        r'sandbox_session_assign_seconds_bucket\{le="([^"]+)",path="warm"\} ([\d.e+]+)', metrics
+    ):
+        buckets[float(m.group(1))] = float(m.group(2))
+    return buckets
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    total = buckets[float("inf")]
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le
+    return float("inf")
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    nodes = (args.pool + args.claims) // 100 + 2
+    sim = Kubesim(tmp, nodes)
+    database = fresh_database(args.database, tmp)
+    port = free_port()
+    ctl = start_controller(
+        sim.kubeconfig,
+        database,
+        port,
+        pool=args.pool,
+        max_total=args.pool + args.claims,
+        qps=args.qps,
+        burst=args.burst,
+        creates=args.creates,
+    )
+    result: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=120,
+            limits=httpx.Limits(max_connections=args.concurrency),
+        ) as client:
+            await wait_leader(client)
+            await wait_idle(client, args.pool, timeout=900)
+            result["fill_s"] = time.time() - sim.first_create_at()
+            result["rss_pool_mib"] = rss_mib(ctl.pid)[0]
+            before = api_calls(sim.stats())
+            states: Counter[str] = Counter()
+
+            async def claim(i: int) -> float:
+                body = {"user_id": f"bench-{i}", "thread_id": f"t-{i}", "wait_seconds": 30}
+                started = time.perf_counter()
+                response = await client.post("/sessions", json=body)
+                elapsed = time.perf_counter() - started
+                states[f"{response.status_code} {response.json().get('state')}"] += 1
+                return elapsed
+
+            # One at a time first: the latency of a warm claim itself, no queueing.
+            serial = [await claim(i) for i in range(args.serial)]
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(args.serial, args.claims):
+                queue.put_nowait(i)
+            loaded: list[float] = []
+
+            async def claimer() -> None:
+                while not queue.empty():
+                    loaded.append(await claim(queue.get_nowait()))
+
+            started = time.monotonic()
+            await asyncio.gather(*(claimer() for _ in range(args.concurrency)))
+            result["claims_s"] = time.monotonic() - started
+            result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
+            metrics = (await client.get("/metrics")).text
+            # Let the refill finish, so calls per session include the replacement pod.
+            result["refill_s"] = await wait_idle(client, args.pool, timeout=900)
+            rss, hwm = rss_mib(ctl.pid)
+            result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
+            after = api_calls(sim.stats())
+            stats = sim.stats()
+    finally:
+        stop(ctl)
+        sim.stop()
+        drop_database(database)
+    calls = after - before
+    buckets = warm_histogram(metrics)
+    warm = re.search(r'sandbox_session_requests_total\{outcome="warm"\} ([\d.e+]+)', metrics)
+    result.update(
+        states=dict(states),
+        warm=float(warm.group(1)) if warm else 0.0,
+        serial_p50_ms=statistics.median(serial or [0.0]) * 1000,
+        serial_p99_ms=quantile(serial or [0.0], 0.99) * 1000,
+        p50_ms=statistics.median(loaded) * 1000,
+        p99_ms=quantile(loaded, 0.99) * 1000,
+        max_ms=max(loaded) * 1000,
+        server_p50_le_ms=bucket_quantile(buckets, 0.5) * 1000,
+        server_p99_le_ms=bucket_quantile(buckets, 0.99) * 1000,
+        calls=dict(sorted(calls.items())),
+        calls_per_session=sum(calls.values()) / args.claims,
+        max_pods_seen=stats["max_pods_seen"],
+        claims_per_s=(args.claims - args.serial) / result["claims_s"],
+    )
+    return result
+
+
+async def refill(args: argparse.Namespace, tmp: Path, qps: float, burst: int) -> dict[str, Any]:
+    sim = Kubesim(tmp, args.refill // 100 + 2)
+    database = fresh_database(args.database, tmp)
+    port = free_port()
+    # The create window is wide (50) so that only the rate limit can be the bound.
+    ctl = start_controller(
+        sim.kubeconfig,
+        database,
+        port,
+        pool=args.refill,
+        max_total=args.refill,
+        qps=qps,
+        burst=burst,
+        creates=50,
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as client:
+            await wait_leader(client)
+            await wait_idle(client, args.refill, timeout=900)
+            ready = time.time()
+            first = sim.first_create_at()
+            # Only the calls made until the pool was ready: labels still queued after it
+            # are not part of what held the refill back.
+            calls = api_calls(sim.stats())
+    finally:
+        stop(ctl)
+        sim.stop()
+        drop_database(database)
+    total = sum(calls.values())
+    return {
+        "qps": qps,
+        "burst": burst,
+        "pods": args.refill,
+        "ready_s": ready - first,
+        "calls": total,
+        "creates": calls.get("create pods 201", 0),
+        "bound_s": max(0.0, (total - burst) / qps),
+    }
+
+
+def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[str, Any]]) -> str:
+    command = "python benchmarks/kube_bench.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Kubernetes backend at scale (kubesim)",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Database: {args.database}; kubesim and the controller each in their own process; "
+        f"{os.cpu_count()} CPUs shared with the load generator.",
+        "",
+        f"## Warm claims: pool of {args.pool}, {args.claims} claims at concurrency "
+        f"{args.concurrency} (client-side API rate limit qps {args.qps:g}, burst {args.burst})",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| pool of {args.pool} from zero to ready | {warm['fill_s']:.1f} s |",
+        f"| warm claim latency p50 / p99, one at a time ({args.serial} claims, client, "
+        f"over HTTP) | {warm['serial_p50_ms']:.1f} / {warm['serial_p99_ms']:.1f} ms |",
+        f"| claim latency p50 / p99 / max at concurrency {args.concurrency} "
+        f"({args.claims - args.serial} claims) | {warm['p50_ms']:.1f} / "
+        f"{warm['p99_ms']:.1f} / {warm['max_ms']:.1f} ms |",
+        f"| claim latency p50 / p99 (controller histogram, bucket upper bound) | "
+        f"≤ {warm['server_p50_le_ms']:g} / ≤ {warm['server_p99_le_ms']:g} ms |",
+        f"| claims served warm | {warm['warm']:.0f} of {args.claims} "
+        f"({', '.join(f'{k}: {v}' for k, v in warm['states'].items())}) |",
+        f"| throughput at concurrency {args.concurrency} | {warm['claims_per_s']:.0f} claims/s |",
+        f"| controller RSS: pool ready / after claims / after refill (peak) | "
+        f"{warm['rss_pool_mib']:.0f} / {warm['rss_claims_mib']:.0f} / {warm['rss_end_mib']:.0f} "
+        f"({warm['rss_peak_mib']:.0f}) MiB |",
+        f"| Kubernetes API calls per session (claim + its refill) | "
+        f"{warm['calls_per_session']:.2f} ({', '.join(f'{k}: {v}' for k, v in warm['calls'].items())}) |",
+        f"| refill of {args.claims} pods after the claims | {warm['refill_s']:.1f} s |",
+        f"| most pods kubesim ever held | {warm['max_pods_seen']} "
+        f"(maxTotalJobs {args.pool + args.claims}) |",
+        "",
+        f"## Refill of a {args.refill}-pod pool from zero, by client rate limit",
+        "",
+        "Bound = (API calls made until the pool was ready - burst) / qps: the time the "
+        "token bucket alone needs.",
+        "",
+        "| qps / burst | ready in | API calls (creates) | QPS bound | ready / bound |",
+        "|---|---|---|---|---|",
+    ]
+    for r in refills:
+        lines.append(
+            f"| {r['qps']:g} / {r['burst']} | {r['ready_s']:.1f} s | {r['calls']} "
+            f"({r['creates']}) | {r['bound_s']:.1f} s | "
+            + (f"{r['ready_s'] / r['bound_s']:.2f} |" if r["bound_s"] >= 0.5 else "- |")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=int, default=3700)
+    parser.add_argument("--claims", type=int, default=3600)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--serial", type=int, default=300, help="claims made one at a time")
+    parser.add_argument("--qps", type=float, default=500.0, help="client QPS for part 1")
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--creates", type=int, default=20, help="maxConcurrentCreates, part 1")
+    parser.add_argument("--refill", type=int, default=300)
+    parser.add_argument("--refill-qps", default="20:40,100:200", help="qps:burst,...")
+    parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
+    parser.add_argument("--skip-claims", action="store_true")
+    args = parser.parse_args()
+
+    async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            warm = {} if args.skip_claims else await warm_claims(args, tmp / "warm")
+            refills = []
+            for i, spec in enumerate(args.refill_qps.split(",")):
+                qps, burst = spec.split(":")
+                refills.append(await refill(args, tmp / f"refill{i}", float(qps), int(burst)))
+                print(json.dumps(refills[-1]), file=sys.stderr)
+            return warm, refills
+
+    warm, refills = asyncio.run(run())
+    print(json.dumps(warm, indent=1), file=sys.stderr)
+    if args.skip_claims:
+        for r in refills:
+            print(r)
+        return
+    text = render(args, warm, refills)
+    (ROOT / "benchmarks" / "kube.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
