@@ -15,7 +15,7 @@ SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is it
 2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
    (qps:burst), against the bound the limit sets: (API calls made - burst) / qps.
 
-Writes a Markdown table to stdout and to benchmarks/kube.md.
+Writes a Markdown table to stdout and to benchmarks/results/kube.md (for benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -461,7 +461,8 @@ def main() -> None:
             print(r)
         return
     text = render(args, warm, refills)
-    (ROOT / "benchmarks" / "kube.md").write_text(text)
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "kube.md").write_text(text)
     print(text)
 
 

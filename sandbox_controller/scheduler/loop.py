@@ -294,7 +294,9 @@ class Scheduler:
 
     async def _create(self) -> None:
         try:
-            name = await self.backend.create_pod({LABEL_STATE: "pending"})
+            # "pool" until assigned: readiness shows in the pod's own status, and a
+            # second patch when it turns ready would cost an API call per pod.
+            name = await self.backend.create_pod({LABEL_STATE: "pool"})
         except Exception as exc:
             log.warning("creating a sandbox pod failed: %s", exc)
             if self.metrics:
