@@ -40,7 +40,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.server import _Server, bind  # noqa: E402
+from sandbox_controller.serving import Server, bind  # noqa: E402
 from sandbox_controller.tokens import issue_token  # noqa: E402
 
 SECRET = "bench-secret"
@@ -225,7 +225,7 @@ async def main() -> None:
             ]
         )
         ctl_sock = bind("127.0.0.1", 0)
-        ctl = _Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
+        ctl = Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
         ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
         env = dict(
             os.environ,
