@@ -55,6 +55,14 @@ def _set_condition(pod: Obj, cond: Obj) -> None:
     pod["status"]["conditions"] = [*conditions, cond]
 
 
+def _holder(pod: Obj | None) -> str | None:
+    """The node whose capacity this pod holds, if any: bound and not finished."""
+    if pod is None or pod["status"].get("phase") in ("Failed", "Succeeded"):
+        return None
+    node = pod["spec"].get("nodeName")
+    return str(node) if node else None
+
+
 class Cluster:
     def __init__(
         self,
@@ -74,6 +82,11 @@ class Cluster:
         self._next_ip = _FIRST_POD_IP
         self._servers: dict[str, Any] = {}  # pod uid -> uvicorn.Server
         self._starting: dict[str, asyncio.Task[Any]] = {}
+        # Kept up to date from every change, so a scheduling pass costs what is pending,
+        # not a scan of every pod: at thousands of pods the scans made kubesim compete
+        # with the controller it is meant to exercise.
+        self._pending: dict[tuple[str, str], None] = {}  # unbound pods, oldest first
+        self._used: dict[str, list[int]] = {}  # node -> [cpu millis, memory bytes] held
         store.listeners.append(self._on_change)
 
     # -- nodes -------------------------------------------------------------------------
@@ -108,6 +121,8 @@ class Cluster:
     # -- the scheduler -----------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
+        if change.resource == "pods":
+            self._track(change)
         # New pods, freed capacity or new nodes are what can change a placement.
         ended = (
             change.resource == "pods"
@@ -121,6 +136,32 @@ class Cluster:
         ):
             self._wake.set()
 
+    def _track(self, change: Change) -> None:
+        obj = change.obj
+        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        gone = change.type == "DELETED"
+        if (
+            not gone
+            and not obj["spec"].get("nodeName")
+            and not obj["metadata"].get("deletionTimestamp")
+        ):
+            self._pending.setdefault(key, None)
+        else:
+            self._pending.pop(key, None)
+        before = _holder(change.old)
+        after = None if gone else _holder(obj)
+        if before != after:
+            if before is not None and change.old is not None:
+                self._hold(before, change.old, -1)
+            if after is not None:
+                self._hold(after, obj, +1)
+
+    def _hold(self, node: str, pod: Obj, sign: int) -> None:
+        cpu, mem = pod_requests(pod)
+        used = self._used.setdefault(node, [0, 0])
+        used[0] += sign * cpu
+        used[1] += sign * mem
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
@@ -131,30 +172,18 @@ class Cluster:
         free: dict[str, tuple[int, int, Obj]] = {}
         for node in self.store.query("nodes", None, lambda o: True):
             alloc = node["status"]["allocatable"]
+            used = self._used.get(node["metadata"]["name"], [0, 0])
             free[node["metadata"]["name"]] = (
-                cpu_millis(alloc["cpu"]),
-                memory_bytes(alloc["memory"]),
+                cpu_millis(alloc["cpu"]) - used[0],
+                memory_bytes(alloc["memory"]) - used[1],
                 node,
             )
-        for pod in self.store.query("pods", None, lambda p: bool(p["spec"].get("nodeName"))):
-            if pod["status"].get("phase") in ("Failed", "Succeeded"):
-                continue
-            node_name = pod["spec"]["nodeName"]
-            if node_name in free:
-                cpu, mem = pod_requests(pod)
-                c, m, n = free[node_name]
-                free[node_name] = (c - cpu, m - mem, n)
         return free
 
     def schedule_pending(self) -> None:
-        pending = self.store.query(
-            "pods",
-            None,
-            lambda p: not p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp"),
-        )
+        pending = [self.store.get("pods", ns, name) for ns, name in list(self._pending)]
         if not pending:
             return
-        pending.sort(key=lambda p: int(p["metadata"]["resourceVersion"]))
         free = self._free()
         for pod in pending:
             cpu, mem = pod_requests(pod)
