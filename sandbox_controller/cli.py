@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(runner(settings))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        # A taken port or an unreachable address: say so in one line, not a traceback.
+        print(f"sandbox-controller: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     pod_template_configmap: str | None = None
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
+
+    @field_validator("api_token", "token_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -1,0 +1,99 @@
+"""Settings and durations: defaults from DESIGN, and a clear line for every bad value."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sandbox_controller.cli import main
+from sandbox_controller.config import ConfigError, load_settings
+from sandbox_controller.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("5m", 300), ("2h30m", 9000), ("1d", 86400), ("250ms", 0.25), ("42", 42),
+     ("1.5h", 5400), (" 10S ", 10)],
+)
+def test_durations_as_operators_write_them(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5 m", "m5", "-5m", "5x", "2h30"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_format_duration_round_trips() -> None:
+    for seconds in (90, 300, 9000, 3661):
+        assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SANDBOX_PREWARM_POOL_SIZE", "SANDBOX_MAX_TOTAL_JOBS", "SANDBOX_IDLE_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert (s.prewarm_pool_size, s.max_total_jobs, s.max_sessions_per_user) == (5, 50, 5)
+    assert (s.idle_timeout, s.idle_after, s.max_lifetime, s.startup_timeout) == (9000, 300, 0, 300)
+    assert s.max_concurrent_creates == 3 and s.backend == "local"
+    assert s.database_url == "sqlite+aiosqlite:///./sandbox.db"
+    assert s.proxy_public_url == "http://127.0.0.1:8081"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SANDBOX_IDLE_TIMEOUT", "soon", "SANDBOX_IDLE_TIMEOUT"),
+        ("SANDBOX_MAX_TOTAL_JOBS", "-1", "SANDBOX_MAX_TOTAL_JOBS"),
+        ("SANDBOX_PREWARM_POOL_SIZE", "five", "SANDBOX_PREWARM_POOL_SIZE"),
+        ("SANDBOX_PREWARM_POOL_SIZE", "80", "must not exceed SANDBOX_MAX_TOTAL_JOBS"),
+        ("SANDBOX_BACKEND", "docker", "SANDBOX_BACKEND"),
+    ],
+)
+def test_a_bad_value_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    says: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=says):
+        load_settings()
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+
+
+def test_an_empty_token_counts_as_unset_and_serve_refuses_to_listen_openly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SANDBOX_API_TOKEN", "")
+    monkeypatch.setenv("SANDBOX_HOST", "0.0.0.0")
+    assert main(["serve"]) == 2
+    assert "SANDBOX_API_TOKEN: required" in capsys.readouterr().err
+
+
+def test_the_proxy_needs_the_token_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SANDBOX_TOKEN_SECRET", raising=False)
+    assert main(["proxy"]) == 2
+    assert "SANDBOX_TOKEN_SECRET" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("SANDBOX_PORT", str(taken.getsockname()[1]))
+        monkeypatch.setenv("SANDBOX_API_TOKEN", "x")
+        monkeypatch.setenv("SANDBOX_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/s.db")
+        # GC tuning is process-wide; the test process keeps its own.
+        monkeypatch.setattr("sandbox_controller.serving.tune_gc", lambda: None)
+        assert main(["serve"]) == 1
+    assert capsys.readouterr().err.strip() == "sandbox-controller: Address already in use"
