@@ -22,7 +22,8 @@ from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..metrics import ControllerMetrics
 from ..model import EndReason, Limits, Session
 from ..store import Batch, Deposed, Fence, Store
-from .pool import Answer, Outbox, Pool
+from .effects import Answer, Outbox
+from .pool import Pool
 from .recovery import restore
 
 log = logging.getLogger(__name__)

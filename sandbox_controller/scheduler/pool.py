@@ -13,11 +13,11 @@ import itertools
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, session_label
 from ..model import EndReason, Limits, Outcome, Pod, PodState, Session, SessionState
 from .deadlines import Deadlines
+from .effects import Answer, Outbox
 
 # A create that failed is not retried at once: the API server or the node is
 # likely still unhappy, and a hot retry loop would only add to its load.
@@ -25,42 +25,6 @@ CREATE_BACKOFF_START = 1.0
 CREATE_BACKOFF_MAX = 30.0
 # A delete that has not been confirmed by an event is asked for again.
 DELETE_RETRY = 30.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a waiting POST /sessions caller is told, once its writes are committed."""
-
-    request_id: int
-    outcome: Outcome
-    session_id: str | None = None
-    reclaimed_session_id: str | None = None
-    retry_after: float | None = None
-    message: str = ""
-
-
-@dataclass
-class Outbox:
-    answers: list[Answer] = field(default_factory=list)
-    creates: int = 0
-    deletes: list[str] = field(default_factory=list)
-    labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    dirty_sessions: set[str] = field(default_factory=set)
-    dirty_pods: set[str] = field(default_factory=set)
-    forgotten_pods: set[str] = field(default_factory=set)
-    startup_seconds: list[float] = field(default_factory=list)
-    ended: list[EndReason] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.answers
-            or self.creates
-            or self.deletes
-            or self.labels
-            or self.dirty_sessions
-            or self.dirty_pods
-            or self.forgotten_pods
-        )
 
 
 def new_session_id() -> str:

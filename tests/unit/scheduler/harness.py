@@ -7,7 +7,8 @@ import itertools
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
-from sandbox_controller.scheduler.pool import Answer, Pool
+from sandbox_controller.scheduler.effects import Answer
+from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"
 

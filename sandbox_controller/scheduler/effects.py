@@ -1,0 +1,44 @@
+"""What the pool asks for after a decision: answers for callers, pods to create or
+delete, rows to persist, numbers to observe. The scheduler loop carries them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..model import EndReason, Outcome
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a waiting POST /sessions caller is told, once its writes are committed."""
+
+    request_id: int
+    outcome: Outcome
+    session_id: str | None = None
+    reclaimed_session_id: str | None = None
+    retry_after: float | None = None
+    message: str = ""
+
+
+@dataclass
+class Outbox:
+    answers: list[Answer] = field(default_factory=list)
+    creates: int = 0
+    deletes: list[str] = field(default_factory=list)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    dirty_sessions: set[str] = field(default_factory=set)
+    dirty_pods: set[str] = field(default_factory=set)
+    forgotten_pods: set[str] = field(default_factory=set)
+    startup_seconds: list[float] = field(default_factory=list)
+    ended: list[EndReason] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.answers
+            or self.creates
+            or self.deletes
+            or self.labels
+            or self.dirty_sessions
+            or self.dirty_pods
+            or self.forgotten_pods
+        )
