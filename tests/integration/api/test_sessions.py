@@ -209,3 +209,23 @@ async def test_two_hundred_simultaneous_requests_keep_every_promise(
     for body in created:  # everything promised is recorded
         stored = await ctl.controller.store.get_session(body["id"])
         assert stored is not None and stored.thread_id == body["thread_id"]
+
+
+async def test_pool_pod_rows_wait_but_a_claimed_pod_is_committed_with_its_session(
+    start_controller: ControllerFactory,
+) -> None:
+    clock = ManualClock(start=2_000_000_000.0)
+    ctl = await start_controller(clock=clock, prewarm_pool_size=1)
+    await ctl.wait_idle_pods(1)
+    clock.advance(1.0)  # pool pod rows are written within a second, with no claim
+    await ctl.settle()
+    _, rows = await ctl.controller.store.load()
+    assert [r.state.value for r in rows] == ["idle"]
+
+    body = (await ctl.open("rhea", "t1")).json()
+    # Committed before the reply, with no time passing: a crash now would still know
+    # that this pod served a session and must never rejoin the pool.
+    sessions, rows = await ctl.controller.store.load()
+    assert [s.id for s in sessions] == [body["id"]]
+    held = [r for r in rows if r.name == body["pod"]]
+    assert held and held[0].state.value == "assigned" and held[0].session_id == body["id"]
