@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,55 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_app import bench_rows  # noqa: E402
-
-TOKEN = "bench-token"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fresh_database(kind: str, tmp: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp}/bench.db"
-    name = f"bench_{os.getpid()}_{int(time.time())}"
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-qc",
-            f'CREATE DATABASE "{name}"',
-        ],
-        check=True,
-    )
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_database(url: str) -> None:
-    if url.startswith("postgresql"):
-        name = url.rsplit("/", 1)[1]
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "test",
-                "-qc",
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-            ],
-            check=False,
-        )
+from benchmarks.common import TOKEN, drop_database, free_port, fresh_database  # noqa: E402
 
 
 async def create_bench_table(url: str) -> None:

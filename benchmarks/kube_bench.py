@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,63 +37,14 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process, in MiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+from benchmarks.common import ROOT, TOKEN, drop_database, free_port, rss_mib
+from benchmarks.common import fresh_database as _fresh_database
 
 
 def fresh_database(kind: str, tmp: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp}/bench.db"
-    name = f"kube_bench_{os.getpid()}_{int(time.time())}"
-    subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-qc",
-            f'CREATE DATABASE "{name}"',
-        ],
-        check=True,
-    )
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    return _fresh_database(kind, tmp, prefix="kube_bench")
 
-
-def drop_database(url: str) -> None:
-    if url.startswith("postgresql"):
-        name = url.rsplit("/", 1)[1]
-        subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "test",
-                "-qc",
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-            ],
-            check=False,
-        )
 
 
 class Kubesim:
