@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_app import bench_rows  # noqa: E402
-from benchmarks.common import TOKEN, drop_database, free_port, fresh_database  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    TOKEN,
+    Kubesim,
+    drop_database,
+    free_port,
+    fresh_database,
+    stop,
+)
 
 
 async def create_bench_table(url: str) -> None:
@@ -43,42 +49,6 @@ async def create_bench_table(url: str) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(lambda c: bench_rows.create(c, checkfirst=True))
     await engine.dispose()
-
-
-def start_kubesim(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    kubeconfig = str(tmp / "kubeconfig")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox_controller.kubesim",
-            "--port",
-            "0",
-            "--kubeconfig",
-            kubeconfig,
-            "--nodes",
-            "1",
-            "--node-cpu",
-            "100000",
-            "--node-memory",
-            "1000000Gi",
-            "--startup-delay",
-            "0",
-            "--termination-delay",
-            "0",
-            "--history",
-            "400000",
-            "--token",
-            "",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    proc.stdout.readline()  # {"url": ..., "kubeconfig": ...} once it listens
-    return proc, kubeconfig
 
 
 def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subprocess.Popen[bytes]:
@@ -178,7 +148,11 @@ async def bench_database(kind: str, seconds: float, pool: int) -> list[dict[str,
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         url = fresh_database(kind, tmp)
-        kubesim, kubeconfig = start_kubesim(tmp)
+        kubesim = Kubesim(
+            tmp, nodes=1, node_cpu="100000", node_memory="1000000Gi", startup_delay=0,
+            termination_delay=0,
+        )
+        kubeconfig = kubesim.kubeconfig
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         controller = start_controller(url, kubeconfig, pool, port)
@@ -210,12 +184,8 @@ async def bench_database(kind: str, seconds: float, pool: int) -> list[dict[str,
                 row["warm_claims_total"] = counts.get("warm", 0)
                 row["non_warm_claims_total"] = sum(v for k, v in counts.items() if k != "warm")
         finally:
-            for proc in (controller, kubesim):
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(controller)
+            kubesim.stop()
             drop_database(url)
     return rows
 

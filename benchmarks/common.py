@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -40,3 +46,74 @@ def drop_database(url: str) -> None:
     if url.startswith("postgresql"):
         name = url.rsplit("/", 1)[1]
         subprocess.run([*_PSQL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Kubesim:
+    """kubesim in its own process, driven through its /_kubesim admin endpoints."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        nodes: int,
+        node_cpu: str,
+        node_memory: str,
+        startup_delay: float,
+        termination_delay: float = 0.05,
+    ) -> None:
+        self.kubeconfig = str(tmp / "kubeconfig")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sandbox_controller.kubesim",
+                "--port",
+                "0",
+                "--kubeconfig",
+                self.kubeconfig,
+                "--nodes",
+                str(nodes),
+                "--node-cpu",
+                node_cpu,
+                "--node-memory",
+                node_memory,
+                "--startup-delay",
+                str(startup_delay),
+                "--termination-delay",
+                str(termination_delay),
+                "--history",
+                "400000",
+                "--token",
+                "",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        # kubesim prints {"url": ..., "kubeconfig": ...} once it listens.
+        self.url = json.loads(self.proc.stdout.readline())["url"]
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/_kubesim/stats", timeout=60).json()
+        return result
+
+    def first_create_at(self) -> float:
+        """Wall-clock time of the first pod create kubesim served."""
+        calls = httpx.get(f"{self.url}/_kubesim/calls", timeout=60).json()
+        return min(c["at"] for c in calls if c["verb"] == "create" and c["resource"] == "pods")
+
+    def stop(self) -> None:
+        stop(self.proc)

@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,64 +37,13 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.common import ROOT, TOKEN, drop_database, free_port, rss_mib
+from benchmarks.common import ROOT, TOKEN, Kubesim, drop_database, free_port, rss_mib, stop
 from benchmarks.common import fresh_database as _fresh_database
 
 
 def fresh_database(kind: str, tmp: Path) -> str:
     return _fresh_database(kind, tmp, prefix="kube_bench")
 
-
-
-class Kubesim:
-    """kubesim in its own process, driven through its /_kubesim admin endpoints."""
-
-    def __init__(self, tmp: Path, nodes: int) -> None:
-        self.kubeconfig = str(tmp / "kubeconfig")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sandbox_controller.kubesim",
-                "--port",
-                "0",
-                "--kubeconfig",
-                self.kubeconfig,
-                "--nodes",
-                str(nodes),
-                "--node-cpu",
-                "128",
-                "--node-memory",
-                "512Gi",
-                "--startup-delay",
-                "0.05",
-                "--termination-delay",
-                "0.05",
-                "--history",
-                "400000",
-                "--token",
-                "",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert self.proc.stdout is not None
-        self.url = json.loads(self.proc.stdout.readline())["url"]
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = httpx.get(f"{self.url}/_kubesim/stats", timeout=60).json()
-        return result
-
-    def first_create_at(self) -> float:
-        """Wall-clock time of the first pod create kubesim served."""
-        calls = httpx.get(f"{self.url}/_kubesim/calls", timeout=60).json()
-        return min(c["at"] for c in calls if c["verb"] == "create" and c["resource"] == "pods")
-
-    def stop(self) -> None:
-        stop(self.proc)
 
 
 def start_controller(
@@ -131,15 +79,6 @@ def start_controller(
     return subprocess.Popen(
         [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
     )
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
@@ -202,7 +141,7 @@ def quantile(values: list[float], q: float) -> float:
 
 async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     nodes = (args.pool + args.claims) // 100 + 2
-    sim = Kubesim(tmp, nodes)
+    sim = Kubesim(tmp, nodes=nodes, node_cpu="128", node_memory="512Gi", startup_delay=0.05)
     database = fresh_database(args.database, tmp)
     port = free_port()
     ctl = start_controller(
@@ -286,7 +225,9 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 async def refill(args: argparse.Namespace, tmp: Path, qps: float, burst: int) -> dict[str, Any]:
-    sim = Kubesim(tmp, args.refill // 100 + 2)
+    sim = Kubesim(
+        tmp, nodes=args.refill // 100 + 2, node_cpu="128", node_memory="512Gi", startup_delay=0.05
+    )
     database = fresh_database(args.database, tmp)
     port = free_port()
     # The create window is wide (50) so that only the rate limit can be the bound.
