@@ -31,14 +31,3 @@ class Outbox:
     forgotten_pods: set[str] = field(default_factory=set)
     startup_seconds: list[float] = field(default_factory=list)
     ended: list[EndReason] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.answers
-            or self.creates
-            or self.deletes
-            or self.labels
-            or self.dirty_sessions
-            or self.dirty_pods
-            or self.forgotten_pods
-        )

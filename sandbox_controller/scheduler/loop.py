@@ -112,27 +112,31 @@ class Scheduler:
 
     # ------------------------------------------------------------ API-facing
 
-    def _submit(self, apply: Callable[[Pool, float], Any], *, wait: bool) -> asyncio.Future[Any]:
+    def _submit(
+        self, apply: Callable[[Pool, float], Any], future: asyncio.Future[Any] | None = None
+    ) -> None:
         if not self.running:
             raise NotLeader("this replica is not scheduling (not the leader, or starting)")
-        future = asyncio.get_running_loop().create_future() if wait else None
         self._queue.put_nowait(_Command(apply, future))
-        return future if future is not None else asyncio.get_running_loop().create_future()
+
+    async def _call(self, apply: Callable[[Pool, float], Any]) -> Any:
+        """Submit and wait until the round that applied it has committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._submit(apply, future)
+        return await future
 
     async def open_session(
         self, user_id: str, thread_id: str, wait_seconds: float
     ) -> tuple[Answer, Session | None]:
         assert self.pool is not None
-        if not self.running:
-            raise NotLeader("this replica is not scheduling (not the leader, or starting)")
         request_id = self.pool.next_request_id()
-        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._answers[request_id] = answer
 
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(request_id, user_id, thread_id, wait_seconds, now)
 
-        self._submit(apply, wait=False)
+        self._submit(apply)  # applied in a later round, so registering after is safe
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._answers[request_id] = answer
         result = await answer
         session = self.pool.sessions.get(result.session_id) if result.session_id else None
         return result, session
@@ -143,15 +147,15 @@ class Scheduler:
         def apply(pool: Pool, now: float) -> bool:
             return pool.end_session(session_id, EndReason.DELETED, now)
 
-        await self._submit(apply, wait=True)
+        await self._call(apply)
 
     def touch(self, session_id: str, at: float) -> None:
         """Activity; persisted with the next round, not awaited (DESIGN: may be batched)."""
-        self._submit(lambda pool, now: pool.touch(session_id, min(at, now)), wait=False)
+        self._submit(lambda pool, now: pool.touch(session_id, min(at, now)))
 
     async def settle(self) -> None:
         """Return once every command queued so far has been applied and committed."""
-        await self._submit(lambda pool, now: None, wait=True)
+        await self._call(lambda pool, now: None)
 
     def lookup(self, session_id: str) -> Session:
         if self.pool is None:

@@ -39,7 +39,6 @@ class PoolMachine(RuleBasedStateMachine):
         self.deletes_sent: set[str] = set()
         self.served_by: dict[str, str] = {}  # pod -> the one session it ever served
         self.names = 0
-        self.max_platform = 0
         self.templates = 0
         self.settle()
 
