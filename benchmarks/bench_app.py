@@ -38,12 +38,9 @@ def build() -> FastAPI:
 
     @app.post("/bench/insert", status_code=201)
     async def insert(body: CreateSession) -> Response:
-        async with store.engine.begin() as conn:  # claim_bench.py created the table
-            await conn.execute(
-                bench_rows.insert().values(
-                    id=uuid.uuid4().hex, user_id=body.user_id, thread_id=body.thread_id
-                )
-            )
+        row = {"id": uuid.uuid4().hex, "user_id": body.user_id, "thread_id": body.thread_id}
+        # The store's own path to the database; claim_bench.py created the table.
+        await store.run(lambda conn: conn.execute(bench_rows.insert().values(**row)))
         return JSONResponse({"user_id": body.user_id, "thread_id": body.thread_id}, 201)
 
     return app

@@ -38,17 +38,18 @@ from benchmarks.common import (  # noqa: E402
     drop_database,
     free_port,
     fresh_database,
+    run_wrk,
     stop,
 )
+from sandbox_controller.store import Store  # noqa: E402
 
 
 async def create_bench_table(url: str) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda c: bench_rows.create(c, checkfirst=True))
-    await engine.dispose()
+    store = Store.open(url)
+    try:
+        await store.run(lambda conn: bench_rows.create(conn, checkfirst=True))
+    finally:
+        await store.close()
 
 
 def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subprocess.Popen[bytes]:
@@ -106,35 +107,6 @@ async def wait_pool(base: str, idle: int, timeout: float = 300) -> None:
     raise TimeoutError(f"pool never reached {idle} idle pods")
 
 
-def run_wrk(base: str, path: str, conns: int, seconds: float, tag: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            "2" if conns > 1 else "1",
-            "-c",
-            str(conns),
-            "-d",
-            f"{seconds:g}s",
-            "-H",
-            f"Authorization: Bearer {TOKEN}",
-            "-s",
-            str(ROOT / "benchmarks" / "claims.lua"),
-            f"{base}{path}",
-            "--",
-            tag,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    match = re.search(r"RESULT (\{.*\})", out)
-    assert match, out
-    result: dict[str, Any] = json.loads(match.group(1))
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
-
-
 def outcomes(base: str) -> dict[str, float]:
     text = httpx.get(f"{base}/metrics").text
     return {
@@ -149,7 +121,11 @@ async def bench_database(kind: str, seconds: float, pool: int) -> list[dict[str,
         tmp = Path(tmpdir)
         url = fresh_database(kind, tmp)
         kubesim = Kubesim(
-            tmp, nodes=1, node_cpu="100000", node_memory="1000000Gi", startup_delay=0,
+            tmp,
+            nodes=1,
+            node_cpu="100000",
+            node_memory="1000000Gi",
+            startup_delay=0,
             termination_delay=0,
         )
         kubeconfig = kubesim.kubeconfig

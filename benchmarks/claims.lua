@@ -1,7 +1,9 @@
 -- wrk script: every request opens a session for a new user and thread.
--- args: <run tag>. Each wrk thread gets its own prefix so ids never collide.
+-- args: <run tag> [requests per thread]. Each wrk thread gets its own prefix so ids
+-- never collide; with a request count, a thread stops after that many responses.
 local threads = {}
 local counter = 0
+local answered = 0
 local prefix = ""
 
 function setup(thread)
@@ -12,6 +14,18 @@ end
 function init(args)
   prefix = (args[1] or "run") .. "-" .. tostring(tid) .. "-"
   wrk.headers["Content-Type"] = "application/json"
+  local limit = tonumber(args[2] or "0")
+  if limit > 0 then
+    -- Defined only when needed: a response() callback costs wrk a parse per response.
+    response = function(status, headers, body)
+      answered = answered + 1
+      if answered == limit then
+        wrk.thread:stop()
+        io.write("STOPPED\n")  -- run_wrk (common.py) then ends wrk with SIGINT
+        io.flush()
+      end
+    end
+  end
 end
 
 function request()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,50 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def run_wrk(
+    base: str, path: str, conns: int, seconds: float, tag: str, requests: int = 0
+) -> dict[str, Any]:
+    """wrk with claims.lua: new sessions for new users and threads, for ``seconds`` or,
+    with ``requests``, until each wrk thread has had that many answers."""
+    threads = 2 if conns > 1 else 1
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(conns),
+        "-d",
+        f"{seconds:g}s",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        "-s",
+        str(ROOT / "benchmarks" / "claims.lua"),
+        f"{base}{path}",
+        "--",
+        tag,
+        str(requests),
+    ]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as wrk:
+        assert wrk.stdout is not None
+        lines = []
+        if requests:
+            # A stopped wrk thread does not end wrk, which sleeps out its duration;
+            # SIGINT ends the run early and still prints the summary.
+            stopped = 0
+            while stopped < threads and (line := wrk.stdout.readline()):
+                lines.append(line)
+                stopped += line.startswith("STOPPED")
+            wrk.send_signal(signal.SIGINT)
+        out = "".join(lines) + wrk.stdout.read()
+        if wrk.wait() != 0:
+            raise RuntimeError(f"wrk failed: {out}")
+    match = re.search(r"RESULT (\{.*\})", out)
+    assert match, out
+    result: dict[str, Any] = json.loads(match.group(1))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
 
 
 def rss_mib(pid: int) -> tuple[float, float]:

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
+from yarl import URL
 
 from ..aiotasks import TaskGroup
 from ..clock import Clock, SystemClock
@@ -75,7 +77,33 @@ async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         await k8s_config.load_kube_config(client_configuration=configuration)
-    return k8s.ApiClient(configuration)
+    api = k8s.ApiClient(configuration)
+    _resolve_environment_once(api)
+    return api
+
+
+def _resolve_environment_once(api: k8s.ApiClient) -> None:
+    """kubernetes-asyncio hard-codes aiohttp's trust_env=True, which looks up ~/.netrc
+    and the proxy variables in a worker thread on every request: two thread hops per
+    API call, and a thread wanting the GIL while the loop serves a claim. Read the
+    proxy variables once here instead; netrc has no say on an API server, whose
+    credentials come from the kubeconfig or the service account."""
+    rest = api.rest_client
+    old = rest.pool_manager
+    connector = old.connector
+    old.detach()  # the connector (TLS context, pool limit) moves to the new session
+    # read_bufsize as kubernetes-asyncio sets it: a watch event can carry a large object.
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=2**21
+    )
+    if rest.proxy is None:
+        try:
+            proxy, proxy_auth = get_env_proxy_for_url(URL(api.configuration.host))
+        except LookupError:
+            return
+        rest.proxy = str(proxy)
+        if proxy_auth is not None:
+            rest.proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
 
 
 def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:

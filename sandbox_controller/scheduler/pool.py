@@ -235,8 +235,13 @@ class Pool:
             return
         session.reply_deadline = now + wait_seconds
         self.waiting[session.id] = None
-        self.deadlines.push(session.reply_deadline, "reply", session.id)
         self._watch_session_deadlines(session)
+        if wait_seconds <= 0:
+            # Decided now, not at the round's end: a refused request must not count
+            # toward its user's limit for the next request in the same round.
+            self._deadline("reply", session.id, now)
+        else:
+            self.deadlines.push(session.reply_deadline, "reply", session.id)
 
     def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
         """The least recently active idle session among these, if any (never an active one)."""

@@ -1,26 +1,33 @@
-"""The store: one SQLAlchemy async engine over PostgreSQL (asyncpg) or SQLite (aiosqlite).
+"""The store: sessions, pods and the leader lease, in PostgreSQL or SQLite.
 
-The scheduler writes a whole batch of decisions in one transaction, and every such
-transaction first proves that its writer still holds the leader lease at the same
-epoch (a fencing token): a deposed leader that wakes up late cannot write.
+Every operation is a plain function over a SQLAlchemy ``Connection``, run in one
+transaction by the engine that suits the database (see ``engines.py``): PostgreSQL
+through asyncpg with no thread, SQLite on threads of its own, one hop per
+transaction. The scheduler writes a whole batch of decisions in one transaction,
+and every such transaction first proves that its writer still holds the leader
+lease at the same epoch (a fencing token): a deposed leader that wakes up late
+cannot write.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..model import EndReason, Pod, PodState, Session, SessionState
+from .engines import Engine, open_engine
 from .tables import leader_lease, pods, sessions
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LEASE_NAME = "controller"
@@ -34,6 +41,13 @@ _FENCE = (
     .where(leader_lease.c.holder == sa.bindparam("fence_holder"))
     .where(leader_lease.c.epoch == sa.bindparam("fence_epoch"))
     .values(epoch=leader_lease.c.epoch)
+)
+# Activity never moves last_active_at backwards.
+_TOUCH = (
+    sa.update(sessions)
+    .where(sessions.c.id == sa.bindparam("sid"))
+    .where(sessions.c.last_active_at < sa.bindparam("at"))
+    .values(last_active_at=sa.bindparam("at"))
 )
 
 
@@ -117,51 +131,50 @@ def pod_from_row(row: sa.Row[Any]) -> Pod:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._upserts: dict[str, sa.Executable] = {}
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.dialect = engine.dialect
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        # One statement per table for all rows, executed as executemany: its compiled
+        # form is cached, where a multi-VALUES statement would be compiled each round.
+        self._upsert_sessions = _upsert(insert, sessions, "id")
+        self._upsert_pods = _upsert(insert, pods, "name")
 
     @classmethod
     def open(cls, url: str) -> Store:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            # One writer at a time is SQLite's nature; a generous busy timeout turns
-            # contention (a standby probing the lease) into waiting, not errors.
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        engine = create_async_engine(url, **kwargs)
-        if engine.dialect.name == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return cls(engine)
+        return cls(open_engine(url))
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self._engine.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` in one transaction: committed if it returns."""
+        return await self._engine.run(fn, *args)
+
+    async def ping(self) -> None:
+        await self.run(lambda conn: conn.execute(sa.text("SELECT 1")))
 
     # ------------------------------------------------------------ schema
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (idempotent)."""
-        if self.dialect == "sqlite":
-            _ensure_sqlite_dir(self.engine.url.database)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        await self.run(_upgrade)
 
     # ------------------------------------------------------------ reads
 
     async def load(self) -> tuple[list[Session], list[Pod]]:
         """Live sessions and every pod row: what a new leader rebuilds from."""
-        async with self.engine.connect() as conn:
-            live = await conn.execute(sa.select(sessions).where(sessions.c.state != "ended"))
-            pod_rows = await conn.execute(sa.select(pods))
+
+        def load(conn: Connection) -> tuple[list[Session], list[Pod]]:
+            live = conn.execute(sa.select(sessions).where(sessions.c.state != "ended"))
+            pod_rows = conn.execute(sa.select(pods))
             return [session_from_row(r) for r in live], [pod_from_row(r) for r in pod_rows]
 
+        return await self.run(load)
+
     async def get_session(self, session_id: str) -> Session | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))
-            ).first()
+        query = sa.select(sessions).where(sessions.c.id == session_id)
+        row = await self.run(lambda conn: conn.execute(query).first())
         return session_from_row(row) if row else None
 
     async def list_sessions(self, user_id: str, limit: int = 100) -> list[Session]:
@@ -171,129 +184,95 @@ class Store:
             .order_by(sessions.c.created_at.desc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
-            return [session_from_row(r) for r in await conn.execute(query)]
+        return await self.run(lambda conn: [session_from_row(r) for r in conn.execute(query)])
 
     # ------------------------------------------------------------ writes
 
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         """Commit a scheduler batch in one transaction, fenced by the lease epoch."""
-        async with self.engine.begin() as conn:
-            if fence is not None:
-                await self._check_fence(conn, fence)
+        await self.run(self._write, batch, fence)
+
+    def _write(self, conn: Connection, batch: Batch, fence: Fence | None) -> None:
+        if fence is not None:
+            # An UPDATE, not a SELECT: it takes the row lock on PostgreSQL (and the
+            # write lock on SQLite) until commit, so a takeover cannot slip in between.
+            result = conn.execute(
+                _FENCE, {"fence_holder": fence.holder, "fence_epoch": fence.epoch}
+            )
+            if result.rowcount != 1:
+                raise Deposed(f"lease epoch {fence.epoch} of {fence.holder} is no longer current")
+        if batch.sessions:
             # Ended sessions first: the live-thread unique index must see the old
             # session end before a new one for the same thread is inserted.
             ordered = sorted(batch.sessions, key=lambda s: s.state is not SessionState.ENDED)
-            await self._upsert(conn, sessions, "id", [_session_row(s) for s in ordered])
-            await self._upsert(conn, pods, "name", [_pod_row(p) for p in batch.pods])
-            if batch.forgotten_pods:
-                await conn.execute(sa.delete(pods).where(pods.c.name.in_(batch.forgotten_pods)))
-            if batch.last_active:
-                await conn.execute(
-                    sa.update(sessions)
-                    .where(sessions.c.id == sa.bindparam("sid"))
-                    .where(sessions.c.last_active_at < sa.bindparam("at"))
-                    .values(last_active_at=sa.bindparam("at")),
-                    [{"sid": k, "at": v} for k, v in batch.last_active.items()],
-                )
-
-    async def _check_fence(self, conn: AsyncConnection, fence: Fence) -> None:
-        # An UPDATE, not a SELECT: it takes the row lock on PostgreSQL (and the write
-        # lock on SQLite) until commit, so a takeover cannot slip in between.
-        result = await conn.execute(
-            _FENCE, {"fence_holder": fence.holder, "fence_epoch": fence.epoch}
-        )
-        if result.rowcount != 1:
-            raise Deposed(f"lease epoch {fence.epoch} of {fence.holder} is no longer current")
-
-    async def _upsert(
-        self, conn: AsyncConnection, table: sa.Table, key: str, rows: list[dict[str, Any]]
-    ) -> None:
-        if rows:
-            # One statement for all rows, executed as executemany: its compiled form is
-            # cached, where a multi-VALUES statement would be compiled afresh each round.
-            await conn.execute(self._upsert_statement(table, key), rows)
-
-    def _upsert_statement(self, table: sa.Table, key: str) -> sa.Executable:
-        cached = self._upserts.get(table.name)
-        if cached is None:
-            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            stmt = insert(table)
-            update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != key}
-            cached = self._upserts[table.name] = stmt.on_conflict_do_update(
-                index_elements=[key], set_=update
-            )
-        return cached
+            conn.execute(self._upsert_sessions, [_session_row(s) for s in ordered])
+        if batch.pods:
+            conn.execute(self._upsert_pods, [_pod_row(p) for p in batch.pods])
+        if batch.forgotten_pods:
+            conn.execute(sa.delete(pods).where(pods.c.name.in_(batch.forgotten_pods)))
+        if batch.last_active:
+            conn.execute(_TOUCH, [{"sid": k, "at": v} for k, v in batch.last_active.items()])
 
     async def delete_ended_before(self, cutoff: float) -> int:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                sa.delete(sessions)
-                .where(sessions.c.state == "ended")
-                .where(sessions.c.ended_at < cutoff)
-            )
-            return int(result.rowcount)
+        statement = (
+            sa.delete(sessions)
+            .where(sessions.c.state == "ended")
+            .where(sessions.c.ended_at < cutoff)
+        )
+        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
 
     # ------------------------------------------------------------ leader lease
 
     async def acquire_lease(self, holder: str, ttl: float, now: float) -> int | None:
         """Take or renew the lease; the epoch grows each time it changes hands."""
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(sa.select(leader_lease).where(leader_lease.c.name == LEASE_NAME))
-            ).first()
-            if row is None:
-                try:
-                    async with conn.begin_nested():
-                        await conn.execute(
-                            sa.insert(leader_lease).values(
-                                name=LEASE_NAME, holder=holder, epoch=1, expires_at=now + ttl
-                            )
-                        )
-                except sa.exc.IntegrityError:
-                    return None  # another replica inserted it first
-                return 1
-            m = row._mapping
-            if m["holder"] == holder:
-                epoch = int(m["epoch"])
-            elif m["expires_at"] <= now:
-                epoch = int(m["epoch"]) + 1
-            else:
-                return None
-            # Conditional on what we read, so two standbys cannot both take over.
-            result = await conn.execute(
-                sa.update(leader_lease)
-                .where(leader_lease.c.name == LEASE_NAME)
-                .where(leader_lease.c.holder == m["holder"])
-                .where(leader_lease.c.epoch == m["epoch"])
-                .values(holder=holder, epoch=epoch, expires_at=now + ttl)
-            )
-            return epoch if result.rowcount == 1 else None
+        return await self.run(_acquire_lease, holder, ttl, now)
 
     async def release_lease(self, holder: str, epoch: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(leader_lease)
-                .where(leader_lease.c.name == LEASE_NAME)
-                .where(leader_lease.c.holder == holder)
-                .where(leader_lease.c.epoch == epoch)
-                .values(expires_at=0.0)
-            )
+        statement = (
+            sa.update(leader_lease)
+            .where(leader_lease.c.name == LEASE_NAME)
+            .where(leader_lease.c.holder == holder)
+            .where(leader_lease.c.epoch == epoch)
+            .values(expires_at=0.0)
+        )
+        await self.run(lambda conn: conn.execute(statement))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    # WAL lets readers proceed beside the writer; synchronous=NORMAL keeps every
-    # commit safe from a process crash (what SIGKILL tests), trading only the last
-    # commits on power loss, which the embedded default accepts.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _upsert(insert: Any, table: sa.Table, key: str) -> sa.Executable:
+    stmt = insert(table)
+    update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name != key}
+    return cast(sa.Executable, stmt.on_conflict_do_update(index_elements=[key], set_=update))
 
 
-def _ensure_sqlite_dir(database: str | None) -> None:
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+def _acquire_lease(conn: Connection, holder: str, ttl: float, now: float) -> int | None:
+    row = conn.execute(sa.select(leader_lease).where(leader_lease.c.name == LEASE_NAME)).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(leader_lease).values(
+                        name=LEASE_NAME, holder=holder, epoch=1, expires_at=now + ttl
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return None  # another replica inserted it first
+        return 1
+    m = row._mapping
+    if m["holder"] == holder:
+        epoch = int(m["epoch"])
+    elif m["expires_at"] <= now:
+        epoch = int(m["epoch"]) + 1
+    else:
+        return None
+    # Conditional on what we read, so two standbys cannot both take over.
+    result = conn.execute(
+        sa.update(leader_lease)
+        .where(leader_lease.c.name == LEASE_NAME)
+        .where(leader_lease.c.holder == m["holder"])
+        .where(leader_lease.c.epoch == m["epoch"])
+        .values(holder=holder, epoch=epoch, expires_at=now + ttl)
+    )
+    return epoch if result.rowcount == 1 else None
 
 
 def _upgrade(connection: Connection) -> None:
@@ -308,8 +287,7 @@ async def wait_for_database(store: Store, timeout: float) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            async with store.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
+            await store.ping()
             return
         except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError):
             if asyncio.get_running_loop().time() >= deadline:

@@ -23,9 +23,10 @@ async def store(database_url: str) -> Store:
 
 async def test_migrations_apply_from_empty_and_are_idempotent(store: Store) -> None:
     await store.migrate()
-    async with store.engine.connect() as conn:
-        tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
-        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+    tables = await store.run(lambda c: sa.inspect(c).get_table_names())
+    version = await store.run(
+        lambda c: c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    )
     assert {"sessions", "pods", "leader_lease"} <= set(tables)
     assert version == "0001"
 
@@ -106,3 +107,32 @@ async def test_ended_sessions_are_purged_after_retention(store: Store) -> None:
     assert await store.delete_ended_before(50.0) == 1
     assert await store.get_session("old") is None
     assert await store.get_session("live") is not None
+
+
+async def test_postgres_connections_dropped_by_the_server_cost_no_failed_write(
+    postgres_url: str,
+) -> None:
+    # As after a database restart or a proxy's idle timeout: every connection the pool
+    # holds is gone. The next transaction notices, and runs again on a new connection.
+    store = Store.open(postgres_url)
+    try:
+        await store.migrate()
+        epoch = await store.acquire_lease("me", 10, 1000.0)
+        assert epoch == 1
+        fence = Fence("me", epoch)
+        await store.write(Batch(sessions=[session("s1", "t1")]), fence)
+        dba = Store.open(postgres_url)
+        killed = await dba.run(
+            lambda c: c.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        )
+        await dba.close()
+        assert killed >= 1
+        await store.write(Batch(sessions=[session("s2", "t2")]), fence)
+        assert {s.id for s in await store.list_sessions("user")} == {"s1", "s2"}
+    finally:
+        await store.close()

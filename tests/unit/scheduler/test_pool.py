@@ -203,6 +203,19 @@ def test_a_refused_request_leaves_no_session_behind() -> None:
     assert all(s.thread_id != "t2" for s in h.pool.sessions.values())
 
 
+def test_a_request_refused_at_the_cap_does_not_count_toward_the_users_limit() -> None:
+    # Seven requests decided in one scheduler round: each one refused for capacity is
+    # gone before the next is decided, so the user keeps hearing 503, never 429.
+    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=4, max_sessions_per_user=5))
+    rids = [h.pool.next_request_id() for _ in range(7)]
+    for i, rid in enumerate(rids):
+        h.pool.open_session(rid, "u", f"t{i}", 0, h.now)
+    h.tick()
+    outcomes = [h.outcome(r) for r in rids]
+    assert outcomes == [Outcome.COLD] * 4 + [Outcome.CAPACITY] * 3
+    assert len(h.pool.live_by_user["u"]) == 4
+
+
 def test_same_thread_twice_returns_the_same_session() -> None:
     h = Harness(Limits(prewarm_pool_size=0))
     first = h.open("u", "t1", wait=30)
