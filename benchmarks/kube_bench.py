@@ -188,7 +188,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 except httpx.HTTPError as exc:  # counted and reported, not fatal
                     states[f"client error {type(exc).__name__}"] += 1
                     elapsed = time.perf_counter() - started
-                    print(f"claim {i}: {exc!r} after {elapsed:.3f} s", file=sys.stderr)
+                    print(f"claim {i}: {exc!r} after {elapsed:.3f} s at {time.time():.3f}", file=sys.stderr)
                     return None
                 elapsed = time.perf_counter() - started
                 states[f"{response.status_code} {response.json().get('state')}"] += 1
@@ -357,7 +357,7 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=3600)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument(
-        "--serial", type=int, default=1000, help="claims made one at a time (by wrk)"
+        "--serial", type=int, default=1000, help="claims made one at a time by wrk (>= 1)"
     )
     parser.add_argument("--qps", type=float, default=500.0, help="client QPS for part 1")
     parser.add_argument("--burst", type=int, default=1000)
@@ -367,6 +367,8 @@ def main() -> None:
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--skip-claims", action="store_true")
     args = parser.parse_args()
+    if not 1 <= args.serial <= args.claims:
+        parser.error("--serial must be between 1 and --claims")
 
     async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with tempfile.TemporaryDirectory() as tmpdir:

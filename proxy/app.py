@@ -16,6 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 from sandbox_controller.aiotasks import TaskGroup
 from sandbox_controller.clock import Clock, SystemClock
 from sandbox_controller.config import ConfigError, Settings
+from sandbox_controller.serving import KEEP_ALIVE_SECONDS
 
 from .activity import ActivityReporter
 from .auth import (
@@ -76,8 +77,12 @@ class ProxyApp:
     async def startup(self) -> None:
         s = self.settings
         # trust_env off: the controller is an internal address, never behind HTTP(S)_PROXY.
+        # Idle connections are dropped well before the controller would close them
+        # (serving.KEEP_ALIVE_SECONDS), so a lookup never lands on one being closed.
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=self.connect_timeout), trust_env=False
+            timeout=httpx.Timeout(10.0, connect=self.connect_timeout),
+            limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_SECONDS / 2),
+            trust_env=False,
         )
         self.routes = RouteCache(
             self._client, s.controller_url, s.api_token, self.clock, self.metrics

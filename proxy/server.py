@@ -18,7 +18,7 @@ import uvicorn
 
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import Server, bind
+from sandbox_controller.serving import KEEP_ALIVE_SECONDS, Server, bind
 
 from .app import ProxyApp
 
@@ -58,6 +58,7 @@ class ProxyServer:
             server_header=False,
             date_header=False,  # the pod's Date passes through; two would be wrong
             timeout_graceful_shutdown=max(1, round(self.drain_timeout)),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,  # longer than an ingress keeps its own
         )
         server = Server(config)
         await self.app.startup()
