@@ -2,9 +2,11 @@
 the request (DESIGN invariant 6).
 
 A burst of requests for one session makes one lookup (single flight). A ready route is
-kept for ``ttl`` seconds and dropped early when a dial to it fails; if the controller is
-briefly unreachable (a leader failover takes up to the lease TTL), a ready route not
-older than ``stale_ttl`` keeps serving rather than failing every request.
+kept for ``TTL["ready"]`` seconds and dropped early when a dial to it fails. The
+controller leases each address it hands out (``lease_seconds``) and keeps the pod, and
+so the address, at least that long; if the controller is briefly unreachable (a leader
+failover), a ready route keeps serving until its lease ends, never after, since by
+then the address may belong to another session's pod.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Route:
     state: str  # "provisioning" | "ready" | "ended" | "missing"
     address: str | None
     fetched_at: float
+    # Until when the address may be used at all (the controller's lease).
+    lease_until: float = 0.0
 
 
 def _check(route: Route) -> str:
@@ -62,21 +66,24 @@ class RouteCache:
         api_token: str | None,
         clock: Clock,
         metrics: ProxyMetrics,
-        stale_ttl: float = 60.0,
     ) -> None:
         self._client = client
         self._base = controller_url.rstrip("/") + "/internal/routes/"
         self._headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
         self._clock = clock
         self._metrics = metrics
-        self._stale_ttl = stale_ttl
         self._entries: dict[str, Route] = {}
         self._inflight: dict[str, asyncio.Task[Route]] = {}
 
     async def address(self, session_id: str) -> str:
         """The pod address of a ready session; ProxyError 404/409/410/502/503 otherwise."""
         route = self._entries.get(session_id)
-        if route is not None and self._clock.now() - route.fetched_at < self.TTL[route.state]:
+        now = self._clock.now()
+        if (
+            route is not None
+            and now - route.fetched_at < self.TTL[route.state]
+            and (route.state != "ready" or now < route.lease_until)
+        ):
             return _check(route)
         task = self._inflight.get(session_id)
         if task is None:
@@ -104,7 +111,7 @@ class RouteCache:
             if (
                 previous is not None
                 and previous.state == "ready"
-                and self._clock.now() - previous.fetched_at < self._stale_ttl
+                and self._clock.now() < previous.lease_until
             ):
                 log.warning("controller unreachable; serving a stale route for %s", session_id)
                 return previous
@@ -115,6 +122,7 @@ class RouteCache:
 
     async def _fetch(self, session_id: str) -> Route:
         url = self._base + quote(session_id, safe="")
+        asked_at = self._clock.now()  # the lease started no earlier than this
         try:
             resp = await self._client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -130,6 +138,7 @@ class RouteCache:
             data = resp.json()
             state = data["state"]
             address = data.get("address")
+            lease = float(data.get("lease_seconds") or 0.0)
         except (ValueError, KeyError, TypeError):
             raise controller_unavailable() from None
         if state == "ready" and not _valid_address(address):
@@ -137,4 +146,8 @@ class RouteCache:
             raise controller_unavailable()
         if state not in ("ready", "provisioning", "ended"):
             raise controller_unavailable()
-        return Route(state, address if state == "ready" else None, now)
+        if state != "ready":
+            return Route(state, None, now)
+        # No lease from the controller (an older one): the route serves for its TTL only.
+        lease_until = asked_at + lease if lease > 0 else now + self.TTL["ready"]
+        return Route(state, address, now, lease_until)

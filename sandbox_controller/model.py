@@ -51,6 +51,8 @@ class Pod:
     detail: str | None = None
     unschedulable: bool = False
     delete_retry_at: float | None = None
+    # Until when a proxy may route to this pod's address (in memory, not stored).
+    route_lease_until: float = 0.0
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ..errors import (
     UserSessionLimit,
 )
 from ..model import Outcome, Session, SessionState
+from ..scheduler.pool import ROUTE_LEASE
 from .bodylimit import BodySizeLimit
 from .schemas import ActivityReport, CreateSession, session_json
 
@@ -196,14 +197,20 @@ def create_app(
 
     @api.get("/internal/routes/{session_id}")
     async def route(session_id: str) -> Response:
-        session = await find_session(session_id)
-        address = None
         scheduler = scheduler_or_503()
-        if session.state is SessionState.READY and session.pod_name:
-            pod = scheduler.pool.pods.get(session.pod_name)
-            address = pod.address if pod is not None else None
+        try:
+            session, address = scheduler.route(session_id)
+        except SessionNotFound:  # ended long ago, or never was
+            session, address = await find_session(session_id), None
         return JSONResponse(
-            {"session_id": session.id, "state": session.state.value, "address": address}
+            {
+                "session_id": session.id,
+                "state": session.state.value,
+                "address": address,
+                # The proxy may use the address this long, and no longer: the pod keeps
+                # it at least that long, even if the session ends at once.
+                "lease_seconds": ROUTE_LEASE if address else None,
+            }
         )
 
     @api.post("/internal/activity", status_code=204)

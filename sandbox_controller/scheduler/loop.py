@@ -165,6 +165,15 @@ class Scheduler:
             raise SessionNotFound(f"no session {session_id}")
         return session
 
+    def route(self, session_id: str) -> tuple[Session, str | None]:
+        """A session and, if it is ready, its pod's address, leased to the asking proxy
+        (Pool.lease_route). No await in here: no round can end the session between
+        reading its state and taking the lease."""
+        session = self.lookup(session_id)
+        assert self.pool is not None
+        pod = self.pool.lease_route(session_id, self.clock.now())
+        return session, pod.address if pod is not None else None
+
     # ------------------------------------------------------------ the loop
 
     async def _feed_events(self) -> None:

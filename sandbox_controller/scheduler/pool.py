@@ -25,6 +25,12 @@ CREATE_BACKOFF_START = 1.0
 CREATE_BACKOFF_MAX = 30.0
 # A delete that has not been confirmed by an event is asked for again.
 DELETE_RETRY = 30.0
+# How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
+# that was routed to is deleted no sooner than its lease ends: until then it holds its
+# address, which no other pod can be given, so a proxy's cached route can only ever
+# reach the session's own sandbox (DESIGN invariant 6), even while the controller is
+# unreachable and the proxy serves what it has.
+ROUTE_LEASE = 30.0
 
 
 def new_session_id() -> str:
@@ -138,9 +144,27 @@ class Pool:
         if pod.state is PodState.TERMINATING:
             return
         self._set_pod_state(pod, PodState.TERMINATING)
+        if pod.route_lease_until > now:
+            # A proxy may still use its route to this pod: delete when the lease ends.
+            pod.delete_retry_at = pod.route_lease_until
+            self.deadlines.push(pod.delete_retry_at, "pod_delete", pod.name)
+            return
         pod.delete_retry_at = now + DELETE_RETRY
         self.deadlines.push(pod.delete_retry_at, "pod_delete", pod.name)
         self.outbox.deletes.append(pod.name)
+
+    def lease_route(self, session_id: str, now: float) -> Pod | None:
+        """A proxy asks where a ready session's pod is: the pod, its address now leased
+        for ROUTE_LEASE seconds. Only an in-memory lease changes: nothing to commit (a
+        restarted controller assumes every routed pod leased, see recovery.py)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY or not session.pod_name:
+            return None
+        pod = self.pods.get(session.pod_name)
+        if pod is None or pod.state is not PodState.ASSIGNED or not pod.address:
+            return None
+        pod.route_lease_until = max(pod.route_lease_until, now + ROUTE_LEASE)
+        return pod
 
     # ------------------------------------------------------------ sessions
 
@@ -552,8 +576,9 @@ class Pool:
     def restore_pod(self, pod: Pod) -> None:
         self._add_pod(pod)
         if pod.state is PodState.TERMINATING:
-            pod.delete_retry_at = pod.created_at
-            self.deadlines.push(0.0, "pod_delete", pod.name)
+            # At once, or when a route the previous leader may have leased runs out.
+            pod.delete_retry_at = pod.route_lease_until
+            self.deadlines.push(pod.route_lease_until, "pod_delete", pod.name)
 
     def provisioning_detail(self, session_id: str) -> str | None:
         """Why a provisioning session has no sandbox yet, in the platform's words."""

@@ -4,13 +4,17 @@ The store says what was promised; the backend says what exists. A pod held by a 
 session is adopted back to it, so the builder notices nothing; a fresh pool pod the
 store knows is adopted into the pool; anything else is deleted, because a pod that
 may have served a session must never serve another (DESIGN invariants 3 and 5).
+
+Which routes the previous leader leased to proxies is not recorded, so every pod that
+may have served a session is taken as leased for a full ROUTE_LEASE from now: one that
+must go is deleted only when no proxy can still be routing to it (invariant 6).
 """
 
 from __future__ import annotations
 
-from ..backends.base import PodPhase, PodStatus
+from ..backends.base import LABEL_SESSION, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState
-from .pool import Pool
+from .pool import ROUTE_LEASE, Pool
 
 
 def restore(
@@ -33,6 +37,8 @@ def restore(
             row.template_hash if row else status.labels.get("agent-sandbox/template-hash", "")
         )
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
+        if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
+            pod.route_lease_until = now + ROUTE_LEASE
         if session is not None and healthy and session.state is SessionState.READY:
             pod.state, pod.session_id = PodState.ASSIGNED, session.id
             pod.ready_at = row.ready_at if row else None

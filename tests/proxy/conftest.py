@@ -86,9 +86,11 @@ class ControllerDouble:
     lookups: list[str] = field(default_factory=list)
     activity: list[dict[str, float]] = field(default_factory=list)
     lookup_delay: float = 0.0
+    down: bool = False  # answers every lookup 503, as a controller in failover would
 
     def add(self, session_id: str, state: str = "ready", address: str | None = None) -> None:
-        self.sessions[session_id] = {"state": state, "address": address}
+        lease = 30.0 if address else None
+        self.sessions[session_id] = {"state": state, "address": address, "lease_seconds": lease}
 
     def active_ids(self) -> set[str]:
         return {sid for batch in self.activity for sid in batch}
@@ -103,6 +105,8 @@ class ControllerDouble:
         self.lookups.append(sid)
         if self.lookup_delay:
             await asyncio.sleep(self.lookup_delay)
+        if self.down:
+            return JSONResponse({"error": {"code": "not_leader", "message": "x"}}, 503)
         if sid not in self.sessions:
             body = {"error": {"code": "session_not_found", "message": "unknown"}}
             return JSONResponse(body, 404)

@@ -8,6 +8,7 @@ from collections import Counter
 import httpx
 
 from sandbox_controller.clock import ManualClock
+from sandbox_controller.scheduler.pool import ROUTE_LEASE
 from sandbox_controller.tokens import verify_token
 
 from ...conftest import ControllerFactory, RunningController, sandbox_processes
@@ -16,7 +17,8 @@ from ...conftest import ControllerFactory, RunningController, sandbox_processes
 async def test_a_warm_session_is_ready_with_a_working_sandbox(
     start_controller: ControllerFactory,
 ) -> None:
-    ctl = await start_controller(prewarm_pool_size=2)
+    clock = ManualClock(start=2_000_000_000.0)
+    ctl = await start_controller(clock=clock, prewarm_pool_size=2)
     await ctl.wait_idle_pods(2)
     response = await ctl.open("alice", "thread-1")
     assert response.status_code == 201, response.text
@@ -28,7 +30,7 @@ async def test_a_warm_session_is_ready_with_a_working_sandbox(
     assert body["reclaimed_session_id"] is None and body["end_reason"] is None
 
     route = (await ctl.client.get(f"/internal/routes/{body['id']}")).json()
-    assert route["state"] == "ready"
+    assert route["state"] == "ready" and route["lease_seconds"] == ROUTE_LEASE
     async with httpx.AsyncClient() as direct:  # the sandbox really answers there
         echoed = await direct.post(f"http://{route['address']}/echo", content=b"hi")
     assert echoed.content == b"hi"
@@ -42,11 +44,22 @@ async def test_a_warm_session_is_ready_with_a_working_sandbox(
     ended = (await ctl.client.get(f"/sessions/{body['id']}")).json()
     assert ended["state"] == "ended" and ended["end_reason"] == "deleted"
     assert ended["connect"] is None
+    gone = (await ctl.client.get(f"/internal/routes/{body['id']}")).json()
+    assert gone["address"] is None and gone["lease_seconds"] is None
     await ctl.wait_idle_pods(2)  # refilled with a fresh pod
+
+    # The route handed out above is leased: until the lease ends the pod keeps its
+    # address (and no other sandbox can take it); then it is deleted.
+    clock.advance(ROUTE_LEASE - 1.0)
+    await ctl.settle()
+    async with httpx.AsyncClient() as direct:
+        assert (await direct.get(f"http://{route['address']}/healthz")).status_code == 200
 
     async def pod_deleted() -> bool:
         return body["pod"] not in {p.name for p in await ctl.controller.backend.list_pods()}
 
+    assert not await pod_deleted()
+    clock.advance(1.0)
     await ctl.wait_for(pod_deleted, 15, "the ended session's pod to be deleted")
     assert (await ctl.pool())["pods"]["assigned"] == 0
 

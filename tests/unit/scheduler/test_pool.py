@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox_controller.model import EndReason, Limits, Outcome, PodState, SessionState
+from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
 from .harness import Harness
 
@@ -298,3 +299,35 @@ def test_an_unknown_pod_with_no_create_in_flight_is_deleted() -> None:
     h.pool.pod_observed(PodStatus("stray", PodPhase.READY), h.now)
     h.tick()
     assert "stray" in h.deleted and "stray" not in h.pool.pods
+
+
+def test_a_pod_routed_to_outlives_its_session_until_the_route_lease_ends() -> None:
+    # Invariant 6: a proxy may use a route until its lease ends; the pod keeps its
+    # address until then, so the address cannot pass to another session's pod.
+    h = Harness(Limits(prewarm_pool_size=2, max_total_jobs=3))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("alice", "t1"))
+    pod = h.pool.lease_route(sid, h.now)
+    assert pod is not None and pod.address
+    h.advance(10.0)
+    h.pool.end_session(sid, EndReason.DELETED, h.now)
+    h.tick()
+    assert pod.name not in h.deleted and pod.state is PodState.TERMINATING
+    assert h.pool.lease_route(sid, h.now) is None  # no new lease for an ended session
+    assert h.pool.total_pods == 3  # it still counts toward the cap meanwhile
+    h.advance(ROUTE_LEASE - 10.0 - 0.1)
+    assert pod.name not in h.deleted
+    h.advance(0.1)
+    assert h.deleted == [pod.name]
+
+
+def test_a_pod_never_routed_to_is_deleted_as_its_session_ends() -> None:
+    h = Harness(Limits(prewarm_pool_size=1))
+    h.tick()
+    h.fill_pool()
+    sid = h.session_of(h.open("alice", "t1"))
+    name = h.pool.sessions[sid].pod_name
+    h.pool.end_session(sid, EndReason.DELETED, h.now)
+    h.tick()
+    assert h.deleted == [name]

@@ -1,5 +1,6 @@
 """Random sequences of requests, platform events and clock jumps against DESIGN §3's
-invariants 1-4, checked after every step."""
+invariants 1-4 (and 6's controller half: no routed pod deleted before its lease ends),
+checked after every step."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
 from sandbox_controller.model import EndReason, Limits, PodState, SessionState
-from sandbox_controller.scheduler.pool import Pool
+from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 
 LIMITS = Limits(
     prewarm_pool_size=3,
@@ -38,6 +39,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.creates_sent = 0
         self.deletes_sent: set[str] = set()
         self.served_by: dict[str, str] = {}  # pod -> the one session it ever served
+        self.leased_until: dict[str, float] = {}  # pod -> the end of its last route lease
         self.names = 0
         self.templates = 0
         self.settle()
@@ -49,6 +51,8 @@ class PoolMachine(RuleBasedStateMachine):
         out = self.pool.take_outbox()
         self.creates_sent += out.creates
         self.deletes_sent.update(out.deletes)
+        for name in out.deletes:
+            assert self.now >= self.leased_until.get(name, 0.0), "invariant 6: leased pod deleted"
         self.check_ends()
 
     def check_ends(self) -> None:
@@ -84,7 +88,16 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.touch(data.draw(st.sampled_from(live)), self.now)
             self.settle()
 
-    @rule(seconds=st.sampled_from([1.0, 5.0, 60.0, 299.0, 301.0, 700.0, 3600.0]))
+    @rule(data=st.data())
+    def proxy_asks_for_a_route(self, data: st.DataObject) -> None:
+        ready = sorted(s.id for s in self.pool.sessions.values() if s.state is SessionState.READY)
+        if ready:
+            pod = self.pool.lease_route(data.draw(st.sampled_from(ready)), self.now)
+            assert pod is not None and pod.address, "a ready session without a routable pod"
+            self.leased_until[pod.name] = self.now + ROUTE_LEASE
+            self.settle()
+
+    @rule(seconds=st.sampled_from([1.0, 5.0, 29.0, 60.0, 299.0, 301.0, 700.0, 3600.0]))
     def clock_jumps(self, seconds: float) -> None:
         self.now += seconds
         self.settle()

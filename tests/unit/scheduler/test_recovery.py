@@ -1,0 +1,47 @@
+"""Rebuilding the pool after a restart, on a hand-set clock."""
+
+from __future__ import annotations
+
+from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.model import EndReason, Limits, Pod, PodState, Session, SessionState
+from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
+from sandbox_controller.scheduler.recovery import restore
+
+NOW = 5000.0
+
+
+def restored(sessions: list[Session], rows: list[Pod], pods: list[PodStatus]) -> Pool:
+    pool = Pool(Limits(prewarm_pool_size=0), "tmpl")
+    restore(pool, sessions, rows, pods, NOW)
+    return pool
+
+
+def test_a_pod_that_served_a_session_is_deleted_only_when_any_route_lease_has_ended() -> None:
+    # The previous leader's route leases died with it: a proxy may still route to the
+    # pod of a session that ended meanwhile, so its address must stay taken.
+    ended = Session("s1", "u", "t1", SessionState.ENDED, 100.0, 100.0, pod_name="p1")
+    ended.end_reason, ended.ended_at = EndReason.DELETED, 4990.0
+    row = Pod("p1", PodState.ASSIGNED, 90.0, "tmpl", session_id="s1")
+    unknown_pool_pod = PodStatus("p2", PodPhase.READY, address="10.0.0.2:8080")
+    pool = restored([ended], [row], [PodStatus("p1", PodPhase.READY), unknown_pool_pod])
+
+    pool.tick(NOW)
+    assert pool.take_outbox().deletes == ["p2"]  # never served anyone: at once
+    pool.pod_gone("p2", NOW)
+    pool.tick(NOW + ROUTE_LEASE - 0.1)
+    assert pool.take_outbox().deletes == []
+    pool.tick(NOW + ROUTE_LEASE)
+    assert pool.take_outbox().deletes == ["p1"]
+
+
+def test_an_adopted_pod_keeps_a_lease_from_the_restart_if_its_session_ends_at_once() -> None:
+    live = Session("s1", "u", "t1", SessionState.READY, 100.0, 4900.0, pod_name="p1")
+    row = Pod("p1", PodState.ASSIGNED, 90.0, "tmpl", ready_at=95.0, session_id="s1")
+    pool = restored([live], [row], [PodStatus("p1", PodPhase.READY, address="10.0.0.1:8080")])
+    assert pool.pods["p1"].state is PodState.ASSIGNED
+
+    pool.end_session("s1", EndReason.DELETED, NOW + 1.0)
+    pool.tick(NOW + 1.0)
+    assert pool.take_outbox().deletes == []
+    pool.tick(NOW + ROUTE_LEASE)
+    assert pool.take_outbox().deletes == ["p1"]
