@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Set by the pod template (the chart: the release); narrows which pods are ours.
+LABEL_INSTANCE = "app.kubernetes.io/instance"
 MANAGED_BY = "agent-sandbox-controller"
 LABEL_STATE = "agent-sandbox/state"
 LABEL_SESSION = "agent-sandbox/session"

@@ -26,7 +26,7 @@ from yarl import URL
 from ..aiotasks import TaskGroup
 from ..clock import Clock, SystemClock
 from ..config import Settings
-from .base import LABEL_MANAGED_BY, MANAGED_BY, BackendError, PodEvent, PodStatus
+from .base import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, BackendError, PodEvent, PodStatus
 from .expectations import CreateExpectations
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_template import build_pod, load_template, pod_port, template_hash
@@ -181,6 +181,16 @@ class KubernetesBackend:
         return cls(api, **{**options, **overrides})
 
     @property
+    def pod_selector(self) -> str:
+        """The pods this controller owns: its own label, narrowed to the template's
+        ``app.kubernetes.io/instance`` when it has one (the chart sets the release
+        name). Two releases in one namespace then never take each other's pods for
+        strays to delete."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        instance = ((self.template.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
+        return f"{selector},{LABEL_INSTANCE}={instance}" if instance else selector
+
+    @property
     def creates_unobserved(self) -> int:
         """Creates sent or answered that the watch has not shown yet."""
         return self._creating + self._expectations.pending()
@@ -220,7 +230,7 @@ class KubernetesBackend:
         pods = _Feed(
             "pods",
             self.core.list_namespaced_pod,
-            {"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
+            {"label_selector": self.pod_selector},
             self._pods_listed,
             self._pod_event,
         )

@@ -88,8 +88,10 @@ class SqliteEngine:
 
     def __init__(self, url: URL) -> None:
         database = url.database or ":memory:"
-        # Every use is on the one thread below, but the pool may close the connection
-        # from another (dispose at shutdown).
+        # A generous busy timeout turns contention from another process (a second
+        # replica probing the lease) into waiting, not errors. The connection is only
+        # used on the thread below; the check is off so that closing it never depends
+        # on which thread the garbage collector happens to run in.
         connect_args = {"timeout": 30, "check_same_thread": False}
         if database == ":memory:":  # the one connection is the database: keep it
             self.engine = sa.create_engine(
@@ -124,8 +126,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers in other processes proceed beside the writer;
     # synchronous=NORMAL keeps every commit safe from a process crash (what the
     # SIGKILL tests do), trading only the last commits on power loss, which the
-    # embedded default accepts. A generous busy timeout turns contention from
-    # another process (a second replica probing the lease) into waiting, not errors.
+    # embedded default accepts.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

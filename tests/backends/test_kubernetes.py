@@ -73,12 +73,13 @@ def make_sim(tmp_path: Path, **kw: Any) -> KubeSim:
 
 async def make_backend(sim: KubeSim, tmp_path: Path, **kw: Any) -> KubernetesBackend:
     template = tmp_path / "pod.yaml"
-    template.write_text(TEMPLATE)
-    sim.create_configmap("agent-sandbox-pod-template")
+    template.write_text(kw.pop("template_text", TEMPLATE))
+    configmap = kw.pop("configmap", "agent-sandbox-pod-template")
+    sim.create_configmap(configmap)
     settings = Settings(
         kubeconfig=str(sim.kubeconfig_path),
         pod_template_path=str(template),
-        pod_template_configmap="agent-sandbox-pod-template",
+        pod_template_configmap=configmap,
         kube_qps=kw.pop("qps", 200.0),
         kube_burst=kw.pop("burst", 100),
         max_concurrent_creates=kw.pop("max_concurrent_creates", 3),
@@ -303,3 +304,43 @@ async def test_workload_answers_at_the_pod_address(tmp_path: Path) -> None:
         finally:
             await log.close()
             await backend.close()
+
+
+async def test_two_releases_in_one_namespace_each_see_only_their_own_pods(
+    sim: KubeSim, tmp_path: Path
+) -> None:
+    # The chart labels sandbox pods with its release as app.kubernetes.io/instance. A
+    # controller that saw the other release's pods would take them for strays and
+    # delete them, sessions and all.
+    backends: dict[str, KubernetesBackend] = {}
+    for release in ("blue", "green"):
+        folder = tmp_path / release
+        folder.mkdir()
+        labels = f"labels: {{team: sandbox, app.kubernetes.io/instance: {release}}}"
+        template = TEMPLATE.replace("labels: {team: sandbox}", labels)
+        backends[release] = await make_backend(
+            sim, folder, template_text=template, configmap=f"{release}-pod-template"
+        )
+    try:
+        blue = await backends["blue"].create_pod({LABEL_STATE: "pool"})
+        green = await backends["green"].create_pod({LABEL_STATE: "pool"})
+        expected = {"blue": {blue}, "green": {green}}
+        async with asyncio.timeout(5):
+            while True:
+                seen = {r: {p.name for p in await b.list_pods()} for r, b in backends.items()}
+                if seen == expected:
+                    break
+                await asyncio.sleep(0.02)
+        # The watches keep them apart as the pods change, too.
+        log = EventLog(backends["green"])
+        try:
+            await backends["green"].set_labels(green, {LABEL_STATE: "assigned"})
+            await wait_until(
+                lambda: log.seen(green, lambda e: e.pod.labels.get(LABEL_STATE) == "assigned")
+            )
+        finally:
+            await log.close()
+        assert {p.name for p in await backends["blue"].list_pods()} == {blue}
+    finally:
+        for b in backends.values():
+            await b.close()

@@ -1,7 +1,9 @@
 {{/*
 The sandbox Pod the controller creates for each pool slot. The controller adds
 generateName, its own labels (managed-by, state, session, template-hash) and an
-ownerReference to the ConfigMap holding this text.
+ownerReference to the ConfigMap holding this text. It watches only pods carrying
+this template's app.kubernetes.io/instance (the release), so two releases in one
+namespace leave each other's pods alone.
 */}}
 {{- define "agent-sandbox.podTemplate" -}}
 {{- $job := .Values.agentSandbox.job }}
