@@ -42,6 +42,8 @@ def limits_from(settings: Settings) -> Limits:
         max_lifetime=settings.max_lifetime,
         startup_timeout=settings.startup_timeout,
         max_concurrent_creates=settings.max_concurrent_creates,
+        # One flush interval of batching in the proxy, and one more for delivery.
+        activity_lag=2 * settings.activity_flush_interval,
     )
 
 

@@ -90,3 +90,11 @@ class Limits:
     max_lifetime: float = 0.0
     startup_timeout: float = 300.0
     max_concurrent_creates: int = 3
+    # How late activity may reach the controller (the proxies report it in batches).
+    # Reclaiming waits this much beyond idle_after, so a session that was just used
+    # is never reclaimed because the news of it was still on its way (invariant 4).
+    activity_lag: float = 0.0
+
+    @property
+    def reclaim_after(self) -> float:
+        return self.idle_after + self.activity_lag

@@ -272,14 +272,14 @@ class Pool:
         candidates = [
             s
             for sid in session_ids
-            if (s := self.sessions[sid]).is_idle(now, self.limits.idle_after)
+            if (s := self.sessions[sid]).is_idle(now, self.limits.reclaim_after)
         ]
         return min(candidates, key=lambda s: (s.last_active_at, s.created_at), default=None)
 
     def _user_retry_after(self, session_ids: Iterable[str], now: float) -> float:
         """When the first of these sessions could become idle, at the earliest."""
         quiet_at = [
-            self.sessions[sid].last_active_at + self.limits.idle_after for sid in session_ids
+            self.sessions[sid].last_active_at + self.limits.reclaim_after for sid in session_ids
         ]
         return max(1.0, min(quiet_at, default=now) - now)
 

@@ -331,3 +331,21 @@ def test_a_pod_never_routed_to_is_deleted_as_its_session_ends() -> None:
     h.pool.end_session(sid, EndReason.DELETED, h.now)
     h.tick()
     assert h.deleted == [name]
+
+
+def test_reclaim_waits_out_the_activity_still_on_its_way_from_the_proxies() -> None:
+    # Proxies report activity in batches: a session quiet for just over idle_after by
+    # the controller's record may have been used a moment ago. Invariant 4.
+    h = Harness(
+        Limits(prewarm_pool_size=3, max_sessions_per_user=1, idle_after=300, activity_lag=4.0)
+    )
+    h.tick()
+    h.fill_pool()
+    first = h.session_of(h.open("alice", "t0"))
+    h.advance(303.9)
+    refused = h.answer(h.open("alice", "t1"))
+    assert refused is not None and refused.outcome is Outcome.USER_LIMIT
+    assert refused.retry_after == 1.0  # quiet enough at 304 s (never less than 1 s)
+    h.advance(0.1)
+    answer = h.answer(h.open("alice", "t2"))
+    assert answer is not None and answer.reclaimed_session_id == first
