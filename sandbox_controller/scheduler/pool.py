@@ -18,6 +18,7 @@ from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, ses
 from ..model import EndReason, Limits, Outcome, Pod, PodState, Session, SessionState
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
+from .inventory import PodInventory
 
 # A create that failed is not retried at once: the API server or the node is
 # likely still unhappy, and a hot retry loop would only add to its load.
@@ -46,11 +47,9 @@ class Pool:
         new_id: Callable[[], str] = new_session_id,
     ) -> None:
         self.limits = limits
-        self.template_hash = template_hash
         self._new_id = new_id
-        self.pods: dict[str, Pod] = {}
+        self.inventory = PodInventory(template_hash)
         self.sessions: dict[str, Session] = {}  # live ones, plus ended ones not yet pruned
-        self.idle: OrderedDict[str, None] = OrderedDict()  # ready pool pods, oldest first
         self.waiting: OrderedDict[str, None] = OrderedDict()  # provisioning sessions, FCFS
         self.live_by_user: defaultdict[str, set[str]] = defaultdict(set)
         self.live_by_thread: dict[str, str] = {}
@@ -60,11 +59,6 @@ class Pool:
         self.create_backoff = 0.0
         self.create_blocked_until = 0.0
         self.cap_blocked = False
-        self.counts: dict[PodState, int] = {s: 0 for s in PodState}
-        # Kept up to date as pods change, so a round never scans every pod: at
-        # thousands of pods a scan per round was the claim path's largest cost.
-        self.stale_idle: set[str] = set()  # idle pods of an old template
-        self.unschedulable_pods: set[str] = set()  # pending pods no node can take
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
@@ -72,18 +66,33 @@ class Pool:
     # ----------------------------------------------------------------- queries
 
     @property
+    def pods(self) -> dict[str, Pod]:
+        return self.inventory.pods
+
+    @property
+    def counts(self) -> dict[PodState, int]:
+        return self.inventory.counts
+
+    @property
+    def idle(self) -> OrderedDict[str, None]:
+        return self.inventory.idle
+
+    @property
+    def template_hash(self) -> str:
+        return self.inventory.template_hash
+
+    @property
     def total_pods(self) -> int:
         """Pods that exist or are being created: the number the cap applies to."""
-        return len(self.pods) + self.creates_in_flight
+        return len(self.inventory) + self.creates_in_flight
 
     @property
     def unschedulable(self) -> bool:
-        return bool(self.unschedulable_pods)
+        return bool(self.inventory.unschedulable)
 
     def set_template_hash(self, template_hash: str) -> None:
         """A new pod template (an upgrade): idle pods of the old one get replaced."""
-        self.template_hash = template_hash
-        self.stale_idle = {n for n in self.idle if self.pods[n].template_hash != template_hash}
+        self.inventory.set_template_hash(template_hash)
 
     @property
     def capacity_blocked(self) -> bool:
@@ -102,31 +111,11 @@ class Pool:
     # ------------------------------------------------------------ pod bookkeeping
 
     def _set_pod_state(self, pod: Pod, state: PodState) -> None:
-        self.counts[pod.state] -= 1
-        self.counts[state] += 1
-        self._leave_state(pod)
-        pod.state = state
-        self._enter_state(pod)
+        self.inventory.set_state(pod, state)
         self.outbox.dirty_pods.add(pod.name)
 
-    def _enter_state(self, pod: Pod) -> None:
-        if pod.state is PodState.IDLE:
-            self.idle[pod.name] = None
-            if pod.template_hash != self.template_hash:
-                self.stale_idle.add(pod.name)
-        elif pod.state is PodState.PENDING and pod.unschedulable:
-            self.unschedulable_pods.add(pod.name)
-
-    def _leave_state(self, pod: Pod) -> None:
-        if pod.state is PodState.IDLE:
-            self.idle.pop(pod.name, None)
-            self.stale_idle.discard(pod.name)
-        self.unschedulable_pods.discard(pod.name)
-
     def _add_pod(self, pod: Pod) -> None:
-        self.pods[pod.name] = pod
-        self.counts[pod.state] += 1
-        self._enter_state(pod)
+        self.inventory.add(pod)
         if pod.state is PodState.PENDING:
             self.deadlines.push(
                 pod.created_at + self.limits.startup_timeout, "pod_startup", pod.name
@@ -134,9 +123,7 @@ class Pool:
         self.outbox.dirty_pods.add(pod.name)
 
     def _remove_pod(self, pod: Pod) -> None:
-        del self.pods[pod.name]
-        self.counts[pod.state] -= 1
-        self._leave_state(pod)
+        self.inventory.remove(pod)
         self.outbox.dirty_pods.discard(pod.name)
         self.outbox.forgotten_pods.add(pod.name)
 
@@ -252,7 +239,7 @@ class Pool:
             reclaimed_session_id=reclaimed.id if reclaimed else None,
         )
         self._track_live(session)
-        pod = self._take_idle_pod()
+        pod = self.inventory.oldest_fresh_idle()
         if pod is not None:
             self._assign(pod, session, now)
             self._answer_session(session, Outcome.WARM)
@@ -282,13 +269,6 @@ class Pool:
             self.sessions[sid].last_active_at + self.limits.reclaim_after for sid in session_ids
         ]
         return max(1.0, min(quiet_at, default=now) - now)
-
-    def _take_idle_pod(self) -> Pod | None:
-        for name in self.idle:
-            pod = self.pods[name]
-            if pod.template_hash == self.template_hash:
-                return pod
-        return None
 
     def end_session(self, session_id: str, reason: EndReason, now: float) -> bool:
         """End a live session and give its pod back (by deleting it). False if not live."""
@@ -412,11 +392,8 @@ class Pool:
             if pod.state is PodState.PENDING:
                 self._pod_ready(pod, now)
         elif pod.state is PodState.PENDING:
-            pod.detail, pod.unschedulable = status.detail, status.unschedulable
-            if pod.unschedulable:
-                self.unschedulable_pods.add(pod.name)
-            else:
-                self.unschedulable_pods.discard(pod.name)
+            pod.detail = status.detail
+            self.inventory.set_unschedulable(pod, status.unschedulable)
         elif pod.state is PodState.IDLE:
             # A warm pod that stopped answering is no longer worth handing out.
             self._delete_pod(pod, now)
@@ -444,8 +421,7 @@ class Pool:
     def _pod_ready(self, pod: Pod, now: float) -> None:
         pod.ready_at = now
         pod.detail = None
-        pod.unschedulable = False
-        self.unschedulable_pods.discard(pod.name)
+        self.inventory.set_unschedulable(pod, False)
         self.outbox.startup_seconds.append(now - pod.created_at)
         if pod.template_hash != self.template_hash:
             self._delete_pod(pod, now)
@@ -535,11 +511,11 @@ class Pool:
     def reconcile(self, now: float) -> None:
         """Replace idle pods of an old template, hand ready pods to waiters, and create
         what demand needs, within the cap and the create window."""
-        for name in list(self.stale_idle):
+        for name in list(self.inventory.stale_idle):
             self._delete_pod(self.pods[name], now)
         while self.waiting and self.idle:
             session = self.sessions[next(iter(self.waiting))]
-            pod = self._take_idle_pod()
+            pod = self.inventory.oldest_fresh_idle()
             if pod is None:
                 break
             self._assign(pod, session, now)

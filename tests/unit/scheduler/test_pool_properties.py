@@ -210,9 +210,9 @@ class PoolMachine(RuleBasedStateMachine):
         assert set(self.pool.idle) == set(self.pods_in(PodState.IDLE))
         pods = self.pool.pods
         stuck = {n for n in self.pods_in(PodState.PENDING) if pods[n].unschedulable}
-        assert self.pool.unschedulable_pods == stuck
+        assert self.pool.inventory.unschedulable == stuck
         stale = {n for n in self.pool.idle if pods[n].template_hash != self.pool.template_hash}
-        assert self.pool.stale_idle <= stale
+        assert self.pool.inventory.stale_idle <= stale
         for sid in self.pool.waiting:
             assert self.pool.sessions[sid].state is SessionState.PROVISIONING
         for session in self.pool.sessions.values():
