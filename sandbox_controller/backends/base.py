@@ -20,6 +20,8 @@ MANAGED_BY = "agent-sandbox-controller"
 LABEL_STATE = "agent-sandbox/state"
 LABEL_SESSION = "agent-sandbox/session"
 LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
+# One per create call, so a retry can find the pod a lost answer was about.
+LABEL_CREATE_ID = "agent-sandbox/create-id"
 
 
 def session_label(session_id: str) -> str:

@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ from yarl import URL
 from ..aiotasks import TaskGroup
 from ..clock import Clock, SystemClock
 from ..config import Settings
-from .base import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, BackendError, PodEvent, PodStatus
+from .base import (
+    LABEL_CREATE_ID,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    BackendError,
+    PodEvent,
+    PodStatus,
+)
 from .expectations import CreateExpectations
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_template import build_pod, load_template, pod_port, template_hash
@@ -38,6 +47,9 @@ GENERATE_NAME_ATTEMPTS = 3
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
+# Failures after which a write may have happened all the same: no answer at all, or a
+# server or gateway giving up on it (a 504 from the API server often follows a commit).
+AMBIGUOUS = {0, 500, 502, 503, 504}
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
@@ -58,7 +70,7 @@ class _Feed:
 
     name: str
     list_fn: Callable[..., Any]
-    selector: dict[str, str]
+    selector: dict[str, Any]  # list_fn keyword arguments: label or field selector
     on_list: Callable[[list[Obj], str], list[PodEvent]]
     on_event: Callable[[str, Obj], list[PodEvent]]
     rv: str | None = None
@@ -197,8 +209,16 @@ class KubernetesBackend:
 
     # -- calls -------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-        """One API call, paced by the bucket and retried while the failure is retryable."""
+    async def _call(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        done_already: Callable[[], Awaitable[Obj | None]] | None = None,
+        **kwargs: Any,
+    ) -> Obj:
+        """One API call, paced by the bucket and retried while the failure is retryable.
+        ``done_already`` is asked before each retry of a write whose failure leaves it
+        unknown whether the server carried it out; what it finds is the answer."""
         attempt = 0
         while True:
             await self.bucket.acquire()
@@ -221,6 +241,10 @@ class KubernetesBackend:
             log.debug("retrying in %.2fs after %s", delay, error)
             attempt += 1
             await self.clock.sleep(delay)
+            if done_already is not None and error.status in AMBIGUOUS:
+                found = await done_already()
+                if found is not None:
+                    return found
 
     # -- the protocol ------------------------------------------------------------------
 
@@ -271,6 +295,10 @@ class KubernetesBackend:
         }
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
+        # A name of our own for this create: if its answer is lost, a retry first looks
+        # for the pod by it, so a create that did happen never makes a second pod.
+        create_id = uuid.uuid4().hex
+        labels = {**labels, LABEL_CREATE_ID: create_id}
         body = build_pod(self.template, labels, self.template_hash, self._owner)
         async with self._create_slots:
             self._creating += 1
@@ -289,13 +317,25 @@ class KubernetesBackend:
     async def _create_with_fresh_name(self, body: Obj) -> Obj:
         """generateName draws a 5-character suffix; among thousands of pods a draw can
         collide (409 AlreadyExists). The pod was not created, so ask again at once."""
+        create_id = body["metadata"]["labels"][LABEL_CREATE_ID]
+
+        async def created_already() -> Obj | None:
+            found = await self._call(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=f"{LABEL_CREATE_ID}={create_id}",
+            )
+            items: list[Obj] = found.get("items") or []
+            return items[0] if items else None
+
+        create = self.core.create_namespaced_pod
         for _ in range(GENERATE_NAME_ATTEMPTS - 1):
             try:
-                return await self._call(self.core.create_namespaced_pod, self.namespace, body)
+                return await self._call(create, self.namespace, body, done_already=created_already)
             except KubeError as exc:
                 if exc.status != 409:
                     raise
-        return await self._call(self.core.create_namespaced_pod, self.namespace, body)
+        return await self._call(create, self.namespace, body, done_already=created_already)
 
     async def delete_pod(self, name: str) -> None:
         try:

@@ -22,6 +22,9 @@ class Faults:
     cut_watches_every: float = 0.0
     # Only calls whose verb is in this set are failed (empty = every verb but discovery).
     verbs: frozenset[str] = field(default_factory=frozenset)
+    # Fraction of creates carried out but answered 504, as a real API server answers a
+    # write that outlived the request's deadline: the client cannot tell it happened.
+    timeout_after_write_rate: float = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -39,6 +42,18 @@ class Faults:
         data["error_codes"] = list(self.error_codes)
         data["verbs"] = sorted(self.verbs)
         return data
+
+    def timeout_after_write(self, verb: str, rng: random.Random) -> ApiError | None:
+        if verb != "create" or self.timeout_after_write_rate <= 0:
+            return None
+        if rng.random() >= self.timeout_after_write_rate:
+            return None
+        return ApiError(
+            504,
+            "Timeout",
+            "Timeout: request did not complete within requested timeout"
+            " - context deadline exceeded",
+        )
 
     def pick_error(self, verb: str, rng: random.Random) -> ApiError | None:
         if verb == "discovery" or self.error_rate <= 0 or not self.error_codes:

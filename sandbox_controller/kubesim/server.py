@@ -113,6 +113,10 @@ class ApiServer:
                 if injected is not None:
                     raise injected
             response = await handler(request)
+            if verb != "admin" and 200 <= response.status < 300:
+                lost = sim.faults.timeout_after_write(verb, sim.rng)
+                if lost is not None:
+                    raise lost  # done, yet the caller hears it was not
             record.status = response.status
             return response
         except ApiError as exc:

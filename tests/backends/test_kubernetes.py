@@ -306,6 +306,21 @@ async def test_workload_answers_at_the_pod_address(tmp_path: Path) -> None:
             await backend.close()
 
 
+async def test_a_create_whose_answer_is_lost_makes_one_pod_not_two(
+    sim: KubeSim, backend: KubernetesBackend
+) -> None:
+    # The API server carried the create out but answered 504 (its deadline passed):
+    # a blind retry would make a second pod, and the cap counts only one.
+    sim.set_faults(timeout_after_write_rate=1.0)
+    name = await backend.create_pod({LABEL_STATE: "pool"})
+    sim.set_faults(timeout_after_write_rate=0.0)
+    pods = [p["metadata"]["name"] for p in sim.store.query("pods", NS, lambda _: True)]
+    assert pods == [name]
+    assert sim.count_calls("create", "pods") == 1
+    assert sim.count_calls("create", "pods", 504) == 1
+    assert sim.max_pods_seen == 1
+
+
 async def test_two_releases_in_one_namespace_each_see_only_their_own_pods(
     sim: KubeSim, tmp_path: Path
 ) -> None:
