@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ...conftest import ControllerFactory
+from ..conftest import ControllerFactory
 
 GOOD = {"user_id": "u", "thread_id": "t"}
 CASES: list[tuple[str, Any, int, str]] = [

@@ -11,7 +11,7 @@ from sandbox_controller.clock import ManualClock
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 from sandbox_controller.tokens import verify_token
 
-from ...conftest import ControllerFactory, RunningController, sandbox_processes
+from ..conftest import ControllerFactory, RunningController, sandbox_processes
 
 
 async def test_a_warm_session_is_ready_with_a_working_sandbox(
