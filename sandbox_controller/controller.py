@@ -14,16 +14,14 @@ import logging
 import os
 import secrets
 import socket
-from typing import Any
 
 from .aiotasks import TaskGroup
 from .backends.base import Backend
 from .clock import Clock, SystemClock
 from .config import Settings
 from .metrics import ControllerMetrics
-from .model import Limits
+from .model import Limits, PoolStatus
 from .scheduler.loop import Scheduler
-from .scheduler.pool import Pool
 from .store import Fence, Store
 from .store.db import wait_for_database
 
@@ -78,7 +76,7 @@ class Controller:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
-        self.metrics = ControllerMetrics(self._pool, lambda: self.is_leader, self.clock.now)
+        self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
 
@@ -86,9 +84,6 @@ class Controller:
     def backend(self) -> Backend:
         assert self._backend is not None, "the backend is made at start-up"
         return self._backend
-
-    def _pool(self) -> Pool | None:
-        return self.scheduler.pool if self.scheduler is not None else None
 
     @property
     def is_leader(self) -> bool:
@@ -139,7 +134,7 @@ class Controller:
             store=self.store,
             backend=self.backend,
             clock=self.clock,
-            metrics=self.metrics,
+            observer=self.metrics,
             fence=Fence(self.holder, epoch),
         )
         try:
@@ -212,22 +207,9 @@ class Controller:
 
     # ------------------------------------------------------------ status
 
-    def pool_status(self) -> dict[str, Any]:
-        pool = self._pool()
-        settings = self.settings
-        body: dict[str, Any] = {
-            "pods": {"pending": 0, "idle": 0, "assigned": 0, "terminating": 0},
-            "creating": 0,
-            "waiters": 0,
-            "capacity_blocked": False,
-            "max_total_jobs": settings.max_total_jobs,
-            "prewarm_pool_size": settings.prewarm_pool_size,
-            "max_sessions_per_user": settings.max_sessions_per_user,
-            "leader": self.is_leader,
-        }
-        if pool is not None:
-            body["pods"] = {state.value: count for state, count in pool.counts.items()}
-            body["creating"] = pool.creates_in_flight
-            body["waiters"] = len(pool.waiting)
-            body["capacity_blocked"] = pool.capacity_blocked
-        return body
+    def pool_snapshot(self) -> PoolStatus | None:
+        """The pool now, as GET /pool and the metrics show it; None unless leading."""
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.running:
+            return None
+        return scheduler.snapshot(self.clock.now())

@@ -1,48 +1,63 @@
-"""Domain errors. Each carries its data; the API maps them to HTTP in one place."""
+"""Domain errors. Each carries its data and nothing of HTTP: the API alone turns them
+into status codes and words (api/errors.py)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from .model import EndReason, Outcome
+
 
 class SandboxError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+    # The sandbox_session_requests_total label when this refuses a POST /sessions.
+    outcome: ClassVar[Outcome] = Outcome.ERROR
 
 
 class UserSessionLimit(SandboxError):
-    status = 429
-    code = "user_session_limit"
+    """The user holds ``limit`` live sessions and none is idle."""
+
+    outcome = Outcome.USER_LIMIT
+
+    def __init__(self, limit: int, live: int, retry_after: float) -> None:
+        super().__init__(limit, live, retry_after)
+        self.limit = limit
+        self.live = live
+        self.retry_after = retry_after  # when the first of them could turn idle
 
 
 class CapacityExhausted(SandboxError):
-    status = 503
-    code = "capacity_exhausted"
+    """``max_total_jobs`` pods exist, none is warm, and none freed within the wait."""
+
+    outcome = Outcome.CAPACITY
+
+    def __init__(self, max_total_jobs: int, retry_after: float) -> None:
+        super().__init__(max_total_jobs, retry_after)
+        self.max_total_jobs = max_total_jobs
+        self.retry_after = retry_after
+
+
+class ThreadOwnedByOtherUser(SandboxError):
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(thread_id)
+        self.thread_id = thread_id
 
 
 class SessionNotFound(SandboxError):
-    status = 404
-    code = "session_not_found"
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
 
 
 class SessionEnded(SandboxError):
-    status = 410
-    code = "session_ended"
-
-
-class ThreadConflict(SandboxError):
-    status = 409
-    code = "thread_owned_by_other_user"
+    def __init__(self, session_id: str, reason: EndReason | None) -> None:
+        super().__init__(session_id, reason)
+        self.session_id = session_id
+        self.reason = reason
 
 
 class NotLeader(SandboxError):
-    status = 503
-    code = "not_leader"
+    """This replica does not schedule: a standby, starting, stopping, or deposed."""
 
 
 class StoreUnavailable(SandboxError):
-    status = 503
-    code = "store_unavailable"
+    """The store did not take a round's writes; nothing of that round was promised."""

@@ -1,7 +1,10 @@
 """Prometheus metrics of the controller. Names are part of the contract (DESIGN §4).
 
 Each controller gets its own registry (tests run several in one process). Gauges of
-pool state are read from the pool at scrape time, so they can never drift from it.
+pool state are read from the scheduler's snapshot at scrape time (the same PoolStatus
+GET /pool shows), so they can never drift from it. ControllerMetrics is also the
+scheduler loop's observer (scheduler/ports.py LoopObserver); nothing here imports the
+scheduler.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .model import EndReason, Outcome, PodState, SessionState
-from .scheduler.pool import Pool
+from .model import EndReason, Outcome, PodState, PoolStatus, SessionActivity
 
 ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -21,17 +23,13 @@ STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 class _PoolCollector(Collector):
     def __init__(
-        self,
-        pool: Callable[[], Pool | None],
-        is_leader: Callable[[], bool],
-        now: Callable[[], float],
+        self, status: Callable[[], PoolStatus | None], is_leader: Callable[[], bool]
     ) -> None:
-        self._pool = pool
+        self._status = status
         self._is_leader = is_leader
-        self._now = now
 
     def collect(self) -> Iterator[Metric]:
-        pool = self._pool()
+        status = self._status()
         pods = GaugeMetricFamily("sandbox_pool_pods", "Sandbox pods by state", labels=["state"])
         sessions = GaugeMetricFamily(
             "sandbox_sessions", "Live sessions by activity", labels=["state"]
@@ -55,27 +53,18 @@ class _PoolCollector(Collector):
         )
         leader = GaugeMetricFamily("sandbox_is_leader", "1 on the replica that schedules")
         leader.add_metric([], 1.0 if self._is_leader() else 0.0)
-        if pool is not None:
+        if status is not None:
             for state in PodState:
-                pods.add_metric([state.value], pool.counts[state])
-            creating.add_metric([], pool.creates_in_flight)
-            now = self._now()
-            by_state = {"active": 0, "idle": 0, "provisioning": 0}
-            for session in pool.sessions.values():
-                if session.state is SessionState.PROVISIONING:
-                    by_state["provisioning"] += 1
-                elif session.state is SessionState.READY:
-                    idle = session.is_idle(now, pool.limits.idle_after)
-                    by_state["idle" if idle else "active"] += 1
-            for name, count in by_state.items():
-                sessions.add_metric([name], count)
-            waiters.add_metric([], len(pool.waiting))
-            blocked.add_metric([], 1.0 if pool.capacity_blocked else 0.0)
-            at_cap = pool.total_pods >= pool.limits.max_total_jobs
-            cap_reached.add_metric([], 1.0 if at_cap else 0.0)
-            max_total.add_metric([], pool.limits.max_total_jobs)
-            prewarm.add_metric([], pool.limits.prewarm_pool_size)
-            per_user.add_metric([], pool.limits.max_sessions_per_user)
+                pods.add_metric([state.value], status.pods[state])
+            creating.add_metric([], status.creating)
+            for activity in SessionActivity:
+                sessions.add_metric([activity.value], status.sessions[activity])
+            waiters.add_metric([], status.waiters)
+            blocked.add_metric([], 1.0 if status.capacity_blocked else 0.0)
+            cap_reached.add_metric([], 1.0 if status.cap_reached else 0.0)
+            max_total.add_metric([], status.limits.max_total_jobs)
+            prewarm.add_metric([], status.limits.prewarm_pool_size)
+            per_user.add_metric([], status.limits.max_sessions_per_user)
         yield from (
             pods,
             creating,
@@ -92,10 +81,7 @@ class _PoolCollector(Collector):
 
 class ControllerMetrics:
     def __init__(
-        self,
-        pool: Callable[[], Pool | None],
-        is_leader: Callable[[], bool],
-        now: Callable[[], float],
+        self, status: Callable[[], PoolStatus | None], is_leader: Callable[[], bool]
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -149,9 +135,23 @@ class ControllerMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(pool, is_leader, now))
+        self.registry.register(_PoolCollector(status, is_leader))
 
-    def ended(self, reason: EndReason) -> None:
+    # -- the scheduler loop's observer (scheduler/ports.py LoopObserver)
+
+    def round_committed(self, commands: int) -> None:
+        self.batch_size.observe(commands)
+
+    def store_failed(self) -> None:
+        self.store_errors.inc()
+
+    def backend_failed(self, operation: str) -> None:
+        self.backend_errors.labels(operation).inc()
+
+    def pod_started(self, seconds: float) -> None:
+        self.startup_seconds.observe(seconds)
+
+    def session_ended(self, reason: EndReason) -> None:
         self.sessions_ended.labels(reason.value).inc()
         if reason is not EndReason.DELETED:
             self.reclaims.labels(reason.value).inc()

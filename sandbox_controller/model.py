@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -98,3 +99,81 @@ class Limits:
     @property
     def reclaim_after(self) -> float:
         return self.idle_after + self.activity_lag
+
+
+class SessionActivity(enum.StrEnum):
+    """Live sessions as the sandbox_sessions gauge counts them."""
+
+    ACTIVE = "active"
+    IDLE = "idle"  # ready and quiet for idle_after: reclaimable
+    PROVISIONING = "provisioning"
+
+
+class WaitReason(enum.StrEnum):
+    """Why a provisioning session has no sandbox yet (the API puts it in words)."""
+
+    POD_REPORTS = "pod_reports"  # a pending pod says why, in the platform's own words
+    CAP_REACHED = "cap_reached"  # maxTotalJobs pods exist
+    POD_STARTING = "pod_starting"
+    NO_POD_YET = "no_pod_yet"
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    reason: WaitReason
+    pod_detail: str | None = None  # POD_REPORTS: from the pod's conditions and events
+    max_total_jobs: int = 0  # CAP_REACHED: the cap that was reached
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session as the scheduler saw it (a copy), and why it is still provisioning."""
+
+    session: Session
+    detail: Provisioning | None = None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The answer to an open-session request, given once its writes are committed."""
+
+    session: Session  # a copy: the pool's own object stays inside the scheduler
+    outcome: Outcome  # WARM, COLD or EXISTING (refusals are raised as errors.py errors)
+    reclaimed_session_id: str | None = None
+    detail: Provisioning | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a proxy may send a session's traffic, and for how long (a lease)."""
+
+    session_id: str
+    state: SessionState
+    address: str | None = None
+    lease_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """The pool at one moment: what GET /pool and the metrics collector both show."""
+
+    pods: Mapping[PodState, int]
+    creating: int  # creates sent, not answered yet (they count toward the cap)
+    waiters: int
+    capacity_blocked: bool
+    cap_reached: bool
+    sessions: Mapping[SessionActivity, int]
+    limits: Limits
+
+    @classmethod
+    def empty(cls, limits: Limits) -> PoolStatus:
+        """No pool (a standby): only the limits it would keep."""
+        return cls(
+            pods=dict.fromkeys(PodState, 0),
+            creating=0,
+            waiters=0,
+            capacity_blocked=False,
+            cap_reached=False,
+            sessions=dict.fromkeys(SessionActivity, 0),
+            limits=limits,
+        )

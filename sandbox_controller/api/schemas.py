@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..model import Session, SessionState
+from ..model import PodState, PoolStatus, Provisioning, Session, SessionState, WaitReason
 from ..tokens import issue_token
 
 
@@ -39,6 +39,38 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def wait_detail(provisioning: Provisioning | None) -> str | None:
+    """Why a provisioning session has no sandbox yet, in words."""
+    if provisioning is None:
+        return None
+    match provisioning.reason:
+        case WaitReason.POD_REPORTS:
+            return provisioning.pod_detail
+        case WaitReason.CAP_REACHED:
+            return (
+                f"waiting for a free slot: maxTotalJobs ({provisioning.max_total_jobs}) "
+                "sandbox pods exist"
+            )
+        case WaitReason.POD_STARTING:
+            return "sandbox pod is starting"
+        case WaitReason.NO_POD_YET:
+            return "waiting for a sandbox pod"
+
+
+def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
+    limits = status.limits
+    return {
+        "pods": {state.value: status.pods[state] for state in PodState},
+        "creating": status.creating,
+        "waiters": status.waiters,
+        "capacity_blocked": status.capacity_blocked,
+        "max_total_jobs": limits.max_total_jobs,
+        "prewarm_pool_size": limits.prewarm_pool_size,
+        "max_sessions_per_user": limits.max_sessions_per_user,
+        "leader": leader,
+    }
+
+
 def session_json(
     session: Session,
     *,
@@ -46,7 +78,7 @@ def session_json(
     token_secret: bytes,
     token_ttl: float,
     now: float,
-    detail: str | None = None,
+    detail: Provisioning | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": session.id,
@@ -67,5 +99,5 @@ def session_json(
             "token": issue_token(token_secret, session.id, now + token_ttl),
         }
     if session.state is SessionState.PROVISIONING:
-        body["detail"] = detail
+        body["detail"] = wait_detail(detail)
     return body

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import SandboxError
 from ..model import EndReason, Outcome
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What a waiting POST /sessions caller is told, once its writes are committed."""
+    """What a waiting POST /sessions caller is told, once its writes are committed:
+    a session (``session_id``) or, for a refusal, the domain error it is raised as."""
 
     request_id: int
     outcome: Outcome
     session_id: str | None = None
     reclaimed_session_id: str | None = None
-    retry_after: float | None = None
-    message: str = ""
+    error: SandboxError | None = None
 
 
 @dataclass

@@ -11,19 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from ..aiotasks import TaskGroup
+from ..aiotime import Backoff, sleep_or_stop
 from ..backends.base import LABEL_STATE, Backend, BackendError, PodEvent
 from ..clock import Clock
-from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
-from ..metrics import ControllerMetrics
-from ..model import EndReason, Limits, Session
-from ..store import Batch, Deposed, Fence, Store
+from ..errors import (
+    NotLeader,
+    SandboxError,
+    SessionEnded,
+    SessionNotFound,
+    StoreUnavailable,
+)
+from ..model import (
+    EndReason,
+    Limits,
+    Opened,
+    PoolStatus,
+    Route,
+    Session,
+    SessionState,
+    SessionView,
+)
+from ..store import Batch, Deposed, Fence
 from .effects import Answer, Outbox
-from .pool import Pool
+from .pool import ROUTE_LEASE, Pool
+from .ports import LoopObserver, NoObserver, SchedulerStore
 from .recovery import restore
 
 log = logging.getLogger(__name__)
@@ -32,6 +48,10 @@ MAX_ROUND = 1000  # commands per round: bounds one transaction's size
 ENDED_IN_MEMORY = 600.0  # ended sessions stay in memory this long, then only in the store
 PRUNE_EVERY = 60.0
 POD_ROWS_DELAY = 1.0
+# Rebuilding after a failed commit: retried until the store answers again.
+RECOVERY_BACKOFF = Backoff(0.5, 10.0)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,27 +61,30 @@ class _Command:
 
 
 class Scheduler:
+    """The only way in to the pool. Every write is a command applied by the loop's
+    task; callers get copies and data (model.py) or a domain error (errors.py)."""
+
     def __init__(
         self,
         *,
         limits: Limits,
-        store: Store,
+        store: SchedulerStore,
         backend: Backend,
         clock: Clock,
-        metrics: ControllerMetrics | None = None,
+        observer: LoopObserver | None = None,
         fence: Fence | None = None,
     ) -> None:
         self.limits = limits
         self.store = store
         self.backend = backend
         self.clock = clock
-        self.metrics = metrics
+        self.observer: LoopObserver = observer or NoObserver()
         self.fence = fence
-        self.pool: Pool | None = None
+        self._pool: Pool | None = None
         self.running = False
         self.failed: BaseException | None = None
         self._queue: asyncio.Queue[_Command] = asyncio.Queue()
-        self._answers: dict[int, asyncio.Future[Answer]] = {}
+        self._answers: dict[int, asyncio.Future[Opened]] = {}
         self._tasks = TaskGroup("scheduler")
         self._effects = TaskGroup("scheduler-effects")
         self._stopped = asyncio.Event()
@@ -84,13 +107,13 @@ class Scheduler:
         self.running = False
         self._stopped.set()
         await self._tasks.stop()
-        if self.pool is not None and (self._pod_rows or self._forgotten_rows):
+        if self._pool is not None and (self._pod_rows or self._forgotten_rows):
             try:  # best effort: a clean stop leaves no pool pod unaccounted for
                 await self._commit(Outbox(), force=True)
             except Exception as exc:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
-        self._fail_waiters(NotLeader("the controller is shutting down"))
+        self._fail_waiters(NotLeader)
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -99,7 +122,7 @@ class Scheduler:
         pool = Pool(self.limits, self.backend.template_hash)
         restore(pool, sessions, pod_rows, backend_pods, now)
         pool.tick(now)
-        self.pool = pool
+        self._pool = pool
         self._pod_rows, self._forgotten_rows = set(), set()
         self._pod_rows_due = float("inf")
         await self._commit(pool.take_outbox(), force=True)
@@ -110,69 +133,117 @@ class Scheduler:
             len(backend_pods),
         )
 
-    # ------------------------------------------------------------ API-facing
+    # ------------------------------------------------------------ commands
+
+    def _leading_pool(self) -> Pool:
+        if not self.running or self._pool is None:
+            raise NotLeader()
+        return self._pool
 
     def _submit(
         self, apply: Callable[[Pool, float], Any], future: asyncio.Future[Any] | None = None
     ) -> None:
-        if not self.running:
-            raise NotLeader("this replica is not scheduling (not the leader, or starting)")
+        self._leading_pool()
         self._queue.put_nowait(_Command(apply, future))
 
-    async def _call(self, apply: Callable[[Pool, float], Any]) -> Any:
+    async def _call(self, apply: Callable[[Pool, float], T]) -> T:
         """Submit and wait until the round that applied it has committed."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._submit(apply, future)
         return await future
 
-    async def open_session(
-        self, user_id: str, thread_id: str, wait_seconds: float
-    ) -> tuple[Answer, Session | None]:
-        assert self.pool is not None
-        request_id = self.pool.next_request_id()
+    async def open_session(self, user_id: str, thread_id: str, wait_seconds: float) -> Opened:
+        """A session for this thread, new or the one it has; refusals are raised
+        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...)."""
+        request_id = self._leading_pool().next_request_id()
 
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(request_id, user_id, thread_id, wait_seconds, now)
 
         self._submit(apply)  # applied in a later round, so registering after is safe
-        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
-        result = await answer
-        session = self.pool.sessions.get(result.session_id) if result.session_id else None
-        return result, session
+        return await answer
 
     async def end_session(self, session_id: str) -> None:
         """End a session on request (reason ``deleted``); idempotent for ended ones."""
 
         def apply(pool: Pool, now: float) -> bool:
-            return pool.end_session(session_id, EndReason.DELETED, now)
+            pool.end_session(session_id, EndReason.DELETED, now)
+            return session_id in pool.sessions
 
-        await self._call(apply)
+        if not await self._call(apply) and await self.store.get_session(session_id) is None:
+            raise SessionNotFound(session_id)
 
-    def touch(self, session_id: str, at: float) -> None:
-        """Activity; persisted with the next round, not awaited (DESIGN: may be batched)."""
-        self._submit(lambda pool, now: pool.touch(session_id, min(at, now)))
+    async def touch(self, session_id: str) -> None:
+        """Activity on a live session (an agent at work); persisted with the next round,
+        not awaited."""
+        session = self._leading_pool().sessions.get(session_id)
+        if session is None:
+            session = await self.store.get_session(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        if not session.live:
+            raise SessionEnded(session_id, session.end_reason)
+        self._submit(lambda pool, now: pool.touch(session_id, now))
+
+    def record_activity(self, activity: Mapping[str, float]) -> None:
+        """A proxy's batch of last-activity times; sessions it does not know are skipped."""
+
+        def apply(pool: Pool, now: float) -> None:
+            for session_id, at in activity.items():
+                pool.touch(session_id, min(at, now))
+
+        self._submit(apply)
+
+    async def route(self, session_id: str) -> Route:
+        """Where a proxy may send this session's traffic. A ready session's pod address
+        is leased for ROUTE_LEASE: the pod keeps it that long, even if the session ends
+        at once. A command like any other, so the loop stays the pool's one writer."""
+
+        def apply(pool: Pool, now: float) -> Route | None:
+            session = pool.sessions.get(session_id)
+            if session is None:
+                return None
+            pod = pool.lease_route(session_id, now)
+            if pod is None:
+                return Route(session_id, session.state)
+            return Route(session_id, session.state, pod.address, ROUTE_LEASE)
+
+        route = await self._call(apply)
+        if route is not None:
+            return route
+        stored = await self.store.get_session(session_id)  # ended long ago, or never was
+        if stored is None:
+            raise SessionNotFound(session_id)
+        return Route(session_id, stored.state)
+
+    async def view(self, session_id: str) -> SessionView | None:
+        pool = self._leading_pool()
+        session = pool.sessions.get(session_id)
+        if session is not None:
+            return SessionView(_copy(session), pool.provisioning(session_id))
+        stored = await self.store.get_session(session_id)
+        return SessionView(stored) if stored is not None else None
+
+    async def list_for_user(self, user_id: str) -> list[SessionView]:
+        """The user's sessions, newest first: live ones from memory, the rest stored."""
+        self._leading_pool()
+        stored = {s.id: s for s in await self.store.list_sessions(user_id)}
+        pool = self._leading_pool()  # again: leadership may have gone during the read
+        views = {sid: SessionView(s) for sid, s in stored.items()}
+        for sid in pool.live_by_user.get(user_id, ()):
+            session = pool.sessions[sid]
+            if session.reply_deadline is None:  # not yet promised to its caller
+                views[sid] = SessionView(_copy(session), pool.provisioning(sid))
+        return sorted(views.values(), key=lambda v: v.session.created_at, reverse=True)
+
+    def snapshot(self, now: float) -> PoolStatus:
+        return self._leading_pool().status(now)
 
     async def settle(self) -> None:
         """Return once every command queued so far has been applied and committed."""
         await self._call(lambda pool, now: None)
-
-    def lookup(self, session_id: str) -> Session:
-        if self.pool is None:
-            raise NotLeader("this replica is not scheduling")
-        session = self.pool.sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(f"no session {session_id}")
-        return session
-
-    def route(self, session_id: str) -> tuple[Session, str | None]:
-        """A session and, if it is ready, its pod's address, leased to the asking proxy
-        (Pool.lease_route). No await in here: no round can end the session between
-        reading its state and taking the lease."""
-        session = self.lookup(session_id)
-        assert self.pool is not None
-        pod = self.pool.lease_route(session_id, self.clock.now())
-        return session, pod.address if pod is not None else None
 
     # ------------------------------------------------------------ the loop
 
@@ -181,9 +252,9 @@ class Scheduler:
             self._queue.put_nowait(_Command(_event_command(event)))
 
     async def _next_round(self) -> list[_Command]:
-        assert self.pool is not None
+        assert self._pool is not None
         if self._queue.empty():
-            pool_due = self.pool.next_deadline()
+            pool_due = self._pool.next_deadline()
             due = min(float("inf") if pool_due is None else pool_due, self._pod_rows_due)
             deadline = None if due == float("inf") else due
             getter = asyncio.ensure_future(self._queue.get())
@@ -218,10 +289,10 @@ class Scheduler:
             self.failed = exc
         finally:
             self.running = False
-            self._fail_waiters(NotLeader("the scheduler stopped"))
+            self._fail_waiters(NotLeader)
 
     async def _round(self, commands: list[_Command]) -> None:
-        pool = self.pool
+        pool = self._pool
         assert pool is not None
         now = self.clock.now()
         results: list[Any] = []
@@ -240,16 +311,15 @@ class Scheduler:
             await self._commit(outbox)
         except Deposed:
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("store write failed; rebuilding state from the store")
-            if self.metrics:
-                self.metrics.store_errors.inc()
-            error = StoreUnavailable("the store is unavailable; try again")
-            self._fail_waiters(error)
+            self.observer.store_failed()
+            # Nothing of this round was promised: every caller waiting hears so.
+            self._fail_waiters(StoreUnavailable)
             for command in commands:
                 if command.future is not None and not command.future.done():
-                    command.future.set_exception(error)
-            await self._recover_after_failure(exc)
+                    command.future.set_exception(StoreUnavailable())
+            await self._recover_after_failure()
             return
         for command, result in zip(commands, results, strict=True):
             if command.future is not None and not command.future.done():
@@ -257,8 +327,7 @@ class Scheduler:
                     command.future.set_exception(result)
                 else:
                     command.future.set_result(result)
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(commands))
+        self.observer.round_committed(len(commands))
 
     async def _commit(self, outbox: Outbox, *, force: bool = False) -> None:
         """Persist the round, then tell callers and start backend calls: in that order,
@@ -269,7 +338,7 @@ class Scheduler:
         only make the restarted controller delete a fresh pool pod it cannot account
         for. At one claim at a time this is two commits fewer per claim (the
         replacement's create and its readiness)."""
-        pool = self.pool
+        pool = self._pool
         assert pool is not None
         batch = Batch()
         for sid in outbox.dirty_sessions:
@@ -294,7 +363,7 @@ class Scheduler:
         for answer in outbox.answers:
             future = self._answers.pop(answer.request_id, None)
             if future is not None and not future.done():
-                future.set_result(answer)
+                _resolve(future, pool, answer)
         self._start_effects(outbox)
 
     def _start_effects(self, outbox: Outbox) -> None:
@@ -304,16 +373,15 @@ class Scheduler:
             self._effects.start(self._delete(name), f"delete:{name}")
         for name, labels in outbox.labels.items():
             self._effects.start(self._label(name, labels), f"label:{name}")
-        if self.metrics is not None:
-            for seconds in outbox.startup_seconds:
-                self.metrics.startup_seconds.observe(seconds)
-            for reason in outbox.ended:
-                self.metrics.ended(reason)
+        for seconds in outbox.startup_seconds:
+            self.observer.pod_started(seconds)
+        for reason in outbox.ended:
+            self.observer.session_ended(reason)
 
-    async def _recover_after_failure(self, exc: Exception) -> None:
+    async def _recover_after_failure(self) -> None:
         """The pool may now disagree with the store; the store wins. Retry until it
         answers, since nothing can be promised without it."""
-        delay = 0.5
+        attempt = 0
         while not self._stopped.is_set():
             try:
                 await self._recover()
@@ -321,15 +389,16 @@ class Scheduler:
             except Deposed:
                 raise
             except Exception:
+                delay = RECOVERY_BACKOFF.delay(attempt)
+                attempt += 1
                 log.warning("store still unavailable; retrying in %.1fs", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await sleep_or_stop(self.clock, delay, self._stopped)
 
-    def _fail_waiters(self, error: SandboxError) -> None:
+    def _fail_waiters(self, error: Callable[[], SandboxError]) -> None:
         answers, self._answers = self._answers, {}
         for future in answers.values():
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(error())
 
     # ------------------------------------------------------------ backend effects
 
@@ -340,8 +409,7 @@ class Scheduler:
             name = await self.backend.create_pod({LABEL_STATE: "pool"})
         except Exception as exc:
             log.warning("creating a sandbox pod failed: %s", exc)
-            if self.metrics:
-                self.metrics.backend_errors.labels("create").inc()
+            self.observer.backend_failed("create")
             self._queue.put_nowait(_Command(lambda pool, now: pool.create_failed(now)))
             return
         self._queue.put_nowait(_Command(lambda pool, now: pool.pod_created(name, now)))
@@ -351,8 +419,7 @@ class Scheduler:
             await self.backend.delete_pod(name)
         except Exception as exc:
             log.warning("deleting pod %s failed: %s", name, exc)
-            if self.metrics:
-                self.metrics.backend_errors.labels("delete").inc()
+            self.observer.backend_failed("delete")
             self._queue.put_nowait(_Command(lambda pool, now: pool.delete_failed(name, now)))
 
     async def _label(self, name: str, labels: dict[str, str]) -> None:
@@ -362,8 +429,7 @@ class Scheduler:
             # Labels are for operators and a second opinion at recovery; the store
             # is the record, so a lost label is logged, not retried forever.
             log.info("labelling pod %s failed: %s", name, exc)
-            if self.metrics:
-                self.metrics.backend_errors.labels("label").inc()
+            self.observer.backend_failed("label")
 
 
 def _event_command(event: PodEvent) -> Callable[[Pool, float], None]:
@@ -372,3 +438,20 @@ def _event_command(event: PodEvent) -> Callable[[Pool, float], None]:
         return lambda pool, now: pool.pod_gone(name, now)
     status = event.pod
     return lambda pool, now: pool.pod_observed(status, now)
+
+
+def _copy(session: Session) -> Session:
+    """A snapshot for a caller: the pool's own object never leaves the scheduler."""
+    return replace(session, requests=[])
+
+
+def _resolve(future: asyncio.Future[Opened], pool: Pool, answer: Answer) -> None:
+    if answer.error is not None:
+        future.set_exception(answer.error)
+        return
+    session = pool.sessions.get(answer.session_id or "")
+    if session is None:  # cannot happen: answered sessions are kept in memory
+        future.set_exception(SessionNotFound(answer.session_id or ""))
+        return
+    detail = pool.provisioning(session.id) if session.state is SessionState.PROVISIONING else None
+    future.set_result(Opened(_copy(session), answer.outcome, answer.reclaimed_session_id, detail))

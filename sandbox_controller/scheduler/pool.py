@@ -14,16 +14,30 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
+from ..aiotime import Backoff
 from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, session_label
-from ..model import EndReason, Limits, Outcome, Pod, PodState, Session, SessionState
+from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
+from ..model import (
+    EndReason,
+    Limits,
+    Outcome,
+    Pod,
+    PodState,
+    PoolStatus,
+    Provisioning,
+    Session,
+    SessionActivity,
+    SessionState,
+    WaitReason,
+)
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .inventory import PodInventory
 
 # A create that failed is not retried at once: the API server or the node is
 # likely still unhappy, and a hot retry loop would only add to its load.
-CREATE_BACKOFF_START = 1.0
-CREATE_BACKOFF_MAX = 30.0
+# No jitter: decisions here stay exact and replayable on a hand-set clock.
+CREATE_BACKOFF = Backoff(1.0, 30.0, jitter=False)
 # A delete that has not been confirmed by an event is asked for again.
 DELETE_RETRY = 30.0
 # How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
@@ -32,6 +46,8 @@ DELETE_RETRY = 30.0
 # reach the session's own sandbox (DESIGN invariant 6), even while the controller is
 # unreachable and the proxy serves what it has.
 ROUTE_LEASE = 30.0
+# When a caller refused for capacity may try again.
+CAPACITY_RETRY_AFTER = 5.0
 
 
 def new_session_id() -> str:
@@ -56,7 +72,7 @@ class Pool:
         self.creates_in_flight = 0
         # Pods the watch showed before their create call returned (see _stray_pod).
         self._seen_early: set[str] = set()
-        self.create_backoff = 0.0
+        self.create_failures = 0  # in a row; the next create waits CREATE_BACKOFF
         self.create_blocked_until = 0.0
         self.cap_blocked = False
         self.deadlines = Deadlines()
@@ -204,7 +220,7 @@ class Pool:
         if existing_id is not None:
             existing = self.sessions[existing_id]
             if existing.user_id != user_id:
-                self._answer(request_id, Outcome.ERROR, message="thread belongs to another user")
+                self._refuse(request_id, Outcome.ERROR, ThreadOwnedByOtherUser(thread_id))
                 return
             existing.requests.append(request_id)
             if existing.reply_deadline is None:
@@ -216,15 +232,10 @@ class Pool:
         if len(live) >= self.limits.max_sessions_per_user:
             reclaimed = self.oldest_idle(live, now)
             if reclaimed is None:
-                self._answer(
-                    request_id,
-                    Outcome.USER_LIMIT,
-                    retry_after=self._user_retry_after(live, now),
-                    message=(
-                        f"user has {len(live)} live sessions (limit "
-                        f"{self.limits.max_sessions_per_user}) and none is idle"
-                    ),
-                )
+                limit = self.limits.max_sessions_per_user
+                retry_after = self._user_retry_after(live, now)
+                error = UserSessionLimit(limit, len(live), retry_after)
+                self._refuse(request_id, Outcome.USER_LIMIT, error)
                 return
             self.end_session(reclaimed.id, EndReason.RECLAIMED, now)
 
@@ -308,13 +319,12 @@ class Pool:
         outcome: Outcome,
         session_id: str | None = None,
         *,
-        retry_after: float | None = None,
-        message: str = "",
         reclaimed: str | None = None,
     ) -> None:
-        self.outbox.answers.append(
-            Answer(request_id, outcome, session_id, reclaimed, retry_after, message)
-        )
+        self.outbox.answers.append(Answer(request_id, outcome, session_id, reclaimed))
+
+    def _refuse(self, request_id: int, outcome: Outcome, error: SandboxError) -> None:
+        self.outbox.answers.append(Answer(request_id, outcome, error=error))
 
     def _answer_session(self, session: Session, outcome: Outcome) -> None:
         """Answer everyone who asked for this thread: the first creates, the rest retry."""
@@ -332,15 +342,8 @@ class Pool:
     def _refuse_capacity(self, session: Session, now: float) -> None:
         """No slot freed in time: the request fails and leaves no session behind."""
         for request_id in session.requests:
-            self._answer(
-                request_id,
-                Outcome.CAPACITY,
-                retry_after=5.0,
-                message=(
-                    f"all {self.limits.max_total_jobs} sandbox pods (maxTotalJobs) are in use "
-                    "and none freed in time"
-                ),
-            )
+            error = CapacityExhausted(self.limits.max_total_jobs, CAPACITY_RETRY_AFTER)
+            self._refuse(request_id, Outcome.CAPACITY, error)
         session.requests.clear()
         session.reply_deadline = None
         self._untrack_live(session)
@@ -352,7 +355,7 @@ class Pool:
     def pod_created(self, name: str, now: float) -> None:
         # max(): after a rebuild from the store, creates started before it may return.
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
-        self.create_backoff = 0.0
+        self.create_failures = 0
         if name in self._seen_early:
             self._seen_early.discard(name)
         elif name not in self.pods:
@@ -362,10 +365,8 @@ class Pool:
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
         while len(self._seen_early) > self.creates_in_flight:
             self._seen_early.pop()  # a stray after all; it stays a pool pod
-        self.create_backoff = min(
-            CREATE_BACKOFF_MAX, max(CREATE_BACKOFF_START, self.create_backoff * 2)
-        )
-        self.create_blocked_until = now + self.create_backoff
+        self.create_blocked_until = now + CREATE_BACKOFF.delay(self.create_failures)
+        self.create_failures += 1
         self.deadlines.push(self.create_blocked_until, "create_backoff", "")
 
     def delete_failed(self, name: str, now: float) -> None:
@@ -556,23 +557,41 @@ class Pool:
             pod.delete_retry_at = pod.route_lease_until
             self.deadlines.push(pod.route_lease_until, "pod_delete", pod.name)
 
-    def provisioning_detail(self, session_id: str) -> str | None:
-        """Why a provisioning session has no sandbox yet, in the platform's words."""
+    def provisioning(self, session_id: str) -> Provisioning | None:
+        """Why a provisioning session has no sandbox yet (None once it has one)."""
         session = self.sessions.get(session_id)
         if session is None or session.state is not SessionState.PROVISIONING:
             return None
         pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:
-            return reasons[-1].detail
+            return Provisioning(WaitReason.POD_REPORTS, pod_detail=reasons[-1].detail)
         if self.cap_blocked:
-            return (
-                f"waiting for a free slot: maxTotalJobs ({self.limits.max_total_jobs}) "
-                "sandbox pods exist"
-            )
+            return Provisioning(WaitReason.CAP_REACHED, max_total_jobs=self.limits.max_total_jobs)
         if pending or self.creates_in_flight:
-            return "sandbox pod is starting"
-        return "waiting for a sandbox pod"
+            return Provisioning(WaitReason.POD_STARTING)
+        return Provisioning(WaitReason.NO_POD_YET)
+
+    def status(self, now: float) -> PoolStatus:
+        sessions = dict.fromkeys(SessionActivity, 0)
+        idle_after = self.limits.idle_after
+        for sid in self.live_by_thread.values():
+            session = self.sessions[sid]
+            if session.state is SessionState.PROVISIONING:
+                sessions[SessionActivity.PROVISIONING] += 1
+            elif session.is_idle(now, idle_after):
+                sessions[SessionActivity.IDLE] += 1
+            else:
+                sessions[SessionActivity.ACTIVE] += 1
+        return PoolStatus(
+            pods=dict(self.counts),
+            creating=self.creates_in_flight,
+            waiters=len(self.waiting),
+            capacity_blocked=self.capacity_blocked,
+            cap_reached=self.total_pods >= self.limits.max_total_jobs,
+            sessions=sessions,
+            limits=self.limits,
+        )
 
     def prune_ended(self, older_than: float) -> list[str]:
         """Forget ended sessions from memory (they stay in the store)."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox_controller.model import EndReason, Limits, Outcome, PodState, SessionState
+from sandbox_controller.errors import UserSessionLimit
+from sandbox_controller.model import (
+    EndReason,
+    Limits,
+    Outcome,
+    PodState,
+    Provisioning,
+    SessionState,
+    WaitReason,
+)
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
 from .harness import Harness
@@ -64,7 +73,8 @@ def test_cap_blocked_is_reported_while_someone_waits() -> None:
     assert h.outcome(first) is Outcome.COLD
     h.open("u", "t2", wait=30)
     assert h.pool.capacity_blocked
-    assert "maxTotalJobs" in (h.pool.provisioning_detail(next(iter(h.pool.waiting))) or "")
+    waiting = h.pool.provisioning(next(iter(h.pool.waiting)))
+    assert waiting == Provisioning(WaitReason.CAP_REACHED, max_total_jobs=1)
 
 
 def test_sixth_thread_with_all_five_active_is_refused() -> None:
@@ -77,7 +87,9 @@ def test_sixth_thread_with_all_five_active_is_refused() -> None:
     rid = h.open("alice", "t5")
     answer = h.answer(rid)
     assert answer is not None and answer.outcome is Outcome.USER_LIMIT
-    assert answer.retry_after is not None and answer.retry_after > 0
+    assert isinstance(answer.error, UserSessionLimit)
+    assert (answer.error.limit, answer.error.live) == (5, 5)
+    assert answer.error.retry_after > 0
     assert len(h.pool.live_by_user["alice"]) == 5
 
 
@@ -345,7 +357,8 @@ def test_reclaim_waits_out_the_activity_still_on_its_way_from_the_proxies() -> N
     h.advance(303.9)
     refused = h.answer(h.open("alice", "t1"))
     assert refused is not None and refused.outcome is Outcome.USER_LIMIT
-    assert refused.retry_after == 1.0  # quiet enough at 304 s (never less than 1 s)
+    assert isinstance(refused.error, UserSessionLimit)
+    assert refused.error.retry_after == 1.0  # quiet enough at 304 s (never less than 1 s)
     h.advance(0.1)
     answer = h.answer(h.open("alice", "t2"))
     assert answer is not None and answer.reclaimed_session_id == first

@@ -143,8 +143,8 @@ async def test_a_minute_of_churn_under_api_faults_leaks_nothing(kube: Kube) -> N
     except AssertionError:
         phases = [(p["metadata"]["name"], p["status"].get("phase")) for p in managed_pods(sim)]
         raise AssertionError(f"{await ctl.pool()}\n{phases}") from None
-    assert ctl.controller.scheduler is not None and ctl.controller.scheduler.pool is not None
-    pool = ctl.controller.scheduler.pool
+    assert ctl.controller.scheduler is not None and ctl.controller.scheduler._pool is not None
+    pool = ctl.controller.scheduler._pool  # a look inside, for the test
 
     def converged() -> bool:
         names = {p["metadata"]["name"] for p in managed_pods(sim)}

@@ -1,0 +1,126 @@
+"""Errors become HTTP here, and only here: one table from each domain error
+(errors.py) to its status, code, words and Retry-After (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import (
+    CapacityExhausted,
+    NotLeader,
+    SandboxError,
+    SessionEnded,
+    SessionNotFound,
+    StoreUnavailable,
+    ThreadOwnedByOtherUser,
+    UserSessionLimit,
+)
+
+# Every 503 says when to come back. A standby may be leading within a lease renewal
+# (3 s); a store outage that outlasts this is met by the next retry's answer.
+NOT_LEADER_RETRY_AFTER = 3.0
+STORE_RETRY_AFTER = 2.0
+
+
+class Unauthorized(SandboxError):
+    """No bearer token, or the wrong one (an API error, not a domain one)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    status: int
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+def problem(exc: SandboxError) -> Problem:
+    match exc:
+        case UserSessionLimit():
+            return Problem(
+                429,
+                "user_session_limit",
+                f"user has {exc.live} live sessions (limit {exc.limit}) and none is idle",
+                exc.retry_after,
+            )
+        case CapacityExhausted():
+            return Problem(
+                503,
+                "capacity_exhausted",
+                f"all {exc.max_total_jobs} sandbox pods (maxTotalJobs) are in use "
+                "and none freed in time",
+                exc.retry_after,
+            )
+        case ThreadOwnedByOtherUser():
+            return Problem(
+                409, "thread_owned_by_other_user", f"thread {exc.thread_id} belongs to another user"
+            )
+        case SessionNotFound():
+            return Problem(404, "session_not_found", f"no session {exc.session_id}")
+        case SessionEnded():
+            return Problem(
+                410, "session_ended", f"session {exc.session_id} has ended ({exc.reason})"
+            )
+        case NotLeader():
+            return Problem(
+                503,
+                "not_leader",
+                "this replica is not the leader; retry against the service",
+                NOT_LEADER_RETRY_AFTER,
+            )
+        case StoreUnavailable():
+            return Problem(
+                503,
+                "store_unavailable",
+                "the store is unavailable; nothing was changed, try again",
+                STORE_RETRY_AFTER,
+            )
+        case Unauthorized():
+            return Problem(401, "unauthorized", "missing or wrong bearer token")
+    return Problem(500, "internal_error", "internal error; see the controller log")
+
+
+def error_response(problem: Problem) -> JSONResponse:
+    headers = {}
+    if problem.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(problem.retry_after)))
+    if problem.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        {"error": {"code": problem.code, "message": problem.message}},
+        status_code=problem.status,
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SandboxError)
+    async def domain_error(request: Request, exc: SandboxError) -> Response:
+        return error_response(problem(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        message = "; ".join(problems) or "invalid request"
+        return error_response(Problem(422, "invalid_request", message))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        code = codes.get(exc.status_code, "http_error")
+        return error_response(Problem(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Logged by the server; the caller gets a code, never a traceback.
+        return error_response(
+            Problem(500, "internal_error", "internal error; see the controller log")
+        )

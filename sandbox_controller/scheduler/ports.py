@@ -1,0 +1,57 @@
+"""What the scheduler loop needs from around it: a store to commit rounds to, and an
+observer to report to (the controller's metrics). Protocols, defined here, so the
+scheduler depends on no metrics library and its tests can use in-memory fakes."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from ..model import EndReason, Pod, Session
+from ..store import Batch, Fence
+
+
+class SchedulerStore(Protocol):
+    async def load(self) -> tuple[list[Session], list[Pod]]:
+        """Every live session (and the ended ones kept), and every pod row."""
+
+    async def get_session(self, session_id: str) -> Session | None: ...
+
+    async def list_sessions(self, user_id: str, limit: int = 100) -> list[Session]: ...
+
+    async def write(self, batch: Batch, fence: Fence | None) -> None:
+        """Commit one round in one transaction, or raise (store.Deposed: fenced off)."""
+
+
+BackendOperation = Literal["create", "delete", "label"]
+
+
+class LoopObserver(Protocol):
+    def round_committed(self, commands: int) -> None:
+        """One round decided this many commands and committed them in one transaction."""
+
+    def store_failed(self) -> None:
+        """A round's commit failed; the loop rebuilds its state from the store."""
+
+    def backend_failed(self, operation: BackendOperation) -> None: ...
+
+    def pod_started(self, seconds: float) -> None:
+        """A pod turned ready this long after it was created."""
+
+    def session_ended(self, reason: EndReason) -> None: ...
+
+
+class NoObserver:
+    def round_committed(self, commands: int) -> None:
+        pass
+
+    def store_failed(self) -> None:
+        pass
+
+    def backend_failed(self, operation: BackendOperation) -> None:
+        pass
+
+    def pod_started(self, seconds: float) -> None:
+        pass
+
+    def session_ended(self, reason: EndReason) -> None:
+        pass
