@@ -1,0 +1,124 @@
+"""In-memory stand-ins for what the scheduler loop talks to: a store that can be held
+or made to fail, and a backend that logs every call it receives (the outside witness
+of which effects were started, and when)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+
+from sandbox_controller.backends.base import PodEvent, PodPhase, PodStatus
+from sandbox_controller.model import EndReason, Pod, Session
+from sandbox_controller.store import Batch, Fence
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self.pods: dict[str, Pod] = {}
+        self.writes: list[Batch] = []  # every write that committed, in order
+        self.write_started = asyncio.Event()
+        self.gate: asyncio.Event | None = None  # when set, a write waits for it to open
+        self.failures = 0  # this many writes fail next
+
+    async def load(self) -> tuple[list[Session], list[Pod]]:
+        live = [replace(s, requests=[]) for s in self.sessions.values() if s.live]
+        return live, [replace(p) for p in self.pods.values()]
+
+    async def get_session(self, session_id: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        return replace(session, requests=[]) if session else None
+
+    async def list_sessions(self, user_id: str, limit: int = 100) -> list[Session]:
+        mine = [replace(s) for s in self.sessions.values() if s.user_id == user_id]
+        return sorted(mine, key=lambda s: s.created_at, reverse=True)[:limit]
+
+    async def write(self, batch: Batch, fence: Fence | None) -> None:
+        self.write_started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the database went away")
+        for session in batch.sessions:
+            self.sessions[session.id] = replace(session, requests=[])
+        for pod in batch.pods:
+            self.pods[pod.name] = replace(pod)
+        for name in batch.forgotten_pods:
+            self.pods.pop(name, None)
+        self.writes.append(batch)
+
+
+class FakeBackend:
+    template_hash = "tmpl"
+
+    def __init__(self) -> None:
+        self.pods: dict[str, PodStatus] = {}
+        self.calls: list[tuple[str, str]] = []  # (operation, pod name), in order
+        self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
+        self._names = itertools.count(1)
+
+    async def start(self) -> None:
+        pass
+
+    async def create_pod(self, labels: Mapping[str, str]) -> str:
+        name = f"pod-{next(self._names)}"
+        self.pods[name] = PodStatus(name, PodPhase.PENDING, labels=dict(labels))
+        self.calls.append(("create", name))
+        return name
+
+    async def delete_pod(self, name: str) -> None:
+        self.calls.append(("delete", name))
+        if self.pods.pop(name, None) is not None:
+            self._events.put_nowait(PodEvent(PodStatus(name, PodPhase.FAILED), deleted=True))
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        self.calls.append(("label", name))
+
+    async def list_pods(self) -> list[PodStatus]:
+        return list(self.pods.values())
+
+    async def events(self) -> AsyncIterator[PodEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def close(self) -> None:
+        pass
+
+    def make_ready(self) -> list[str]:
+        """Every pending pod turns ready, with an address of its own."""
+        names = [n for n, p in self.pods.items() if p.phase is PodPhase.PENDING]
+        for name in names:
+            address = f"127.0.0.1:{9000 + int(name.split('-')[1])}"
+            self.pods[name] = replace(self.pods[name], phase=PodPhase.READY, address=address)
+            self._events.put_nowait(PodEvent(self.pods[name]))
+        return names
+
+    def calls_of(self, operation: str) -> list[str]:
+        return [name for op, name in self.calls if op == operation]
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.rounds: list[int] = []
+        self.store_failures = 0
+        self.backend_failures: list[str] = []
+        self.started: list[float] = []
+        self.ended: list[EndReason] = []
+
+    def round_committed(self, commands: int) -> None:
+        self.rounds.append(commands)
+
+    def store_failed(self) -> None:
+        self.store_failures += 1
+
+    def backend_failed(self, operation: str) -> None:
+        self.backend_failures.append(operation)
+
+    def pod_started(self, seconds: float) -> None:
+        self.started.append(seconds)
+
+    def session_ended(self, reason: EndReason) -> None:
+        self.ended.append(reason)
