@@ -1,0 +1,62 @@
+"""The metrics collector shows the scheduler's PoolStatus, the same one GET /pool shows."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from sandbox_controller.metrics import ControllerMetrics
+from sandbox_controller.model import EndReason, Limits, PodState, PoolStatus, SessionActivity
+
+
+def scrape(metrics: ControllerMetrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def test_pool_gauges_come_from_the_snapshot() -> None:
+    status = PoolStatus(
+        pods={PodState.PENDING: 1, PodState.IDLE: 3, PodState.ASSIGNED: 4, PodState.TERMINATING: 2},
+        creating=1,
+        waiters=2,
+        capacity_blocked=True,
+        cap_reached=True,
+        sessions={
+            SessionActivity.ACTIVE: 3,
+            SessionActivity.IDLE: 1,
+            SessionActivity.PROVISIONING: 2,
+        },
+        limits=Limits(max_total_jobs=11, prewarm_pool_size=3, max_sessions_per_user=4),
+    )
+    text = scrape(ControllerMetrics(lambda: status, lambda: True))
+    for line in [
+        'sandbox_pool_pods{state="idle"} 3.0',
+        'sandbox_pool_pods{state="terminating"} 2.0',
+        'sandbox_sessions{state="active"} 3.0',
+        'sandbox_sessions{state="provisioning"} 2.0',
+        "sandbox_pod_creates_in_flight 1.0",
+        "sandbox_waiters 2.0",
+        "sandbox_capacity_blocked 1.0",
+        "sandbox_cap_reached 1.0",
+        "sandbox_max_total_jobs 11.0",
+        "sandbox_max_sessions_per_user 4.0",
+        "sandbox_is_leader 1.0",
+    ]:
+        assert line in text, line
+
+
+def test_a_standby_shows_no_pool_and_is_not_leader() -> None:
+    text = scrape(ControllerMetrics(lambda: None, lambda: False))
+    assert "sandbox_is_leader 0.0" in text
+    assert "sandbox_pool_pods{" not in text
+
+
+def test_the_observer_side_counts_what_the_loop_reports() -> None:
+    metrics = ControllerMetrics(lambda: None, lambda: True)
+    metrics.session_ended(EndReason.IDLE_TIMEOUT)
+    metrics.session_ended(EndReason.DELETED)
+    metrics.backend_failed("create")
+    metrics.store_failed()
+    text = scrape(metrics)
+    assert 'sandbox_reclaims_total{reason="idle_timeout"} 1.0' in text
+    assert 'sandbox_sessions_ended_total{reason="deleted"} 1.0' in text
+    assert 'sandbox_backend_errors_total{operation="create"} 1.0' in text
+    assert "sandbox_store_errors_total 1.0" in text
