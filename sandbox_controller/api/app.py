@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -14,9 +12,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.base import Backend
-from ..clock import Clock
-from ..config import Settings
 from ..controller import Controller
 from ..errors import (
     CapacityExhausted,
@@ -44,30 +39,12 @@ def error_response(
     )
 
 
-def create_app(
-    settings: Settings,
-    *,
-    backend: Backend | None = None,
-    clock: Clock | None = None,
-    controller: Controller | None = None,
-    stop_sandboxes_on_exit: bool = False,
-) -> FastAPI:
-    """The controller app; the Controller is built here and started by the lifespan."""
-    if controller is None:
-        controller = Controller(
-            settings, backend=backend, clock=clock, stop_sandboxes_on_exit=stop_sandboxes_on_exit
-        )
+def create_app(controller: Controller) -> FastAPI:
+    """The controller's API. Its owner (process.ControllerProcess) starts and stops the
+    controller around serving it; the app has no lifespan of its own."""
     ctl = controller
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ctl.startup()
-        try:
-            yield
-        finally:
-            await ctl.shutdown()
-
-    app = FastAPI(title="agent-sandbox-controller", lifespan=lifespan, docs_url=None)
+    settings = controller.settings
+    app = FastAPI(title="agent-sandbox-controller", docs_url=None)
     app.state.controller = ctl
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY)
     _install_error_handlers(app)
@@ -93,7 +70,7 @@ def create_app(
             detail = scheduler.pool.provisioning_detail(session.id)
         body = session_json(
             session,
-            proxy_url=ctl.settings.proxy_public_url,
+            proxy_url=ctl.settings.proxy_url,
             token_secret=ctl.token_secret,
             token_ttl=settings.token_ttl,
             now=ctl.clock.now(),
@@ -165,7 +142,7 @@ def create_app(
                 "sessions": [
                     session_json(
                         s,
-                        proxy_url=ctl.settings.proxy_public_url,
+                        proxy_url=ctl.settings.proxy_url,
                         token_secret=ctl.token_secret,
                         token_ttl=settings.token_ttl,
                         now=now,

@@ -2,7 +2,7 @@
 
 One test drives ``sandbox-controller dev`` from outside, with curl and a WebSocket
 client; the others run the controller (``start_controller``) and the proxy
-(``serve_proxy``) in the test's loop, sharing one ManualClock, so "ten minutes later"
+(``ProxyProcess``) in the test's loop, sharing one ManualClock, so "ten minutes later"
 takes no time and every assertion about idleness is exact.
 """
 
@@ -24,9 +24,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from proxy import serve_proxy
+from proxy import ProxyProcess
 from sandbox_controller.api.schemas import iso
 from sandbox_controller.clock import ManualClock
+from sandbox_controller.serving import serve
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes
 from .test_dev_crash import Dev, free_port
@@ -107,9 +108,8 @@ async def start_proxied(start_controller: ControllerFactory) -> AsyncIterator[Pr
             update={"controller_url": ctl.url, "proxy_port": port, "log_level": "warning"}
         )
         shutdown, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(
-            serve_proxy(settings, ready=ready, shutdown=shutdown, clock=SharedNow(clock))
-        )
+        proxy = ProxyProcess(settings, clock=SharedNow(clock))
+        task = asyncio.create_task(serve(proxy, shutdown, ready.set))
         running.append((shutdown, task))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.server import ProxyServer
+from proxy import ProxyProcess
 from sandbox_controller import devsandbox
 from sandbox_controller.config import Settings
 from sandbox_controller.serving import Server, bind
+from sandbox_controller.serving import serve as serve_process
 from sandbox_controller.tokens import issue_token
 
 SECRET = "test-secret"
@@ -132,7 +133,7 @@ class Stack:
     controller: ControllerDouble
     sandbox: Counting
     sandbox_served: Served
-    proxy: ProxyServer
+    proxy: ProxyProcess
     proxy_port: int
     shutdown: asyncio.Event
     proxy_task: asyncio.Task[None]
@@ -173,14 +174,13 @@ async def stack() -> AsyncIterator[Stack]:
     controller_served = await serve(controller.app())
     sandbox = Counting(devsandbox.build_app())
     sandbox_served = await serve(sandbox)
-    server = ProxyServer(proxy_settings(controller_served.port), drain_timeout=3.0)
+    proxy = ProxyProcess(proxy_settings(controller_served.port), drain_timeout=3.0)
     shutdown, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(server.run(shutdown, ready))
+    task = asyncio.create_task(serve_process(proxy, shutdown, ready.set))
     await asyncio.wait_for(ready.wait(), 10)
-    assert server.port is not None
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         yield Stack(
-            controller, sandbox, sandbox_served, server, server.port, shutdown, task, client
+            controller, sandbox, sandbox_served, proxy, proxy.port, shutdown, task, client
         )
     shutdown.set()
     with contextlib.suppress(Exception):
