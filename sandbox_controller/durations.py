@@ -37,4 +37,3 @@ def parse_duration(text: str | float | int) -> float:
     if pos != len(value) or pos == 0:
         raise ValueError(f"{text!r} is not a duration such as 90s, 5m or 2h30m")
     return total
-

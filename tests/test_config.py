@@ -13,8 +13,16 @@ from sandbox_controller.durations import parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("2h30m", 9000), ("1d", 86400), ("250ms", 0.25), ("42", 42),
-     ("1.5h", 5400), (" 10S ", 10)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h30m", 9000),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        ("42", 42),
+        ("1.5h", 5400),
+        (" 10S ", 10),
+    ],
 )
 def test_durations_as_operators_write_them(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -92,3 +100,35 @@ def test_a_taken_port_is_one_line_not_a_traceback(
         monkeypatch.setattr("sandbox_controller.serving.tune_gc", lambda: None)
         assert main(["serve"]) == 1
     assert capsys.readouterr().err.strip() == "sandbox-controller: Address already in use"
+
+
+def test_limits_and_kube_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Built from Settings, never from defaults of their own: what the operator set is
+    # what the scheduler and the backend get.
+    monkeypatch.setenv("SANDBOX_MAX_TOTAL_JOBS", "9")
+    monkeypatch.setenv("SANDBOX_IDLE_AFTER", "2m")
+    monkeypatch.setenv("SANDBOX_ACTIVITY_FLUSH_INTERVAL", "3s")
+    monkeypatch.setenv("SANDBOX_MAX_CONCURRENT_CREATES", "7")
+    monkeypatch.setenv("SANDBOX_KUBE_QPS", "50")
+    monkeypatch.setenv("SANDBOX_NAMESPACE", "sandboxes")
+    s = load_settings(prewarm_pool_size=2)
+    limits = s.limits()
+    assert (limits.prewarm_pool_size, limits.max_total_jobs, limits.idle_after) == (2, 9, 120)
+    # Activity reaches the controller up to two flushes late; reclaiming allows for it.
+    assert limits.reclaim_after == 120 + 2 * 3
+    kube = s.kube_options()
+    assert (kube.namespace, kube.qps, kube.burst, kube.max_concurrent_creates) == (
+        "sandboxes",
+        50,
+        40,
+        7,
+    )
+
+
+def test_connect_urls_follow_the_proxy_unless_a_public_url_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SANDBOX_PROXY_PUBLIC_URL", raising=False)
+    assert load_settings(proxy_port=39001).proxy_url == "http://127.0.0.1:39001"
+    monkeypatch.setenv("SANDBOX_PROXY_PUBLIC_URL", "https://sandbox.example.com")
+    assert load_settings(proxy_port=39001).proxy_url == "https://sandbox.example.com"

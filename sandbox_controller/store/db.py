@@ -45,6 +45,7 @@ _FENCE = (
     .values(epoch=leader_lease.c.epoch)
 )
 
+
 class Deposed(Exception):
     """The writer's lease epoch is no longer current: another replica leads."""
 

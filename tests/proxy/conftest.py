@@ -179,9 +179,7 @@ async def stack() -> AsyncIterator[Stack]:
     task = asyncio.create_task(serve_process(proxy, shutdown, ready.set))
     await asyncio.wait_for(ready.wait(), 10)
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
-        yield Stack(
-            controller, sandbox, sandbox_served, proxy, proxy.port, shutdown, task, client
-        )
+        yield Stack(controller, sandbox, sandbox_served, proxy, proxy.port, shutdown, task, client)
     shutdown.set()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 10)
