@@ -38,14 +38,32 @@ class Process(Protocol):
 async def serve(
     process: Process, stop: asyncio.Event, started: Callable[[], None] | None = None
 ) -> None:
-    """startup -> run until ``stop`` -> shutdown; ``started`` is told once serving."""
+    """startup -> run until ``stop`` -> shutdown; ``started`` is told once serving.
+    A stop during startup (a SIGTERM while the database is still down) cancels it."""
     try:
-        await process.startup()
-        if started is not None:
-            started()
-        await process.run(stop)
+        if await _startup_or_stop(process, stop):
+            if started is not None:
+                started()
+            await process.run(stop)
     finally:
         await process.shutdown()
+
+
+async def _startup_or_stop(process: Process, stop: asyncio.Event) -> bool:
+    """True once started; False if ``stop`` came first (the startup is then cancelled)."""
+    starting = asyncio.create_task(process.startup(), name="process:startup")
+    stopping = asyncio.create_task(stop.wait(), name="process:stop-wait")
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+    if starting.cancelled():
+        return False
+    starting.result()  # its error, if it failed
+    return True
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from pathlib import Path
 
@@ -27,19 +28,44 @@ def refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-async def test_a_startup_that_fails_releases_its_port_and_stops_at_once() -> None:
+async def test_a_stop_during_startup_ends_it_at_once_and_frees_the_port() -> None:
     port = free_port()
     settings = load_settings(
         port=port,
+        # Nothing listens there: start-up would retry the database for a minute.
         database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none",
         log_level="warning",
     )
     stop = asyncio.Event()
-    stop.set()  # a SIGTERM during start-up: no minute of database retries first
-    with pytest.raises(OSError):
-        await asyncio.wait_for(serve(ControllerProcess(settings), stop), 10)
+    serving = asyncio.create_task(serve(ControllerProcess(settings), stop))
+    await asyncio.sleep(0.5)  # well into the database wait
+    assert not serving.done()
+    stop.set()  # SIGTERM
+    await asyncio.wait_for(serving, 5)
     with socket.socket() as again:
-        again.bind(("127.0.0.1", port))  # the port is free for the next attempt
+        again.bind(("127.0.0.1", port))  # released for the next attempt
+
+
+async def test_dev_whose_proxy_port_is_taken_fails_and_frees_the_api_port(
+    tmp_path: Path,
+) -> None:
+    api_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings(
+            port=api_port,
+            proxy_port=taken.getsockname()[1],
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/sandbox.db",
+            state_dir=str(tmp_path / "state"),
+            token_secret="dev-secret",
+            log_level="warning",
+        )
+        with pytest.raises(OSError) as failed:
+            await asyncio.wait_for(serve(DevProcess(settings), asyncio.Event()), 10)
+        assert failed.value.errno == errno.EADDRINUSE
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", api_port))
 
 
 async def test_dev_serves_on_the_ports_it_bound_and_stops_every_sandbox(tmp_path: Path) -> None:

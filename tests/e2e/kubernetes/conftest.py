@@ -1,7 +1,7 @@
 """The whole controller with SANDBOX_BACKEND=kubernetes against kubesim.
 
 The controller builds its backend exactly as in production (``KubernetesBackend.
-from_settings`` reading a kubeconfig), so every pod call goes through the real
+connect`` reading a kubeconfig), so every pod call goes through the real
 kubernetes-asyncio client over real HTTP to kubesim's API server.
 """
 
