@@ -13,8 +13,16 @@ from sandbox_controller.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("2h30m", 9000), ("1d", 86400), ("250ms", 0.25), ("42", 42),
-     ("1.5h", 5400), (" 10S ", 10)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h30m", 9000),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        ("42", 42),
+        ("1.5h", 5400),
+        (" 10S ", 10),
+    ],
 )
 def test_durations_as_operators_write_them(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

@@ -72,14 +72,23 @@ async def test_a_ten_megabyte_body_is_refused_unread(ctl: Any) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="},
-     {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic dGVzdA=="},
+        {"Authorization": "Bearer"},
+    ],
     ids=["missing", "wrong", "basic", "empty"],
 )
 async def test_missing_or_wrong_token_is_401(ctl: Any, headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=ctl.url, headers=headers) as client:
-        for method, path in [("POST", "/sessions"), ("GET", "/sessions/x"), ("GET", "/pool"),
-                             ("DELETE", "/sessions/x"), ("GET", "/internal/routes/x")]:
+        for method, path in [
+            ("POST", "/sessions"),
+            ("GET", "/sessions/x"),
+            ("GET", "/pool"),
+            ("DELETE", "/sessions/x"),
+            ("GET", "/internal/routes/x"),
+        ]:
             response = await client.request(method, path, json=GOOD)
             assert response.status_code == 401, (method, path)
             assert response.json()["error"]["code"] == "unauthorized"
@@ -87,8 +96,12 @@ async def test_missing_or_wrong_token_is_401(ctl: Any, headers: dict[str, str]) 
 
 
 async def test_unknown_sessions_and_paths(ctl: Any) -> None:
-    for method, path in [("GET", "/sessions/nope"), ("DELETE", "/sessions/nope"),
-                         ("POST", "/sessions/nope/touch"), ("GET", "/internal/routes/nope")]:
+    for method, path in [
+        ("GET", "/sessions/nope"),
+        ("DELETE", "/sessions/nope"),
+        ("POST", "/sessions/nope/touch"),
+        ("GET", "/internal/routes/nope"),
+    ]:
         response = await ctl.client.request(method, path)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "session_not_found"
@@ -110,10 +123,18 @@ async def test_metrics_pass_promtool(start_controller: ControllerFactory) -> Non
         ["promtool", "check", "metrics"], input=text.encode(), capture_output=True
     )
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
-    for family in ["sandbox_pool_pods", "sandbox_sessions", "sandbox_session_requests_total",
-                   "sandbox_session_assign_seconds", "sandbox_pod_startup_seconds",
-                   "sandbox_reclaims_total", "sandbox_max_total_jobs",
-                   "sandbox_prewarm_pool_size", "sandbox_capacity_blocked", "sandbox_is_leader"]:
+    for family in [
+        "sandbox_pool_pods",
+        "sandbox_sessions",
+        "sandbox_session_requests_total",
+        "sandbox_session_assign_seconds",
+        "sandbox_pod_startup_seconds",
+        "sandbox_reclaims_total",
+        "sandbox_max_total_jobs",
+        "sandbox_prewarm_pool_size",
+        "sandbox_capacity_blocked",
+        "sandbox_is_leader",
+    ]:
         assert f"\n{family}" in text, family
     assert 'sandbox_session_requests_total{outcome="warm"} 1.0' in text
     assert 'sandbox_session_requests_total{outcome="existing"} 1.0' in text

@@ -29,6 +29,7 @@ from sandbox_controller.api.schemas import iso
 from sandbox_controller.clock import ManualClock
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes
+from ..eventually import eventually
 from .test_dev_crash import Dev, free_port
 
 FLUSH = 0.1  # the proxy's activity flush interval, in real seconds
@@ -72,7 +73,7 @@ class Proxied:
         async def landed() -> bool:
             return (await self.session(session_id))["last_active_at"] == iso(at)
 
-        await self.ctl.wait_for(landed, 10, f"last_active_at of {session_id} to be {iso(at)}")
+        await eventually(landed, within=10, what=f"last_active_at of {session_id} to be {iso(at)}")
 
     async def websocket(self, session: dict[str, Any]) -> ClientConnection:
         url = "ws" + session["connect"]["url"].removeprefix("http") + "ws"
@@ -323,7 +324,7 @@ async def test_a_killed_pod_ends_the_session_and_the_proxy_answers_410(
     async def failed() -> bool:
         return (await p.session(sid))["end_reason"] == "pod_failed"
 
-    await p.ctl.wait_for(failed, 10, "the session to end with pod_failed")
+    await eventually(failed, within=10, what="the session to end with pod_failed")
     assert (await p.session(sid))["state"] == "ended"
     after = await p.http.get(health, headers=bearer(session))
     assert after.status_code == 410, after.text

@@ -6,7 +6,8 @@ import asyncio
 
 from websockets.asyncio.client import connect
 
-from .conftest import Stack, eventually
+from ..eventually import eventually
+from .conftest import Stack
 
 
 async def test_traffic_is_reported_in_a_batch(stack: Stack) -> None:
