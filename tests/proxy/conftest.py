@@ -87,6 +87,8 @@ class ControllerDouble:
     activity: list[dict[str, float]] = field(default_factory=list)
     lookup_delay: float = 0.0
     down: bool = False  # answers every lookup 503, as a controller in failover would
+    refuse_activity: bool = False  # answers activity 503 (and records it in `refused`)
+    refused: list[dict[str, float]] = field(default_factory=list)
 
     def add(self, session_id: str, state: str = "ready", address: str | None = None) -> None:
         lease = 30.0 if address else None
@@ -115,7 +117,11 @@ class ControllerDouble:
     async def post_activity(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"error": {"code": "unauthorized", "message": "x"}}, 401)
-        self.activity.append((await request.json())["activity"])
+        batch = (await request.json())["activity"]
+        if self.refuse_activity:
+            self.refused.append(batch)
+            return JSONResponse({"error": {"code": "not_leader", "message": "x"}}, 503)
+        self.activity.append(batch)
         return Response(status_code=204)
 
     def app(self) -> Starlette:
