@@ -25,6 +25,8 @@ from sandbox_controller.config import Settings
 from sandbox_controller.serving import Server, bind
 from sandbox_controller.tokens import issue_token
 
+from ..eventually import eventually
+
 SECRET = "test-secret"
 API_TOKEN = "test-api-token"
 
@@ -70,10 +72,14 @@ async def serve(app: ASGIApp) -> Served:
     )
     server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+
+    def started() -> bool:
+        if not server.started and task.done():
+            task.result()  # start-up failed: raise its error now
+            raise AssertionError("the server stopped before serving")
+        return bool(server.started)
+
+    await eventually(started, within=10, what="the server to serve")
     return Served(server, task, sock.getsockname()[1])
 
 
