@@ -23,6 +23,8 @@ from sandbox_controller.controller import Controller
 from sandbox_controller.process import ControllerProcess
 from sandbox_controller.serving import serve
 
+from .eventually import eventually
+
 PG_ADMIN_URL = os.environ.get(
     "SANDBOX_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -90,20 +92,11 @@ class RunningController:
         body: dict[str, Any] = response.json()
         return body
 
-    async def wait_for(
-        self, check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = ""
-    ) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await check():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what or check}")
-            await asyncio.sleep(0.05)
-
-    async def wait_idle_pods(self, count: int, timeout: float = 30.0) -> None:
+    async def wait_idle_pods(self, count: int, within: float = 30.0) -> None:
         async def ready() -> bool:
             return int((await self.pool())["pods"]["idle"]) >= count
 
-        await self.wait_for(ready, timeout, f"{count} idle pods")
+        await eventually(ready, within=within, what=f"{count} idle pods")
 
 
 ControllerFactory = Callable[..., Awaitable[RunningController]]

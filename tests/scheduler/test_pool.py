@@ -81,7 +81,7 @@ def test_sixth_thread_with_all_five_active_is_refused() -> None:
     assert len(h.pool.live_by_user["alice"]) == 5
 
 
-def test_oldest_idle_session_is_reclaimed_and_the_new_thread_is_ready_at_once() -> None:
+def test_reclaim_takes_the_least_recently_active_idle_session_then_the_oldest() -> None:
     limits = limits_with(prewarm_pool_size=6, max_concurrent_creates=6, idle_after=300)
     h = Harness(limits)
     h.tick()
@@ -90,18 +90,28 @@ def test_oldest_idle_session_is_reclaimed_and_the_new_thread_is_ready_at_once() 
     for i in range(5):
         sids.append(h.session_of(h.open("alice", f"t{i}")))
         h.advance(1)
-    h.advance(400)  # everyone has been quiet for over idle_after ...
-    for sid in sids[:1] + sids[2:]:
-        h.pool.touch(sid, h.now)  # ... but all except sids[1] are busy again
-    h.pool.touch(sids[0], h.now - 350)  # sids[0] stays idle too, but was active later
-    rid = h.open("alice", "t-new")
-    answer = h.answer(rid)
-    assert answer is not None
-    assert answer.outcome is Outcome.WARM
+    # Last active: sids[1] at its creation; sids[0], [2] and [3] together, later. So the
+    # least recently active is not the oldest created, and three share one time.
+    h.advance(10)
+    for sid in (sids[0], sids[2], sids[3]):
+        h.pool.touch(sid, h.now)
+    h.advance(400)  # all four are idle now ...
+    h.pool.touch(sids[4], h.now)  # ... and sids[4] is busy again
+    h.fill_pool()
+
+    answer = h.answer(h.open("alice", "t-new"))
+    assert answer is not None and answer.outcome is Outcome.WARM
+    # Least recently active first, though sids[0] was created earlier.
     assert answer.reclaimed_session_id == sids[1]
     assert h.pool.sessions[sids[1]].end_reason is EndReason.RECLAIMED
-    assert h.pool.sessions[sids[0]].live
     assert len(h.pool.live_by_user["alice"]) == 5
+
+    h.fill_pool()
+    answer = h.answer(h.open("alice", "t-newer"))
+    assert answer is not None and answer.outcome is Outcome.WARM
+    # Equally quiet: the oldest created goes first.
+    assert answer.reclaimed_session_id == sids[0]
+    assert all(h.pool.sessions[s].live for s in (sids[2], sids[3], sids[4]))
 
 
 def test_an_active_session_is_never_reclaimed() -> None:
