@@ -2,12 +2,16 @@
 
 ``/bench/noop`` validates the same body and answers: the cost of HTTP + FastAPI alone.
 ``/bench/insert`` also inserts one row and commits: the cost of one durable write.
-Run by uvicorn as a factory: ``uvicorn --factory benchmarks.bench_app:build``.
+Run by uvicorn as a factory: ``uvicorn --factory benchmarks.bench_app:build``. uvicorn's
+CLI runs the app's lifespan, so the app gets one here that starts and stops the
+controller, as ControllerProcess does around serving it.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -16,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sandbox_controller.api import create_app
 from sandbox_controller.api.schemas import CreateSession
 from sandbox_controller.config import load_settings
+from sandbox_controller.controller import Controller
 from sandbox_controller.serving import tune_gc
 
 bench_rows = sa.Table(
@@ -29,8 +34,19 @@ bench_rows = sa.Table(
 
 def build() -> FastAPI:
     tune_gc()  # as `sandbox-controller serve` does
-    app = create_app(load_settings())
-    store = app.state.controller.store
+    controller = Controller(load_settings())
+    app = create_app(controller)
+    store = controller.store
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await controller.startup()
+        try:
+            yield
+        finally:
+            await controller.shutdown()
+
+    app.router.lifespan_context = lifespan
 
     @app.post("/bench/noop", status_code=201)
     async def noop(body: CreateSession) -> Response:

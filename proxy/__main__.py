@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
 from sandbox_controller.config import load_settings
-from sandbox_controller.serving import tune_gc
+from sandbox_controller.serving import serve, stop_on_signals, tune_gc
 
-from .server import serve_proxy
+from .process import ProxyProcess
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,15 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     async def run() -> None:
-        shutdown = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, shutdown.set)
-        await serve_proxy(
-            settings,
-            shutdown=shutdown,
-            on_bound=lambda host, port: print(f"listening {host}:{port}", flush=True),
-        )
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        process = ProxyProcess(settings)
+        host = settings.proxy_host
+        await serve(process, stop, lambda: print(f"listening {host}:{process.port}", flush=True))
 
     tune_gc()  # a process of its own, so the collector may be tuned for serving
     try:

@@ -17,10 +17,11 @@ from sandbox_controller.aiotasks import TaskGroup
 from sandbox_controller.clock import Clock, SystemClock
 from sandbox_controller.config import ConfigError, Settings
 from sandbox_controller.serving import KEEP_ALIVE_SECONDS
+from sandbox_controller.tokens import TokenClaims
 
 from .activity import ActivityReporter
 from .auth import (
-    Credentials,
+    Carrier,
     authenticate,
     find_credentials,
     session_cookie,
@@ -32,10 +33,12 @@ from .forward import ClientGone, Exchange, request_head
 from .metrics import ProxyMetrics
 from .paths import Target, parse_target
 from .routes import RouteCache
-from .upstream import DialTimeout, Pool, UpstreamError
+from .upstream import DialTimeout, UpstreamError, UpstreamPool
 from .websocket import Relay, dial, upstream_headers
 
 log = logging.getLogger(__name__)
+
+Header = tuple[bytes, bytes]
 
 _JSON = (b"content-type", b"application/json")
 _NOT_FOUND = ProxyError(404, "not_found", "only /s/{session_id}/... is proxied")
@@ -68,7 +71,7 @@ class ProxyApp:
         self._relays_done = asyncio.Event()
         self._tasks = TaskGroup("proxy")
         self._client: httpx.AsyncClient | None = None
-        self.pool = Pool(connect_timeout)
+        self.pool = UpstreamPool(connect_timeout)
         self.routes: RouteCache
         self.activity: ActivityReporter
 
@@ -127,8 +130,7 @@ class ProxyApp:
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+        # No lifespan: ProxyProcess calls startup() and aclose() itself, in order.
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -146,7 +148,7 @@ class ProxyApp:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, target: Target, raw: bytes
     ) -> int:
-        creds, address = await self._admit(scope, target)
+        cookie, address = await self._admit(scope, target)
         query = strip_query_token(scope["query_string"])
         path = target.upstream_path + b"?" + query if query else target.upstream_path
         prefix = b"/s/" + raw[3:].split(b"/", 1)[0]
@@ -159,9 +161,7 @@ class ProxyApp:
 
         exchange = Exchange(scope, receive, send, self.pool, mark)
         try:
-            status = await exchange.run(
-                address, head, length, chunked, self._cookie(scope, creds, session_id)
-            )
+            status = await exchange.run(address, head, length, chunked, cookie)
         except DialTimeout:
             self._forget(session_id, address)
             raise upstream_timeout() from None
@@ -174,11 +174,16 @@ class ProxyApp:
         self.metrics.upstream_seconds.observe(exchange.upstream_seconds)
         return status
 
-    async def _admit(self, scope: Scope, target: Target) -> tuple[Credentials, str]:
-        """Auth, then route. Auth first: only a valid token makes the proxy ask the controller."""
+    async def _admit(self, scope: Scope, target: Target) -> tuple[list[Header], str]:
+        """Auth, then route. Auth first: only a valid token makes the proxy ask the controller.
+        Returns the pod's address and the headers to add to the answer: a token that
+        came in the query becomes the session cookie, for the requests that follow."""
         creds = find_credentials(scope["headers"], scope["query_string"])
-        authenticate(self.secret, creds, target.session_id, self.clock.now())
-        return creds, await self.routes.address(target.session_id)
+        claims = authenticate(self.secret, creds, target.session_id, self.clock.now())
+        address = await self.routes.address(target.session_id)
+        if creds.carrier is not Carrier.QUERY or creds.token is None:
+            return [], address
+        return [self._cookie(scope, creds.token, claims)], address
 
     def _forget(self, session_id: str, address: str) -> None:
         # A failed pod is re-resolved on the next request: the controller may have moved
@@ -186,23 +191,14 @@ class ProxyApp:
         self.routes.invalidate(session_id)
         self.pool.drop(address)
 
-    def _cookie(
-        self, scope: Scope, creds: Credentials, session_id: str
-    ) -> list[tuple[bytes, bytes]]:
-        if creds.carrier != "query" or creds.token is None:
-            return []
-        # The token verified a moment ago, so its expiry is the second field.
-        expires_at = int(creds.token.split(".")[1])
+    def _cookie(self, scope: Scope, token: str, claims: TokenClaims) -> Header:
         secure = (
             scope.get("scheme") in ("https", "wss")
-            or (
-                b"x-forwarded-proto",
-                b"https",
-            )
-            in scope["headers"]
+            or (b"x-forwarded-proto", b"https") in scope["headers"]
         )
-        cookie = session_cookie(session_id, creds.token, expires_at, self.clock.now(), secure)
-        return [(b"set-cookie", cookie)]
+        now = self.clock.now()
+        cookie = session_cookie(claims.session_id, token, claims.expires_at, now, secure)
+        return (b"set-cookie", cookie)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -216,7 +212,7 @@ class ProxyApp:
                 raise _NOT_FOUND
             if self.draining:
                 raise ProxyError(503, "draining", "the proxy is shutting down")
-            creds, address = await self._admit(scope, target)
+            cookie, address = await self._admit(scope, target)
             query = strip_query_token(scope["query_string"])
             path = target.upstream_path.decode("latin-1")
             prefix = "/s/" + raw[3:].split(b"/", 1)[0].decode("latin-1")
@@ -243,7 +239,7 @@ class ProxyApp:
                 {
                     "type": "websocket.accept",
                     "subprotocol": pod.subprotocol,
-                    "headers": self._cookie(scope, creds, session_id),
+                    "headers": cookie,
                 }
             )
         except ProxyError as err:
@@ -275,22 +271,6 @@ class ProxyApp:
         else:
             raise _NOT_FOUND
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.close_websockets()
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
@@ -318,7 +298,3 @@ async def _deny(scope: Scope, send: Send, err: ProxyError) -> None:
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008 if err.status < 500 else 1011})
-
-
-def create_proxy_app(settings: Settings, *, clock: Clock | None = None) -> ProxyApp:
-    return ProxyApp(settings, clock=clock)

@@ -8,6 +8,7 @@ forwarding (forward.py and websocket.py build the upstream headers).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
@@ -19,10 +20,18 @@ COOKIE_NAME = "sandbox_token"
 _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
 
 
+class Carrier(enum.Enum):
+    """Where an explicit token came from (the cookie is the fallback, not a carrier)."""
+
+    AUTHORIZATION = "authorization"
+    HEADER = "header"
+    QUERY = "query"
+
+
 @dataclass(slots=True)
 class Credentials:
     token: str | None = None
-    carrier: str = ""  # "authorization" | "header" | "query" | "cookie"
+    carrier: Carrier | None = None  # None: no explicit token; the cookies are tried
     cookies: list[str] = field(default_factory=list)
 
 
@@ -42,13 +51,13 @@ def find_credentials(headers: list[tuple[bytes, bytes]], query: bytes) -> Creden
                 if part.startswith(_COOKIE_PREFIX):
                     creds.cookies.append(part[len(_COOKIE_PREFIX) :].decode("latin-1"))
     if bearer is not None:
-        creds.token, creds.carrier = bearer, "authorization"
+        creds.token, creds.carrier = bearer, Carrier.AUTHORIZATION
     elif header is not None:
-        creds.token, creds.carrier = header, "header"
+        creds.token, creds.carrier = header, Carrier.HEADER
     else:
         from_query = query_token(query)
         if from_query is not None:
-            creds.token, creds.carrier = from_query, "query"
+            creds.token, creds.carrier = from_query, Carrier.QUERY
     return creds
 
 

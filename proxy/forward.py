@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .upstream import Connection, Pool, Response, UpstreamError
+from .upstream import Connection, Response, UpstreamError, UpstreamPool
 
 HOP_BY_HOP = frozenset(
     {
@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Headers the proxy owns or must never pass on (credentials are handled by the caller).
-_REQUEST_OWN = frozenset(
+REQUEST_OWN = frozenset(
     {
         b"host",
         b"content-length",
@@ -86,7 +86,7 @@ def request_head(
             forwarded_for = value
         elif name == b"host":
             host = value
-        if name in HOP_BY_HOP or name in _REQUEST_OWN or name in named:
+        if name in HOP_BY_HOP or name in REQUEST_OWN or name in named:
             continue
         kept = strip_auth(name, value)
         if kept is not None:
@@ -132,7 +132,7 @@ class Exchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        pool: Pool,
+        pool: UpstreamPool,
         mark: Callable[[], None],
     ) -> None:
         self.scope = scope

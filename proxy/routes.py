@@ -2,7 +2,7 @@
 the request (DESIGN invariant 6).
 
 A burst of requests for one session makes one lookup (single flight). A ready route is
-kept for ``TTL["ready"]`` seconds and dropped early when a dial to it fails. The
+kept for ``TTL[READY]`` seconds and dropped early when a dial to it fails. The
 controller leases each address it hands out (``lease_seconds``) and keeps the pod, and
 so the address, at least that long; if the controller is briefly unreachable (a leader
 failover), a ready route keeps serving until its lease ends, never after, since by
@@ -12,6 +12,7 @@ then the address may belong to another session's pod.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -26,9 +27,18 @@ from .metrics import ProxyMetrics
 log = logging.getLogger(__name__)
 
 
+class RouteState(enum.StrEnum):
+    """What the controller said of a session; MISSING is its 404."""
+
+    READY = "ready"
+    PROVISIONING = "provisioning"
+    ENDED = "ended"
+    MISSING = "missing"
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    state: str  # "provisioning" | "ready" | "ended" | "missing"
+    state: RouteState
     address: str | None
     fetched_at: float
     # Until when the address may be used at all (the controller's lease).
@@ -36,15 +46,13 @@ class Route:
 
 
 def _check(route: Route) -> str:
-    if route.state == "ready" and route.address:
+    if route.state is RouteState.READY and route.address:
         return route.address
-    if route.state == "missing":
+    if route.state is RouteState.MISSING:
         raise not_found()
-    if route.state == "ended":
+    if route.state is RouteState.ENDED:
         raise ended()
-    if route.state == "provisioning" or route.state == "ready":
-        raise provisioning()
-    raise ProxyError(502, "bad_route", f"the controller reported state {route.state!r}")
+    raise provisioning()  # provisioning, or ready without an address yet
 
 
 def _valid_address(address: object) -> bool:
@@ -57,7 +65,12 @@ def _valid_address(address: object) -> bool:
 class RouteCache:
     # How long each answer is trusted. Ready routes are re-checked often enough that an
     # ended session stops routing within seconds; "ended" never changes back.
-    TTL = {"ready": 5.0, "provisioning": 0.5, "ended": 60.0, "missing": 1.0}
+    TTL = {
+        RouteState.READY: 5.0,
+        RouteState.PROVISIONING: 0.5,
+        RouteState.ENDED: 60.0,
+        RouteState.MISSING: 1.0,
+    }
 
     def __init__(
         self,
@@ -82,7 +95,7 @@ class RouteCache:
         if (
             route is not None
             and now - route.fetched_at < self.TTL[route.state]
-            and (route.state != "ready" or now < route.lease_until)
+            and (route.state is not RouteState.READY or now < route.lease_until)
         ):
             return _check(route)
         task = self._inflight.get(session_id)
@@ -110,7 +123,7 @@ class RouteCache:
             self._metrics.route_lookups("error")
             if (
                 previous is not None
-                and previous.state == "ready"
+                and previous.state is RouteState.READY
                 and self._clock.now() < previous.lease_until
             ):
                 log.warning("controller unreachable; serving a stale route for %s", session_id)
@@ -130,24 +143,24 @@ class RouteCache:
             raise controller_unavailable() from None
         now = self._clock.now()
         if resp.status_code == 404:
-            return Route("missing", None, now)
+            return Route(RouteState.MISSING, None, now)
         if resp.status_code != 200:
             log.warning("route lookup for %s: controller said %s", session_id, resp.status_code)
             raise controller_unavailable()
         try:
             data = resp.json()
-            state = data["state"]
+            state = RouteState(data["state"])
             address = data.get("address")
             lease = float(data.get("lease_seconds") or 0.0)
         except (ValueError, KeyError, TypeError):
             raise controller_unavailable() from None
-        if state == "ready" and not _valid_address(address):
+        if state is RouteState.MISSING:  # a 404 says that, never a body
+            raise controller_unavailable()
+        if state is not RouteState.READY:
+            return Route(state, None, now)
+        if not _valid_address(address):
             log.warning("controller gave a bad address for %s: %r", session_id, address)
             raise controller_unavailable()
-        if state not in ("ready", "provisioning", "ended"):
-            raise controller_unavailable()
-        if state != "ready":
-            return Route(state, None, now)
         # No lease from the controller (an older one): the route serves for its TTL only.
-        lease_until = asked_at + lease if lease > 0 else now + self.TTL["ready"]
+        lease_until = asked_at + lease if lease > 0 else now + self.TTL[RouteState.READY]
         return Route(state, address, now, lease_until)

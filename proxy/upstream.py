@@ -52,7 +52,7 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class Pool:
+class UpstreamPool:
     """Idle connections per address. No cap on open connections, like nginx's default."""
 
     def __init__(self, connect_timeout: float, max_idle_per_address: int = 64) -> None:

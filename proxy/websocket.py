@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from .errors import ProxyError, unreachable, upstream_timeout
-from .forward import _REQUEST_OWN, HOP_BY_HOP, connection_tokens
+from .forward import HOP_BY_HOP, REQUEST_OWN, connection_tokens
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def upstream_headers(
             host = value.decode("latin-1")
         if (
             name in HOP_BY_HOP
-            or name in _REQUEST_OWN
+            or name in REQUEST_OWN
             or name in named
             or name.startswith(b"sec-websocket-")
         ):

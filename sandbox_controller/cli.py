@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
 from .config import ConfigError, Settings, is_loopback, load_settings
+
+if TYPE_CHECKING:
+    from .serving import Process
 
 log = logging.getLogger("sandbox_controller")
 
@@ -31,74 +33,6 @@ def _settings(**overrides: Any) -> Settings:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-async def _dev(settings: Settings) -> None:
-    """Controller, proxy and local sandboxes in one process, stopped together."""
-    from proxy import serve_proxy
-
-    from .api import create_app
-    from .serving import bind, make_server, serve_until, stop_on_signals
-
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    api_sock = bind(settings.host, settings.port)
-    api_port = api_sock.getsockname()[1]
-    settings = settings.model_copy(update={"controller_url": f"http://127.0.0.1:{api_port}"})
-
-    proxy_bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    proxy = asyncio.create_task(
-        serve_proxy(settings, shutdown=stop, on_bound=lambda _, port: proxy_bound.set_result(port)),
-        name="proxy",
-    )
-    # A proxy that fails to start (its port taken) never binds: raise its error rather
-    # than wait for a port forever.
-    starting: set[asyncio.Future[Any]] = {proxy, proxy_bound}
-    await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
-    if not proxy_bound.done():
-        proxy.result()
-        raise RuntimeError("the proxy stopped before it was listening")
-    proxy_port = proxy_bound.result()
-    if "SANDBOX_PROXY_PUBLIC_URL" not in os.environ:
-        # Follow the port actually bound, unless the operator named a public URL.
-        public = f"http://{settings.proxy_host}:{proxy_port}"
-        settings = settings.model_copy(update={"proxy_public_url": public})
-    server = make_server(
-        create_app(settings, stop_sandboxes_on_exit=True), log_level=settings.log_level
-    )
-    controller = asyncio.create_task(serve_until(server, api_sock, stop), name="controller")
-    print(
-        f"agent-sandbox-controller dev\n"
-        f"  controller API  http://{settings.host}:{api_port}\n"
-        f"  proxy           http://{settings.proxy_host}:{proxy_port}\n"
-        f"  API token       {settings.api_token}\n"
-        f"  database        {settings.database_url}\n"
-        f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
-        f'-H \'content-type: application/json\' -d \'{{"user_id":"me","thread_id":"t1"}}\' '
-        f"http://{settings.host}:{api_port}/sessions",
-        flush=True,
-    )
-    await asyncio.gather(controller, proxy)
-
-
-async def _serve(settings: Settings) -> None:
-    from .api import create_app
-    from .serving import bind, make_server, serve_until, stop_on_signals
-
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    server = make_server(create_app(settings), log_level=settings.log_level)
-    await serve_until(server, bind(settings.host, settings.port), stop)
-
-
-async def _proxy(settings: Settings) -> None:
-    from proxy import serve_proxy
-
-    from .serving import stop_on_signals
-
-    stop = asyncio.Event()
-    stop_on_signals(stop)
-    await serve_proxy(settings, shutdown=stop)
-
-
 async def _migrate(settings: Settings) -> None:
     from .store import Store
 
@@ -107,6 +41,29 @@ async def _migrate(settings: Settings) -> None:
         await store.migrate()
     finally:
         await store.close()
+
+
+async def _main(command: str, settings: Settings) -> None:
+    if command == "migrate":
+        await _migrate(settings)
+        return
+    # Imported here: `migrate` and `plan` need neither the app nor the proxy.
+    from .process import ControllerProcess, DevProcess
+    from .serving import serve, stop_on_signals, tune_gc
+
+    tune_gc()
+    process: Process
+    if command == "dev":
+        process = DevProcess(settings)
+    elif command == "serve":
+        process = ControllerProcess(settings)
+    else:
+        from proxy import ProxyProcess
+
+        process = ProxyProcess(settings)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    await serve(process, stop)
 
 
 def _require_api_token(settings: Settings) -> None:
@@ -155,13 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
-    runner = {"dev": _dev, "serve": _serve, "proxy": _proxy, "migrate": _migrate}[args.command]
-    if args.command != "migrate":
-        from .serving import tune_gc
-
-        tune_gc()
     try:
-        uvloop.run(runner(settings))
+        uvloop.run(_main(args.command, settings))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -44,6 +44,22 @@ class ManualClock:
         heapq.heappush(self._sleepers, (self._now + delay, next(self._seq), fut))
         await fut
 
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps wait for time to move."""
+        return sum(1 for *_, fut in self._sleepers if not fut.done())
+
+    async def until_sleeping(self, count: int = 1, timeout: float = 5.0) -> None:
+        """Return once ``count`` sleeps wait on this clock, so that a test's ``advance``
+        wakes them rather than passing before they began (the code under test may be
+        waiting on a thread or a socket first: hence real time, bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sleepers < count:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{self.sleepers} of {count} sleepers after {timeout}s")
+            await asyncio.sleep(0.001)
+
     def advance(self, seconds: float) -> None:
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:

@@ -1,14 +1,20 @@
-"""Settings from the environment (``SANDBOX_*``), built once by the CLI or an app factory."""
+"""Settings from the environment (``SANDBOX_*``), built once by the CLI or an app factory.
+
+Each default lives here and nowhere else: the scheduler's ``Limits`` and the Kubernetes
+backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of their own.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
+from .model import Limits
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -38,7 +44,9 @@ class Settings(BaseSettings):
     token_secret: str | None = None
     # Long enough for a working day; GET /sessions/{id} hands out a fresh one.
     token_ttl: Duration = 43200.0
-    proxy_public_url: str = "http://127.0.0.1:8081"
+    # The base of connect.url. Unset, it follows the proxy's own host and port (the
+    # port it really bound, in `dev` with --proxy-port 0): see proxy_url.
+    proxy_public_url: str | None = None
     controller_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -64,6 +72,36 @@ class Settings(BaseSettings):
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
 
+    @property
+    def proxy_url(self) -> str:
+        """Where editors reach the proxy: the base of every session's connect.url."""
+        return self.proxy_public_url or f"http://{self.proxy_host}:{self.proxy_port}"
+
+    def limits(self) -> Limits:
+        return Limits(
+            prewarm_pool_size=self.prewarm_pool_size,
+            max_total_jobs=self.max_total_jobs,
+            max_sessions_per_user=self.max_sessions_per_user,
+            idle_after=self.idle_after,
+            idle_timeout=self.idle_timeout,
+            max_lifetime=self.max_lifetime,
+            startup_timeout=self.startup_timeout,
+            max_concurrent_creates=self.max_concurrent_creates,
+            # One flush interval of batching in the proxy, and one more for delivery.
+            activity_lag=2 * self.activity_flush_interval,
+        )
+
+    def kube_options(self) -> KubeOptions:
+        return KubeOptions(
+            namespace=self.namespace,
+            kubeconfig=self.kubeconfig,
+            template_path=self.pod_template_path,
+            template_configmap=self.pod_template_configmap,
+            qps=self.kube_qps,
+            burst=self.kube_burst,
+            max_concurrent_creates=self.max_concurrent_creates,
+        )
+
     @field_validator("api_token", "token_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -82,6 +120,23 @@ class Settings(BaseSettings):
         if self.startup_timeout <= 0:
             raise ValueError("SANDBOX_STARTUP_TIMEOUT must be greater than zero")
         return self
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """What the Kubernetes backend is told (Settings.kube_options builds it)."""
+
+    namespace: str | None  # None: the pod's own namespace, else the kubeconfig's
+    kubeconfig: str | None  # None: in-cluster config, else ~/.kube/config
+    template_path: str | None  # None: the built-in devsandbox template
+    template_configmap: str | None  # owner of every pod, so helm uninstall removes them
+    qps: float
+    burst: int
+    max_concurrent_creates: int
+    # Retries of failed API calls and watches back off from retry_base to retry_cap
+    # seconds. Not operator settings: tests shorten them to fail over quickly.
+    retry_base: float = 0.2
+    retry_cap: float = 10.0
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -16,11 +16,12 @@ import secrets
 import socket
 
 from .aiotasks import TaskGroup
+from .aiotime import sleep_or_stop
 from .backends.base import Backend
 from .clock import Clock, SystemClock
 from .config import Settings
 from .metrics import ControllerMetrics
-from .model import Limits, PoolStatus
+from .model import PoolStatus
 from .scheduler.loop import Scheduler
 from .store import Fence, Store
 from .store.db import wait_for_database
@@ -30,28 +31,13 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY = 3600.0
 
 
-def limits_from(settings: Settings) -> Limits:
-    return Limits(
-        prewarm_pool_size=settings.prewarm_pool_size,
-        max_total_jobs=settings.max_total_jobs,
-        max_sessions_per_user=settings.max_sessions_per_user,
-        idle_after=settings.idle_after,
-        idle_timeout=settings.idle_timeout,
-        max_lifetime=settings.max_lifetime,
-        startup_timeout=settings.startup_timeout,
-        max_concurrent_creates=settings.max_concurrent_creates,
-        # One flush interval of batching in the proxy, and one more for delivery.
-        activity_lag=2 * settings.activity_flush_interval,
-    )
-
-
 async def make_backend(settings: Settings, *, stop_on_close: bool = False) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
     (``dev`` stops what it started); pods in a cluster outlive a controller restart."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
-        backend: Backend = await KubernetesBackend.from_settings(settings)
+        backend: Backend = await KubernetesBackend.connect(settings.kube_options())
         return backend
     from .backends.local import LocalBackend
 
@@ -96,7 +82,7 @@ class Controller:
             # Fine for one process (dev); a separate proxy needs the same secret.
             self.token_secret = secrets.token_bytes(32)
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
-        await wait_for_database(self.store, timeout=60.0)
+        await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         await self.store.migrate()
         if self._backend is None:
             self._backend = await make_backend(
@@ -130,7 +116,7 @@ class Controller:
             return
         log.info("leading with lease epoch %d as %s", epoch, self.holder)
         scheduler = Scheduler(
-            limits=limits_from(settings),
+            limits=settings.limits(),
             store=self.store,
             backend=self.backend,
             clock=self.clock,
@@ -157,12 +143,7 @@ class Controller:
     async def _lease_loop(self) -> None:
         settings = self.settings
         last_renewed = self.clock.now()
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(settings.leader_renew_interval):
-                    await self._stopping.wait()
-            if self._stopping.is_set():
-                return
+        while not await sleep_or_stop(self.clock, settings.leader_renew_interval, self._stopping):
             scheduler = self.scheduler
             if scheduler is None:
                 await self._try_to_lead()
@@ -191,7 +172,7 @@ class Controller:
 
     async def _retention_loop(self) -> None:
         """Delete ended sessions past SANDBOX_ENDED_RETENTION, hourly, on the leader."""
-        while not self._stopping.is_set():
+        while True:
             if self.is_leader:
                 cutoff = self.clock.now() - self.settings.ended_retention
                 try:
@@ -201,9 +182,8 @@ class Controller:
                 else:
                     if purged:
                         log.info("purged %d ended sessions", purged)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETENTION_EVERY):
-                    await self._stopping.wait()
+            if await sleep_or_stop(self.clock, RETENTION_EVERY, self._stopping):
+                return
 
     # ------------------------------------------------------------ status
 

@@ -37,16 +37,3 @@ def parse_duration(text: str | float | int) -> float:
     if pos != len(value) or pos == 0:
         raise ValueError(f"{text!r} is not a duration such as 90s, 5m or 2h30m")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of parse_duration for whole seconds, e.g. 9000 -> '2h30m'."""
-    whole = int(seconds)
-    if whole != seconds or whole == 0:
-        return f"{seconds:g}s"
-    out = []
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        count, whole = divmod(whole, size)
-        if count:
-            out.append(f"{count}{unit}")
-    return "".join(out)

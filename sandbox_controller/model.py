@@ -83,18 +83,20 @@ class Session:
 
 @dataclass(frozen=True)
 class Limits:
-    prewarm_pool_size: int = 5
-    max_total_jobs: int = 50
-    max_sessions_per_user: int = 5
-    idle_after: float = 300.0
-    idle_timeout: float = 9000.0
-    max_lifetime: float = 0.0
-    startup_timeout: float = 300.0
-    max_concurrent_creates: int = 3
+    """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
+
+    prewarm_pool_size: int
+    max_total_jobs: int
+    max_sessions_per_user: int
+    idle_after: float
+    idle_timeout: float
+    max_lifetime: float
+    startup_timeout: float
+    max_concurrent_creates: int
     # How late activity may reach the controller (the proxies report it in batches).
     # Reclaiming waits this much beyond idle_after, so a session that was just used
     # is never reclaimed because the news of it was still on its way (invariant 4).
-    activity_lag: float = 0.0
+    activity_lag: float
 
     @property
     def reclaim_after(self) -> float:

@@ -1,8 +1,11 @@
-"""Running ASGI apps under uvicorn inside our own lifecycle.
+"""One lifecycle shape for every process, and uvicorn serving inside it.
 
-uvicorn's Server installs its own signal handlers and re-raises the signal after
-shutdown; with a controller and a proxy in one process (``dev``) we want one owner
-of the signals instead, so these servers leave signals alone and stop when told.
+A process (controller, proxy, dev) has ``startup()``, ``run(stop)`` and ``shutdown()``,
+in the manner of uvicorn's own ``Server``; ``serve`` runs the three in order, and
+``shutdown`` is safe after a startup that failed halfway. uvicorn's ``Server.serve``
+would install its own signal handlers and run the app's lifespan; here the process owns
+both: signal handlers only set the stop event, and the process starts and stops its app
+itself, in its own order, around the listener.
 """
 
 from __future__ import annotations
@@ -10,15 +13,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import socket
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, Protocol
 
 import uvicorn
 
+log = logging.getLogger(__name__)
+
+
+class Process(Protocol):
+    async def startup(self) -> None:
+        """Bind, start the app's parts, start listening. Raises if any step fails."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+
+    async def shutdown(self) -> None:
+        """Stop in order; also after a startup that failed halfway."""
+
+
+async def serve(
+    process: Process, stop: asyncio.Event, started: Callable[[], None] | None = None
+) -> None:
+    """startup -> run until ``stop`` -> shutdown; ``started`` is told once serving.
+    A stop during startup (a SIGTERM while the database is still down) cancels it."""
+    try:
+        if await _startup_or_stop(process, stop):
+            if started is not None:
+                started()
+            await process.run(stop)
+    finally:
+        await process.shutdown()
+
+
+async def _startup_or_stop(process: Process, stop: asyncio.Event) -> bool:
+    """True once started; False if ``stop`` came first (the startup is then cancelled)."""
+    starting = asyncio.create_task(process.startup(), name="process:startup")
+    stopping = asyncio.create_task(stop.wait(), name="process:stop-wait")
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
+    if starting.cancelled():
+        return False
+    starting.result()  # its error, if it failed
+    return True
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT only set the stop event; shutdown happens in order elsewhere."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
 
 class Server(uvicorn.Server):
+    """uvicorn's server, leaving the process's signal handlers alone."""
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -28,10 +85,14 @@ def bind(host: str, port: int) -> socket.socket:
     """Bind before serving, so port 0 works and the real port is known up front."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    # A deep backlog: a thousand editors reconnecting after a deploy arrive at once.
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        # A deep backlog: a thousand editors reconnecting after a deploy arrive at once.
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -57,20 +118,59 @@ def make_server(app: Any, *, log_level: str = "info", **options: Any) -> Server:
     return Server(config)
 
 
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT only set the stop event; shutdown happens in order elsewhere."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+class Listener:
+    """uvicorn serving one app on a socket bound beforehand. The app's own startup and
+    shutdown are its owner's (lifespan off), so this is only the HTTP side: accept,
+    then close listeners, drain connections, wait up to ``drain_timeout``, cancel."""
 
+    def __init__(
+        self, app: Any, sock: socket.socket, *, drain_timeout: float = 10.0, **options: Any
+    ) -> None:
+        options.setdefault("access_log", False)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, round(drain_timeout)),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            **options,
+        )
+        config.load()
+        self.sock = sock
+        self._server = Server(config)
+        self._server.lifespan = config.lifespan_class(config)  # off: a no-op, as serve() sets
 
-async def serve_until(server: Server, sock: socket.socket, stop: asyncio.Event) -> None:
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
-    stopper = asyncio.create_task(stop.wait(), name="stop-wait")
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
-    stopper.cancel()
-    await task
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    async def start(self) -> None:
+        await self._server.startup(sockets=[self.sock])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """uvicorn's main loop (its ticks keep the Date header current) until ``stop``."""
+
+        async def exit_on_stop() -> None:
+            await stop.wait()
+            self._server.should_exit = True
+
+        watcher = asyncio.create_task(exit_on_stop(), name="listener:stop")
+        try:
+            await self._server.main_loop()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    def stop_accepting(self) -> None:
+        for server in self._server.servers if self._server.started else ():
+            server.close()
+
+    async def drain(self) -> None:
+        """Close the listeners, shut each connection down, wait up to the drain timeout
+        for requests in flight, cancel what is left (uvicorn's ``Server.shutdown``)."""
+        if self._server.started:
+            await self._server.shutdown(sockets=[self.sock])
+        self.sock.close()
 
 
 def tune_gc() -> None:

@@ -20,7 +20,27 @@ fi
 bash scripts/fetch-tools.sh >/dev/null
 bash scripts/fetch-kubectl.sh >/dev/null || echo "test.sh: no kubectl; kubectl tests will skip" >&2
 
-ruff check .
-ruff format --check sandbox_controller proxy
-mypy
-python3 -m pytest "$@"
+# Every check runs even when an earlier one fails, so one CI run shows all that is wrong.
+failed=()
+check() {  # check NAME COMMAND...
+    local name=$1
+    shift
+    echo "test.sh: $name" >&2
+    "$@" || failed+=("$name")
+}
+
+check ruff ruff check .
+check ruff-format ruff format --check sandbox_controller proxy tests benchmarks scripts
+check mypy mypy
+# The seams between the parts ([tool.importlinter] in pyproject.toml), checked on this
+# tree rather than on whatever copy of the packages is installed.
+check import-linter env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" lint-imports --no-cache
+# Dead code ([tool.vulture] in pyproject.toml; allow-list in scripts/vulture_allowlist.py).
+check vulture vulture
+# Pass -m "not e2e and not deploy" for the fast tests only.
+check pytest python3 -m pytest "$@"
+
+if ((${#failed[@]})); then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi

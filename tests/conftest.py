@@ -17,11 +17,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sandbox_controller.api import create_app
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings, load_settings
 from sandbox_controller.controller import Controller
-from sandbox_controller.serving import Server, bind, make_server
+from sandbox_controller.process import ControllerProcess
+from sandbox_controller.serving import serve
+
+from .eventually import eventually
 
 PG_ADMIN_URL = os.environ.get(
     "SANDBOX_TEST_POSTGRES", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -66,15 +68,14 @@ class RunningController:
     client: httpx.AsyncClient
     controller: Controller
     settings: Settings
-    server: Server | None = None
-    task: asyncio.Task[None] | None = None
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
 
     async def stop(self) -> None:
-        """Stop serving (the lifespan shuts the controller down), as a crash or a
-        rollout would; the fixture's teardown then has nothing left to do for it."""
-        if self.server is not None and self.task is not None:
-            self.server.should_exit = True
-            await self.task
+        """Stop the controller process in order, as a rollout would; the fixture's
+        teardown then has nothing left to do for it."""
+        self.stop_event.set()
+        await self.task
 
     async def settle(self) -> None:
         assert self.controller.scheduler is not None
@@ -91,20 +92,11 @@ class RunningController:
         body: dict[str, Any] = response.json()
         return body
 
-    async def wait_for(
-        self, check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = ""
-    ) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await check():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what or check}")
-            await asyncio.sleep(0.05)
-
-    async def wait_idle_pods(self, count: int, timeout: float = 30.0) -> None:
+    async def wait_idle_pods(self, count: int, within: float = 30.0) -> None:
         async def ready() -> bool:
             return int((await self.pool())["pods"]["idle"]) >= count
 
-        await self.wait_for(ready, timeout, f"{count} idle pods")
+        await eventually(ready, within=within, what=f"{count} idle pods")
 
 
 ControllerFactory = Callable[..., Awaitable[RunningController]]
@@ -113,7 +105,7 @@ ControllerFactory = Callable[..., Awaitable[RunningController]]
 @pytest.fixture
 async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
     """Start controllers over real HTTP; everything they started is stopped afterwards."""
-    running: list[tuple[Server, asyncio.Task[None], httpx.AsyncClient]] = []
+    running: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient]] = []
 
     async def start(*, clock: Clock | None = None, **overrides: Any) -> RunningController:
         values: dict[str, Any] = {
@@ -122,32 +114,33 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
             "api_token": API_TOKEN,
             "token_secret": "test-token-secret",
             "prewarm_pool_size": 1,
+            "port": 0,
+            "log_level": "warning",
         }
         values.update(overrides)
         settings = load_settings(**values)
-        app = create_app(settings, clock=clock, stop_sandboxes_on_exit=True)
-        sock = bind("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-        server = make_server(app, log_level="warning")
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
+        process = ControllerProcess(settings, clock=clock, stop_sandboxes_on_exit=True)
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(process, stop, started.set))
+        while not started.is_set():
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        port = process.port
         client = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {API_TOKEN}"},
             timeout=60.0,
         )
-        running.append((server, task, client))
+        running.append((stop, task, client))
         return RunningController(
-            f"http://127.0.0.1:{port}", client, app.state.controller, settings, server, task
+            f"http://127.0.0.1:{port}", client, process.controller, settings, stop, task
         )
 
     yield start
-    for server, task, client in reversed(running):
+    for stop, task, client in reversed(running):
         await client.aclose()
-        server.should_exit = True
+        stop.set()
         await task
 
 

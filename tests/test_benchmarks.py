@@ -10,8 +10,12 @@ import pytest
 
 @pytest.mark.parametrize(
     "module",
-    ["benchmarks.claim_bench", "benchmarks.bench_app", "benchmarks.proxy_bench",
-     "benchmarks.kube_bench"],
+    [
+        "benchmarks.claim_bench",
+        "benchmarks.bench_app",
+        "benchmarks.proxy_bench",
+        "benchmarks.kube_bench",
+    ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:
     loaded = importlib.import_module(module)

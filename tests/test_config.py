@@ -8,13 +8,21 @@ import pytest
 
 from sandbox_controller.cli import main
 from sandbox_controller.config import ConfigError, load_settings
-from sandbox_controller.durations import format_duration, parse_duration
+from sandbox_controller.durations import parse_duration
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("5m", 300), ("2h30m", 9000), ("1d", 86400), ("250ms", 0.25), ("42", 42),
-     ("1.5h", 5400), (" 10S ", 10)],
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h30m", 9000),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        ("42", 42),
+        ("1.5h", 5400),
+        (" 10S ", 10),
+    ],
 )
 def test_durations_as_operators_write_them(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -26,11 +34,6 @@ def test_bad_durations_are_refused(text: str) -> None:
         parse_duration(text)
 
 
-def test_format_duration_round_trips() -> None:
-    for seconds in (90, 300, 9000, 3661):
-        assert parse_duration(format_duration(seconds)) == seconds
-
-
 def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SANDBOX_PREWARM_POOL_SIZE", "SANDBOX_MAX_TOTAL_JOBS", "SANDBOX_IDLE_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
@@ -39,7 +42,7 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.idle_timeout, s.idle_after, s.max_lifetime, s.startup_timeout) == (9000, 300, 0, 300)
     assert s.max_concurrent_creates == 3 and s.backend == "local"
     assert s.database_url == "sqlite+aiosqlite:///./sandbox.db"
-    assert s.proxy_public_url == "http://127.0.0.1:8081"
+    assert s.proxy_public_url is None and s.proxy_url == "http://127.0.0.1:8081"
 
 
 @pytest.mark.parametrize(
@@ -97,3 +100,35 @@ def test_a_taken_port_is_one_line_not_a_traceback(
         monkeypatch.setattr("sandbox_controller.serving.tune_gc", lambda: None)
         assert main(["serve"]) == 1
     assert capsys.readouterr().err.strip() == "sandbox-controller: Address already in use"
+
+
+def test_limits_and_kube_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Built from Settings, never from defaults of their own: what the operator set is
+    # what the scheduler and the backend get.
+    monkeypatch.setenv("SANDBOX_MAX_TOTAL_JOBS", "9")
+    monkeypatch.setenv("SANDBOX_IDLE_AFTER", "2m")
+    monkeypatch.setenv("SANDBOX_ACTIVITY_FLUSH_INTERVAL", "3s")
+    monkeypatch.setenv("SANDBOX_MAX_CONCURRENT_CREATES", "7")
+    monkeypatch.setenv("SANDBOX_KUBE_QPS", "50")
+    monkeypatch.setenv("SANDBOX_NAMESPACE", "sandboxes")
+    s = load_settings(prewarm_pool_size=2)
+    limits = s.limits()
+    assert (limits.prewarm_pool_size, limits.max_total_jobs, limits.idle_after) == (2, 9, 120)
+    # Activity reaches the controller up to two flushes late; reclaiming allows for it.
+    assert limits.reclaim_after == 120 + 2 * 3
+    kube = s.kube_options()
+    assert (kube.namespace, kube.qps, kube.burst, kube.max_concurrent_creates) == (
+        "sandboxes",
+        50,
+        40,
+        7,
+    )
+
+
+def test_connect_urls_follow_the_proxy_unless_a_public_url_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SANDBOX_PROXY_PUBLIC_URL", raising=False)
+    assert load_settings(proxy_port=39001).proxy_url == "http://127.0.0.1:39001"
+    monkeypatch.setenv("SANDBOX_PROXY_PUBLIC_URL", "https://sandbox.example.com")
+    assert load_settings(proxy_port=39001).proxy_url == "https://sandbox.example.com"

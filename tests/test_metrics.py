@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prometheus_client import generate_latest
 
+from sandbox_controller.config import Settings
 from sandbox_controller.metrics import ControllerMetrics
-from sandbox_controller.model import EndReason, Limits, PodState, PoolStatus, SessionActivity
+from sandbox_controller.model import EndReason, PodState, PoolStatus, SessionActivity
 
 
 def scrape(metrics: ControllerMetrics) -> str:
@@ -24,7 +27,12 @@ def test_pool_gauges_come_from_the_snapshot() -> None:
             SessionActivity.IDLE: 1,
             SessionActivity.PROVISIONING: 2,
         },
-        limits=Limits(max_total_jobs=11, prewarm_pool_size=3, max_sessions_per_user=4),
+        limits=replace(
+            Settings.model_construct().limits(),
+            max_total_jobs=11,
+            prewarm_pool_size=3,
+            max_sessions_per_user=4,
+        ),
     )
     text = scrape(ControllerMetrics(lambda: status, lambda: True))
     for line in [

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..backends.base import Backend
-from ..clock import Clock
-from ..config import Settings
-from ..controller import Controller, limits_from
+from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound
 from ..model import Outcome, PoolStatus, SessionView
 from ..scheduler.loop import Scheduler
@@ -26,30 +21,12 @@ from .schemas import ActivityReport, CreateSession, pool_json, session_json
 MAX_BODY = 64 * 1024  # the largest legitimate body (an activity batch) is far smaller
 
 
-def create_app(
-    settings: Settings,
-    *,
-    backend: Backend | None = None,
-    clock: Clock | None = None,
-    controller: Controller | None = None,
-    stop_sandboxes_on_exit: bool = False,
-) -> FastAPI:
-    """The controller app; the Controller is built here and started by the lifespan."""
-    if controller is None:
-        controller = Controller(
-            settings, backend=backend, clock=clock, stop_sandboxes_on_exit=stop_sandboxes_on_exit
-        )
+def create_app(controller: Controller) -> FastAPI:
+    """The controller's API. Its owner (process.ControllerProcess) starts and stops the
+    controller around serving it; the app has no lifespan of its own."""
     ctl = controller
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ctl.startup()
-        try:
-            yield
-        finally:
-            await ctl.shutdown()
-
-    app = FastAPI(title="agent-sandbox-controller", lifespan=lifespan, docs_url=None)
+    settings = controller.settings
+    app = FastAPI(title="agent-sandbox-controller", docs_url=None)
     app.state.controller = ctl
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY)
     install_error_handlers(app)
@@ -77,7 +54,7 @@ def create_app(
     def view_json(view: SessionView, now: float) -> dict[str, object]:
         return session_json(
             view.session,
-            proxy_url=ctl.settings.proxy_public_url,
+            proxy_url=ctl.settings.proxy_url,
             token_secret=ctl.token_secret,
             token_ttl=settings.token_ttl,
             now=now,
@@ -132,7 +109,7 @@ def create_app(
 
     @api.get("/pool")
     async def pool() -> Response:
-        status = ctl.pool_snapshot() or PoolStatus.empty(limits_from(ctl.settings))
+        status = ctl.pool_snapshot() or PoolStatus.empty(ctl.settings.limits())
         return JSONResponse(pool_json(status, leader=ctl.is_leader))
 
     @api.get("/internal/routes/{session_id}")

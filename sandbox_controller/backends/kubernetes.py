@@ -14,7 +14,7 @@ import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from kubernetes_asyncio import config as k8s_config
 from yarl import URL
 
 from ..aiotasks import TaskGroup
+from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
-from ..config import Settings
+from ..config import KubeOptions
 from .base import (
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
@@ -39,11 +40,18 @@ from .base import (
 from .expectations import CreateExpectations
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_template import build_pod, load_template, pod_port, template_hash
-from .ratelimit import Backoff, TokenBucket, parse_retry_after
+from .ratelimit import TokenBucket, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 GENERATE_NAME_ATTEMPTS = 3
+# A retryable call is tried this many times more before its error is raised.
+MAX_RETRIES = 8
+# How long a create the API server answered may go unseen by the watch before the
+# cache stops counting on it (a watch that lost it will relist it anyway).
+EXPECTATION_TIMEOUT = 60.0
+# Spread over 4-6 minutes so many controllers do not reconnect in step.
+WATCH_TIMEOUT = 300.0
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
@@ -75,7 +83,6 @@ class _Feed:
     on_event: Callable[[str, Obj], list[PodEvent]]
     rv: str | None = None
     failures: int = 0
-    relists: int = field(default=0)
 
 
 async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
@@ -133,64 +140,36 @@ def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:
 
 class KubernetesBackend:
     def __init__(
-        self,
-        api: k8s.ApiClient,
-        *,
-        namespace: str,
-        template: Mapping[str, Any] | None = None,
-        template_configmap: str | None = None,
-        qps: float = 20.0,
-        burst: int = 40,
-        max_concurrent_creates: int = 3,
-        clock: Clock | None = None,
-        expectation_timeout: float = 60.0,
-        # Spread over 4-6 minutes so many controllers do not reconnect in step.
-        watch_timeout: float = 300.0,
-        max_retries: int = 8,
-        backoff: Backoff | None = None,
-        watch_events: bool = True,
-        owns_api: bool = False,
+        self, api: k8s.ApiClient, options: KubeOptions, *, clock: Clock | None = None
     ) -> None:
         self.api = api
         self.core = k8s.CoreV1Api(api)
-        self.namespace = namespace
-        self.template: Obj = dict(template) if template is not None else load_template(None)
+        self.namespace = resolve_namespace(options.namespace, options.kubeconfig)
+        self.template: Obj = load_template(options.template_path)
         self.template_hash = template_hash(self.template)
-        self.template_configmap = template_configmap
+        self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
-        self.bucket = TokenBucket(qps, burst, self.clock)
-        self.backoff = backoff or Backoff()
-        self.max_retries = max_retries
-        self.watch_timeout = watch_timeout
-        self.watch_events = watch_events
-        self._owns_api = owns_api
-        self._create_slots = asyncio.Semaphore(max_concurrent_creates)
-        self._expectations = CreateExpectations(self.clock, expectation_timeout)
+        self.bucket = TokenBucket(options.qps, options.burst, self.clock)
+        self.backoff = Backoff(options.retry_base, options.retry_cap)
+        self._owns_api = False
+        self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
+        self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
         self._cache = PodCache(pod_port(self.template))
         self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
         self._tasks = TaskGroup("kubernetes-backend")
         self._owner: Obj | None = None
-        self._creating = 0
         self._rng = random.Random()
-        # Counters for tests, benchmarks and metrics.
-        self.api_calls = 0
-        self.creates_ok = 0
-        self.watch_restarts = 0
+        # Resyncs so far; tests read it to know that a 410 Gone was followed by a list.
         self.relists = 0
 
     @classmethod
-    async def from_settings(cls, settings: Settings, **overrides: Any) -> KubernetesBackend:
-        api = await load_api_client(settings.kubeconfig)
-        options: dict[str, Any] = {
-            "namespace": resolve_namespace(settings.namespace, settings.kubeconfig),
-            "template": load_template(settings.pod_template_path),
-            "template_configmap": settings.pod_template_configmap,
-            "qps": settings.kube_qps,
-            "burst": settings.kube_burst,
-            "max_concurrent_creates": settings.max_concurrent_creates,
-            "owns_api": True,
-        }
-        return cls(api, **{**options, **overrides})
+    async def connect(
+        cls, options: KubeOptions, *, clock: Clock | None = None
+    ) -> KubernetesBackend:
+        """A backend with an API client of its own (closed with the backend)."""
+        backend = cls(await load_api_client(options.kubeconfig), options, clock=clock)
+        backend._owns_api = True
+        return backend
 
     @property
     def pod_selector(self) -> str:
@@ -201,11 +180,6 @@ class KubernetesBackend:
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         instance = ((self.template.get("metadata") or {}).get("labels") or {}).get(LABEL_INSTANCE)
         return f"{selector},{LABEL_INSTANCE}={instance}" if instance else selector
-
-    @property
-    def creates_unobserved(self) -> int:
-        """Creates sent or answered that the watch has not shown yet."""
-        return self._creating + self._expectations.pending()
 
     # -- calls -------------------------------------------------------------------------
 
@@ -222,7 +196,6 @@ class KubernetesBackend:
         attempt = 0
         while True:
             await self.bucket.acquire()
-            self.api_calls += 1
             try:
                 response = await fn(*args, _preload_content=False, **kwargs)
                 try:
@@ -235,7 +208,7 @@ class KubernetesBackend:
                 error = _error(response.status, raw, response.headers.get("Retry-After"))
             except _CONNECTION_ERRORS as exc:
                 error = KubeError(0, f"{type(exc).__name__}: {exc}")
-            if not error.retryable or attempt >= self.max_retries:
+            if not error.retryable or attempt >= MAX_RETRIES:
                 raise error
             delay = self.backoff.delay(attempt, error.retry_after)
             log.debug("retrying in %.2fs after %s", delay, error)
@@ -258,17 +231,14 @@ class KubernetesBackend:
             self._pods_listed,
             self._pod_event,
         )
-        feeds = [pods]
-        if self.watch_events:
-            feeds.append(
-                _Feed(
-                    "events",
-                    self.core.list_namespaced_event,
-                    {"field_selector": "type=Warning,involvedObject.kind=Pod"},
-                    lambda items, rv: self._cache.replace_warnings(items),
-                    self._warning_event,
-                )
-            )
+        warnings = _Feed(
+            "events",
+            self.core.list_namespaced_event,
+            {"field_selector": "type=Warning,involvedObject.kind=Pod"},
+            lambda items, rv: self._cache.replace_warnings(items),
+            self._warning_event,
+        )
+        feeds = [pods, warnings]
         # The first lists happen here, so list_pods() is complete when start returns.
         for feed in feeds:
             await self._list(feed)
@@ -301,14 +271,9 @@ class KubernetesBackend:
         labels = {**labels, LABEL_CREATE_ID: create_id}
         body = build_pod(self.template, labels, self.template_hash, self._owner)
         async with self._create_slots:
-            self._creating += 1
-            try:
-                pod = await self._create_with_fresh_name(body)
-            finally:
-                self._creating -= 1
+            pod = await self._create_with_fresh_name(body)
             # No await from here on: the watch cannot slip in between these lines.
             name = str(pod["metadata"]["name"])
-            self.creates_ok += 1
             if name not in self._cache:
                 self._expectations.expect(name)
                 self._emit([self._cache.upsert(pod)])
@@ -414,7 +379,6 @@ class KubernetesBackend:
         while True:
             try:
                 if feed.rv is None:
-                    feed.relists += 1
                     self.relists += 1
                     await self._list(feed)
                 started = self.clock.now()
@@ -430,13 +394,11 @@ class KubernetesBackend:
                 feed.failures += 1
                 log.info("%s watch failed (%s); again in %.2fs", feed.name, exc, delay)
                 await self.clock.sleep(delay)
-            self.watch_restarts += 1
 
     async def _watch(self, feed: _Feed) -> bool:
         """Follow one watch stream to its end; True if it carried any event."""
         await self.bucket.acquire()
-        self.api_calls += 1
-        timeout = int(self.watch_timeout * (0.8 + 0.4 * self._rng.random()))
+        timeout = int(WATCH_TIMEOUT * (0.8 + 0.4 * self._rng.random()))
         response = await feed.list_fn(
             self.namespace,
             watch=True,

@@ -28,6 +28,8 @@ import httpx
 
 from .. import __version__
 from ..aiotasks import TaskGroup
+from ..aiotime import Backoff, sleep_or_stop
+from ..clock import Clock, SystemClock
 from .base import (
     LABEL_MANAGED_BY,
     LABEL_TEMPLATE_HASH,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 NAME_PREFIX = "agent-sandbox-job-"
 _ALPHABET = string.ascii_lowercase + string.digits
 TERMINATE_GRACE = 5.0
+# A fresh sandbox answers /healthz within tens of milliseconds: ask soon, then less often.
+HEALTH_POLL = Backoff(base=0.02, cap=0.5, jitter=False)
 
 
 def _pod_name() -> str:
@@ -76,11 +80,14 @@ class LocalBackend:
         stop_on_close: bool = False,
         ready_timeout: float = 60.0,
         python: str = sys.executable,
+        clock: Clock | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
         self.stop_on_close = stop_on_close
         self.ready_timeout = ready_timeout
         self.python = python
+        self.clock: Clock = clock or SystemClock()
+        self._closing = asyncio.Event()
         self.template_hash = hashlib.sha256(f"devsandbox:{__version__}".encode()).hexdigest()[:10]
         self._procs: dict[str, _Process] = {}
         self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
@@ -96,6 +103,7 @@ class LocalBackend:
             self._adopt(path)
 
     async def close(self) -> None:
+        self._closing.set()
         if self.stop_on_close:
             await asyncio.gather(*(self.delete_pod(n) for n in list(self._procs)))
             await asyncio.gather(*(p.exited.wait() for p in list(self._procs.values())))
@@ -182,7 +190,7 @@ class LocalBackend:
 
     async def _wait_healthy(self, entry: _Process) -> None:
         assert self._http is not None
-        delay = 0.02
+        attempt = 0
         while not entry.deleting:
             with contextlib.suppress(httpx.HTTPError):
                 response = await self._http.get(f"http://127.0.0.1:{entry.port}/healthz")
@@ -190,8 +198,9 @@ class LocalBackend:
                     entry.phase, entry.detail = PodPhase.READY, None
                     self._emit(entry)
                     return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            if await sleep_or_stop(self.clock, HEALTH_POLL.delay(attempt), self._closing):
+                return
+            attempt += 1
 
     def _exited(self, entry: _Process, code: int | None) -> None:
         if not entry.deleting and entry.phase is not PodPhase.FAILED:
@@ -260,12 +269,10 @@ class LocalBackend:
         # for processes that are not our children (the previous controller's).
         loop.add_reader(pidfd, on_exit)
         if entry.port is None:
-            self._tasks.start(self._fail_later(entry), f"adopted:{entry.name}")
-
-    async def _fail_later(self, entry: _Process) -> None:
-        """An adopted process whose port we never learned cannot serve: stop it."""
-        entry.phase, entry.detail = PodPhase.FAILED, "adopted before it was ready"
-        self._emit(entry)
+            # Its port was never learned, so it cannot serve: report it failed, and the
+            # scheduler deletes it.
+            entry.phase, entry.detail = PodPhase.FAILED, "adopted before it was ready"
+            self._emit(entry)
 
     def _save(self, entry: _Process) -> None:
         data = {

@@ -1,12 +1,11 @@
-"""Client-side pacing for the API server: a token bucket and an error backoff.
+"""Client-side pacing for the API server: a token bucket, and reading Retry-After.
 
-Both take ``now`` from an injectable clock and compute delays as pure arithmetic, so
-tests check exact numbers without sleeping.
+The bucket takes ``now`` from an injectable clock and computes delays as pure
+arithmetic, so tests check exact numbers without sleeping. (The error backoff is
+aiotime.Backoff, shared with every other retry.)
 """
 
 from __future__ import annotations
-
-import random
 
 from ..clock import Clock, SystemClock
 
@@ -37,29 +36,6 @@ class TokenBucket:
         delay = self.reserve(self.clock.now())
         if delay > 0:
             await self.clock.sleep(delay)
-
-
-class Backoff:
-    """Exponential backoff with full jitter; a server's Retry-After is a floor."""
-
-    def __init__(
-        self,
-        base: float = 0.2,
-        cap: float = 10.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.rng = rng or random.Random()
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        ceiling = min(self.cap, self.base * (2**attempt))
-        # Jitter between half and all of the ceiling: spreads a herd of clients that
-        # failed together, without ever retrying at once.
-        wait = ceiling * (0.5 + 0.5 * self.rng.random())
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.cap * 6))
-        return float(wait)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -3,16 +3,7 @@ and benchmarks, can import them without a conftest)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll (tests only: the code under test has no event for every condition)."""
-    async with asyncio.timeout(limit):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 def pod_body(

@@ -23,6 +23,8 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from ..aiotime import Backoff, sleep_or_stop
+from ..clock import Clock
 from ..model import EndReason, Pod, PodState, Session, SessionState
 from .engines import Engine, open_engine
 from .tables import leader_lease, pods, sessions
@@ -41,13 +43,6 @@ _FENCE = (
     .where(leader_lease.c.holder == sa.bindparam("fence_holder"))
     .where(leader_lease.c.epoch == sa.bindparam("fence_epoch"))
     .values(epoch=leader_lease.c.epoch)
-)
-# Activity never moves last_active_at backwards.
-_TOUCH = (
-    sa.update(sessions)
-    .where(sessions.c.id == sa.bindparam("sid"))
-    .where(sessions.c.last_active_at < sa.bindparam("at"))
-    .values(last_active_at=sa.bindparam("at"))
 )
 
 
@@ -68,10 +63,9 @@ class Batch:
     sessions: list[Session] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     forgotten_pods: list[str] = field(default_factory=list)
-    last_active: dict[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.sessions or self.pods or self.forgotten_pods or self.last_active)
+        return bool(self.sessions or self.pods or self.forgotten_pods)
 
 
 def _session_row(s: Session) -> dict[str, Any]:
@@ -210,8 +204,6 @@ class Store:
             conn.execute(self._upsert_pods, [_pod_row(p) for p in batch.pods])
         if batch.forgotten_pods:
             conn.execute(sa.delete(pods).where(pods.c.name.in_(batch.forgotten_pods)))
-        if batch.last_active:
-            conn.execute(_TOUCH, [{"sid": k, "at": v} for k, v in batch.last_active.items()])
 
     async def delete_ended_before(self, cutoff: float) -> int:
         statement = (
@@ -282,14 +274,24 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def wait_for_database(store: Store, timeout: float) -> None:
-    """Retry the first connection for a while: in a cluster the database may start later."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_database(
+    store: Store, clock: Clock, stop: asyncio.Event, timeout: float = 60.0
+) -> None:
+    """Retry the first connection for a while: in a cluster the database may start later.
+    Gives up after ``timeout`` seconds of ``clock`` time (raising the last error), and at
+    once if ``stop`` is set (raising it too: there is nothing to start up for)."""
+    backoff = Backoff(base=0.5, cap=5.0)
+    deadline = clock.now() + timeout
+    attempt = 0
     while True:
         try:
             await store.ping()
             return
         except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError):
-            if asyncio.get_running_loop().time() >= deadline:
+            left = deadline - clock.now()
+            if left <= 0:
                 raise
-            await asyncio.sleep(1.0)
+            delay = min(backoff.delay(attempt), left)
+            attempt += 1
+            if await sleep_or_stop(clock, delay, stop):
+                raise

@@ -12,6 +12,7 @@ from sandbox_controller.scheduler.pool import ROUTE_LEASE
 from sandbox_controller.tokens import verify_token
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes
+from ..eventually import eventually
 
 
 async def test_a_warm_session_is_ready_with_a_working_sandbox(
@@ -60,7 +61,7 @@ async def test_a_warm_session_is_ready_with_a_working_sandbox(
 
     assert not await pod_deleted()
     clock.advance(1.0)
-    await ctl.wait_for(pod_deleted, 15, "the ended session's pod to be deleted")
+    await eventually(pod_deleted, within=15, what="the ended session's pod to be deleted")
     assert (await ctl.pool())["pods"]["assigned"] == 0
 
 
@@ -126,7 +127,7 @@ async def test_idle_timeout_ends_the_session_and_stops_its_sandbox(
     async def process_gone() -> bool:
         return not sandbox_processes(pod)
 
-    await ctl.wait_for(process_gone, 15, f"sandbox process of {pod} to exit")
+    await eventually(process_gone, within=15, what=f"sandbox process of {pod} to exit")
     touched = await ctl.client.post(f"/sessions/{body['id']}/touch")
     assert touched.status_code == 410 and touched.json()["error"]["code"] == "session_ended"
 
@@ -159,7 +160,7 @@ async def test_provisioning_session_reports_why_and_becomes_ready(
         got = await ctl.client.get(f"/sessions/{body['id']}")
         return bool(got.json()["state"] == "ready")
 
-    await ctl.wait_for(ready, 30, "the cold session to become ready")
+    await eventually(ready, within=30, what="the cold session to become ready")
 
 
 async def test_health_readiness_and_pool_status(start_controller: ControllerFactory) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the deploy bundle: a real helm binary and charts rendered with it."""
+"""Fixtures for the deploy bundle: a real helm binary and charts rendered with it.
+Everything under tests/deploy is marked ``deploy`` (helm, kubectl, promtool, built images)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.deploy.deploytools import CHART, NAMESPACE, RELEASE, REPO, Docs, Render
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The hook sees the whole session's items; mark only this folder's.
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.deploy)
 
 
 @pytest.fixture(scope="session")

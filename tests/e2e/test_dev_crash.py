@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ..conftest import sandbox_processes
+from ..eventually import eventually
 
 TOKEN = "crash-test-token"
 MAX_TOTAL = 12
@@ -65,23 +66,21 @@ class Dev:
             stdout=self.log,
             stderr=self.log,
         )
-        await self.until(self._ready, "the dev server to be ready")
+        await eventually(self._ready, within=60, what="the dev server to be ready")
+
+    def _assert_running(self) -> None:
+        # Waiting on a server that already died would only end at the deadline.
+        assert self.proc is None or self.proc.poll() is None, "dev server exited"
 
     async def _ready(self) -> bool:
+        self._assert_running()
         try:
             return (await self.client.get("/readyz")).status_code == 200
         except httpx.HTTPError:
             return False
 
-    async def until(self, check: Any, what: str, timeout: float = 60) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await check():
-            assert self.proc is None or self.proc.poll() is None, "dev server exited"
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.1)
-
     async def pool(self) -> dict[str, Any]:
+        self._assert_running()
         body: dict[str, Any] = (await self.client.get("/pool")).json()
         return body
 
@@ -95,7 +94,7 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
         async def warm() -> bool:
             return int((await dev.pool())["pods"]["idle"]) >= 3
 
-        await dev.until(warm, "the warm pool")
+        await eventually(warm, within=60, what="the warm pool")
 
         plan = [(f"user{u}", f"thread-{u}-{t}") for t in range(8) for u in range(10)]
         results: dict[str, httpx.Response | Exception] = {}
@@ -125,7 +124,7 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
                 >= 6
             )
 
-        await dev.until(enough_promised, "six sessions to be promised", timeout=30)
+        await eventually(enough_promised, within=30, what="six sessions to be promised")
         assert not producer.done(), "the burst ended before the kill"
         assert dev.proc is not None
         dev.proc.send_signal(signal.SIGKILL)
@@ -146,7 +145,7 @@ async def test_a_crash_mid_burst_loses_no_promise_and_orphans_no_sandbox(tmp_pat
             pods = (await dev.pool())["pods"]
             return bool(pods["terminating"] == 0 and pods["pending"] == 0)
 
-        await dev.until(settled, "the pool to settle after recovery")
+        await eventually(settled, within=60, what="the pool to settle after recovery")
         live_per_user: dict[str, int] = {}
         for thread, body in promised.items():
             got = await dev.client.get(f"/sessions/{body['id']}")

@@ -2,7 +2,7 @@
 
 One test drives ``sandbox-controller dev`` from outside, with curl and a WebSocket
 client; the others run the controller (``start_controller``) and the proxy
-(``serve_proxy``) in the test's loop, sharing one ManualClock, so "ten minutes later"
+(``ProxyProcess``) in the test's loop, sharing one ManualClock, so "ten minutes later"
 takes no time and every assertion about idleness is exact.
 """
 
@@ -24,11 +24,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from proxy import serve_proxy
+from proxy import ProxyProcess
 from sandbox_controller.api.schemas import iso
 from sandbox_controller.clock import ManualClock
+from sandbox_controller.serving import serve
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes
+from ..eventually import eventually
 from .test_dev_crash import Dev, free_port
 
 FLUSH = 0.1  # the proxy's activity flush interval, in real seconds
@@ -72,7 +74,7 @@ class Proxied:
         async def landed() -> bool:
             return (await self.session(session_id))["last_active_at"] == iso(at)
 
-        await self.ctl.wait_for(landed, 10, f"last_active_at of {session_id} to be {iso(at)}")
+        await eventually(landed, within=10, what=f"last_active_at of {session_id} to be {iso(at)}")
 
     async def websocket(self, session: dict[str, Any]) -> ClientConnection:
         url = "ws" + session["connect"]["url"].removeprefix("http") + "ws"
@@ -107,9 +109,8 @@ async def start_proxied(start_controller: ControllerFactory) -> AsyncIterator[Pr
             update={"controller_url": ctl.url, "proxy_port": port, "log_level": "warning"}
         )
         shutdown, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(
-            serve_proxy(settings, ready=ready, shutdown=shutdown, clock=SharedNow(clock))
-        )
+        proxy = ProxyProcess(settings, clock=SharedNow(clock))
+        task = asyncio.create_task(serve(proxy, shutdown, ready.set))
         running.append((shutdown, task))
         waiter = asyncio.create_task(ready.wait())
         await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
@@ -262,6 +263,8 @@ async def test_a_silent_websocket_lets_the_session_be_reclaimed(
 ) -> None:
     p = await start_proxied(max_sessions_per_user=1, idle_after=300)
     first = await p.open("bea", "t1")
+    await p.ctl.wait_idle_pods(1)
+    witness = await p.open("cid", "w1")
     ws = await p.websocket(first)
     await ws.send("hello")  # the relay works (and this is activity, at creation time)
     assert await ws.recv() == "hello"
@@ -269,7 +272,11 @@ async def test_a_silent_websocket_lets_the_session_be_reclaimed(
 
     p.clock.advance(301)
     await asyncio.wait_for(await ws.ping(), 5)  # control frames are not activity
-    await asyncio.sleep(5 * FLUSH)  # the proxy must report nothing
+    # Traffic on another session after the ping: the batch that reports it carries
+    # every mark the proxy made before it, so once it lands, a mark for the first would.
+    seen = await p.http.get(witness["connect"]["url"] + "healthz", headers=bearer(witness))
+    assert seen.status_code == 200, seen.text
+    await p.wait_active_at(witness["id"], p.clock.now())
     assert (await p.session(first["id"]))["last_active_at"] == quiet_since
 
     second = await p.ctl.open("bea", "t2")
@@ -323,7 +330,7 @@ async def test_a_killed_pod_ends_the_session_and_the_proxy_answers_410(
     async def failed() -> bool:
         return (await p.session(sid))["end_reason"] == "pod_failed"
 
-    await p.ctl.wait_for(failed, 10, "the session to end with pod_failed")
+    await eventually(failed, within=10, what="the session to end with pod_failed")
     assert (await p.session(sid))["state"] == "ended"
     after = await p.http.get(health, headers=bearer(session))
     assert after.status_code == 410, after.text

@@ -11,7 +11,9 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sandbox_controller.kubesim import KubeSim
-from sandbox_controller.kubesim.testing import pod_body, wait_until
+from sandbox_controller.kubesim.testing import pod_body
+
+from ..eventually import eventually
 
 NS = "default"
 
@@ -145,11 +147,11 @@ async def test_patch_kinds(core: client.CoreV1Api) -> None:
 
 async def test_graceful_and_immediate_delete(core: client.CoreV1Api, sim: KubeSim) -> None:
     await core.create_namespaced_pod(NS, pod_body("g"))
-    await wait_until(lambda: sim.store.get("pods", NS, "g")["spec"].get("nodeName") is not None)
+    await eventually(lambda: sim.store.get("pods", NS, "g")["spec"].get("nodeName") is not None)
     status, body = await raw(core, core.delete_namespaced_pod, "g", NS, grace_period_seconds=30)
     assert status == 200 and json.loads(body)["metadata"]["deletionTimestamp"]
     assert sim.store.find("pods", NS, "g") is not None  # terminating, not gone yet
-    await wait_until(lambda: sim.store.find("pods", NS, "g") is None)
+    await eventually(lambda: sim.store.find("pods", NS, "g") is None)
     await core.create_namespaced_pod(NS, pod_body("h"))
     await core.delete_namespaced_pod("h", NS, grace_period_seconds=0)
     assert sim.store.find("pods", NS, "h") is None

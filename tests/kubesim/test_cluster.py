@@ -11,7 +11,9 @@ import pytest
 from kubernetes_asyncio import client, config
 
 from sandbox_controller.kubesim import KubeSim
-from sandbox_controller.kubesim.testing import pod_body, wait_until
+from sandbox_controller.kubesim.testing import pod_body
+
+from ..eventually import eventually
 
 NS = "default"
 
@@ -49,7 +51,7 @@ def condition(sim: KubeSim, name: str, type_: str) -> dict[str, str]:
 async def test_unschedulable_then_node_added(small: KubeSim, api: client.CoreV1Api) -> None:
     await api.create_namespaced_pod(NS, pod_body("fits"))
     await api.create_namespaced_pod(NS, pod_body("waits"))
-    await wait_until(lambda: condition(small, "waits", "PodScheduled").get("status") == "False")
+    await eventually(lambda: condition(small, "waits", "PodScheduled").get("status") == "False")
     cond = condition(small, "waits", "PodScheduled")
     assert cond["reason"] == "Unschedulable"
     assert cond["message"] == "0/1 nodes are available: 1 Insufficient cpu."
@@ -60,7 +62,7 @@ async def test_unschedulable_then_node_added(small: KubeSim, api: client.CoreV1A
     ]
 
     small.add_node("big", cpu="8", memory="32Gi")
-    await wait_until(lambda: condition(small, "waits", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "waits", "Ready").get("status") == "True")
     pod = await api.read_namespaced_pod("waits", NS)
     assert pod.spec.node_name == "big"
     ip = pod.status.pod_ip
@@ -79,9 +81,9 @@ async def test_unschedulable_then_node_added(small: KubeSim, api: client.CoreV1A
 async def test_capacity_freed_by_delete(small: KubeSim, api: client.CoreV1Api) -> None:
     await api.create_namespaced_pod(NS, pod_body("one"))
     await api.create_namespaced_pod(NS, pod_body("two"))
-    await wait_until(lambda: condition(small, "two", "PodScheduled").get("status") == "False")
+    await eventually(lambda: condition(small, "two", "PodScheduled").get("status") == "False")
     await api.delete_namespaced_pod("one", NS)
-    await wait_until(lambda: condition(small, "two", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "two", "Ready").get("status") == "True")
     assert small.max_pods_seen == 2
 
 
@@ -89,7 +91,7 @@ async def test_memory_and_selector_reasons(small: KubeSim, api: client.CoreV1Api
     body = pod_body("fat", cpu="100m")
     body["spec"]["containers"][0]["resources"]["requests"]["memory"] = "8Gi"
     await api.create_namespaced_pod(NS, body)
-    await wait_until(lambda: condition(small, "fat", "PodScheduled").get("status") == "False")
+    await eventually(lambda: condition(small, "fat", "PodScheduled").get("status") == "False")
     assert condition(small, "fat", "PodScheduled")["message"] == (
         "0/1 nodes are available: 1 Insufficient memory."
     )
@@ -97,7 +99,7 @@ async def test_memory_and_selector_reasons(small: KubeSim, api: client.CoreV1Api
 
 async def test_node_removed_takes_its_pods(small: KubeSim, api: client.CoreV1Api) -> None:
     await api.create_namespaced_pod(NS, pod_body("doomed"))
-    await wait_until(lambda: condition(small, "doomed", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "doomed", "Ready").get("status") == "True")
     ip = small.store.get("pods", NS, "doomed")["status"]["podIP"]
     assert small.remove_node("kubesim-node-0") == ["doomed"]
     assert (await api.list_namespaced_pod(NS)).items == []
@@ -115,7 +117,7 @@ async def test_container_exit(
     body = pod_body("crash")
     body["spec"]["restartPolicy"] = policy
     await api.create_namespaced_pod(NS, body)
-    await wait_until(lambda: condition(small, "crash", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "crash", "Ready").get("status") == "True")
     small.exit_container("crash", exit_code=3)
     pod = await api.read_namespaced_pod("crash", NS)
     assert pod.status.phase == phase
@@ -132,7 +134,7 @@ async def test_failed_pod_frees_capacity(small: KubeSim, api: client.CoreV1Api) 
     first["spec"]["restartPolicy"] = "Never"
     await api.create_namespaced_pod(NS, first)
     await api.create_namespaced_pod(NS, pod_body("second"))
-    await wait_until(lambda: condition(small, "second", "PodScheduled").get("status") == "False")
-    await wait_until(lambda: condition(small, "first", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "second", "PodScheduled").get("status") == "False")
+    await eventually(lambda: condition(small, "first", "Ready").get("status") == "True")
     small.exit_container("first")
-    await wait_until(lambda: condition(small, "second", "Ready").get("status") == "True")
+    await eventually(lambda: condition(small, "second", "Ready").get("status") == "True")

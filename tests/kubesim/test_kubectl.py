@@ -11,7 +11,9 @@ import pytest
 
 from sandbox_controller.backends.base import LABEL_MANAGED_BY, MANAGED_BY
 from sandbox_controller.kubesim import KubeSim
-from sandbox_controller.kubesim.testing import pod_body, wait_until
+from sandbox_controller.kubesim.testing import pod_body
+
+from ..eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +75,7 @@ async def test_get_watch_shows_a_change(sim: KubeSim) -> None:
     )
     assert proc.stdout is not None
     try:
-        await wait_until(lambda: sim.count_calls("watch", "pods", 200) > 0, 15)
+        await eventually(lambda: sim.count_calls("watch", "pods", 200) > 0, within=15)
         sim.store.create("pods", "default", sim.admit_pod(pod_body("appears")))
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
         while b"appears" not in line:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.server import ProxyServer
+from proxy import ProxyProcess
 from sandbox_controller import devsandbox
 from sandbox_controller.config import Settings
 from sandbox_controller.serving import Server, bind
+from sandbox_controller.serving import serve as serve_process
 from sandbox_controller.tokens import issue_token
+
+from ..eventually import eventually
 
 SECRET = "test-secret"
 API_TOKEN = "test-api-token"
@@ -70,10 +73,14 @@ async def serve(app: ASGIApp) -> Served:
     )
     server = Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+
+    def started() -> bool:
+        if not server.started and task.done():
+            task.result()  # start-up failed: raise its error now
+            raise AssertionError("the server stopped before serving")
+        return bool(server.started)
+
+    await eventually(started, within=10, what="the server to serve")
     return Served(server, task, sock.getsockname()[1])
 
 
@@ -87,6 +94,8 @@ class ControllerDouble:
     activity: list[dict[str, float]] = field(default_factory=list)
     lookup_delay: float = 0.0
     down: bool = False  # answers every lookup 503, as a controller in failover would
+    refuse_activity: bool = False  # answers activity 503 (and records it in `refused`)
+    refused: list[dict[str, float]] = field(default_factory=list)
 
     def add(self, session_id: str, state: str = "ready", address: str | None = None) -> None:
         lease = 30.0 if address else None
@@ -115,7 +124,11 @@ class ControllerDouble:
     async def post_activity(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"error": {"code": "unauthorized", "message": "x"}}, 401)
-        self.activity.append((await request.json())["activity"])
+        batch = (await request.json())["activity"]
+        if self.refuse_activity:
+            self.refused.append(batch)
+            return JSONResponse({"error": {"code": "not_leader", "message": "x"}}, 503)
+        self.activity.append(batch)
         return Response(status_code=204)
 
     def app(self) -> Starlette:
@@ -132,7 +145,7 @@ class Stack:
     controller: ControllerDouble
     sandbox: Counting
     sandbox_served: Served
-    proxy: ProxyServer
+    proxy: ProxyProcess
     proxy_port: int
     shutdown: asyncio.Event
     proxy_task: asyncio.Task[None]
@@ -173,15 +186,12 @@ async def stack() -> AsyncIterator[Stack]:
     controller_served = await serve(controller.app())
     sandbox = Counting(devsandbox.build_app())
     sandbox_served = await serve(sandbox)
-    server = ProxyServer(proxy_settings(controller_served.port), drain_timeout=3.0)
+    proxy = ProxyProcess(proxy_settings(controller_served.port), drain_timeout=3.0)
     shutdown, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(server.run(shutdown, ready))
+    task = asyncio.create_task(serve_process(proxy, shutdown, ready.set))
     await asyncio.wait_for(ready.wait(), 10)
-    assert server.port is not None
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
-        yield Stack(
-            controller, sandbox, sandbox_served, server, server.port, shutdown, task, client
-        )
+        yield Stack(controller, sandbox, sandbox_served, proxy, proxy.port, shutdown, task, client)
     shutdown.set()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 10)
@@ -198,16 +208,3 @@ async def raw_request(port: int, target: str, headers: dict[str, str] | None = N
     status_line = await reader.readline()
     writer.close()
     return int(status_line.split()[1])
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)

@@ -4,8 +4,11 @@ pretend platform whose pods become ready, fail or vanish when the test says so."
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from typing import Any
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
 from sandbox_controller.scheduler.effects import Answer
 from sandbox_controller.scheduler.pool import Pool
@@ -13,10 +16,17 @@ from sandbox_controller.scheduler.pool import Pool
 TEMPLATE = "tmpl-1"
 
 
+def limits_with(**overrides: Any) -> Limits:
+    """The operator defaults (Settings' own, not the environment's), with no activity
+    lag unless a test asks for one, and ``overrides``."""
+    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0)
+    return replace(defaults, **overrides)
+
+
 class Harness:
     def __init__(self, limits: Limits | None = None, now: float = 1000.0) -> None:
         self.now = now
-        self.pool = Pool(limits or Limits(), TEMPLATE)
+        self.pool = Pool(limits or limits_with(), TEMPLATE)
         self.answers: dict[int, Answer] = {}
         self.deleted: list[str] = []
         self.created: list[str] = []

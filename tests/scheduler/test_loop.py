@@ -20,7 +20,6 @@ from sandbox_controller.errors import (
 )
 from sandbox_controller.model import (
     EndReason,
-    Limits,
     Outcome,
     PodState,
     SessionState,
@@ -30,8 +29,9 @@ from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, Scheduler
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
+from .harness import limits_with
 
-LIMITS = Limits(
+LIMITS = limits_with(
     prewarm_pool_size=3, max_total_jobs=6, max_sessions_per_user=2, max_concurrent_creates=3
 )
 

@@ -7,7 +7,6 @@ import pytest
 from sandbox_controller.errors import UserSessionLimit
 from sandbox_controller.model import (
     EndReason,
-    Limits,
     Outcome,
     PodState,
     Provisioning,
@@ -16,11 +15,11 @@ from sandbox_controller.model import (
 )
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
-from .harness import Harness
+from .harness import Harness, limits_with
 
 
 def test_pool_refills_to_prewarm_size_within_the_create_window() -> None:
-    h = Harness(Limits(prewarm_pool_size=5, max_concurrent_creates=3))
+    h = Harness(limits_with(prewarm_pool_size=5, max_concurrent_creates=3))
     h.tick()
     assert h.pool.creates_in_flight == 3  # never more than the window at once
     h.fill_pool()
@@ -29,7 +28,7 @@ def test_pool_refills_to_prewarm_size_within_the_create_window() -> None:
 
 
 def test_pending_pods_count_as_supply_so_nothing_is_created_twice() -> None:
-    h = Harness(Limits(prewarm_pool_size=5, max_concurrent_creates=10))
+    h = Harness(limits_with(prewarm_pool_size=5, max_concurrent_creates=10))
     h.tick()
     h.complete_creates()
     assert h.pool.counts[PodState.PENDING] == 5
@@ -40,7 +39,7 @@ def test_pending_pods_count_as_supply_so_nothing_is_created_twice() -> None:
 
 
 def test_a_warm_session_is_ready_at_once_and_the_pool_refills() -> None:
-    h = Harness(Limits(prewarm_pool_size=2))
+    h = Harness(limits_with(prewarm_pool_size=2))
     h.tick()
     h.fill_pool()
     rid = h.open("alice", "t1")
@@ -52,7 +51,7 @@ def test_a_warm_session_is_ready_at_once_and_the_pool_refills() -> None:
 
 
 def test_cap_holds_at_max_total_jobs() -> None:
-    h = Harness(Limits(prewarm_pool_size=5, max_total_jobs=50, max_sessions_per_user=100))
+    h = Harness(limits_with(prewarm_pool_size=5, max_total_jobs=50, max_sessions_per_user=100))
     h.tick()
     h.fill_pool()
     rids = [h.open("u", f"t{i}", wait=0) for i in range(60)]
@@ -67,7 +66,7 @@ def test_cap_holds_at_max_total_jobs() -> None:
 
 
 def test_cap_blocked_is_reported_while_someone_waits() -> None:
-    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=1, max_sessions_per_user=5))
+    h = Harness(limits_with(prewarm_pool_size=0, max_total_jobs=1, max_sessions_per_user=5))
     first = h.open("u", "t1")
     h.fill_pool()
     assert h.outcome(first) is Outcome.COLD
@@ -78,7 +77,7 @@ def test_cap_blocked_is_reported_while_someone_waits() -> None:
 
 
 def test_sixth_thread_with_all_five_active_is_refused() -> None:
-    h = Harness(Limits(prewarm_pool_size=6, max_concurrent_creates=6))
+    h = Harness(limits_with(prewarm_pool_size=6, max_concurrent_creates=6))
     h.tick()
     h.fill_pool()
     for i in range(5):
@@ -93,8 +92,8 @@ def test_sixth_thread_with_all_five_active_is_refused() -> None:
     assert len(h.pool.live_by_user["alice"]) == 5
 
 
-def test_oldest_idle_session_is_reclaimed_and_the_new_thread_is_ready_at_once() -> None:
-    limits = Limits(prewarm_pool_size=6, max_concurrent_creates=6, idle_after=300)
+def test_reclaim_takes_the_least_recently_active_idle_session_then_the_oldest() -> None:
+    limits = limits_with(prewarm_pool_size=6, max_concurrent_creates=6, idle_after=300)
     h = Harness(limits)
     h.tick()
     h.fill_pool()
@@ -102,22 +101,32 @@ def test_oldest_idle_session_is_reclaimed_and_the_new_thread_is_ready_at_once() 
     for i in range(5):
         sids.append(h.session_of(h.open("alice", f"t{i}")))
         h.advance(1)
-    h.advance(400)  # everyone has been quiet for over idle_after ...
-    for sid in sids[:1] + sids[2:]:
-        h.pool.touch(sid, h.now)  # ... but all except sids[1] are busy again
-    h.pool.touch(sids[0], h.now - 350)  # sids[0] stays idle too, but was active later
-    rid = h.open("alice", "t-new")
-    answer = h.answer(rid)
-    assert answer is not None
-    assert answer.outcome is Outcome.WARM
+    # Last active: sids[1] at its creation; sids[0], [2] and [3] together, later. So the
+    # least recently active is not the oldest created, and three share one time.
+    h.advance(10)
+    for sid in (sids[0], sids[2], sids[3]):
+        h.pool.touch(sid, h.now)
+    h.advance(400)  # all four are idle now ...
+    h.pool.touch(sids[4], h.now)  # ... and sids[4] is busy again
+    h.fill_pool()
+
+    answer = h.answer(h.open("alice", "t-new"))
+    assert answer is not None and answer.outcome is Outcome.WARM
+    # Least recently active first, though sids[0] was created earlier.
     assert answer.reclaimed_session_id == sids[1]
     assert h.pool.sessions[sids[1]].end_reason is EndReason.RECLAIMED
-    assert h.pool.sessions[sids[0]].live
     assert len(h.pool.live_by_user["alice"]) == 5
+
+    h.fill_pool()
+    answer = h.answer(h.open("alice", "t-newer"))
+    assert answer is not None and answer.outcome is Outcome.WARM
+    # Equally quiet: the oldest created goes first.
+    assert answer.reclaimed_session_id == sids[0]
+    assert all(h.pool.sessions[s].live for s in (sids[2], sids[3], sids[4]))
 
 
 def test_an_active_session_is_never_reclaimed() -> None:
-    h = Harness(Limits(prewarm_pool_size=5, idle_after=300))
+    h = Harness(limits_with(prewarm_pool_size=5, idle_after=300))
     h.tick()
     h.fill_pool()
     sids = [h.session_of(h.open("bob", f"t{i}")) for i in range(5)]
@@ -127,7 +136,7 @@ def test_an_active_session_is_never_reclaimed() -> None:
 
 
 def test_session_ends_after_exactly_idle_timeout_and_activity_pushes_it_back() -> None:
-    h = Harness(Limits(prewarm_pool_size=1, idle_timeout=9000))
+    h = Harness(limits_with(prewarm_pool_size=1, idle_timeout=9000))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("carol", "t1"))
@@ -145,7 +154,7 @@ def test_session_ends_after_exactly_idle_timeout_and_activity_pushes_it_back() -
 
 
 def test_max_lifetime_ends_even_a_busy_session() -> None:
-    h = Harness(Limits(prewarm_pool_size=1, max_lifetime=3600))
+    h = Harness(limits_with(prewarm_pool_size=1, max_lifetime=3600))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("dan", "t1"))
@@ -158,7 +167,7 @@ def test_max_lifetime_ends_even_a_busy_session() -> None:
 
 
 def test_a_pod_not_ready_within_startup_timeout_is_replaced() -> None:
-    h = Harness(Limits(prewarm_pool_size=1, startup_timeout=300))
+    h = Harness(limits_with(prewarm_pool_size=1, startup_timeout=300))
     h.tick()
     (stuck,) = h.complete_creates()
     h.advance(299)
@@ -171,7 +180,7 @@ def test_a_pod_not_ready_within_startup_timeout_is_replaced() -> None:
 
 
 def test_a_provisioning_session_ends_with_startup_timeout() -> None:
-    h = Harness(Limits(prewarm_pool_size=0, startup_timeout=300))
+    h = Harness(limits_with(prewarm_pool_size=0, startup_timeout=300))
     rid = h.open("erin", "t1", wait=5)
     h.complete_creates()
     h.advance(5)
@@ -183,7 +192,7 @@ def test_a_provisioning_session_ends_with_startup_timeout() -> None:
 
 
 def test_waiters_at_the_cap_are_served_first_come_first_served() -> None:
-    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=2, max_sessions_per_user=10))
+    h = Harness(limits_with(prewarm_pool_size=0, max_total_jobs=2, max_sessions_per_user=10))
     holders = [h.open("u", f"hold{i}") for i in range(2)]
     h.fill_pool()
     assert [h.outcome(r) for r in holders] == [Outcome.COLD, Outcome.COLD]
@@ -207,7 +216,7 @@ def test_waiters_at_the_cap_are_served_first_come_first_served() -> None:
 
 
 def test_a_refused_request_leaves_no_session_behind() -> None:
-    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=1))
+    h = Harness(limits_with(prewarm_pool_size=0, max_total_jobs=1))
     h.open("u", "t1")
     h.fill_pool()
     rid = h.open("u", "t2", wait=0)
@@ -219,7 +228,7 @@ def test_a_refused_request_leaves_no_session_behind() -> None:
 def test_a_request_refused_at_the_cap_does_not_count_toward_the_users_limit() -> None:
     # Seven requests decided in one scheduler round: each one refused for capacity is
     # gone before the next is decided, so the user keeps hearing 503, never 429.
-    h = Harness(Limits(prewarm_pool_size=0, max_total_jobs=4, max_sessions_per_user=5))
+    h = Harness(limits_with(prewarm_pool_size=0, max_total_jobs=4, max_sessions_per_user=5))
     rids = [h.pool.next_request_id() for _ in range(7)]
     for i, rid in enumerate(rids):
         h.pool.open_session(rid, "u", f"t{i}", 0, h.now)
@@ -230,7 +239,7 @@ def test_a_request_refused_at_the_cap_does_not_count_toward_the_users_limit() ->
 
 
 def test_same_thread_twice_returns_the_same_session() -> None:
-    h = Harness(Limits(prewarm_pool_size=0))
+    h = Harness(limits_with(prewarm_pool_size=0))
     first = h.open("u", "t1", wait=30)
     second = h.open("u", "t1", wait=30)  # a retry while the first is still waiting
     h.fill_pool()
@@ -244,7 +253,7 @@ def test_same_thread_twice_returns_the_same_session() -> None:
 
 @pytest.mark.parametrize("how", ["failed", "vanished"])
 def test_a_dead_pod_ends_its_session_and_the_pool_refills(how: str) -> None:
-    h = Harness(Limits(prewarm_pool_size=1))
+    h = Harness(limits_with(prewarm_pool_size=1))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("u", "t1"))
@@ -261,7 +270,7 @@ def test_a_dead_pod_ends_its_session_and_the_pool_refills(how: str) -> None:
 
 
 def test_idle_pods_of_an_old_template_are_replaced_assigned_ones_kept() -> None:
-    h = Harness(Limits(prewarm_pool_size=2))
+    h = Harness(limits_with(prewarm_pool_size=2))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("u", "t1"))
@@ -278,7 +287,7 @@ def test_idle_pods_of_an_old_template_are_replaced_assigned_ones_kept() -> None:
 
 
 def test_a_failed_create_backs_off_before_trying_again() -> None:
-    h = Harness(Limits(prewarm_pool_size=1))
+    h = Harness(limits_with(prewarm_pool_size=1))
     h.tick()
     h._pending_creates = 0
     h.pool.create_failed(h.now)
@@ -291,7 +300,7 @@ def test_a_failed_create_backs_off_before_trying_again() -> None:
 def test_a_pod_seen_by_the_watch_before_its_create_returns_is_not_counted_twice() -> None:
     from sandbox_controller.backends.base import PodPhase, PodStatus
 
-    h = Harness(Limits(prewarm_pool_size=1))
+    h = Harness(limits_with(prewarm_pool_size=1))
     h.tick()
     assert h.pool.creates_in_flight == 1
     h.pool.pod_observed(PodStatus("early", PodPhase.PENDING), h.now)
@@ -307,7 +316,7 @@ def test_a_pod_seen_by_the_watch_before_its_create_returns_is_not_counted_twice(
 def test_an_unknown_pod_with_no_create_in_flight_is_deleted() -> None:
     from sandbox_controller.backends.base import PodPhase, PodStatus
 
-    h = Harness(Limits(prewarm_pool_size=0))
+    h = Harness(limits_with(prewarm_pool_size=0))
     h.pool.pod_observed(PodStatus("stray", PodPhase.READY), h.now)
     h.tick()
     assert "stray" in h.deleted and "stray" not in h.pool.pods
@@ -316,7 +325,7 @@ def test_an_unknown_pod_with_no_create_in_flight_is_deleted() -> None:
 def test_a_pod_routed_to_outlives_its_session_until_the_route_lease_ends() -> None:
     # Invariant 6: a proxy may use a route until its lease ends; the pod keeps its
     # address until then, so the address cannot pass to another session's pod.
-    h = Harness(Limits(prewarm_pool_size=2, max_total_jobs=3))
+    h = Harness(limits_with(prewarm_pool_size=2, max_total_jobs=3))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("alice", "t1"))
@@ -335,7 +344,7 @@ def test_a_pod_routed_to_outlives_its_session_until_the_route_lease_ends() -> No
 
 
 def test_a_pod_never_routed_to_is_deleted_as_its_session_ends() -> None:
-    h = Harness(Limits(prewarm_pool_size=1))
+    h = Harness(limits_with(prewarm_pool_size=1))
     h.tick()
     h.fill_pool()
     sid = h.session_of(h.open("alice", "t1"))
@@ -349,7 +358,7 @@ def test_reclaim_waits_out_the_activity_still_on_its_way_from_the_proxies() -> N
     # Proxies report activity in batches: a session quiet for just over idle_after by
     # the controller's record may have been used a moment ago. Invariant 4.
     h = Harness(
-        Limits(prewarm_pool_size=3, max_sessions_per_user=1, idle_after=300, activity_lag=4.0)
+        limits_with(prewarm_pool_size=3, max_sessions_per_user=1, idle_after=300, activity_lag=4.0)
     )
     h.tick()
     h.fill_pool()

@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
-from sandbox_controller.model import EndReason, Limits, PodState, SessionState
+from sandbox_controller.model import EndReason, PodState, SessionState
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 
-LIMITS = Limits(
+from .harness import limits_with
+
+LIMITS = limits_with(
     prewarm_pool_size=3,
     max_total_jobs=8,
     max_sessions_per_user=2,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
-from sandbox_controller.model import EndReason, Limits, Pod, PodState, Session, SessionState
+from sandbox_controller.model import EndReason, Pod, PodState, Session, SessionState
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
+
+from .harness import limits_with
 
 NOW = 5000.0
 
 
 def restored(sessions: list[Session], rows: list[Pod], pods: list[PodStatus]) -> Pool:
-    pool = Pool(Limits(prewarm_pool_size=0), "tmpl")
+    pool = Pool(limits_with(prewarm_pool_size=0), "tmpl")
     restore(pool, sessions, rows, pods, NOW)
     return pool
 

@@ -1,13 +1,13 @@
 """The whole controller with SANDBOX_BACKEND=kubernetes against kubesim.
 
 The controller builds its backend exactly as in production (``KubernetesBackend.
-from_settings`` reading a kubeconfig), so every pod call goes through the real
+connect`` reading a kubeconfig), so every pod call goes through the real
 kubernetes-asyncio client over real HTTP to kubesim's API server.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -99,20 +99,3 @@ def live_pods(sim: KubeSim) -> list[Obj]:
 
 def is_pending(pod: Obj) -> bool:
     return bool(pod["status"].get("phase") == "Pending")
-
-
-async def until(
-    ctl: RunningController,
-    predicate: Callable[[], bool | Awaitable[bool]],
-    timeout: float = 15.0,
-    what: str = "",
-) -> None:
-    """Wait for a condition on kubesim or the controller (a sync or async predicate)."""
-
-    async def check() -> bool:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        return result
-
-    await ctl.wait_for(check, timeout, what)

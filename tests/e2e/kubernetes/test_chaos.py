@@ -17,7 +17,8 @@ import pytest
 from sandbox_controller.backends.kubernetes import KubernetesBackend
 from sandbox_controller.model import EndReason
 
-from .conftest import Kube, live_pods, managed_pods, until
+from ...eventually import eventually
+from .conftest import Kube, live_pods, managed_pods
 
 CHURN_SECONDS = float(os.environ.get("SANDBOX_CHAOS_SECONDS", "60"))
 MAX_TOTAL = 10
@@ -99,7 +100,7 @@ async def test_a_minute_of_churn_under_api_faults_leaks_nothing(kube: Kube) -> N
         sim.cut_watches()
         sim.create_configmap("chaos-marker")
         sim.compact()
-        await until(ctl, lambda: backend.relists > relists, 30, "a relist after 410")
+        await eventually(lambda: backend.relists > relists, within=30, what="a relist after 410")
         return int(backend.relists - relists)
 
     compaction = asyncio.create_task(compact_once())
@@ -124,7 +125,7 @@ async def test_a_minute_of_churn_under_api_faults_leaks_nothing(kube: Kube) -> N
         return True
 
     try:
-        await ctl.wait_for(resolved, 40, "every session ready or ended")
+        await eventually(resolved, within=40, what="every session ready or ended")
     except AssertionError:
         stuck = [s for s in sessions.values() if s["state"] == "provisioning"]
         raise AssertionError(f"stuck: {stuck}\n{await ctl.pool()}\n{sim.stats()}") from None
@@ -139,7 +140,7 @@ async def test_a_minute_of_churn_under_api_faults_leaks_nothing(kube: Kube) -> N
         if body["state"] == "ready":
             assert (await ctl.client.delete(f"/sessions/{sid}")).status_code == 204
     try:
-        await ctl.wait_idle_pods(PREWARM, timeout=30)
+        await ctl.wait_idle_pods(PREWARM, within=30)
     except AssertionError:
         phases = [(p["metadata"]["name"], p["status"].get("phase")) for p in managed_pods(sim)]
         raise AssertionError(f"{await ctl.pool()}\n{phases}") from None
@@ -150,7 +151,7 @@ async def test_a_minute_of_churn_under_api_faults_leaks_nothing(kube: Kube) -> N
         names = {p["metadata"]["name"] for p in managed_pods(sim)}
         return names == set(pool.pods) and len(names) == PREWARM
 
-    await until(ctl, converged, 30, "kubesim to hold exactly the warm pool")
+    await eventually(converged, within=30, what="kubesim to hold exactly the warm pool")
     assert (await ctl.pool())["pods"] == {
         "pending": 0,
         "idle": PREWARM,

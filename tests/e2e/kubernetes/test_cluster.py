@@ -7,6 +7,7 @@ from typing import Any
 
 from sandbox_controller.kubesim import KubeSim
 
+from ...eventually import eventually
 from .conftest import Kube, is_pending, live_pods, managed_pods
 
 NO_ROOM = "0/3 nodes are available: 3 Insufficient cpu."
@@ -33,7 +34,9 @@ async def test_a_full_cluster_reports_why_and_recovers_when_a_node_is_added(kube
         got = (await ctl.client.get(f"/sessions/{sessions[-1]['id']}")).json()
         return bool(got["state"] == "provisioning" and got["detail"] == NO_ROOM)
 
-    await ctl.wait_for(detail_shown, 15, "the scheduler's message as the session's detail")
+    await eventually(
+        detail_shown, within=15, what="the scheduler's message as the session's detail"
+    )
     metrics = (await ctl.client.get("/metrics")).text
     assert "sandbox_capacity_blocked 1.0" in metrics
     assert (await ctl.pool())["capacity_blocked"] is True
@@ -56,7 +59,7 @@ async def test_a_full_cluster_reports_why_and_recovers_when_a_node_is_added(kube
                 return False
         return True
 
-    await ctl.wait_for(all_ready, 20, "every waiting session ready once a node is added")
+    await eventually(all_ready, within=20, what="every waiting session ready once a node is added")
     await ctl.wait_idle_pods(3)
     await ctl.settle()
     assert "sandbox_capacity_blocked 0.0" in (await ctl.client.get("/metrics")).text
@@ -88,7 +91,9 @@ async def test_a_removed_node_ends_its_sessions_and_the_pool_refills(kube: Kube)
             for sid in on_node
         ) and all(states[s["id"]]["state"] == "ready" for s in sessions if s["id"] not in on_node)
 
-    await ctl.wait_for(ended_on_node, 15, "sessions on the removed node ended with pod_failed")
+    await eventually(
+        ended_on_node, within=15, what="sessions on the removed node ended with pod_failed"
+    )
     await ctl.wait_idle_pods(3)
     pool = await ctl.pool()
     assert pool["pods"]["assigned"] == 3 - len(on_node)

@@ -7,7 +7,8 @@ import asyncio
 
 import httpx
 
-from .conftest import Kube, Obj, live_pods, managed_pods, pod_names, until
+from ...eventually import eventually
+from .conftest import Kube, Obj, live_pods, managed_pods, pod_names
 
 
 def uids(sim_pods: list[Obj]) -> dict[str, str]:
@@ -58,7 +59,7 @@ async def test_a_restarted_controller_adopts_live_pods_and_leaks_none(
             name for name, pod in pool.pods.items() if pod.state.value != "terminating"
         } and len(managed_pods(sim)) == len(live_pods(sim))
 
-    await until(second, converged, what="kubesim and the pool to agree")
+    await eventually(converged, within=15, what="kubesim and the pool to agree")
     counts = (await second.pool())["pods"]
     assert counts["assigned"] == len(kept) and counts["idle"] == 3
     assert len(live_pods(sim)) == len(kept) + 3  # nothing leaked

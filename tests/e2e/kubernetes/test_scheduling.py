@@ -13,7 +13,8 @@ from sandbox_controller.backends.base import (
 )
 from sandbox_controller.clock import ManualClock
 
-from .conftest import Kube, Obj, is_pending, live_pods, managed_pods, pod_names, until
+from ...eventually import eventually
+from .conftest import Kube, Obj, is_pending, live_pods, managed_pods, pod_names
 
 START = 2_000_000_000.0
 
@@ -38,12 +39,12 @@ async def test_pool_fills_to_prewarm_size_and_refills_after_a_claim(kube: Kube) 
     body = response.json()
     assert body["state"] == "ready" and body["pod"] in pod_names(sim)
     await ctl.wait_idle_pods(3)
-    await until(
-        ctl,
+    await eventually(
         lambda: (
             labels_of(managed_pods(sim), body["pod"]).get(LABEL_SESSION)
             == session_label(body["id"])
         ),
+        within=15,
         what="the claimed pod labelled with its session",
     )
     assert labels_of(managed_pods(sim), body["pod"])[LABEL_STATE] == "assigned"
@@ -105,7 +106,9 @@ async def test_user_limit_then_the_oldest_idle_session_is_reclaimed(kube: Kube) 
     assert (old["state"], old["end_reason"]) == ("ended", "reclaimed")
     first = (await ctl.client.get(f"/sessions/{sessions[0]['id']}")).json()
     assert first["state"] == "ready"
-    await until(ctl, lambda: sessions[1]["pod"] not in pod_names(sim), what="reclaimed pod gone")
+    await eventually(
+        lambda: sessions[1]["pod"] not in pod_names(sim), within=15, what="reclaimed pod gone"
+    )
     metrics = (await ctl.client.get("/metrics")).text
     assert 'sandbox_session_requests_total{outcome="warm"} 6.0' in metrics
     assert 'sandbox_reclaims_total{reason="reclaimed"} 1.0' in metrics
@@ -128,7 +131,9 @@ async def test_idle_timeout_ends_the_session_after_exactly_idle_timeout(kube: Ku
     await ctl.settle()
     ended = (await ctl.client.get(f"/sessions/{body['id']}")).json()
     assert (ended["state"], ended["end_reason"]) == ("ended", "idle_timeout")
-    await until(ctl, lambda: body["pod"] not in pod_names(sim), what="the idle session's pod gone")
+    await eventually(
+        lambda: body["pod"] not in pod_names(sim), within=15, what="the idle session's pod gone"
+    )
     assert (await ctl.pool())["pods"]["assigned"] == 0
 
 
@@ -136,9 +141,9 @@ async def test_a_pod_not_ready_within_startup_timeout_is_replaced(kube: Kube) ->
     clock = ManualClock(start=START)
     sim = await kube.sim(startup_delay=3600)  # the kubelet never gets there
     ctl = await kube.controller(sim, clock=clock, prewarm_pool_size=1, startup_timeout="60s")
-    await until(
-        ctl,
+    await eventually(
         lambda: len(managed_pods(sim)) == 1 and bool(managed_pods(sim)[0]["spec"].get("nodeName")),
+        within=15,
         what="one scheduled pod",
     )
     [stuck] = pod_names(sim)
@@ -146,7 +151,7 @@ async def test_a_pod_not_ready_within_startup_timeout_is_replaced(kube: Kube) ->
     async def pool_knows_it() -> bool:  # its start-up clock runs from when the pool saw it
         return int((await ctl.pool())["pods"]["pending"]) == 1
 
-    await ctl.wait_for(pool_knows_it, 15, "the pool to record the pending pod")
+    await eventually(pool_knows_it, within=15, what="the pool to record the pending pod")
     sim.cluster.startup_delay = 0.05  # the replacement starts normally
     clock.advance(59)
     await ctl.settle()
@@ -154,11 +159,11 @@ async def test_a_pod_not_ready_within_startup_timeout_is_replaced(kube: Kube) ->
     clock.advance(1)
     await ctl.settle()
     try:
-        await ctl.wait_idle_pods(1, timeout=15)
+        await ctl.wait_idle_pods(1, within=15)
     except AssertionError:
         seen = [(p["metadata"]["name"], p["status"], p["metadata"]) for p in managed_pods(sim)]
         raise AssertionError(f"{await ctl.pool()} {seen}") from None
-    await until(ctl, lambda: stuck not in pod_names(sim), what="the stuck pod deleted")
+    await eventually(lambda: stuck not in pod_names(sim), within=15, what="the stuck pod deleted")
     assert len(live_pods(sim)) == 1 and not is_pending(live_pods(sim)[0])
     assert sim.count_calls("create", "pods", 201) == 2
 
@@ -174,9 +179,9 @@ async def test_waiters_at_the_cap_are_served_in_order(kube: Kube) -> None:
         return int((await ctl.pool())["waiters"]) == n
 
     first = asyncio.create_task(ctl.open("u3", "c", wait=30))
-    await ctl.wait_for(lambda: waiters(1), 10, "one waiter")
+    await eventually(lambda: waiters(1), within=10, what="one waiter")
     second = asyncio.create_task(ctl.open("u4", "d", wait=30))
-    await ctl.wait_for(lambda: waiters(2), 10, "two waiters")
+    await eventually(lambda: waiters(2), within=10, what="two waiters")
 
     await ctl.client.delete(f"/sessions/{a['id']}")
     c = await asyncio.wait_for(first, 20)

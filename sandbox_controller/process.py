@@ -1,0 +1,131 @@
+"""The controller process, and ``dev``: the controller and the proxy in one process.
+
+Both have the shape of serving.Process: ``startup()``, ``run(stop)``, ``shutdown()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from proxy import ProxyProcess
+
+from .api import create_app
+from .backends.base import Backend
+from .clock import Clock
+from .config import Settings
+from .controller import Controller
+from .serving import Listener, bind
+
+log = logging.getLogger(__name__)
+
+
+class ControllerProcess:
+    """The controller's HTTP API in front of its ``Controller`` (store, backend, leader
+    lease, scheduler).
+
+    Startup: bind, start the controller (database, migrations, backend, lease), accept.
+    Shutdown, in uvicorn's order: close the listener, shut connections down, wait up
+    to the drain timeout for requests in flight, cancel the rest; then stop the
+    controller (its tasks, the scheduler, the lease, the backend, the store).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sock: socket.socket | None = None,
+        backend: Backend | None = None,
+        clock: Clock | None = None,
+        stop_sandboxes_on_exit: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.controller = Controller(
+            settings, backend=backend, clock=clock, stop_sandboxes_on_exit=stop_sandboxes_on_exit
+        )
+        self.app = create_app(self.controller)
+        self._sock = sock
+        self._listener: Listener | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``port`` is 0), once started."""
+        assert self._listener is not None, "the controller binds at startup"
+        return self._listener.port
+
+    async def startup(self) -> None:
+        sock = self._sock or bind(self.settings.host, self.settings.port)
+        self._listener = Listener(self.app, sock, log_level=self.settings.log_level.lower())
+        await self.controller.startup()
+        await self._listener.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._listener is not None
+        await self._listener.run(stop)
+
+    async def shutdown(self) -> None:
+        try:
+            if self._listener is not None:
+                await self._listener.drain()
+            elif self._sock is not None:
+                self._sock.close()
+        finally:
+            await self.controller.shutdown()
+
+
+class DevProcess:
+    """``sandbox-controller dev``: controller, proxy and local sandboxes, stopped together.
+
+    The proxy stops first, so its last activity batch reaches a controller still up;
+    the controller then stops every sandbox it started or adopted.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proxy: ProxyProcess | None = None
+        self.controller: ControllerProcess | None = None
+
+    async def startup(self) -> None:
+        settings = self.settings
+        api_sock = bind(settings.host, settings.port)
+        api_port = api_sock.getsockname()[1]
+        settings = settings.model_copy(update={"controller_url": f"http://127.0.0.1:{api_port}"})
+        try:
+            self.proxy = ProxyProcess(settings)
+            await self.proxy.startup()
+        except BaseException:
+            api_sock.close()
+            raise
+        # The port the proxy really bound (with --proxy-port 0), for connect.url.
+        settings = settings.model_copy(update={"proxy_port": self.proxy.port})
+        self.controller = ControllerProcess(settings, sock=api_sock, stop_sandboxes_on_exit=True)
+        await self.controller.startup()
+        # The one place dev speaks to its user rather than to the log.
+        print(
+            f"agent-sandbox-controller dev\n"
+            f"  controller API  http://{settings.host}:{api_port}\n"
+            f"  proxy           http://{settings.proxy_host}:{self.proxy.port}\n"
+            f"  connect URLs    {settings.proxy_url}/s/<session>/\n"
+            f"  API token       {settings.api_token}\n"
+            f"  database        {settings.database_url}\n"
+            f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
+            f'-H \'content-type: application/json\' -d \'{{"user_id":"me","thread_id":"t1"}}\' '
+            f"http://{settings.host}:{api_port}/sessions",
+            flush=True,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self.proxy is not None and self.controller is not None
+        # If either fails, the other is cancelled and the error surfaces here.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.proxy.run(stop), name="dev:proxy")
+            tasks.create_task(self.controller.run(stop), name="dev:controller")
+
+    async def shutdown(self) -> None:
+        try:
+            if self.proxy is not None:
+                await self.proxy.shutdown()
+        finally:
+            if self.controller is not None:
+                await self.controller.shutdown()
