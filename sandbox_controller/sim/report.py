@@ -11,10 +11,13 @@ import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..model import EndReason, Outcome, PodState, PrewarmPolicy
 from .simulate import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLOT_SIZE = (12.0, 5.0)  # inches
 PLOT_DPI = 100  # so the PNG is 1200 x 500 pixels
@@ -125,42 +128,50 @@ def series(result: Result) -> dict[str, list[float]]:
     }
 
 
-def plot_png(result: Result) -> bytes:
-    """Demand, assigned, warm and pending pods over time, refusals marked: a PNG."""
+def draw(result: Result) -> Figure:
+    """Demand and assigned pods above; warm, pending and the prewarm target below;
+    refusals marked. Two panels: sessions run to hundreds while the warm pool is a
+    handful. The caller closes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     from matplotlib import pyplot as plt
 
     data = series(result)
-    # Two panels: sessions run to hundreds while the warm pool is a handful.
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=PLOT_SIZE, dpi=PLOT_DPI, height_ratios=(3, 2)
     )
+    hours = data["hours"]
+    top.plot(hours, data["demand"], label="demand (live sessions)", color="black", lw=1)
+    top.plot(hours, data["assigned"], label="assigned pods", color="tab:blue", lw=1)
+    bottom.plot(hours, data["warm"], label="warm pods", color="tab:green", lw=1)
+    bottom.plot(hours, data["pending"], label="pending pods", color="tab:orange", lw=1)
+    bottom.plot(hours, data["target"], label="prewarm target", color="black", ls=":", lw=1)
+    for code, color in ((429, "tab:purple"), (503, "tab:red")):
+        times = [t / 3600 for t, c in result.refusals if c == code]
+        if times:
+            top.plot(times, [0] * len(times), "|", ms=14, color=color, label=f"{code} refusal")
+    f = figures(result)
+    top.set_title(
+        f"{setting(result)}: warm hits {f['warm_hit_rate']:.2%}, "
+        f"{f['idle_warm_pod_hours']:.0f} idle-warm pod-hours, start-up "
+        f"{result.startup.describe()}"
+    )
+    bottom.set_xlabel("hours")
+    top.set_ylabel("sessions / pods")
+    bottom.set_ylabel("pods")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_png(result: Result) -> bytes:
+    from matplotlib import pyplot as plt
+
+    fig = draw(result)
     try:
-        hours = data["hours"]
-        top.plot(hours, data["demand"], label="demand (live sessions)", color="black", lw=1)
-        top.plot(hours, data["assigned"], label="assigned pods", color="tab:blue", lw=1)
-        bottom.plot(hours, data["warm"], label="warm pods", color="tab:green", lw=1)
-        bottom.plot(hours, data["pending"], label="pending pods", color="tab:orange", lw=1)
-        bottom.step(hours, data["target"], label="prewarm target", color="black", ls=":", lw=1)
-        for code, color in ((429, "tab:purple"), (503, "tab:red")):
-            times = [t / 3600 for t, c in result.refusals if c == code]
-            if times:
-                top.plot(times, [0] * len(times), "|", ms=14, color=color, label=f"{code} refusal")
-        f = figures(result)
-        top.set_title(
-            f"{setting(result)}: warm hits {f['warm_hit_rate']:.2%}, "
-            f"{f['idle_warm_pod_hours']:.0f} idle-warm pod-hours, start-up "
-            f"{result.startup.describe()}"
-        )
-        bottom.set_xlabel("hours")
-        top.set_ylabel("sessions / pods")
-        bottom.set_ylabel("pods")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-            ax.legend(loc="upper left", fontsize="small")
-        fig.tight_layout()
         out = io.BytesIO()
         fig.savefig(out, format="png", dpi=PLOT_DPI)
         return out.getvalue()

@@ -177,7 +177,8 @@ def synth(model: SynthModel) -> list[TraceEvent]:
             if t >= min(hour_start + 3600.0, end):
                 break
             serial += 1
-            events.extend(_session(model, rng, t, serial, end))
+            # Milliseconds, as the CSV keeps them: a written trace reads back the same.
+            events.extend(_session(model, rng, round(t, 3), serial, end))
         hour_start += 3600.0
     events.sort(key=lambda e: e.time)
     return events
@@ -196,6 +197,6 @@ def _session(
         t += rng.expovariate(1.0 / model.gap_mean)
         if t >= stop:
             break
-        yield TraceEvent(t, EventKind.ACTIVITY, user, thread)
+        yield TraceEvent(round(t, 3), EventKind.ACTIVITY, user, thread)
     if rng.random() < model.close_share and start + length < end:
-        yield TraceEvent(stop, EventKind.CLOSE, user, thread, "deleted")
+        yield TraceEvent(round(stop, 3), EventKind.CLOSE, user, thread, "deleted")
