@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "plan", help="capacity arithmetic: pods, CPU and memory for a peak", add_help=False
     )
-    sub.add_parser("trace", help="export a trace of real sessions, or synthesize one", add_help=False)
+    sub.add_parser(
+        "trace", help="export a trace of real sessions, or synthesize one", add_help=False
+    )
     sub.add_parser("simulate", help="replay a trace through the real scheduler", add_help=False)
     args, rest = parser.parse_known_args(argv)
 

@@ -7,7 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..model import PodState, PoolStatus, PrewarmPolicy, Provisioning, Session, SessionState, WaitReason
+from ..model import (
+    PodState,
+    PoolStatus,
+    PrewarmPolicy,
+    Provisioning,
+    Session,
+    SessionState,
+    WaitReason,
+)
 from ..tokens import issue_token
 
 

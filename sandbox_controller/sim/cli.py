@@ -152,7 +152,7 @@ def load_trace(path: Path) -> list[TraceEvent]:
 
 
 def _stdin() -> TextIO:
-    return open(sys.stdin.fileno(), closefd=False, newline="")  # noqa: SIM115
+    return open(sys.stdin.fileno(), closefd=False, newline="")
 
 
 # ------------------------------------------------------------------ simulate
@@ -205,7 +205,9 @@ def simulate_main(argv: list[str]) -> int:
         events = load_trace(args.trace)
         runs = sweep_limits(args.sweep, limits) if args.sweep else []
         if args.sweep and limits.prewarm.policy is PrewarmPolicy.STATIC:
-            runs.append(replace(limits, prewarm=replace(limits.prewarm, policy=PrewarmPolicy.ADAPTIVE)))
+            runs.append(
+                replace(limits, prewarm=replace(limits.prewarm, policy=PrewarmPolicy.ADAPTIVE))
+            )
         elif args.sweep:
             runs.append(limits)
         started = time.perf_counter()

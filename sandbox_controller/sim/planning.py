@@ -86,7 +86,10 @@ def recommend(
             low = middle + 1
             continue
         trial = run(replace(best.limits, max_total_jobs=middle))
-        if trial.warm_hit_rate >= min(target, best.warm_hit_rate) and refused_share(trial) <= budget:
+        if (
+            trial.warm_hit_rate >= min(target, best.warm_hit_rate)
+            and refused_share(trial) <= budget
+        ):
             high_cap, chosen = middle, trial
         else:
             low = middle + 1

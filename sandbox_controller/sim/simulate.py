@@ -104,7 +104,7 @@ class Result:
     waits: list[float] = field(default_factory=list)  # seconds to a sandbox, per session
     ended: Counter[EndReason] = field(default_factory=Counter)
     peak_pods: int = 0
-    pod_seconds: Counter[PodState] = field(default_factory=Counter)
+    pod_seconds: dict[PodState, float] = field(default_factory=lambda: dict.fromkeys(PodState, 0.0))
     samples: list[Sample] = field(default_factory=list)
     refusals: list[tuple[float, int]] = field(default_factory=list)  # (time, 429 or 503)
 

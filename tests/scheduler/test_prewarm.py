@@ -147,9 +147,7 @@ def test_adaptive_never_refuses_for_capacity_where_static_would_not(
     startup: Startup,
 ) -> None:
     low, high = min(low, high, cap), min(max(low, high), cap)
-    base = limits_with(
-        max_total_jobs=cap, max_sessions_per_user=2, idle_after=60, idle_timeout=600
-    )
+    base = limits_with(max_total_jobs=cap, max_sessions_per_user=2, idle_after=60, idle_timeout=600)
     events = _trace(sessions)
     until = (events[-1].time if events else 0.0) + 1200
     static = simulate(events, replace(base, prewarm_pool_size=low), startup, until=until)

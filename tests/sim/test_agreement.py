@@ -74,7 +74,11 @@ async def drive(client: httpx.AsyncClient) -> dict[str, int]:
     tasks: list[asyncio.Task[None]] = []
 
     async def open_session(event: TraceEvent) -> None:
-        body = {"user_id": event.user, "thread_id": event.thread, "wait_seconds": event.wait_seconds}
+        body = {
+            "user_id": event.user,
+            "thread_id": event.thread,
+            "wait_seconds": event.wait_seconds,
+        }
         response = await client.post("/sessions", json=body)
         codes[event.thread] = response.status_code
         if response.status_code in (200, 201):

@@ -141,7 +141,7 @@ def test_the_plot_is_a_png_of_the_expected_size_drawing_the_reported_series(
     result = simulate(read_trace(io.StringIO(day_file.read_text())), limits, Startup(20, 60))
     fig = draw(result)
     try:
-        top, bottom = fig.axes
+        assert len(fig.axes) == 2  # sessions above, the warm pool below
         drawn = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.lines}
         data_series = series(result)
         assert drawn["assigned pods"] == data_series["assigned"]

@@ -74,7 +74,9 @@ async def test_export_writes_the_stored_sessions_as_a_pseudonymised_trace(
     now = time.time()
     store = Store.open(database_url)
     await store.migrate()
-    old = Session("s0", "ann@example.com", "old", SessionState.ENDED, now - 30 * 86400, now - 30 * 86400)
+    old = Session(
+        "s0", "ann@example.com", "old", SessionState.ENDED, now - 30 * 86400, now - 30 * 86400
+    )
     old.end_reason, old.ended_at = EndReason.DELETED, now - 30 * 86400 + 60
     first = Session("s1", "ann@example.com", "thread-a", SessionState.ENDED, now - 3600, now - 3000)
     first.end_reason, first.ended_at = EndReason.IDLE_TIMEOUT, now - 1000
