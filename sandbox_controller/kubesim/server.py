@@ -95,17 +95,23 @@ class ApiServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         verb, resource = classify(request)
-        record = CallRecord(request.method, request.path_qs, verb, resource, at=time.time())
-        request[RECORD] = record
         sim = self.sim
+        record = CallRecord(
+            request.method,
+            request.path_qs,
+            verb,
+            resource,
+            at=time.time(),
+            user=sim.user_of(request.headers.get("Authorization")),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        request[RECORD] = record
         if verb != "admin":
             sim.calls.append(record)
         try:
             if verb != "admin":
-                token = sim.token
                 # Off by default: kubectl sends no bearer token over plain http.
-                wrong = request.headers.get("Authorization") != f"Bearer {token}"
-                if sim.require_auth and token and wrong:
+                if sim.require_auth and sim.users and not record.user:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 if sim.faults.latency > 0:
                     await asyncio.sleep(sim.faults.latency)
