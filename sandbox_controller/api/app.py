@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..model import Outcome, Session, SessionState
 from ..scheduler.pool import ROUTE_LEASE
+from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .schemas import ActivityReport, CreateSession, session_json
 
@@ -70,6 +71,7 @@ def create_app(
     app = FastAPI(title="agent-sandbox-controller", lifespan=lifespan, docs_url=None)
     app.state.controller = ctl
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY)
+    app.add_middleware(RefuseBadBytes)
     _install_error_handlers(app)
     api_token = settings.api_token
 
