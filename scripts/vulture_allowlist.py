@@ -38,6 +38,10 @@ _.tb
 # kubesim's faults and read its call log, and wait for a scheduler round to settle.
 _.ManualClock
 _.advance
+# kubesim's call log names each caller (the HA drills' witness, tests/e2e/ha), and the
+# drills write one kubeconfig per replica.
+_.user_agent
+_.kubeconfig_for
 _.until_sleeping
 _.set_faults
 _.count_calls
