@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from sandbox_controller.kubesim import KubeSim
-from sandbox_controller.kubesim.testing import pod_body, wait_until
+from sandbox_controller.kubesim.testing import pod_body
+
+from ..eventually import eventually
 
 NS = "default"
 
@@ -46,7 +48,7 @@ async def test_two_kubesims_with_workloads_each_serve_their_own_pods(tmp_path: P
         for i in range(5):
             first.store.create("pods", NS, first.admit_pod(pod_body(f"a{i}", cpu="10m")))
             second.store.create("pods", NS, second.admit_pod(pod_body(f"b{i}", cpu="10m")))
-        await wait_until(lambda: len(running_ips(first)) == len(running_ips(second)) == 5)
+        await eventually(lambda: len(running_ips(first)) == len(running_ips(second)) == 5)
         a_ips, b_ips = set(running_ips(first).values()), set(running_ips(second).values())
         assert len(a_ips) == len(b_ips) == 5
         assert not a_ips & b_ips, "two kubesims handed out the same pod address"
