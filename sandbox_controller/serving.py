@@ -106,18 +106,6 @@ def bind(host: str, port: int) -> socket.socket:
 KEEP_ALIVE_SECONDS = 75
 
 
-def make_server(app: Any, *, log_level: str = "info", **options: Any) -> Server:
-    config = uvicorn.Config(
-        app,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        **options,
-    )
-    return Server(config)
-
-
 class Listener:
     """uvicorn serving one app on a socket bound beforehand. The app's own startup and
     shutdown are its owner's (lifespan off), so this is only the HTTP side: accept,

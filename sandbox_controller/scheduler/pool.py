@@ -109,10 +109,6 @@ class Pool:
     def unschedulable(self) -> bool:
         return bool(self.inventory.unschedulable)
 
-    def set_template_hash(self, template_hash: str) -> None:
-        """A new pod template (an upgrade): idle pods of the old one get replaced."""
-        self.inventory.set_template_hash(template_hash)
-
     @property
     def capacity_blocked(self) -> bool:
         return self.cap_blocked or self.unschedulable
@@ -551,7 +547,7 @@ class Pool:
         """The warm pool's size now (prewarm.py); idle pods beyond it are let go, and
         a deadline wakes the pool when the target may next change on its own."""
         target = self.prewarm.decide(now).target
-        for _ in range(self.prewarm.excess_idle(len(self.idle), len(self.waiting))):
+        for _ in range(self.prewarm.excess_idle(len(self.idle), len(self.waiting), now)):
             self._delete_pod(self.pods[next(iter(self.idle))], now)  # the oldest first
         due = self.prewarm.next_change(now)
         if due is not None and (due < self._prewarm_due or self._prewarm_due <= now):

@@ -61,7 +61,14 @@ class Prewarm:
         self.adaptive = self.settings.policy is PrewarmPolicy.ADAPTIVE
         self._arrivals: deque[float] = deque()  # within the long window, oldest first
         self._startups: deque[float] = deque(maxlen=STARTUP_SAMPLES)
-        self.current = self.decide(0.0)
+        self._started_at: float | None = None  # the first decision: history begins
+        if self.adaptive:
+            floor = min(self.settings.min, limits.max_total_jobs)
+            self.current = PrewarmTarget(PrewarmPolicy.ADAPTIVE, floor, "no decision yet")
+        else:
+            self.current = PrewarmTarget(
+                PrewarmPolicy.STATIC, limits.prewarm_pool_size, "static: prewarmPoolSize"
+            )
 
     def arrival(self, now: float) -> None:
         """A new session was asked for (warm, cold or refused alike: it is demand)."""
@@ -80,13 +87,12 @@ class Prewarm:
 
     def decide(self, now: float) -> PrewarmTarget:
         """The target now; kept in ``current`` for GET /pool and the metric."""
-        limits = self.limits
         if not self.adaptive:
-            self.current = PrewarmTarget(
-                PrewarmPolicy.STATIC, limits.prewarm_pool_size, "static: prewarmPoolSize"
-            )
-            return self.current
+            return self.current  # prewarm_pool_size, always
+        limits = self.limits
         settings = self.settings
+        if self._started_at is None:
+            self._started_at = now
         arrivals = self._arrivals
         while arrivals and arrivals[0] + settings.long_window <= now:
             arrivals.popleft()
@@ -119,10 +125,15 @@ class Prewarm:
             changes.append(arrivals[first_recent] + settings.short_window)
         return min(changes)
 
-    def excess_idle(self, idle: int, waiting: int) -> int:
-        """Warm pods beyond the target that may be let go: only adaptive sheds, and
-        never while anyone waits (a waiter would take the pod)."""
-        if not self.adaptive or waiting:
+    def excess_idle(self, idle: int, waiting: int, now: float) -> int:
+        """Warm pods beyond the target that may be let go: only adaptive sheds, never
+        while anyone waits (a waiter would take the pod), and not before one long
+        window of history: a new leader knows no arrivals yet, and keeps the warm
+        pods it took over (DESIGN invariant 7) until it has seen the traffic."""
+        started = self._started_at
+        if not self.adaptive or waiting or started is None:
+            return 0
+        if now < started + self.settings.long_window:
             return 0
         return max(0, idle - self.current.target)
 
