@@ -9,12 +9,12 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox_controller.model import Limits, Outcome, PodState, PrewarmPolicy, PrewarmSettings
+from sandbox_controller.model import Limits, Outcome, Pod, PodState, PrewarmPolicy, PrewarmSettings
 from sandbox_controller.scheduler.prewarm import Prewarm, poisson_quantile
 from sandbox_controller.sim.simulate import Simulation, Startup, simulate
 from sandbox_controller.sim.trace import EventKind, TraceEvent
 
-from .harness import Harness, limits_with
+from .harness import TEMPLATE, Harness, limits_with
 
 ADAPTIVE = PrewarmSettings(PrewarmPolicy.ADAPTIVE, min=1, max=10)
 
@@ -158,3 +158,16 @@ def test_adaptive_never_refuses_for_capacity_where_static_would_not(
         until=until,
     )
     assert sized.requests[Outcome.CAPACITY] <= static.requests[Outcome.CAPACITY]
+
+
+def test_a_new_leader_keeps_the_warm_pods_it_took_over_until_it_has_seen_traffic() -> None:
+    h = Harness(adaptive(), now=1000.0)
+    for i in range(5):
+        h.pool.restore_pod(Pod(f"warm-{i}", PodState.IDLE, 900.0, TEMPLATE, ready_at=910.0))
+    h.tick()
+    assert h.deleted == [] and len(h.pool.idle) == 5  # no history yet: nothing shed
+    h.advance(ADAPTIVE.long_window - 1)
+    assert h.deleted == []
+    h.advance(2.0)  # a long window with no arrival at all: down to min
+    assert sorted(h.deleted) == ["warm-0", "warm-1", "warm-2", "warm-3"]
+    assert list(h.pool.idle) == ["warm-4"]
