@@ -3,9 +3,11 @@ picture ``--plot`` draws."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,19 @@ import yaml
 from matplotlib import pyplot as plt
 
 from sandbox_controller.cli import main
-from sandbox_controller.model import Outcome, PodState, PrewarmPolicy, PrewarmSettings
+from sandbox_controller.model import (
+    EndReason,
+    Outcome,
+    PodState,
+    PrewarmPolicy,
+    PrewarmSettings,
+    Session,
+    SessionState,
+)
 from sandbox_controller.sim.report import PLOT_DPI, PLOT_SIZE, draw, series
 from sandbox_controller.sim.simulate import Startup, simulate
 from sandbox_controller.sim.trace import SynthModel, read_trace, synth, write_trace
+from sandbox_controller.store import Batch, Store
 from tests.scheduler.harness import limits_with
 
 from .test_simulate import TRACE
@@ -189,3 +200,29 @@ def test_plan_from_a_trace_recommends_values_that_meet_the_target(
     result = simulate(read_trace(io.StringIO(day_file.read_text())), limits, Startup(20.0))
     assert result.warm_hit_rate >= 0.99
     assert result.requests[Outcome.CAPACITY] == 0
+
+
+def test_trace_export_writes_the_stores_sessions_as_csv(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+    now = time.time()
+
+    async def fill() -> None:
+        store = Store.open(url)
+        await store.migrate()
+        ended = Session("s1", "ann", "a", SessionState.ENDED, now - 600, now - 500)
+        ended.end_reason, ended.ended_at = EndReason.DELETED, now - 400
+        live = Session("s2", "ben", "b", SessionState.READY, now - 300, now - 300)
+        await store.write(Batch(sessions=[ended, live]), None)
+        await store.close()
+
+    asyncio.run(fill())
+    out = tmp_path / "trace.csv"
+    assert main(["trace", "export", "--database-url", url, "--since", "1h", "-o", str(out)]) == 0
+    events = read_trace(io.StringIO(out.read_text()))
+    assert [(round(e.time), e.kind.value, e.value) for e in events] == [
+        (0, "open", ""),
+        (100, "activity", ""),
+        (200, "close", "deleted"),
+        (300, "open", ""),
+    ]
+    assert {e.user for e in events}.isdisjoint({"ann", "ben"})
