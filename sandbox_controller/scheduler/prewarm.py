@@ -71,7 +71,8 @@ class Prewarm:
             )
 
     def arrival(self, now: float) -> None:
-        """A new session was asked for (warm, cold or refused alike: it is demand)."""
+        """A new session needs a pod (served warm or cold, or refused for capacity
+        alike: it is demand; a 429 is not, since the user's own limit refused it)."""
         if self.adaptive:
             self._arrivals.append(now)
 
