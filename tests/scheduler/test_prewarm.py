@@ -15,6 +15,8 @@ from sandbox_controller.sim.simulate import Simulation, Startup, simulate
 from sandbox_controller.sim.trace import EventKind, TraceEvent
 
 from .harness import TEMPLATE, Harness, limits_with
+from .test_pool_properties import LIMITS as PROPERTY_LIMITS
+from .test_pool_properties import PoolMachine
 
 ADAPTIVE = PrewarmSettings(PrewarmPolicy.ADAPTIVE, min=1, max=10)
 
@@ -171,3 +173,19 @@ def test_a_new_leader_keeps_the_warm_pods_it_took_over_until_it_has_seen_traffic
     h.advance(2.0)  # a long window with no arrival at all: down to min
     assert sorted(h.deleted) == ["warm-0", "warm-1", "warm-2", "warm-3"]
     assert list(h.pool.idle) == ["warm-4"]
+
+
+class AdaptivePoolMachine(PoolMachine):
+    """The pool's invariants (test_pool_properties.py), checked after every step, with
+    the adaptive policy deciding the warm pool."""
+
+    limits = replace(
+        PROPERTY_LIMITS,
+        prewarm=PrewarmSettings(PrewarmPolicy.ADAPTIVE, 0, 5, short_window=60, long_window=600),
+    )
+
+
+TestAdaptivePoolInvariants = AdaptivePoolMachine.TestCase
+TestAdaptivePoolInvariants.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
