@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -88,7 +89,8 @@ def problem(exc: SandboxError) -> Problem:
 def error_response(problem: Problem) -> JSONResponse:
     headers = {}
     if problem.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(problem.retry_after)))
+        # Rounded up: a client that waits what it is told must not come back too early.
+        headers["Retry-After"] = str(max(1, math.ceil(problem.retry_after)))
     if problem.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
