@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sandbox_controller.cli import DEV_CREDENTIALS, _dev_credentials, build_parser, main
@@ -202,3 +203,59 @@ def test_dev_keeps_its_credentials_in_the_state_dir(
     assert chosen.api_token == "from-the-environment"
     assert chosen.token_secret == first.token_secret
     assert "from-the-environment" not in kept.read_text()
+
+
+@pytest.mark.slow
+def test_a_session_token_survives_a_restart_of_dev(tmp_path: Path) -> None:
+    from .test_client import free_port
+
+    port, proxy_port = free_port(), free_port()
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET")
+        },
+        "SANDBOX_STATE_DIR": str(tmp_path / "state"),
+        "SANDBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/s.db",
+        "SANDBOX_PREWARM_POOL_SIZE": "1",
+        "SANDBOX_LOG_LEVEL": "warning",
+    }
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox_controller.cli", "dev",
+             "--port", str(port), "--proxy-port", str(proxy_port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:  # dev prints its API token once it is serving
+            if line.strip().startswith("API token"):
+                return proc, line.split()[-1]
+        raise AssertionError(f"dev exited ({proc.wait()}) without printing its API token")
+
+    def stop(proc: subprocess.Popen[str]) -> None:
+        proc.terminate()
+        proc.wait(30)
+
+    first, api_token = start()
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {api_token}"}
+        ) as api:
+            session = api.post("/sessions", json={"user_id": "u", "thread_id": "t"}).json()
+    finally:
+        stop(first)
+    connect = session["connect"]
+
+    second, api_token_again = start()
+    try:
+        assert api_token_again == api_token
+        with httpx.Client(headers={"Authorization": f"Bearer {api_token}"}) as http:
+            assert http.get(f"http://127.0.0.1:{port}/sessions/{session['id']}").status_code == 200
+            # The session token still verifies: the proxy knows it, the session is what
+            # ended (dev stops its sandboxes when it stops), not the token.
+            again = httpx.get(connect["url"], headers={"X-Sandbox-Token": connect["token"]})
+            assert again.status_code in (200, 410), again.text
+    finally:
+        stop(second)
