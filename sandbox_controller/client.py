@@ -248,22 +248,29 @@ class AsyncSandboxClient:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
         provisioning; raises the error for the code when it gives up."""
         deadline = time.monotonic() + (self.ready_within if ready_within is None else ready_within)
-        body = {"user_id": user_id, "thread_id": thread_id, "wait_seconds": wait_seconds}
         attempt = 0
         while True:
+            # The server waits no longer than the caller will.
+            left = max(0.0, deadline - time.monotonic())
+            body = {
+                "user_id": user_id,
+                "thread_id": thread_id,
+                "wait_seconds": min(wait_seconds, left),
+            }
             try:
                 response = await self._call("POST", "/sessions", json=body)
                 break
             except SandboxAPIError as exc:
-                wait = self._backoff.delay(attempt, exc.retry_after)
+                retry_after = exc.retry_after or 0.0
                 if (
                     exc.status not in RETRIED
                     or attempt >= self.max_retries
-                    or wait > self.max_retry_wait
+                    or retry_after > self.max_retry_wait
                 ):
                     raise
+            # Retry-After is a floor under the backoff, honoured up to max_retry_wait.
+            await self._clock.sleep(max(self._backoff.delay(attempt), retry_after))
             attempt += 1
-            await self._clock.sleep(wait)
         opened = Opened(Session.from_json(response.json()), response.status_code == 201)
         session = await self._until_ready(opened.session, deadline)
         return Opened(session, opened.created)
