@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ..conftest import sandbox_processes
 from ..eventually import eventually
 from ..test_client import free_port
 
@@ -35,10 +37,11 @@ pytestmark = pytest.mark.slow
 class Served:
     def __init__(self, tmp: Path) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
+        self.state_dir = str(tmp / "state")
         env = {
             **os.environ,
             "SANDBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/sandbox.db",
-            "SANDBOX_STATE_DIR": str(tmp / "state"),
+            "SANDBOX_STATE_DIR": self.state_dir,
             "SANDBOX_PORT": self.url.rsplit(":", 1)[1],
             "SANDBOX_API_TOKEN": TOKEN,
             "SANDBOX_TOKEN_SECRET": "openapi-test-secret",
@@ -69,6 +72,10 @@ class Served:
         self.proc.terminate()
         self.proc.wait(30)
         self.log.close()
+        # `serve` leaves its sandboxes running for the next leader to adopt; this test
+        # has none, so it stops them (each inherited this server's state dir).
+        for pid in sandbox_processes(self.state_dir):
+            os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
