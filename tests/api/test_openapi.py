@@ -98,6 +98,7 @@ def test_schemathesis_finds_nothing_untrue(served: Served, tmp_path: Path) -> No
          "--header", f"Authorization: Bearer {TOKEN}",
          "--checks", "all", "--max-examples", "10", "--seed", "1",
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "60",
+         "--generation-database", "none",
          "--report-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
