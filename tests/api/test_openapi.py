@@ -100,7 +100,7 @@ def test_schemathesis_finds_nothing_untrue(served: Served, tmp_path: Path) -> No
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "60",
          "--generation-database", "none",
          "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its caches go there
     )  # fmt: skip
     # On failure, the findings (long request bodies cut short), not the whole log.
     findings = [line[:300] for line in result.stdout.splitlines() if line.strip()]
