@@ -19,6 +19,9 @@ from .model import Limits, PrewarmPolicy, PrewarmSettings
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
@@ -119,6 +122,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
+        return value.lower()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
