@@ -71,7 +71,8 @@ def upstream_headers(
     out.append(("x-forwarded-proto", "https" if scope.get("scheme") == "wss" else "http"))
     if host:
         out.append(("x-forwarded-host", host))
-    out.append(("x-forwarded-prefix", prefix))
+    if prefix:
+        out.append(("x-forwarded-prefix", prefix))
     return out
 
 
@@ -114,6 +115,7 @@ class Relay:
         self.send = send
         self.pod = pod
         self.mark = mark
+        self.bytes_relayed = 0  # message bytes, both ways, for the access log
         self._stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def shutdown(self) -> None:
@@ -161,7 +163,9 @@ class Relay:
             if kind == "websocket.receive":
                 mark()
                 text = message.get("text")
-                await pod.send(text if text is not None else message.get("bytes") or b"")
+                data = text if text is not None else message.get("bytes") or b""
+                self.bytes_relayed += len(data)
+                await pod.send(data)
             elif kind == "websocket.disconnect":
                 return message.get("code", 1005), message.get("reason") or ""
 
@@ -170,6 +174,7 @@ class Relay:
         try:
             async for data in self.pod:
                 mark()
+                self.bytes_relayed += len(data)
                 if isinstance(data, str):
                     await send({"type": "websocket.send", "text": data})
                 else:
