@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import websockets
 from websockets.asyncio.client import connect
@@ -114,16 +116,29 @@ async def test_cookie_is_set_then_used_alone_for_http_and_websocket(stack: Stack
     assert resp.status_code == 403
 
 
-async def test_websocket_upgrades_are_refused_with_http_codes(stack: Stack) -> None:
+async def test_websocket_upgrades_are_refused_with_http_codes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     stack.session("sess-a")
     other = stack.session("sess-b")
     for url, headers, expected in [
         ("/s/sess-a/ws", {}, 401),
         ("/s/sess-a/ws", {"x-sandbox-token": other}, 403),
         ("/s/sess-a/ws", {"x-sandbox-token": token_for("sess-a", ttl=-1)}, 401),
+        ("/elsewhere", {}, 404),
     ]:
         with pytest.raises(websockets.InvalidStatus) as info:
             async with connect(stack.ws_base + url, additional_headers=headers):
                 pass
         assert info.value.response.status_code == expected
     assert stack.sandbox.count == 0
+    # Quiet and honest: one INFO line per refusal with its status and code, no ERROR.
+    refusals = [r.getMessage() for r in caplog.records if "refused a WebSocket" in r.message]
+    assert [m.split(": ")[-1] for m in refusals] == [
+        "401 unauthorized",
+        "403 forbidden",
+        "401 unauthorized",
+        "404 not_found",
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
