@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from sandbox_controller.serving import EdgeLimits, Listener, bind, make_server
+from proxy import ProxyProcess
+from sandbox_controller.config import Settings
+from sandbox_controller.serving import EdgeLimits, Listener, bind, make_server, serve
+
+from .conftest import ControllerFactory
 
 from .eventually import eventually
 
@@ -187,3 +191,25 @@ def test_a_head_not_finished_in_time_is_closed_while_others_are_served() -> None
     assert served_meanwhile == b"HTTP/1.1 200 OK"
     assert ends == [b""] * 500  # every trickling connection was closed by the server
     assert served_after == b"HTTP/1.1 200 OK"
+
+
+async def test_both_servers_answer_a_1mb_head_with_431(start_controller: ControllerFactory) -> None:
+    controller = await start_controller(prewarm_pool_size=0, max_header_bytes=32 * 1024)
+    proxy = ProxyProcess(
+        Settings(token_secret="s", proxy_port=0, log_level="warning"), drain_timeout=1
+    )
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(proxy, stop, started.set))
+    await asyncio.wait_for(started.wait(), 10)
+    try:
+        controller_port = int(controller.url.rpartition(":")[2])
+        for port in (controller_port, proxy.port):
+            status, answer = await send_head(port, big_head(1024 * 1024))
+            assert status == b"HTTP/1.1 431 Request Header Fields Too Large", port
+            assert b'{"error": {"code": "header_too_large"' in answer
+        # The controller's own limit is its setting: 40 KiB is over its 32 KiB.
+        status, _ = await send_head(controller_port, big_head(40 * 1024))
+        assert status.startswith(b"HTTP/1.1 431")
+    finally:
+        stop.set()
+        await task
