@@ -93,7 +93,9 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     """The status line and the body of one answer (content-length framed)."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     length = next(
-        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if b"content-length" in line
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if b"content-length" in line
     )
     body = await asyncio.wait_for(reader.readexactly(length), 10)
     return head.split(b"\r\n")[0], head + body

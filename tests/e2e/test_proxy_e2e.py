@@ -175,9 +175,10 @@ async def test_dev_serves_curl_and_websockets_through_its_proxy_then_stops_clean
         # The cookie set for the query token carries the next request, as in a browser.
         # A write by cookie comes from a page of the proxy's own origin (test_origin.py).
         origin = f"Origin: http://127.0.0.1:{dev.proxy_port}"
-        assert await curl(
-            "-b", jar, "-H", origin, "--data-binary", "by cookie", url + "echo"
-        ) == (200, "by cookie")
+        assert await curl("-b", jar, "-H", origin, "--data-binary", "by cookie", url + "echo") == (
+            200,
+            "by cookie",
+        )
         status, text = await curl("--data-binary", "no token", url + "echo")
         assert status == 401, text
 

@@ -110,7 +110,9 @@ async def test_huge_heads_get_431_and_leave_memory_at_its_baseline() -> None:
         async with httpx.AsyncClient(trust_env=False) as client:
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
         baseline = status_kib(proc.pid, "VmRSS")
-        statuses = await asyncio.gather(*(send_huge_head(port, 80 * 1024 * 1024) for _ in range(20)))
+        statuses = await asyncio.gather(
+            *(send_huge_head(port, 80 * 1024 * 1024) for _ in range(20))
+        )
         assert set(statuses) == {b"HTTP/1.1 431 Request Header Fields Too Large"}
         growth_mib = (status_kib(proc.pid, "VmRSS") - baseline) / 1024
         print(f"proxy RSS after 20 x 80 MB heads: {growth_mib:+.1f} MiB from baseline")
