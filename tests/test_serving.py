@@ -14,7 +14,6 @@ from sandbox_controller.config import Settings
 from sandbox_controller.serving import EdgeLimits, Listener, bind, make_server, serve
 
 from .conftest import ControllerFactory
-
 from .eventually import eventually
 
 # nginx's keepalive_timeout and the common cloud load balancers' idle timeout.
