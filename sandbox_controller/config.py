@@ -7,6 +7,7 @@ backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -184,9 +185,14 @@ class KubeOptions:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus overrides; ConfigError names the bad variable."""
+    """Settings from the environment plus overrides; ConfigError names the bad variable.
+
+    With ``SANDBOX_SECRETS_DIR`` set, a setting may also come from a file there named
+    after its variable in lower case (``sandbox_token_secret``): the chart mounts secrets
+    as files, so they are never in the environment. The environment wins over a file."""
+    secrets_dir = os.environ.get("SANDBOX_SECRETS_DIR") or None
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
