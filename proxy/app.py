@@ -39,7 +39,7 @@ from .metrics import ProxyMetrics
 from .paths import Target, host_target, parse_target
 from .routes import RouteCache
 from .upstream import DialTimeout, UpstreamError, UpstreamPool
-from .websocket import Relay, dial, upstream_headers
+from .websocket import Relay, upstream_headers
 
 log = logging.getLogger(__name__)
 # One line per request or WebSocket, secrets never in it (paths are logged without query).
@@ -289,8 +289,14 @@ class ProxyApp:
             query = strip_query_token(scope["query_string"])
             path = target.upstream_path.decode("latin-1")
             headers = upstream_headers(scope, prefix.decode("latin-1"), _strip_auth)
+            activity = self.activity
+
+            def mark() -> None:
+                activity.mark(session_id)
+
+            relay = Relay(mark)
             try:
-                pod = await dial(
+                await relay.dial(
                     address,
                     path + "?" + query.decode("latin-1") if query else path,
                     headers,
@@ -301,30 +307,21 @@ class ProxyApp:
                 if err.status in (502, 504):
                     self._forget(target.session_id, address)
                 raise
-            activity = self.activity
-
-            def mark() -> None:
-                activity.mark(session_id)
-
-            await send(
-                {
-                    "type": "websocket.accept",
-                    "subprotocol": pod.subprotocol,
-                    "headers": cookie,
-                }
-            )
         except ProxyError as err:
             self.metrics.request(err.status)
             log.info(
-                "refused a WebSocket upgrade for session %s: %d %s",
-                session_id,
-                err.status,
-                err.code,
+                "refused a WebSocket upgrade for session %s: %d %s", session_id, err.status, err.code
             )
             await _deny(scope, send, err)
             return
+        try:
+            accept = {"type": "websocket.accept", "subprotocol": relay.subprotocol}
+            await send({**accept, "headers": cookie})
+            relay.join(send)  # at once: from here bytes pass socket to socket
+        except BaseException:
+            relay.abort()
+            raise
         self.metrics.request(101)
-        relay = Relay(receive, send, pod, mark)
         self._relays.add(relay)
         self._relays_done.clear()
         self.metrics.websockets_open.inc()
