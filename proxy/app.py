@@ -310,7 +310,10 @@ class ProxyApp:
         except ProxyError as err:
             self.metrics.request(err.status)
             log.info(
-                "refused a WebSocket upgrade for session %s: %d %s", session_id, err.status, err.code
+                "refused a WebSocket upgrade for session %s: %d %s",
+                session_id,
+                err.status,
+                err.code,
             )
             await _deny(scope, send, err)
             return

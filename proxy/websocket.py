@@ -163,9 +163,6 @@ class _Side(asyncio.Protocol):
         assert self.peer.transport is not None
         self.peer.transport.write(data)
 
-    def eof_received(self) -> bool | None:
-        return None  # close; connection_lost follows
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.relay.side_lost(self)

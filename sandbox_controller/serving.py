@@ -113,18 +113,6 @@ def bind(host: str, port: int) -> socket.socket:
 KEEP_ALIVE_SECONDS = 75
 
 
-def make_server(app: Any, *, log_level: str = "info", **options: Any) -> Server:
-    config = uvicorn.Config(
-        app,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        **options,
-    )
-    return Server(config)
-
-
 @dataclass(frozen=True)
 class EdgeLimits:
     """What one server process accepts from clients it has not yet authenticated."""

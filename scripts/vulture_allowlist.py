@@ -23,6 +23,9 @@ _.proxy_headers
 # serve(); our Server overrides the latter (serving.py, kubesim/cluster.py).
 _.should_exit
 _.capture_signals
+# uvicorn.Server.startup/shutdown use the lifespan that serve() would have set
+# (serving.Listener and kubesim/cluster.py run startup/main_loop/shutdown themselves).
+_.lifespan
 
 # prometheus_client calls collect() on every registered collector (metrics.py).
 _.collect
@@ -35,7 +38,20 @@ _.tb
 # kubesim's faults and read its call log, and wait for a scheduler round to settle.
 _.ManualClock
 _.advance
+# kubesim's call log names each caller (the HA drills' witness, tests/e2e/ha), and the
+# drills write one kubeconfig per replica.
+_.user_agent
+_.kubeconfig_for
+_.until_sleeping
 _.set_faults
 _.count_calls
 _.pod_body
 _.settle
+
+# How many times the Kubernetes backend relisted (after 410 Gone): tests wait on it to
+# see a resync happen (tests/backends/test_kubernetes.py).
+_.relists
+
+# asyncio calls a protocol's flow-control callbacks (proxy/websocket.py's relay sides).
+_.pause_writing
+_.resume_writing

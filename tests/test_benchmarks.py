@@ -15,6 +15,7 @@ import pytest
         "benchmarks.bench_app",
         "benchmarks.proxy_bench",
         "benchmarks.kube_bench",
+        "benchmarks.failover_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

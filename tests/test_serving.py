@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from proxy import ProxyProcess
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import EdgeLimits, Listener, bind, make_server, serve
+from sandbox_controller.serving import EdgeLimits, Listener, bind, serve
 
 from .conftest import ControllerFactory
 from .eventually import eventually
@@ -59,12 +59,12 @@ async def keep_alive_story() -> tuple[bytes, bytes, bytes]:
     assert isinstance(loop, ShiftedLoop)
     app = FastAPI()
     app.get("/ping")(lambda: "pong")
-    server = make_server(app, log_level="warning")
-    sock = bind("127.0.0.1", 0)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    listener = Listener(app, bind("127.0.0.1", 0), limits=LIMITS, log_level="warning")
+    stop = asyncio.Event()
+    await listener.start()
+    task = asyncio.create_task(listener.run(stop))
     try:
-        await eventually(lambda: server.started, what="the server to start")
-        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        reader, writer = await asyncio.open_connection(*listener.sock.getsockname())
         first = await request(reader, writer)
         await idle_for(loop, LOAD_BALANCER_IDLE_SECONDS + 1)
         after_a_minute = await request(reader, writer)
@@ -73,8 +73,9 @@ async def keep_alive_story() -> tuple[bytes, bytes, bytes]:
         writer.close()
         return first, after_a_minute, after_an_hour
     finally:
-        server.should_exit = True
+        stop.set()
         await task
+        await listener.drain()
 
 
 def test_an_idle_connection_outlives_the_load_balancers_and_clients_in_front() -> None:

@@ -14,6 +14,7 @@ from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound
 from ..model import Outcome, PoolStatus, SessionView
 from ..scheduler.loop import Scheduler
+from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import Unauthorized, install_error_handlers
 from .schemas import ActivityReport, CreateSession, pool_json, session_json
@@ -29,6 +30,8 @@ def create_app(controller: Controller) -> FastAPI:
     app = FastAPI(title="agent-sandbox-controller", docs_url=None)
     app.state.controller = ctl
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY)
+    # Outermost: a control character never reaches routing, validation or the store.
+    app.add_middleware(RefuseBadBytes)
     install_error_handlers(app)
     api_token = settings.api_token
 

@@ -26,6 +26,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--termination-delay", type=float, default=0.1)
     p.add_argument("--workload", action="store_true", help="serve devsandbox at each pod IP")
     p.add_argument("--token", default="kubesim-token")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="another bearer token, recorded in the call log as NAME (repeatable)",
+    )
     p.add_argument("--history", type=int, default=10_000, help="watch history kept (events)")
     p.add_argument("--bookmark-interval", type=float, default=5.0)
     p.add_argument("--error-rate", type=float, default=0.0)
@@ -36,6 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
+
+
+def parse_users(specs: list[str]) -> dict[str, str]:
+    """``NAME=TOKEN`` options as token -> name."""
+    users = {}
+    for spec in specs:
+        name, sep, token = spec.partition("=")
+        if not sep or not name or not token:
+            raise SystemExit(f"kubesim: --user wants NAME=TOKEN, got {spec!r}")
+        users[token] = name
+    return users
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -58,6 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
         workload=args.workload,
         faults=faults,
         token=args.token or None,
+        users=parse_users(args.user),
         history_limit=args.history,
         bookmark_interval=args.bookmark_interval,
         kubeconfig=args.kubeconfig,

@@ -1,16 +1,21 @@
 """The simulated control plane: a scheduler that places pods by CPU and memory
 requests, a kubelet that starts them after a delay, and node lifecycle.
 
-Each running pod gets its own loopback address (127.1.0.1 upward), and optionally a
-devsandbox listening there on the pod port, so traffic reaches a pod as in a cluster.
+Each running pod gets its own loopback address in 127.1.0.1-127.255.255.254, and
+optionally a devsandbox listening there on the pod port, so traffic reaches a pod as in
+a cluster. Two kubesims may run on one machine (parallel test runs, a benchmark beside
+the suite): each starts allocating at its own random point of that range, and with
+workloads an address whose pod port is already taken is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import random
 import socket
 import time
 from collections import Counter
@@ -25,6 +30,9 @@ log = logging.getLogger(__name__)
 POD_PORT = 8080
 _FIRST_POD_IP = int(ipaddress.IPv4Address("127.1.0.1"))
 _LAST_POD_IP = int(ipaddress.IPv4Address("127.255.255.254"))
+# Addresses tried for one pod before giving up: only a listener on the pod port of every
+# loopback address (a wildcard bind) takes this many.
+_BIND_ATTEMPTS = 256
 
 
 def pod_requests(pod: Obj) -> tuple[int, int]:
@@ -79,7 +87,8 @@ class Cluster:
         self.termination_delay = termination_delay
         self.workload = workload
         self._wake = asyncio.Event()
-        self._next_ip = _FIRST_POD_IP
+        # Random, never seeded: two kubesims with the same seed must still not collide.
+        self._next_ip = random.SystemRandom().randint(_FIRST_POD_IP, _LAST_POD_IP)
         self._servers: dict[str, Any] = {}  # pod uid -> uvicorn.Server
         self._starting: dict[str, asyncio.Task[Any]] = {}
         # Kept up to date from every change, so a scheduling pass costs what is pending,
@@ -294,12 +303,13 @@ class Cluster:
             pod = self._current(ns, name, uid)
             if pod is None:
                 return
-            ip = self._allocate_ip()
             if self.workload:
-                await self._serve(uid, ip)
+                ip = await self._serve(uid)
                 if self._current(ns, name, uid) is None:  # deleted while we bound the port
                     await self._stop_server(uid)
                     return
+            else:
+                ip = self._allocate_ip()
             self.store.mutate("pods", ns, name, lambda p: self._running(p, ip))
         finally:
             self._starting.pop(uid, None)
@@ -327,15 +337,31 @@ class Cluster:
             for c in pod["spec"].get("containers", [])
         ]
 
-    async def _serve(self, uid: str, ip: str) -> None:
+    def _bind_pod_port(self) -> tuple[str, socket.socket]:
+        """The next address whose pod port is free, bound (another kubesim, or anything
+        else on this machine, may hold some)."""
+        for _ in range(_BIND_ATTEMPTS):
+            ip = self._allocate_ip()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((ip, POD_PORT))
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                log.info("pod address %s:%d is taken, skipping it", ip, POD_PORT)
+                continue
+            sock.listen(128)
+            return ip, sock
+        raise OSError(errno.EADDRINUSE, f"port {POD_PORT} taken on {_BIND_ATTEMPTS} addresses")
+
+    async def _serve(self, uid: str) -> str:
         import uvicorn
 
         from ..devsandbox import build_app
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((ip, POD_PORT))
-        sock.listen(128)
+        ip, sock = self._bind_pod_port()
         config = uvicorn.Config(
             build_app(),
             log_level="warning",
@@ -351,6 +377,7 @@ class Cluster:
         # signal handlers, which is not ours to do for a hundred simulated pods.
         await server.startup(sockets=[sock])
         self._servers[uid] = server
+        return ip
 
     async def _stop_server(self, uid: str) -> None:
         server = self._servers.pop(uid, None)
@@ -444,5 +471,6 @@ class Cluster:
         return crashed
 
     async def close(self) -> None:
-        for uid in list(self._servers):
-            await self._stop_server(uid)
+        # All at once: each uvicorn shutdown polls every 0.1 s, so one after another
+        # took 30 s for 300 pods, far past a SIGTERM's grace.
+        await asyncio.gather(*(self._stop_server(uid) for uid in list(self._servers)))

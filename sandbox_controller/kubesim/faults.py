@@ -83,4 +83,8 @@ class CallRecord:
     verb: str  # list, watch, get, create, update, patch, delete, discovery, admin, other
     resource: str
     status: int = 0  # 0 while a watch is still streaming its headers
-    at: float = 0.0
+    at: float = 0.0  # wall-clock time the call arrived (time.time())
+    # Who called: the name of the bearer token's user ("" for none or an unknown token),
+    # so a test with several controllers can tell which one wrote what, and when.
+    user: str = ""
+    user_agent: str = ""

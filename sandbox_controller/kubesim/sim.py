@@ -57,6 +57,7 @@ class KubeSim:
         workload: bool = False,
         faults: Faults | None = None,
         token: str | None = "kubesim-token",
+        users: dict[str, str] | None = None,
         require_auth: bool = False,
         history_limit: int = 10_000,
         bookmark_interval: float = 5.0,
@@ -67,6 +68,10 @@ class KubeSim:
         self.port = port
         self.namespace = namespace
         self.token = token
+        # Bearer token -> user name, recorded with each call (the default token is
+        # "kubesim"); with require_auth, any other token is refused.
+        self.users: dict[str, str] = {token: "kubesim"} if token else {}
+        self.users.update(users or {})
         self.require_auth = require_auth
         self.faults = faults or Faults()
         self.bookmark_interval = bookmark_interval
@@ -86,7 +91,6 @@ class KubeSim:
         self.store.listeners.append(self._count_pods)
         self._initial_nodes = (nodes, node_cpu, node_memory)
         self._runner: web.AppRunner | None = None
-        self._cutter: asyncio.Task[Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -134,6 +138,17 @@ class KubeSim:
     def write_kubeconfig(self, path: str | Path) -> Path:
         self.kubeconfig_path = write_kubeconfig(path, self.url, self.token or "", self.namespace)
         return self.kubeconfig_path
+
+    def kubeconfig_for(self, user: str, token: str, path: str | Path) -> Path:
+        """A kubeconfig of a user of its own, so the call log tells its calls apart."""
+        self.users[token] = user
+        return write_kubeconfig(path, self.url, token, self.namespace)
+
+    def user_of(self, authorization: str | None) -> str:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return ""
+        return self.users.get(token.strip(), "")
 
     # -- knobs -------------------------------------------------------------------------
 
@@ -194,9 +209,11 @@ class KubeSim:
 
     def stats(self) -> dict[str, Any]:
         by_call = Counter(f"{c.verb} {c.resource} {c.status}".strip() for c in self.calls)
+        by_user = Counter(c.user for c in self.calls)
         return {
             "calls": len(self.calls),
             "by_call": dict(sorted(by_call.items())),
+            "by_user": dict(sorted(by_user.items())),
             "max_pods_seen": self.max_pods_seen,
             "pods": self.store.count("pods"),
             "nodes": self.store.count("nodes"),
@@ -241,6 +258,9 @@ class KubeSim:
             return self.stats()
         if action == "calls" and method == "GET":
             return [c.__dict__ for c in self.calls]
+        if action == "users" and method == "POST":
+            self.users[str(body["token"])] = str(body["name"])
+            return {"users": sorted(set(self.users.values()))}
         if action == "faults" and method == "GET":
             return self.faults.as_dict()
         if action == "faults" and method == "POST":

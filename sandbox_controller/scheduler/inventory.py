@@ -50,11 +50,6 @@ class PodInventory:
         else:
             self.unschedulable.discard(pod.name)
 
-    def set_template_hash(self, template_hash: str) -> None:
-        self.template_hash = template_hash
-        self.stale_idle.clear()
-        self.stale_idle.update(n for n in self.idle if self.pods[n].template_hash != template_hash)
-
     def oldest_fresh_idle(self) -> Pod | None:
         """The idle pod to hand out next: the oldest of the current template."""
         for name in self.idle:

@@ -106,10 +106,6 @@ class Pool:
     def unschedulable(self) -> bool:
         return bool(self.inventory.unschedulable)
 
-    def set_template_hash(self, template_hash: str) -> None:
-        """A new pod template (an upgrade): idle pods of the old one get replaced."""
-        self.inventory.set_template_hash(template_hash)
-
     @property
     def capacity_blocked(self) -> bool:
         return self.cap_blocked or self.unschedulable

@@ -63,7 +63,9 @@ EXPECTED_RULES = {
 }
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "monitoring", "hardened-sandbox", "ingress"])
+@pytest.mark.parametrize(
+    "scenario", ["defaults", "monitoring", "hardened-sandbox", "ingress", "existing-secrets"]
+)
 def test_lint_strict(helm: str, tmp_path: Path, scenario: str) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(SCENARIOS[scenario]))
@@ -202,15 +204,24 @@ def test_controller_mounts_the_pod_template_it_is_told_about(render: Render) -> 
     assert "pod-template.yaml" in configmap["data"]
 
 
+def controller_budgets(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-controller")
+    ]
+
+
 def test_controller_command_probes_and_strategy(render: Render) -> None:
     deployment = find(render(), "Deployment", "-controller")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["serve"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The defaults have no database: SQLite, one writer, so one replica replaced by Recreate.
     assert deployment["spec"]["replicas"] == 1
-    # A rolling update would hang: the new pod stays an unready standby while the old leads.
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not controller_budgets(render())
 
 
 def test_proxy_is_wired_to_the_controller(render: Render) -> None:
@@ -461,6 +472,39 @@ def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> Non
         "api-token": "kept-api-token",
         "token-secret": "kept-signing-secret",
     }
+
+
+PG = {"url": "postgresql+asyncpg://u:p@pg:5432/s"}
+
+
+@pytest.mark.parametrize(
+    "database", [PG, {"existingSecret": "pg", "existingSecretKey": "uri"}], ids=["url", "secret"]
+)
+def test_with_postgresql_two_controllers_roll_without_a_gap(
+    render: Render, database: dict[str, str]
+) -> None:
+    """Issue 10: a leader and a standby by default, a new replica before an old one goes,
+    and a drain that takes one controller at a time."""
+    docs = render(agent(database=database))
+    deployment = find(docs, "Deployment", "-controller")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the leader only
+    pdb = find(docs, "PodDisruptionBudget", "-controller")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_one_controller_on_postgresql_has_no_disruption_budget(render: Render) -> None:
+    """A budget over a single replica would block every node drain."""
+    docs = render(agent(controller={"replicas": 1}, database=PG))
+    assert find(docs, "Deployment", "-controller")["spec"]["replicas"] == 1
+    assert find(docs, "Deployment", "-controller")["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert not controller_budgets(docs)
 
 
 def test_second_controller_replica_is_a_standby_on_a_shared_database(render: Render) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sandbox_controller.kubesim import KubeSim
@@ -193,3 +195,28 @@ async def test_injected_429_and_admin_endpoint(core: client.CoreV1Api, sim: Kube
     assert stats["by_call"]["list pods 429"] == 1
     assert stats["by_call"]["create pods 201"] == 1
     assert stats["max_pods_seen"] == 1
+
+
+async def test_call_log_names_each_caller(sim: KubeSim, tmp_path: Path) -> None:
+    """Two controllers, each with a kubeconfig of its own: the log tells them apart."""
+    before = time.time()
+    for user in ("replica-a", "replica-b"):
+        path = sim.kubeconfig_for(user, f"{user}-token", tmp_path / user)
+        configuration = client.Configuration()
+        await config.load_kube_config(config_file=str(path), client_configuration=configuration)
+        async with client.ApiClient(configuration) as api:
+            await client.CoreV1Api(api).create_namespaced_pod(NS, pod_body(user))
+    creates = [(c.user, c.path, c.status) for c in sim.calls if c.verb == "create"]
+    assert creates == [
+        ("replica-a", f"/api/v1/namespaces/{NS}/pods", 201),
+        ("replica-b", f"/api/v1/namespaces/{NS}/pods", 201),
+    ]
+    assert all(before <= c.at <= time.time() and c.user_agent for c in sim.calls)
+    async with aiohttp.ClientSession(sim.url) as http:
+        async with http.get("/_kubesim/stats") as response:
+            assert (await response.json())["by_user"] == {"replica-a": 1, "replica-b": 1}
+        sim.require_auth = True
+        headers = {"Authorization": "Bearer stolen"}
+        async with http.get(f"/api/v1/namespaces/{NS}/pods", headers=headers) as response:
+            assert response.status == 401
+        assert sim.calls[-1].user == ""

@@ -269,23 +269,6 @@ def test_a_dead_pod_ends_its_session_and_the_pool_refills(how: str) -> None:
     assert pod not in h.pool.pods
 
 
-def test_idle_pods_of_an_old_template_are_replaced_assigned_ones_kept() -> None:
-    h = Harness(limits_with(prewarm_pool_size=2))
-    h.tick()
-    h.fill_pool()
-    sid = h.session_of(h.open("u", "t1"))
-    h.fill_pool()
-    held = h.pool.sessions[sid].pod_name or ""
-    old_idle = list(h.pool.idle)
-    h.pool.set_template_hash("tmpl-2")  # an upgrade
-    h.tick()
-    assert all(h.pool.pods[n].state is PodState.TERMINATING for n in old_idle)
-    assert h.pool.pods[held].state is PodState.ASSIGNED
-    h.confirm_deletes()
-    h.fill_pool()
-    assert {h.pool.pods[n].template_hash for n in h.pool.idle} == {"tmpl-2"}
-
-
 def test_a_failed_create_backs_off_before_trying_again() -> None:
     h = Harness(limits_with(prewarm_pool_size=1))
     h.tick()

@@ -5,14 +5,16 @@ checked after every step."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.backends.base import LABEL_SESSION, PodPhase, PodStatus
 from sandbox_controller.model import EndReason, PodState, SessionState
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
+from sandbox_controller.scheduler.recovery import restore
 
 from .harness import limits_with
 
@@ -36,7 +38,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.now = 1000.0
         ids = itertools.count(1)
         # Deterministic ids: hypothesis replays draws that depend on them.
-        self.pool = Pool(LIMITS, "tmpl", new_id=lambda: f"s{next(ids):04d}")
+        self.new_id = lambda: f"s{next(ids):04d}"
+        self.pool = Pool(LIMITS, "tmpl", new_id=self.new_id)
         self.platform: set[str] = set()  # pods that exist on the pretend platform
         self.creates_sent = 0
         self.deletes_sent: set[str] = set()
@@ -147,10 +150,37 @@ class PoolMachine(RuleBasedStateMachine):
             self.pool.pod_observed(status, self.now)
             self.settle()
 
+    @precondition(lambda self: self.creates_sent == 0)
     @rule()
-    def upgrade_template(self) -> None:
+    def restart_with_a_new_template(self) -> None:
+        """An upgrade: a new controller with a new pod template rebuilds from what the
+        store recorded (live sessions promised to callers, pod rows) and what the
+        platform has (recovery.restore); idle pods of the old template get replaced."""
         self.templates += 1
-        self.pool.set_template_hash(f"tmpl-{self.templates}")
+        old = self.pool
+        sessions = [
+            replace(s, requests=[])
+            for s in old.sessions.values()
+            if s.live and s.reply_deadline is None
+        ]
+        rows = [replace(p) for p in old.pods.values()]
+        statuses = []
+        for name in sorted(self.platform):
+            pod = old.pods.get(name)
+            serving = pod is not None and pod.state in (PodState.IDLE, PodState.ASSIGNED)
+            # The platform keeps the session label set at assignment, whatever the rows say.
+            labels = {LABEL_SESSION: "x"} if name in self.served_by else {}
+            phase = PodPhase.READY if serving else PodPhase.PENDING
+            statuses.append(
+                PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
+            )
+        self.pool = Pool(LIMITS, f"tmpl-{self.templates}", new_id=self.new_id)
+        restore(self.pool, sessions, rows, statuses, self.now)
+        for name, pod in self.pool.pods.items():
+            if pod.route_lease_until > self.now:  # recovery assumes every routed pod leased
+                self.leased_until[name] = max(
+                    self.leased_until.get(name, 0.0), pod.route_lease_until
+                )
         self.settle()
 
     @rule(data=st.data())
@@ -197,7 +227,7 @@ class PoolMachine(RuleBasedStateMachine):
             if pod.session_id is not None:
                 first = self.served_by.setdefault(name, pod.session_id)
                 assert first == pod.session_id, f"{name} served {first} then {pod.session_id}"
-            elif name in self.served_by:
+            elif name in self.served_by and pod.state is not PodState.TERMINATING:
                 raise AssertionError(f"{name} went back to the pool after serving a session")
         holders: dict[str, str] = {}
         for session in self.pool.sessions.values():

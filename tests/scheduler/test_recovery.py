@@ -47,3 +47,26 @@ def test_an_adopted_pod_keeps_a_lease_from_the_restart_if_its_session_ends_at_on
     assert pool.take_outbox().deletes == []
     pool.tick(NOW + ROUTE_LEASE)
     assert pool.take_outbox().deletes == ["p1"]
+
+
+def test_after_an_upgrade_idle_pods_of_the_old_template_are_replaced_assigned_ones_kept() -> None:
+    # A new controller with a new pod template takes over the old one's pods.
+    live = Session("s1", "u", "t1", SessionState.READY, 100.0, 4900.0, pod_name="held")
+    rows = [
+        Pod("held", PodState.ASSIGNED, 90.0, "old", ready_at=95.0, session_id="s1"),
+        Pod("warm", PodState.IDLE, 90.0, "old", ready_at=95.0),
+    ]
+    pods = [
+        PodStatus("held", PodPhase.READY, address="10.0.0.1:8080"),
+        PodStatus("warm", PodPhase.READY, address="10.0.0.2:8080"),
+    ]
+    pool = Pool(limits_with(prewarm_pool_size=1), "new")
+    restore(pool, [live], rows, pods, NOW)
+    pool.tick(NOW)
+    out = pool.take_outbox()
+
+    assert pool.pods["warm"].state is PodState.TERMINATING
+    assert out.deletes == ["warm"]
+    assert pool.pods["held"].state is PodState.ASSIGNED
+    assert pool.sessions["s1"].state is SessionState.READY
+    assert out.creates == 1  # a fresh pod of the new template refills the pool

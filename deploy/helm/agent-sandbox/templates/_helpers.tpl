@@ -88,6 +88,15 @@ app.kubernetes.io/part-of: agent-sandbox
 {{- end }}
 
 {{/*
+Controller replicas: the value if set, else 2 on PostgreSQL (a leader and a hot standby)
+and 1 on SQLite (a local file has one writer; a second replica would lead its own copy).
+*/}}
+{{- define "agent-sandbox.controllerReplicas" -}}
+{{- $r := .Values.agentSandbox.controller.replicas }}
+{{- if kindIs "invalid" $r }}{{ if include "agent-sandbox.sqliteFallback" . }}1{{ else }}2{{ end }}{{ else }}{{ int $r }}{{ end }}
+{{- end }}
+
+{{/*
 Checks that values.schema.json cannot express because they compare two values.
 Helm prints the message after "execution error at (...)", so each one names the value.
 */}}
@@ -96,7 +105,7 @@ Helm prints the message after "execution error at (...)", so each one names the 
 {{- if gt (int $s.prewarmPoolSize) (int $s.maxTotalJobs) }}
 {{- fail (printf "agentSandbox.controller.scaling.prewarmPoolSize (%d) must not be greater than agentSandbox.controller.scaling.maxTotalJobs (%d): the warm pool counts against the cap" (int $s.prewarmPoolSize) (int $s.maxTotalJobs)) }}
 {{- end }}
-{{- if and (gt (int .Values.agentSandbox.controller.replicas) 1) (include "agent-sandbox.sqliteFallback" .) }}
+{{- if and (gt (int (include "agent-sandbox.controllerReplicas" .)) 1) (include "agent-sandbox.sqliteFallback" .) }}
 {{- fail "agentSandbox.controller.replicas > 1 needs agentSandbox.database.url or agentSandbox.database.existingSecret: each replica would elect itself leader of its own SQLite file" }}
 {{- end }}
 {{- end }}
