@@ -166,27 +166,37 @@ class GuardedHttp(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # discarded: the answer is sent, the client is finishing its send
-        if self._in_head and self._head_too_large(data):
-            self._refuse(431, "header_too_large", "the request head is too large")
-            return
+        if self._in_head:
+            end = self._head_end(data)
+            if self._head_bytes + max(end, 0) > self.limits.max_header_bytes:
+                self._refuse(431, "header_too_large", "the request head is too large")
+                return
+            if end < 0 and self._timer is None:
+                # A head in pieces: from now on it has the timeout to finish. A head in
+                # one read (nearly all) costs no timer at all.
+                self._arm(self.limits.header_read_timeout)
         super().data_received(data)
 
-    def _head_too_large(self, data: bytes) -> bool:
+    def _head_end(self, data: bytes) -> int:
+        """Where the head ends in ``data`` (just past its blank line), or -1; counts the
+        head bytes seen so far in ``_head_bytes`` while it has not ended."""
         end = data.find(_END_OF_HEAD)
         if end < 0 and self._tail:
             # The end marker may straddle two reads.
             joined = (self._tail + data[:3]).find(_END_OF_HEAD)
             end = joined - len(self._tail) if joined >= 0 else -1
         if end >= 0:
-            return self._head_bytes + end + 4 > self.limits.max_header_bytes
+            return end + 4
         self._head_bytes += len(data)
         self._tail = data[-3:]
-        return self._head_bytes > self.limits.max_header_bytes
+        return -1
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._timer is None:  # the first request's timer runs from connection_made
-            self._arm(self.limits.header_read_timeout)
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol has the transport now; the parser and this protocol hold
+        # each other, so let go here rather than leave a cycle per WebSocket to the GC.
+        self.parser = None  # type: ignore[assignment]
+        self._disarm()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
