@@ -1,4 +1,4 @@
-"""``sandbox-controller``: dev, serve, proxy, migrate, plan."""
+"""``sandbox-controller``: dev, serve, proxy, migrate, plan, trace, simulate."""
 
 from __future__ import annotations
 
@@ -85,12 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "plan", help="capacity arithmetic: pods, CPU and memory for a peak", add_help=False
     )
+    sub.add_parser(
+        "trace", help="export a trace of real sessions, or synthesize one", add_help=False
+    )
+    sub.add_parser("simulate", help="replay a trace through the real scheduler", add_help=False)
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "plan":
         from .plan import main as plan_main
 
         return plan_main(rest)
+    if args.command in ("trace", "simulate"):
+        # Imported here: the controller itself never loads the simulator.
+        from .sim.cli import simulate_main, trace_main
+
+        return (trace_main if args.command == "trace" else simulate_main)(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:

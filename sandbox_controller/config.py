@@ -15,7 +15,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
-from .model import Limits
+from .model import Limits, PrewarmPolicy, PrewarmSettings
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore", frozen=True)
 
     prewarm_pool_size: int = Field(5, ge=0)
+    # static keeps prewarm_pool_size warm pods; adaptive sizes the pool from recent
+    # arrivals and measured start-up times, within prewarm_min..prewarm_max.
+    prewarm_policy: PrewarmPolicy = PrewarmPolicy.STATIC
+    prewarm_min: int = Field(1, ge=0)
+    prewarm_max: int = Field(20, ge=0)
+    prewarm_target_warm_hit_rate: float = Field(0.99, gt=0.0, lt=1.0)
     max_total_jobs: int = Field(50, ge=1)
     max_sessions_per_user: int = Field(5, ge=1)
     idle_timeout: Duration = 9000.0
@@ -124,6 +130,12 @@ class Settings(BaseSettings):
             max_concurrent_creates=self.max_concurrent_creates,
             # One flush interval of batching in the proxy, and one more for delivery.
             activity_lag=2 * self.activity_flush_interval,
+            prewarm=PrewarmSettings(
+                policy=self.prewarm_policy,
+                min=self.prewarm_min,
+                max=self.prewarm_max,
+                target_warm_hit_rate=self.prewarm_target_warm_hit_rate,
+            ),
         )
 
     def kube_options(self) -> KubeOptions:
@@ -157,6 +169,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SANDBOX_PREWARM_POOL_SIZE must not exceed SANDBOX_MAX_TOTAL_JOBS "
                 f"({self.prewarm_pool_size} > {self.max_total_jobs})"
+            )
+        if self.prewarm_min > self.prewarm_max:
+            raise ValueError(
+                "SANDBOX_PREWARM_MIN must not exceed SANDBOX_PREWARM_MAX "
+                f"({self.prewarm_min} > {self.prewarm_max})"
             )
         if self.idle_timeout <= 0:
             raise ValueError("SANDBOX_IDLE_TIMEOUT must be greater than zero")

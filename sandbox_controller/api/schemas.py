@@ -7,7 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..model import PodState, PoolStatus, Provisioning, Session, SessionState, WaitReason
+from ..model import (
+    PodState,
+    PoolStatus,
+    PrewarmPolicy,
+    Provisioning,
+    Session,
+    SessionState,
+    WaitReason,
+)
 from ..tokens import issue_token
 
 
@@ -67,8 +75,20 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
         "max_total_jobs": limits.max_total_jobs,
         "prewarm_pool_size": limits.prewarm_pool_size,
         "max_sessions_per_user": limits.max_sessions_per_user,
+        "prewarm": prewarm_json(status),
         "leader": leader,
     }
+
+
+def prewarm_json(status: PoolStatus) -> dict[str, Any]:
+    """The warm pool's target and why; a standby names its policy and target only."""
+    limits = status.limits
+    if status.prewarm is not None:
+        target = status.prewarm
+        return {"policy": target.policy.value, "target": target.target, "reason": target.reason}
+    policy = limits.prewarm.policy
+    size = limits.prewarm_pool_size if policy is PrewarmPolicy.STATIC else limits.prewarm.min
+    return {"policy": policy.value, "target": size, "reason": "standby: not scheduling"}
 
 
 def session_json(
