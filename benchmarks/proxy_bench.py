@@ -1,4 +1,5 @@
-"""Side-by-side proxy benchmark: direct, this proxy, configurable-http-proxy, nginx.
+"""Side-by-side proxy benchmark: direct, this proxy (path and subdomain mode),
+configurable-http-proxy, nginx.
 
     python benchmarks/proxy_bench.py [--rounds 3] [--duration 10] [--connections 50]
 
@@ -46,6 +47,7 @@ from sandbox_controller.tokens import issue_token  # noqa: E402
 SECRET = "bench-secret"
 API_TOKEN = "bench-api-token"
 SESSION = "sess-bench"
+DOMAIN = "sandbox.bench"  # subdomain mode: the session's host is sess-bench.sandbox.bench
 CHP = ROOT / ".cache/tools/node_modules/.bin/configurable-http-proxy"
 
 WS_ECHO = """
@@ -133,9 +135,21 @@ def wrk(url: str, duration: int, connections: int, headers: dict[str, str]) -> t
     return rps, p99
 
 
-async def ws_rtt(url: str, headers: dict[str, str], n: int = 2000) -> tuple[float, float]:
+def dial_kwargs(dial: str | None) -> dict[str, object]:
+    """Where to connect when the URL's host has no DNS (a session host in subdomain mode)."""
+    if dial is None:
+        return {}
+    host, _, port = dial.rpartition(":")
+    return {"host": host, "port": int(port)}
+
+
+async def ws_rtt(
+    url: str, headers: dict[str, str], dial: str | None = None, n: int = 2000
+) -> tuple[float, float]:
     samples = []
-    async with connect(url, additional_headers=headers, compression=None) as ws:
+    async with connect(
+        url, additional_headers=headers, compression=None, **dial_kwargs(dial)
+    ) as ws:  # type: ignore[arg-type]
         for _ in range(50):
             await ws.send("warm")
             await ws.recv()
@@ -148,11 +162,19 @@ async def ws_rtt(url: str, headers: dict[str, str], n: int = 2000) -> tuple[floa
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-async def open_many(url: str, headers: dict[str, str], count: int) -> list[object]:
+async def open_many(
+    url: str, headers: dict[str, str], count: int, dial: str | None = None
+) -> list[object]:
     conns: list[object] = []
     for i in range(0, count, 100):
         batch = [
-            connect(url, additional_headers=headers, compression=None, ping_interval=None)
+            connect(
+                url,
+                additional_headers=headers,
+                compression=None,
+                ping_interval=None,
+                **dial_kwargs(dial),  # type: ignore[arg-type]
+            )
             for _ in range(min(100, count - i))
         ]
         conns += await asyncio.gather(*batch)
@@ -236,6 +258,10 @@ async def main() -> None:
         )
         ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
         procs.append(ours)
+        sub_env = dict(env, SANDBOX_PROXY_SESSION_DOMAIN=DOMAIN)
+        sub, sub_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], sub_env)
+        procs.append(sub)
+        sub_host = f"{SESSION}.{DOMAIN}:{sub_addr.rpartition(':')[2]}"
 
         chp_port, chp_api = free_port(), free_port()
         chp_env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN="bench")
@@ -282,6 +308,7 @@ async def main() -> None:
         http_targets = {
             "direct": (f"http://{http_up}/s/{SESSION}/healthz", {}),
             "this proxy": (f"http://{ours_addr}/s/{SESSION}/healthz", auth),
+            "this proxy, subdomain": (f"http://{sub_addr}/healthz", {**auth, "Host": sub_host}),
             "configurable-http-proxy": (f"http://127.0.0.1:{chp_port}/s/{SESSION}/healthz", {}),
             "nginx": (f"http://127.0.0.1:{nginx_port}/s/{SESSION}/healthz", {}),
         }
@@ -305,26 +332,30 @@ async def main() -> None:
             r.raise_for_status()
         controller.address = ws_up
         await asyncio.sleep(6)  # our route cache TTL: pick the WS upstream up
-        ws_targets = {
-            "direct": (f"ws://{ws_up}/ws", {}),
-            "this proxy": (f"ws://{ours_addr}/s/{SESSION}/ws", auth),
-            "configurable-http-proxy": (f"ws://127.0.0.1:{chp_port}/s/{SESSION}/ws", {}),
-            "nginx": (f"ws://127.0.0.1:{nginx_port}/s/{SESSION}/ws", {}),
+        ws_targets: dict[str, tuple[str, dict[str, str], str | None]] = {
+            "direct": (f"ws://{ws_up}/ws", {}, None),
+            "this proxy": (f"ws://{ours_addr}/s/{SESSION}/ws", auth, None),
+            "this proxy, subdomain": (f"ws://{sub_host}/ws", auth, sub_addr),
+            "configurable-http-proxy": (f"ws://127.0.0.1:{chp_port}/s/{SESSION}/ws", {}, None),
+            "nginx": (f"ws://127.0.0.1:{nginx_port}/s/{SESSION}/ws", {}, None),
         }
         ws_results: dict[str, list[tuple[float, float]]] = {k: [] for k in ws_targets}
         for _ in range(args.rounds):
-            for name, (url, headers) in ws_targets.items():
-                ws_results[name].append(await ws_rtt(url, headers))
-        idle_rss = rss_mib(ours.pid)
-        conns = await open_many(ws_targets["this proxy"][0], auth, args.websockets)
-        await asyncio.sleep(1)
-        ws_rss = rss_mib(ours.pid)
-        for ws in conns:
-            await ws.close()  # type: ignore[attr-defined]
+            for name, (url, headers, dial) in ws_targets.items():
+                ws_results[name].append(await ws_rtt(url, headers, dial))
+        rss: dict[str, tuple[float, float]] = {}
+        for name, proc in (("this proxy", ours), ("this proxy, subdomain", sub)):
+            idle = rss_mib(proc.pid)
+            url, headers, dial = ws_targets[name]
+            conns = await open_many(url, headers, args.websockets, dial)
+            await asyncio.sleep(1)
+            rss[name] = (idle, rss_mib(proc.pid))
+            for ws in conns:
+                await ws.close()  # type: ignore[attr-defined]
         ctl.should_exit = True
         await ctl_task
 
-    table = render(results, ws_results, idle_rss, ws_rss, args)
+    table = render(results, ws_results, rss, args)
     print(table)
     if args.write:
         (ROOT / "benchmarks/results").mkdir(exist_ok=True)
@@ -335,8 +366,7 @@ async def main() -> None:
 def render(
     results: dict[str, list[tuple[float, float]]],
     ws_results: dict[str, list[tuple[float, float]]],
-    idle_rss: float,
-    ws_rss: float,
+    rss: dict[str, tuple[float, float]],
     args: argparse.Namespace,
 ) -> str:
     med = {
@@ -360,10 +390,13 @@ def render(
             f"{wsm[name][0]:.3f} | {wsm[name][1]:.3f} |"
         )
     rounds = {k: ", ".join(f"{r:,.0f}" for r, _ in v) for k, v in results.items()}
-    notes = [
-        "",
-        f"This proxy's RSS: {idle_rss:.1f} MiB idle, {ws_rss:.1f} MiB with "
-        f"{args.websockets} open WebSockets.",
+    notes = [""]
+    for name, (idle, busy) in rss.items():
+        notes.append(
+            f"RSS of {name}: {idle:.1f} MiB idle, {busy:.1f} MiB with "
+            f"{args.websockets} open WebSockets."
+        )
+    notes += [
         "",
         "Per-round requests/s: " + "; ".join(f"{k}: {v}" for k, v in rounds.items()),
         "",

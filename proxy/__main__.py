@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from sandbox_controller.config import load_settings
-from sandbox_controller.serving import serve, stop_on_signals, tune_gc
+from sandbox_controller.serving import configure_logging, serve, stop_on_signals, tune_gc
 
 from .process import ProxyProcess
 
@@ -28,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.port is not None:
         overrides["proxy_port"] = args.port
     settings = load_settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -1,14 +1,15 @@
 """The proxy's ASGI entry: raw ASGI dispatch, with errors mapped to responses here only.
 
-Forwarding never goes through a framework: per request it is a path check, an HMAC
-check, a dict lookup for the route and the upstream exchange. The three admin endpoints
-are small enough to answer inline too.
+Forwarding never goes through a framework: per request it is a host or path check, an
+HMAC check, a dict lookup for the route and the upstream exchange. Anything else
+(probes, metrics, the OpenAPI document) goes to the small FastAPI app in admin.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
@@ -20,10 +21,14 @@ from sandbox_controller.serving import KEEP_ALIVE_SECONDS
 from sandbox_controller.tokens import TokenClaims
 
 from .activity import ActivityReporter
+from .admin import build_admin
 from .auth import (
+    SAFE_METHODS,
     Carrier,
     authenticate,
+    check_origin,
     find_credentials,
+    origin_of,
     session_cookie,
     strip_cookie,
     strip_query_token,
@@ -31,17 +36,27 @@ from .auth import (
 from .errors import ProxyError, unreachable, upstream_timeout
 from .forward import ClientGone, Exchange, request_head
 from .metrics import ProxyMetrics
-from .paths import Target, parse_target
+from .paths import Target, host_target, parse_target
 from .routes import RouteCache
 from .upstream import DialTimeout, UpstreamError, UpstreamPool
-from .websocket import Relay, dial, upstream_headers
+from .websocket import Relay, upstream_headers
 
 log = logging.getLogger(__name__)
+# One line per request or WebSocket, secrets never in it (paths are logged without query).
+access_log = logging.getLogger("proxy.access")
 
 Header = tuple[bytes, bytes]
 
 _JSON = (b"content-type", b"application/json")
 _NOT_FOUND = ProxyError(404, "not_found", "only /s/{session_id}/... is proxied")
+
+
+class Redirect(Exception):
+    """A ``?token=`` navigation: answer 303 to ``location`` with the session cookie."""
+
+    def __init__(self, location: bytes, cookie: Header) -> None:
+        self.location = location
+        self.cookie = cookie
 
 
 def _strip_auth(name: bytes, value: bytes) -> bytes | None:
@@ -64,7 +79,12 @@ class ProxyApp:
         self.secret = settings.token_secret.encode()
         self.clock: Clock = clock or SystemClock()
         self.connect_timeout = connect_timeout
+        domain = settings.proxy_session_domain
+        self.session_domain = domain.encode() if domain else None
+        self.allowed_origins = settings.allowed_origins
+        self.public_https = settings.proxy_url.startswith("https://")
         self.metrics = ProxyMetrics()
+        self.admin = build_admin(self.metrics, lambda: self.started and not self.draining)
         self.draining = False
         self.started = False
         self._relays: set[Relay] = set()
@@ -132,26 +152,49 @@ class ProxyApp:
             await self._websocket(scope, receive, send)
         # No lifespan: ProxyProcess calls startup() and aclose() itself, in order.
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _target(self, scope: Scope) -> tuple[Target, bytes] | None:
+        """The session a request is for and the prefix the sandbox is served under;
+        None for the proxy's own endpoints. ProxyError(400) for an unsafe path."""
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
-        try:
+        if self.session_domain is None:
             target = parse_target(raw)
-            if target is None:
-                await self._admin(scope["path"], send)
+            return None if target is None else (target, b"/s/" + raw[3:].split(b"/", 1)[0])
+        for name, value in scope["headers"]:
+            if name == b"host":
+                target = host_target(value, self.session_domain, raw)
+                return None if target is None else (target, b"")
+        return None
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        session_id = "-"
+        sent = 0
+        try:
+            found = self._target(scope)
+            if found is None:
+                await self.admin(scope, receive, send)
                 return
-            status = await self._forward(scope, receive, send, target, raw)
+            target, prefix = found
+            session_id = target.session_id
+            status, sent = await self._forward(scope, receive, send, target, prefix)
+        except Redirect as redirect:
+            status = 303
+            headers = [(b"location", redirect.location), redirect.cookie, (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 303, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
         except ProxyError as err:
             status = err.status
-            await _send_error(send, err)
+            sent = await _send_error(send, err)
         self.metrics.request(status)
+        if access_log.isEnabledFor(logging.INFO):
+            _log_access(scope, session_id, status, sent, time.perf_counter() - started)
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, target: Target, raw: bytes
-    ) -> int:
+        self, scope: Scope, receive: Receive, send: Send, target: Target, prefix: bytes
+    ) -> tuple[int, int]:
         cookie, address = await self._admit(scope, target)
         query = strip_query_token(scope["query_string"])
         path = target.upstream_path + b"?" + query if query else target.upstream_path
-        prefix = b"/s/" + raw[3:].split(b"/", 1)[0]
         head, length, chunked = request_head(scope, path, address, prefix, _strip_auth)
         session_id = target.session_id
         activity = self.activity
@@ -170,20 +213,45 @@ class ProxyApp:
             self._forget(session_id, address)
             raise unreachable() from None
         except ClientGone:
-            return 499  # nginx's code for "client closed request"; nothing was sent
+            return 499, 0  # nginx's code for "client closed request"; nothing was sent
         self.metrics.upstream_seconds.observe(exchange.upstream_seconds)
-        return status
+        return status, exchange.sent_bytes
 
     async def _admit(self, scope: Scope, target: Target) -> tuple[list[Header], str]:
         """Auth, then route. Auth first: only a valid token makes the proxy ask the controller.
         Returns the pod's address and the headers to add to the answer: a token that
-        came in the query becomes the session cookie, for the requests that follow."""
-        creds = find_credentials(scope["headers"], scope["query_string"])
+        came in the query becomes the session cookie, for the requests that follow.
+        A GET/HEAD navigation with ``?token=`` is sent back (Redirect) without it, so the
+        token leaves the address bar, the history and later Referer headers."""
+        headers = scope["headers"]
+        creds = find_credentials(headers, scope["query_string"])
         claims = authenticate(self.secret, creds, target.session_id, self.clock.now())
-        address = await self.routes.address(target.session_id)
+        websocket = scope["type"] == "websocket"
+        if creds.token is None and (websocket or scope["method"] not in SAFE_METHODS):
+            # Cookie-authenticated: only a header or query token is proof of intent.
+            check_origin(origin_of(headers), self._own_origin(scope), self.allowed_origins)
         if creds.carrier is not Carrier.QUERY or creds.token is None:
-            return [], address
-        return [self._cookie(scope, creds.token, claims)], address
+            return [], await self.routes.address(target.session_id)
+        cookie = self._cookie(scope, creds.token, claims)
+        if not websocket and scope["method"] in ("GET", "HEAD"):
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            query = strip_query_token(scope["query_string"])
+            raise Redirect(raw + b"?" + query if query else raw, cookie)
+        return [cookie], await self.routes.address(target.session_id)
+
+    def _secure(self, scope: Scope) -> bool:
+        return (
+            self.public_https
+            or scope.get("scheme") in ("https", "wss")
+            or (b"x-forwarded-proto", b"https") in scope["headers"]
+        )
+
+    def _own_origin(self, scope: Scope) -> str:
+        """The origin the browser is on when a page of this session (or, in path mode, of
+        any session: one shared origin) calls back: the proxy as the client reached it."""
+        host = next((v for n, v in scope["headers"] if n == b"host"), b"")
+        scheme = "https" if self._secure(scope) else "http"
+        return f"{scheme}://{host.decode('latin-1').lower()}"
 
     def _forget(self, session_id: str, address: str) -> None:
         # A failed pod is re-resolved on the next request: the controller may have moved
@@ -192,33 +260,43 @@ class ProxyApp:
         self.pool.drop(address)
 
     def _cookie(self, scope: Scope, token: str, claims: TokenClaims) -> Header:
-        secure = (
-            scope.get("scheme") in ("https", "wss")
-            or (b"x-forwarded-proto", b"https") in scope["headers"]
-        )
         now = self.clock.now()
-        cookie = session_cookie(claims.session_id, token, claims.expires_at, now, secure)
+        cookie = session_cookie(
+            claims.session_id,
+            token,
+            claims.expires_at,
+            now,
+            self._secure(scope),
+            host_only=self.session_domain is not None,
+        )
         return (b"set-cookie", cookie)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw: bytes = scope.get("raw_path") or scope["path"].encode()
-        relay: Relay | None = None
+        started = time.perf_counter()
         message: Message = await receive()
         if message["type"] != "websocket.connect":
             return
+        session_id = "-"
         try:
-            target = parse_target(raw)
-            if target is None:
+            found = self._target(scope)
+            if found is None:
                 raise _NOT_FOUND
+            target, prefix = found
+            session_id = target.session_id
             if self.draining:
                 raise ProxyError(503, "draining", "the proxy is shutting down")
             cookie, address = await self._admit(scope, target)
             query = strip_query_token(scope["query_string"])
             path = target.upstream_path.decode("latin-1")
-            prefix = "/s/" + raw[3:].split(b"/", 1)[0].decode("latin-1")
-            headers = upstream_headers(scope, prefix, _strip_auth)
+            headers = upstream_headers(scope, prefix.decode("latin-1"), _strip_auth)
+            activity = self.activity
+
+            def mark() -> None:
+                activity.mark(session_id)
+
+            relay = Relay(mark)
             try:
-                pod = await dial(
+                await relay.dial(
                     address,
                     path + "?" + query.decode("latin-1") if query else path,
                     headers,
@@ -229,25 +307,24 @@ class ProxyApp:
                 if err.status in (502, 504):
                     self._forget(target.session_id, address)
                 raise
-            session_id = target.session_id
-            activity = self.activity
-
-            def mark() -> None:
-                activity.mark(session_id)
-
-            await send(
-                {
-                    "type": "websocket.accept",
-                    "subprotocol": pod.subprotocol,
-                    "headers": cookie,
-                }
-            )
         except ProxyError as err:
             self.metrics.request(err.status)
+            log.info(
+                "refused a WebSocket upgrade for session %s: %d %s",
+                session_id,
+                err.status,
+                err.code,
+            )
             await _deny(scope, send, err)
             return
+        try:
+            accept = {"type": "websocket.accept", "subprotocol": relay.subprotocol}
+            await send({**accept, "headers": cookie})
+            relay.join(send)  # at once: from here bytes pass socket to socket
+        except BaseException:
+            relay.abort()
+            raise
         self.metrics.request(101)
-        relay = Relay(receive, send, pod, mark)
         self._relays.add(relay)
         self._relays_done.clear()
         self.metrics.websockets_open.inc()
@@ -258,33 +335,45 @@ class ProxyApp:
             self._relays.discard(relay)
             if not self._relays:
                 self._relays_done.set()
-
-    async def _admin(self, path: str, send: Send) -> None:
-        if path == "/healthz":
-            await _send(send, 200, b"ok", b"text/plain")
-        elif path == "/readyz":
-            ok = self.started and not self.draining
-            await _send(send, 200 if ok else 503, b"ready" if ok else b"not ready", b"text/plain")
-        elif path == "/metrics":
-            body, content_type = self.metrics.render()
-            await _send(send, 200, body, content_type.encode())
-        else:
-            raise _NOT_FOUND
+            if access_log.isEnabledFor(logging.INFO):
+                duration = time.perf_counter() - started
+                _log_access(scope, session_id, 101, relay.bytes_relayed, duration)
 
 
-async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def _log_access(scope: Scope, session_id: str, status: int, sent: int, seconds: float) -> None:
+    method = scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET"
+    path = scope["path"]  # never the query: a token may be in it
+    access_log.info(
+        "%s %s session=%s status=%d bytes=%d duration_ms=%.1f",
+        method,
+        path,
+        session_id,
+        status,
+        sent,
+        seconds * 1000,
+        extra={
+            "fields": {
+                "method": method,
+                "path": path,
+                "session_id": session_id,
+                "status": status,
+                "bytes": sent,
+                "duration_ms": round(seconds * 1000, 3),
+            }
+        },
+    )
 
 
-async def _send_error(send: Send, err: ProxyError) -> None:
+async def _send_error(send: Send, err: ProxyError) -> int:
     body = err.body()
     headers = [_JSON, (b"content-length", b"%d" % len(body))]
     if err.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
+    if err.status == 503:
+        headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+    return len(body)
 
 
 async def _deny(scope: Scope, send: Send, err: ProxyError) -> None:

@@ -14,7 +14,7 @@ from urllib.parse import quote, unquote_plus
 
 from sandbox_controller.tokens import TokenClaims, TokenError, verify_token
 
-from .errors import forbidden, unauthorized
+from .errors import forbidden, origin_mismatch, unauthorized
 
 COOKIE_NAME = "sandbox_token"
 _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
@@ -106,13 +106,45 @@ def authenticate(secret: bytes, creds: Credentials, session_id: str, now: float)
     raise unauthorized("invalid session token")
 
 
-def session_cookie(session_id: str, token: str, expires_at: int, now: float, secure: bool) -> bytes:
+# Methods that change nothing (RFC 9110 9.2.1): a cross-site page may send these anyway.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def origin_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"origin":
+            return value.decode("latin-1").strip()
+    return None
+
+
+def check_origin(origin: str | None, own: str, allowed: frozenset[str]) -> None:
+    """A cookie rides along on any request the browser makes, whoever's page made it; so
+    a cookie-authenticated upgrade or write must come from the session's own origin or
+    an allowed editor origin. ``null`` (sandboxed iframes, file:) and none are refused."""
+    if origin is None:
+        raise origin_mismatch(None)
+    seen = origin.rstrip("/").lower()
+    if seen != own and seen not in allowed:
+        raise origin_mismatch(origin)
+
+
+def session_cookie(
+    session_id: str,
+    token: str,
+    expires_at: int,
+    now: float,
+    secure: bool,
+    *,
+    host_only: bool = False,
+) -> bytes:
     """Scoped to this session's routes, so one session's cookie never goes to another.
 
-    The id is re-escaped (";" and "," included) so it can never end the attribute early;
-    a browser that spelled the path differently just does not send the cookie.
+    In subdomain mode (``host_only``) the cookie has no Domain and Path=/: the browser
+    sends it to the session's own host only. In path mode the id is re-escaped (";" and
+    "," included) so it can never end the attribute early; a browser that spelled the
+    path differently just does not send the cookie.
     """
     max_age = max(0, int(expires_at - now))
-    path = quote(session_id, safe="-._~:@!$&'()*+=")
-    cookie = f"{COOKIE_NAME}={token}; Path=/s/{path}/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+    path = "/" if host_only else "/s/" + quote(session_id, safe="-._~:@!$&'()*+=") + "/"
+    cookie = f"{COOKIE_NAME}={token}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax"
     return (cookie + "; Secure" if secure else cookie).encode("latin-1")

@@ -50,3 +50,8 @@ def upstream_timeout() -> ProxyError:
 
 def controller_unavailable() -> ProxyError:
     return ProxyError(503, "controller_unavailable", "cannot look the route up right now")
+
+
+def origin_mismatch(origin: str | None) -> ProxyError:
+    seen = f"Origin {origin!r}" if origin is not None else "no Origin"
+    return ProxyError(403, "origin_mismatch", f"{seen} may not use this session's cookie here")

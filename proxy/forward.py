@@ -100,7 +100,8 @@ def request_head(
     lines.append(b"x-forwarded-proto: %s\r\n" % scope.get("scheme", "http").encode())
     if host:
         lines.append(b"x-forwarded-host: %s\r\n" % host)
-    lines.append(b"x-forwarded-prefix: %s\r\n" % prefix)
+    if prefix:  # none in subdomain mode: the sandbox is served at /
+        lines.append(b"x-forwarded-prefix: %s\r\n" % prefix)
     if chunked:
         length = None
         lines.append(b"transfer-encoding: chunked\r\n")
@@ -142,6 +143,7 @@ class Exchange:
         self.mark = mark
         self.client_gone = False
         self.upstream_seconds = 0.0
+        self.sent_bytes = 0  # response body bytes, for the access log
 
     async def run(
         self,
@@ -220,6 +222,7 @@ class Exchange:
                 body = b"".join(resp.take_body())
                 if body:
                     self.mark()
+                self.sent_bytes = len(body)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 reusable = helper is None and resp.keep_alive()
                 return resp.status
@@ -229,6 +232,7 @@ class Exchange:
             while not resp.complete:
                 for piece in resp.take_body():
                     self.mark()
+                    self.sent_bytes += len(piece)
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 try:
                     data = await conn.reader.read(65536)
@@ -248,6 +252,7 @@ class Exchange:
             body = b"".join(resp.take_body())
             if body:
                 self.mark()
+            self.sent_bytes += len(body)
             await send({"type": "http.response.body", "body": body, "more_body": False})
             reusable = resp.complete and resp.keep_alive()
             return resp.status

@@ -1,6 +1,7 @@
 """Which session a request is for, read from the raw (still escaped) path.
 
-Only ``/s/{session_id}/...`` forwards. The session id is taken from the raw path, never
+In path mode only ``/s/{session_id}/...`` forwards; in subdomain mode the session is
+the first label of ``Host`` (``{session_id}.{domain}``) and the whole path forwards. The session id is taken from the raw path, never
 from the decoded one, and any dot segment (``.``/``..``, plain or percent-encoded, even
 double-encoded) is refused with 400 before auth or routing. Refusing is simpler and
 safer than normalising: a normaliser in front of us, in the sandbox, or in a browser
@@ -9,6 +10,7 @@ could then disagree with us about which session a path names (DESIGN invariant 6
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -38,13 +40,34 @@ def _is_dot_segment(segment: bytes) -> bool:
     return segment in (b".", b"..")
 
 
+# One DNS label: what a session id must be to name a host (ids are uuid4 hex).
+_LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _refuse_dot_segments(raw_path: bytes) -> None:
+    for segment in raw_path.split(b"/"):
+        if _is_dot_segment(segment):
+            raise bad_path("dot segments are not allowed in sandbox paths")
+
+
+def host_target(host: bytes, domain: bytes, raw_path: bytes) -> Target | None:
+    """The target on a session's own host (``{id}.{domain}[:port]``); None for any other."""
+    name = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+    name = name.lower()
+    if not name.endswith(b"." + domain):
+        return None
+    label = name[: -len(domain) - 1]
+    if not _LABEL.fullmatch(label):
+        return None
+    _refuse_dot_segments(raw_path)
+    return Target(label.decode("ascii"), raw_path or b"/")
+
+
 def parse_target(raw_path: bytes) -> Target | None:
     """The target of a ``/s/...`` path, None for any other path; ProxyError(400) if unsafe."""
     if not raw_path.startswith(PREFIX):
         return None
-    for segment in raw_path.split(b"/"):
-        if _is_dot_segment(segment):
-            raise bad_path("dot segments are not allowed in sandbox paths")
+    _refuse_dot_segments(raw_path)
     rest = raw_path[len(PREFIX) :]
     slash = rest.find(b"/")
     raw_id, tail = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])

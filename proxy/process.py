@@ -15,7 +15,7 @@ import logging
 
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import Listener, bind
+from sandbox_controller.serving import EdgeLimits, Listener, bind
 
 from .app import ProxyApp
 
@@ -42,8 +42,8 @@ class ProxyProcess:
         self._listener = Listener(
             self.app,
             sock,
+            limits=EdgeLimits.of(self.settings),
             drain_timeout=self.drain_timeout,
-            http="httptools",
             ws="websockets-sansio",
             ws_per_message_deflate=False,  # a relay passes frames on; it does not recompress
             log_level=self.settings.log_level.lower(),

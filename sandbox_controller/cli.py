@@ -28,12 +28,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("sandbox_controller")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(settings: Settings) -> None:
+    from .serving import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    # One line per request to a sandbox's /healthz is noise, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic tells of every plugin it sets up at INFO: only a debugging operator cares.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     # One line per request to a sandbox's /healthz is noise, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Alembic tells of every plugin it sets up at INFO: only a debugging operator cares.
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     listens = _listens(args.command, settings)
     taken = next((addr for addr in listens if not _free(*addr)), None)
     if taken is not None:

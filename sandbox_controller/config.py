@@ -7,6 +7,7 @@ backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -72,6 +73,22 @@ class Settings(BaseSettings):
     # How often the proxy flushes activity to the controller.
     activity_flush_interval: Duration = 2.0
     log_level: str = "info"
+    # "json": one JSON object per log line, for log pipelines; "text" for people.
+    log_format: Literal["text", "json"] = "text"
+
+    # The edge (both servers unless marked)
+    # Subdomain mode (proxy): each session is its own browser origin at
+    # {session_id}.{domain}, which path mode (/s/{id}/, one shared origin) cannot give.
+    proxy_session_domain: str | None = None
+    # Comma-separated editor origins (scheme://host[:port]) that may open a session's
+    # WebSocket or send it writes with the session cookie, e.g. from an iframe.
+    proxy_allowed_origins: str = ""
+    # Request line plus headers; larger heads get 431 before the parser buffers them.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # A client that has not finished its request head by then is disconnected.
+    header_read_timeout: Duration = 10.0
+    # Open connections per process (WebSockets included); beyond it, 503 + Retry-After.
+    max_connections: int = Field(10_000, ge=1)
 
     # Kubernetes backend
     namespace: str | None = None
@@ -85,6 +102,24 @@ class Settings(BaseSettings):
     def proxy_url(self) -> str:
         """Where editors reach the proxy: the base of every session's connect.url."""
         return self.proxy_public_url or f"http://{self.proxy_host}:{self.proxy_port}"
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/").lower()
+            for o in self.proxy_allowed_origins.split(",")
+            if o.strip()
+        )
+
+    def connect_url(self, session_id: str) -> str:
+        """A session's base URL: its own host in subdomain mode, else /s/{id}/ on the proxy."""
+        base = self.proxy_url.rstrip("/")
+        if not self.proxy_session_domain:
+            return f"{base}/s/{session_id}/"
+        scheme, _, rest = base.partition("://")
+        port = rest.split("/", 1)[0].rpartition("]")[2].rpartition(":")[2]
+        suffix = f":{port}" if port.isdigit() else ""
+        return f"{scheme}://{session_id}.{self.proxy_session_domain}{suffix}/"
 
     def limits(self) -> Limits:
         return Limits(
@@ -130,6 +165,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
 
+    @field_validator("proxy_session_domain", mode="before")
+    @classmethod
+    def _domain(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().strip(".").lower()
+            return value or None
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.prewarm_pool_size > self.max_total_jobs:
@@ -144,6 +187,8 @@ class Settings(BaseSettings):
             )
         if self.idle_timeout <= 0:
             raise ValueError("SANDBOX_IDLE_TIMEOUT must be greater than zero")
+        if self.header_read_timeout <= 0:
+            raise ValueError("SANDBOX_HEADER_READ_TIMEOUT must be greater than zero")
         if self.startup_timeout <= 0:
             raise ValueError("SANDBOX_STARTUP_TIMEOUT must be greater than zero")
         return self
@@ -167,9 +212,14 @@ class KubeOptions:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment plus overrides; ConfigError names the bad variable."""
+    """Settings from the environment plus overrides; ConfigError names the bad variable.
+
+    With ``SANDBOX_SECRETS_DIR`` set, a setting may also come from a file there named
+    after its variable in lower case (``sandbox_token_secret``): the chart mounts secrets
+    as files, so they are never in the environment. The environment wins over a file."""
+    secrets_dir = os.environ.get("SANDBOX_SECRETS_DIR") or None
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

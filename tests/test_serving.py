@@ -1,12 +1,20 @@
-"""Servers keep idle connections longer than the clients and balancers in front."""
+"""Servers keep idle connections longer than the clients and balancers in front, and
+bound what a client may send before it is authenticated."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from sandbox_controller.serving import Listener, bind
+from proxy import ProxyProcess
+from sandbox_controller.config import Settings
+from sandbox_controller.serving import EdgeLimits, Listener, bind, serve
+
+from .conftest import ControllerFactory
+from .eventually import eventually
 
 # nginx's keepalive_timeout and the common cloud load balancers' idle timeout.
 LOAD_BALANCER_IDLE_SECONDS = 60
@@ -51,7 +59,7 @@ async def keep_alive_story() -> tuple[bytes, bytes, bytes]:
     assert isinstance(loop, ShiftedLoop)
     app = FastAPI()
     app.get("/ping")(lambda: "pong")
-    listener = Listener(app, bind("127.0.0.1", 0), log_level="warning")
+    listener = Listener(app, bind("127.0.0.1", 0), limits=LIMITS, log_level="warning")
     stop = asyncio.Event()
     await listener.start()
     task = asyncio.create_task(listener.run(stop))
@@ -79,3 +87,131 @@ def test_an_idle_connection_outlives_the_load_balancers_and_clients_in_front() -
     assert after_a_minute.startswith(b"HTTP/1.1 200"), "closed an idle connection too soon"
     # The moved clock did reach the server's timer: it does close idle connections.
     assert after_an_hour == b""
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The status line and the body of one answer (content-length framed)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.lower().split(b"\r\n")
+        if b"content-length" in line
+    )
+    body = await asyncio.wait_for(reader.readexactly(length), 10)
+    return head.split(b"\r\n")[0], head + body
+
+
+async def send_head(port: int, head: bytes, *, body: bytes = b"") -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return await read_answer(reader)
+    finally:
+        writer.close()
+
+
+def big_head(size: int) -> bytes:
+    return b"GET /ping HTTP/1.1\r\nhost: t\r\nx-big: " + b"a" * size + b"\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def listening(limits: EdgeLimits) -> AsyncIterator[int]:
+    app = FastAPI()
+    app.get("/ping")(lambda: "pong")
+    app.post("/ping")(lambda: "pong")
+    listener = Listener(app, bind("127.0.0.1", 0), limits=limits, log_level="warning")
+    stop = asyncio.Event()
+    await listener.start()
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        yield listener.port
+    finally:
+        stop.set()
+        await task
+        await listener.drain()
+
+
+LIMITS = EdgeLimits(max_header_bytes=64 * 1024, header_read_timeout=10.0, max_connections=2000)
+
+
+async def test_a_head_over_the_limit_gets_431_and_one_under_it_is_served() -> None:
+    async with listening(LIMITS) as port:
+        status, answer = await send_head(port, big_head(1024 * 1024))
+        assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert b'"code": "header_too_large"' in answer
+        status, _ = await send_head(port, big_head(60 * 1024))
+        assert status == b"HTTP/1.1 200 OK"
+        # Only the head counts: a body in the same write is not mistaken for headers.
+        body = b"b" * (512 * 1024)
+        post = b"POST /ping HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body)
+        status, _ = await send_head(port, post, body=body)
+        assert status == b"HTTP/1.1 200 OK"
+
+
+async def test_beyond_the_connection_cap_a_client_gets_503_with_retry_after() -> None:
+    limits = EdgeLimits(max_header_bytes=8192, header_read_timeout=10.0, max_connections=3)
+    async with listening(limits) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        status, answer = await read_answer(reader)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert b"retry-after: 5" in answer and b"too_many_connections" in answer
+        writer.close()
+        for _, w in held:
+            w.close()
+        # Once they are gone, a new client is served again.
+
+        async def served() -> bool:
+            status, _ = await send_head(port, b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+            return status == b"HTTP/1.1 200 OK"
+
+        await eventually(served, what="a client to be served after the others left")
+
+
+async def slow_loris_story() -> tuple[bytes, list[bytes], bytes]:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, ShiftedLoop)
+    async with listening(LIMITS) as port:
+        trickling = [await asyncio.open_connection("127.0.0.1", port) for _ in range(500)]
+        for _, writer in trickling:
+            writer.write(b"GET /ping HTTP/1.1\r\nhost: t\r\nx-half: ")
+        await asyncio.sleep(0.2)
+        served_meanwhile, _ = await send_head(port, b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        await idle_for(loop, LIMITS.header_read_timeout + 1)
+        ends = await asyncio.gather(*(r.read(100) for r, _ in trickling))
+        for _, writer in trickling:
+            writer.close()
+        served_after, _ = await send_head(port, b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+    return served_meanwhile, ends, served_after
+
+
+def test_a_head_not_finished_in_time_is_closed_while_others_are_served() -> None:
+    with asyncio.Runner(loop_factory=ShiftedLoop) as runner:
+        served_meanwhile, ends, served_after = runner.run(slow_loris_story())
+    assert served_meanwhile == b"HTTP/1.1 200 OK"
+    assert ends == [b""] * 500  # every trickling connection was closed by the server
+    assert served_after == b"HTTP/1.1 200 OK"
+
+
+async def test_both_servers_answer_a_1mb_head_with_431(start_controller: ControllerFactory) -> None:
+    controller = await start_controller(prewarm_pool_size=0, max_header_bytes=32 * 1024)
+    proxy = ProxyProcess(
+        Settings(token_secret="s", proxy_port=0, log_level="warning"), drain_timeout=1
+    )
+    stop, started = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(proxy, stop, started.set))
+    await asyncio.wait_for(started.wait(), 10)
+    try:
+        controller_port = int(controller.url.rpartition(":")[2])
+        for port in (controller_port, proxy.port):
+            status, answer = await send_head(port, big_head(1024 * 1024))
+            assert status == b"HTTP/1.1 431 Request Header Fields Too Large", port
+            assert b'{"error": {"code": "header_too_large"' in answer
+        # The controller's own limit is its setting: 40 KiB is over its 32 KiB.
+        status, _ = await send_head(controller_port, big_head(40 * 1024))
+        assert status.startswith(b"HTTP/1.1 431")
+    finally:
+        stop.set()
+        await task

@@ -74,7 +74,7 @@ def create_app(controller: Controller) -> FastAPI:
     def view_json(view: SessionView, now: float) -> dict[str, object]:
         return session_json(
             view.session,
-            proxy_url=ctl.settings.proxy_url,
+            connect_url=ctl.settings.connect_url(view.session.id),
             token_secret=ctl.token_secret,
             token_ttl=settings.token_ttl,
             now=now,

@@ -221,7 +221,7 @@ def prewarm_json(status: PoolStatus) -> dict[str, Any]:
 def session_json(
     session: Session,
     *,
-    proxy_url: str,
+    connect_url: str,
     token_secret: bytes,
     token_ttl: float,
     now: float,
@@ -242,7 +242,7 @@ def session_json(
     }
     if session.state is not SessionState.ENDED:
         body["connect"] = {
-            "url": f"{proxy_url.rstrip('/')}/s/{session.id}/",
+            "url": connect_url,
             "token": issue_token(token_secret, session.id, now + token_ttl),
         }
     if session.state is SessionState.PROVISIONING:

@@ -112,9 +112,24 @@ def test_default_render_passes_the_kubernetes_validate_cli(render: Render, tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def secret_files(deployment: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """File name -> (Secret, key) of the projected "secrets" volume, checked to be mounted
+    where SANDBOX_SECRETS_DIR says."""
+    spec = deployment["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "secrets")
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "secrets")
+    assert container_env(deployment)["SANDBOX_SECRETS_DIR"] == mount["mountPath"]
+    return {
+        item["path"]: (source["secret"]["name"], item["key"])
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+
+
 def test_seed_values_reach_the_controller_under_design_names(render: Render) -> None:
     docs = render()
-    env = container_env(find(docs, "Deployment", "-controller"))
+    controller = find(docs, "Deployment", "-controller")
+    env = container_env(controller)
     expected = {
         "SANDBOX_PREWARM_POOL_SIZE": "5",
         "SANDBOX_MAX_TOTAL_JOBS": "50",
@@ -132,8 +147,10 @@ def test_seed_values_reach_the_controller_under_design_names(render: Render) -> 
     }
     assert {name: env.get(name) for name in expected} == expected
     assert env["SANDBOX_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    files = secret_files(controller)
     for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET"):
-        assert "secretKeyRef" in env[name], f"{name} must come from a Secret, not a literal"
+        # From a Secret, as a file (checkov CKV_K8S_35): never a literal, never the env.
+        assert name not in env and name.lower() in files, name
     assert env["SANDBOX_DATABASE_URL"].startswith("sqlite+aiosqlite:////")
 
 
@@ -216,11 +233,12 @@ def test_proxy_is_wired_to_the_controller(render: Render) -> None:
     assert env["SANDBOX_CONTROLLER_URL"] == f"http://{controller_svc['metadata']['name']}:8080"
     assert env["SANDBOX_PROXY_HOST"] == "0.0.0.0"
     assert env["SANDBOX_PROXY_PORT"] == "8081"
-    controller_env = container_env(find(docs, "Deployment", "-controller"))
-    for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET"):
+    controller_files = secret_files(find(docs, "Deployment", "-controller"))
+    files = secret_files(proxy)
+    for name in ("sandbox_api_token", "sandbox_token_secret"):
         # Both sides must read the same secret, or no session token the controller signs
         # will open a route on the proxy.
-        assert env[name] == controller_env[name]
+        assert files[name] == controller_files[name]
     assert container["args"] == ["proxy"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -324,7 +342,7 @@ def test_pod_template_change_restarts_the_controller(render: Render) -> None:
 
 def test_network_policy_isolates_sandboxes_by_default(render: Render) -> None:
     docs = render()
-    policy = find(docs, "NetworkPolicy")
+    policy = find(docs, "NetworkPolicy", "-sandbox")
     spec = policy["spec"]
     assert spec["podSelector"] == {
         "matchLabels": {"app.kubernetes.io/managed-by": "agent-sandbox-controller"}
@@ -397,8 +415,8 @@ def test_given_tokens_and_database_url_are_stored(render: Render) -> None:
         "token-secret": "sign-456",
         "database-url": url,
     }
-    env = container_env(find(docs, "Deployment", "-controller"))
-    assert env["SANDBOX_DATABASE_URL"]["secretKeyRef"]["key"] == "database-url"
+    files = secret_files(find(docs, "Deployment", "-controller"))
+    assert files["sandbox_database_url"][1] == "database-url"
     # No SQLite volume once a real database is configured.
     volumes = find(docs, "Deployment", "-controller")["spec"]["template"]["spec"]["volumes"]
     assert "data" not in {v["name"] for v in volumes}
@@ -407,12 +425,12 @@ def test_given_tokens_and_database_url_are_stored(render: Render) -> None:
 def test_existing_secrets_are_referenced_and_none_is_created(render: Render) -> None:
     docs = render(SCENARIOS["existing-secrets"])
     assert "Secret" not in {d["kind"] for d in docs}
-    env = container_env(find(docs, "Deployment", "-controller"))
-    assert env["SANDBOX_DATABASE_URL"] == {"secretKeyRef": {"name": "pg", "key": "uri"}}
-    assert env["SANDBOX_API_TOKEN"] == {"secretKeyRef": {"name": "api", "key": "api-token"}}
-    assert env["SANDBOX_TOKEN_SECRET"] == {"secretKeyRef": {"name": "signing", "key": "key"}}
-    proxy_env = container_env(find(docs, "Deployment", "-proxy"))
-    assert proxy_env["SANDBOX_TOKEN_SECRET"] == {"secretKeyRef": {"name": "signing", "key": "key"}}
+    files = secret_files(find(docs, "Deployment", "-controller"))
+    assert files["sandbox_database_url"] == ("pg", "uri")
+    assert files["sandbox_api_token"] == ("api", "api-token")
+    assert files["sandbox_token_secret"] == ("signing", "key")
+    proxy_files = secret_files(find(docs, "Deployment", "-proxy"))
+    assert proxy_files["sandbox_token_secret"] == ("signing", "key")
 
 
 def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> None:
@@ -493,4 +511,4 @@ def test_second_controller_replica_is_a_standby_on_a_shared_database(render: Ren
     docs = render(SCENARIOS["two-controllers"])
     deployment = find(docs, "Deployment", "-controller")
     assert deployment["spec"]["replicas"] == 2
-    assert "secretKeyRef" in container_env(deployment)["SANDBOX_DATABASE_URL"]
+    assert "sandbox_database_url" in secret_files(deployment)

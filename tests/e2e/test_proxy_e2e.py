@@ -173,7 +173,9 @@ async def test_dev_serves_curl_and_websockets_through_its_proxy_then_stops_clean
         )
         assert (status, text) == (200, "by query")
         # The cookie set for the query token carries the next request, as in a browser.
-        assert await curl("-b", jar, "--data-binary", "by cookie", url + "echo") == (
+        # A write by cookie comes from a page of the proxy's own origin (test_origin.py).
+        origin = f"Origin: http://127.0.0.1:{dev.proxy_port}"
+        assert await curl("-b", jar, "-H", origin, "--data-binary", "by cookie", url + "echo") == (
             200,
             "by cookie",
         )

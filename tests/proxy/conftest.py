@@ -180,13 +180,14 @@ def proxy_settings(controller_port: int, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
+    """The three servers, with the proxy's settings changed by ``overrides``."""
     controller = ControllerDouble()
     controller_served = await serve(controller.app())
     sandbox = Counting(devsandbox.build_app())
     sandbox_served = await serve(sandbox)
-    proxy = ProxyProcess(proxy_settings(controller_served.port), drain_timeout=3.0)
+    proxy = ProxyProcess(proxy_settings(controller_served.port, **overrides), drain_timeout=3.0)
     shutdown, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve_process(proxy, shutdown, ready.set))
     await asyncio.wait_for(ready.wait(), 10)
@@ -196,6 +197,12 @@ async def stack() -> AsyncIterator[Stack]:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(task, 10)
     await asyncio.gather(sandbox_served.stop(), controller_served.stop())
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    async with running_stack() as running:
+        yield running
 
 
 async def raw_request(port: int, target: str, headers: dict[str, str] | None = None) -> int:

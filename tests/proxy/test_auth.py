@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import websockets
 from websockets.asyncio.client import connect
@@ -10,7 +12,8 @@ from .conftest import Stack, raw_request, token_for
 
 
 async def status_of(stack: Stack, path: str, **kw: object) -> int:
-    resp = await stack.client.get(stack.base + path, **kw)  # type: ignore[arg-type]
+    # A ?token= navigation is sent back without it first (303); the cookie then carries it.
+    resp = await stack.client.get(stack.base + path, follow_redirects=True, **kw)  # type: ignore[arg-type]
     if resp.status_code >= 400:
         assert resp.json()["error"]["code"]
     return resp.status_code
@@ -70,8 +73,14 @@ async def test_each_carrier_opens_the_session_and_is_stripped(stack: Stack, carr
         "header": {"headers": {"x-sandbox-token": token}},
         "query": {"params": {"token": token, "keep": "1"}},
     }[carrier]
-    resp = await stack.client.get(stack.base + "/s/sess-a/headers", **kw)  # type: ignore[arg-type]
+    url = stack.base + "/s/sess-a/headers"
+    resp = await stack.client.get(url, follow_redirects=True, **kw)  # type: ignore[arg-type]
     assert resp.status_code == 200
+    if carrier == "query":
+        # The token left the URL: one 303 to the same path without it, then the cookie.
+        assert [r.status_code for r in resp.history] == [303]
+        assert resp.history[0].headers["location"] == "/s/sess-a/headers?keep=1"
+        assert token not in str(resp.url)
     seen = resp.text.lower()
     assert token.lower() not in seen
     assert "authorization" not in seen and "x-sandbox-token" not in seen
@@ -85,8 +94,9 @@ async def test_each_carrier_opens_the_session_and_is_stripped(stack: Stack, carr
 async def test_cookie_is_set_then_used_alone_for_http_and_websocket(stack: Stack) -> None:
     token = stack.session("sess-a")
     resp = await stack.client.get(stack.base + "/s/sess-a/healthz", params={"token": token})
-    assert resp.status_code == 200
+    assert resp.status_code == 303 and resp.headers["location"] == "/s/sess-a/healthz"
     cookie = resp.headers["set-cookie"]
+    assert "Secure" not in cookie  # plain http here; test_origin covers an https public URL
     assert "Path=/s/sess-a/" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     value = cookie.split(";")[0]
 
@@ -95,7 +105,8 @@ async def test_cookie_is_set_then_used_alone_for_http_and_websocket(stack: Stack
     resp = await stack.client.get(stack.base + "/s/sess-a/headers", headers=headers)
     assert resp.status_code == 200
     assert "cookie: app=1" in resp.text and token not in resp.text
-    async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=headers) as ws:
+    own = {**headers, "origin": stack.base}  # a cookie-authenticated upgrade needs Origin
+    async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=own) as ws:
         await ws.send("hi")
         assert await ws.recv() == "hi"
 
@@ -105,16 +116,29 @@ async def test_cookie_is_set_then_used_alone_for_http_and_websocket(stack: Stack
     assert resp.status_code == 403
 
 
-async def test_websocket_upgrades_are_refused_with_http_codes(stack: Stack) -> None:
+async def test_websocket_upgrades_are_refused_with_http_codes(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     stack.session("sess-a")
     other = stack.session("sess-b")
     for url, headers, expected in [
         ("/s/sess-a/ws", {}, 401),
         ("/s/sess-a/ws", {"x-sandbox-token": other}, 403),
         ("/s/sess-a/ws", {"x-sandbox-token": token_for("sess-a", ttl=-1)}, 401),
+        ("/elsewhere", {}, 404),
     ]:
         with pytest.raises(websockets.InvalidStatus) as info:
             async with connect(stack.ws_base + url, additional_headers=headers):
                 pass
         assert info.value.response.status_code == expected
     assert stack.sandbox.count == 0
+    # Quiet and honest: one INFO line per refusal with its status and code, no ERROR.
+    refusals = [r.getMessage() for r in caplog.records if "refused a WebSocket" in r.message]
+    assert [m.split(": ")[-1] for m in refusals] == [
+        "401 unauthorized",
+        "403 forbidden",
+        "401 unauthorized",
+        "404 not_found",
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -72,3 +72,51 @@ async def test_100mb_each_way_with_bounded_memory() -> None:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
         await asyncio.gather(sandbox_served.stop(), controller_served.stop())
+
+
+async def send_huge_head(port: int, size: int) -> bytes:
+    """A request whose one header is ``size`` bytes; the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /s/sess-m/healthz HTTP/1.1\r\nhost: p\r\nx-big: ")
+        chunk = b"h" * (1024 * 1024)
+        for _ in range(size // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write(b"\r\n\r\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 30)).strip()
+    finally:
+        writer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_huge_heads_get_431_and_leave_memory_at_its_baseline() -> None:
+    env = dict(
+        os.environ,
+        SANDBOX_TOKEN_SECRET=SECRET,
+        SANDBOX_CONTROLLER_URL="http://127.0.0.1:9",  # never asked: no head is complete
+        SANDBOX_LOG_LEVEL="warning",
+        SANDBOX_HEADER_READ_TIMEOUT="120",  # the senders here are slow only from load
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        port = int(line.split()[1].rpartition(":")[2])
+        async with httpx.AsyncClient(trust_env=False) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        baseline = status_kib(proc.pid, "VmRSS")
+        statuses = await asyncio.gather(
+            *(send_huge_head(port, 80 * 1024 * 1024) for _ in range(20))
+        )
+        assert set(statuses) == {b"HTTP/1.1 431 Request Header Fields Too Large"}
+        growth_mib = (status_kib(proc.pid, "VmRSS") - baseline) / 1024
+        print(f"proxy RSS after 20 x 80 MB heads: {growth_mib:+.1f} MiB from baseline")
+        assert growth_mib < 20, f"proxy RSS stayed {growth_mib:.1f} MiB above its baseline"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)

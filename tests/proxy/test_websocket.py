@@ -1,13 +1,17 @@
-"""WebSocket relay: frames both ways, pings, close codes passed on both ways."""
+"""WebSocket relay: frames both ways, pings, close codes passed on both ways, socket to
+socket."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from proxy.websocket import FrameScanner
 
 from .conftest import Stack
 
@@ -97,3 +101,57 @@ async def test_unreachable_pod_refuses_the_upgrade_with_502(stack: Stack) -> Non
         ):
             pass
     assert info.value.response.status_code == 502
+
+
+def frame(opcode: int, payload: bytes, masked: bool) -> bytes:
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + payload
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_the_scanner_finds_data_frames_wherever_the_reads_split(masked: bool) -> None:
+    stream = (
+        frame(0x9, b"ping", masked)  # control frames are not activity
+        + frame(0x2, b"x" * 70_000, masked)  # a 64-bit length
+        + frame(0x1, b"y" * 300, masked)  # a 16-bit length
+        + frame(0x8, b"\x03\xe8", masked)
+    )
+    for size in (1, 2, 3, 7, 100, 4096, len(stream)):
+        scanner = FrameScanner()
+        active = [scanner.feed(stream[i : i + size]) for i in range(0, len(stream), size)]
+        assert scanner.between_frames and scanner.closed
+        # Activity is seen in the reads where a data frame's header completes, only there.
+        mask = 4 if masked else 0
+        first = len(frame(0x9, b"ping", masked))
+        second = first + len(frame(0x2, b"x" * 70_000, masked))
+        header_ends = {first + 10 + mask - 1, second + 4 + mask - 1}
+        expected = [
+            any(i <= e < i + size for e in header_ends) for i in range(0, len(stream), size)
+        ]
+        assert active == expected, size
+
+    pings = FrameScanner()
+    assert not pings.feed(frame(0x9, b"", masked) + frame(0xA, b"", masked))
+    assert not pings.closed
+
+
+async def test_frames_a_pod_sends_with_its_handshake_reach_the_client(stack: Stack) -> None:
+    async def greets(conn: ServerConnection) -> None:
+        await conn.send("welcome")
+        await conn.wait_closed()
+
+    async with serve(greets, "127.0.0.1", 0, compression=None) as pod:
+        port = pod.sockets[0].getsockname()[1]
+        token = stack.session("sess-g")
+        stack.controller.add("sess-g", "ready", f"127.0.0.1:{port}")
+        headers = {"x-sandbox-token": token}
+        async with connect(stack.ws_base + "/s/sess-g/", additional_headers=headers) as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "welcome"

@@ -133,13 +133,20 @@ Call with (dict "ctx" $ "key" "api-token" "value" "..." "length" 48).
 {{- end }}
 
 {{/* An env entry read from a Secret; call with (dict "ctx" $ "name" "SANDBOX_API_TOKEN" "cfg" .Values.agentSandbox.apiToken "key" "api-token"). */}}
-{{- define "agent-sandbox.secretEnv" -}}
-- name: {{ .name }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ default (include "agent-sandbox.secretName" .ctx) .cfg.existingSecret }}
-      key: {{ ternary .cfg.existingSecretKey .key (ne .cfg.existingSecret "") }}
+{{- /*
+One source of the projected "secrets" volume: a Secret key as a file named after the
+setting (SANDBOX_SECRETS_DIR), so secrets never sit in the environment, where any child
+process, crash dump or `kubectl describe` could show them.
+*/}}
+{{- define "agent-sandbox.secretFile" -}}
+- secret:
+    name: {{ default (include "agent-sandbox.secretName" .ctx) .cfg.existingSecret }}
+    items:
+      - key: {{ ternary .cfg.existingSecretKey .key (ne .cfg.existingSecret "") }}
+        path: {{ .name | lower }}
 {{- end }}
+
+{{- define "agent-sandbox.secretsDir" -}}/var/run/secrets/agent-sandbox{{- end }}
 
 {{- define "agent-sandbox.chartSecretNeeded" -}}
 {{- $a := .Values.agentSandbox }}
