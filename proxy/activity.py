@@ -12,6 +12,7 @@ import logging
 import httpx
 
 from sandbox_controller.clock import Clock
+from sandbox_controller.model import ACTIVITY_BATCH_MAX
 
 from .metrics import ProxyMetrics
 
@@ -48,7 +49,13 @@ class ActivityReporter:
     async def flush(self) -> None:
         if not self._pending:
             return
-        batch, self._pending = self._pending, {}
+        pending, self._pending = self._pending, {}
+        items = list(pending.items())
+        # The controller takes at most ACTIVITY_BATCH_MAX sessions a request.
+        for start in range(0, len(items), ACTIVITY_BATCH_MAX):
+            await self._send(dict(items[start : start + ACTIVITY_BATCH_MAX]))
+
+    async def _send(self, batch: dict[str, float]) -> None:
         try:
             resp = await self._client.post(
                 self._url, json={"activity": batch}, headers=self._headers

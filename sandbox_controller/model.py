@@ -6,6 +6,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+# Sessions in one activity report from a proxy to the controller: the API refuses more
+# (its body limit is sized for it), and the proxy splits a larger batch.
+ACTIVITY_BATCH_MAX = 1000
+
 
 class PodState(enum.StrEnum):
     PENDING = "pending"  # created, not ready yet; not bound to any session

@@ -34,7 +34,7 @@ from .schemas import (
     session_json,
 )
 
-# Room for the largest valid body: an activity batch of ACTIVITY_MAX_SESSIONS entries
+# Room for the largest valid body: an activity batch of ACTIVITY_BATCH_MAX entries
 # (about 94 bytes each at worst).
 MAX_BODY = 128 * 1024
 

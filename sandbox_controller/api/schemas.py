@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from ..model import (
+    ACTIVITY_BATCH_MAX,
     PodState,
     PoolStatus,
     PrewarmPolicy,
@@ -53,7 +54,6 @@ class CreateSession(BaseModel):
 
 # A proxy's batch: session id -> last activity. Bounded so that the largest valid batch
 # still fits the body limit (app.MAX_BODY), and so is refused as 422, never as 413.
-ACTIVITY_MAX_SESSIONS = 1000
 SessionKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -61,7 +61,7 @@ class ActivityReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # strict: `true` is not a time (lax pydantic would read it as 1.0).
-    activity: dict[SessionKey, float] = Field(max_length=ACTIVITY_MAX_SESSIONS, strict=True)
+    activity: dict[SessionKey, float] = Field(max_length=ACTIVITY_BATCH_MAX, strict=True)
 
 
 # ------------------------------------------------------------ answers, for the document

@@ -15,6 +15,7 @@ from proxy.activity import ActivityReporter
 from proxy.metrics import ProxyMetrics
 from sandbox_controller.aiotasks import TaskGroup
 from sandbox_controller.clock import ManualClock
+from sandbox_controller.model import ACTIVITY_BATCH_MAX
 
 from ..eventually import eventually
 from .conftest import API_TOKEN, ControllerDouble, Stack, serve
@@ -145,3 +146,22 @@ async def test_a_failed_flush_keeps_the_marks_for_the_next(reporting: Reporting)
     await r.next_round()
     assert r.controller.activity == [{"a": seen_a, "b": seen_b}]
     assert r.flushes("ok") == 1
+
+
+async def test_a_batch_larger_than_the_controller_takes_goes_in_pieces(
+    reporting: Reporting,
+) -> None:
+    # The controller refuses a report of more than ACTIVITY_BATCH_MAX sessions (422):
+    # a proxy busy with more sessions than that must still report every one of them.
+    r = reporting
+    sessions = [f"s{i}" for i in range(2 * ACTIVITY_BATCH_MAX + 500)]
+    for session_id in sessions:
+        r.reporter.mark(session_id)
+    await r.next_round()
+    assert [len(batch) for batch in r.controller.activity] == [
+        ACTIVITY_BATCH_MAX,
+        ACTIVITY_BATCH_MAX,
+        500,
+    ]
+    assert r.controller.active_ids() == set(sessions)
+    assert r.flushes("ok") == 3
