@@ -109,6 +109,22 @@ def _num(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.01')).normalize():f}"
 
 
+def edge_records(session_domain: str) -> str:
+    """What subdomain mode needs outside the cluster: one origin per session means one
+    host name per session, so a wildcard DNS record and a wildcard certificate."""
+    domain = session_domain.strip().strip(".").lower()
+    return "\n".join(
+        [
+            f"Subdomain mode ({domain}): each session is served at https://<session id>.{domain}/",
+            f"DNS:                  *.{domain}  A/AAAA -> the ingress address "
+            "(or CNAME -> the load balancer's name)",
+            f"TLS:                  a certificate for *.{domain} in the Secret named by "
+            "agentSandbox.proxy.ingress.wildcardTlsSecretName",
+            f"Helm:                 agentSandbox.proxy.sessionDomain: {domain}",
+        ]
+    )
+
+
 def render(p: Plan) -> str:
     lines = [
         f"Sandbox pods at peak: {p.pods} pods ({p.peak_editors} editors + {p.prewarm} warm)",
@@ -215,6 +231,12 @@ def _parser() -> _Parser:
         help="memory request per sandbox pod in GiB, or a quantity such as 2048Mi (default 2)",
     )
     parser.add_argument(
+        "--session-domain",
+        metavar="DOMAIN",
+        help="subdomain mode's domain (SANDBOX_PROXY_SESSION_DOMAIN): also print the "
+        "wildcard DNS record and certificate it needs",
+    )
+    parser.add_argument(
         "--template",
         type=Path,
         metavar="FILE",
@@ -244,6 +266,9 @@ def main(argv: list[str]) -> int:
         cpu = template_cpu if template_cpu is not None else cpu
         memory = template_memory if template_memory is not None else memory
     print(render(plan(args.peak_editors, args.prewarm, args.max_total_jobs, cpu, memory)))
+    if args.session_domain:
+        print()
+        print(edge_records(args.session_domain))
     return 0
 
 

@@ -117,3 +117,21 @@ def test_module_runs_as_a_script() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "25 pods" in proc.stdout
+
+
+def test_subdomain_mode_names_the_dns_record_and_certificate_it_needs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "--peak-editors", "20", "--session-domain", "Sandbox.Example.com.")
+    assert code == 0
+    assert "25 pods" in out  # the arithmetic is unchanged
+    assert "*.sandbox.example.com  A/AAAA -> the ingress address" in out
+    assert "certificate for *.sandbox.example.com" in out
+    assert "agentSandbox.proxy.sessionDomain: sandbox.example.com" in out
+
+
+def test_without_a_session_domain_there_is_no_dns_advice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "--peak-editors", "20")
+    assert "DNS" not in out
