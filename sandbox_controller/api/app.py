@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..controller import Controller
-from ..errors import NotLeader, SandboxError, SessionNotFound
+from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..model import Outcome, PoolStatus, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
@@ -49,6 +49,10 @@ def create_app(controller: Controller) -> FastAPI:
     api = APIRouter(dependencies=[Depends(authorize)])
 
     def leading() -> Scheduler:
+        # With the store unreachable nobody can lead or promise anything; say so
+        # (503 store_unavailable) rather than point callers at another replica.
+        if not ctl.store_available:
+            raise StoreUnavailable()
         scheduler = ctl.scheduler
         if scheduler is None or not scheduler.running:
             raise NotLeader()
@@ -141,10 +145,18 @@ def create_app(controller: Controller) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
-    async def readyz() -> Response:
-        if ctl.is_leader:
-            return JSONResponse({"status": "ready", "leader": True})
-        return JSONResponse({"status": "standby", "leader": False}, status_code=503)
+    async def readyz(role: str | None = None) -> Response:
+        """Ready to serve the API: the leader, with its store answering. With
+        ``?role=replica``: fit to lead or stand by (the store answers, its schema is
+        known), what a Deployment's readiness probe asks so that a rolling update
+        can proceed with a standby (the Service selects the leader by label)."""
+        leader = ctl.is_leader
+        if role == "replica":
+            ok = ctl.healthy_replica
+        else:
+            ok = ctl.ready
+        status = "ready" if ok else ("unavailable" if not ctl.store_available else "standby")
+        return JSONResponse({"status": status, "leader": leader}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -63,6 +63,9 @@ class FakeBackend:
     async def start(self) -> None:
         pass
 
+    async def stop(self) -> None:
+        pass
+
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         name = f"pod-{next(self._names)}"
         self.pods[name] = PodStatus(name, PodPhase.PENDING, labels=dict(labels))
