@@ -134,7 +134,11 @@ class HA:
         self.http = httpx.AsyncClient(timeout=10.0)
         self.env: dict[str, str] = {
             "SANDBOX_PREWARM_POOL_SIZE": "3",
-            "SANDBOX_MAX_TOTAL_JOBS": "10",
+            # Room for a split-brain round's pods: 3 warm, 2 claimed as the pause hits,
+            # 3 claimed after the takeover, and the 2 per round of the last three
+            # rounds that a new leader keeps for a route lease (recovery.py) before
+            # deleting them.
+            "SANDBOX_MAX_TOTAL_JOBS": "16",
             "SANDBOX_MAX_SESSIONS_PER_USER": "5",
         }
 
