@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # Kubernetes backend
     namespace: str | None = None
+    # This controller's own pod (the chart sets it from the downward API), labelled
+    # while it leads so that the controller Service follows the leader.
+    pod_name: str | None = None
     kubeconfig: str | None = None
     pod_template_path: str | None = None
     pod_template_configmap: str | None = None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
-from .backends.base import Backend, LeaseLost, WriteGuard, no_guard
+from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .metrics import ControllerMetrics
@@ -229,6 +229,7 @@ class Controller:
             await self._release(epoch)
             return
         self.scheduler = scheduler
+        await self._mark_leader(True)
 
     async def _step_down(self, *, release: bool) -> None:
         scheduler, self.scheduler = self.scheduler, None
@@ -239,6 +240,23 @@ class Controller:
         if release and scheduler.fence is not None:
             await self._release(scheduler.fence.epoch)
         self.lease.lost()
+        await self._mark_leader(False)
+
+    async def _mark_leader(self, leader: bool) -> None:
+        """Label this controller's own pod while it leads (SANDBOX_POD_NAME, in the
+        chart), so the controller Service routes to the leader alone."""
+        backend, pod_name = self.backend, self.settings.pod_name
+        if pod_name is None or not isinstance(backend, MarksLeader):
+            return
+        try:
+            await backend.mark_leader(pod_name, leader)
+        except Exception as exc:  # the Service lags; leadership itself is unaffected
+            log.warning(
+                "could not %s the leader label on %s: %s",
+                "set" if leader else "remove",
+                pod_name,
+                exc,
+            )
 
     async def _release(self, epoch: int) -> None:
         self.lease.lost()  # before the release: no write may follow it

@@ -11,7 +11,7 @@ import enum
 import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Set by the pod template (the chart: the release); narrows which pods are ours.
@@ -22,6 +22,8 @@ LABEL_SESSION = "agent-sandbox/session"
 LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
 # One per create call, so a retry can find the pod a lost answer was about.
 LABEL_CREATE_ID = "agent-sandbox/create-id"
+# On the controller's own pod while it leads: the controller Service selects it.
+LABEL_LEADER = "agent-sandbox/leader"
 
 
 def session_label(session_id: str) -> str:
@@ -77,6 +79,16 @@ class PodStatus:
 class PodEvent:
     pod: PodStatus
     deleted: bool = False
+
+
+@runtime_checkable
+class MarksLeader(Protocol):
+    """A platform where the leading controller's own pod carries a label (Kubernetes:
+    the controller Service selects it, so traffic follows the lease)."""
+
+    async def mark_leader(self, pod_name: str, leader: bool) -> None:
+        """Label ``pod_name`` (this controller's pod) as the leader, clearing a stale
+        label from any other controller pod; or, with ``leader=False``, remove it."""
 
 
 class Backend(Protocol):

@@ -36,6 +36,7 @@ from ..config import KubeOptions
 from .base import (
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
+    LABEL_LEADER,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     BackendError,
@@ -353,6 +354,40 @@ class KubernetesBackend:
 
     async def list_pods(self) -> list[PodStatus]:
         return self._cache.statuses()
+
+    async def mark_leader(self, pod_name: str, leader: bool) -> None:
+        """The controller's own pod carries LABEL_LEADER while it leads, and the
+        controller Service selects that label. Taking the label (and clearing it from
+        a controller pod that led before: killed, or paused and deposed) is a leader's
+        write and passes the write guard. Dropping its own label is the one write a
+        non-leader makes, and only to its own pod. Never a sandbox pod: one carries
+        our managed-by label, and is refused here."""
+        if leader:
+            stale = await self._call(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=f"{LABEL_LEADER}=true,{LABEL_MANAGED_BY}!={MANAGED_BY}",
+            )
+            for pod in stale.get("items") or []:
+                if pod["metadata"]["name"] != pod_name:
+                    await self._label_controller_pod(pod["metadata"]["name"], None, write=True)
+        await self._label_controller_pod(pod_name, "true" if leader else None, write=leader)
+
+    async def _label_controller_pod(self, name: str, value: str | None, *, write: bool) -> None:
+        pod = await self._call(self.core.read_namespaced_pod, name, self.namespace)
+        labels = pod.get("metadata", {}).get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+            raise BackendError(f"{name} is a sandbox pod, not a controller's", retryable=False)
+        if labels.get(LABEL_LEADER) == value:
+            return
+        await self._call(
+            self.core.patch_namespaced_pod,
+            name,
+            self.namespace,
+            {"metadata": {"labels": {LABEL_LEADER: value}}},  # null removes it
+            write=write,
+            _content_type="application/merge-patch+json",
+        )
 
     async def events(self) -> AsyncIterator[PodEvent]:
         queue = self._queue  # this term's: stop() ends it, start() makes another
