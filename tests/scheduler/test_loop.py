@@ -5,11 +5,12 @@ backend (fakes.py) and a ManualClock; nothing sleeps."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
+from sandbox_controller.backends.base import PodPhase, PodStatus
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.errors import (
     NotLeader,
@@ -25,7 +26,7 @@ from sandbox_controller.model import (
     SessionState,
     WaitReason,
 )
-from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, Scheduler
+from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, RECOVERY_BACKOFF, Scheduler
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
@@ -60,6 +61,14 @@ class World:
         await self.quiesce()
         assert self.idle() == LIMITS.prewarm_pool_size
         assert len(self.store.pods) == LIMITS.prewarm_pool_size
+
+    async def quiesce_until(self, check: Callable[[], bool]) -> None:
+        """Yield to the loop's tasks (no clock time passes) until ``check()`` holds."""
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the scheduler never got there")
 
     def idle(self) -> int:
         return self.scheduler.snapshot(self.clock.now()).pods[PodState.IDLE]
@@ -157,6 +166,36 @@ async def test_waiting_callers_hear_of_a_failed_commit_too(world: World) -> None
     world.clock.advance(POD_ROWS_DELAY)  # pod rows due: the next round writes
     with pytest.raises(StoreUnavailable):
         await waiting
+
+
+async def test_while_the_store_is_down_callers_are_refused_at_once_and_old_news_dropped(
+    world: World,
+) -> None:
+    await world.warm()
+    [warm, *_] = [n for n, p in world.backend.pods.items() if p.phase is PodPhase.READY]
+    world.store.failures, world.store.load_failures = 1, 1000
+    with pytest.raises(StoreUnavailable):
+        await world.scheduler.open_session("ann", "t1", 0)
+    await world.quiesce_until(lambda: world.scheduler.store_down)
+
+    # Refused now, not after its wait of 30 s: nothing can be promised without the store.
+    with pytest.raises(StoreUnavailable):
+        await world.scheduler.open_session("bob", "t2", 30)
+    with pytest.raises(StoreUnavailable):
+        world.scheduler.record_activity({"nobody": world.clock.now()})
+    # An event from before the rebuild's list (the pod's start, long over) must not
+    # make a warm pod look as if it stopped answering.
+    world.backend.emit(PodStatus(warm, PodPhase.PENDING))
+    await world.clock.until_sleeping()
+    world.clock.advance(RECOVERY_BACKOFF.cap)
+    await world.clock.until_sleeping()  # another attempt failed: backing off again
+
+    world.store.load_failures = 0
+    world.clock.advance(RECOVERY_BACKOFF.cap)
+    await world.quiesce_until(lambda: not world.scheduler.store_down)
+    opened = await world.scheduler.open_session("bob", "t2", 0)
+    assert opened.outcome is Outcome.WARM
+    assert world.backend.calls_of("delete") == []
 
 
 async def test_a_route_lookup_goes_through_the_loop_and_writes_nothing(world: World) -> None:

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ import httpx
 
 from sandbox_controller.backends.base import LABEL_MANAGED_BY, MANAGED_BY
 from sandbox_controller.kubesim import write_kubeconfig
+
+from ...eventually import eventually
 
 NAMESPACE = "sandboxes"
 API_TOKEN = "ha-drill-api-token"
@@ -207,37 +208,46 @@ class HA:
         return replica
 
     async def _wait_healthy(self, replica: Replica, limit: float = 30.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        async def healthy() -> bool:
             if replica.proc.poll() is not None:
                 raise AssertionError(f"{replica.name} exited:\n{replica.tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if (await replica.client.get("/healthz", timeout=1.0)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{replica.name} not healthy in {limit}s:\n{replica.tail()}")
+                return (await replica.client.get("/healthz", timeout=1.0)).status_code == 200
+            return False
+
+        try:
+            await eventually(healthy, within=limit, every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{replica.name}:\n{replica.tail()}") from None
 
     async def leader(self, among: list[Replica] | None = None, limit: float = 20.0) -> Replica:
         """The one replica whose /readyz says it leads (waits for there to be one)."""
         candidates = among if among is not None else self.replicas
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        found: list[Replica] = []
+
+        async def one_leads() -> bool:
             for replica in candidates:
                 if replica.proc.poll() is None and await replica.is_leader():
-                    return replica
-            await asyncio.sleep(0.05)
-        logs = "\n".join(f"--- {r.name}\n{r.tail()}" for r in candidates)
-        raise AssertionError(f"no leader among {[r.name for r in candidates]} in {limit}s\n{logs}")
+                    found.append(replica)
+                    return True
+            return False
+
+        try:
+            await eventually(one_leads, within=limit, every=0.05)
+        except AssertionError:
+            logs = "\n".join(f"--- {r.name}\n{r.tail()}" for r in candidates)
+            names = [r.name for r in candidates]
+            raise AssertionError(f"no leader among {names} in {limit}s\n{logs}") from None
+        return found[-1]
 
     async def wait_idle(self, replica: Replica, count: int, limit: float = 30.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        async def idle() -> bool:
             with contextlib.suppress(httpx.TransportError):
                 response = await replica.client.get("/pool", timeout=2.0)
-                if response.status_code == 200 and response.json()["pods"]["idle"] >= count:
-                    return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{replica.name}: {count} idle pods not reached in {limit}s")
+                return response.status_code == 200 and response.json()["pods"]["idle"] >= count
+            return False
+
+        await eventually(idle, within=limit, every=0.1, what=f"{replica.name}: {count} idle pods")
 
     async def close(self) -> None:
         for replica in self.replicas:
