@@ -162,6 +162,11 @@ class Controller:
             log.warning("%s failed; the store is unavailable: %s", what, exc)
         self.store_ok = False
 
+    def _store_answered(self) -> None:
+        if not self.store_ok:
+            log.info("the store answers again")
+        self.store_ok = True
+
     async def _schema_known(self) -> bool:
         """Whether this version may write to the database's schema. A new database
         gets its schema here; one that a newer version migrated is left alone."""
@@ -173,7 +178,7 @@ class Controller:
         except Exception as exc:
             self._store_failed("reading the schema version", exc)
             return False
-        self.store_ok = True
+        self._store_answered()
         if state is SchemaState.NEWER and self.schema is not SchemaState.NEWER:
             log.error(
                 "the database schema is newer than this version knows; waiting (not ready) "
@@ -189,7 +194,7 @@ class Controller:
         epoch = await self.store.acquire_lease(
             self.holder, self.settings.leader_lease_ttl, self.clock.now()
         )
-        self.store_ok = True
+        self._store_answered()
         if epoch is not None:
             self.lease.renewed(sent)
         return epoch

@@ -48,7 +48,3 @@ class LeaseTerm:
 
     def usable(self, now: float) -> bool:
         return now < self.usable_until
-
-    def left(self, now: float) -> float:
-        """Seconds the lease may still be acted on (0 when it may not)."""
-        return max(0.0, self.usable_until - now)
