@@ -26,7 +26,9 @@ async def test_a_standby_is_a_healthy_replica_that_takes_over_a_released_lease(
     standby = await start_controller(leader_renew_interval="1s", leader_lease_ttl="4s")
     assert leader.controller.is_leader and not standby.controller.is_leader
 
-    assert await status(standby.client, "/readyz") == 503
+    unready = await standby.client.get("/readyz")
+    assert unready.status_code == 503 and unready.headers["Retry-After"] == "1"
+    assert unready.json() == {"status": "standby", "leader": False}
     assert await status(standby.client, "/readyz?role=replica") == 200
     assert await status(leader.client, "/readyz?role=replica") == 200
     refused = await standby.client.post("/sessions", json={"user_id": "u", "thread_id": "t"})

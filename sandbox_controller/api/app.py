@@ -155,8 +155,12 @@ def create_app(controller: Controller) -> FastAPI:
             ok = ctl.healthy_replica
         else:
             ok = ctl.ready
-        status = "ready" if ok else ("unavailable" if not ctl.store_available else "standby")
-        return JSONResponse({"status": status, "leader": leader}, status_code=200 if ok else 503)
+        body = {"status": "ready", "leader": leader}
+        if ok:
+            return JSONResponse(body)
+        body["status"] = "standby" if ctl.store_available else "unavailable"
+        # Every 503 says when to ask again; readiness can change within a second.
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/metrics")
     async def metrics() -> Response:
