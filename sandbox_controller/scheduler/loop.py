@@ -51,7 +51,8 @@ POD_ROWS_DELAY = 1.0
 # Rebuilding after a failed commit: retried until the store answers again. Capped low:
 # callers are refused (store_unavailable) until it succeeds.
 RECOVERY_BACKOFF = Backoff(0.25, 2.0)
-# A stop lets the round in progress finish (its commit, its answers) this long.
+# A stop lets the round in progress finish (its commit, its answers) this long, and
+# gives its last write of pod rows as long.
 STOP_GRACE = 2.0
 
 T = TypeVar("T")
@@ -122,11 +123,12 @@ class Scheduler:
         await self._tasks.stop()
         if self._pool is not None and (self._pod_rows or self._forgotten_rows):
             try:  # best effort: a clean stop leaves no pool pod unaccounted for
-                await self._commit(Outbox(), force=True)
+                async with asyncio.timeout(STOP_GRACE):
+                    await self._commit(Outbox(), force=True)
             except Exception as exc:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
-        self._fail_waiters(NotLeader)
+        self._fail_queued(NotLeader)  # nobody waits forever on a command never applied
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -293,9 +295,12 @@ class Scheduler:
         return commands
 
     async def _run(self) -> None:
+        commands: list[_Command] = []
         try:
             while not self._stopped.is_set():
-                await self._round(await self._next_round())
+                commands = await self._next_round()
+                await self._round(commands)
+                commands = []
         except Deposed as exc:
             log.error("deposed: %s", exc)
             self.failed = exc
@@ -304,6 +309,10 @@ class Scheduler:
             self.failed = exc
         finally:
             self.running = False
+            # The round cut short (deposed, or cancelled by a stop) promised nothing.
+            for command in commands:
+                if command.future is not None and not command.future.done():
+                    command.future.set_exception(NotLeader())
             self._fail_waiters(NotLeader)
 
     async def _round(self, commands: list[_Command]) -> None:

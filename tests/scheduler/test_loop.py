@@ -256,3 +256,23 @@ async def test_a_stopped_scheduler_refuses_and_its_waiters_hear_why(world: World
         await waiting
     with pytest.raises(NotLeader):
         await world.scheduler.open_session("ann", "t2", 0)
+
+
+async def test_a_stop_lets_the_round_finish_and_fails_what_was_never_applied(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sandbox_controller.scheduler.loop.STOP_GRACE", 0.05)
+    await world.warm()
+    world.store.gate = asyncio.Event()  # the next commit hangs: the database froze
+    world.store.write_started.clear()
+    claim = asyncio.create_task(world.scheduler.open_session("ann", "t1", 0))
+    lookup = asyncio.create_task(world.scheduler.route("nobody"))  # the same round
+    await world.quiesce_until(lambda: world.store.write_started.is_set())
+
+    await world.scheduler.stop()  # the round outlives the grace: cancelled
+
+    for caller in (claim, lookup):
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(caller, 5.0)  # refused, never left waiting
+    assert world.backend.calls_of("label") == []  # nothing of the round went out
+    world.store.gate.set()
