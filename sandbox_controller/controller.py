@@ -114,9 +114,12 @@ class Controller:
 
     @property
     def healthy_replica(self) -> bool:
-        """Fit to lead or to stand by: the store answers and its schema is one this
-        version knows (GET /readyz?role=replica, the pods' readiness probe)."""
-        return self.store_ok and self.schema in (SchemaState.CURRENT, SchemaState.BEHIND)
+        """Fit to lead or to stand by: the schema, as last read from the store, is one
+        this version knows (GET /readyz?role=replica, the pods' readiness probe). Not
+        the store's health of the moment: during an outage every replica stays in its
+        Service, so callers hear 503 store_unavailable with Retry-After rather than
+        find no endpoint at all."""
+        return self.schema in (SchemaState.CURRENT, SchemaState.BEHIND)
 
     def write_guard(self) -> None:
         """Called by the backend immediately before each write it sends."""

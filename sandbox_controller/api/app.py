@@ -147,9 +147,9 @@ def create_app(controller: Controller) -> FastAPI:
     @app.get("/readyz")
     async def readyz(role: str | None = None) -> Response:
         """Ready to serve the API: the leader, with its store answering. With
-        ``?role=replica``: fit to lead or stand by (the store answers, its schema is
-        known), what a Deployment's readiness probe asks so that a rolling update
-        can proceed with a standby (the Service selects the leader by label)."""
+        ``?role=replica``: fit to lead or stand by (its schema is one this version
+        knows), what a Deployment's readiness probe asks so that a rolling update can
+        proceed with a standby (the Service selects the leader by label)."""
         leader = ctl.is_leader
         if role == "replica":
             ok = ctl.healthy_replica
