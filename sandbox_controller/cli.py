@@ -1,12 +1,21 @@
-"""``sandbox-controller``: dev, serve, proxy, migrate, plan."""
+"""sandbox-controller: a warm pool of sandbox pods for AI-agent sessions.
+
+Commands: dev, serve, proxy, migrate, plan, trace, simulate. Settings come from
+SANDBOX_* environment variables (see the README); a few have flags too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import json
 import logging
+import os
 import secrets
+import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvloop
@@ -27,6 +36,9 @@ def _setup_logging(level: str) -> None:
     )
     # One line per request to a sandbox's /healthz is noise, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic tells of every plugin it sets up at INFO: only a debugging operator cares.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -43,7 +55,60 @@ async def _migrate(settings: Settings) -> None:
         await store.close()
 
 
+class DatabaseUnusable(Exception):
+    """SANDBOX_DATABASE_URL names no database this process can use; says which, and why."""
+
+
+# Well within the 10 s a first-run user should wait to learn the database is wrong.
+DATABASE_CHECK_TIMEOUT = 7.0
+
+
+async def check_database(url: str) -> None:
+    """The store opened as the process will open it, and one SELECT 1, before anything
+    else starts: a wrong or unreachable database is one line (naming it, without its
+    password) and an exit, not a traceback or a retry loop."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from .store import Store
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUnusable("SANDBOX_DATABASE_URL is not a database URL") from None
+    name = parsed.render_as_string(hide_password=True)
+
+    def unusable(reason: str) -> DatabaseUnusable:
+        # Drivers seldom echo a password, but this line goes to logs: never let one through.
+        if parsed.password and len(str(parsed.password)) >= 4:
+            reason = reason.replace(str(parsed.password), "***")
+        return DatabaseUnusable(f"cannot use the database {name}: {reason}")
+
+    try:
+        store = Store.open(url)
+    except Exception as exc:  # an unknown dialect, a missing driver, a bad path
+        raise unusable(_first_line(exc)) from None
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT):
+            await store.ping()
+    except TimeoutError:
+        raise unusable(f"no answer within {DATABASE_CHECK_TIMEOUT:g} s") from None
+    except DBAPIError as exc:
+        raise unusable(_first_line(exc.orig or exc)) from None
+    except Exception as exc:  # refused connections and the like, as the driver words them
+        raise unusable(_first_line(exc)) from None
+    finally:
+        await store.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    words = str(exc).strip().splitlines()
+    return words[0] if words else type(exc).__name__
+
+
 async def _main(command: str, settings: Settings) -> None:
+    if command in ("dev", "serve", "migrate"):
+        await check_database(settings.database_url)
     if command == "migrate":
         await _migrate(settings)
         return
@@ -74,53 +139,157 @@ def _require_api_token(settings: Settings) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sandbox-controller", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="controller + proxy + local sandboxes + SQLite, one process")
-    dev.add_argument("--host")
-    dev.add_argument("--port", type=int)
-    dev.add_argument("--proxy-port", type=int)
-    sub.add_parser("serve", help="the controller alone (what the Helm chart runs)")
-    sub.add_parser("proxy", help="the proxy alone (what the Helm chart runs, N replicas)")
-    sub.add_parser("migrate", help="apply database migrations and exit")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sandbox-controller",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to run (COMMAND --help: more)"
+    )
+    dev = sub.add_parser(
+        "dev",
+        help="controller + proxy + local sandboxes + SQLite, one process",
+        description="Controller, proxy and local sandbox processes in one process tree, "
+        "for a laptop or a single VM. Keeps its API token and token secret in "
+        "SANDBOX_STATE_DIR, so they survive a restart.",
+    )
+    dev.add_argument("--host", help="address of the controller API (SANDBOX_HOST; 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="controller API port (SANDBOX_PORT; 8080)")
+    dev.add_argument(
+        "--proxy-port", type=int, help="proxy port, 0 for any free one (SANDBOX_PROXY_PORT; 8081)"
+    )
+    sub.add_parser(
+        "serve",
+        help="the controller alone (what the Helm chart runs)",
+        description="The controller alone. Needs SANDBOX_TOKEN_SECRET (shared with the "
+        "proxies) and, unless it listens on loopback only, SANDBOX_API_TOKEN.",
+    )
+    sub.add_parser(
+        "proxy",
+        help="the proxy alone (what the Helm chart runs, N replicas)",
+        description="The proxy alone. Needs SANDBOX_TOKEN_SECRET.",
+    )
+    sub.add_parser(
+        "migrate",
+        help="apply database migrations and exit",
+        description="Apply the database migrations to SANDBOX_DATABASE_URL and exit.",
+    )
     sub.add_parser(
         "plan", help="capacity arithmetic: pods, CPU and memory for a peak", add_help=False
     )
+    sub.add_parser(
+        "trace", help="export a trace of real sessions, or synthesize one", add_help=False
+    )
+    sub.add_parser("simulate", help="replay a trace through the real scheduler", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "plan":
         from .plan import main as plan_main
 
         return plan_main(rest)
+    if args.command in ("trace", "simulate"):
+        # Imported here: the controller itself never loads the simulator.
+        from .sim.cli import simulate_main, trace_main
+
+        return (trace_main if args.command == "trace" else simulate_main)(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "dev":
-            settings = _settings(host=args.host, port=args.port, proxy_port=args.proxy_port)
-            if settings.api_token is None:
-                settings = settings.model_copy(update={"api_token": secrets.token_urlsafe(24)})
-            if settings.token_secret is None:
-                settings = settings.model_copy(update={"token_secret": secrets.token_urlsafe(32)})
+            settings = _dev_credentials(
+                _settings(host=args.host, port=args.port, proxy_port=args.proxy_port)
+            )
         else:
             settings = _settings()
         if args.command == "serve":
             _require_api_token(settings)
+            if not settings.token_secret:
+                raise ConfigError(
+                    "SANDBOX_TOKEN_SECRET: required by serve: the proxies verify the "
+                    "session tokens it signs with the same secret"
+                )
         if args.command == "proxy" and not settings.token_secret:
             raise ConfigError("SANDBOX_TOKEN_SECRET: required by the proxy to verify tokens")
     except ConfigError as exc:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings.log_level)
+    listens = _listens(args.command, settings)
+    taken = next((addr for addr in listens if not _free(*addr)), None)
+    if taken is not None:
+        print(f"sandbox-controller: port {taken[1]} on {taken[0]} is taken", file=sys.stderr)
+        return 1
     try:
         uvloop.run(_main(args.command, settings))
     except KeyboardInterrupt:
         pass
+    except DatabaseUnusable as exc:
+        print(f"sandbox-controller: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        # A taken port or an unreachable address: say so in one line, not a traceback.
-        print(f"sandbox-controller: {exc.strerror or exc}", file=sys.stderr)
+        # A port taken since the check, or an unreachable address: one line, no traceback.
+        where = " or ".join(f"{host}:{port}" for host, port in listens)
+        print(
+            f"sandbox-controller: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr
+        )
         return 1
     return 0
+
+
+def _listens(command: str, settings: Settings) -> list[tuple[str, int]]:
+    """The addresses this command will listen on."""
+    api = (settings.host, settings.port)
+    proxy = (settings.proxy_host, settings.proxy_port)
+    return {"dev": [api, proxy], "serve": [api], "proxy": [proxy]}.get(command, [])
+
+
+def _free(host: str, port: int) -> bool:
+    """False only if another process listens there (bound as the servers bind)."""
+    if port == 0:
+        return True
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+DEV_CREDENTIALS = "dev-credentials.json"
+
+
+def _dev_credentials(settings: Settings) -> Settings:
+    """dev's API token and token secret: from the environment if set, else the ones it
+    made on its first start, kept in the state dir (so session tokens and scripts survive
+    a restart), else new ones, written there for next time."""
+    path = Path(settings.state_dir) / DEV_CREDENTIALS
+    try:
+        kept = json.loads(path.read_text())
+    except FileNotFoundError:
+        kept = {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SANDBOX_STATE_DIR: cannot read {path}: {exc}") from None
+    stored = {name: kept[name] for name in ("api_token", "token_secret") if kept.get(name)}
+    new = {"api_token": secrets.token_urlsafe(24), "token_secret": secrets.token_urlsafe(32)}
+    for name, value in new.items():
+        if getattr(settings, name) is None:  # a value from the environment is never written
+            stored.setdefault(name, value)
+    if stored != kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only from the first byte: these open every session of this dev server.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            json.dump(stored, out)
+    made = {name: getattr(settings, name) or stored[name] for name in new}
+    return settings.model_copy(update=made)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,12 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
-from .model import Limits
+from .model import Limits, PrewarmPolicy, PrewarmSettings
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(Exception):
@@ -27,6 +30,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore", frozen=True)
 
     prewarm_pool_size: int = Field(5, ge=0)
+    # static keeps prewarm_pool_size warm pods; adaptive sizes the pool from recent
+    # arrivals and measured start-up times, within prewarm_min..prewarm_max.
+    prewarm_policy: PrewarmPolicy = PrewarmPolicy.STATIC
+    prewarm_min: int = Field(1, ge=0)
+    prewarm_max: int = Field(20, ge=0)
+    prewarm_target_warm_hit_rate: float = Field(0.99, gt=0.0, lt=1.0)
     max_total_jobs: int = Field(50, ge=1)
     max_sessions_per_user: int = Field(5, ge=1)
     idle_timeout: Duration = 9000.0
@@ -105,6 +114,12 @@ class Settings(BaseSettings):
             max_concurrent_creates=self.max_concurrent_creates,
             # One flush interval of batching in the proxy, and one more for delivery.
             activity_lag=2 * self.activity_flush_interval,
+            prewarm=PrewarmSettings(
+                policy=self.prewarm_policy,
+                min=self.prewarm_min,
+                max=self.prewarm_max,
+                target_warm_hit_rate=self.prewarm_target_warm_hit_rate,
+            ),
         )
 
     def kube_options(self) -> KubeOptions:
@@ -124,12 +139,24 @@ class Settings(BaseSettings):
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
+        return value.lower()
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.prewarm_pool_size > self.max_total_jobs:
             raise ValueError(
                 "SANDBOX_PREWARM_POOL_SIZE must not exceed SANDBOX_MAX_TOTAL_JOBS "
                 f"({self.prewarm_pool_size} > {self.max_total_jobs})"
+            )
+        if self.prewarm_min > self.prewarm_max:
+            raise ValueError(
+                "SANDBOX_PREWARM_MIN must not exceed SANDBOX_PREWARM_MAX "
+                f"({self.prewarm_min} > {self.prewarm_max})"
             )
         if self.idle_timeout <= 0:
             raise ValueError("SANDBOX_IDLE_TIMEOUT must be greater than zero")

@@ -5,6 +5,16 @@ Server-Sent Events stream (``?n=`` events, ``?interval=`` seconds apart); WebSoc
 ``/ws`` echoes text and binary frames and closes with the code it is sent in a
 ``close:<code>`` text frame.
 
+It also implements the whole sandbox contract (README, "Bring your own sandbox image"):
+an index page at ``/`` (the claimed session's user and env NAMES, never values), and
+the optional hooks under ``/_sandbox/``, each authenticated by the pod's claim secret
+(env ``SANDBOX_CLAIM_SECRET``, sent as ``Authorization: Bearer <secret>``):
+``POST /_sandbox/claim`` records the session it receives and writes its files under
+``--workdir``; ``GET /_sandbox/claim`` shows what it received; ``GET /_sandbox/status``
+answers ``{"busy", "detail"}``; ``POST /_sandbox/release`` records the release. Tests
+flip ``busy`` with ``POST /_sandbox/busy {"busy": true, "detail": "..."}`` (no secret:
+a sandbox saying it is busy is its own business).
+
 Run it as ``python -m sandbox_controller.devsandbox --port 0``: it binds, then prints
 ``listening <host>:<port>`` on stdout, so whoever started it learns the port without
 racing for a free one.
@@ -14,14 +24,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import os
+import secrets
 import socket
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -119,9 +142,202 @@ async def ws_echo(websocket: WebSocket) -> None:
         return
 
 
-def build_app() -> Starlette:
+# ------------------------------------------------------------ the sandbox contract
+
+Text = Annotated[str, StringConstraints(max_length=65536)]
+
+
+class ClaimedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    content: Text
+
+
+class Claim(BaseModel):
+    """What the controller sends when it leases the pod to a session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    user_id: str
+    thread_id: str
+    metadata: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    files: list[ClaimedFile] = Field(default_factory=list)
+
+
+class BusySwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    busy: bool
+    detail: str = ""
+
+
+@dataclass
+class ContractState:
+    """What the hooks received. One pod serves one session, so one claim at most."""
+
+    claim_secret: str | None
+    workdir: Path | None  # None: a temp dir, made at claim time
+    claim: Claim | None = None
+    released: bool = False
+    busy: bool = False
+    detail: str = ""
+    written: list[str] = field(default_factory=list)
+
+
+def _problem(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _authorized(state: ContractState, request: Request) -> bool:
+    # No secret configured: nobody can claim this pod (fail closed).
+    if state.claim_secret is None:
+        return False
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        value.encode(), state.claim_secret.encode()
+    )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(state: ContractState, handler: Handler) -> Handler:
+    async def guarded(request: Request) -> Response:
+        if not _authorized(state, request):
+            return _problem(401, "unauthorized", "missing or wrong claim secret")
+        return await handler(request)
+
+    return guarded
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _BadBody(f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+class _BadBody(Exception):
+    pass
+
+
+def _safe_path(workdir: Path, name: str) -> Path | None:
+    """The file's place under workdir, or None if the name would leave it."""
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts or "\x00" in name:
+        return None
+    return workdir.joinpath(*relative.parts)
+
+
+def contract_routes(state: ContractState) -> list[Route]:
+    async def claim(request: Request) -> Response:
+        try:
+            received: Claim = await _parse(request, Claim)
+        except _BadBody as exc:
+            return _problem(422, "invalid_request", str(exc))
+        if state.claim is not None:
+            # A pod serves one session in its life (DESIGN invariant 3).
+            return _problem(409, "already_claimed", "this sandbox already serves a session")
+        if state.workdir is None:
+            state.workdir = Path(tempfile.mkdtemp(prefix="devsandbox-"))
+        targets = [_safe_path(state.workdir, f.path) for f in received.files]
+        if None in targets:
+            return _problem(422, "invalid_request", "files: a path leaves the workspace")
+        for target, claimed in zip(targets, received.files, strict=True):
+            assert target is not None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(claimed.content)
+            state.written.append(claimed.path)
+        state.claim = received
+        return Response(status_code=204)
+
+    async def claimed(request: Request) -> Response:
+        if state.claim is None:
+            return _problem(404, "not_claimed", "no session has claimed this sandbox")
+        return JSONResponse(
+            {
+                **state.claim.model_dump(),
+                "released": state.released,
+                "workdir": state.workdir and str(state.workdir),
+            }
+        )
+
+    async def status(request: Request) -> Response:
+        return JSONResponse({"busy": state.busy, "detail": state.detail})
+
+    async def release(request: Request) -> Response:
+        state.released = True
+        return Response(status_code=204)
+
+    async def busy(request: Request) -> Response:
+        try:
+            switch: BusySwitch = await _parse(request, BusySwitch)
+        except _BadBody as exc:
+            return _problem(422, "invalid_request", str(exc))
+        state.busy, state.detail = switch.busy, switch.detail
+        return JSONResponse({"busy": state.busy, "detail": state.detail})
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(index_page(state))
+
+    return [
+        Route("/", index),
+        Route("/_sandbox/claim", _guarded(state, claim), methods=["POST"]),
+        Route("/_sandbox/claim", _guarded(state, claimed), methods=["GET"]),
+        Route("/_sandbox/status", _guarded(state, status)),
+        Route("/_sandbox/release", _guarded(state, release), methods=["POST"]),
+        Route("/_sandbox/busy", busy, methods=["POST"]),
+    ]
+
+
+ENDPOINTS = (
+    ("GET /healthz", "readiness: 200 ok"),
+    ("POST /echo", "the request body, streamed back"),
+    ("GET /events?n=&interval=", "a Server-Sent Events stream"),
+    ("WebSocket /ws", "echoes text and binary frames"),
+    ("GET /headers", "the headers this sandbox was sent"),
+    ("POST /_sandbox/claim", "hook: the session this pod now serves (claim secret)"),
+    ("GET /_sandbox/status", 'hook: {"busy", "detail"} (claim secret)'),
+    ("POST /_sandbox/release", "hook: the pod is about to be deleted (claim secret)"),
+    ("POST /_sandbox/busy", 'test switch: {"busy": true, "detail": "..."}'),
+)
+
+
+def index_page(state: ContractState) -> str:
+    """What this is, and whom it serves. Env values are secrets: only names are shown."""
+    esc = html.escape
+    rows = "".join(f"<li><code>{esc(e)}</code>: {esc(what)}</li>" for e, what in ENDPOINTS)
+    claim = state.claim
+    if claim is None:
+        session = "<p>Not claimed: a warm sandbox waiting for a session.</p>"
+    else:
+        names = ", ".join(f"<code>{esc(n)}</code>" for n in sorted(claim.env)) or "none"
+        files = ", ".join(f"<code>{esc(n)}</code>" for n in state.written) or "none"
+        session = (
+            f"<p>Session <code>{esc(claim.session_id)}</code> of user "
+            f"<code>{esc(claim.user_id)}</code>, thread <code>{esc(claim.thread_id)}</code>."
+            f"</p><p>Environment names: {names}</p><p>Files: {files}</p>"
+        )
+    busy = f"busy: {esc(state.detail)}" if state.busy else "not busy"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>devsandbox</title></head>"
+        "<body><h1>devsandbox</h1><p>The agent-sandbox-controller's own sandbox workload: "
+        f"it proves the plumbing.</p>{session}<p>Status: {busy}"
+        f"{'; released' if state.released else ''}.</p><h2>Endpoints</h2><ul>{rows}</ul>"
+        "</body></html>"
+    )
+
+
+def build_app(claim_secret: str | None = None, workdir: Path | None = None) -> Starlette:
+    state = ContractState(claim_secret=claim_secret, workdir=workdir)
     return Starlette(
         routes=[
+            *contract_routes(state),
             Route("/healthz", healthz),
             Route("/echo", Echo(), methods=["POST", "PUT"]),
             Route("/upload", upload, methods=["POST", "PUT"]),
@@ -140,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--name", default="", help="pod name, so the process can be recognised")
+    parser.add_argument("--workdir", type=Path, help="where claimed files go (default: a temp dir)")
     args = parser.parse_args(argv)
+    # Empty means unset, as for the controller's own secrets.
+    claim_secret = os.environ.get("SANDBOX_CLAIM_SECRET") or None
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -151,7 +370,11 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     config = uvicorn.Config(
-        build_app(), log_level="warning", access_log=False, lifespan="off", ws_ping_interval=None
+        build_app(claim_secret, args.workdir),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ws_ping_interval=None,
     )
     server = uvicorn.Server(config)
     asyncio.run(server.serve(sockets=[sock]))

@@ -48,6 +48,10 @@ class _PoolCollector(Collector):
         )
         max_total = GaugeMetricFamily("sandbox_max_total_jobs", "The maxTotalJobs cap")
         prewarm = GaugeMetricFamily("sandbox_prewarm_pool_size", "Target of ready, unassigned pods")
+        prewarm_target = GaugeMetricFamily(
+            "sandbox_prewarm_target",
+            "Warm pods the prewarm policy wants now (static: prewarmPoolSize)",
+        )
         per_user = GaugeMetricFamily(
             "sandbox_max_sessions_per_user", "The per-user limit of live sessions"
         )
@@ -64,6 +68,8 @@ class _PoolCollector(Collector):
             cap_reached.add_metric([], 1.0 if status.cap_reached else 0.0)
             max_total.add_metric([], status.limits.max_total_jobs)
             prewarm.add_metric([], status.limits.prewarm_pool_size)
+            if status.prewarm is not None:
+                prewarm_target.add_metric([], status.prewarm.target)
             per_user.add_metric([], status.limits.max_sessions_per_user)
         yield from (
             pods,
@@ -74,6 +80,7 @@ class _PoolCollector(Collector):
             cap_reached,
             max_total,
             prewarm,
+            prewarm_target,
             per_user,
         )
         yield leader

@@ -81,6 +81,36 @@ class Session:
         return self.state is SessionState.READY and now - self.last_active_at >= idle_after
 
 
+class PrewarmPolicy(enum.StrEnum):
+    STATIC = "static"  # always prewarm_pool_size warm pods (the seed's semantics)
+    ADAPTIVE = "adaptive"  # follows recent arrivals and pod start-up (scheduler/prewarm.py)
+
+
+@dataclass(frozen=True)
+class PrewarmSettings:
+    """How the adaptive policy sizes the warm pool (unused by ``static``)."""
+
+    policy: PrewarmPolicy = PrewarmPolicy.STATIC
+    # One pod kept warm even at night, so the first session after a lull is warm too.
+    min: int = 1
+    max: int = 20
+    # The share of new sessions that should find a warm pod.
+    target_warm_hit_rate: float = 0.99
+    # The arrival rate is the larger of two windows' averages: the short one reacts to
+    # a burst within a minute, the long one keeps the pool from collapsing in a lull.
+    short_window: float = 60.0
+    long_window: float = 1800.0
+
+
+@dataclass(frozen=True)
+class PrewarmTarget:
+    """The warm pool's size right now, and why: GET /pool's ``prewarm``."""
+
+    policy: PrewarmPolicy
+    target: int
+    reason: str
+
+
 @dataclass(frozen=True)
 class Limits:
     """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
@@ -97,6 +127,7 @@ class Limits:
     # Reclaiming waits this much beyond idle_after, so a session that was just used
     # is never reclaimed because the news of it was still on its way (invariant 4).
     activity_lag: float
+    prewarm: PrewarmSettings = PrewarmSettings()
 
     @property
     def reclaim_after(self) -> float:
@@ -166,6 +197,7 @@ class PoolStatus:
     cap_reached: bool
     sessions: Mapping[SessionActivity, int]
     limits: Limits
+    prewarm: PrewarmTarget | None = None  # None: no pool (a standby)
 
     @classmethod
     def empty(cls, limits: Limits) -> PoolStatus:

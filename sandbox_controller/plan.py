@@ -180,6 +180,8 @@ def _parser() -> _Parser:
     parser = _Parser(
         prog="sandbox-controller plan",
         description="Size the sandbox pool for a peak number of concurrent editors.",
+        epilog="With --trace FILE instead, plan simulates your own traffic: "
+        "see `sandbox-controller plan --trace FILE --help`.",
     )
     parser.add_argument(
         "--peak-editors",
@@ -222,6 +224,11 @@ def _parser() -> _Parser:
 
 
 def main(argv: list[str]) -> int:
+    if any(arg == "--trace" or arg.startswith("--trace=") for arg in argv):
+        # Sizing from traffic: the simulator (sim/planning.py) answers.
+        from .sim.planning import main as plan_from_trace
+
+        return plan_from_trace(argv)
     try:
         args = _parser().parse_args(argv)
     except _Exit as exc:

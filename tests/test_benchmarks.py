@@ -16,6 +16,7 @@ import pytest
         "benchmarks.proxy_bench",
         "benchmarks.kube_bench",
         "benchmarks.failover_bench",
+        "benchmarks.sim_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

@@ -95,11 +95,15 @@ def test_a_taken_port_is_one_line_not_a_traceback(
         taken.listen()
         monkeypatch.setenv("SANDBOX_PORT", str(taken.getsockname()[1]))
         monkeypatch.setenv("SANDBOX_API_TOKEN", "x")
+        monkeypatch.setenv("SANDBOX_TOKEN_SECRET", "x")
         monkeypatch.setenv("SANDBOX_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/s.db")
         # GC tuning is process-wide; the test process keeps its own.
         monkeypatch.setattr("sandbox_controller.serving.tune_gc", lambda: None)
         assert main(["serve"]) == 1
-    assert capsys.readouterr().err.strip() == "sandbox-controller: Address already in use"
+        port = taken.getsockname()[1]
+    assert (
+        capsys.readouterr().err.strip() == f"sandbox-controller: port {port} on 127.0.0.1 is taken"
+    )
 
 
 def test_limits_and_kube_options_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,9 +17,27 @@ from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import Unauthorized, install_error_handlers
-from .schemas import ActivityReport, CreateSession, pool_json, session_json
+from .schemas import (
+    ID_MAX,
+    ID_SCHEMA,
+    RETRY_AFTER,
+    ActivityReport,
+    CreateSession,
+    HealthBody,
+    Id,
+    PoolBody,
+    ReadyBody,
+    RouteBody,
+    SessionBody,
+    SessionList,
+    errors,
+    pool_json,
+    session_json,
+)
 
-MAX_BODY = 64 * 1024  # the largest legitimate body (an activity batch) is far smaller
+# Room for the largest valid body: an activity batch of ACTIVITY_MAX_SESSIONS entries
+# (about 94 bytes each at worst).
+MAX_BODY = 128 * 1024
 
 
 def create_app(controller: Controller) -> FastAPI:
@@ -74,7 +92,15 @@ def create_app(controller: Controller) -> FastAPI:
             raise SessionNotFound(session_id)
         return view
 
-    @api.post("/sessions", status_code=201)
+    @api.post(
+        "/sessions",
+        status_code=201,
+        responses={
+            201: {"model": SessionBody, "description": "a new session (ready or provisioning)"},
+            200: {"model": SessionBody, "description": "the thread's live session (a retry)"},
+            **errors(400, 401, 409, 413, 422, 429, 503),
+        },
+    )
     async def open_session(body: CreateSession) -> Response:
         started = time.perf_counter()
         try:
@@ -92,34 +118,44 @@ def create_app(controller: Controller) -> FastAPI:
         body_json["reclaimed_session_id"] = opened.reclaimed_session_id
         return JSONResponse(body_json, status_code=201)
 
-    @api.get("/sessions/{session_id}")
+    @api.get(
+        "/sessions/{session_id}",
+        responses={200: {"model": SessionBody}, **errors(401, 404, 422, 503)},
+    )
     async def get_session(session_id: str) -> Response:
         return JSONResponse(view_json(await find(session_id), ctl.clock.now()))
 
-    @api.get("/sessions")
+    @api.get("/sessions", responses={200: {"model": SessionList}, **errors(401, 422, 503)})
     async def list_sessions(
-        user_id: Annotated[str, Query(min_length=1, max_length=253)],
+        user_id: Annotated[Id, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)],
     ) -> Response:
         views = await leading().list_for_user(user_id)
         now = ctl.clock.now()
         return JSONResponse({"sessions": [view_json(v, now) for v in views]})
 
-    @api.delete("/sessions/{session_id}", status_code=204)
+    @api.delete("/sessions/{session_id}", status_code=204, responses=errors(401, 404, 422, 503))
     async def delete_session(session_id: str) -> Response:
         await leading().end_session(session_id)
         return Response(status_code=204)
 
-    @api.post("/sessions/{session_id}/touch", status_code=204)
+    @api.post(
+        "/sessions/{session_id}/touch",
+        status_code=204,
+        responses=errors(401, 404, 410, 422, 503),
+    )
     async def touch_session(session_id: str) -> Response:
         await leading().touch(session_id)
         return Response(status_code=204)
 
-    @api.get("/pool")
+    @api.get("/pool", responses={200: {"model": PoolBody}, **errors(401, 422)})
     async def pool() -> Response:
         status = ctl.pool_snapshot() or PoolStatus.empty(ctl.settings.limits())
         return JSONResponse(pool_json(status, leader=ctl.is_leader))
 
-    @api.get("/internal/routes/{session_id}")
+    @api.get(
+        "/internal/routes/{session_id}",
+        responses={200: {"model": RouteBody}, **errors(401, 404, 422, 503)},
+    )
     async def route(session_id: str) -> Response:
         found = await leading().route(session_id)
         return JSONResponse(
@@ -133,28 +169,40 @@ def create_app(controller: Controller) -> FastAPI:
             }
         )
 
-    @api.post("/internal/activity", status_code=204)
+    @api.post("/internal/activity", status_code=204, responses=errors(400, 401, 413, 422, 503))
     async def activity(body: ActivityReport) -> Response:
         leading().record_activity(body.activity)
         return Response(status_code=204)
 
     app.include_router(api)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": HealthBody}, **errors(422)})
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
-    async def readyz(role: str | None = None) -> Response:
+    @app.get(
+        "/readyz",
+        responses={
+            200: {
+                "model": ReadyBody,
+                "description": "this replica leads (or, with "
+                "role=replica, is fit to lead or stand by)",
+            },
+            503: {
+                "model": ReadyBody,
+                "description": "a standby, or the store is unreachable",
+                "headers": RETRY_AFTER,
+            },
+            **errors(422),
+        },
+    )
+    async def readyz(role: Literal["replica"] | None = None) -> Response:
         """Ready to serve the API: the leader, with its store answering. With
         ``?role=replica``: fit to lead or stand by (its schema is one this version
         knows), what a Deployment's readiness probe asks so that a rolling update can
         proceed with a standby (the Service selects the leader by label)."""
         leader = ctl.is_leader
-        if role == "replica":
-            ok = ctl.healthy_replica
-        else:
-            ok = ctl.ready
+        ok = ctl.healthy_replica if role == "replica" else ctl.ready
         body = {"status": "ready", "leader": leader}
         if ok:
             return JSONResponse(body)
@@ -162,7 +210,13 @@ def create_app(controller: Controller) -> FastAPI:
         # Every 503 says when to ask again; readiness can change within a second.
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+            **errors(422),
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

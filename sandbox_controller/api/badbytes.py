@@ -3,8 +3,8 @@
 PostgreSQL cannot store NUL in text at all (asyncpg raises, and the caller saw a 500),
 and no id or query value of the API is legitimately a control character or a lone
 surrogate. A path with one names nothing, so it is 404; a query with one is a bad
-argument, so it is 422. Bodies are checked by the pydantic schemas (ids must be
-printable, which refuses the same characters).
+argument, so it is 422. Bodies are checked by the pydantic schemas (an id holds no
+character this refuses: schemas.ID_PATTERN).
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import (
     CapacityExhausted,
@@ -89,7 +91,8 @@ def problem(exc: SandboxError) -> Problem:
 def error_response(problem: Problem) -> JSONResponse:
     headers = {}
     if problem.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(problem.retry_after)))
+        # Rounded up: a client that waits what it is told must not come back too early.
+        headers["Retry-After"] = str(max(1, math.ceil(problem.retry_after)))
     if problem.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
@@ -97,6 +100,21 @@ def error_response(problem: Problem) -> JSONResponse:
         status_code=problem.status,
         headers=headers,
     )
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the path takes. Starlette's own 405 names only the first route that
+    matched the path, though /sessions, say, is two routes (GET and POST). Each method
+    is tried against the routes, so included routers are asked too."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -115,9 +133,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        codes = {
+            400: "invalid_request",  # a body that is not even text
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }
         code = codes.get(exc.status_code, "http_error")
-        return error_response(Problem(exc.status_code, code, str(exc.detail)))
+        response = error_response(Problem(exc.status_code, code, str(exc.detail)))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = allowed_methods(request)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -1,38 +1,173 @@
-"""Request bodies and the session JSON of the contract (DESIGN §4)."""
+"""Request bodies, the session JSON of the contract (DESIGN §4), and the models that
+describe every answer in the OpenAPI document (the handlers build their JSON by hand,
+so these are documentation that tests/api/test_openapi.py holds to the truth)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from ..model import PodState, PoolStatus, Provisioning, Session, SessionState, WaitReason
+from ..model import (
+    PodState,
+    PoolStatus,
+    PrewarmPolicy,
+    Provisioning,
+    Session,
+    SessionState,
+    WaitReason,
+)
 from ..tokens import issue_token
+from .badbytes import unstorable
+
+# An id is 1 to 253 characters, none of them a control character (what no store can
+# keep: badbytes.unstorable), and not only whitespace. Unicode is welcome. The pattern
+# says the same for the schema (Python ``re`` and ECMA regex alike); a lone surrogate,
+# which no UTF-8 text can hold, is refused too but left out of it.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+ID_MAX = 253
 
 
 def _check_id(value: str) -> str:
-    if not 1 <= len(value) <= 253:
-        raise ValueError("must be 1 to 253 characters")
-    if not value.isprintable():
-        raise ValueError("must contain printable characters only")
+    if not 1 <= len(value) <= ID_MAX:
+        raise ValueError(f"must be 1 to {ID_MAX} characters")
+    if unstorable(value):
+        raise ValueError("must not contain control characters")
+    if not value.strip():
+        raise ValueError("must not be only whitespace")
     return value
+
+
+ID_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": ID_MAX, "pattern": ID_PATTERN}
+Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA), AfterValidator(_check_id)]
 
 
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str
-    thread_id: str
+    user_id: Id
+    thread_id: Id
     wait_seconds: float = Field(30.0, ge=0, le=120)
 
-    _ids = field_validator("user_id", "thread_id")(_check_id)
+
+# A proxy's batch: session id -> last activity. Bounded so that the largest valid batch
+# still fits the body limit (app.MAX_BODY), and so is refused as 422, never as 413.
+ACTIVITY_MAX_SESSIONS = 1000
+SessionKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class ActivityReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    activity: dict[str, float] = Field(max_length=10000)
+    # strict: `true` is not a time (lax pydantic would read it as 1.0).
+    activity: dict[SessionKey, float] = Field(max_length=ACTIVITY_MAX_SESSIONS, strict=True)
+
+
+# ------------------------------------------------------------ answers, for the document
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["user_session_limit"])
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class ConnectBody(BaseModel):
+    url: str
+    token: str
+
+
+class SessionBody(BaseModel):
+    id: str
+    user_id: str
+    thread_id: str
+    state: Literal["provisioning", "ready", "ended"]
+    end_reason: (
+        Literal[
+            "deleted", "idle_timeout", "max_lifetime", "reclaimed", "pod_failed", "startup_timeout"
+        ]
+        | None
+    )
+    created_at: str
+    last_active_at: str | None
+    ended_at: str | None
+    pod: str | None
+    connect: ConnectBody | None
+    reclaimed_session_id: str | None
+    detail: str | None = Field(
+        None, description="provisioning only: why the sandbox is not ready yet"
+    )
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionBody]
+
+
+class PodCounts(BaseModel):
+    pending: int
+    idle: int
+    assigned: int
+    terminating: int
+
+
+class PoolBody(BaseModel):
+    pods: PodCounts
+    creating: int
+    waiters: int
+    capacity_blocked: bool
+    max_total_jobs: int
+    prewarm_pool_size: int
+    max_sessions_per_user: int
+    leader: bool
+
+
+class RouteBody(BaseModel):
+    session_id: str
+    state: Literal["provisioning", "ready", "ended"]
+    address: str | None
+    lease_seconds: float | None
+
+
+class HealthBody(BaseModel):
+    status: str
+
+
+class ReadyBody(BaseModel):
+    status: Literal["ready", "standby", "unavailable"]
+    leader: bool
+
+
+_WHY = {
+    400: "the body is not text (invalid UTF-8)",
+    401: "missing or wrong bearer token",
+    404: "no such session (or a path holding a control character)",
+    409: "the thread belongs to another user",
+    410: "the session has ended",
+    413: "the body is over the size limit",
+    422: "a bad body, query or parameter",
+    429: "user_session_limit: the user is at maxSessionsPerUser and none is idle (Retry-After)",
+    503: "not_leader, store_unavailable or capacity_exhausted (Retry-After)",
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+}
+
+
+def errors(*statuses: int, why: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each refusal it can give, with the error body."""
+    words = {**_WHY, **(why or {})}
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {"model": ErrorBody, "description": words[status]}
+        if status in (429, 503):
+            out[status]["headers"] = RETRY_AFTER
+    return out
 
 
 def iso(ts: float | None) -> str | None:
@@ -67,8 +202,20 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
         "max_total_jobs": limits.max_total_jobs,
         "prewarm_pool_size": limits.prewarm_pool_size,
         "max_sessions_per_user": limits.max_sessions_per_user,
+        "prewarm": prewarm_json(status),
         "leader": leader,
     }
+
+
+def prewarm_json(status: PoolStatus) -> dict[str, Any]:
+    """The warm pool's target and why; a standby names its policy and target only."""
+    limits = status.limits
+    if status.prewarm is not None:
+        target = status.prewarm
+        return {"policy": target.policy.value, "target": target.target, "reason": target.reason}
+    policy = limits.prewarm.policy
+    size = limits.prewarm_pool_size if policy is PrewarmPolicy.STATIC else limits.prewarm.min
+    return {"policy": policy.value, "target": size, "reason": "standby: not scheduling"}
 
 
 def session_json(

@@ -33,6 +33,7 @@ from ..model import (
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .inventory import PodInventory
+from .prewarm import Prewarm
 
 # A create that failed is not retried at once: the API server or the node is
 # likely still unhappy, and a hot retry loop would only add to its load.
@@ -75,6 +76,8 @@ class Pool:
         self.create_failures = 0  # in a row; the next create waits CREATE_BACKOFF
         self.create_blocked_until = 0.0
         self.cap_blocked = False
+        self.prewarm = Prewarm(limits)
+        self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
@@ -235,6 +238,7 @@ class Pool:
                 return
             self.end_session(reclaimed.id, EndReason.RECLAIMED, now)
 
+        self.prewarm.arrival(now)
         session = Session(
             id=self._new_id(),
             user_id=user_id,
@@ -420,6 +424,7 @@ class Pool:
         pod.detail = None
         self.inventory.set_unschedulable(pod, False)
         self.outbox.startup_seconds.append(now - pod.created_at)
+        self.prewarm.pod_started(now - pod.created_at)
         if pod.template_hash != self.template_hash:
             self._delete_pod(pod, now)
             return
@@ -520,8 +525,9 @@ class Pool:
                 self._answer_session(session, Outcome.COLD)
 
         limits = self.limits
+        target = self._prewarm_target(now)
         coming = self.counts[PodState.PENDING] + self.creates_in_flight
-        wanted = len(self.waiting) + limits.prewarm_pool_size - len(self.idle) - coming
+        wanted = len(self.waiting) + target - len(self.idle) - coming
         room = limits.max_total_jobs - self.total_pods
         self.cap_blocked = wanted > 0 and room <= 0 and bool(self.waiting)
         if wanted <= 0 or room <= 0:
@@ -536,6 +542,18 @@ class Pool:
         if count > 0:
             self.creates_in_flight += count
             self.outbox.creates += count
+
+    def _prewarm_target(self, now: float) -> int:
+        """The warm pool's size now (prewarm.py); idle pods beyond it are let go, and
+        a deadline wakes the pool when the target may next change on its own."""
+        target = self.prewarm.decide(now).target
+        for _ in range(self.prewarm.excess_idle(len(self.idle), len(self.waiting), now)):
+            self._delete_pod(self.pods[next(iter(self.idle))], now)  # the oldest first
+        due = self.prewarm.next_change(now)
+        if due is not None and (due < self._prewarm_due or self._prewarm_due <= now):
+            self._prewarm_due = due
+            self.deadlines.push(due, "prewarm", "")
+        return target
 
     # ------------------------------------------------------------ restore
 
@@ -587,6 +605,7 @@ class Pool:
             cap_reached=self.total_pods >= self.limits.max_total_jobs,
             sessions=sessions,
             limits=self.limits,
+            prewarm=self.prewarm.current,
         )
 
     def prune_ended(self, older_than: float) -> list[str]:

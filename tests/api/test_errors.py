@@ -21,7 +21,13 @@ from sandbox_controller.errors import (
 from sandbox_controller.model import EndReason
 
 CASES: list[tuple[SandboxError, int, str, str | None, str]] = [
-    (UserSessionLimit(limit=5, live=5, retry_after=42.4), 429, "user_session_limit", "42", "5"),
+    (
+        UserSessionLimit(limit=5, live=5, retry_after=42.4),
+        429,
+        "user_session_limit",
+        "43",
+        "5",
+    ),  # rounded up
     (CapacityExhausted(max_total_jobs=50, retry_after=5.0), 503, "capacity_exhausted", "5", "50"),
     (ThreadOwnedByOtherUser("t-1"), 409, "thread_owned_by_other_user", None, "t-1"),
     (SessionNotFound("s-1"), 404, "session_not_found", None, "s-1"),

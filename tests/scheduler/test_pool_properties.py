@@ -33,13 +33,15 @@ THREADS = st.sampled_from([f"t{i}" for i in range(8)])
 
 
 class PoolMachine(RuleBasedStateMachine):
+    limits = LIMITS  # a variant may change the policy, never the caps checked below
+
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
         ids = itertools.count(1)
         # Deterministic ids: hypothesis replays draws that depend on them.
         self.new_id = lambda: f"s{next(ids):04d}"
-        self.pool = Pool(LIMITS, "tmpl", new_id=self.new_id)
+        self.pool = Pool(self.limits, "tmpl", new_id=self.new_id)
         self.platform: set[str] = set()  # pods that exist on the pretend platform
         self.creates_sent = 0
         self.deletes_sent: set[str] = set()
@@ -174,7 +176,7 @@ class PoolMachine(RuleBasedStateMachine):
             statuses.append(
                 PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
             )
-        self.pool = Pool(LIMITS, f"tmpl-{self.templates}", new_id=self.new_id)
+        self.pool = Pool(self.limits, f"tmpl-{self.templates}", new_id=self.new_id)
         restore(self.pool, sessions, rows, statuses, self.now)
         for name, pod in self.pool.pods.items():
             if pod.route_lease_until > self.now:  # recovery assumes every routed pod leased

@@ -105,6 +105,9 @@ Helm prints the message after "execution error at (...)", so each one names the 
 {{- if gt (int $s.prewarmPoolSize) (int $s.maxTotalJobs) }}
 {{- fail (printf "agentSandbox.controller.scaling.prewarmPoolSize (%d) must not be greater than agentSandbox.controller.scaling.maxTotalJobs (%d): the warm pool counts against the cap" (int $s.prewarmPoolSize) (int $s.maxTotalJobs)) }}
 {{- end }}
+{{- if gt (int $s.prewarm.min) (int $s.prewarm.max) }}
+{{- fail (printf "agentSandbox.controller.scaling.prewarm.min (%d) must not be greater than agentSandbox.controller.scaling.prewarm.max (%d)" (int $s.prewarm.min) (int $s.prewarm.max)) }}
+{{- end }}
 {{- if and (gt (int (include "agent-sandbox.controllerReplicas" .)) 1) (include "agent-sandbox.sqliteFallback" .) }}
 {{- fail "agentSandbox.controller.replicas > 1 needs agentSandbox.database.url or agentSandbox.database.existingSecret: each replica would elect itself leader of its own SQLite file" }}
 {{- end }}
