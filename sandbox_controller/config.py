@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     # Leader lease: a standby takes over within ttl after the leader stops renewing.
     leader_lease_ttl: Duration = 10.0
     leader_renew_interval: Duration = 3.0
+    # The leader stops every Kubernetes write this long before its lease could end by
+    # its own clock (unset: a quarter of the TTL, at least 1 s); see scheduler/lease.py.
+    leader_lease_margin: Duration | None = None
+    # Every wait on the database (connect, statement, lock) ends after this: an
+    # outage is a fast 503 store_unavailable, and a frozen leader cannot hold the
+    # lease row locked for longer.
+    store_timeout: Duration = 2.0
     # Ended sessions stay readable for this long, then their rows are deleted.
     ended_retention: Duration = 7 * 86400.0
     # How often the proxy flushes activity to the controller.
@@ -92,11 +99,20 @@ class Settings(BaseSettings):
 
     # Kubernetes backend
     namespace: str | None = None
+    # This controller's own pod (the chart sets it from the downward API), labelled
+    # while it leads so that the controller Service follows the leader.
+    pod_name: str | None = None
     kubeconfig: str | None = None
     pod_template_path: str | None = None
     pod_template_configmap: str | None = None
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
+
+    @property
+    def lease_margin(self) -> float:
+        if self.leader_lease_margin is not None:
+            return self.leader_lease_margin
+        return max(1.0, self.leader_lease_ttl / 4)
 
     @property
     def proxy_url(self) -> str:
@@ -191,6 +207,14 @@ class Settings(BaseSettings):
             raise ValueError("SANDBOX_HEADER_READ_TIMEOUT must be greater than zero")
         if self.startup_timeout <= 0:
             raise ValueError("SANDBOX_STARTUP_TIMEOUT must be greater than zero")
+        if self.leader_renew_interval >= self.leader_lease_ttl - self.lease_margin:
+            raise ValueError(
+                "SANDBOX_LEADER_RENEW_INTERVAL must be shorter than the lease TTL minus its "
+                f"margin ({self.leader_renew_interval:g}s >= "
+                f"{self.leader_lease_ttl:g}s - {self.lease_margin:g}s)"
+            )
+        if self.store_timeout <= 0:
+            raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
         return self
 
 

@@ -1,9 +1,13 @@
 """The controller process: store, backend, leader lease and scheduler, started and
 stopped in order.
 
-Only the lease holder schedules. A second replica keeps trying for the lease and
-takes over when the leader stops renewing it; every write the leader makes carries
-the lease epoch, so a deposed leader that wakes late cannot write (store.db).
+Only the lease holder schedules. A second replica polls for the lease and takes over
+when the leader stops renewing it or releases it. Two fences keep a deposed leader
+harmless: every store write carries the lease epoch (store.db), and every backend
+write passes the write guard, which refuses once the lease may have ended by this
+process's own monotonic clock, with a margin (scheduler/lease.py). The backend
+follows the pods only while this process leads: a new leader starts from the store
+and a fresh list, never from a standby's backlog.
 """
 
 from __future__ import annotations
@@ -14,34 +18,44 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
-from .backends.base import Backend
+from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .metrics import ControllerMetrics
 from .model import PoolStatus
+from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
-from .store import Fence, Store
+from .store import Fence, SchemaState, Store
 from .store.db import wait_for_database
 
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY = 3600.0
+# A standby asks for the lease at least this often, so that a released lease (a
+# leader's SIGTERM) changes hands within about this long.
+STANDBY_POLL = 0.5
 
 
-async def make_backend(settings: Settings, *, stop_on_close: bool = False) -> Backend:
+async def make_backend(
+    settings: Settings, *, stop_on_close: bool = False, write_guard: WriteGuard = no_guard
+) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
     (``dev`` stops what it started); pods in a cluster outlive a controller restart."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
-        backend: Backend = await KubernetesBackend.connect(settings.kube_options())
+        backend: Backend = await KubernetesBackend.connect(
+            settings.kube_options(), write_guard=write_guard
+        )
         return backend
     from .backends.local import LocalBackend
 
-    return LocalBackend(settings.state_dir, stop_on_close=stop_on_close)
+    return LocalBackend(settings.state_dir, stop_on_close=stop_on_close, write_guard=write_guard)
 
 
 class Controller:
@@ -58,10 +72,23 @@ class Controller:
         self._backend = backend
         self._stop_sandboxes_on_exit = stop_sandboxes_on_exit
         self.clock: Clock = clock or SystemClock()
-        self.store = store or Store.open(settings.database_url)
+        # The lease is measured on a monotonic clock; a test's ManualClock is one (it
+        # only moves forward), and moving it moves the lease with the test's time.
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if isinstance(self.clock, SystemClock) else self.clock.now
+        )
+        self.store = store or Store.open(settings.database_url, settings.store_timeout)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
+        self.lease = LeaseTerm(
+            settings.leader_lease_ttl,
+            settings.lease_margin,
+            max_gap=settings.leader_renew_interval + settings.lease_margin,
+        )
+        # Did the last store call answer? False until the first one has.
+        self.store_ok = False
+        self.schema: SchemaState | None = None
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
@@ -75,6 +102,30 @@ class Controller:
     def is_leader(self) -> bool:
         return self.scheduler is not None and self.scheduler.running
 
+    @property
+    def store_available(self) -> bool:
+        scheduler = self.scheduler
+        return self.store_ok and not (scheduler is not None and scheduler.store_down)
+
+    @property
+    def ready(self) -> bool:
+        """Serving the API: leading, with the store answering (GET /readyz)."""
+        return self.is_leader and self.store_available
+
+    @property
+    def healthy_replica(self) -> bool:
+        """Fit to lead or to stand by: the schema, as last read from the store, is one
+        this version knows (GET /readyz?role=replica, the pods' readiness probe). Not
+        the store's health of the moment: during an outage every replica stays in its
+        Service, so callers hear 503 store_unavailable with Retry-After rather than
+        find no endpoint at all."""
+        return self.schema in (SchemaState.CURRENT, SchemaState.BEHIND)
+
+    def write_guard(self) -> None:
+        """Called by the backend immediately before each write it sends."""
+        if not self.lease.usable(self._monotonic()):
+            raise LeaseLost()
+
     # ------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
@@ -83,15 +134,21 @@ class Controller:
             self.token_secret = secrets.token_bytes(32)
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
-        await self.store.migrate()
+        self.store_ok = True
         if self._backend is None:
             self._backend = await make_backend(
-                self.settings, stop_on_close=self._stop_sandboxes_on_exit
+                self.settings,
+                stop_on_close=self._stop_sandboxes_on_exit,
+                write_guard=self.write_guard,
             )
-        await self.backend.start()
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
         self._tasks.start(self._retention_loop(), "retention")
+
+    async def step_down(self) -> None:
+        """Stop scheduling and release the lease, so that a standby takes over at once
+        (the first step of a graceful stop; the API answers 503 not_leader after it)."""
+        await self._step_down(release=True)
 
     async def shutdown(self) -> None:
         self._stopping.set()
@@ -103,72 +160,148 @@ class Controller:
 
     # ------------------------------------------------------------ leadership
 
-    async def _try_to_lead(self) -> None:
-        settings = self.settings
+    def _store_failed(self, what: str, exc: BaseException) -> None:
+        if self.store_ok:
+            log.warning("%s failed; the store is unavailable: %s", what, exc)
+        self.store_ok = False
+
+    def _store_answered(self) -> None:
+        if not self.store_ok:
+            log.info("the store answers again")
+        self.store_ok = True
+
+    async def _schema_known(self) -> bool:
+        """Whether this version may write to the database's schema. A new database
+        gets its schema here; one that a newer version migrated is left alone."""
         try:
-            epoch = await self.store.acquire_lease(
-                self.holder, settings.leader_lease_ttl, self.clock.now()
-            )
+            state = await self.store.schema()
+            if state is SchemaState.EMPTY:
+                await self.store.migrate()  # a replica racing us makes this fail: retried
+                state = SchemaState.CURRENT
         except Exception as exc:
-            log.warning("cannot reach the store for the leader lease: %s", exc)
+            self._store_failed("reading the schema version", exc)
+            return False
+        self._store_answered()
+        if state is SchemaState.NEWER and self.schema is not SchemaState.NEWER:
+            log.error(
+                "the database schema is newer than this version knows; waiting (not ready) "
+                "rather than writing to it: finish the upgrade, or roll the database back"
+            )
+        self.schema = state
+        return state is not SchemaState.NEWER
+
+    async def _acquire(self) -> int | None:
+        """Take or renew the lease; None if another holds it. The lease counts from
+        the moment the query was sent, never from its answer."""
+        sent = self._monotonic()
+        epoch = await self.store.acquire_lease(
+            self.holder, self.settings.leader_lease_ttl, self.clock.now()
+        )
+        self._store_answered()
+        if epoch is not None:
+            self.lease.renewed(sent)
+        return epoch
+
+    async def _try_to_lead(self) -> None:
+        if not await self._schema_known():
+            return
+        try:
+            epoch = await self._acquire()
+        except Exception as exc:
+            self._store_failed("asking for the leader lease", exc)
             return
         if epoch is None:
             return
         log.info("leading with lease epoch %d as %s", epoch, self.holder)
-        scheduler = Scheduler(
-            limits=settings.limits(),
-            store=self.store,
-            backend=self.backend,
-            clock=self.clock,
-            observer=self.metrics,
-            fence=Fence(self.holder, epoch),
-        )
+        scheduler: Scheduler | None = None
         try:
+            if self.schema is SchemaState.BEHIND:  # migrations only as leader
+                await self.store.migrate()
+                self.schema = SchemaState.CURRENT
+            # A fresh list, then the watch from it: no standby backlog to replay.
+            await self.backend.start()
+            scheduler = Scheduler(
+                limits=self.settings.limits(),
+                store=self.store,
+                backend=self.backend,
+                clock=self.clock,
+                observer=self.metrics,
+                fence=Fence(self.holder, epoch),
+            )
             await scheduler.start()
         except Exception:
-            log.exception("could not start scheduling")
-            await scheduler.stop()
+            log.exception("could not start leading; releasing the lease")
+            if scheduler is not None:
+                await scheduler.stop()
+            await self.backend.stop()
+            await self._release(epoch)
             return
         self.scheduler = scheduler
+        await self._mark_leader(True)
 
     async def _step_down(self, *, release: bool) -> None:
         scheduler, self.scheduler = self.scheduler, None
         if scheduler is None:
             return
         await scheduler.stop()
+        await self.backend.stop()
         if release and scheduler.fence is not None:
-            with contextlib.suppress(Exception):
-                await self.store.release_lease(scheduler.fence.holder, scheduler.fence.epoch)
+            await self._release(scheduler.fence.epoch)
+        self.lease.lost()
+        await self._mark_leader(False)
+
+    async def _mark_leader(self, leader: bool) -> None:
+        """Label this controller's own pod while it leads (SANDBOX_POD_NAME, in the
+        chart), so the controller Service routes to the leader alone."""
+        backend, pod_name = self.backend, self.settings.pod_name
+        if pod_name is None or not isinstance(backend, MarksLeader):
+            return
+        try:
+            await backend.mark_leader(pod_name, leader)
+        except Exception as exc:  # the Service lags; leadership itself is unaffected
+            log.warning(
+                "could not %s the leader label on %s: %s",
+                "set" if leader else "remove",
+                pod_name,
+                exc,
+            )
+
+    async def _release(self, epoch: int) -> None:
+        self.lease.lost()  # before the release: no write may follow it
+        with contextlib.suppress(Exception):
+            await self.store.release_lease(self.holder, epoch)
 
     async def _lease_loop(self) -> None:
-        settings = self.settings
-        last_renewed = self.clock.now()
-        while not await sleep_or_stop(self.clock, settings.leader_renew_interval, self._stopping):
+        renew = self.settings.leader_renew_interval
+        while True:
+            interval = renew if self.scheduler is not None else min(renew, STANDBY_POLL)
+            if await sleep_or_stop(self.clock, interval, self._stopping):
+                return
+            if not self.lease.tick(self._monotonic()) and self.scheduler is not None:
+                log.warning("this process was paused; no write until the lease is confirmed")
             scheduler = self.scheduler
             if scheduler is None:
                 await self._try_to_lead()
-                last_renewed = self.clock.now()
-                continue
-            if not scheduler.running:
+            elif not scheduler.running:
                 log.error("scheduler stopped (%s); stepping down", scheduler.failed)
                 await self._step_down(release=True)
-                continue
-            assert scheduler.fence is not None
-            try:
-                epoch = await self.store.acquire_lease(
-                    self.holder, settings.leader_lease_ttl, self.clock.now()
-                )
-            except Exception as exc:
-                log.warning("renewing the leader lease failed: %s", exc)
-                epoch = scheduler.fence.epoch
-                if self.clock.now() - last_renewed < settings.leader_lease_ttl:
-                    continue
-                epoch = None
-            if epoch != scheduler.fence.epoch:
-                log.error("lost the leader lease; stepping down")
-                await self._step_down(release=False)
             else:
-                last_renewed = self.clock.now()
+                await self._renew(scheduler)
+
+    async def _renew(self, scheduler: Scheduler) -> None:
+        assert scheduler.fence is not None
+        try:
+            epoch = await self._acquire()
+        except Exception as exc:
+            self._store_failed("renewing the leader lease", exc)
+            if not self.lease.usable(self._monotonic()):
+                log.error("the leader lease ran out while the store was unreachable")
+                await self._step_down(release=False)
+            return
+        if epoch != scheduler.fence.epoch:
+            log.error("lost the leader lease; stepping down")
+            self.lease.lost()
+            await self._step_down(release=False)
 
     async def _retention_loop(self) -> None:
         """Delete ended sessions past SANDBOX_ENDED_RETENTION, hourly, on the leader."""

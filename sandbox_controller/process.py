@@ -26,9 +26,11 @@ class ControllerProcess:
     lease, scheduler).
 
     Startup: bind, start the controller (database, migrations, backend, lease), accept.
-    Shutdown, in uvicorn's order: close the listener, shut connections down, wait up
-    to the drain timeout for requests in flight, cancel the rest; then stop the
-    controller (its tasks, the scheduler, the lease, the backend, the store).
+    Shutdown: first step down (the round in progress finishes, the lease is released,
+    so a standby leads within about a second; requests still arriving or waiting get
+    503 not_leader with Retry-After); then, in uvicorn's order, close the listener,
+    shut connections down, wait up to the drain timeout for requests in flight, cancel
+    the rest; then stop the controller (its tasks, the backend, the store).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class ControllerProcess:
 
     async def shutdown(self) -> None:
         try:
+            await self.controller.step_down()
             if self._listener is not None:
                 await self._listener.drain()
             elif self._sock is not None:

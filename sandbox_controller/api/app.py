@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..controller import Controller
-from ..errors import NotLeader, SandboxError, SessionNotFound
+from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..model import Outcome, PoolStatus, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
@@ -20,6 +20,7 @@ from .errors import Unauthorized, install_error_handlers
 from .schemas import (
     ID_MAX,
     ID_SCHEMA,
+    RETRY_AFTER,
     ActivityReport,
     CreateSession,
     HealthBody,
@@ -66,6 +67,10 @@ def create_app(controller: Controller) -> FastAPI:
     api = APIRouter(dependencies=[Depends(authorize)])
 
     def leading() -> Scheduler:
+        # With the store unreachable nobody can lead or promise anything; say so
+        # (503 store_unavailable) rather than point callers at another replica.
+        if not ctl.store_available:
+            raise StoreUnavailable()
         scheduler = ctl.scheduler
         if scheduler is None or not scheduler.running:
             raise NotLeader()
@@ -178,15 +183,32 @@ def create_app(controller: Controller) -> FastAPI:
     @app.get(
         "/readyz",
         responses={
-            200: {"model": ReadyBody, "description": "this replica leads"},
-            503: {"model": ReadyBody, "description": "a standby"},
+            200: {
+                "model": ReadyBody,
+                "description": "this replica leads (or, with "
+                "role=replica, is fit to lead or stand by)",
+            },
+            503: {
+                "model": ReadyBody,
+                "description": "a standby, or the store is unreachable",
+                "headers": RETRY_AFTER,
+            },
             **errors(422),
         },
     )
-    async def readyz() -> Response:
-        if ctl.is_leader:
-            return JSONResponse({"status": "ready", "leader": True})
-        return JSONResponse({"status": "standby", "leader": False}, status_code=503)
+    async def readyz(role: Literal["replica"] | None = None) -> Response:
+        """Ready to serve the API: the leader, with its store answering. With
+        ``?role=replica``: fit to lead or stand by (its schema is one this version
+        knows), what a Deployment's readiness probe asks so that a rolling update can
+        proceed with a standby (the Service selects the leader by label)."""
+        leader = ctl.is_leader
+        ok = ctl.healthy_replica if role == "replica" else ctl.ready
+        body = {"status": "ready", "leader": leader}
+        if ok:
+            return JSONResponse(body)
+        body["status"] = "standby" if ctl.store_available else "unavailable"
+        # Every 503 says when to ask again; readiness can change within a second.
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.get(
         "/metrics",

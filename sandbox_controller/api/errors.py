@@ -23,9 +23,10 @@ from ..errors import (
     UserSessionLimit,
 )
 
-# Every 503 says when to come back. A standby may be leading within a lease renewal
-# (3 s); a store outage that outlasts this is met by the next retry's answer.
-NOT_LEADER_RETRY_AFTER = 3.0
+# Every 503 says when to come back. A graceful hand-over completes within about a
+# second (a standby polls every 0.5 s); a store outage that outlasts this is met by
+# the next retry's answer.
+NOT_LEADER_RETRY_AFTER = 1.0
 STORE_RETRY_AFTER = 2.0
 
 

@@ -139,7 +139,7 @@ class HealthBody(BaseModel):
 
 
 class ReadyBody(BaseModel):
-    status: Literal["ready", "standby"]
+    status: Literal["ready", "standby", "unavailable"]
     leader: bool
 
 
@@ -154,7 +154,7 @@ _WHY = {
     429: "user_session_limit: the user is at maxSessionsPerUser and none is idle (Retry-After)",
     503: "not_leader, store_unavailable or capacity_exhausted (Retry-After)",
 }
-_RETRY_AFTER = {
+RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 }
 
@@ -166,7 +166,7 @@ def errors(*statuses: int, why: dict[int, str] | None = None) -> dict[int | str,
     for status in statuses:
         out[status] = {"model": ErrorBody, "description": words[status]}
         if status in (429, 503):
-            out[status]["headers"] = _RETRY_AFTER
+            out[status]["headers"] = RETRY_AFTER
     return out
 
 

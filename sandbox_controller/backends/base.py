@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Set by the pod template (the chart: the release); narrows which pods are ours.
@@ -22,6 +22,8 @@ LABEL_SESSION = "agent-sandbox/session"
 LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
 # One per create call, so a retry can find the pod a lost answer was about.
 LABEL_CREATE_ID = "agent-sandbox/create-id"
+# On the controller's own pod while it leads: the controller Service selects it.
+LABEL_LEADER = "agent-sandbox/leader"
 
 
 def session_label(session_id: str) -> str:
@@ -35,6 +37,24 @@ class BackendError(Exception):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class LeaseLost(BackendError):
+    """A write was refused before it was sent: this process may no longer hold the
+    leader lease (by its own monotonic clock, with a safety margin)."""
+
+    def __init__(self, message: str = "the leader lease may have ended") -> None:
+        super().__init__(message, retryable=False)
+
+
+# Called immediately before every write a backend sends (each retry included); raises
+# LeaseLost when the write must not go out. A plain callable, so that backends need
+# nothing from the layers above them.
+WriteGuard = Callable[[], None]
+
+
+def no_guard() -> None:
+    """The guard of a backend that is not told of a lease (tests, tools)."""
 
 
 class PodPhase(enum.StrEnum):
@@ -61,12 +81,28 @@ class PodEvent:
     deleted: bool = False
 
 
+@runtime_checkable
+class MarksLeader(Protocol):
+    """A platform where the leading controller's own pod carries a label (Kubernetes:
+    the controller Service selects it, so traffic follows the lease)."""
+
+    async def mark_leader(self, pod_name: str, leader: bool) -> None:
+        """Label ``pod_name`` (this controller's pod) as the leader, clearing a stale
+        label from any other controller pod; or, with ``leader=False``, remove it."""
+
+
 class Backend(Protocol):
     template_hash: str
     """Hash of the pod template in force; pods with another hash are from an old one."""
 
     async def start(self) -> None:
-        """Connect and begin watching; events() yields from then on."""
+        """Begin following the pods: a fresh list (list_pods() is complete and current
+        when this returns), then only changes after it, through events(). Called when
+        this process starts to lead, and again after stop() when it leads again."""
+
+    async def stop(self) -> None:
+        """Stop following: end events(), forget the cache and every event not yet
+        taken. A standby keeps no backlog; the next start() lists afresh."""
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         """Create one sandbox pod and return its name (it starts out pending)."""
@@ -84,4 +120,4 @@ class Backend(Protocol):
         """Changes to managed pods, in order, for as long as the backend runs."""
 
     async def close(self) -> None:
-        """Stop watching and release connections."""
+        """Stop following and release connections."""

@@ -3,6 +3,11 @@
 Every decision reads the cache; the API server sees one List per (re)sync, one Watch
 stream per resource, and the writes the scheduler asks for. Each call passes a token
 bucket, creates pass a semaphore, and retryable failures back off with jitter.
+
+The cache and the watch live only while this process leads (start() to stop()): a
+standby holds no pods and no backlog, and a new leader begins from a fresh list. Every
+write passes the write guard immediately before it is sent, each retry included, so a
+process whose lease may have ended sends nothing (DESIGN invariant 7).
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from ..config import KubeOptions
 from .base import (
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
+    LABEL_LEADER,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     BackendError,
     PodEvent,
     PodStatus,
+    WriteGuard,
+    no_guard,
 )
 from .expectations import CreateExpectations
 from .kube_cache import Obj, PodCache, resource_version
@@ -140,7 +148,12 @@ def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:
 
 class KubernetesBackend:
     def __init__(
-        self, api: k8s.ApiClient, options: KubeOptions, *, clock: Clock | None = None
+        self,
+        api: k8s.ApiClient,
+        options: KubeOptions,
+        *,
+        clock: Clock | None = None,
+        write_guard: WriteGuard = no_guard,
     ) -> None:
         self.api = api
         self.core = k8s.CoreV1Api(api)
@@ -149,6 +162,7 @@ class KubernetesBackend:
         self.template_hash = template_hash(self.template)
         self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
+        self.write_guard = write_guard
         self.bucket = TokenBucket(options.qps, options.burst, self.clock)
         self.backoff = Backoff(options.retry_base, options.retry_cap)
         self._owns_api = False
@@ -164,10 +178,15 @@ class KubernetesBackend:
 
     @classmethod
     async def connect(
-        cls, options: KubeOptions, *, clock: Clock | None = None
+        cls,
+        options: KubeOptions,
+        *,
+        clock: Clock | None = None,
+        write_guard: WriteGuard = no_guard,
     ) -> KubernetesBackend:
         """A backend with an API client of its own (closed with the backend)."""
-        backend = cls(await load_api_client(options.kubeconfig), options, clock=clock)
+        api = await load_api_client(options.kubeconfig)
+        backend = cls(api, options, clock=clock, write_guard=write_guard)
         backend._owns_api = True
         return backend
 
@@ -187,15 +206,20 @@ class KubernetesBackend:
         self,
         fn: Callable[..., Any],
         *args: Any,
+        write: bool = False,
         done_already: Callable[[], Awaitable[Obj | None]] | None = None,
         **kwargs: Any,
     ) -> Obj:
         """One API call, paced by the bucket and retried while the failure is retryable.
-        ``done_already`` is asked before each retry of a write whose failure leaves it
-        unknown whether the server carried it out; what it finds is the answer."""
+        A ``write`` asks the write guard first, each attempt, after any wait: the
+        last moment before the request leaves. ``done_already`` is asked before each
+        retry of a write whose failure leaves it unknown whether the server carried it
+        out; what it finds is the answer."""
         attempt = 0
         while True:
             await self.bucket.acquire()
+            if write:
+                self.write_guard()
             try:
                 response = await fn(*args, _preload_content=False, **kwargs)
                 try:
@@ -222,8 +246,12 @@ class KubernetesBackend:
     # -- the protocol ------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.template_configmap:
+        if self.template_configmap and self._owner is None:
             await self._find_owner(self.template_configmap)
+        # A new term begins from nothing: whatever an earlier one saw is history.
+        self._cache = PodCache(pod_port(self.template))
+        self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
+        self._queue = asyncio.Queue()
         pods = _Feed(
             "pods",
             self.core.list_namespaced_pod,
@@ -296,15 +324,19 @@ class KubernetesBackend:
         create = self.core.create_namespaced_pod
         for _ in range(GENERATE_NAME_ATTEMPTS - 1):
             try:
-                return await self._call(create, self.namespace, body, done_already=created_already)
+                return await self._call(
+                    create, self.namespace, body, write=True, done_already=created_already
+                )
             except KubeError as exc:
                 if exc.status != 409:
                     raise
-        return await self._call(create, self.namespace, body, done_already=created_already)
+        return await self._call(
+            create, self.namespace, body, write=True, done_already=created_already
+        )
 
     async def delete_pod(self, name: str) -> None:
         try:
-            await self._call(self.core.delete_namespaced_pod, name, self.namespace)
+            await self._call(self.core.delete_namespaced_pod, name, self.namespace, write=True)
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -316,22 +348,62 @@ class KubernetesBackend:
             name,
             self.namespace,
             patch,
+            write=True,
             _content_type="application/merge-patch+json",
         )
 
     async def list_pods(self) -> list[PodStatus]:
         return self._cache.statuses()
 
+    async def mark_leader(self, pod_name: str, leader: bool) -> None:
+        """The controller's own pod carries LABEL_LEADER while it leads, and the
+        controller Service selects that label. Taking the label (and clearing it from
+        a controller pod that led before: killed, or paused and deposed) is a leader's
+        write and passes the write guard. Dropping its own label is the one write a
+        non-leader makes, and only to its own pod. Never a sandbox pod: one carries
+        our managed-by label, and is refused here."""
+        if leader:
+            stale = await self._call(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=f"{LABEL_LEADER}=true,{LABEL_MANAGED_BY}!={MANAGED_BY}",
+            )
+            for pod in stale.get("items") or []:
+                if pod["metadata"]["name"] != pod_name:
+                    await self._label_controller_pod(pod["metadata"]["name"], None, write=True)
+        await self._label_controller_pod(pod_name, "true" if leader else None, write=leader)
+
+    async def _label_controller_pod(self, name: str, value: str | None, *, write: bool) -> None:
+        pod = await self._call(self.core.read_namespaced_pod, name, self.namespace)
+        labels = pod.get("metadata", {}).get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+            raise BackendError(f"{name} is a sandbox pod, not a controller's", retryable=False)
+        if labels.get(LABEL_LEADER) == value:
+            return
+        await self._call(
+            self.core.patch_namespaced_pod,
+            name,
+            self.namespace,
+            {"metadata": {"labels": {LABEL_LEADER: value}}},  # null removes it
+            write=write,
+            _content_type="application/merge-patch+json",
+        )
+
     async def events(self) -> AsyncIterator[PodEvent]:
+        queue = self._queue  # this term's: stop() ends it, start() makes another
         while True:
-            event = await self._queue.get()
+            event = await queue.get()
             if event is None:
                 return
             yield event
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         await self._tasks.stop()
         self._queue.put_nowait(None)
+        self._cache = PodCache(pod_port(self.template))
+
+    async def close(self) -> None:
+        await self.stop()
         if self._owns_api:
             await self.api.close()
 

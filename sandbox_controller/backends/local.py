@@ -5,6 +5,10 @@ process gets a small JSON file in the state directory (name, pid, port, labels);
 controller that restarts after being killed reads those files and adopts the
 processes that are still alive, so none is orphaned. Processes run in their own
 session, so a signal meant for the controller does not reach them by accident.
+
+Every spawn and every kill the scheduler asks for passes the write guard first. The
+processes are supervised for as long as the backend is open; their events reach
+events() only between start() and stop(), while this process leads.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from .base import (
     PodEvent,
     PodPhase,
     PodStatus,
+    WriteGuard,
+    no_guard,
 )
 
 log = logging.getLogger(__name__)
@@ -81,8 +87,10 @@ class LocalBackend:
         ready_timeout: float = 60.0,
         python: str = sys.executable,
         clock: Clock | None = None,
+        write_guard: WriteGuard = no_guard,
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
+        self.write_guard = write_guard
         self.stop_on_close = stop_on_close
         self.ready_timeout = ready_timeout
         self.python = python
@@ -93,19 +101,31 @@ class LocalBackend:
         self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
         self._tasks = TaskGroup("local-backend")
         self._http: httpx.AsyncClient | None = None
+        self._following = False
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.AsyncClient(timeout=2.0)
-        for path in sorted(self.state_dir.glob("*.json")):
-            self._adopt(path)
+        if self._http is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._http = httpx.AsyncClient(timeout=2.0)
+            for path in sorted(self.state_dir.glob("*.json")):
+                self._adopt(path)
+        self._events = asyncio.Queue()
+        self._following = True
+
+    async def stop(self) -> None:
+        self._following = False
+        self._events = asyncio.Queue()
 
     async def close(self) -> None:
+        await self.stop()
         self._closing.set()
         if self.stop_on_close:
-            await asyncio.gather(*(self.delete_pod(n) for n in list(self._procs)))
+            # Not a scheduling decision: ``dev`` stops the processes it owns as it
+            # exits, lease or no lease, so none outlives it.
+            for entry in list(self._procs.values()):
+                self._stop_process(entry)
             await asyncio.gather(*(p.exited.wait() for p in list(self._procs.values())))
         await self._tasks.stop()
         if self._http is not None:
@@ -114,6 +134,7 @@ class LocalBackend:
     # ------------------------------------------------------------ protocol
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
+        self.write_guard()
         name = _pod_name()
         all_labels = {
             **labels,
@@ -149,9 +170,13 @@ class LocalBackend:
         entry = self._procs.get(name)
         if entry is None:
             return
+        self.write_guard()
+        self._stop_process(entry)
+
+    def _stop_process(self, entry: _Process) -> None:
         if not entry.deleting:
             entry.deleting = True
-            self._tasks.start(self._terminate(entry), f"stop:{name}")
+            self._tasks.start(self._terminate(entry), f"stop:{entry.name}")
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         entry = self._procs.get(name)
@@ -163,13 +188,15 @@ class LocalBackend:
         return [p.status() for p in self._procs.values()]
 
     async def events(self) -> AsyncIterator[PodEvent]:
-        while True:
-            yield await self._events.get()
+        events = self._events  # this term's: stop() drops it with what it holds
+        while self._following:
+            yield await events.get()
 
     # ------------------------------------------------------------ processes
 
     def _emit(self, entry: _Process, *, deleted: bool = False) -> None:
-        self._events.put_nowait(PodEvent(entry.status(), deleted=deleted))
+        if self._following:
+            self._events.put_nowait(PodEvent(entry.status(), deleted=deleted))
 
     async def _run_child(self, entry: _Process, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

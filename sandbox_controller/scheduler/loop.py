@@ -48,8 +48,12 @@ MAX_ROUND = 1000  # commands per round: bounds one transaction's size
 ENDED_IN_MEMORY = 600.0  # ended sessions stay in memory this long, then only in the store
 PRUNE_EVERY = 60.0
 POD_ROWS_DELAY = 1.0
-# Rebuilding after a failed commit: retried until the store answers again.
-RECOVERY_BACKOFF = Backoff(0.5, 10.0)
+# Rebuilding after a failed commit: retried until the store answers again. Capped low:
+# callers are refused (store_unavailable) until it succeeds.
+RECOVERY_BACKOFF = Backoff(0.25, 2.0)
+# A stop lets the round in progress finish (its commit, its answers) this long, and
+# gives its last write of pod rows as long.
+STOP_GRACE = 2.0
 
 T = TypeVar("T")
 
@@ -82,12 +86,16 @@ class Scheduler:
         self.fence = fence
         self._pool: Pool | None = None
         self.running = False
+        # The last commit failed and the state is being rebuilt from the store:
+        # callers are refused at once (StoreUnavailable) rather than queued.
+        self.store_down = False
         self.failed: BaseException | None = None
         self._queue: asyncio.Queue[_Command] = asyncio.Queue()
         self._answers: dict[int, asyncio.Future[Opened]] = {}
         self._tasks = TaskGroup("scheduler")
         self._effects = TaskGroup("scheduler-effects")
         self._stopped = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         # Pod rows waiting to be written with the next commit (see _commit).
         self._pod_rows: set[str] = set()
@@ -101,19 +109,26 @@ class Scheduler:
         await self._recover()
         self.running = True
         self._tasks.start(self._feed_events(), "events")
-        self._tasks.start(self._run(), "loop")
+        self._loop = self._tasks.start(self._run(), "loop")
 
     async def stop(self) -> None:
+        """Take no more work, let the round in progress finish (up to STOP_GRACE),
+        then cancel the rest: queued commands and backend calls in flight are dropped
+        (a deposed leader's intentions die with its term)."""
         self.running = False
         self._stopped.set()
+        if self._loop is not None and not self._loop.done():
+            self._queue.put_nowait(_Command(lambda pool, now: None))  # wake it
+            await asyncio.wait({self._loop}, timeout=STOP_GRACE)
         await self._tasks.stop()
         if self._pool is not None and (self._pod_rows or self._forgotten_rows):
             try:  # best effort: a clean stop leaves no pool pod unaccounted for
-                await self._commit(Outbox(), force=True)
+                async with asyncio.timeout(STOP_GRACE):
+                    await self._commit(Outbox(), force=True)
             except Exception as exc:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
-        self._fail_waiters(NotLeader)
+        self._fail_queued(NotLeader)  # nobody waits forever on a command never applied
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -138,6 +153,8 @@ class Scheduler:
     def _leading_pool(self) -> Pool:
         if not self.running or self._pool is None:
             raise NotLeader()
+        if self.store_down:
+            raise StoreUnavailable()
         return self._pool
 
     def _submit(
@@ -278,9 +295,12 @@ class Scheduler:
         return commands
 
     async def _run(self) -> None:
+        commands: list[_Command] = []
         try:
             while not self._stopped.is_set():
-                await self._round(await self._next_round())
+                commands = await self._next_round()
+                await self._round(commands)
+                commands = []
         except Deposed as exc:
             log.error("deposed: %s", exc)
             self.failed = exc
@@ -289,6 +309,10 @@ class Scheduler:
             self.failed = exc
         finally:
             self.running = False
+            # The round cut short (deposed, or cancelled by a stop) promised nothing.
+            for command in commands:
+                if command.future is not None and not command.future.done():
+                    command.future.set_exception(NotLeader())
             self._fail_waiters(NotLeader)
 
     async def _round(self, commands: list[_Command]) -> None:
@@ -381,10 +405,13 @@ class Scheduler:
     async def _recover_after_failure(self) -> None:
         """The pool may now disagree with the store; the store wins. Retry until it
         answers, since nothing can be promised without it."""
+        self.store_down = True
+        self._fail_queued(StoreUnavailable)
         attempt = 0
         while not self._stopped.is_set():
             try:
                 await self._recover()
+                self.store_down = False
                 return
             except Deposed:
                 raise
@@ -393,6 +420,16 @@ class Scheduler:
                 attempt += 1
                 log.warning("store still unavailable; retrying in %.1fs", delay)
                 await sleep_or_stop(self.clock, delay, self._stopped)
+                self._fail_queued(StoreUnavailable)
+
+    def _fail_queued(self, error: Callable[[], SandboxError]) -> None:
+        """Drop every queued command: the rebuilt state will not include them, and a
+        caller waiting on one hears ``error`` now, not after the outage."""
+        while not self._queue.empty():
+            command = self._queue.get_nowait()
+            if command.future is not None and not command.future.done():
+                command.future.set_exception(error())
+        self._fail_waiters(error)
 
     def _fail_waiters(self, error: Callable[[], SandboxError]) -> None:
         answers, self._answers = self._answers, {}

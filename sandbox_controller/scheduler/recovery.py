@@ -1,9 +1,16 @@
 """Rebuilding the pool after a (re)start, from the store's record and the backend's pods.
 
 The store says what was promised; the backend says what exists. A pod held by a live
-session is adopted back to it, so the builder notices nothing; a fresh pool pod the
-store knows is adopted into the pool; anything else is deleted, because a pod that
-may have served a session must never serve another (DESIGN invariants 3 and 5).
+session is adopted back to it, so the builder notices nothing; a fresh pool pod is
+adopted into the pool; anything else is deleted, because a pod that may have served a
+session must never serve another (DESIGN invariants 3 and 5).
+
+A fresh pool pod is one whose row says so, or one with no row yet whose labels say so
+(state "pool", no session, the current template, not failed): rows of pool pods are
+written up to a second late (loop.POD_ROWS_DELAY), so a takeover or a restart often
+finds pods younger than their rows. Such a pod cannot have served a session: a claim's
+pod row is committed with the session before anyone hears of it, and the claim's
+label follows only after that commit. So every healthy warm pod survives a takeover.
 
 Which routes the previous leader leased to proxies is not recorded, so every pod that
 may have served a session is taken as leased for a full ROUTE_LEASE from now: one that
@@ -12,7 +19,7 @@ must go is deleted only when no proxy can still be routing to it (invariant 6).
 
 from __future__ import annotations
 
-from ..backends.base import LABEL_SESSION, PodPhase, PodStatus
+from ..backends.base import LABEL_SESSION, LABEL_STATE, LABEL_TEMPLATE_HASH, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState
 from .pool import ROUTE_LEASE, Pool
 
@@ -31,11 +38,9 @@ def restore(
     for status in backend_pods:
         row = rows.get(status.name)
         session = holder.get(status.name)
-        healthy = status.phase is not PodPhase.FAILED
+        healthy = status.phase is not PodPhase.FAILED and not status.terminating
         created_at = row.created_at if row else status.created_at
-        template = (
-            row.template_hash if row else status.labels.get("agent-sandbox/template-hash", "")
-        )
+        template = row.template_hash if row else status.labels.get(LABEL_TEMPLATE_HASH, "")
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
         if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
             pod.route_lease_until = now + ROUTE_LEASE
@@ -43,16 +48,10 @@ def restore(
             pod.state, pod.session_id = PodState.ASSIGNED, session.id
             pod.ready_at = row.ready_at if row else None
             adopted.add(status.name)
-        elif (
-            session is None
-            and healthy
-            and row is not None
-            and row.session_id is None
-            and row.state in (PodState.PENDING, PodState.IDLE)
-        ):
+        elif session is None and healthy and _fresh_pool_pod(status, row, pool.template_hash):
             ready = status.phase is PodPhase.READY
             pod.state = PodState.IDLE if ready else PodState.PENDING
-            pod.ready_at = row.ready_at if ready else None
+            pod.ready_at = (row.ready_at if row else now) if ready else None
         pool.restore_pod(pod)
 
     for name in rows.keys() - {p.name for p in backend_pods}:
@@ -64,3 +63,15 @@ def restore(
         pool.restore_session(session)
         if session.state is SessionState.READY and session.pod_name not in adopted:
             pool.end_session(session.id, EndReason.POD_FAILED, now)
+
+
+def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str) -> bool:
+    """Never given to a session, by its row or, with no row yet, by its labels."""
+    if row is not None:
+        return row.session_id is None and row.state in (PodState.PENDING, PodState.IDLE)
+    labels = status.labels
+    return (
+        labels.get(LABEL_STATE) == "pool"
+        and not labels.get(LABEL_SESSION)
+        and labels.get(LABEL_TEMPLATE_HASH) == template_hash
+    )

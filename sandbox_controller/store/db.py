@@ -12,6 +12,8 @@ cannot write.
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -32,6 +35,7 @@ from .tables import leader_lease, pods, sessions
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_VERSION_TABLE = "alembic_version"  # Alembic's own
 LEASE_NAME = "controller"
 
 
@@ -44,6 +48,15 @@ _FENCE = (
     .where(leader_lease.c.epoch == sa.bindparam("fence_epoch"))
     .values(epoch=leader_lease.c.epoch)
 )
+
+
+class SchemaState(enum.Enum):
+    EMPTY = "empty"  # a new database: any replica may create the schema
+    BEHIND = "behind"  # an older schema this version knows: the leader migrates it
+    CURRENT = "current"
+    # A revision this version does not know: a newer version migrated the database.
+    # Writing with old code could corrupt it, so this replica waits, not ready.
+    NEWER = "newer"
 
 
 class Deposed(Exception):
@@ -125,8 +138,9 @@ def pod_from_row(row: sa.Row[Any]) -> Pod:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, url: str | None = None) -> None:
         self._engine = engine
+        self._url = url  # for migrations, on an engine without timeouts
         self.dialect = engine.dialect
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         # One statement per table for all rows, executed as executemany: its compiled
@@ -135,8 +149,9 @@ class Store:
         self._upsert_pods = _upsert(insert, pods, "name")
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        return cls(open_engine(url))
+    def open(cls, url: str, timeout: float | None = None) -> Store:
+        """``timeout`` bounds every wait on the database (see engines.py)."""
+        return cls(open_engine(url, timeout), url)
 
     async def close(self) -> None:
         await self._engine.close()
@@ -151,8 +166,20 @@ class Store:
     # ------------------------------------------------------------ schema
 
     async def migrate(self) -> None:
-        """Apply Alembic migrations up to head (idempotent)."""
-        await self.run(_upgrade)
+        """Apply Alembic migrations up to head (idempotent). Without the store's
+        timeouts: a migration may rightly take longer than any one statement should."""
+        if self._url is None or self.dialect == "sqlite":
+            await self.run(_upgrade)  # SQLite: one connection, the store's own
+            return
+        engine = open_engine(self._url)
+        try:
+            await engine.run(_upgrade)
+        finally:
+            await engine.close()
+
+    async def schema(self) -> SchemaState:
+        """Whether the database's schema is one this version knows (see SchemaState)."""
+        return await self.run(_schema_state)
 
     # ------------------------------------------------------------ reads
 
@@ -265,6 +292,28 @@ def _acquire_lease(conn: Connection, holder: str, ttl: float, now: float) -> int
         .values(holder=holder, epoch=epoch, expires_at=now + ttl)
     )
     return epoch if result.rowcount == 1 else None
+
+
+@functools.cache
+def _revisions() -> tuple[frozenset[str], frozenset[str]]:
+    """Every revision this version knows, and its heads."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    known = frozenset(r.revision for r in script.walk_revisions())
+    return known, frozenset(script.get_heads())
+
+
+def _schema_state(connection: Connection) -> SchemaState:
+    # Read directly: a standby asks twice a second, and MigrationContext logs each time.
+    current: set[str] = set()
+    if sa.inspect(connection).has_table(_VERSION_TABLE):
+        rows = connection.execute(sa.text(f"SELECT version_num FROM {_VERSION_TABLE}"))
+        current = {str(row[0]) for row in rows}
+    known, heads = _revisions()
+    if not current:
+        return SchemaState.EMPTY
+    if not current <= known:
+        return SchemaState.NEWER
+    return SchemaState.CURRENT if current == heads else SchemaState.BEHIND
 
 
 def _upgrade(connection: Connection) -> None:

@@ -12,6 +12,11 @@ an engine here runs that function inside one transaction:
   chance to wait for a busy event loop. One thread and one connection also mean the
   controller's own transactions never contend for SQLite's write lock.
 
+Every wait is bounded by ``timeout`` (SANDBOX_STORE_TIMEOUT): connecting, each
+statement, a lock, SQLite's busy wait. A database that does not answer is then an
+error within seconds, which the controller turns into 503 store_unavailable, not a
+hung request. ``timeout=None`` (migrations, which may rightly run long) waits forever.
+
 ``SANDBOX_DATABASE_URL`` keeps its documented forms: ``sqlite+aiosqlite:///path``
 (or ``sqlite:///path``) and ``postgresql+asyncpg://...`` (or ``postgresql://...``).
 """
@@ -41,13 +46,30 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, timeout: float | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return SqliteEngine(parsed.set(drivername="sqlite"))
+        return SqliteEngine(parsed.set(drivername="sqlite"), timeout)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-    return AsyncioEngine(parsed)
+    return AsyncioEngine(parsed, timeout)
+
+
+def _postgres_timeouts(timeout: float) -> dict[str, Any]:
+    """asyncpg's connect and statement timeouts, and the server's own limits on this
+    session. ``idle_in_transaction_session_timeout`` is what frees the lease row when
+    a controller is frozen (SIGSTOP, a paused VM) inside a transaction that holds its
+    lock: the server ends that session, so a standby can take over. ``lock_timeout``
+    keeps a waiting statement from queueing behind such a lock for longer."""
+    millis = str(max(1, round(timeout * 1000)))
+    return {
+        "timeout": timeout,
+        "command_timeout": timeout,
+        "server_settings": {
+            "lock_timeout": millis,
+            "idle_in_transaction_session_timeout": millis,
+        },
+    }
 
 
 class AsyncioEngine:
@@ -62,8 +84,17 @@ class AsyncioEngine:
     and activity that only moves forward.
     """
 
-    def __init__(self, url: URL) -> None:
-        self.engine = create_async_engine(url, pool_size=10, max_overflow=10)
+    def __init__(self, url: URL, timeout: float | None = None) -> None:
+        if timeout is None:
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=10)
+        else:
+            self.engine = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_timeout=timeout,
+                connect_args=_postgres_timeouts(timeout),
+            )
         self.dialect = self.engine.dialect.name
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -86,13 +117,14 @@ class AsyncioEngine:
 class SqliteEngine:
     """SQLite on a thread of its own, one connection, one hop per transaction."""
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, timeout: float | None = None) -> None:
         database = url.database or ":memory:"
-        # A generous busy timeout turns contention from another process (a second
-        # replica probing the lease) into waiting, not errors. The connection is only
-        # used on the thread below; the check is off so that closing it never depends
-        # on which thread the garbage collector happens to run in.
-        connect_args = {"timeout": 30, "check_same_thread": False}
+        # The busy timeout turns contention from another process (a second replica
+        # probing the lease) into waiting, not errors, but bounded. The connection is
+        # only used on the thread below; the check is off so that closing it never
+        # depends on which thread the garbage collector happens to run in.
+        busy = 30.0 if timeout is None else timeout
+        connect_args = {"timeout": busy, "check_same_thread": False}
         if database == ":memory:":  # the one connection is the database: keep it
             self.engine = sa.create_engine(
                 url, connect_args=connect_args, poolclass=sa.pool.StaticPool

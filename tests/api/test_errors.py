@@ -32,7 +32,7 @@ CASES: list[tuple[SandboxError, int, str, str | None, str]] = [
     (ThreadOwnedByOtherUser("t-1"), 409, "thread_owned_by_other_user", None, "t-1"),
     (SessionNotFound("s-1"), 404, "session_not_found", None, "s-1"),
     (SessionEnded("s-2", EndReason.IDLE_TIMEOUT), 410, "session_ended", None, "idle_timeout"),
-    (NotLeader(), 503, "not_leader", "3", "leader"),
+    (NotLeader(), 503, "not_leader", "1", "leader"),
     (StoreUnavailable(), 503, "store_unavailable", "2", "store"),
     (Unauthorized(), 401, "unauthorized", None, "token"),
     (SandboxError(), 500, "internal_error", None, "internal"),

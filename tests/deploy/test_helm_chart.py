@@ -493,7 +493,8 @@ def test_with_postgresql_two_controllers_roll_without_a_gap(
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the leader only
+    # Ready = fit to lead or stand by, so a new standby lets the rollout and a drain go on.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz?role=replica"
     pdb = find(docs, "PodDisruptionBudget", "-controller")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

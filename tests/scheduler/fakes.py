@@ -22,8 +22,12 @@ class FakeStore:
         self.write_started = asyncio.Event()
         self.gate: asyncio.Event | None = None  # when set, a write waits for it to open
         self.failures = 0  # this many writes fail next
+        self.load_failures = 0  # this many loads fail next (the store is down)
 
     async def load(self) -> tuple[list[Session], list[Pod]]:
+        if self.load_failures:
+            self.load_failures -= 1
+            raise ConnectionError("the database is down")
         live = [replace(s, requests=[]) for s in self.sessions.values() if s.live]
         return live, [replace(p) for p in self.pods.values()]
 
@@ -63,6 +67,9 @@ class FakeBackend:
     async def start(self) -> None:
         pass
 
+    async def stop(self) -> None:
+        pass
+
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         name = f"pod-{next(self._names)}"
         self.pods[name] = PodStatus(name, PodPhase.PENDING, labels=dict(labels))
@@ -95,6 +102,10 @@ class FakeBackend:
             self.pods[name] = replace(self.pods[name], phase=PodPhase.READY, address=address)
             self._events.put_nowait(PodEvent(self.pods[name]))
         return names
+
+    def emit(self, status: PodStatus) -> None:
+        """An event as a watch would deliver it, whether or not it is news."""
+        self._events.put_nowait(PodEvent(status))
 
     def calls_of(self, operation: str) -> list[str]:
         return [name for op, name in self.calls if op == operation]

@@ -5,11 +5,12 @@ backend (fakes.py) and a ManualClock; nothing sleeps."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
+from sandbox_controller.backends.base import PodPhase, PodStatus
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.errors import (
     NotLeader,
@@ -25,7 +26,7 @@ from sandbox_controller.model import (
     SessionState,
     WaitReason,
 )
-from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, Scheduler
+from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, RECOVERY_BACKOFF, Scheduler
 from sandbox_controller.scheduler.pool import ROUTE_LEASE
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
@@ -60,6 +61,14 @@ class World:
         await self.quiesce()
         assert self.idle() == LIMITS.prewarm_pool_size
         assert len(self.store.pods) == LIMITS.prewarm_pool_size
+
+    async def quiesce_until(self, check: Callable[[], bool]) -> None:
+        """Yield to the loop's tasks (no clock time passes) until ``check()`` holds."""
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("the scheduler never got there")
 
     def idle(self) -> int:
         return self.scheduler.snapshot(self.clock.now()).pods[PodState.IDLE]
@@ -159,6 +168,36 @@ async def test_waiting_callers_hear_of_a_failed_commit_too(world: World) -> None
         await waiting
 
 
+async def test_while_the_store_is_down_callers_are_refused_at_once_and_old_news_dropped(
+    world: World,
+) -> None:
+    await world.warm()
+    [warm, *_] = [n for n, p in world.backend.pods.items() if p.phase is PodPhase.READY]
+    world.store.failures, world.store.load_failures = 1, 1000
+    with pytest.raises(StoreUnavailable):
+        await world.scheduler.open_session("ann", "t1", 0)
+    await world.quiesce_until(lambda: world.scheduler.store_down)
+
+    # Refused now, not after its wait of 30 s: nothing can be promised without the store.
+    with pytest.raises(StoreUnavailable):
+        await world.scheduler.open_session("bob", "t2", 30)
+    with pytest.raises(StoreUnavailable):
+        world.scheduler.record_activity({"nobody": world.clock.now()})
+    # An event from before the rebuild's list (the pod's start, long over) must not
+    # make a warm pod look as if it stopped answering.
+    world.backend.emit(PodStatus(warm, PodPhase.PENDING))
+    await world.clock.until_sleeping()
+    world.clock.advance(RECOVERY_BACKOFF.cap)
+    await world.clock.until_sleeping()  # another attempt failed: backing off again
+
+    world.store.load_failures = 0
+    world.clock.advance(RECOVERY_BACKOFF.cap)
+    await world.quiesce_until(lambda: not world.scheduler.store_down)
+    opened = await world.scheduler.open_session("bob", "t2", 0)
+    assert opened.outcome is Outcome.WARM
+    assert world.backend.calls_of("delete") == []
+
+
 async def test_a_route_lookup_goes_through_the_loop_and_writes_nothing(world: World) -> None:
     await world.warm()
     opened = await world.scheduler.open_session("ann", "t1", 0)
@@ -217,3 +256,23 @@ async def test_a_stopped_scheduler_refuses_and_its_waiters_hear_why(world: World
         await waiting
     with pytest.raises(NotLeader):
         await world.scheduler.open_session("ann", "t2", 0)
+
+
+async def test_a_stop_lets_the_round_finish_and_fails_what_was_never_applied(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sandbox_controller.scheduler.loop.STOP_GRACE", 0.05)
+    await world.warm()
+    world.store.gate = asyncio.Event()  # the next commit hangs: the database froze
+    world.store.write_started.clear()
+    claim = asyncio.create_task(world.scheduler.open_session("ann", "t1", 0))
+    lookup = asyncio.create_task(world.scheduler.route("nobody"))  # the same round
+    await world.quiesce_until(lambda: world.store.write_started.is_set())
+
+    await world.scheduler.stop()  # the round outlives the grace: cancelled
+
+    for caller in (claim, lookup):
+        with pytest.raises(NotLeader):
+            await asyncio.wait_for(caller, 5.0)  # refused, never left waiting
+    assert world.backend.calls_of("label") == []  # nothing of the round went out
+    world.store.gate.set()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from sandbox_controller.backends.base import PodPhase, PodStatus
+import pytest
+
+from sandbox_controller.backends.base import (
+    LABEL_SESSION,
+    LABEL_STATE,
+    LABEL_TEMPLATE_HASH,
+    PodPhase,
+    PodStatus,
+)
 from sandbox_controller.model import EndReason, Pod, PodState, Session, SessionState
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
@@ -70,3 +78,43 @@ def test_after_an_upgrade_idle_pods_of_the_old_template_are_replaced_assigned_on
     assert pool.pods["held"].state is PodState.ASSIGNED
     assert pool.sessions["s1"].state is SessionState.READY
     assert out.creates == 1  # a fresh pod of the new template refills the pool
+
+
+def pool_labels(template: str = "tmpl", **more: str) -> dict[str, str]:
+    return {LABEL_STATE: "pool", LABEL_TEMPLATE_HASH: template, **more}
+
+
+def test_a_takeover_keeps_warm_pods_whose_rows_were_not_written_yet() -> None:
+    # Pool pod rows go out up to a second late: a new leader finds pods without them.
+    pods = [
+        PodStatus("warm", PodPhase.READY, pool_labels(), NOW - 3, "10.0.0.1:8080"),
+        PodStatus("starting", PodPhase.PENDING, pool_labels(), NOW - 1),
+    ]
+    pool = restored([], [], pods)
+    pool.tick(NOW)
+
+    assert pool.pods["warm"].state is PodState.IDLE
+    assert pool.pods["starting"].state is PodState.PENDING
+    assert pool.take_outbox().deletes == []
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        PodStatus("claimed", PodPhase.READY, pool_labels(**{LABEL_SESSION: "abc"})),
+        PodStatus("labelled-assigned", PodPhase.READY, {**pool_labels(), LABEL_STATE: "assigned"}),
+        PodStatus("old-template", PodPhase.READY, pool_labels(template="old")),
+        PodStatus("failed", PodPhase.FAILED, pool_labels()),
+        PodStatus("going", PodPhase.READY, pool_labels(), terminating=True),
+        PodStatus("unlabelled", PodPhase.READY, {}),
+    ],
+    ids=lambda s: s.name,
+)
+def test_a_pod_without_a_row_that_may_have_served_or_will_not_serve_is_not_adopted(
+    status: PodStatus,
+) -> None:
+    pool = restored([], [], [status])
+    pool.tick(NOW + ROUTE_LEASE)
+
+    assert pool.pods[status.name].state is PodState.TERMINATING
+    assert status.name in pool.take_outbox().deletes or status.terminating

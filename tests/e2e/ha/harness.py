@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ import httpx
 
 from sandbox_controller.backends.base import LABEL_MANAGED_BY, MANAGED_BY
 from sandbox_controller.kubesim import write_kubeconfig
+
+from ...eventually import eventually
 
 NAMESPACE = "sandboxes"
 API_TOKEN = "ha-drill-api-token"
@@ -134,7 +135,11 @@ class HA:
         self.http = httpx.AsyncClient(timeout=10.0)
         self.env: dict[str, str] = {
             "SANDBOX_PREWARM_POOL_SIZE": "3",
-            "SANDBOX_MAX_TOTAL_JOBS": "10",
+            # Room for a split-brain round's pods: 3 warm, 2 claimed as the pause hits,
+            # 3 claimed after the takeover, and the 2 per round of the last three
+            # rounds that a new leader keeps for a route lease (recovery.py) before
+            # deleting them.
+            "SANDBOX_MAX_TOTAL_JOBS": "16",
             "SANDBOX_MAX_SESSIONS_PER_USER": "5",
         }
 
@@ -203,37 +208,46 @@ class HA:
         return replica
 
     async def _wait_healthy(self, replica: Replica, limit: float = 30.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        async def healthy() -> bool:
             if replica.proc.poll() is not None:
                 raise AssertionError(f"{replica.name} exited:\n{replica.tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if (await replica.client.get("/healthz", timeout=1.0)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{replica.name} not healthy in {limit}s:\n{replica.tail()}")
+                return (await replica.client.get("/healthz", timeout=1.0)).status_code == 200
+            return False
+
+        try:
+            await eventually(healthy, within=limit, every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{replica.name}:\n{replica.tail()}") from None
 
     async def leader(self, among: list[Replica] | None = None, limit: float = 20.0) -> Replica:
         """The one replica whose /readyz says it leads (waits for there to be one)."""
         candidates = among if among is not None else self.replicas
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        found: list[Replica] = []
+
+        async def one_leads() -> bool:
             for replica in candidates:
                 if replica.proc.poll() is None and await replica.is_leader():
-                    return replica
-            await asyncio.sleep(0.05)
-        logs = "\n".join(f"--- {r.name}\n{r.tail()}" for r in candidates)
-        raise AssertionError(f"no leader among {[r.name for r in candidates]} in {limit}s\n{logs}")
+                    found.append(replica)
+                    return True
+            return False
+
+        try:
+            await eventually(one_leads, within=limit, every=0.05)
+        except AssertionError:
+            logs = "\n".join(f"--- {r.name}\n{r.tail()}" for r in candidates)
+            names = [r.name for r in candidates]
+            raise AssertionError(f"no leader among {names} in {limit}s\n{logs}") from None
+        return found[-1]
 
     async def wait_idle(self, replica: Replica, count: int, limit: float = 30.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        async def idle() -> bool:
             with contextlib.suppress(httpx.TransportError):
                 response = await replica.client.get("/pool", timeout=2.0)
-                if response.status_code == 200 and response.json()["pods"]["idle"] >= count:
-                    return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{replica.name}: {count} idle pods not reached in {limit}s")
+                return response.status_code == 200 and response.json()["pods"]["idle"] >= count
+            return False
+
+        await eventually(idle, within=limit, every=0.1, what=f"{replica.name}: {count} idle pods")
 
     async def close(self) -> None:
         for replica in self.replicas:

@@ -20,11 +20,6 @@ def live(pods: dict[str, dict[str, object]]) -> set[str]:
     return {name for name, pod in pods.items() if not pod["metadata"].get("deletionTimestamp")}  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 phase 2: the new leader replays the standby's backlog of stale watch "
-    "events and deletes the warm pods it saw while standing by; the first claim is cold",
-)
 async def test_sigkill_failover_keeps_every_pod_and_the_first_claim_is_warm(ha: HA) -> None:
     assert ha.kubesim is not None
     old = await ha.leader()

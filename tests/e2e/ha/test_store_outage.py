@@ -52,12 +52,6 @@ async def ask(replica: Replica, n: int) -> Reply:
     return reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 phase 2: during a store outage the answer is 503 not_leader without "
-    "Retry-After (not store_unavailable), the first one outlives wait_seconds + 1 s, and "
-    "/readyz turns 503 only when the lease TTL runs out (3.6 s, TTL 4 s), not within 2 s",
-)
 async def test_a_database_outage_fails_fast_and_recovers(
     tmp_path: Path, own_postgres: OwnPostgres
 ) -> None:

@@ -61,8 +61,10 @@ async def test_a_restarted_controller_adopts_live_pods_and_leaks_none(
 
     await eventually(converged, within=15, what="kubesim and the pool to agree")
     counts = (await second.pool())["pods"]
-    assert counts["assigned"] == len(kept) and counts["idle"] == 3
-    assert len(live_pods(sim)) == len(kept) + 3  # nothing leaked
+    # Every healthy warm pod is kept (DESIGN invariant 7), also those the first
+    # controller created in its last second, before their rows were written.
+    assert counts["assigned"] == len(kept) and counts["idle"] >= 3
+    assert len(live_pods(sim)) == len(kept) + counts["idle"]  # nothing leaked
     now = uids(managed_pods(sim))
     for s in kept:  # the very same pod objects, never deleted
         assert now[s["pod"]] == before[s["pod"]]

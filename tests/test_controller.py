@@ -1,0 +1,63 @@
+"""The controller's leadership as a caller and a probe see it: a standby is a healthy
+replica but not ready, answers 503 not_leader with Retry-After, and takes over when the
+leader steps down; a schema from a newer version is left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from sandbox_controller.store import Store
+
+from .conftest import ControllerFactory
+from .eventually import eventually
+
+
+async def status(client: httpx.AsyncClient, path: str) -> int:
+    return (await client.get(path)).status_code
+
+
+async def test_a_standby_is_a_healthy_replica_that_takes_over_a_released_lease(
+    start_controller: ControllerFactory,
+) -> None:
+    leader = await start_controller(leader_renew_interval="1s", leader_lease_ttl="4s")
+    standby = await start_controller(leader_renew_interval="1s", leader_lease_ttl="4s")
+    assert leader.controller.is_leader and not standby.controller.is_leader
+
+    unready = await standby.client.get("/readyz")
+    assert unready.status_code == 503 and unready.headers["Retry-After"] == "1"
+    assert unready.json() == {"status": "standby", "leader": False}
+    assert await status(standby.client, "/readyz?role=replica") == 200
+    assert await status(leader.client, "/readyz?role=replica") == 200
+    refused = await standby.client.post("/sessions", json={"user_id": "u", "thread_id": "t"})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "not_leader"
+    assert refused.headers["Retry-After"] == "1"
+
+    await leader.controller.step_down()  # what SIGTERM does first
+    await eventually(lambda: standby.controller.is_leader, within=3.0, what="takeover")
+    assert await status(standby.client, "/readyz") == 200
+
+
+async def test_a_schema_newer_than_this_version_is_left_alone(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+    store = Store.open(url)
+    await store.migrate()
+    await store.run(lambda c: c.execute(sa.text("UPDATE alembic_version SET version_num='9z'")))
+
+    running = await start_controller(database_url=url)
+
+    assert not running.controller.is_leader
+    assert await status(running.client, "/readyz") == 503
+    assert await status(running.client, "/readyz?role=replica") == 503
+    refused = await running.client.post("/sessions", json={"user_id": "u", "thread_id": "t"})
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    leases = await store.run(
+        lambda c: c.execute(sa.text("SELECT count(*) FROM leader_lease")).scalar()
+    )
+    assert leases == 0  # never took the lease, never wrote
+    await store.close()
