@@ -302,6 +302,8 @@ class Controller:
             log.error("lost the leader lease; stepping down")
             self.lease.lost()
             await self._step_down(release=False)
+            return
+        scheduler.lease_confirmed()
 
     async def _retention_loop(self) -> None:
         """Delete ended sessions past SANDBOX_ENDED_RETENTION, hourly, on the leader."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
-from ..backends.base import LABEL_STATE, Backend, BackendError, PodEvent
+from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
 from ..clock import Clock
 from ..errors import (
     NotLeader,
@@ -101,6 +101,10 @@ class Scheduler:
         self._pod_rows: set[str] = set()
         self._forgotten_rows: set[str] = set()
         self._pod_rows_due = float("inf")
+        # Backend calls the write guard refused because the lease was not confirmed at
+        # that moment (after a pause, say): this leader's decisions still, sent when the
+        # lease is confirmed again (lease_confirmed), dropped if it is lost (stop).
+        self._held: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -128,6 +132,7 @@ class Scheduler:
             except Exception as exc:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
+        self._held.clear()
         self._fail_queued(NotLeader)  # nobody waits forever on a command never applied
 
     async def _recover(self) -> None:
@@ -439,11 +444,27 @@ class Scheduler:
 
     # ------------------------------------------------------------ backend effects
 
+    def lease_confirmed(self) -> None:
+        """The database confirmed the lease again: send what waited for it."""
+        if not self.running:
+            return
+        held, self._held = self._held, []
+        for call, name in held:
+            self._effects.start(call(), name)
+
+    def _hold(self, call: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        # Not a failure of the platform: no backoff, no error count, no retry storm.
+        log.info("%s waits until the leader lease is confirmed again", name)
+        self._held.append((call, name))
+
     async def _create(self) -> None:
         try:
             # "pool" until assigned: readiness shows in the pod's own status, and a
             # second patch when it turns ready would cost an API call per pod.
             name = await self.backend.create_pod({LABEL_STATE: "pool"})
+        except LeaseLost:
+            self._hold(self._create, "create")
+            return
         except Exception as exc:
             log.warning("creating a sandbox pod failed: %s", exc)
             self.observer.backend_failed("create")
@@ -454,6 +475,8 @@ class Scheduler:
     async def _delete(self, name: str) -> None:
         try:
             await self.backend.delete_pod(name)
+        except LeaseLost:
+            self._hold(lambda: self._delete(name), f"delete:{name}")
         except Exception as exc:
             log.warning("deleting pod %s failed: %s", name, exc)
             self.observer.backend_failed("delete")
@@ -462,6 +485,8 @@ class Scheduler:
     async def _label(self, name: str, labels: dict[str, str]) -> None:
         try:
             await self.backend.set_labels(name, labels)
+        except LeaseLost:
+            self._hold(lambda: self._label(name, labels), f"label:{name}")
         except BackendError as exc:
             # Labels are for operators and a second opinion at recovery; the store
             # is the record, so a lost label is logged, not retried forever.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.conftest import ControllerFactory
 
 
@@ -31,9 +33,17 @@ async def test_adaptive_prewarm_shows_its_target_and_reason(
     for i in range(6):
         assert (await ctl.open(f"user{i}", f"t{i}")).status_code == 201
     prewarm = (await ctl.pool())["prewarm"]
-    # The reason follows the live numbers: 6 arrivals in the last minute, and local
-    # sandboxes measured to start in well under a second, so one warm pod covers them.
-    assert prewarm["reason"] == "6.00 arrivals/min x start-up p90 0s: 1 warm for 99% warm hits"
-    assert prewarm["target"] == 1
+    # The reason follows the live numbers: 6 arrivals in the last minute, times the
+    # start-up measured on these local sandboxes (well under a second when the machine
+    # is quiet, more when it is busy), and the target it gives.
+    reason = re.fullmatch(
+        r"6\.00 arrivals/min x start-up p90 (\d+)s: (\d+) warm for 99% warm hits",
+        prewarm["reason"],
+    )
+    assert reason is not None, prewarm["reason"]
+    assert int(reason.group(2)) == prewarm["target"]
+    assert 1 <= prewarm["target"] <= 4  # within min and max
+    if int(reason.group(1)) == 0:
+        assert prewarm["target"] == 1  # 6/min over under a second: one pod covers it
     metrics = (await ctl.client.get("/metrics")).text
     assert f"\nsandbox_prewarm_target {float(prewarm['target'])}" in metrics

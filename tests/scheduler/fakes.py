@@ -9,7 +9,7 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
-from sandbox_controller.backends.base import PodEvent, PodPhase, PodStatus
+from sandbox_controller.backends.base import LeaseLost, PodEvent, PodPhase, PodStatus
 from sandbox_controller.model import EndReason, Pod, Session
 from sandbox_controller.store import Batch, Fence
 
@@ -63,6 +63,11 @@ class FakeBackend:
         self.calls: list[tuple[str, str]] = []  # (operation, pod name), in order
         self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
         self._names = itertools.count(1)
+        self.lease_ok = True  # what the write guard says: False refuses every write
+
+    def _guard(self) -> None:
+        if not self.lease_ok:
+            raise LeaseLost()
 
     async def start(self) -> None:
         pass
@@ -71,17 +76,20 @@ class FakeBackend:
         pass
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
+        self._guard()
         name = f"pod-{next(self._names)}"
         self.pods[name] = PodStatus(name, PodPhase.PENDING, labels=dict(labels))
         self.calls.append(("create", name))
         return name
 
     async def delete_pod(self, name: str) -> None:
+        self._guard()
         self.calls.append(("delete", name))
         if self.pods.pop(name, None) is not None:
             self._events.put_nowait(PodEvent(PodStatus(name, PodPhase.FAILED), deleted=True))
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        self._guard()
         self.calls.append(("label", name))
 
     async def list_pods(self) -> list[PodStatus]:

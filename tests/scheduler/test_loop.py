@@ -276,3 +276,37 @@ async def test_a_stop_lets_the_round_finish_and_fails_what_was_never_applied(
             await asyncio.wait_for(caller, 5.0)  # refused, never left waiting
     assert world.backend.calls_of("label") == []  # nothing of the round went out
     world.store.gate.set()
+
+
+async def test_writes_refused_for_want_of_a_confirmed_lease_wait_for_it_not_a_backoff(
+    world: World,
+) -> None:
+    # After a pause the lease is unusable until the database confirms it again: the
+    # write guard refuses. Those writes are still this leader's decisions; they go out
+    # once the lease is confirmed, with no backoff (on this clock, none could pass).
+    await world.warm()
+    world.backend.lease_ok = False
+    opened = await world.scheduler.open_session("ann", "t1", 0)  # warm: a refill follows
+    await world.scheduler.end_session(opened.session.id)  # and a delete
+    await world.quiesce()
+    assert world.backend.calls_of("delete") == [] and world.observer.backend_failures == []
+    creates = len(world.backend.calls_of("create"))
+
+    world.backend.lease_ok = True
+    world.scheduler.lease_confirmed()
+    await world.quiesce()
+    assert world.backend.calls_of("delete") == [opened.session.pod_name]
+    assert len(world.backend.calls_of("create")) == creates + 1
+    assert world.backend.calls_of("label") == [opened.session.pod_name]
+
+
+async def test_a_stopped_scheduler_drops_the_writes_it_held(world: World) -> None:
+    await world.warm()
+    world.backend.lease_ok = False
+    opened = await world.scheduler.open_session("ann", "t1", 0)
+    await world.quiesce()
+    await world.scheduler.stop()  # deposed: its intentions die with its term
+    world.backend.lease_ok = True
+    world.scheduler.lease_confirmed()
+    await asyncio.sleep(0)
+    assert world.backend.calls_of("label") == [] and opened.session.pod_name
