@@ -324,6 +324,9 @@ class ProxyApp:
         except BaseException:
             relay.abort()
             raise
+        # The request head is not needed past the hand-off (the access log takes the path);
+        # a relay lives for hours, and thousands of them are open at once.
+        scope["headers"] = []
         self.metrics.request(101)
         self._relays.add(relay)
         self._relays_done.clear()
