@@ -313,6 +313,10 @@ class Relay:
         self._connections = uvicorn_protocol.connections
         self._connections.discard(uvicorn_protocol)
         self._connections.add(self)
+        # The connection's parser is a generator holding the connection: a cycle, which
+        # the tuned collector (serving.tune_gc) would reclaim only after its next old
+        # generation pass. Closing the generator breaks it, so it all goes at once.
+        uvicorn_protocol.conn.parser.close()
         for name in ("conn", "request", "response", "queue", "writable", "scope"):
             setattr(uvicorn_protocol, name, None)
 
