@@ -307,8 +307,8 @@ class Relay:
         uvicorn's 1012 on a socket it no longer reads. Nothing calls uvicorn's protocol
         again but the ASGI task's end (which only closes the transport, closed by then),
         so its sans-I/O connection (parser, handshake request and response), its receive
-        queue and its write event are dropped: ~9 KiB a relay, most of the proxy's
-        memory with many WebSockets open (benchmarks/README.md, issue 11).
+        queue and its write event are dropped: ~9 KiB of the ~25 KiB a relay cost, what
+        kept 1,000 open WebSockets above 80 MiB (issue 11; benchmarks/README.md, run 6).
         """
         self._connections = uvicorn_protocol.connections
         self._connections.discard(uvicorn_protocol)
