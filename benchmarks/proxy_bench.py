@@ -9,6 +9,10 @@ the same upstreams: a single-worker nginx answering ``200 ok`` for HTTP (so the 
 is not the bottleneck) and a ``websockets`` echo server for WebSocket round trips.
 Targets are interleaved round by round and medians reported, because the machine is
 shared. Writes nothing unless ``--write`` is given (then benchmarks/results/proxy.md, for benchmarks/README.md).
+
+``--only-rss`` measures just this proxy's RSS (idle, then with ``--websockets`` open
+through it), in both modes, the same way the full run does; it needs no wrk, nginx or
+configurable-http-proxy, so each memory change can be measured in seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -217,14 +221,19 @@ async def main() -> None:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--websockets", type=int, default=1000)
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/proxy.md")
+    ap.add_argument("--only-rss", action="store_true", help="only this proxy's RSS")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.only_rss:
+        await only_rss(args.websockets)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
     auth = {"X-Sandbox-Token": token}
 
-    with processes() as procs:
+    async with contextlib.AsyncExitStack() as stack:
+        procs = stack.enter_context(processes())
         # Upstreams, shared by every target.
         up_port = free_port()
         (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
@@ -238,29 +247,10 @@ async def main() -> None:
         ws_proc, ws_up = spawn_listening([sys.executable, "-c", WS_ECHO])
         procs.append(ws_proc)
 
-        # The controller for this proxy: the internal route API, in this process.
+        # The controller for this proxy (the internal route API, in this process), and
+        # this proxy in both modes.
         controller = Controller(http_up)
-        ctl_app = Starlette(
-            routes=[
-                Route("/internal/routes/{sid}", controller.route),
-                Route("/internal/activity", controller.activity, methods=["POST"]),
-            ]
-        )
-        ctl_sock = bind("127.0.0.1", 0)
-        ctl = Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
-        ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
-        env = dict(
-            os.environ,
-            SANDBOX_TOKEN_SECRET=SECRET,
-            SANDBOX_API_TOKEN=API_TOKEN,
-            SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
-            SANDBOX_LOG_LEVEL="warning",
-        )
-        ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
-        procs.append(ours)
-        sub_env = dict(env, SANDBOX_PROXY_SESSION_DOMAIN=DOMAIN)
-        sub, sub_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], sub_env)
-        procs.append(sub)
+        (ours, ours_addr, sub, sub_addr) = await stack.enter_async_context(proxy_pair(controller))
         sub_host = f"{SESSION}.{DOMAIN}:{sub_addr.rpartition(':')[2]}"
 
         chp_port, chp_api = free_port(), free_port()
@@ -345,15 +335,8 @@ async def main() -> None:
                 ws_results[name].append(await ws_rtt(url, headers, dial))
         rss: dict[str, tuple[float, float]] = {}
         for name, proc in (("this proxy", ours), ("this proxy, subdomain", sub)):
-            idle = rss_mib(proc.pid)
             url, headers, dial = ws_targets[name]
-            conns = await open_many(url, headers, args.websockets, dial)
-            await asyncio.sleep(1)
-            rss[name] = (idle, rss_mib(proc.pid))
-            for ws in conns:
-                await ws.close()  # type: ignore[attr-defined]
-        ctl.should_exit = True
-        await ctl_task
+            rss[name] = await measure_rss(proc, url, headers, args.websockets, dial)
 
     table = render(results, ws_results, rss, args)
     print(table)
@@ -361,6 +344,73 @@ async def main() -> None:
         (ROOT / "benchmarks/results").mkdir(exist_ok=True)
         (ROOT / "benchmarks/results/proxy.md").write_text(table)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def proxy_pair(
+    controller: Controller,
+) -> AsyncIterator[tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]]:
+    """The controller's route API in this process, and this proxy in path and subdomain mode."""
+    ctl_app = Starlette(
+        routes=[
+            Route("/internal/routes/{sid}", controller.route),
+            Route("/internal/activity", controller.activity, methods=["POST"]),
+        ]
+    )
+    ctl_sock = bind("127.0.0.1", 0)
+    ctl = Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
+    ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
+    env = dict(
+        os.environ,
+        SANDBOX_TOKEN_SECRET=SECRET,
+        SANDBOX_API_TOKEN=API_TOKEN,
+        SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
+        SANDBOX_LOG_LEVEL="warning",
+    )
+    try:
+        with processes() as procs:
+            ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
+            procs.append(ours)
+            sub_env = dict(env, SANDBOX_PROXY_SESSION_DOMAIN=DOMAIN)
+            sub, sub_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], sub_env)
+            procs.append(sub)
+            yield ours, ours_addr, sub, sub_addr
+    finally:
+        ctl.should_exit = True
+        await ctl_task
+
+
+async def measure_rss(
+    proc: subprocess.Popen[str], url: str, headers: dict[str, str], count: int, dial: str | None
+) -> tuple[float, float]:
+    """VmRSS idle, then with ``count`` WebSockets open through the proxy (each used once)."""
+    idle = rss_mib(proc.pid)
+    conns = await open_many(url, headers, count, dial)
+    await asyncio.sleep(1)
+    loaded = rss_mib(proc.pid)
+    for ws in conns:
+        await ws.close()  # type: ignore[attr-defined]
+    return idle, loaded
+
+
+async def only_rss(count: int) -> None:
+    token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
+    auth = {"X-Sandbox-Token": token}
+    with processes() as procs:
+        ws_proc, ws_up = spawn_listening([sys.executable, "-c", WS_ECHO])
+        procs.append(ws_proc)
+        async with proxy_pair(Controller(ws_up)) as (ours, ours_addr, sub, sub_addr):
+            sub_host = f"{SESSION}.{DOMAIN}:{sub_addr.rpartition(':')[2]}"
+            for name, proc, url, dial in (
+                ("this proxy", ours, f"ws://{ours_addr}/s/{SESSION}/ws", None),
+                ("this proxy, subdomain", sub, f"ws://{sub_host}/ws", sub_addr),
+            ):
+                idle, loaded = await measure_rss(proc, url, auth, count, dial)
+                print(
+                    f"RSS of {name}: {idle:.1f} MiB idle, {loaded:.1f} MiB with {count} "
+                    f"open WebSockets ({(loaded - idle) * 1024 / count:.1f} KiB each).",
+                    flush=True,
+                )
 
 
 def render(

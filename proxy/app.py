@@ -288,7 +288,6 @@ class ProxyApp:
             cookie, address = await self._admit(scope, target)
             query = strip_query_token(scope["query_string"])
             path = target.upstream_path.decode("latin-1")
-            headers = upstream_headers(scope, prefix.decode("latin-1"), _strip_auth)
             activity = self.activity
 
             def mark() -> None:
@@ -299,7 +298,8 @@ class ProxyApp:
                 await relay.dial(
                     address,
                     path + "?" + query.decode("latin-1") if query else path,
-                    headers,
+                    # Built in the call: the request head is not kept for the relay's life.
+                    upstream_headers(scope, prefix.decode("latin-1"), _strip_auth),
                     scope.get("subprotocols", []),
                     self.connect_timeout,
                 )
@@ -324,6 +324,9 @@ class ProxyApp:
         except BaseException:
             relay.abort()
             raise
+        # The request head is not needed past the hand-off (the access log takes the path);
+        # a relay lives for hours, and thousands of them are open at once.
+        scope["headers"] = []
         self.metrics.request(101)
         self._relays.add(relay)
         self._relays_done.clear()

@@ -139,6 +139,9 @@ class FrameScanner:
 class _Side(asyncio.Protocol):
     """One socket of a relay: what it reads goes to the other side's transport."""
 
+    # Slots: two of these per open WebSocket, and a proxy holds thousands.
+    __slots__ = ("lost", "peer", "pending", "relay", "scanner", "transport")
+
     def __init__(self, relay: Relay, scanner: FrameScanner) -> None:
         self.relay = relay
         self.scanner = scanner  # frames read from this side
@@ -191,7 +194,8 @@ class Relay:
         self.client.peer, self.pod.peer = self.pod, self.client
         self._handshake: asyncio.Future[bytes] | None = None
         self._done = asyncio.get_running_loop().create_future()
-        self._uvicorn: Any = None
+        # The server's set of open connections, which the relay joins (see _release).
+        self._connections: set[Any] = set()
 
     # the pod's handshake ---------------------------------------------------------------
 
@@ -279,7 +283,6 @@ class Relay:
         transport = getattr(uvicorn_protocol, "transport", None)
         if transport is None or not hasattr(uvicorn_protocol, "stop_keepalive"):
             raise RuntimeError("the raw relay needs uvicorn's websockets-sansio protocol")
-        self._uvicorn = uvicorn_protocol
         uvicorn_protocol.stop_keepalive()  # pings pass end to end now
         # Bytes uvicorn read past the handshake but has not parsed are ours to pass on.
         reader = getattr(getattr(uvicorn_protocol, "conn", None), "reader", None)
@@ -287,6 +290,7 @@ class Relay:
         transport.set_protocol(self.client)
         self.client.connection_made(transport)
         self.joined = True
+        self._release(uvicorn_protocol)
         if early:
             self.client.data_received(early)
         if self.pod.pending:
@@ -295,12 +299,33 @@ class Relay:
         if self.pod.lost:
             self.side_lost(self.pod)
 
+    def _release(self, uvicorn_protocol: Any) -> None:
+        """The relay stands in for uvicorn's protocol from here; uvicorn's state goes.
+
+        The relay takes its place among the server's connections, so the connection cap
+        still counts it and a server shutdown calls ``shutdown`` on the relay (1001), not
+        uvicorn's 1012 on a socket it no longer reads. Nothing calls uvicorn's protocol
+        again but the ASGI task's end (which only closes the transport, closed by then),
+        so its sans-I/O connection (parser, handshake request and response), its receive
+        queue and its write event are dropped: ~9 KiB of the ~25 KiB a relay cost, what
+        kept 1,000 open WebSockets above 80 MiB (issue 11; benchmarks/README.md, run 6).
+        """
+        self._connections = uvicorn_protocol.connections
+        self._connections.discard(uvicorn_protocol)
+        self._connections.add(self)
+        # The connection's parser is a generator holding the connection: a cycle, which
+        # the tuned collector (serving.tune_gc) would reclaim only after its next old
+        # generation pass. Closing the generator breaks it, so it all goes at once.
+        uvicorn_protocol.conn.parser.close()
+        for name in ("conn", "request", "response", "queue", "writable", "scope"):
+            setattr(uvicorn_protocol, name, None)
+
     async def run(self) -> None:
         """Until both sockets are closed (cancelled: both are closed now, with 1001)."""
         try:
-            await asyncio.shield(self._done)
+            await self._done
         finally:
-            if not self._done.done():
+            if self._done.cancelled():
                 self.shutdown()
 
     # ending ----------------------------------------------------------------------------
@@ -345,9 +370,6 @@ class Relay:
             self.pod.transport.abort()
 
     def _finish(self) -> None:
-        if self._uvicorn is not None:
-            # uvicorn still counts the connection (its cap, its shutdown): tell it, once.
-            uvicorn_protocol, self._uvicorn = self._uvicorn, None
-            uvicorn_protocol.connection_lost(None)
-        if not self._done.done():
+        self._connections.discard(self)  # uvicorn's count of open connections
+        if not self._done.done():  # (cancelled: run() was, and shuts the sides down)
             self._done.set_result(None)

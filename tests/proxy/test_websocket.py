@@ -13,7 +13,8 @@ from websockets.exceptions import ConnectionClosed
 
 from proxy.websocket import FrameScanner
 
-from .conftest import Stack
+from ..eventually import eventually
+from .conftest import Stack, running_stack
 
 
 async def test_text_binary_and_ping(stack: Stack) -> None:
@@ -155,3 +156,28 @@ async def test_frames_a_pod_sends_with_its_handshake_reach_the_client(stack: Sta
         headers = {"x-sandbox-token": token}
         async with connect(stack.ws_base + "/s/sess-g/", additional_headers=headers) as ws:
             assert await asyncio.wait_for(ws.recv(), 5) == "welcome"
+
+
+async def test_open_websockets_count_toward_the_connection_cap() -> None:
+    """A relay takes uvicorn's place among the server's connections: the cap still
+    counts open WebSockets, and frees the place when one closes."""
+    async with running_stack(max_connections=3) as stack:
+        headers = {"x-sandbox-token": stack.session()}
+        url = stack.ws_base + "/s/sess-a/ws"
+        sockets = [await connect(url, additional_headers=headers) for _ in range(3)]
+        for ws in sockets:
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), 5) == "hi"
+        refused = await stack.client.get(stack.base + "/healthz")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "too_many_connections"
+        await sockets.pop().close()
+
+        async def answered() -> bool:
+            return (await stack.client.get(stack.base + "/healthz")).status_code == 200
+
+        await eventually(answered, within=5, what="a place to free up")
+        for ws in sockets:  # the others still relay
+            await ws.send("still")
+            assert await asyncio.wait_for(ws.recv(), 5) == "still"
+            await ws.close()
