@@ -7,6 +7,8 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -27,19 +29,35 @@ def status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"{field} not in /proc/{pid}/status")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-async def test_100mb_each_way_with_bounded_memory() -> None:
-    controller = ControllerDouble()
-    controller_served = await serve(controller.app())
-    sandbox_served = await serve(devsandbox.build_app())
-    controller.add("sess-m", "ready", sandbox_served.address)
+@dataclass
+class ProxyProcess:
+    pid: int
+    address: str  # host:port the proxy listens on
+
+
+@asynccontextmanager
+async def proxy_process(
+    session_id: str | None = None, **settings: str
+) -> AsyncIterator[ProxyProcess]:
+    """``python -m proxy`` in a process of its own (its RSS is what is measured), routing
+    ``session_id`` to a devsandbox through a controller double; without a session, no
+    controller is ever asked."""
+    served = []
+    controller_url = "http://127.0.0.1:9"
+    if session_id is not None:
+        controller = ControllerDouble()
+        controller_served = await serve(controller.app())
+        sandbox_served = await serve(devsandbox.build_app())
+        served = [controller_served, sandbox_served]
+        controller.add(session_id, "ready", sandbox_served.address)
+        controller_url = f"http://127.0.0.1:{controller_served.port}"
     env = dict(
         os.environ,
         SANDBOX_TOKEN_SECRET=SECRET,
         SANDBOX_API_TOKEN=API_TOKEN,
-        SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{controller_served.port}",
+        SANDBOX_CONTROLLER_URL=controller_url,
         SANDBOX_LOG_LEVEL="warning",
+        **settings,
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE
@@ -47,11 +65,22 @@ async def test_100mb_each_way_with_bounded_memory() -> None:
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        base = "http://" + line.split()[1] + "/s/sess-m"
+        yield ProxyProcess(proc.pid, line.split()[1])
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        await asyncio.gather(*(s.stop() for s in served))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+async def test_100mb_each_way_with_bounded_memory() -> None:
+    async with proxy_process("sess-m") as proxy:
+        base = "http://" + proxy.address + "/s/sess-m"
         headers = {"x-sandbox-token": token_for("sess-m")}
         async with httpx.AsyncClient(timeout=60, trust_env=False, headers=headers) as client:
             assert (await client.get(base + "/healthz")).status_code == 200
-            baseline = status_kib(proc.pid, "VmRSS")
+            baseline = status_kib(proxy.pid, "VmRSS")
 
             async def body() -> AsyncIterator[bytes]:
                 chunk = b"u" * (1024 * 1024)
@@ -67,13 +96,9 @@ async def test_100mb_each_way_with_bounded_memory() -> None:
                 async for chunk in resp.aiter_raw():
                     received += len(chunk)
             assert received == SIZE
-        growth_mib = (status_kib(proc.pid, "VmHWM") - baseline) / 1024
+        growth_mib = (status_kib(proxy.pid, "VmHWM") - baseline) / 1024
         print(f"proxy peak RSS growth {growth_mib:.1f} MiB")
         assert growth_mib < 40, f"proxy peak RSS grew {growth_mib:.1f} MiB"
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-        await asyncio.gather(sandbox_served.stop(), controller_served.stop())
 
 
 @pytest.mark.slow
@@ -82,44 +107,26 @@ async def test_open_websockets_cost_little_memory_each() -> None:
     """Issue 11: 1,000 open WebSockets within 80 MiB. A relay keeps only its two sockets
     and frame scanners: uvicorn's handshake state and the request head are released once
     the relay owns the socket (they cost ~25 KiB a relay before, ~14 KiB after)."""
-    controller = ControllerDouble()
-    controller_served = await serve(controller.app())
-    sandbox_served = await serve(devsandbox.build_app())
-    controller.add("sess-w", "ready", sandbox_served.address)
-    env = dict(
-        os.environ,
-        SANDBOX_TOKEN_SECRET=SECRET,
-        SANDBOX_API_TOKEN=API_TOKEN,
-        SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{controller_served.port}",
-        SANDBOX_LOG_LEVEL="warning",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE
-    )
     sockets: list[ClientConnection] = []
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        url = "ws://" + line.split()[1] + "/s/sess-w/ws"
+    async with proxy_process("sess-w") as proxy:
+        url = "ws://" + proxy.address + "/s/sess-w/ws"
         headers = {"x-sandbox-token": token_for("sess-w")}
-        async with connect(url, additional_headers=headers) as ws:  # routes and pools warm
-            await ws.send("warm")
-            await ws.recv()
-        baseline = status_kib(proc.pid, "VmRSS")
-        count = 400
-        for _ in range(count):
-            ws = await connect(url, additional_headers=headers, ping_interval=None)
-            sockets.append(ws)
-            await ws.send("hi")  # every relay fully set up and used
-            assert await ws.recv() == "hi"
-        per_relay = (status_kib(proc.pid, "VmRSS") - baseline) / count
-        print(f"proxy RSS per open WebSocket {per_relay:.1f} KiB")
-        assert per_relay < 20, f"{per_relay:.1f} KiB of proxy memory per open WebSocket"
-    finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-        await asyncio.gather(sandbox_served.stop(), controller_served.stop())
+        try:
+            async with connect(url, additional_headers=headers) as ws:  # routes, pools warm
+                await ws.send("warm")
+                await ws.recv()
+            baseline = status_kib(proxy.pid, "VmRSS")
+            count = 400
+            for _ in range(count):
+                ws = await connect(url, additional_headers=headers, ping_interval=None)
+                sockets.append(ws)
+                await ws.send("hi")  # every relay fully set up and used
+                assert await ws.recv() == "hi"
+            per_relay = (status_kib(proxy.pid, "VmRSS") - baseline) / count
+            print(f"proxy RSS per open WebSocket {per_relay:.1f} KiB")
+            assert per_relay < 20, f"{per_relay:.1f} KiB of proxy memory per open WebSocket"
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
 
 async def send_huge_head(port: int, size: int) -> bytes:
@@ -141,30 +148,17 @@ async def send_huge_head(port: int, size: int) -> bytes:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_huge_heads_get_431_and_leave_memory_at_its_baseline() -> None:
-    env = dict(
-        os.environ,
-        SANDBOX_TOKEN_SECRET=SECRET,
-        SANDBOX_CONTROLLER_URL="http://127.0.0.1:9",  # never asked: no head is complete
-        SANDBOX_LOG_LEVEL="warning",
-        SANDBOX_HEADER_READ_TIMEOUT="120",  # the senders here are slow only from load
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        port = int(line.split()[1].rpartition(":")[2])
+    # No session: the controller is never asked, since no head is ever complete.
+    # The senders here are slow only from load: a generous head-read timeout.
+    async with proxy_process(SANDBOX_HEADER_READ_TIMEOUT="120") as proxy:
+        port = int(proxy.address.rpartition(":")[2])
         async with httpx.AsyncClient(trust_env=False) as client:
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
-        baseline = status_kib(proc.pid, "VmRSS")
+        baseline = status_kib(proxy.pid, "VmRSS")
         statuses = await asyncio.gather(
             *(send_huge_head(port, 80 * 1024 * 1024) for _ in range(20))
         )
         assert set(statuses) == {b"HTTP/1.1 431 Request Header Fields Too Large"}
-        growth_mib = (status_kib(proc.pid, "VmRSS") - baseline) / 1024
+        growth_mib = (status_kib(proxy.pid, "VmRSS") - baseline) / 1024
         print(f"proxy RSS after 20 x 80 MB heads: {growth_mib:+.1f} MiB from baseline")
         assert growth_mib < 20, f"proxy RSS stayed {growth_mib:.1f} MiB above its baseline"
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
