@@ -64,8 +64,16 @@ async def _startup_or_stop(process: Process, stop: asyncio.Event) -> bool:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-        if not starting.done():
+        # Cancel until it ends: a library may swallow one cancellation (a driver's
+        # connect timing out at the same moment does), and then the process would wait
+        # out the database for the rest of the minute.
+        try:
+            while not starting.done():
+                starting.cancel()
+                await asyncio.wait({starting}, timeout=0.2)
+        except asyncio.CancelledError:
             starting.cancel()
+            raise
         await asyncio.gather(starting, stopping, return_exceptions=True)
     if starting.cancelled():
         return False

@@ -108,3 +108,34 @@ async def test_dev_serves_on_the_ports_it_bound_and_stops_every_sandbox(tmp_path
     assert sandbox_processes(pod) == [], "a sandbox outlived dev"
     assert list((tmp_path / "state" / "pods").glob("*.json")) == []  # none left to adopt
     assert refused(api_port) and refused(proxy_port)
+
+
+class SwallowsOneCancel:
+    """A start-up whose library swallows the first cancellation (as a database driver's
+    connect may when its own timeout fires at the same moment) and then keeps waiting."""
+
+    def __init__(self) -> None:
+        self.shut_down = False
+
+    async def startup(self) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        await asyncio.sleep(60)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        raise AssertionError("never started")
+
+    async def shutdown(self) -> None:
+        self.shut_down = True
+
+
+async def test_a_stop_ends_a_startup_even_when_a_library_swallows_the_cancellation() -> None:
+    process = SwallowsOneCancel()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(process, stop))
+    await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(serving, 2)
+    assert process.shut_down
