@@ -93,11 +93,13 @@ class LocalBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         claim_key: bytes | None = None,
+        sandbox_args: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
         # Each sandbox's claim secret derives from it (base.claim_secret); None: the
         # sandboxes get none, and their hooks refuse every call.
         self.claim_key = claim_key
+        self.sandbox_args = sandbox_args  # more devsandbox flags (tests: --no-hooks)
         self.write_guard = write_guard
         self.stop_on_close = stop_on_close
         self.ready_timeout = ready_timeout
@@ -164,6 +166,7 @@ class LocalBackend:
                 "0",
                 "--name",
                 name,
+                *self.sandbox_args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 stdin=asyncio.subprocess.DEVNULL,
