@@ -109,7 +109,7 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
     running: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient]] = []
 
     async def start(
-        *, clock: Clock | None = None, backend: Backend | None = None, **overrides: Any
+        *, clock: Clock | None = None, backend_object: Backend | None = None, **overrides: Any
     ) -> RunningController:
         values: dict[str, Any] = {
             "database_url": f"sqlite+aiosqlite:///{tmp_path}/sandbox.db",
@@ -123,7 +123,7 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
         values.update(overrides)
         settings = load_settings(**values)
         process = ControllerProcess(
-            settings, clock=clock, backend=backend, stop_sandboxes_on_exit=True
+            settings, clock=clock, backend=backend_object, stop_sandboxes_on_exit=True
         )
         stop, started = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(process, stop, started.set))

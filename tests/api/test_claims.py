@@ -185,7 +185,7 @@ async def test_a_sandbox_without_hooks_still_serves_warm(
         claim_key=hook_key(TOKEN_SECRET),
         sandbox_args=("--no-hooks",),
     )
-    ctl = await start_controller(prewarm_pool_size=1, backend=backend)
+    ctl = await start_controller(prewarm_pool_size=1, backend_object=backend)
     await ctl.wait_idle_pods(1)
     response = await ctl.client.post(
         "/sessions",
