@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from ..model import Pod, Session
+
 # The pool's own deadline for a claim answer: the loop's call is bounded by the hook
 # timeout; this margin covers the loop's round trip, so a lost answer (a cancelled
 # effect, a bug) can never leave a session provisioning for good.
@@ -61,10 +63,22 @@ class Claims:
     def get(self, session_id: str) -> Claim | None:
         return self._by_session.get(session_id)
 
-    def start(self, session_id: str, pod_name: str, warm: bool, due: float) -> Claim:
-        claim = Claim(next(self._attempts), pod_name, warm, due)
-        self._by_session[session_id] = claim
-        return claim
+    def start(self, session: Session, pod: Pod, warm: bool, due: float) -> ClaimCall:
+        """A new attempt (the session's only current one) and the call to make."""
+        assert pod.create_id is not None and pod.address is not None
+        claim = Claim(next(self._attempts), pod.name, warm, due)
+        self._by_session[session.id] = claim
+        return ClaimCall(
+            claim.attempt,
+            session.id,
+            session.user_id,
+            session.thread_id,
+            pod.name,
+            pod.address,
+            pod.create_id,
+            self._payload_of.get(session.id),
+            dict(session.metadata),
+        )
 
     def finish(self, session_id: str, attempt: int) -> Claim | None:
         """The claim this answer is about, if it is still the session's current one."""
@@ -79,9 +93,6 @@ class Claims:
 
     def hold_payload(self, session_id: str, request_id: int) -> None:
         self._payload_of[session_id] = request_id
-
-    def payload_of(self, session_id: str) -> int | None:
-        return self._payload_of.get(session_id)
 
     def release_payload(self, session_id: str) -> int | None:
         """The request whose payload is no longer needed, if any."""

@@ -37,7 +37,7 @@ from ..model import (
     SessionState,
     WaitReason,
 )
-from .claiming import CLAIM_MARGIN, Claim, ClaimCall, Claims
+from .claiming import CLAIM_MARGIN, Claim, Claims
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .inventory import PodInventory
@@ -303,23 +303,9 @@ class Pool:
     # ------------------------------------------------------------ claims (claiming.py)
 
     def _claim(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
-        assert pod.create_id is not None and pod.address is not None
         due = now + self.limits.hook_timeout + CLAIM_MARGIN
-        claim = self.claims.start(session.id, pod.name, warm, due)
+        self.outbox.claims.append(self.claims.start(session, pod, warm, due))
         self.deadlines.push(due, "claim", session.id)
-        self.outbox.claims.append(
-            ClaimCall(
-                claim.attempt,
-                session.id,
-                session.user_id,
-                session.thread_id,
-                pod.name,
-                pod.address,
-                pod.create_id,
-                self.claims.payload_of(session.id),
-                dict(session.metadata),
-            )
-        )
 
     def claim_answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
         """A claim hook answered (or its deadline passed: ``accepted=False``). Late
