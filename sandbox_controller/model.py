@@ -205,6 +205,7 @@ class WaitReason(enum.StrEnum):
     CAP_REACHED = "cap_reached"  # maxTotalJobs pods exist
     POD_STARTING = "pod_starting"
     NO_POD_YET = "no_pod_yet"
+    CLAIMING = "claiming"  # it has its pod; the pod's claim hook has not answered yet
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,8 @@ def wait_detail(provisioning: Provisioning | None) -> str | None:
             return "sandbox pod is starting"
         case WaitReason.NO_POD_YET:
             return "waiting for a sandbox pod"
+        case WaitReason.CLAIMING:
+            return "handing the session to its sandbox (claim hook)"
 
 
 def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:

@@ -674,6 +674,8 @@ class Pool:
         session = self.sessions.get(session_id)
         if session is None or session.state is not SessionState.PROVISIONING:
             return None
+        if session_id in self.claims:
+            return Provisioning(WaitReason.CLAIMING)
         pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:

@@ -4,7 +4,7 @@ warm one is tried. Decided on a hand-set clock with no I/O."""
 
 from __future__ import annotations
 
-from sandbox_controller.model import EndReason, Outcome, PodState, SessionState
+from sandbox_controller.model import EndReason, Outcome, PodState, SessionState, WaitReason
 from sandbox_controller.scheduler.claiming import CLAIM_MARGIN
 
 from .harness import Harness, limits_with
@@ -151,3 +151,11 @@ def test_with_hooks_off_no_claim_is_made() -> None:
     h.fill_pool(claimable=True)
     rid = h.open("alice", "t1")
     assert h.outcome(rid) is Outcome.WARM and not h.claims and not h.payloads_done
+
+
+def test_a_claiming_session_says_so() -> None:
+    h = claiming()
+    h.open("alice", "t1", wait=0.0)
+    call = h.claims[-1]
+    detail = h.pool.provisioning(call.session_id)
+    assert detail is not None and detail.reason is WaitReason.CLAIMING
