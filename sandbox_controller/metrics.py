@@ -136,6 +136,11 @@ class ControllerMetrics:
         self.store_errors = Counter(
             "sandbox_store_errors", "Store transactions that failed", registry=self.registry
         )
+        self.claim_hook_failures = Counter(
+            "sandbox_claim_hook_failures",
+            "Claim hooks that failed or timed out (the pod is deleted, another tried)",
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "sandbox_scheduler_batch_commands",
             "Commands decided per scheduler round (one commit each)",
@@ -157,6 +162,9 @@ class ControllerMetrics:
 
     def pod_started(self, seconds: float) -> None:
         self.startup_seconds.observe(seconds)
+
+    def claim_hook_failed(self) -> None:
+        self.claim_hook_failures.inc()
 
     def session_ended(self, reason: EndReason) -> None:
         self.sessions_ended.labels(reason.value).inc()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SandboxError
 from ..model import EndReason, Outcome
+from .claiming import ClaimCall
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,8 @@ class Outbox:
     forgotten_pods: set[str] = field(default_factory=set)
     startup_seconds: list[float] = field(default_factory=list)
     ended: list[EndReason] = field(default_factory=list)
+    # Claim hook calls to make (claiming.py), claims that failed (a metric), and the
+    # requests whose env and files the loop may now forget.
+    claims: list[ClaimCall] = field(default_factory=list)
+    claim_failures: int = 0
+    payloads_done: list[int] = field(default_factory=list)

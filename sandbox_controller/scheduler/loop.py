@@ -26,11 +26,12 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from ..hooks import SandboxHooks
+from ..hooks import ClaimPayload, SandboxHooks
 from ..model import (
     EndReason,
     Limits,
     Opened,
+    Outcome,
     PoolStatus,
     Route,
     Session,
@@ -38,6 +39,7 @@ from ..model import (
     SessionView,
 )
 from ..store import Batch, Deposed, Fence
+from .claiming import ClaimCall
 from .effects import Answer, Outbox
 from .pool import ROUTE_LEASE, Pool
 from .ports import LoopObserver, NoObserver, SchedulerStore
@@ -109,6 +111,9 @@ class Scheduler:
         # that moment (after a pause, say): this leader's decisions still, sent when the
         # lease is confirmed again (lease_confirmed), dropped if it is lost (stop).
         self._held: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
+        # The env and files of POST /sessions calls whose claims may still need them,
+        # by request id: in memory only, never in the store or a log (claiming.py).
+        self._payloads: dict[int, ClaimPayload] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -137,6 +142,7 @@ class Scheduler:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
         self._held.clear()
+        self._payloads.clear()
         self._fail_queued(NotLeader)  # nobody waits forever on a command never applied
 
     async def _recover(self) -> None:
@@ -144,6 +150,8 @@ class Scheduler:
         backend_pods = await self.backend.list_pods()
         now = self.clock.now()
         pool = Pool(self.limits, self.backend.template_hash)
+        # The rebuilt pool knows of no claim in flight: their env and files are lost.
+        self._payloads.clear()
         restore(pool, sessions, pod_rows, backend_pods, now)
         pool.tick(now)
         self._pool = pool
@@ -178,18 +186,33 @@ class Scheduler:
         self._submit(apply, future)
         return await future
 
-    async def open_session(self, user_id: str, thread_id: str, wait_seconds: float) -> Opened:
+    async def open_session(
+        self,
+        user_id: str,
+        thread_id: str,
+        wait_seconds: float,
+        payload: ClaimPayload | None = None,
+    ) -> Opened:
         """A session for this thread, new or the one it has; refusals are raised
-        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...)."""
+        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...). The
+        payload's metadata is stored with a new session; its env and files go to the
+        sandbox's claim hook only, and are never sent for a thread that has a session."""
         request_id = self._leading_pool().next_request_id()
+        metadata = dict(payload.metadata) if payload else {}
 
         def apply(pool: Pool, now: float) -> None:
-            pool.open_session(request_id, user_id, thread_id, wait_seconds, now)
+            pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
 
         self._submit(apply)  # applied in a later round, so registering after is safe
+        if payload is not None and (payload.env or payload.files):
+            self._payloads[request_id] = ClaimPayload(env=payload.env, files=payload.files)
         answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
-        return await answer
+        try:
+            return await answer
+        finally:
+            if not self.running:
+                self._payloads.pop(request_id, None)
 
     async def end_session(self, session_id: str) -> None:
         """End a session on request (reason ``deleted``); idempotent for ended ones."""
@@ -394,9 +417,14 @@ class Scheduler:
             self._pod_rows, self._forgotten_rows = set(), set()
             self._pod_rows_due = float("inf")
         for answer in outbox.answers:
+            if answer.outcome not in (Outcome.WARM, Outcome.COLD):
+                # Refused, or a retry for a thread with a session: nothing to deliver.
+                self._payloads.pop(answer.request_id, None)
             future = self._answers.pop(answer.request_id, None)
             if future is not None and not future.done():
                 _resolve(future, pool, answer)
+        for request_id in outbox.payloads_done:
+            self._payloads.pop(request_id, None)
         self._start_effects(outbox)
 
     def _start_effects(self, outbox: Outbox) -> None:
@@ -410,6 +438,10 @@ class Scheduler:
             self.observer.pod_started(seconds)
         for reason in outbox.ended:
             self.observer.session_ended(reason)
+        for call in outbox.claims:
+            self._effects.start(self._claim(call), f"claim:{call.pod_name}")
+        for _ in range(outbox.claim_failures):
+            self.observer.claim_hook_failed()
 
     async def _recover_after_failure(self) -> None:
         """The pool may now disagree with the store; the store wins. Retry until it
@@ -485,6 +517,34 @@ class Scheduler:
             log.warning("deleting pod %s failed: %s", name, exc)
             self.observer.backend_failed("delete")
             self._queue.put_nowait(_Command(lambda pool, now: pool.delete_failed(name, now)))
+
+    async def _claim(self, call: ClaimCall) -> None:
+        """Deliver the session to its pod's claim hook; the answer goes back to the pool
+        as a command. No write guard: a hook call is no Kubernetes write, and the
+        round that decided it committed under this leader's fence."""
+        accepted = True
+        if self.hooks is not None:
+            held = self._payloads.get(call.request_id) if call.request_id is not None else None
+            payload = ClaimPayload(
+                metadata=call.metadata,
+                env=held.env if held else {},
+                files=held.files if held else (),
+            )
+            session = (call.session_id, call.user_id, call.thread_id)
+            result = await self.hooks.claim(call.address, call.create_id, session, payload)
+            accepted = result.ok
+            if not accepted:
+                log.warning(
+                    "claim hook of pod %s failed for session %s: %s; trying another pod",
+                    call.pod_name,
+                    call.session_id,
+                    result.detail,
+                )
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.claim_answered(call.session_id, call.attempt, accepted, now)
+
+        self._queue.put_nowait(_Command(apply))
 
     async def _label(self, name: str, labels: dict[str, str]) -> None:
         try:

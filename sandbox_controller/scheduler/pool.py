@@ -15,7 +15,14 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
 from ..aiotime import Backoff
-from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, session_label
+from ..backends.base import (
+    LABEL_CREATE_ID,
+    LABEL_SESSION,
+    LABEL_STATE,
+    PodPhase,
+    PodStatus,
+    session_label,
+)
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
 from ..model import (
     EndReason,
@@ -30,6 +37,7 @@ from ..model import (
     SessionState,
     WaitReason,
 )
+from .claiming import CLAIM_MARGIN, Claim, Claims
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .inventory import PodInventory
@@ -79,6 +87,7 @@ class Pool:
         self.prewarm = Prewarm(limits)
         self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
         self.deadlines = Deadlines()
+        self.claims = Claims()
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
 
@@ -196,25 +205,45 @@ class Pool:
                 session.created_at + limits.startup_timeout, "session_startup", session.id
             )
 
-    def _assign(self, pod: Pod, session: Session, now: float) -> None:
+    def _lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
+        """Give the pod to the session for good. It is handed over at once, or, when
+        the sandbox hooks are on and the pod can be claimed, once its claim hook has
+        accepted (claim_answered); until then the session stays provisioning."""
         self._set_pod_state(pod, PodState.ASSIGNED)
         pod.session_id = session.id
         session.pod_name = pod.name
-        session.state = SessionState.READY
-        # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
-        session.last_active_at = max(session.last_active_at, now)
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
         self.outbox.labels[pod.name] = {
             LABEL_STATE: "assigned",
             LABEL_SESSION: session_label(session.id),
         }
+        if self.limits.hooks and pod.create_id and pod.address:
+            self._claim(pod, session, now, warm=warm)
+        else:
+            self._hand_over(session, now, Outcome.WARM if warm else Outcome.COLD)
+
+    def _hand_over(self, session: Session, now: float, outcome: Outcome) -> None:
+        session.state = SessionState.READY
+        # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
+        session.last_active_at = max(session.last_active_at, now)
+        self.outbox.dirty_sessions.add(session.id)
         self._watch_session_deadlines(session)
+        if session.reply_deadline is not None:
+            self._answer_session(session, outcome)
+        self._release_payload(session.id)
 
     def open_session(
-        self, request_id: int, user_id: str, thread_id: str, wait_seconds: float, now: float
+        self,
+        request_id: int,
+        user_id: str,
+        thread_id: str,
+        wait_seconds: float,
+        now: float,
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        """A builder opened an agent thread. The answer arrives via the outbox."""
+        """A builder opened an agent thread. The answer arrives via the outbox. A retry
+        for a thread with a live session gets that session; its metadata is not changed."""
         existing_id = self.live_by_thread.get(thread_id)
         if existing_id is not None:
             existing = self.sessions[existing_id]
@@ -248,14 +277,20 @@ class Pool:
             last_active_at=now,
             requests=[request_id],
             reclaimed_session_id=reclaimed.id if reclaimed else None,
+            metadata=dict(metadata or {}),
         )
         self._track_live(session)
+        if self.limits.hooks:
+            self.claims.hold_payload(session.id, request_id)
+        session.reply_deadline = now + wait_seconds
         pod = self.inventory.oldest_fresh_idle()
         if pod is not None:
-            self._assign(pod, session, now)
-            self._answer_session(session, Outcome.WARM)
+            # A claim in flight answers when the hook does (bounded by the claim's own
+            # deadline), not at the reply deadline: it is the warm path still.
+            self._lease(pod, session, now, warm=True)
+            if session.state is SessionState.PROVISIONING:
+                self._watch_session_deadlines(session)
             return
-        session.reply_deadline = now + wait_seconds
         self.waiting[session.id] = None
         self._watch_session_deadlines(session)
         if wait_seconds <= 0:
@@ -264,6 +299,51 @@ class Pool:
             self._deadline("reply", session.id, now)
         else:
             self.deadlines.push(session.reply_deadline, "reply", session.id)
+
+    # ------------------------------------------------------------ claims (claiming.py)
+
+    def _claim(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
+        due = now + self.limits.hook_timeout + CLAIM_MARGIN
+        self.outbox.claims.append(self.claims.start(session, pod, warm, due))
+        self.deadlines.push(due, "claim", session.id)
+
+    def claim_answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
+        """A claim hook answered (or its deadline passed: ``accepted=False``). Late
+        answers, of an attempt already given up or a session already ended, are ignored."""
+        claim = self.claims.finish(session_id, attempt)
+        if claim is None:
+            return
+        session = self.sessions[session_id]  # live: ending a session drops its claim
+        pod = self.pods.get(claim.pod_name)
+        if accepted and pod is not None and pod.state is PodState.ASSIGNED:
+            self._hand_over(session, now, Outcome.WARM if claim.warm else Outcome.COLD)
+        else:
+            self._claim_failed(session, claim, now)
+
+    def _claim_failed(self, session: Session, claim: Claim, now: float) -> None:
+        """That pod goes (it may hold part of the session); the next fresh warm pod is
+        tried, and only when none is left does the session wait for a cold one."""
+        self.outbox.claim_failures += 1
+        session.pod_name = None
+        self.outbox.dirty_sessions.add(session.id)
+        pod = self.pods.get(claim.pod_name)
+        if pod is not None:
+            self._delete_pod(pod, now)
+        pod = self.inventory.oldest_fresh_idle()
+        if pod is not None:
+            self._lease(pod, session, now, warm=claim.warm)
+            return
+        self.waiting[session.id] = None
+        self.waiting.move_to_end(session.id, last=False)  # it was served first once
+        if session.reply_deadline is not None:
+            self.deadlines.push(session.reply_deadline, "reply", session.id)
+            if session.reply_deadline <= now:
+                self._deadline("reply", session.id, now)
+
+    def _release_payload(self, session_id: str) -> None:
+        request_id = self.claims.release_payload(session_id)
+        if request_id is not None:
+            self.outbox.payloads_done.append(request_id)
 
     def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
         """The least recently active idle session among these, if any (never an active one)."""
@@ -290,6 +370,8 @@ class Pool:
         session.end_reason = reason
         session.ended_at = now
         self._untrack_live(session)
+        self.claims.drop(session.id)  # a claim's late answer is ignored
+        self._release_payload(session.id)
         self.outbox.dirty_sessions.add(session.id)
         self.outbox.ended.append(reason)
         if session.reply_deadline is not None:
@@ -347,6 +429,7 @@ class Pool:
         session.requests.clear()
         session.reply_deadline = None
         self._untrack_live(session)
+        self._release_payload(session.id)
         del self.sessions[session.id]
         self.outbox.dirty_sessions.discard(session.id)
 
@@ -383,6 +466,8 @@ class Pool:
             return
         if status.address:
             pod.address = status.address
+        if pod.create_id is None:
+            pod.create_id = status.labels.get(LABEL_CREATE_ID)
         if pod.state is PodState.TERMINATING:
             return
         if status.phase is PodPhase.FAILED or status.terminating:
@@ -404,7 +489,7 @@ class Pool:
         if pod is None:
             return
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+            self._assigned_pod_lost(pod, pod.session_id, now)
         self._remove_pod(pod)
 
     def _stray_pod(self, status: PodStatus, now: float) -> None:
@@ -430,16 +515,22 @@ class Pool:
             return
         self._set_pod_state(pod, PodState.IDLE)
         if self.waiting:
-            session = self.sessions[next(iter(self.waiting))]
-            self._assign(pod, session, now)
-            if session.reply_deadline is not None:
-                self._answer_session(session, Outcome.COLD)
+            self._lease(pod, self.sessions[next(iter(self.waiting))], now, warm=False)
 
     def _pod_lost(self, pod: Pod, now: float) -> None:
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+            self._assigned_pod_lost(pod, pod.session_id, now)
         else:
             self._delete_pod(pod, now)
+
+    def _assigned_pod_lost(self, pod: Pod, session_id: str, now: float) -> None:
+        claim = self.claims.get(session_id)
+        if claim is not None and claim.pod_name == pod.name:
+            # Never handed over: the session tries another pod, as on a failed claim.
+            self.claims.drop(session_id)
+            self._claim_failed(self.sessions[session_id], claim, now)
+        else:
+            self.end_session(session_id, EndReason.POD_FAILED, now)
 
     # ------------------------------------------------------------ time
 
@@ -459,6 +550,8 @@ class Pool:
             session = self.sessions.get(key)
             if session is None or session.reply_deadline is None or not session.live:
                 return
+            if key in self.claims:
+                return  # its claim answers, within the claim's own deadline
             if session.reply_deadline > now:
                 self.deadlines.push(session.reply_deadline, "reply", key)
             elif self._covered(key):
@@ -486,6 +579,10 @@ class Pool:
             pod = self.pods.get(key)
             if pod is not None and pod.state is PodState.PENDING:
                 self._delete_pod(pod, now)  # replaced by the refill below
+        elif kind == "claim":
+            claim = self.claims.get(key)
+            if claim is not None and claim.due <= now:
+                self.claim_answered(key, claim.attempt, False, now)  # no answer: failed
         elif kind == "pod_delete":
             pod = self.pods.get(key)
             if (
@@ -520,9 +617,7 @@ class Pool:
             pod = self.inventory.oldest_fresh_idle()
             if pod is None:
                 break
-            self._assign(pod, session, now)
-            if session.reply_deadline is not None:
-                self._answer_session(session, Outcome.COLD)
+            self._lease(pod, session, now, warm=False)
 
         limits = self.limits
         target = self._prewarm_target(now)
@@ -561,6 +656,9 @@ class Pool:
         """Take back a live session from the store (at start-up)."""
         self._track_live(session)
         if session.state is SessionState.PROVISIONING:
+            # A claim in flight died with the previous leader (its pod is deleted, see
+            # recovery.py); the session waits for another pod, without env or files.
+            session.pod_name = None
             self.waiting[session.id] = None
         self._watch_session_deadlines(session)
 
@@ -576,6 +674,8 @@ class Pool:
         session = self.sessions.get(session_id)
         if session is None or session.state is not SessionState.PROVISIONING:
             return None
+        if session_id in self.claims:
+            return Provisioning(WaitReason.CLAIMING)
         pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:

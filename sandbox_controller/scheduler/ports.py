@@ -39,6 +39,9 @@ class LoopObserver(Protocol):
 
     def session_ended(self, reason: EndReason) -> None: ...
 
+    def claim_hook_failed(self) -> None:
+        """A claim hook failed or timed out; its pod is deleted, another is tried."""
+
 
 class NoObserver:
     def round_committed(self, commands: int) -> None:
@@ -54,4 +57,7 @@ class NoObserver:
         pass
 
     def session_ended(self, reason: EndReason) -> None:
+        pass
+
+    def claim_hook_failed(self) -> None:
         pass

@@ -11,8 +11,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sandbox_controller.backends.base import LABEL_SESSION, PodPhase, PodStatus
+from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
 from sandbox_controller.model import EndReason, PodState, SessionState
+from sandbox_controller.scheduler.claiming import ClaimCall
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
 
@@ -49,6 +50,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.leased_until: dict[str, float] = {}  # pod -> the end of its last route lease
         self.names = 0
         self.templates = 0
+        self.claim_calls: list[ClaimCall] = []  # claim hooks asked for, not answered yet
         self.settle()
 
     # -- plumbing
@@ -58,6 +60,7 @@ class PoolMachine(RuleBasedStateMachine):
         out = self.pool.take_outbox()
         self.creates_sent += out.creates
         self.deletes_sent.update(out.deletes)
+        self.claim_calls.extend(out.claims)
         for name in out.deletes:
             assert self.now >= self.leased_until.get(name, 0.0), "invariant 6: leased pod deleted"
         self.check_ends()
@@ -70,6 +73,10 @@ class PoolMachine(RuleBasedStateMachine):
                     assert quiet >= LIMITS.idle_after, "invariant 4: an active session reclaimed"
                 if session.end_reason is EndReason.IDLE_TIMEOUT:
                     assert quiet >= LIMITS.idle_timeout, "ended before its idle timeout"
+
+    def ready(self, name: str) -> PodStatus:
+        # Every pod has a create id, so with the hooks on every lease is claimed first.
+        return PodStatus(name, PodPhase.READY, {LABEL_CREATE_ID: name}, address="x:1")
 
     def pods_in(self, *states: PodState) -> list[str]:
         return sorted(n for n, p in self.pool.pods.items() if p.state in states)
@@ -130,7 +137,7 @@ class PoolMachine(RuleBasedStateMachine):
         while self.creates_sent > 0:
             self.create_returns(ok=True)
         for name in self.pods_in(PodState.PENDING):
-            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.pool.pod_observed(self.ready(name), self.now)
             self.settle()
 
     @rule(data=st.data())
@@ -138,7 +145,7 @@ class PoolMachine(RuleBasedStateMachine):
         pending = self.pods_in(PodState.PENDING)
         if pending:
             name = data.draw(st.sampled_from(pending))
-            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.pool.pod_observed(self.ready(name), self.now)
             self.settle()
 
     @rule(data=st.data(), stuck=st.booleans())
@@ -172,6 +179,7 @@ class PoolMachine(RuleBasedStateMachine):
             serving = pod is not None and pod.state in (PodState.IDLE, PodState.ASSIGNED)
             # The platform keeps the session label set at assignment, whatever the rows say.
             labels = {LABEL_SESSION: "x"} if name in self.served_by else {}
+            labels[LABEL_CREATE_ID] = name
             phase = PodPhase.READY if serving else PodPhase.PENDING
             statuses.append(
                 PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
@@ -209,6 +217,16 @@ class PoolMachine(RuleBasedStateMachine):
         self.deletes_sent.discard(name)
         self.platform.discard(name)
         self.pool.pod_gone(name, self.now)
+        self.settle()
+
+    @precondition(lambda self: bool(self.claim_calls))
+    @rule(data=st.data(), accepted=st.booleans())
+    def claim_hook_answers(self, data: st.DataObject, accepted: bool) -> None:
+        """A claim hook answers, possibly late (its attempt given up, its session
+        ended, even a restart since): the pool must ignore what is stale."""
+        index = data.draw(st.integers(0, len(self.claim_calls) - 1))
+        call = self.claim_calls.pop(index)
+        self.pool.claim_answered(call.session_id, call.attempt, accepted, self.now)
         self.settle()
 
     # -- invariants
@@ -249,6 +267,16 @@ class PoolMachine(RuleBasedStateMachine):
         assert self.pool.inventory.stale_idle <= stale
         for sid in self.pool.waiting:
             assert self.pool.sessions[sid].state is SessionState.PROVISIONING
+            assert sid not in self.pool.claims, "waiting and claiming at once"
+        for session in self.pool.sessions.values():
+            claim = self.pool.claims.get(session.id)
+            if claim is not None:
+                assert session.state is SessionState.PROVISIONING
+                pod = self.pool.pods[claim.pod_name]
+                assert pod.state is PodState.ASSIGNED and pod.session_id == session.id
+                assert session.pod_name == claim.pod_name
+            elif session.state is SessionState.PROVISIONING:
+                assert session.id in self.pool.waiting, "a provisioning session stranded"
         for session in self.pool.sessions.values():
             if session.state is SessionState.READY:
                 pod = self.pool.pods.get(session.pod_name or "")
@@ -257,3 +285,15 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolInvariants = PoolMachine.TestCase
 TestPoolInvariants.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+class ClaimingPoolMachine(PoolMachine):
+    """The same, with the sandbox hooks on: every lease waits for a claim hook."""
+
+    limits = replace(LIMITS, hooks=True, hook_timeout=2.0)
+
+
+TestClaimingPoolInvariants = ClaimingPoolMachine.TestCase
+TestClaimingPoolInvariants.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
