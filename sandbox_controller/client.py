@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -56,6 +56,7 @@ class Session:
     connect: Connect | None  # None once ended
     reclaimed_session_id: str | None
     detail: str | None  # why a provisioning session is not ready yet
+    metadata: Mapping[str, str] = field(default_factory=dict)  # as given at open
 
     @property
     def ready(self) -> bool:
@@ -77,6 +78,7 @@ class Session:
             connect=Connect(connect["url"], connect["token"]) if connect else None,
             reclaimed_session_id=body.get("reclaimed_session_id"),
             detail=body.get("detail"),
+            metadata=body.get("metadata") or {},
         )
 
 
@@ -244,9 +246,16 @@ class AsyncSandboxClient:
         *,
         wait_seconds: float = 30.0,
         ready_within: float | None = None,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Opened:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
-        provisioning; raises the error for the code when it gives up."""
+        provisioning; raises the error for the code when it gives up.
+
+        ``env`` and ``files`` (path -> text) reach the sandbox through its claim hook
+        and are never stored; ``metadata`` is stored and echoed. A thread that already
+        has its session gets it back as it is: they are not delivered again."""
         deadline = time.monotonic() + (self.ready_within if ready_within is None else ready_within)
         attempt = 0
         while True:
@@ -257,6 +266,12 @@ class AsyncSandboxClient:
                 "thread_id": thread_id,
                 "wait_seconds": min(wait_seconds, left),
             }
+            if env:
+                body["env"] = dict(env)
+            if metadata:
+                body["metadata"] = dict(metadata)
+            if files:
+                body["files"] = [{"path": p, "content": c} for p, c in files.items()]
             try:
                 response = await self._call("POST", "/sessions", json=body)
                 break
@@ -352,10 +367,19 @@ class SandboxClient:
         *,
         wait_seconds: float = 30.0,
         ready_within: float | None = None,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Opened:
         return self._run(
             self._async.open_session(
-                user_id, thread_id, wait_seconds=wait_seconds, ready_within=ready_within
+                user_id,
+                thread_id,
+                wait_seconds=wait_seconds,
+                ready_within=ready_within,
+                env=env,
+                metadata=metadata,
+                files=files,
             )
         )
 
