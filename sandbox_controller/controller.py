@@ -43,10 +43,15 @@ STANDBY_POLL = 0.5
 
 
 async def make_backend(
-    settings: Settings, *, stop_on_close: bool = False, write_guard: WriteGuard = no_guard
+    settings: Settings,
+    *,
+    stop_on_close: bool = False,
+    write_guard: WriteGuard = no_guard,
+    claim_key: bytes | None = None,
 ) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
-    (``dev`` stops what it started); pods in a cluster outlive a controller restart."""
+    (``dev`` stops what it started); pods in a cluster outlive a controller restart.
+    ``claim_key`` gives each new sandbox its claim secret (hooks.hook_key)."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -56,7 +61,12 @@ async def make_backend(
         return backend
     from .backends.local import LocalBackend
 
-    return LocalBackend(settings.state_dir, stop_on_close=stop_on_close, write_guard=write_guard)
+    return LocalBackend(
+        settings.state_dir,
+        stop_on_close=stop_on_close,
+        write_guard=write_guard,
+        claim_key=claim_key,
+    )
 
 
 class Controller:
@@ -148,6 +158,7 @@ class Controller:
                 self.settings,
                 stop_on_close=self._stop_sandboxes_on_exit,
                 write_guard=self.write_guard,
+                claim_key=hook_key(self.token_secret) if self.settings.hooks else None,
             )
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
