@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sandbox_controller.backends.base import LABEL_SESSION, PodPhase, PodStatus
-from sandbox_controller.model import EndReason, PodState, SessionState
+from sandbox_controller.model import ActivitySource, EndReason, PodState, SessionState
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
 
@@ -92,7 +92,7 @@ class PoolMachine(RuleBasedStateMachine):
     def touch(self, data: st.DataObject) -> None:
         live = sorted(s.id for s in self.pool.sessions.values() if s.live)
         if live:
-            self.pool.touch(data.draw(st.sampled_from(live)), self.now)
+            self.pool.touch(data.draw(st.sampled_from(live)), self.now, ActivitySource.TOUCH)
             self.settle()
 
     @rule(data=st.data())
