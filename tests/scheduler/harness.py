@@ -7,10 +7,11 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
 from sandbox_controller.scheduler.effects import Answer
+from sandbox_controller.scheduler.idling import Release, StatusCheck
 from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"
@@ -18,8 +19,8 @@ TEMPLATE = "tmpl-1"
 
 def limits_with(**overrides: Any) -> Limits:
     """The operator defaults (Settings' own, not the environment's), with no activity
-    lag unless a test asks for one, and ``overrides``."""
-    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0)
+    lag and no sandbox hooks unless a test asks for them, and ``overrides``."""
+    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0, hooks=False)
     return replace(defaults, **overrides)
 
 
@@ -30,6 +31,8 @@ class Harness:
         self.answers: dict[int, Answer] = {}
         self.deleted: list[str] = []
         self.created: list[str] = []
+        self.status_checks: list[StatusCheck] = []  # asked for, in order
+        self.releases: dict[str, Release] = {}  # pod -> the release sent with its delete
         self._names = itertools.count(1)
 
     # -- time and effects
@@ -47,6 +50,8 @@ class Harness:
         for answer in out.answers:
             self.answers[answer.request_id] = answer
         self.deleted.extend(out.deletes)
+        self.status_checks.extend(out.status_checks)
+        self.releases.update(out.releases)
         self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
 
     def complete_creates(self) -> list[str]:
@@ -63,8 +68,11 @@ class Harness:
 
     def ready(self, *names: str) -> None:
         for name in names:
+            address = f"127.0.0.1:{9000 + len(name)}"
+            # Every pod has a create id (for the hooks), as a backend of this version gives.
+            labels = {LABEL_CREATE_ID: f"create-{name}"}
             self.pool.pod_observed(
-                PodStatus(name, PodPhase.READY, address=f"127.0.0.1:{9000 + len(name)}"), self.now
+                PodStatus(name, PodPhase.READY, labels, address=address), self.now
             )
         self.tick()
 
