@@ -42,7 +42,7 @@ from ..store import Batch, Deposed, Fence
 from .effects import Answer, Outbox
 from .idling import Release, StatusCheck
 from .pool import ROUTE_LEASE, Pool
-from .ports import LoopObserver, NoObserver, SchedulerStore
+from .ports import LoopObserver, NoObserver, SchedulerStore, StatusAnswer
 from .recovery import restore
 
 log = logging.getLogger(__name__)
@@ -532,9 +532,12 @@ class Scheduler:
         try:
             # The client's timeout bounds each phase; this bounds the whole call.
             async with asyncio.timeout(self.hooks.timeout):
-                return await self.hooks.status(check.address, check.create_id)
+                answer = await self.hooks.status(check.address, check.create_id)
         except TimeoutError:
-            return BusyAnswer(False, "timed out", answered=False)
+            answer = BusyAnswer(False, "timed out", answered=False)
+        kind: StatusAnswer = "busy" if answer.busy else "not_busy"
+        self.observer.status_answered(kind if answer.answered else "no_answer")
+        return answer
 
     async def _check_busy(self, check: StatusCheck) -> None:
         """An idle session's check: its answer goes back to the pool, which waits for

@@ -149,6 +149,9 @@ async def test_a_busy_sandbox_is_neither_reclaimed_nor_idled_out_and_a_quiet_one
         }
         await eventually(lambda: first["pod"] in pages, within=15, what="the delete")
     assert "; released." in pages[first["pod"]]  # the release hook came before the delete
+    metrics = (await ctl.client.get("/metrics")).text
+    assert 'sandbox_status_checks_total{answer="busy"} 2.0' in metrics
+    assert 'sandbox_status_checks_total{answer="not_busy"} 1.0' in metrics
 
 
 async def test_a_reclaim_takes_the_quiet_session_not_the_busy_one(
@@ -215,6 +218,8 @@ async def test_a_hung_sandbox_is_reclaimed_or_idled_out_and_still_deleted(
             return first["pod"] not in {p.name for p in await ctl.controller.backend.list_pods()}
 
         await eventually(deleted, within=15, what="the hung sandbox to be deleted")
+        metrics = (await ctl.client.get("/metrics")).text
+        assert 'sandbox_status_checks_total{answer="no_answer"} 1.0' in metrics
     finally:
         try:
             os.kill(pid, signal.SIGCONT)

@@ -126,6 +126,7 @@ class RecordingObserver:
         self.backend_failures: list[str] = []
         self.started: list[float] = []
         self.ended: list[EndReason] = []
+        self.status_answers: list[str] = []
 
     def round_committed(self, commands: int) -> None:
         self.rounds.append(commands)
@@ -141,3 +142,6 @@ class RecordingObserver:
 
     def session_ended(self, reason: EndReason) -> None:
         self.ended.append(reason)
+
+    def status_answered(self, answer: str) -> None:
+        self.status_answers.append(answer)
