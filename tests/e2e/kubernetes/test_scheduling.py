@@ -135,10 +135,9 @@ async def test_idle_timeout_ends_the_session_after_exactly_idle_timeout(kube: Ku
         ended.update((await ctl.client.get(f"/sessions/{body['id']}")).json())
         return bool(ended["state"] == "ended")
 
-    # Its sandbox is asked whether it is busy first (the answer comes in real time).
+    # With the hooks on, its sandbox is asked whether it is busy first (in real time).
     await eventually(has_ended, within=15, what="the idle session to end")
     assert ended["end_reason"] == "idle_timeout"
-    assert ended["end_detail"]["busy_answer"] is not None  # asked, and not busy
     await eventually(
         lambda: body["pod"] not in pod_names(sim), within=15, what="the idle session's pod gone"
     )
