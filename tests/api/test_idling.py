@@ -230,3 +230,27 @@ async def test_a_hung_sandbox_is_reclaimed_or_idled_out_and_still_deleted(
 def sandbox_pid(pod: str) -> int:
     (pid,) = sandbox_processes(pod)
     return pid
+
+
+async def test_each_activity_records_its_source(start_controller: ControllerFactory) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, prewarm_pool_size=1)
+    opened = (await ctl.open("dee", "t1")).json()
+    assert opened["last_activity"] == {
+        "at": opened["last_active_at"],
+        "source": "handover",
+        "detail": None,
+    }
+    assert opened["end_detail"] is None
+
+    clock.advance(1)
+    assert (await ctl.client.post(f"/sessions/{opened['id']}/touch")).status_code == 204
+    await ctl.settle()
+    assert (await session(ctl, opened["id"]))["last_activity"]["source"] == "touch"
+
+    clock.advance(1)  # what a proxy reports: the session's last traffic, in a batch
+    report = {"activity": {opened["id"]: clock.now()}}
+    assert (await ctl.client.post("/internal/activity", json=report)).status_code == 204
+    await ctl.settle()
+    after = await session(ctl, opened["id"])
+    assert after["last_activity"] == {"at": iso(clock.now()), "source": "proxy", "detail": None}
