@@ -43,6 +43,16 @@ class Connect:
 
 
 @dataclass(frozen=True)
+class EndDetail:
+    """Why a session ended when it did: its last activity, where that came from, and
+    the sandbox's answer when it was asked whether it was busy (else None)."""
+
+    last_active_at: str | None
+    activity_source: str | None  # handover | proxy | touch | busy
+    busy_answer: str | None
+
+
+@dataclass(frozen=True)
 class Session:
     id: str
     user_id: str
@@ -57,6 +67,9 @@ class Session:
     reclaimed_session_id: str | None
     detail: str | None  # why a provisioning session is not ready yet
     metadata: Mapping[str, str] = field(default_factory=dict)  # as given at open
+    activity_source: str | None = None  # of the last activity: handover|proxy|touch|busy
+    activity_detail: str | None = None  # what it said (a busy sandbox's detail)
+    end_detail: EndDetail | None = None  # once ended
 
     @property
     def ready(self) -> bool:
@@ -65,6 +78,8 @@ class Session:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Session:
         connect = body.get("connect")
+        activity = body.get("last_activity") or {}
+        ended = body.get("end_detail")
         return cls(
             id=body["id"],
             user_id=body["user_id"],
@@ -79,6 +94,13 @@ class Session:
             reclaimed_session_id=body.get("reclaimed_session_id"),
             detail=body.get("detail"),
             metadata=body.get("metadata") or {},
+            activity_source=activity.get("source"),
+            activity_detail=activity.get("detail"),
+            end_detail=EndDetail(
+                ended.get("last_active_at"), ended.get("activity_source"), ended.get("busy_answer")
+            )
+            if ended
+            else None,
         )
 
 

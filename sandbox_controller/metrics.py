@@ -127,6 +127,15 @@ class ControllerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.status_checks = Counter(
+            "sandbox_status_checks",
+            "Sandbox status hook calls before an idle timeout or a reclaim, by answer "
+            "(busy keeps the session; not_busy and no_answer let it end)",
+            ["answer"],
+            registry=self.registry,
+        )
+        for answer in ("busy", "not_busy", "no_answer"):
+            self.status_checks.labels(answer)
         self.backend_errors = Counter(
             "sandbox_backend_errors",
             "Backend calls that failed, by operation",
@@ -165,6 +174,9 @@ class ControllerMetrics:
 
     def claim_hook_failed(self) -> None:
         self.claim_hook_failures.inc()
+
+    def status_answered(self, answer: str) -> None:
+        self.status_checks.labels(answer).inc()
 
     def session_ended(self, reason: EndReason) -> None:
         self.sessions_ended.labels(reason.value).inc()

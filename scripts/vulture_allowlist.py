@@ -58,6 +58,7 @@ _.SandboxClient
 # Fields of the models that document the API's answers in its OpenAPI document
 # (api/schemas.py): the handlers build that JSON by hand.
 _.assigned
+_.last_activity
 # asyncio calls a protocol's flow-control callbacks (proxy/websocket.py's relay sides).
 _.pause_writing
 _.resume_writing

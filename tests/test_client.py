@@ -22,6 +22,7 @@ import pytest
 from sandbox_controller.client import (
     AsyncSandboxClient,
     CapacityExhaustedError,
+    EndDetail,
     InvalidRequestError,
     NotReadyError,
     SandboxClient,
@@ -197,6 +198,8 @@ async def test_delete_ends_the_session(client: AsyncSandboxClient) -> None:
 
     ended = await client.get(opened.session.id)
     assert ended.state == "ended" and ended.end_reason == "deleted" and ended.connect is None
+    assert ended.activity_source == "touch"  # the touch above was its last activity
+    assert ended.end_detail == EndDetail(ended.last_active_at, "touch", None)
     with pytest.raises(SessionEndedError):
         await client.refresh(opened.session.id)
     with pytest.raises(SessionNotFoundError) as missing:

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from ..model import (
     ACTIVITY_BATCH_MAX,
+    EndDetail,
     PodState,
     PoolStatus,
     PrewarmPolicy,
@@ -232,6 +233,29 @@ class ConnectBody(BaseModel):
     token: str
 
 
+ActivitySourceName = Literal["handover", "proxy", "touch", "busy"]
+
+
+class LastActivity(BaseModel):
+    at: str | None
+    source: ActivitySourceName | None = Field(
+        description="handover of the sandbox, proxy traffic, a touch call, or the "
+        "sandbox's status hook saying it is busy"
+    )
+    detail: str | None = Field(description="what the activity said (a busy sandbox's detail)")
+
+
+class EndDetailBody(BaseModel):
+    """Why an ended session ended when it did."""
+
+    last_active_at: str | None
+    activity_source: ActivitySourceName | None
+    busy_answer: str | None = Field(
+        description="the status hook's answer asked before ending it (idle timeout or "
+        "reclaim), e.g. 'not busy' or 'no answer (timed out)'; null when none was asked"
+    )
+
+
 class SessionBody(BaseModel):
     id: str
     user_id: str
@@ -250,6 +274,8 @@ class SessionBody(BaseModel):
     connect: ConnectBody | None
     reclaimed_session_id: str | None
     metadata: dict[str, str] = Field(description="the caller's metadata, as given at creation")
+    last_activity: LastActivity
+    end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
     detail: str | None = Field(
         None, description="provisioning only: why the sandbox is not ready yet"
     )
@@ -370,6 +396,16 @@ def prewarm_json(status: PoolStatus) -> dict[str, Any]:
     return {"policy": policy.value, "target": size, "reason": "standby: not scheduling"}
 
 
+def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
+    if detail is None:
+        return None
+    return {
+        "last_active_at": iso(detail.last_active_at),
+        "activity_source": detail.activity_source.value if detail.activity_source else None,
+        "busy_answer": detail.busy_answer,
+    }
+
+
 def session_json(
     session: Session,
     *,
@@ -392,6 +428,12 @@ def session_json(
         "connect": None,
         "reclaimed_session_id": session.reclaimed_session_id,
         "metadata": dict(session.metadata),
+        "last_activity": {
+            "at": iso(session.last_active_at),
+            "source": session.activity_source.value if session.activity_source else None,
+            "detail": session.activity_detail,
+        },
+        "end_detail": end_detail_json(session.end_detail),
     }
     if session.state is not SessionState.ENDED:
         body["connect"] = {

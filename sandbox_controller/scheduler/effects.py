@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..errors import SandboxError
 from ..model import EndReason, Outcome
 from .claiming import ClaimCall
+from .idling import Release, StatusCheck
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Outbox:
     answers: list[Answer] = field(default_factory=list)
     creates: int = 0
     deletes: list[str] = field(default_factory=list)
+    # The release hook to call before the delete of these pods (those that served).
+    releases: dict[str, Release] = field(default_factory=dict)
+    # Sandboxes to ask whether they are busy before an idle session ends.
+    status_checks: list[StatusCheck] = field(default_factory=list)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     dirty_sessions: set[str] = field(default_factory=set)
     dirty_pods: set[str] = field(default_factory=set)

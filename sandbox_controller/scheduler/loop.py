@@ -26,8 +26,9 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from ..hooks import ClaimPayload, SandboxHooks
+from ..hooks import BusyAnswer, ClaimPayload, SandboxHooks
 from ..model import (
+    ActivitySource,
     EndReason,
     Limits,
     Opened,
@@ -41,8 +42,9 @@ from ..model import (
 from ..store import Batch, Deposed, Fence
 from .claiming import ClaimCall
 from .effects import Answer, Outbox
+from .idling import Release, StatusCheck
 from .pool import ROUTE_LEASE, Pool
-from .ports import LoopObserver, NoObserver, SchedulerStore
+from .ports import LoopObserver, NoObserver, SchedulerStore, StatusAnswer
 from .recovery import restore
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,8 @@ class Scheduler:
         # The env and files of POST /sessions calls whose claims may still need them,
         # by request id: in memory only, never in the store or a log (claiming.py).
         self._payloads: dict[int, ClaimPayload] = {}
+        # Status calls in flight, by session: concurrent opens of one user share them.
+        self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -199,6 +203,7 @@ class Scheduler:
         sandbox's claim hook only, and are never sent for a thread that has a session."""
         request_id = self._leading_pool().next_request_id()
         metadata = dict(payload.metadata) if payload else {}
+        await self._ask_before_reclaim(user_id, thread_id)
 
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
@@ -213,6 +218,26 @@ class Scheduler:
         finally:
             if not self.running:
                 self._payloads.pop(request_id, None)
+
+    async def _ask_before_reclaim(self, user_id: str, thread_id: str) -> None:
+        """At the user's limit, ask the sandboxes a reclaim could pick whether they are
+        busy (concurrently, each bounded by hook_timeout), and feed the answers in
+        before the open: a busy one counts as active and is not reclaimed; the pool
+        records the answer of the one it reclaims. Read-only until then, so the open
+        itself stays one synchronous decision (the limit and a single reclaim hold for
+        any number of concurrent opens, as without hooks)."""
+        if self.hooks is None:
+            return
+        checks = self._leading_pool().reclaim_checks(user_id, thread_id, self.clock.now())
+        if not checks:
+            return
+        # Shielded: the calls are shared, and one caller giving up must not cancel them.
+        calls = (asyncio.shield(self._status(c)) for c in checks)
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        for check, answer in zip(checks, answers, strict=True):
+            if isinstance(answer, BaseException):  # cancelled by a stop: none to give
+                answer = BusyAnswer(False, "no answer", answered=False)
+            self._submit(_busy_command(check, answer))
 
     async def end_session(self, session_id: str) -> None:
         """End a session on request (reason ``deleted``); idempotent for ended ones."""
@@ -234,14 +259,14 @@ class Scheduler:
             raise SessionNotFound(session_id)
         if not session.live:
             raise SessionEnded(session_id, session.end_reason)
-        self._submit(lambda pool, now: pool.touch(session_id, now))
+        self._submit(lambda pool, now: pool.touch(session_id, now, ActivitySource.TOUCH))
 
     def record_activity(self, activity: Mapping[str, float]) -> None:
         """A proxy's batch of last-activity times; sessions it does not know are skipped."""
 
         def apply(pool: Pool, now: float) -> None:
             for session_id, at in activity.items():
-                pool.touch(session_id, min(at, now))
+                pool.touch(session_id, min(at, now), ActivitySource.PROXY)
 
         self._submit(apply)
 
@@ -431,7 +456,10 @@ class Scheduler:
         for _ in range(outbox.creates):
             self._effects.start(self._create(), "create")
         for name in outbox.deletes:
-            self._effects.start(self._delete(name), f"delete:{name}")
+            release = outbox.releases.get(name)
+            self._effects.start(self._delete(name, release), f"delete:{name}")
+        for check in outbox.status_checks:
+            self._effects.start(self._check_busy(check), f"status:{check.session_id}")
         for name, labels in outbox.labels.items():
             self._effects.start(self._label(name, labels), f"label:{name}")
         for seconds in outbox.startup_seconds:
@@ -508,7 +536,9 @@ class Scheduler:
             return
         self._queue.put_nowait(_Command(lambda pool, now: pool.pod_created(name, now)))
 
-    async def _delete(self, name: str) -> None:
+    async def _delete(self, name: str, release: Release | None = None) -> None:
+        if release is not None:
+            await self._release(name, release)  # whatever its answer, the delete follows
         try:
             await self.backend.delete_pod(name)
         except LeaseLost:
@@ -546,6 +576,52 @@ class Scheduler:
 
         self._queue.put_nowait(_Command(apply))
 
+    # ------------------------------------------------------------ hook effects
+
+    def _status(self, check: StatusCheck) -> asyncio.Task[BusyAnswer]:
+        """The session's status call in flight, or a new one."""
+        task = self._status_calls.get(check.session_id)
+        if task is None:
+            task = self._effects.start(self._ask_status(check), f"status:{check.session_id}")
+            self._status_calls[check.session_id] = task
+            task.add_done_callback(lambda _: self._status_calls.pop(check.session_id, None))
+        return task
+
+    async def _ask_status(self, check: StatusCheck) -> BusyAnswer:
+        assert self.hooks is not None
+        try:
+            # The client's timeout bounds each phase; this bounds the whole call.
+            async with asyncio.timeout(self.hooks.timeout):
+                answer = await self.hooks.status(check.address, check.create_id)
+        except TimeoutError:
+            answer = BusyAnswer(False, "timed out", answered=False)
+        kind: StatusAnswer = "busy" if answer.busy else "not_busy"
+        self.observer.status_answered(kind if answer.answered else "no_answer")
+        return answer
+
+    async def _check_busy(self, check: StatusCheck) -> None:
+        """An idle session's check: its answer goes back to the pool, which waits for
+        it (or for its fallback deadline, should this answer be lost)."""
+        if self.hooks is None:
+            return  # the pool's fallback deadline decides
+        answer = await self._status(check)
+        if self.running:
+            self._queue.put_nowait(_Command(_busy_command(check, answer)))
+
+    async def _release(self, name: str, release: Release) -> None:
+        if self.hooks is None:
+            return
+        try:
+            async with asyncio.timeout(self.hooks.release_timeout):
+                result = await self.hooks.release(
+                    release.address, release.create_id, release.session_id, release.reason
+                )
+        except TimeoutError:
+            log.info("pod %s: release hook timed out; deleting it anyway", name)
+            return
+        if not result.ok:
+            log.info("pod %s: release hook failed (%s); deleting it anyway", name, result.detail)
+
     async def _label(self, name: str, labels: dict[str, str]) -> None:
         try:
             await self.backend.set_labels(name, labels)
@@ -564,6 +640,10 @@ def _event_command(event: PodEvent) -> Callable[[Pool, float], None]:
         return lambda pool, now: pool.pod_gone(name, now)
     status = event.pod
     return lambda pool, now: pool.pod_observed(status, now)
+
+
+def _busy_command(check: StatusCheck, answer: BusyAnswer) -> Callable[[Pool, float], None]:
+    return lambda pool, now: pool.busy_answer(check.session_id, answer, now)
 
 
 def _copy(session: Session) -> Session:

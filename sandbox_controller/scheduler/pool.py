@@ -24,7 +24,10 @@ from ..backends.base import (
     session_label,
 )
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
+from ..hooks import BusyAnswer
 from ..model import (
+    ActivitySource,
+    EndDetail,
     EndReason,
     Limits,
     Outcome,
@@ -40,6 +43,7 @@ from ..model import (
 from .claiming import CLAIM_MARGIN, Claim, Claims
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
+from .idling import BusyChecks, Release, StatusCheck, hook_target, unanswered
 from .inventory import PodInventory
 from .prewarm import Prewarm
 
@@ -88,6 +92,8 @@ class Pool:
         self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
         self.deadlines = Deadlines()
         self.claims = Claims()
+        self.busy = BusyChecks(limits)  # status checks asked before idling out (idling.py)
+        self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
 
@@ -148,6 +154,7 @@ class Pool:
 
     def _remove_pod(self, pod: Pod) -> None:
         self.inventory.remove(pod)
+        self._releases.pop(pod.name, None)
         self.outbox.dirty_pods.discard(pod.name)
         self.outbox.forgotten_pods.add(pod.name)
 
@@ -155,6 +162,7 @@ class Pool:
         if pod.state is PodState.TERMINATING:
             return
         self._set_pod_state(pod, PodState.TERMINATING)
+        self._plan_release(pod)
         if pod.route_lease_until > now:
             # A proxy may still use its route to this pod: delete when the lease ends.
             pod.delete_retry_at = pod.route_lease_until
@@ -162,7 +170,25 @@ class Pool:
             return
         pod.delete_retry_at = now + DELETE_RETRY
         self.deadlines.push(pod.delete_retry_at, "pod_delete", pod.name)
-        self.outbox.deletes.append(pod.name)
+        self._send_delete(pod.name)
+
+    def _plan_release(self, pod: Pod) -> None:
+        """A pod that served a session hears of its end before it is deleted (never a
+        pool pod: its delete is not delayed, and it has nothing to flush)."""
+        session = self.sessions.get(pod.session_id or "")
+        target = hook_target(pod)
+        if not self.limits.hooks or session is None or target is None:
+            return
+        reason = session.end_reason
+        if reason is None or reason is EndReason.POD_FAILED:
+            return  # a failed pod would only make the delete wait out the deadline
+        self._releases[pod.name] = Release(session.id, *target, reason.value)
+
+    def _send_delete(self, name: str) -> None:
+        self.outbox.deletes.append(name)
+        release = self._releases.pop(name, None)  # with the first delete only
+        if release is not None:
+            self.outbox.releases[name] = release
 
     def lease_route(self, session_id: str, now: float) -> Pod | None:
         """A proxy asks where a ready session's pod is: the pod, its address now leased
@@ -227,6 +253,7 @@ class Pool:
         session.state = SessionState.READY
         # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
         session.last_active_at = max(session.last_active_at, now)
+        session.activity_source, session.activity_detail = ActivitySource.HANDOVER, None
         self.outbox.dirty_sessions.add(session.id)
         self._watch_session_deadlines(session)
         if session.reply_deadline is not None:
@@ -265,7 +292,8 @@ class Pool:
                 error = UserSessionLimit(limit, len(live), retry_after)
                 self._refuse(request_id, Outcome.USER_LIMIT, error)
                 return
-            self.end_session(reclaimed.id, EndReason.RECLAIMED, now)
+            answer = self.busy.recent(reclaimed.id, now)  # loop.py asked just before
+            self.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
 
         self.prewarm.arrival(now)
         session = Session(
@@ -361,14 +389,21 @@ class Pool:
         ]
         return max(1.0, min(quiet_at, default=now) - now)
 
-    def end_session(self, session_id: str, reason: EndReason, now: float) -> bool:
-        """End a live session and give its pod back (by deleting it). False if not live."""
+    def end_session(
+        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+    ) -> bool:
+        """End a live session and give its pod back (by deleting it). False if not live.
+        ``asked``: the status hook's answer that let it end (recorded as why)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
         session.state = SessionState.ENDED
         session.end_reason = reason
         session.ended_at = now
+        session.end_detail = EndDetail(
+            session.last_active_at, session.activity_source, asked.describe() if asked else None
+        )
+        self.busy.forget(session_id)
         self._untrack_live(session)
         self.claims.drop(session.id)  # a claim's late answer is ignored
         self._release_payload(session.id)
@@ -384,14 +419,67 @@ class Pool:
                 self._delete_pod(pod, now)
         return True
 
-    def touch(self, session_id: str, at: float) -> bool:
+    def touch(
+        self, session_id: str, at: float, source: ActivitySource, detail: str | None = None
+    ) -> bool:
+        """Activity on a live session, from ``source``; older news than the latest is
+        dropped (a proxy's batch may arrive after a touch)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
         if at > session.last_active_at:
             session.last_active_at = at
+            session.activity_source, session.activity_detail = source, detail
             self.outbox.dirty_sessions.add(session_id)
         return True
+
+    # ------------------------------------------------------------ busy-aware idling
+
+    def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
+        """Which sandboxes to ask before a new thread of this user is opened: those of
+        its sessions a reclaim could pick, counting those that turn idle while the
+        answers come (so none is reclaimed unasked). Read-only."""
+        live = self.live_by_user.get(user_id, ())
+        if (
+            not self.limits.hooks
+            or thread_id in self.live_by_thread
+            or len(live) < self.limits.max_sessions_per_user
+        ):
+            return []
+        by = now + self.busy.wait
+        checks = []
+        for sid in sorted(live):
+            session = self.sessions[sid]
+            target = hook_target(self.pods.get(session.pod_name or ""))
+            if target is not None and session.is_idle(by, self.limits.reclaim_after):
+                checks.append(StatusCheck(sid, *target))
+        return checks
+
+    def busy_answer(self, session_id: str, answer: BusyAnswer, now: float) -> None:
+        """A sandbox's status answer. Busy counts as activity; otherwise a session whose
+        idle check this was ends now if it is still idle (activity may have come)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY:
+            return
+        if answer.busy:
+            self.touch(session_id, now, ActivitySource.BUSY, answer.detail)
+        if self.busy.answered(session_id, answer, now):
+            self._idle_due(session, answer, now)
+
+    def _idle_due(self, session: Session, answer: BusyAnswer | None, now: float) -> None:
+        """End a session whose idle timeout passed, or watch its next one. With hooks,
+        the first time it is due its sandbox is asked first (``answer`` None)."""
+        due = session.last_active_at + self.limits.idle_timeout
+        if due > now:
+            self.deadlines.push(due, "idle", session.id)  # activity moved it on
+            return
+        target = hook_target(self.pods.get(session.pod_name or ""))
+        if answer is None and self.limits.hooks and target is not None:
+            if session.id not in self.busy.pending:
+                self.deadlines.push(self.busy.start(session.id, now), "busy_check", session.id)
+                self.outbox.status_checks.append(StatusCheck(session.id, *target))
+            return
+        self.end_session(session.id, EndReason.IDLE_TIMEOUT, now, answer)
 
     # ------------------------------------------------------------ answers
 
@@ -545,7 +633,6 @@ class Pool:
         self.reconcile(now)
 
     def _deadline(self, kind: str, key: str, now: float) -> None:
-        limits = self.limits
         if kind == "reply":
             session = self.sessions.get(key)
             if session is None or session.reply_deadline is None or not session.live:
@@ -558,15 +645,14 @@ class Pool:
                 self._answer_session(session, Outcome.COLD)
             else:
                 self._refuse_capacity(session, now)
-        elif kind == "idle":
+        elif kind in ("idle", "busy_check"):
             session = self.sessions.get(key)
             if session is None or session.state is not SessionState.READY:
                 return
-            due = session.last_active_at + limits.idle_timeout
-            if due <= now:
-                self.end_session(key, EndReason.IDLE_TIMEOUT, now)
-            else:
-                self.deadlines.push(due, "idle", key)  # activity moved it on
+            if kind == "idle":
+                self._idle_due(session, None, now)
+            elif self.busy.expired(key, now):  # the sandbox did not answer in time
+                self._idle_due(session, unanswered(self.busy.wait), now)
         elif kind == "lifetime":
             session = self.sessions.get(key)
             if session is not None and session.live:
@@ -593,7 +679,7 @@ class Pool:
             ):
                 pod.delete_retry_at = now + DELETE_RETRY
                 self.deadlines.push(pod.delete_retry_at, "pod_delete", key)
-                self.outbox.deletes.append(key)
+                self._send_delete(key)
 
     def _covered(self, session_id: str) -> bool:
         """Whether this waiting session has a slot (FCFS): a pod on its way will reach

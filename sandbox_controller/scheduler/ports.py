@@ -23,6 +23,8 @@ class SchedulerStore(Protocol):
 
 
 BackendOperation = Literal["create", "delete", "label"]
+# What a sandbox's status hook said: busy, not busy, or nothing usable in time.
+StatusAnswer = Literal["busy", "not_busy", "no_answer"]
 
 
 class LoopObserver(Protocol):
@@ -42,6 +44,9 @@ class LoopObserver(Protocol):
     def claim_hook_failed(self) -> None:
         """A claim hook failed or timed out; its pod is deleted, another is tried."""
 
+    def status_answered(self, answer: StatusAnswer) -> None:
+        """A status hook call (before an idle timeout or a reclaim) came back so."""
+
 
 class NoObserver:
     def round_committed(self, commands: int) -> None:
@@ -60,4 +65,7 @@ class NoObserver:
         pass
 
     def claim_hook_failed(self) -> None:
+        pass
+
+    def status_answered(self, answer: StatusAnswer) -> None:
         pass

@@ -127,6 +127,7 @@ class RecordingObserver:
         self.started: list[float] = []
         self.ended: list[EndReason] = []
         self.claim_failures = 0
+        self.status_answers: list[str] = []
 
     def round_committed(self, commands: int) -> None:
         self.rounds.append(commands)
@@ -145,3 +146,6 @@ class RecordingObserver:
 
     def claim_hook_failed(self) -> None:
         self.claim_failures += 1
+
+    def status_answered(self, answer: str) -> None:
+        self.status_answers.append(answer)

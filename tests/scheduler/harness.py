@@ -12,6 +12,7 @@ from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
 from sandbox_controller.scheduler.claiming import ClaimCall
 from sandbox_controller.scheduler.effects import Answer
+from sandbox_controller.scheduler.idling import Release, StatusCheck
 from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"
@@ -19,8 +20,8 @@ TEMPLATE = "tmpl-1"
 
 def limits_with(**overrides: Any) -> Limits:
     """The operator defaults (Settings' own, not the environment's), with no activity
-    lag unless a test asks for one, and ``overrides``."""
-    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0)
+    lag and no sandbox hooks unless a test asks for them, and ``overrides``."""
+    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0, hooks=False)
     return replace(defaults, **overrides)
 
 
@@ -34,6 +35,8 @@ class Harness:
         self.claims: list[ClaimCall] = []  # claim hook calls asked for, in order
         self.payloads_done: list[int] = []
         self.claim_failures = 0
+        self.status_checks: list[StatusCheck] = []  # asked for, in order
+        self.releases: dict[str, Release] = {}  # pod -> the release sent with its delete
         self._names = itertools.count(1)
 
     # -- time and effects
@@ -54,6 +57,8 @@ class Harness:
         self.claims.extend(out.claims)
         self.payloads_done.extend(out.payloads_done)
         self.claim_failures += out.claim_failures
+        self.status_checks.extend(out.status_checks)
+        self.releases.update(out.releases)
         self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
 
     def complete_creates(self) -> list[str]:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
-from sandbox_controller.model import EndReason, PodState, SessionState
+from sandbox_controller.hooks import BusyAnswer
+from sandbox_controller.model import ActivitySource, EndReason, PodState, SessionState
 from sandbox_controller.scheduler.claiming import ClaimCall
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
@@ -70,9 +71,9 @@ class PoolMachine(RuleBasedStateMachine):
             if session.state is SessionState.ENDED and session.ended_at == self.now:
                 quiet = self.now - session.last_active_at
                 if session.end_reason is EndReason.RECLAIMED:
-                    assert quiet >= LIMITS.idle_after, "invariant 4: an active session reclaimed"
+                    assert quiet >= self.limits.idle_after, "invariant 4: an active one reclaimed"
                 if session.end_reason is EndReason.IDLE_TIMEOUT:
-                    assert quiet >= LIMITS.idle_timeout, "ended before its idle timeout"
+                    assert quiet >= self.limits.idle_timeout, "ended before its idle timeout"
 
     def ready(self, name: str) -> PodStatus:
         # Every pod has a create id, so with the hooks on every lease is claimed first.
@@ -99,7 +100,7 @@ class PoolMachine(RuleBasedStateMachine):
     def touch(self, data: st.DataObject) -> None:
         live = sorted(s.id for s in self.pool.sessions.values() if s.live)
         if live:
-            self.pool.touch(data.draw(st.sampled_from(live)), self.now)
+            self.pool.touch(data.draw(st.sampled_from(live)), self.now, ActivitySource.TOUCH)
             self.settle()
 
     @rule(data=st.data())
@@ -296,4 +297,68 @@ class ClaimingPoolMachine(PoolMachine):
 TestClaimingPoolInvariants = ClaimingPoolMachine.TestCase
 TestClaimingPoolInvariants.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None
+)
+
+
+class HookedPoolMachine(PoolMachine):
+    """The same invariants with the sandbox hooks on: an idle session's sandbox is asked
+    before it ends or is reclaimed, and answers busy, not busy, or not at all."""
+
+    # A shorter idle timeout (one clock jump), so that checks are often out.
+    limits = replace(LIMITS, hooks=True, hook_timeout=2.0, idle_timeout=700)
+
+    def __init__(self) -> None:
+        self.sandboxes: dict[str, str] = {}  # pod -> how it answers, if it changed
+        super().__init__()
+
+    def answers(self, session_id: str) -> str:
+        pod = self.pool.sessions[session_id].pod_name or ""
+        default = ("not busy", "busy", "hung")[sum(map(ord, pod)) % 3]
+        return self.sandboxes.get(pod, default)
+
+    def settle(self) -> None:
+        for pod in self.pool.pods.values():  # every pod of this version has a create id
+            pod.create_id = pod.create_id or f"create-{pod.name}"
+        super().settle()
+        answered = False
+        for sid in sorted(self.pool.busy.pending):  # each sandbox answers as it does
+            how = self.answers(sid)
+            if how != "hung":  # that one's check waits for its fallback deadline
+                self.pool.busy_answer(sid, BusyAnswer(how == "busy", how, True), self.now)
+                answered = True
+        if answered:
+            super().settle()
+
+    @rule(data=st.data(), how=st.sampled_from(["busy", "not busy", "hung"]))
+    def sandbox_changes_its_answer(self, data: st.DataObject, how: str) -> None:
+        assigned = self.pods_in(PodState.ASSIGNED)
+        if assigned:
+            self.sandboxes[data.draw(st.sampled_from(assigned))] = how
+
+    @rule(user=USERS, thread=THREADS)
+    def open_after_asking_the_reclaimable(self, user: str, thread: str) -> None:
+        """What Scheduler.open_session does at the user's limit: ask first, then open."""
+        for check in self.pool.reclaim_checks(user, thread, self.now):
+            how = self.answers(check.session_id)
+            answer = BusyAnswer(how == "busy", how, how != "hung")
+            self.pool.busy_answer(check.session_id, answer, self.now)
+        self.open_session(user, thread, 5.0)
+
+    @invariant()
+    def no_check_outlives_its_fallback_deadline(self) -> None:
+        assert all(due > self.now for due in self.pool.busy.pending.values())
+        for sid in self.pool.busy.pending:
+            assert self.pool.sessions[sid].state is SessionState.READY
+
+    @invariant()
+    def every_end_says_why(self) -> None:
+        for session in self.pool.sessions.values():
+            if session.state is SessionState.ENDED and session.ended_at == self.now:
+                assert session.end_detail is not None
+                assert session.end_detail.last_active_at == session.last_active_at
+
+
+TestHookedPoolInvariants = HookedPoolMachine.TestCase
+TestHookedPoolInvariants.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None
 )
