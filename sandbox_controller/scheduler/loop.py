@@ -335,7 +335,7 @@ class Scheduler:
             waits: set[asyncio.Future[Any]] = {getter}
             sleeper = None
             if deadline is not None:
-                sleeper = asyncio.ensure_future(self.clock.sleep(deadline - self.clock.now()))
+                sleeper = asyncio.ensure_future(self._sleep_until(deadline))
                 waits.add(sleeper)
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -350,6 +350,11 @@ class Scheduler:
         while len(commands) < MAX_ROUND and not self._queue.empty():
             commands.append(self._queue.get_nowait())
         return commands
+
+    async def _sleep_until(self, when: float) -> None:
+        # The delay is taken when the sleep begins, not when it was asked for: a clock
+        # that moves in between (a test's jump) must not push the wake-up later.
+        await self.clock.sleep(when - self.clock.now())
 
     async def _run(self) -> None:
         commands: list[_Command] = []

@@ -26,8 +26,12 @@ def limits_with(**overrides: Any) -> Limits:
 
 
 class Harness:
-    def __init__(self, limits: Limits | None = None, now: float = 1000.0) -> None:
+    def __init__(
+        self, limits: Limits | None = None, now: float = 1000.0, *, accept_claims: bool = False
+    ) -> None:
         self.now = now
+        # Every sandbox's claim hook accepts at once (for tests about what comes after).
+        self.accept_claims = accept_claims
         self.pool = Pool(limits or limits_with(), TEMPLATE)
         self.answers: dict[int, Answer] = {}
         self.deleted: list[str] = []
@@ -60,6 +64,11 @@ class Harness:
         self.status_checks.extend(out.status_checks)
         self.releases.update(out.releases)
         self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
+        if self.accept_claims and out.claims:
+            for call in out.claims:
+                self.pool.claim_answered(call.session_id, call.attempt, True, self.now)
+            self.pool.tick(self.now)
+            self.drain()
 
     def complete_creates(self) -> list[str]:
         """The platform answers every create call sent so far."""

@@ -28,22 +28,22 @@ def harness(**overrides: float | int | bool) -> Harness:
         hooks=True,
         hook_timeout=HOOK_TIMEOUT,
     )
-    h = Harness(limits_with(**{**limits.__dict__, **overrides}))
+    h = Harness(limits_with(**{**limits.__dict__, **overrides}), accept_claims=True)
     h.tick()
-    h.fill_pool()
+    h.fill_pool(claimable=True)
     return h
 
 
 def open_ready(h: Harness, user: str, thread: str) -> str:
     sid = h.session_of(h.open(user, thread))
     assert h.state(sid) is SessionState.READY
-    h.fill_pool()
+    h.fill_pool(claimable=True)
     return sid
 
 
 def check_of(h: Harness, sid: str) -> StatusCheck:
     pod = h.pool.pods[h.pool.sessions[sid].pod_name or ""]
-    return StatusCheck(sid, pod.address or "", f"create-{pod.name}")
+    return StatusCheck(sid, pod.address or "", pod.create_id or "")
 
 
 def answer(h: Harness, sid: str, busy: BusyAnswer) -> None:
@@ -221,7 +221,7 @@ def test_a_served_pod_is_released_with_its_delete_and_a_pool_pod_never() -> None
     assert pod not in h.deleted and h.releases == {}  # the route lease delays both
     h.advance(ROUTE_LEASE)
     address = h.pool.pods[pod].address or ""
-    assert h.releases == {pod: Release(sid, address, f"create-{pod}", "deleted")}
+    assert h.releases == {pod: Release(sid, address, f"cid-{pod}", "deleted")}
     h.releases.clear()
     h.deleted.clear()
     h.advance(60)  # the delete is asked again; the release is not

@@ -49,13 +49,16 @@ class Sandbox:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        self.paths.append(head.split(b" ")[1].decode())
-        if self.mode == "hung":
+        path = head.split(b" ")[1].decode()
+        self.paths.append(path)
+        # A hung sandbox hung after it was claimed: its claim was answered (no hook).
+        if self.mode == "hung" and path != "/_sandbox/claim":
             await self.stopping.wait()
             writer.close()
             return
-        body = b'{"busy": false, "detail": ""}' if self.mode == "quiet" else b""
-        status = b"200 OK" if self.mode == "quiet" else b"404 Not Found"
+        quiet = self.mode == "quiet"
+        body = b'{"busy": false, "detail": ""}' if quiet else b""
+        status = b"200 OK" if quiet else b"404 Not Found"
         writer.write(b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body))
         await writer.drain()
         writer.close()
@@ -144,7 +147,7 @@ async def test_a_sandbox_without_hooks_is_idled_out_and_deleted_after_its_404s(
     assert view.session.end_detail is not None
     assert view.session.end_detail.busy_answer == "no answer (no status hook)"
     await eventually(lambda: world.deleted(opened.session.pod_name), what="the delete")
-    assert sandbox.paths == ["/_sandbox/status", "/_sandbox/release"]
+    assert sandbox.paths == ["/_sandbox/claim", "/_sandbox/status", "/_sandbox/release"]
 
 
 async def test_a_hung_sandbox_is_reclaimed_and_deleted_though_its_release_never_answers(
@@ -159,7 +162,7 @@ async def test_a_hung_sandbox_is_reclaimed_and_deleted_though_its_release_never_
     assert view is not None and view.session.end_detail is not None
     assert view.session.end_detail.busy_answer == "no answer (timed out)"
     await eventually(lambda: world.deleted(opened.session.pod_name), what="the delete")
-    assert sandbox.paths == ["/_sandbox/status", "/_sandbox/release"]
+    assert sandbox.paths == ["/_sandbox/claim", "/_sandbox/status", "/_sandbox/release"]
 
 
 async def test_concurrent_opens_at_the_limit_ask_once_and_reclaim_once(world: World) -> None:
