@@ -110,9 +110,9 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 def spawn_listening(
-    args: list[str], env: dict[str, str] | None = None
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("listening "):
@@ -400,8 +400,13 @@ def proxy_env(controller_url: str, root: Path = ROOT, **extra: str) -> dict[str,
     )
 
 
-def spawn_proxy(env: dict[str, str], wrapper: list[str] = []) -> tuple[subprocess.Popen[str], str]:  # noqa: B006
-    return spawn_listening([*wrapper, sys.executable, "-m", "proxy", "--port", "0"], env)
+def spawn_proxy(
+    env: dict[str, str], wrapper: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """``python -m proxy`` from the tree on the env's PYTHONPATH (``-m`` puts the working
+    directory first on sys.path, so it must be that tree too)."""
+    command = [*wrapper, sys.executable, "-m", "proxy", "--port", "0"]
+    return spawn_listening(command, env, cwd=Path(env["PYTHONPATH"]))
 
 
 @contextlib.asynccontextmanager
@@ -517,8 +522,8 @@ async def instructions(n: int, baseline: Path | None) -> None:
                     # Flushes are per interval, not per request: keep them out of the count.
                     env = proxy_env(url, root, SANDBOX_ACTIVITY_FLUSH_INTERVAL="3600", **extra)
                     out = tmp / f"callgrind.{len(procs)}"
-                    wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
-                    proc, address = spawn_proxy(env, [*wrapper, f"--callgrind-out-file={out}"])
+                    wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+                    proc, address = spawn_proxy(env, (*wrapper, f"--callgrind-out-file={out}"))
                     procs.append(proc)
                     path, host = (
                         (f"/s/{SESSION}/healthz", address)
