@@ -390,7 +390,15 @@ _SECRETS = re.compile(
 )
 
 
+# Each alternative above contains "token=", "bearer" (any case) or this, so a line with
+# none of them is clean: checked in ~1 us where the full pattern took ~12 us a line.
+_TOKEN_SHAPE = re.compile(r"\.\d{6,}\.")
+
+
 def redact(text: str) -> str:
+    folded = text.casefold()  # casefold, as (?i) does: "\u212a" (Kelvin) matches "k" there
+    if "token=" not in folded and "bearer" not in folded and not _TOKEN_SHAPE.search(text):
+        return text
     return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or "") + "[redacted]", text)
 
 
@@ -398,10 +406,8 @@ class RedactSecrets(logging.Filter):
     """On the handler, so every record is redacted, uvicorn's and libraries' included."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # Kept formatted, so the formatter does not format the message a second time.
+        record.msg, record.args = redact(record.getMessage()), None
         return True
 
 
