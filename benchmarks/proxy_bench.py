@@ -46,7 +46,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox_controller.serving import Server, bind  # noqa: E402
+from sandbox_controller.serving import KEEP_ALIVE_SECONDS, Server, bind  # noqa: E402
 from sandbox_controller.tokens import issue_token  # noqa: E402
 
 SECRET = "bench-secret"
@@ -378,7 +378,12 @@ async def controller_api(controller: Controller) -> AsyncIterator[str]:
         ]
     )
     ctl_sock = bind("127.0.0.1", 0)
-    ctl = Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
+    # The real controller's keep-alive (longer than the proxy's client keeps a connection):
+    # uvicorn's default 5 s let a route lookup meet a connection just being closed (a 503).
+    config = uvicorn.Config(
+        ctl_app, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_SECONDS
+    )
+    ctl = Server(config)
     ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
     try:
         yield f"http://127.0.0.1:{ctl_sock.getsockname()[1]}"
