@@ -62,3 +62,6 @@ _.last_activity
 # asyncio calls a protocol's flow-control callbacks (proxy/websocket.py's relay sides).
 _.pause_writing
 _.resume_writing
+# uvicorn reads it after the app returns (proxy/websocket.py ClientWebSocket: a refusal
+# answered with an HTTP status ends the handshake).
+_.handshake_complete
