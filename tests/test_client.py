@@ -35,7 +35,7 @@ from sandbox_controller.client import (
 from .eventually import eventually
 
 TOKEN = "client-test-token"
-MAX_TOTAL = 3
+MAX_TOTAL = 5  # every test here opens a pod; ended ones hold theirs for the route lease (30 s)
 
 pytestmark = pytest.mark.slow
 
