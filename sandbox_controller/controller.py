@@ -45,7 +45,8 @@ async def make_backend(
     settings: Settings, *, stop_on_close: bool = False, write_guard: WriteGuard = no_guard
 ) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
-    (``dev`` stops what it started); pods in a cluster outlive a controller restart."""
+    (``dev`` stops what it started); pods in a cluster, and containers on a Docker host,
+    outlive a controller restart."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -53,6 +54,10 @@ async def make_backend(
             settings.kube_options(), write_guard=write_guard
         )
         return backend
+    if settings.backend == "docker":
+        from .backends.docker import DockerBackend
+
+        return await DockerBackend.connect(settings.docker_options(), write_guard=write_guard)
     from .backends.local import LocalBackend
 
     return LocalBackend(settings.state_dir, stop_on_close=stop_on_close, write_guard=write_guard)
