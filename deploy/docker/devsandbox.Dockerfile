@@ -12,9 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY pyproject.toml README.md /src/
 COPY sandbox_controller /src/sandbox_controller
 COPY proxy /src/proxy
-RUN pip install --no-cache-dir --no-build-isolation /src && rm -rf /src
+RUN pip install --no-cache-dir --no-build-isolation /src && rm -rf /src \
+    && install -d -m 1777 /workspace
 # Numeric, so a runtime can check non-root without reading /etc/passwd; HOME is in the
-# writable workspace because the backend mounts the root filesystem read-only.
+# writable workspace because the backend mounts the root filesystem read-only. Docker
+# gives that tmpfs the mode of the image's own /workspace (not its owner): 1777.
 USER 10001:10001
 ENV HOME=/workspace
 WORKDIR /workspace
