@@ -44,9 +44,9 @@ STANDBY_POLL = 0.5
 async def make_backend(
     settings: Settings, *, stop_on_close: bool = False, write_guard: WriteGuard = no_guard
 ) -> Backend:
-    """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
-    (``dev`` stops what it started); pods in a cluster, and containers on a Docker host,
-    outlive a controller restart."""
+    """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
+    processes or containers it ran as it exits; pods in a cluster, and the containers of
+    ``serve``, outlive a controller restart."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -57,7 +57,9 @@ async def make_backend(
     if settings.backend == "docker":
         from .backends.docker import DockerBackend
 
-        return await DockerBackend.connect(settings.docker_options(), write_guard=write_guard)
+        return await DockerBackend.connect(
+            settings.docker_options(), write_guard=write_guard, stop_on_close=stop_on_close
+        )
     from .backends.local import LocalBackend
 
     return LocalBackend(settings.state_dir, stop_on_close=stop_on_close, write_guard=write_guard)

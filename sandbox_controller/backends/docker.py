@@ -147,8 +147,10 @@ class DockerBackend:
         *,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
+        stop_on_close: bool = False,
     ) -> None:
         self.docker = docker
+        self.stop_on_close = stop_on_close
         self.options = options
         self.host = host
         self.clock: Clock = clock or SystemClock()
@@ -177,6 +179,7 @@ class DockerBackend:
         *,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
+        stop_on_close: bool = False,
     ) -> DockerBackend:
         """A backend with a Docker client of its own: the image must be on the host, and
         the host's size comes from ``docker info``."""
@@ -194,7 +197,13 @@ class DockerBackend:
                 ) from None
             host = Host.from_info(await docker.system.info(), options.reserved_memory)
             backend = cls(
-                docker, options, str(image["Id"]), host, clock=clock, write_guard=write_guard
+                docker,
+                options,
+                str(image["Id"]),
+                host,
+                clock=clock,
+                write_guard=write_guard,
+                stop_on_close=stop_on_close,
             )
             await backend._ensure_network()
         except BaseException:
@@ -240,6 +249,13 @@ class DockerBackend:
         self._containers, self._waiting = {}, []
 
     async def close(self) -> None:
+        if self.stop_on_close:
+            # Not a scheduling decision: ``dev`` removes the sandboxes it ran as it
+            # exits, lease or no lease, so none outlives it.
+            await self.stop()
+            with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+                found = await self.docker.containers.list(all=True, filters=self._filters)
+                await asyncio.gather(*(self._remove(c) for c in found), return_exceptions=True)
         await self.stop()
         self._closing.set()
         await self._http.aclose()
@@ -347,6 +363,10 @@ class DockerBackend:
         except _CONNECTION_ERRORS as exc:
             raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc
         self._forget(name)
+
+    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
+        await container.stop(t=int(self.options.stop_grace))
+        await container.delete(force=True, v=True)
 
     # -- room on the host --------------------------------------------------------------
 

@@ -1,0 +1,100 @@
+"""``sandbox-controller dev`` with SANDBOX_BACKEND=docker, driven from outside: the proxy
+routes HTTP, Server-Sent Events and WebSocket traffic to a sandbox container; a SIGKILLed
+controller, started again, adopts every healthy container and orphans none."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from ..dockerhost import containers, new_instance, remove_all, require_docker
+from ..eventually import eventually
+from .test_dev_crash import Dev
+
+pytestmark = pytest.mark.docker
+
+
+async def round_trips(url: str, token: str) -> None:
+    """HTTP, SSE and WebSocket through the proxy to the session's container."""
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=15, trust_env=False) as http:
+        echoed = await http.post(url + "echo", content=b"to a container", headers=auth)
+        assert (echoed.status_code, echoed.content) == (200, b"to a container")
+        async with http.stream("GET", url + "events?n=3&interval=0.01", headers=auth) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            lines = [line async for line in events.aiter_lines() if line.startswith("data:")]
+        assert len(lines) == 3
+    async with connect(
+        "ws" + url.removeprefix("http") + "ws", additional_headers=auth, proxy=None
+    ) as ws:
+        await ws.send("text frame")
+        assert await ws.recv() == "text frame"
+        await ws.send(b"\x00binary\xff")
+        assert await ws.recv() == b"\x00binary\xff"
+
+
+async def test_the_proxy_reaches_containers_and_a_killed_controller_adopts_them(
+    tmp_path: Path,
+) -> None:
+    image = require_docker()
+    instance = new_instance()
+    dev = Dev(tmp_path)
+    dev.env.update(
+        {
+            "SANDBOX_BACKEND": "docker",
+            "SANDBOX_DOCKER_IMAGE": image,
+            "SANDBOX_DOCKER_INSTANCE": instance,
+            "SANDBOX_DOCKER_NETWORK": "agent-sandbox-test",
+            "SANDBOX_DOCKER_PUBLISH": "true",
+            "SANDBOX_DOCKER_CPUS": "0.5",
+            "SANDBOX_DOCKER_MEMORY": "256Mi",
+            "SANDBOX_PREWARM_POOL_SIZE": "2",
+        }
+    )
+    try:
+        await dev.start()
+        sessions = []
+        for i in range(2):
+            created = await dev.client.post(
+                "/sessions", json={"user_id": "u", "thread_id": f"t{i}"}
+            )
+            assert created.status_code == 201, created.text
+            sessions.append(created.json())
+        assert all(s["state"] == "ready" and s["pod"] in containers(instance) for s in sessions)
+        await round_trips(sessions[0]["connect"]["url"], sessions[0]["connect"]["token"])
+
+        async def warm() -> bool:
+            return int((await dev.pool())["pods"]["idle"]) >= 2
+
+        await eventually(warm, within=60, what="the warm pool refilled")
+        before = containers(instance)
+        assert len(before) == 4
+
+        assert dev.proc is not None
+        dev.proc.send_signal(signal.SIGKILL)
+        dev.proc.wait()
+        assert containers(instance) == before, "containers outlive the controller"
+
+        await dev.start()  # same database: the new controller finds what the last left
+        for s in sessions:
+            got = (await dev.client.get(f"/sessions/{s['id']}")).json()
+            assert (got["state"], got["pod"]) == ("ready", s["pod"]), got
+        await eventually(warm, within=60, what="the warm pool adopted")
+        pool = await dev.pool()
+        assert pool["pods"] == {"pending": 0, "idle": 2, "assigned": 2, "terminating": 0}
+        assert containers(instance) == before, "every healthy container adopted, none new"
+        await round_trips(sessions[1]["connect"]["url"], sessions[1]["connect"]["token"])
+
+        dev.proc.send_signal(signal.SIGTERM)  # dev removes what it ran, as with processes
+        assert dev.proc.wait(timeout=30) == 0
+        assert containers(instance) == set()
+    finally:
+        await dev.client.aclose()
+        if dev.proc is not None and dev.proc.poll() is None:
+            dev.proc.send_signal(signal.SIGTERM)
+            dev.proc.wait(timeout=30)
+        remove_all(instance)
