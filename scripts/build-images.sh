@@ -4,7 +4,8 @@
 # dependencies (cached as a tarball outside the clone, keyed by a hash of what goes in),
 # imported with `docker import` as agent-sandbox/base:<hash>; then the project's own layer
 # from deploy/docker/devsandbox.Dockerfile on top (the classic builder pulls nothing when
-# its base is local). The first run takes a few minutes; later runs take seconds.
+# its base is local), and the Compose test's egress guard and PostgreSQL likewise. The
+# first run takes a few minutes; later runs take seconds.
 #
 #   bash scripts/build-images.sh          # prints the tags it built
 set -euo pipefail
@@ -59,4 +60,11 @@ fi
 
 docker build -q --build-arg "BASE_IMAGE=$base" -f deploy/docker/devsandbox.Dockerfile \
     -t agent-sandbox/devsandbox:dev . >/dev/null
+# The Compose test's other services, on the same base (no registry: no postgres image).
+for name in egress-guard postgres; do
+    docker build -q --build-arg "BASE_IMAGE=$base" -f "deploy/docker/$name.Dockerfile" \
+        -t "agent-sandbox/$name:dev" deploy/docker >/dev/null
+done
+# Earlier builds of the sandbox image that no container uses any more.
+docker image prune -f --filter label=org.opencontainers.image.title=agent-sandbox-devsandbox >/dev/null
 echo agent-sandbox/devsandbox:dev

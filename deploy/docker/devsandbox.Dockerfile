@@ -6,6 +6,7 @@
 # (scripts/build-images.sh), so nothing is fetched.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=agent-sandbox-devsandbox
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

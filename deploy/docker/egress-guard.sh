@@ -6,19 +6,26 @@
 # *to* a sandbox (the proxy, the controller's probes and hooks, published ports) pass;
 # so does the public internet. Idempotent: it owns two chains and one jump per bridge.
 #
-#   egress-guard.sh [--watch SECONDS] BRIDGE...
+#   egress-guard.sh [--watch SECONDS] (BRIDGE | --network NAME)...
 #
-# The controller creates its network with a bridge named by backends/docker.py's
-# bridge_name(); the Compose file names its own (agent-sbx0). Needs root or NET_ADMIN
-# in the host's network namespace, and the iptables flavour dockerd uses.
+# --network names a network the controller created (its bridge is named by
+# backends/docker.py's bridge_name()). Needs root, or NET_ADMIN in the host's network
+# namespace (the Compose file's egress-guard service).
 set -eu
 
 watch=0
-if [ "${1:-}" = "--watch" ]; then
-    watch=$2
-    shift 2
-fi
-[ "$#" -gt 0 ] || { echo "usage: $0 [--watch SECONDS] BRIDGE..." >&2; exit 2; }
+bridges=
+while [ "$#" -gt 0 ]; do
+    case $1 in
+        --watch) watch=$2; shift 2 ;;
+        # The bridge the controller gives a network it creates (backends/docker.py).
+        --network) bridges="$bridges sbx-$(printf %s "$2" | sha256sum | cut -c1-10)"; shift 2 ;;
+        --print) printf '%s\n' $bridges; exit 0 ;;
+        *) bridges="$bridges $1"; shift ;;
+    esac
+done
+set -- $bridges
+[ "$#" -gt 0 ] || { echo "usage: $0 [--watch SECONDS] (BRIDGE | --network NAME)..." >&2; exit 2; }
 
 # dockerd may program nftables or legacy iptables: use the one that has its chain.
 ipt=
