@@ -29,11 +29,14 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # The docker backend's tests (marker "docker") need a running dockerd and images built
 # offline from a debootstrap root filesystem; in CI they fail rather than skip without.
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+# docker-compose: Debian's 1.29 starts the Compose deployment's stack in its test
+# (Compose v2 has no Debian or PyPI package).
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
+    || ! command -v docker-compose >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            docker.io debootstrap iptables >/dev/null
+            docker.io docker-compose debootstrap iptables >/dev/null
     else
         echo "test.sh: dockerd or debootstrap is missing; install Debian's 'docker.io' and 'debootstrap'" >&2
     fi

@@ -62,9 +62,12 @@ apply() {
 
 apply "$@"
 echo "egress-guard: sandboxes on $* cannot reach the host or private ranges" >&2
-# dockerd recreates DOCKER-USER when it restarts: keep the jumps in place.
+# dockerd recreates DOCKER-USER when it restarts: keep the jumps in place. The rules
+# stay when this stops (they are the kernel's); a stop ends the wait at once.
+trap 'exit 0' TERM INT
 while [ "$watch" -gt 0 ]; do
-    sleep "$watch"
+    sleep "$watch" &
+    wait $!
     for bridge in "$@"; do
         if ! $ipt -C DOCKER-USER -i "$bridge" -j SANDBOX-EGRESS 2>/dev/null \
             || ! $ipt -C INPUT -i "$bridge" -j SANDBOX-HOST 2>/dev/null; then
