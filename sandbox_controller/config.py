@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     # "json": one JSON object per log line, for log pipelines; "text" for people.
     log_format: Literal["text", "json"] = "text"
 
+    # The sandbox contract's hooks (hooks.py): claim on lease, status before idling a
+    # session out, release before deleting its pod. A sandbox without them answers 404
+    # and works as before; "false" never calls them (env and files are then refused).
+    hooks: bool = True
+    # Each claim or status call; a claim that takes longer fails and the next warm pod
+    # is tried, a status call that takes longer counts as "not busy".
+    hook_timeout: Duration = 2.0
+    # What the sandbox gets to flush its work before its pod is deleted.
+    release_timeout: Duration = 2.0
+
     # The edge (both servers unless marked)
     # Subdomain mode (proxy): each session is its own browser origin at
     # {session_id}.{domain}, which path mode (/s/{id}/, one shared origin) cannot give.
@@ -212,6 +222,8 @@ class Settings(BaseSettings):
                 max=self.prewarm_max,
                 target_warm_hit_rate=self.prewarm_target_warm_hit_rate,
             ),
+            hooks=self.hooks,
+            hook_timeout=self.hook_timeout,
         )
 
     def kube_options(self) -> KubeOptions:

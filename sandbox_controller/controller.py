@@ -26,6 +26,7 @@ from .aiotime import sleep_or_stop
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
+from .hooks import SandboxHooks, hook_key
 from .metrics import ControllerMetrics
 from .model import PoolStatus
 from .scheduler.lease import LeaseTerm
@@ -88,6 +89,7 @@ class Controller:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
+        self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
         self.lease = LeaseTerm(
             settings.leader_lease_ttl,
             settings.lease_margin,
@@ -142,6 +144,12 @@ class Controller:
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
+        if self.settings.hooks and self.hooks is None:
+            self.hooks = SandboxHooks(
+                hook_key(self.token_secret),
+                timeout=self.settings.hook_timeout,
+                release_timeout=self.settings.release_timeout,
+            )
         if self._backend is None:
             self._backend = await make_backend(
                 self.settings,
@@ -163,6 +171,8 @@ class Controller:
         await self._step_down(release=True)
         if self._backend is not None:
             await self._backend.close()
+        if self.hooks is not None:
+            await self.hooks.close()
         await self.store.close()
 
     # ------------------------------------------------------------ leadership
@@ -234,6 +244,7 @@ class Controller:
                 clock=self.clock,
                 observer=self.metrics,
                 fence=Fence(self.holder, epoch),
+                hooks=self.hooks,
             )
             await scheduler.start()
         except Exception:

@@ -60,6 +60,43 @@ class Pod:
     route_lease_until: float = 0.0
 
 
+class ActivitySource(enum.StrEnum):
+    """Where a session's last activity came from: part of why it ended when it did."""
+
+    HANDOVER = "handover"  # the sandbox was handed to the session
+    PROXY = "proxy"  # traffic through the proxy
+    TOUCH = "touch"  # POST /sessions/{id}/touch (the editor backend or an agent)
+    BUSY = "busy"  # the sandbox's status hook said it is busy
+
+
+@dataclass(frozen=True)
+class EndDetail:
+    """Why a session was ended or reclaimed when it was (stored with the session)."""
+
+    last_active_at: float
+    activity_source: ActivitySource | None = None
+    # The status hook's answer asked before ending (None: not asked, e.g. a DELETE).
+    busy_answer: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "last_active_at": self.last_active_at,
+            "activity_source": self.activity_source.value if self.activity_source else None,
+            "busy_answer": self.busy_answer,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> EndDetail:
+        source = data.get("activity_source")
+        answer = data.get("busy_answer")
+        at = data.get("last_active_at")
+        return cls(
+            last_active_at=float(at) if isinstance(at, int | float) else 0.0,
+            activity_source=ActivitySource(source) if isinstance(source, str) else None,
+            busy_answer=answer if isinstance(answer, str) else None,
+        )
+
+
 @dataclass
 class Session:
     id: str
@@ -75,6 +112,12 @@ class Session:
     reply_deadline: float | None = None
     requests: list[int] = field(default_factory=list)
     reclaimed_session_id: str | None = None
+    # The caller's metadata (POST /sessions), stored and echoed; never env or files.
+    metadata: dict[str, str] = field(default_factory=dict)
+    activity_source: ActivitySource | None = None
+    # What the last activity said, when it says something (a busy sandbox's detail).
+    activity_detail: str | None = None
+    end_detail: EndDetail | None = None
 
     @property
     def live(self) -> bool:
@@ -132,6 +175,12 @@ class Limits:
     # is never reclaimed because the news of it was still on its way (invariant 4).
     activity_lag: float
     prewarm: PrewarmSettings = PrewarmSettings()
+    # The sandbox contract's hooks (hooks.py): a lease waits for the claim hook before
+    # the session is ready, and idling a session out first asks its status hook.
+    hooks: bool = False
+    # How long one hook call may take (the loop's calls are bounded by it; the pool's
+    # fallback deadlines allow for it).
+    hook_timeout: float = 2.0
 
     @property
     def reclaim_after(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -24,6 +25,17 @@ LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
 LABEL_CREATE_ID = "agent-sandbox/create-id"
 # On the controller's own pod while it leads: the controller Service selects it.
 LABEL_LEADER = "agent-sandbox/leader"
+
+
+# The pod's claim secret (sandbox contract): the sandbox accepts hook calls only with it.
+ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"
+
+
+def claim_secret(key: bytes, create_id: str) -> str:
+    """The claim secret of the pod made by create ``create_id`` (its LABEL_CREATE_ID).
+    Derived, not stored: the controller that made the pod, or any later leader with the
+    same key, computes it again from the label; the label alone tells nobody the secret."""
+    return hmac.new(key, create_id.encode(), hashlib.sha256).hexdigest()
 
 
 def session_label(session_id: str) -> str:

@@ -26,6 +26,7 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
 )
+from ..hooks import SandboxHooks
 from ..model import (
     EndReason,
     Limits,
@@ -77,8 +78,11 @@ class Scheduler:
         clock: Clock,
         observer: LoopObserver | None = None,
         fence: Fence | None = None,
+        hooks: SandboxHooks | None = None,
     ) -> None:
         self.limits = limits
+        # Calls the sandbox contract's hooks; None when limits.hooks is off.
+        self.hooks = hooks
         self.store = store
         self.backend = backend
         self.clock = clock

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,15 @@ from sqlalchemy.engine import Connection
 
 from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock
-from ..model import EndReason, Pod, PodState, Session, SessionState
+from ..model import (
+    ActivitySource,
+    EndDetail,
+    EndReason,
+    Pod,
+    PodState,
+    Session,
+    SessionState,
+)
 from .engines import Engine, open_engine
 from .tables import leader_lease, pods, sessions
 
@@ -93,6 +102,10 @@ def _session_row(s: Session) -> dict[str, Any]:
         "ended_at": s.ended_at,
         "pod_name": s.pod_name,
         "reclaimed_session_id": s.reclaimed_session_id,
+        "session_metadata": json.dumps(s.metadata) if s.metadata else None,
+        "activity_source": s.activity_source.value if s.activity_source else None,
+        "activity_detail": s.activity_detail,
+        "end_detail": json.dumps(s.end_detail.as_dict()) if s.end_detail else None,
     }
 
 
@@ -109,6 +122,10 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         end_reason=EndReason(m["end_reason"]) if m["end_reason"] else None,
         ended_at=m["ended_at"],
         reclaimed_session_id=m["reclaimed_session_id"],
+        metadata=json.loads(m["session_metadata"]) if m["session_metadata"] else {},
+        activity_source=ActivitySource(m["activity_source"]) if m["activity_source"] else None,
+        activity_detail=m["activity_detail"],
+        end_detail=EndDetail.from_dict(json.loads(m["end_detail"])) if m["end_detail"] else None,
     )
 
 

@@ -23,6 +23,12 @@ sessions = sa.Table(
     sa.Column("ended_at", sa.Float, nullable=True),
     sa.Column("pod_name", sa.String(253), nullable=True),
     sa.Column("reclaimed_session_id", sa.String(64), nullable=True),
+    # JSON: the caller's metadata (string map), echoed in the session.
+    sa.Column("session_metadata", sa.Text, nullable=True),
+    sa.Column("activity_source", sa.String(16), nullable=True),
+    sa.Column("activity_detail", sa.String(256), nullable=True),
+    # JSON: model.EndDetail, why the session ended when it did.
+    sa.Column("end_detail", sa.Text, nullable=True),
     sa.Index("ix_sessions_user_id", "user_id"),
     sa.Index("ix_sessions_state_ended_at", "state", "ended_at"),
     # The database, too, refuses two live sessions for one thread.

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from sandbox_controller.model import EndReason, Pod, PodState, Session, SessionState
+from sandbox_controller.model import (
+    ActivitySource,
+    EndDetail,
+    EndReason,
+    Pod,
+    PodState,
+    Session,
+    SessionState,
+)
 from sandbox_controller.store import Batch, Deposed, Fence, Store
 
 
@@ -28,7 +36,55 @@ async def test_migrations_apply_from_empty_and_are_idempotent(store: Store) -> N
         lambda c: c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     )
     assert {"sessions", "pods", "leader_lease"} <= set(tables)
-    assert version == "0001"
+    assert version == "0002"
+
+
+async def test_a_database_of_the_previous_version_upgrades_with_its_sessions(
+    database_url: str,
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from sandbox_controller.store.db import MIGRATIONS
+
+    def to_0001(conn: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.execute(
+            sa.text(
+                "INSERT INTO sessions (id, user_id, thread_id, state, created_at,"
+                " last_active_at) VALUES ('old', 'u', 't', 'ready', 1.0, 2.0)"
+            )
+        )
+
+    store = Store.open(database_url)
+    try:
+        await store.run(to_0001)
+        await store.migrate()
+        old = await store.get_session("old")
+        assert old is not None and old.last_active_at == 2.0
+        assert old.metadata == {} and old.end_detail is None and old.activity_source is None
+    finally:
+        await store.close()
+
+
+async def test_metadata_activity_source_and_end_detail_round_trip(store: Store) -> None:
+    epoch = await store.acquire_lease("me", 10, 1000.0)
+    s = session("s1", "t1", SessionState.ENDED)
+    s.metadata = {"workspace": "w-1", "app": "crm"}
+    s.activity_source = ActivitySource.BUSY
+    s.activity_detail = "running tests"
+    s.end_reason = EndReason.IDLE_TIMEOUT
+    s.end_detail = EndDetail(150.0, ActivitySource.PROXY, "no answer (timed out)")
+    await store.write(Batch(sessions=[s]), Fence("me", epoch))
+    back = await store.get_session("s1")
+    assert back is not None
+    assert back.metadata == {"workspace": "w-1", "app": "crm"}
+    assert back.activity_source is ActivitySource.BUSY
+    assert back.activity_detail == "running tests"
+    assert back.end_detail == EndDetail(150.0, ActivitySource.PROXY, "no answer (timed out)")
 
 
 async def test_a_batch_round_trips(store: Store) -> None:

@@ -1,0 +1,162 @@
+"""The controller's side of the sandbox hooks, against real sandboxes: devsandbox (all
+hooks), a server with none (404 everywhere) and one that accepts and never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandbox_controller.hooks import (
+    BusyAnswer,
+    ClaimFile,
+    ClaimPayload,
+    HookOutcome,
+    SandboxHooks,
+    hook_key,
+)
+
+from .test_devsandbox import start_devsandbox
+
+CREATE_ID = "c0ffee"
+KEY = hook_key(b"token-secret-of-this-deployment")
+SESSION = ("sess-1", "ada", "thread-9")
+PAYLOAD = ClaimPayload(
+    metadata={"workspace": "ws-3"},
+    env={"OPENAI_API_KEY": "sk-very-secret-value"},
+    files=(ClaimFile("notes/readme.txt", "hello\n"),),
+)
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[SandboxHooks]:
+    hooks = SandboxHooks(KEY, timeout=0.5, release_timeout=0.5)
+    yield hooks
+    await hooks.close()
+
+
+@pytest.fixture
+async def devsandbox(tmp_path: Path, hooks: SandboxHooks) -> AsyncIterator[str]:
+    proc, address = await start_devsandbox(tmp_path / "work", hooks.secret(CREATE_ID))
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def answers_404(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A sandbox image that implements none of the hooks."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+
+
+async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A hung sandbox: accepts, reads, says nothing."""
+    with contextlib.suppress(ConnectionError):
+        await reader.read(-1)
+
+
+async def test_a_claim_reaches_the_sandbox_with_everything_it_carries(
+    hooks: SandboxHooks, devsandbox: str
+) -> None:
+    result = await hooks.claim(devsandbox, CREATE_ID, SESSION, PAYLOAD)
+    assert result.outcome is HookOutcome.ACCEPTED
+    async with httpx.AsyncClient() as client:
+        seen = await client.get(
+            f"http://{devsandbox}/_sandbox/claim",
+            headers={"authorization": f"Bearer {hooks.secret(CREATE_ID)}"},
+        )
+    body = seen.json()
+    assert body["session_id"] == "sess-1" and body["user_id"] == "ada"
+    assert body["metadata"] == {"workspace": "ws-3"}
+    assert body["env"] == {"OPENAI_API_KEY": "sk-very-secret-value"}
+
+
+async def test_a_pod_made_for_another_create_refuses_the_claim(
+    hooks: SandboxHooks, devsandbox: str
+) -> None:
+    # Its secret was derived from another create id: the sandbox answers 401.
+    result = await hooks.claim(devsandbox, "another-create", SESSION, PAYLOAD)
+    assert result.outcome is HookOutcome.FAILED and result.detail == "HTTP 401"
+    # ... and the right one may still claim it.
+    assert (await hooks.claim(devsandbox, CREATE_ID, SESSION, PAYLOAD)).ok
+
+
+async def test_status_reports_busy_with_its_detail(hooks: SandboxHooks, devsandbox: str) -> None:
+    assert await hooks.status(devsandbox, CREATE_ID) == BusyAnswer(False, "", answered=True)
+    async with httpx.AsyncClient() as client:
+        switched = await client.post(
+            f"http://{devsandbox}/_sandbox/busy", json={"busy": True, "detail": "running tests"}
+        )
+        assert switched.status_code < 300
+    answer = await hooks.status(devsandbox, CREATE_ID)
+    assert answer == BusyAnswer(True, "running tests", answered=True)
+    assert answer.describe() == "busy: running tests"
+
+
+async def test_release_is_accepted(hooks: SandboxHooks, devsandbox: str) -> None:
+    assert (await hooks.claim(devsandbox, CREATE_ID, SESSION, PAYLOAD)).ok
+    result = await hooks.release(devsandbox, CREATE_ID, "sess-1", "idle_timeout")
+    assert result.outcome is HookOutcome.ACCEPTED
+
+
+async def test_a_sandbox_without_hooks_works_as_before(hooks: SandboxHooks) -> None:
+    async with tcp_server(answers_404) as address:
+        claim = await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)
+        assert claim.outcome is HookOutcome.NOT_IMPLEMENTED and claim.ok
+        status = await hooks.status(address, CREATE_ID)
+        assert status == BusyAnswer(False, "no status hook", answered=False)
+        release = await hooks.release(address, CREATE_ID, "sess-1", "deleted")
+        assert release.ok
+
+
+async def test_a_hung_sandbox_fails_the_claim_and_counts_as_not_busy(
+    hooks: SandboxHooks,
+) -> None:
+    async with tcp_server(never_answers) as address:
+        claim = await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)
+        assert claim.outcome is HookOutcome.FAILED and claim.detail == "timed out"
+        status = await hooks.status(address, CREATE_ID)
+        assert not status.busy and not status.answered
+        assert status.describe() == "no answer (timed out)"
+        assert not (await hooks.release(address, CREATE_ID, "sess-1", "deleted")).ok
+
+
+async def test_nothing_listening_is_a_failed_claim(hooks: SandboxHooks) -> None:
+    async with tcp_server(never_answers) as address:
+        pass  # closed again: the port refuses
+    claim = await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)
+    assert claim.outcome is HookOutcome.FAILED
+    assert claim.detail == "connection refused or unreachable"
+
+
+def test_the_payloads_secrets_never_show_in_its_repr() -> None:
+    text = repr(PAYLOAD)
+    assert "sk-very-secret-value" not in text and "hello" not in text
+    assert "ws-3" in text  # metadata is not secret
