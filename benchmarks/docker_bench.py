@@ -95,15 +95,11 @@ class Controller:
         body: dict[str, Any] = self.http.get("/pool").json()
         return body
 
-    def containers(self) -> list[str]:
+    def containers(self, status: str = "") -> list[str]:
+        label = f"label=app.kubernetes.io/instance={self.instance}"
+        only = ["--filter", f"status={status}"] if status else []
         out = subprocess.run(
-            [
-                "docker",
-                "ps",
-                "-aq",
-                "--filter",
-                f"label=app.kubernetes.io/instance={self.instance}",
-            ],
+            ["docker", "ps", "-aq", "--filter", label, *only],
             capture_output=True,
             text=True,
             check=True,
@@ -168,11 +164,23 @@ def fill(tmp: Path, image: str, memory: str) -> dict[str, Any]:
         started = time.monotonic()
         ctl.wait(lambda: ctl.pool()["capacity_blocked"], 1800, "the host to fill")
         blocked_at = time.monotonic() - started
-        ctl.wait(lambda: ctl.pool()["pods"]["pending"] <= 1, 1800, "every started one ready")
+        # Every started one ready: the pending pods are those waiting for room.
+        ctl.wait(
+            lambda: ctl.pool()["pods"]["pending"] == len(ctl.containers("created")),
+            1800,
+            "every started one ready",
+        )
         ready_at = time.monotonic() - started
         pool = ctl.pool()
         stats = subprocess.run(
-            ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", *ctl.containers()],
+            [
+                "docker",
+                "stats",
+                "--no-stream",
+                "--format",
+                "{{.MemUsage}}",
+                *ctl.containers("running"),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -183,6 +191,7 @@ def fill(tmp: Path, image: str, memory: str) -> dict[str, Any]:
             "idle": pool["pods"]["idle"],
             "pending": pool["pods"]["pending"],
             "containers": len(ctl.containers()),
+            "waiting": len(ctl.containers("created")),
             "blocked_s": blocked_at,
             "ready_s": ready_at,
             "median_mib": statistics.median(used) if used else 0.0,
@@ -236,7 +245,7 @@ def main() -> None:
             lines += [
                 "",
                 f"Fill at {args.fill_memory} each: **{result['idle']} containers ready** "
-                f"({result['containers']} exist, {result['pending']} waiting unschedulable); "
+                f"({result['containers']} exist, {result['waiting']} created and waiting for room); "
                 f"host full (capacity_blocked) after {result['blocked_s']:.0f} s, all ready "
                 f"after {result['ready_s']:.0f} s; real use {result['median_mib']:.1f} MiB "
                 f"median per container, {result['total_gib']:.2f} GiB in all "

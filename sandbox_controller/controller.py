@@ -43,11 +43,16 @@ STANDBY_POLL = 0.5
 
 
 async def make_backend(
-    settings: Settings, *, stop_on_close: bool = False, write_guard: WriteGuard = no_guard
+    settings: Settings,
+    *,
+    stop_on_close: bool = False,
+    write_guard: WriteGuard = no_guard,
+    claim_key: bytes | None = None,
 ) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
     processes or containers it ran as it exits; pods in a cluster, and the containers of
-    ``serve``, outlive a controller restart."""
+    ``serve``, outlive a controller restart. ``claim_key`` gives each new sandbox its
+    claim secret (hooks.hook_key)."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -59,7 +64,10 @@ async def make_backend(
         from .backends.docker import DockerBackend
 
         return await DockerBackend.connect(
-            settings.docker_options(), write_guard=write_guard, stop_on_close=stop_on_close
+            settings.docker_options(),
+            write_guard=write_guard,
+            stop_on_close=stop_on_close,
+            claim_key=claim_key,
         )
     from .backends.local import LocalBackend
 
@@ -155,6 +163,7 @@ class Controller:
                 self.settings,
                 stop_on_close=self._stop_sandboxes_on_exit,
                 write_guard=self.write_guard,
+                claim_key=hook_key(self.token_secret) if self.settings.hooks else None,
             )
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")

@@ -47,6 +47,7 @@ from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
 from .base import (
+    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -55,6 +56,7 @@ from .base import (
     PodPhase,
     PodStatus,
     WriteGuard,
+    claim_secret,
     no_guard,
 )
 from .docker_spec import (
@@ -73,6 +75,8 @@ log = logging.getLogger(__name__)
 NAME_PREFIX = "agent-sandbox-job-"
 _ALPHABET = string.ascii_lowercase + string.digits
 NAME_ATTEMPTS = 3
+# A start the write guard refused is tried again this much later.
+ADMIT_RETRY = 0.5
 # A fresh sandbox answers /healthz within a second or so: ask soon, then less often.
 HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
 # Health checks run as execs: their events are noise here.
@@ -148,8 +152,12 @@ class DockerBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         stop_on_close: bool = False,
+        claim_key: bytes | None = None,
     ) -> None:
         self.docker = docker
+        # Each sandbox's claim secret derives from it and the create id (base.claim_secret);
+        # None: sandboxes get none, and refuse claims.
+        self.claim_key = claim_key
         self.stop_on_close = stop_on_close
         self.options = options
         self.host = host
@@ -168,6 +176,7 @@ class DockerBackend:
         self._tasks = TaskGroup("docker-backend")
         self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
         self._admit = asyncio.Lock()
+        self._retry_pending = False
         self._http = httpx.AsyncClient(timeout=2.0)
         # Resyncs after a gap in the event stream; tests read it.
         self.relists = 0
@@ -180,6 +189,7 @@ class DockerBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         stop_on_close: bool = False,
+        claim_key: bytes | None = None,
     ) -> DockerBackend:
         """A backend with a Docker client of its own: the image must be on the host, and
         the host's size comes from ``docker info``."""
@@ -204,6 +214,7 @@ class DockerBackend:
                 clock=clock,
                 write_guard=write_guard,
                 stop_on_close=stop_on_close,
+                claim_key=claim_key,
             )
             await backend._ensure_network()
         except BaseException:
@@ -238,6 +249,7 @@ class DockerBackend:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._containers, self._waiting = {}, []
+        self._retry_pending = False  # stop() cancelled any retry of the last term
         self._following = True
         since = await self._relist()
         self._tasks.start(self._follow(since), "events")
@@ -294,23 +306,22 @@ class DockerBackend:
                 self._containers[name] = entry
             async with self._admit:
                 try:
-                    started = not self._waiting and await self._try_start(entry)
+                    if self._waiting or not await self._try_start(entry):
+                        self._wait_for_room(entry)
                 except BackendError:
-                    # Created but not started (the lease, most likely): the pod exists,
-                    # so this create succeeded; whoever leads next starts it.
-                    started = False
-                if not started:
-                    self._wait_for_room(entry)
+                    # Created, not started (the lease, most likely): the pod exists, so
+                    # this create succeeded; it starts once the lease allows.
+                    self._wait_for_room(entry, held_back=True)
         return name
 
     async def _create(self, labels: dict[str, str]) -> tuple[str, str]:
         for attempt in range(NAME_ATTEMPTS):
             name = _pod_name()
-            config = {
-                **self.spec,
-                "Labels": labels,
-                "Env": [f"SANDBOX_POD_NAME={name}"],
-            }
+            env = [f"SANDBOX_POD_NAME={name}"]
+            if self.claim_key is not None:
+                secret = claim_secret(self.claim_key, labels[LABEL_CREATE_ID])
+                env.append(f"{ENV_CLAIM_SECRET}={secret}")
+            config = {**self.spec, "Labels": labels, "Env": env}
             self.write_guard()
             try:
                 container = await self.docker.containers.create(config, name=name)
@@ -395,13 +406,20 @@ class DockerBackend:
             await self._refresh(entry.name)  # else the event stream brings it
         return True
 
-    def _wait_for_room(self, entry: _Container) -> None:
+    def _wait_for_room(self, entry: _Container, *, held_back: bool = False) -> None:
+        """Queue a created container to start later. Unschedulable only if the host has
+        no room for it: one held back by the lease, or queued behind others that wait
+        for the lease, is merely late."""
         if entry.name not in self._waiting:
-            held, running = self._held()
-            why = self.host.why_not(self.options.cpus, entry.memory, held, running)
-            entry.unschedulable = True
-            entry.detail = why or "waiting for room: sandboxes created earlier start first"
             self._waiting.append(entry.name)
+        held, running = self._held()
+        why = self.host.why_not(self.options.cpus, entry.memory, held, running)
+        entry.unschedulable = why is not None and not held_back
+        if held_back:
+            entry.detail = "waiting to start until the leader lease is confirmed"
+            self._retry_admission()
+        else:
+            entry.detail = why or "waiting to start: sandboxes created earlier start first"
         self._emit(entry)
 
     async def _admit_waiting(self) -> None:
@@ -414,7 +432,8 @@ class DockerBackend:
                     continue
                 try:
                     started = await self._try_start(entry)
-                except BackendError:  # the lease: a later admission tries again
+                except BackendError:  # the lease: try again in a moment
+                    self._retry_admission()
                     return
                 if not started:
                     self._emit(entry)
@@ -424,6 +443,19 @@ class DockerBackend:
     def _room_freed(self) -> None:
         if self._waiting and self._following:
             self._tasks.start(self._admit_waiting(), "admit")
+
+    def _retry_admission(self) -> None:
+        if self._retry_pending or not self._following:
+            return
+        self._retry_pending = True
+
+        async def later() -> None:
+            stopped = await sleep_or_stop(self.clock, ADMIT_RETRY, self._closing)
+            self._retry_pending = False
+            if not stopped:
+                await self._admit_waiting()
+
+        self._tasks.start(later(), "admit-retry")
 
     # -- the cache ---------------------------------------------------------------------
 

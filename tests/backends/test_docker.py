@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from sandbox_controller.backends.base import (
+    ENV_CLAIM_SECRET,
+    LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_STATE,
@@ -19,6 +21,7 @@ from sandbox_controller.backends.base import (
     MANAGED_BY,
     PodPhase,
     PodStatus,
+    claim_secret,
 )
 from sandbox_controller.backends.docker import DockerBackend
 
@@ -124,6 +127,22 @@ async def test_a_sandbox_is_a_hardened_container_with_its_limits(connect: Factor
     assert name not in containers(backend.options.instance)
     assert await status(backend, name) is None
     await backend.delete_pod(name)  # again: already gone is not an error
+
+
+async def test_each_sandbox_gets_its_own_claim_secret(instance: str) -> None:
+    backend = await DockerBackend.connect(
+        options(require_docker(), instance), claim_key=b"the controller's key"
+    )
+    try:
+        await backend.start()
+        name = await backend.create_pod({LABEL_STATE: "pool"})
+        info = inspect(name)
+        create_id = info["Config"]["Labels"][LABEL_CREATE_ID]
+        secret = claim_secret(b"the controller's key", create_id)
+        assert f"{ENV_CLAIM_SECRET}={secret}" in info["Config"]["Env"]
+        assert secret not in str(info["Config"]["Labels"])
+    finally:
+        await backend.close()
 
 
 async def test_a_container_killed_from_outside_is_reported_failed(connect: Factory) -> None:

@@ -75,9 +75,12 @@ async def platform(
         return
     image = require_docker()
     instance = new_instance()
+    started: list[RunningController] = []
 
     async def start(**overrides: Any) -> RunningController:
-        return await start_controller(**{**docker_settings(image, instance), **overrides})
+        ctl = await start_controller(**{**docker_settings(image, instance), **overrides})
+        started.append(ctl)
+        return ctl
 
     try:
         yield Platform(
@@ -87,6 +90,8 @@ async def platform(
             lambda pod: docker("kill", pod) and None,
         )
     finally:
+        for ctl in started:  # first, or a controller still running refills the pool
+            await ctl.stop()
         remove_all(instance)
 
 
