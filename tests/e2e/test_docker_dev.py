@@ -52,27 +52,24 @@ async def test_the_proxy_reaches_containers_and_a_killed_controller_adopts_them(
             "SANDBOX_DOCKER_PUBLISH": "true",
             "SANDBOX_DOCKER_CPUS": "0.5",
             "SANDBOX_DOCKER_MEMORY": "256Mi",
-            "SANDBOX_PREWARM_POOL_SIZE": "2",
+            "SANDBOX_PREWARM_POOL_SIZE": "1",
         }
     )
     try:
         await dev.start()
-        sessions = []
-        for i in range(2):
-            created = await dev.client.post(
-                "/sessions", json={"user_id": "u", "thread_id": f"t{i}"}
-            )
-            assert created.status_code == 201, created.text
-            sessions.append(created.json())
-        assert all(s["state"] == "ready" and s["pod"] in containers(instance) for s in sessions)
-        await round_trips(sessions[0]["connect"]["url"], sessions[0]["connect"]["token"])
+        created = await dev.client.post("/sessions", json={"user_id": "u", "thread_id": "t"})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        assert session["state"] == "ready" and session["pod"] in containers(instance)
+        connect = session["connect"]
+        await round_trips(connect["url"], connect["token"])
 
         async def warm() -> bool:
-            return int((await dev.pool())["pods"]["idle"]) >= 2
+            return int((await dev.pool())["pods"]["idle"]) >= 1
 
         await eventually(warm, within=60, what="the warm pool refilled")
         before = containers(instance)
-        assert len(before) == 4
+        assert len(before) == 2  # the session's and a warm one
 
         assert dev.proc is not None
         dev.proc.send_signal(signal.SIGKILL)
@@ -80,14 +77,13 @@ async def test_the_proxy_reaches_containers_and_a_killed_controller_adopts_them(
         assert containers(instance) == before, "containers outlive the controller"
 
         await dev.start()  # same database: the new controller finds what the last left
-        for s in sessions:
-            got = (await dev.client.get(f"/sessions/{s['id']}")).json()
-            assert (got["state"], got["pod"]) == ("ready", s["pod"]), got
+        got = (await dev.client.get(f"/sessions/{session['id']}")).json()
+        assert (got["state"], got["pod"]) == ("ready", session["pod"]), got
         await eventually(warm, within=60, what="the warm pool adopted")
         pool = await dev.pool()
-        assert pool["pods"] == {"pending": 0, "idle": 2, "assigned": 2, "terminating": 0}
+        assert pool["pods"] == {"pending": 0, "idle": 1, "assigned": 1, "terminating": 0}
         assert containers(instance) == before, "every healthy container adopted, none new"
-        await round_trips(sessions[1]["connect"]["url"], sessions[1]["connect"]["token"])
+        await round_trips(connect["url"], connect["token"])
 
         dev.proc.send_signal(signal.SIGTERM)  # dev removes what it ran, as with processes
         assert dev.proc.wait(timeout=30) == 0
