@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sandbox_controller.backends.base import LABEL_INSTANCE
-from sandbox_controller.backends.docker import bridge_name
+from sandbox_controller.backends.docker_spec import bridge_name
 from sandbox_controller.config import DockerOptions
 
 REPO = Path(__file__).resolve().parent.parent

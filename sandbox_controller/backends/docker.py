@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -33,8 +32,6 @@ import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import aiodocker
@@ -62,12 +59,14 @@ from .base import (
 from .docker_spec import (
     Host,
     Obj,
-    Observed,
+    SandboxContainer,
     base_labels,
+    bridge_name,
     container_spec,
     label_filters,
     observe,
     template_hash,
+    timestamp,
 )
 
 log = logging.getLogger(__name__)
@@ -86,59 +85,6 @@ _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 def _pod_name() -> str:
     return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(8))
-
-
-def bridge_name(network: str) -> str:
-    """The Linux bridge of the sandbox network, named so that the egress guard
-    (deploy/docker/egress-guard.sh) finds it; at most 15 characters."""
-    return "sbx-" + hashlib.sha256(network.encode()).hexdigest()[:10]
-
-
-@dataclass
-class _Container:
-    name: str
-    id: str
-    created_at: float
-    labels: dict[str, str]
-    memory: int
-    observed: Observed | None = None
-    start_requested: bool = False
-    ready: bool = False
-    failure: str | None = None
-    unschedulable: bool = False
-    detail: str | None = "starting"
-    deleting: bool = False
-    probing: bool = False
-    last: PodStatus | None = field(default=None, repr=False)
-
-    @property
-    def holds_memory(self) -> bool:
-        observed = self.observed
-        if observed is not None and observed.state in ("exited", "dead"):
-            return False
-        return self.start_requested or (observed is not None and observed.holds_memory)
-
-    @property
-    def address(self) -> str | None:
-        return self.observed.address if self.observed else None
-
-    def status(self) -> PodStatus:
-        if self.failure is not None:
-            phase, detail = PodPhase.FAILED, self.failure
-        elif self.ready:
-            phase, detail = PodPhase.READY, None
-        else:
-            phase, detail = PodPhase.PENDING, self.detail
-        return PodStatus(
-            self.name,
-            phase,
-            dict(self.labels),
-            self.created_at,
-            self.address,
-            detail,
-            unschedulable=self.unschedulable and not self.deleting,
-            terminating=self.deleting,
-        )
 
 
 class DockerBackend:
@@ -168,7 +114,7 @@ class DockerBackend:
         self.backoff = Backoff(options.retry_base, options.retry_cap)
         self._owns_docker = False
         self._filters = label_filters(options)
-        self._containers: dict[str, _Container] = {}
+        self._containers: dict[str, SandboxContainer] = {}
         self._waiting: list[str] = []  # created, not started for want of room; oldest first
         self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
         self._following = False
@@ -302,7 +248,9 @@ class DockerBackend:
             name, container_id = await self._create(all_labels)
             entry = self._containers.get(name)
             if entry is None:  # else the event stream saw it first
-                entry = _Container(name, container_id, time.time(), all_labels, self.options.memory)
+                entry = SandboxContainer(
+                    name, container_id, time.time(), all_labels, self.options.memory
+                )
                 self._containers[name] = entry
             async with self._admit:
                 try:
@@ -385,7 +333,7 @@ class DockerBackend:
         holding = [c for c in self._containers.values() if c.holds_memory]
         return sum(c.memory for c in holding), len(holding)
 
-    async def _try_start(self, entry: _Container) -> bool:
+    async def _try_start(self, entry: SandboxContainer) -> bool:
         """Start the container if the host holds it; False if it must wait for room.
         Called with the admission lock held, so two starts never share the last room."""
         held, running = self._held()
@@ -406,7 +354,7 @@ class DockerBackend:
             await self._refresh(entry.name)  # else the event stream brings it
         return True
 
-    def _wait_for_room(self, entry: _Container, *, held_back: bool = False) -> None:
+    def _wait_for_room(self, entry: SandboxContainer, *, held_back: bool = False) -> None:
         """Queue a created container to start later. Unschedulable only if the host has
         no room for it: one held back by the lease, or queued behind others that wait
         for the lease, is merely late."""
@@ -459,7 +407,7 @@ class DockerBackend:
 
     # -- the cache ---------------------------------------------------------------------
 
-    def _emit(self, entry: _Container) -> None:
+    def _emit(self, entry: SandboxContainer) -> None:
         status = entry.status()
         if self._following and status != entry.last:
             entry.last = status
@@ -492,10 +440,10 @@ class DockerBackend:
         entry = self._containers.get(name)
         if entry is None:
             config: Obj = info.get("Config") or {}
-            entry = _Container(
+            entry = SandboxContainer(
                 name,
                 str(info["Id"]),
-                _timestamp(str(info.get("Created") or "")),
+                timestamp(str(info.get("Created") or "")),
                 dict(config.get("Labels") or {}),
                 int((info.get("HostConfig") or {}).get("Memory") or 0),
             )
@@ -519,7 +467,7 @@ class DockerBackend:
         if was_holding and not entry.holds_memory:
             self._room_freed()
 
-    async def _probe(self, entry: _Container) -> None:
+    async def _probe(self, entry: SandboxContainer) -> None:
         """No healthcheck in the image: ready when /healthz on its address answers 200."""
         attempt = 0
         while self._containers.get(entry.name) is entry:
@@ -610,15 +558,3 @@ class DockerBackend:
             self._forget(name)
             return
         await self._refresh(name)
-
-
-def _timestamp(text: str) -> float:
-    """Docker's RFC 3339 times carry nanoseconds, which fromisoformat does not take."""
-    if not text:
-        return time.time()
-    head, _, rest = text.partition(".")
-    fraction = rest.rstrip("Z")[:6]
-    try:
-        return datetime.fromisoformat(f"{head}.{fraction or '0'}+00:00").timestamp()
-    except ValueError:
-        return time.time()

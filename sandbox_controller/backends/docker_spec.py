@@ -1,16 +1,26 @@
 """The Docker backend's pure parts: the container a sandbox runs in, the host's room for
-one more, and a sandbox's status read from ``docker inspect``. No I/O here."""
+one more, a sandbox's status read from ``docker inspect``, and the backend's record of
+each container. No I/O here."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ..config import DockerOptions
-from .base import LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, PodPhase
+from .base import (
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_TEMPLATE_HASH,
+    MANAGED_BY,
+    PodPhase,
+    PodStatus,
+)
 
 Obj = dict[str, Any]
 
@@ -176,3 +186,68 @@ def _address(info: Obj, options: DockerOptions) -> str | None:
     network = (settings.get("Networks") or {}).get(options.network) or {}
     ip = network.get("IPAddress")
     return f"{ip}:{POD_PORT}" if ip else None
+
+
+def bridge_name(network: str) -> str:
+    """The Linux bridge of the sandbox network, named so that the egress guard
+    (deploy/docker/egress-guard.sh) finds it; at most 15 characters."""
+    return "sbx-" + hashlib.sha256(network.encode()).hexdigest()[:10]
+
+
+@dataclass
+class SandboxContainer:
+    name: str
+    id: str
+    created_at: float
+    labels: dict[str, str]
+    memory: int
+    observed: Observed | None = None
+    start_requested: bool = False
+    ready: bool = False
+    failure: str | None = None
+    unschedulable: bool = False
+    detail: str | None = "starting"
+    deleting: bool = False
+    probing: bool = False
+    last: PodStatus | None = field(default=None, repr=False)
+
+    @property
+    def holds_memory(self) -> bool:
+        observed = self.observed
+        if observed is not None and observed.state in ("exited", "dead"):
+            return False
+        return self.start_requested or (observed is not None and observed.holds_memory)
+
+    @property
+    def address(self) -> str | None:
+        return self.observed.address if self.observed else None
+
+    def status(self) -> PodStatus:
+        if self.failure is not None:
+            phase, detail = PodPhase.FAILED, self.failure
+        elif self.ready:
+            phase, detail = PodPhase.READY, None
+        else:
+            phase, detail = PodPhase.PENDING, self.detail
+        return PodStatus(
+            self.name,
+            phase,
+            dict(self.labels),
+            self.created_at,
+            self.address,
+            detail,
+            unschedulable=self.unschedulable and not self.deleting,
+            terminating=self.deleting,
+        )
+
+
+def timestamp(text: str) -> float:
+    """Docker's RFC 3339 times carry nanoseconds, which fromisoformat does not take."""
+    if not text:
+        return time.time()
+    head, _, rest = text.partition(".")
+    fraction = rest.rstrip("Z")[:6]
+    try:
+        return datetime.fromisoformat(f"{head}.{fraction or '0'}+00:00").timestamp()
+    except ValueError:
+        return time.time()

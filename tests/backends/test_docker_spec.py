@@ -8,13 +8,14 @@ import subprocess
 import pytest
 
 from sandbox_controller.backends.base import PodPhase
-from sandbox_controller.backends.docker import _timestamp, bridge_name
 from sandbox_controller.backends.docker_spec import (
     GIB,
     Host,
+    bridge_name,
     container_spec,
     observe,
     template_hash,
+    timestamp,
 )
 from sandbox_controller.config import ConfigError, load_settings
 
@@ -78,7 +79,7 @@ def test_what_inspect_says() -> None:
 
 
 def test_docker_times_with_nanoseconds() -> None:
-    assert _timestamp("2026-12-01T04:00:00.123456789Z") == pytest.approx(1796097600.123456)
+    assert timestamp("2026-12-01T04:00:00.123456789Z") == pytest.approx(1796097600.123456)
 
 
 def test_the_guard_names_the_bridge_the_backend_gives_a_network() -> None:
