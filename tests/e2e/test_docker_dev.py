@@ -1,6 +1,8 @@
-"""``sandbox-controller dev`` with SANDBOX_BACKEND=docker, driven from outside: the proxy
-routes HTTP, Server-Sent Events and WebSocket traffic to a sandbox container; a SIGKILLed
-controller, started again, adopts every healthy container and orphans none."""
+"""The whole controller with SANDBOX_BACKEND=docker. ``sandbox-controller dev`` driven from
+outside: the proxy routes HTTP, Server-Sent Events and WebSocket traffic to a sandbox
+container; a SIGKILLed controller, started again, adopts every healthy container and
+orphans none. And a host too small for one more sandbox shows in the API as on
+Kubernetes: ``capacity_blocked`` and the reason in a provisioning session's detail."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from ..dockerhost import containers, new_instance, remove_all, require_docker
+from ..conftest import ControllerFactory
+from ..dockerhost import containers, new_instance, remove_all, require_docker, settings_overrides
 from ..eventually import eventually
 from .test_dev_crash import Dev
 
@@ -93,4 +96,37 @@ async def test_the_proxy_reaches_containers_and_a_killed_controller_adopts_them(
         if dev.proc is not None and dev.proc.poll() is None:
             dev.proc.send_signal(signal.SIGTERM)
             dev.proc.wait(timeout=30)
+        remove_all(instance)
+
+
+async def test_a_full_host_shows_as_capacity_blocked_with_the_reason(
+    start_controller: ControllerFactory,
+) -> None:
+    image = require_docker()
+    instance = new_instance()
+    ctl = await start_controller(
+        **{**settings_overrides(image, instance), "docker_memory": "12Gi", "prewarm_pool_size": 2}
+    )
+    try:
+        await ctl.wait_idle_pods(1)
+
+        async def blocked() -> bool:
+            return bool((await ctl.pool())["capacity_blocked"])
+
+        await eventually(blocked, within=30, what="the second sandbox reported unschedulable")
+        first = (await ctl.open("u1", "t1")).json()
+        assert first["state"] == "ready"
+        second = (await ctl.open("u2", "t2", wait=0)).json()
+        assert second["state"] == "provisioning"
+        assert second["detail"].startswith("0/1 nodes are available: 1 Insufficient memory.")
+
+        await ctl.client.delete(f"/sessions/{first['id']}")  # room frees: it starts
+
+        async def ready() -> bool:
+            got = (await ctl.client.get(f"/sessions/{second['id']}")).json()
+            return bool(got["state"] == "ready")
+
+        await eventually(ready, within=60, what="the waiting sandbox started and ready")
+    finally:
+        await ctl.stop()
         remove_all(instance)
