@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -56,7 +58,8 @@ async def connect(instance: str) -> AsyncIterator[Factory]:
     opened: list[DockerBackend] = []
 
     async def open_backend(**overrides: Any) -> DockerBackend:
-        backend = await DockerBackend.connect(options(image, instance, **overrides))
+        settings = options(overrides.pop("image", image), instance, **overrides)
+        backend = await DockerBackend.connect(settings)
         await backend.start()
         opened.append(backend)
         return backend
@@ -143,6 +146,31 @@ async def test_each_sandbox_gets_its_own_claim_secret(instance: str) -> None:
         assert secret not in str(info["Config"]["Labels"])
     finally:
         await backend.close()
+
+
+HEALTHCHECKED = "agent-sandbox/devsandbox-healthcheck:dev"
+
+
+async def test_an_image_healthcheck_decides_readiness(connect: Factory) -> None:
+    image = require_docker()
+    dockerfile = (
+        f"FROM {image}\n"
+        "HEALTHCHECK --interval=1s --timeout=2s CMD python -c "
+        "\"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz')\"\n"
+    )
+    built = subprocess.run(
+        ["docker", "build", "-q", "-t", HEALTHCHECKED, "-"],
+        input=dockerfile,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert built.returncode == 0, built.stderr
+    backend = await connect(image=HEALTHCHECKED)
+    name = await backend.create_pod({LABEL_STATE: "pool"})
+    await wait_phase(backend, name, PodPhase.READY)
+    # Ready on the daemon's word: the health check had passed by then.
+    assert inspect(name)["State"]["Health"]["Status"] == "healthy"
 
 
 async def test_a_container_killed_from_outside_is_reported_failed(connect: Factory) -> None:
