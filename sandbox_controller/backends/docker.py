@@ -423,8 +423,13 @@ class DockerBackend:
             self._queue.put_nowait(PodEvent(entry.status(), deleted=True))
         self._room_freed()
 
-    async def _refresh(self, name: str) -> None:
-        """Read one container afresh and apply what it says."""
+    async def _refresh(self, name: str, *, probe_first: bool = False) -> None:
+        """Read one container afresh and apply what it says. ``probe_first``: a running
+        container without a healthcheck is asked /healthz once before it is reported,
+        so a listed sandbox that serves is reported ready at once, as a listed pod's
+        Ready condition is. (Reported pending first, it could be reported ready before
+        the scheduler read the list, and the stale "pending" after: the scheduler takes
+        a warm pod that stops being ready for one to delete.)"""
         entry = self._containers.get(name)
         try:
             info = await self.docker.containers.container(entry.id if entry else name).show()
@@ -433,9 +438,20 @@ class DockerBackend:
                 self._forget(name)
                 return
             raise
-        self._apply(info)
+        serving = False
+        if probe_first and (entry is None or not entry.ready):
+            observed = observe(info, self.options)
+            if observed.state == "running" and observed.health is None and observed.address:
+                serving = await self._serves(observed.address)
+        self._apply(info, serving=serving)
 
-    def _apply(self, info: Obj) -> None:
+    async def _serves(self, address: str) -> bool:
+        try:
+            return (await self._http.get(f"http://{address}/healthz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _apply(self, info: Obj, *, serving: bool = False) -> None:
         name = str(info.get("Name") or "").lstrip("/")
         entry = self._containers.get(name)
         if entry is None:
@@ -455,7 +471,7 @@ class DockerBackend:
         phase = observed.phase()
         if phase is PodPhase.FAILED and not entry.deleting and entry.failure is None:
             entry.failure = observed.failure()
-        elif phase is PodPhase.READY:
+        elif phase is PodPhase.READY or serving:
             entry.ready = True
         elif observed.state == "running" and not entry.ready and not entry.probing:
             if observed.health is None:
@@ -477,13 +493,10 @@ class DockerBackend:
             if observed is None or observed.state != "running":
                 entry.probing = False
                 return
-            if entry.address:
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await self._http.get(f"http://{entry.address}/healthz")
-                    if response.status_code == 200:
-                        entry.ready = True
-                        self._emit(entry)
-                        return
+            if entry.address and await self._serves(entry.address):
+                entry.ready = True
+                self._emit(entry)
+                return
             if await sleep_or_stop(self.clock, HEALTH_POLL.delay(attempt), self._closing):
                 return
             attempt += 1
@@ -499,7 +512,7 @@ class DockerBackend:
         for container in found:
             name = str(container["Names"][0]).lstrip("/")
             names.add(name)
-            await self._refresh(name)
+            await self._refresh(name, probe_first=True)
         for name in list(self._containers.keys() - names):
             self._forget(name)
         # Adopted containers that never started wait for room like new ones.

@@ -216,8 +216,9 @@ async def test_a_new_term_adopts_the_containers_of_the_last(
     second = await connect()
     adopted = {p.name: p for p in await second.list_pods()}
     assert adopted.keys() == names
-    for name in names:
-        await wait_phase(second, name, PodPhase.READY)
+    # Ready in the list itself, as a listed pod's Ready condition is: reported pending
+    # first, a warm pod could look to the scheduler as if it had stopped serving.
+    assert {p.phase for p in adopted.values()} == {PodPhase.READY}
 
 
 class SocketRelay:

@@ -39,10 +39,16 @@ class Platform:
 
 
 def _local_pods() -> set[str]:
+    """Sandbox processes this test process started (the controller runs in it): other
+    sessions on the machine run devsandbox processes of their own."""
     names = set()
     for pid in sandbox_processes():
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"--name" in argv:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and b"--name" in argv:
             names.add(argv[argv.index(b"--name") + 1].decode())
     return names
 
