@@ -67,6 +67,8 @@ def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subproc
         "SANDBOX_KUBE_BURST": "5000",
         "SANDBOX_API_TOKEN": TOKEN,
         "SANDBOX_TOKEN_SECRET": "bench-secret",
+        # kubesim runs no workload here (nothing on the pods' port): no claim hook.
+        "SANDBOX_HOOKS": "false",
         "SANDBOX_LOG_LEVEL": "warning",
     }
     return subprocess.Popen(

@@ -115,6 +115,7 @@ class Kubesim:
         node_memory: str,
         startup_delay: float,
         termination_delay: float = 0.05,
+        workload: bool = False,
     ) -> None:
         self.kubeconfig = str(tmp / "kubeconfig")
         self.proc = subprocess.Popen(
@@ -140,6 +141,8 @@ class Kubesim:
                 "400000",
                 "--token",
                 "",
+                # A devsandbox at each pod's address (the claim hook's other end).
+                *(["--workload"] if workload else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -82,6 +82,8 @@ def start_controller(
         "SANDBOX_KUBE_BURST": str(burst),
         "SANDBOX_API_TOKEN": TOKEN,
         "SANDBOX_TOKEN_SECRET": "bench-secret",
+        # kubesim runs no workload here (nothing on the pods' port): no claim hook.
+        "SANDBOX_HOOKS": "false",
         "SANDBOX_HOST": "127.0.0.1",
         "SANDBOX_PORT": str(port),
         "SANDBOX_LOG_LEVEL": "warning",

@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import uvicorn
@@ -45,7 +46,7 @@ from websockets.asyncio.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox_controller.serving import Server, bind  # noqa: E402
+from sandbox_controller.serving import KEEP_ALIVE_SECONDS, Server, bind  # noqa: E402
 from sandbox_controller.tokens import issue_token  # noqa: E402
 
 SECRET = "bench-secret"
@@ -53,6 +54,8 @@ API_TOKEN = "bench-api-token"
 SESSION = "sess-bench"
 DOMAIN = "sandbox.bench"  # subdomain mode: the session's host is sess-bench.sandbox.bench
 CHP = ROOT / ".cache/tools/node_modules/.bin/configurable-http-proxy"
+SUBDOMAIN = "this proxy, subdomain"
+BASELINE = "baseline proxy"  # --baseline: another tree's proxy (path mode), for A/B
 
 WS_ECHO = """
 import asyncio, sys
@@ -107,9 +110,9 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 def spawn_listening(
-    args: list[str], env: dict[str, str] | None = None
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("listening "):
@@ -222,11 +225,23 @@ async def main() -> None:
     ap.add_argument("--websockets", type=int, default=1000)
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/proxy.md")
     ap.add_argument("--only-rss", action="store_true", help="only this proxy's RSS")
+    ap.add_argument(
+        "--baseline", type=Path, help="a git worktree whose proxy runs beside this one (A/B)"
+    )
+    ap.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="only: CPU instructions per request (valgrind callgrind), N requests per proxy",
+    )
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.only_rss:
         await only_rss(args.websockets)
+        return
+    if args.instructions:
+        await instructions(args.instructions, args.baseline)
         return
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
@@ -250,7 +265,8 @@ async def main() -> None:
         # The controller for this proxy (the internal route API, in this process), and
         # this proxy in both modes.
         controller = Controller(http_up)
-        (ours, ours_addr, sub, sub_addr) = await stack.enter_async_context(proxy_pair(controller))
+        ours, _ = await stack.enter_async_context(proxy_pair(controller, args.baseline))
+        ours_addr, sub_addr = ours["this proxy"][1], ours[SUBDOMAIN][1]
         sub_host = f"{SESSION}.{DOMAIN}:{sub_addr.rpartition(':')[2]}"
 
         chp_port, chp_api = free_port(), free_port()
@@ -298,10 +314,13 @@ async def main() -> None:
         http_targets = {
             "direct": (f"http://{http_up}/s/{SESSION}/healthz", {}),
             "this proxy": (f"http://{ours_addr}/s/{SESSION}/healthz", auth),
-            "this proxy, subdomain": (f"http://{sub_addr}/healthz", {**auth, "Host": sub_host}),
+            SUBDOMAIN: (f"http://{sub_addr}/healthz", {**auth, "Host": sub_host}),
             "configurable-http-proxy": (f"http://127.0.0.1:{chp_port}/s/{SESSION}/healthz", {}),
             "nginx": (f"http://127.0.0.1:{nginx_port}/s/{SESSION}/healthz", {}),
         }
+        if args.baseline is not None:
+            base = f"http://{ours[BASELINE][1]}/s/{SESSION}/healthz"
+            http_targets = _after_ours(http_targets, (base, auth))
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in http_targets}
         for url, headers in http_targets.values():  # warm-up (and a fail-fast check)
             await asyncio.to_thread(wrk, url, 1, 4, headers)
@@ -325,16 +344,19 @@ async def main() -> None:
         ws_targets: dict[str, tuple[str, dict[str, str], str | None]] = {
             "direct": (f"ws://{ws_up}/ws", {}, None),
             "this proxy": (f"ws://{ours_addr}/s/{SESSION}/ws", auth, None),
-            "this proxy, subdomain": (f"ws://{sub_host}/ws", auth, sub_addr),
+            SUBDOMAIN: (f"ws://{sub_host}/ws", auth, sub_addr),
             "configurable-http-proxy": (f"ws://127.0.0.1:{chp_port}/s/{SESSION}/ws", {}, None),
             "nginx": (f"ws://127.0.0.1:{nginx_port}/s/{SESSION}/ws", {}, None),
         }
+        if args.baseline is not None:
+            base_ws = f"ws://{ours[BASELINE][1]}/s/{SESSION}/ws"
+            ws_targets = _after_ours(ws_targets, (base_ws, auth, None))
         ws_results: dict[str, list[tuple[float, float]]] = {k: [] for k in ws_targets}
         for _ in range(args.rounds):
             for name, (url, headers, dial) in ws_targets.items():
                 ws_results[name].append(await ws_rtt(url, headers, dial))
         rss: dict[str, tuple[float, float]] = {}
-        for name, proc in (("this proxy", ours), ("this proxy, subdomain", sub)):
+        for name, (proc, _addr) in ours.items():
             url, headers, dial = ws_targets[name]
             rss[name] = await measure_rss(proc, url, headers, args.websockets, dial)
 
@@ -347,10 +369,8 @@ async def main() -> None:
 
 
 @contextlib.asynccontextmanager
-async def proxy_pair(
-    controller: Controller,
-) -> AsyncIterator[tuple[subprocess.Popen[str], str, subprocess.Popen[str], str]]:
-    """The controller's route API in this process, and this proxy in path and subdomain mode."""
+async def controller_api(controller: Controller) -> AsyncIterator[str]:
+    """The controller's internal route API, served in this process; yields its URL."""
     ctl_app = Starlette(
         routes=[
             Route("/internal/routes/{sid}", controller.route),
@@ -358,26 +378,59 @@ async def proxy_pair(
         ]
     )
     ctl_sock = bind("127.0.0.1", 0)
-    ctl = Server(uvicorn.Config(ctl_app, log_level="warning", lifespan="off"))
-    ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
-    env = dict(
-        os.environ,
-        SANDBOX_TOKEN_SECRET=SECRET,
-        SANDBOX_API_TOKEN=API_TOKEN,
-        SANDBOX_CONTROLLER_URL=f"http://127.0.0.1:{ctl_sock.getsockname()[1]}",
-        SANDBOX_LOG_LEVEL="warning",
+    # The real controller's keep-alive (longer than the proxy's client keeps a connection):
+    # uvicorn's default 5 s let a route lookup meet a connection just being closed (a 503).
+    config = uvicorn.Config(
+        ctl_app, log_level="warning", lifespan="off", timeout_keep_alive=KEEP_ALIVE_SECONDS
     )
+    ctl = Server(config)
+    ctl_task = asyncio.create_task(ctl.serve(sockets=[ctl_sock]))
     try:
-        with processes() as procs:
-            ours, ours_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], env)
-            procs.append(ours)
-            sub_env = dict(env, SANDBOX_PROXY_SESSION_DOMAIN=DOMAIN)
-            sub, sub_addr = spawn_listening([sys.executable, "-m", "proxy", "--port", "0"], sub_env)
-            procs.append(sub)
-            yield ours, ours_addr, sub, sub_addr
+        yield f"http://127.0.0.1:{ctl_sock.getsockname()[1]}"
     finally:
         ctl.should_exit = True
         await ctl_task
+
+
+def proxy_env(controller_url: str, root: Path = ROOT, **extra: str) -> dict[str, str]:
+    """Settings for ``python -m proxy``; ``root`` is the tree whose proxy code runs."""
+    return dict(
+        os.environ,
+        PYTHONPATH=str(root),
+        SANDBOX_TOKEN_SECRET=SECRET,
+        SANDBOX_API_TOKEN=API_TOKEN,
+        SANDBOX_CONTROLLER_URL=controller_url,
+        SANDBOX_LOG_LEVEL="warning",
+        **extra,
+    )
+
+
+def spawn_proxy(
+    env: dict[str, str], wrapper: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """``python -m proxy`` from the tree on the env's PYTHONPATH (``-m`` puts the working
+    directory first on sys.path, so it must be that tree too)."""
+    command = [*wrapper, sys.executable, "-m", "proxy", "--port", "0"]
+    return spawn_listening(command, env, cwd=Path(env["PYTHONPATH"]))
+
+
+@contextlib.asynccontextmanager
+async def proxy_pair(
+    controller: Controller, baseline: Path | None = None
+) -> AsyncIterator[tuple[dict[str, tuple[subprocess.Popen[str], str]], str]]:
+    """This proxy in path and subdomain mode (and the baseline tree's in path mode), with
+    the controller's route API in this process. Yields {name: (process, address)} and the
+    controller's URL."""
+    async with controller_api(controller) as url:
+        env = proxy_env(url)
+        with processes() as procs:
+            started: dict[str, tuple[subprocess.Popen[str], str]] = {}
+            if baseline is not None:
+                started[BASELINE] = spawn_proxy(proxy_env(url, baseline))
+            started["this proxy"] = spawn_proxy(env)
+            started[SUBDOMAIN] = spawn_proxy(dict(env, SANDBOX_PROXY_SESSION_DOMAIN=DOMAIN))
+            procs += [proc for proc, _ in started.values()]
+            yield started, url
 
 
 async def measure_rss(
@@ -399,11 +452,12 @@ async def only_rss(count: int) -> None:
     with processes() as procs:
         ws_proc, ws_up = spawn_listening([sys.executable, "-c", WS_ECHO])
         procs.append(ws_proc)
-        async with proxy_pair(Controller(ws_up)) as (ours, ours_addr, sub, sub_addr):
+        async with proxy_pair(Controller(ws_up)) as (ours, _):
+            (ours_proc, ours_addr), (sub_proc, sub_addr) = ours["this proxy"], ours[SUBDOMAIN]
             sub_host = f"{SESSION}.{DOMAIN}:{sub_addr.rpartition(':')[2]}"
             for name, proc, url, dial in (
-                ("this proxy", ours, f"ws://{ours_addr}/s/{SESSION}/ws", None),
-                ("this proxy, subdomain", sub, f"ws://{sub_host}/ws", sub_addr),
+                ("this proxy", ours_proc, f"ws://{ours_addr}/s/{SESSION}/ws", None),
+                (SUBDOMAIN, sub_proc, f"ws://{sub_host}/ws", sub_addr),
             ):
                 idle, loaded = await measure_rss(proc, url, auth, count, dial)
                 print(
@@ -411,6 +465,110 @@ async def only_rss(count: int) -> None:
                     f"open WebSockets ({(loaded - idle) * 1024 / count:.1f} KiB each).",
                     flush=True,
                 )
+
+
+T = TypeVar("T")
+
+
+def _after_ours(targets: dict[str, T], baseline: T) -> dict[str, T]:
+    """``targets`` with the baseline proxy placed right after this proxy."""
+    out: dict[str, T] = {}
+    for name, target in targets.items():
+        out[name] = target
+        if name == "this proxy":
+            out[BASELINE] = baseline
+    return out
+
+
+def get_n(address: str, request: bytes, n: int) -> None:
+    """``n`` requests one after another on one keep-alive connection (blocking: a thread)."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port))) as sock:
+        for _ in range(n):
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            m = re.search(rb"(?i)content-length: (\d+)", head)
+            assert m, head
+            while len(body) < int(m.group(1)):
+                body += sock.recv(65536)
+
+
+async def instructions(n: int, baseline: Path | None) -> None:
+    """Instructions the proxy executes per forwarded request, counted by callgrind: unlike
+    requests/s on a shared machine, this does not move with the neighbours' load.
+
+    Each proxy runs under ``valgrind --tool=callgrind`` with instrumentation off; after a
+    warm-up (route cached, upstream connection pooled) it is switched on for ``n``
+    sequential keep-alive requests, so start-up and shutdown are not counted. What the
+    process does by the clock rather than per request (uvicorn's 0.1 s tick, the route
+    cache's 5 s refresh) would count more the slower valgrind runs, that is the busier
+    the machine; so an idle window is counted too, and its rate per second is taken off
+    the request window's count ("net"; "raw" is without that correction)."""
+    token = issue_token(SECRET.encode(), SESSION, time.time() + 86400)
+    tmp = Path(tempfile.mkdtemp(prefix="proxy-instr-"))
+    with processes() as procs:
+        up_port = free_port()
+        (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+        procs.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "up.conf"), "-g", "daemon off;"]
+            )
+        )
+        wait_port(up_port)
+        trees = {"this proxy": ROOT, **({BASELINE: baseline} if baseline else {})}
+        async with controller_api(Controller(f"127.0.0.1:{up_port}")) as url:
+            for name, root in trees.items():
+                for mode, extra in (
+                    ("path", {}),
+                    ("subdomain", {"SANDBOX_PROXY_SESSION_DOMAIN": DOMAIN}),
+                ):
+                    # Flushes are per interval, not per request: keep them out of the count.
+                    env = proxy_env(url, root, SANDBOX_ACTIVITY_FLUSH_INTERVAL="3600", **extra)
+                    out = tmp / f"callgrind.{len(procs)}"
+                    wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+                    proc, address = spawn_proxy(env, (*wrapper, f"--callgrind-out-file={out}"))
+                    procs.append(proc)
+                    path, host = (
+                        (f"/s/{SESSION}/healthz", address)
+                        if mode == "path"
+                        else ("/healthz", f"{SESSION}.{DOMAIN}:{address.rpartition(':')[2]}")
+                    )
+                    request = (
+                        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Sandbox-Token: {token}\r\n\r\n"
+                    ).encode()
+                    await asyncio.to_thread(get_n, address, request, 200)  # warm-up
+                    control = ["callgrind_control", str(proc.pid)]
+                    subprocess.run([*control, "-i", "on"], check=True, capture_output=True)
+                    started = time.monotonic()
+                    await asyncio.to_thread(get_n, address, request, n)
+                    busy = _dumped(control, out, 1)
+                    busy_seconds = time.monotonic() - started
+                    started = time.monotonic()
+                    await asyncio.sleep(5)
+                    idle = _dumped(control, out, 2) / (time.monotonic() - started)
+                    subprocess.run([*control, "-i", "off"], check=True, capture_output=True)
+                    net = (busy - idle * busy_seconds) / n
+                    print(
+                        f"{name} ({mode} mode): {net:,.0f} instructions per request "
+                        f"(raw {busy / n:,.0f}; {busy_seconds:.0f} s, idle {idle:,.0f}/s)",
+                        flush=True,
+                    )
+                    proc.terminate()
+                    proc.wait(30)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dumped(control: list[str], out: Path, number: int) -> int:
+    """Instructions counted since the last dump: callgrind writes dump ``number`` now."""
+    subprocess.run([*control, "-d"], check=True, capture_output=True)
+    for line in Path(f"{out}.{number}").read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}.{number}")
 
 
 def render(

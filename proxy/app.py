@@ -25,6 +25,7 @@ from .admin import build_admin
 from .auth import (
     SAFE_METHODS,
     Carrier,
+    Verifier,
     authenticate,
     check_origin,
     find_credentials,
@@ -76,7 +77,7 @@ class ProxyApp:
         if not settings.token_secret:
             raise ConfigError("SANDBOX_TOKEN_SECRET: the proxy needs it to verify tokens")
         self.settings = settings
-        self.secret = settings.token_secret.encode()
+        self.verifier = Verifier(settings.token_secret.encode())
         self.clock: Clock = clock or SystemClock()
         self.connect_timeout = connect_timeout
         domain = settings.proxy_session_domain
@@ -225,7 +226,7 @@ class ProxyApp:
         token leaves the address bar, the history and later Referer headers."""
         headers = scope["headers"]
         creds = find_credentials(headers, scope["query_string"])
-        claims = authenticate(self.secret, creds, target.session_id, self.clock.now())
+        claims = authenticate(self.verifier, creds, target.session_id, self.clock.now())
         websocket = scope["type"] == "websocket"
         if creds.token is None and (websocket or scope["method"] not in SAFE_METHODS):
             # Cookie-authenticated: only a header or query token is proof of intent.

@@ -194,7 +194,7 @@ class Exchange:
         return await self._respond(conn, resp, helper, extra_headers)
 
     async def _read_head(self, conn: Connection, head_only: bool) -> Response | None:
-        resp = Response(head_only)
+        resp = conn.response(head_only)
         while not resp.headers_done:
             try:
                 data = await conn.reader.read(65536)

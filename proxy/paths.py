@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from .errors import bad_path
+from .errors import ProxyError, bad_path
 
 PREFIX = b"/s/"
 MAX_SESSION_ID = 253
@@ -44,7 +44,28 @@ def _is_dot_segment(segment: bytes) -> bool:
 _LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
+# The sandbox contract's hooks (claim, status, release) are the controller's alone: a
+# session's page or its user reaching them through the proxy is refused as if absent.
+HOOKS_SEGMENT = b"_sandbox"
+
+
+def _upstream(tail: bytes) -> bytes:
+    """The upstream path, unless it reaches the hooks under /_sandbox/: its first
+    non-empty segment, however percent-encoded and in any case, is refused (404)."""
+    segment = tail.lstrip(b"/").split(b"/", 1)[0]
+    for _ in range(3):
+        decoded = unquote_to_bytes(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    if segment.lower() == HOOKS_SEGMENT:
+        raise ProxyError(404, "not_found", "/_sandbox/ is the controller's, not proxied")
+    return tail
+
+
 def _refuse_dot_segments(raw_path: bytes) -> None:
+    if b"." not in raw_path and b"%" not in raw_path:
+        return  # most paths: no segment can be a dot segment, so none is looked at
     for segment in raw_path.split(b"/"):
         if _is_dot_segment(segment):
             raise bad_path("dot segments are not allowed in sandbox paths")
@@ -60,7 +81,7 @@ def host_target(host: bytes, domain: bytes, raw_path: bytes) -> Target | None:
     if not _LABEL.fullmatch(label):
         return None
     _refuse_dot_segments(raw_path)
-    return Target(label.decode("ascii"), raw_path or b"/")
+    return Target(label.decode("ascii"), _upstream(raw_path or b"/"))
 
 
 def parse_target(raw_path: bytes) -> Target | None:
@@ -82,4 +103,4 @@ def parse_target(raw_path: bytes) -> Target | None:
         or not session_id.isprintable()
     ):
         raise bad_path("malformed session id")
-    return Target(session_id, tail)
+    return Target(session_id, _upstream(tail))

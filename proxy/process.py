@@ -18,6 +18,7 @@ from sandbox_controller.config import Settings
 from sandbox_controller.serving import EdgeLimits, Listener, bind
 
 from .app import ProxyApp
+from .websocket import ClientWebSocket
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ProxyProcess:
             sock,
             limits=EdgeLimits.of(self.settings),
             drain_timeout=self.drain_timeout,
-            ws="websockets-sansio",
+            ws=ClientWebSocket,  # uvicorn's websockets-sansio, with refusals logged right
             ws_per_message_deflate=False,  # a relay passes frames on; it does not recompress
             log_level=self.settings.log_level.lower(),
             proxy_headers=False,  # X-Forwarded-For is built from the real peer

@@ -33,12 +33,23 @@ class DialTimeout(UpstreamError):
 
 
 class Connection:
-    __slots__ = ("address", "reader", "writer")
+    __slots__ = ("_response", "address", "reader", "writer")
 
     def __init__(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.address = address
         self.reader = reader
         self.writer = writer
+        self._response: Response | None = None
+
+    def response(self, head_only: bool) -> Response:
+        """The parser state for the next response on this connection. One per connection,
+        reused: a parser per response was a parser and a reference cycle (parser and
+        callbacks) per request. Reuse is safe because a connection goes back to the pool
+        only after a complete, keep-alive response, when llhttp has reset itself."""
+        if self._response is None:
+            self._response = Response(head_only)
+            return self._response
+        return self._response.reset(head_only)
 
     def usable(self) -> bool:
         return not self.reader.at_eof() and not self.writer.is_closing()
@@ -114,6 +125,9 @@ class Response:
 
     def __init__(self, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self.reset(head_only)
+
+    def reset(self, head_only: bool) -> Response:
         self.head_only = head_only  # a HEAD response has no body whatever its headers say
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -121,6 +135,7 @@ class Response:
         self.body: list[bytes] = []
         self.complete = False
         self.keep = False
+        return self
 
     def feed(self, data: bytes) -> None:
         try:

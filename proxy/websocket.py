@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from starlette.types import Scope, Send
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .errors import ProxyError, unreachable, upstream_timeout
 from .forward import HOP_BY_HOP, REQUEST_OWN, connection_tokens
@@ -373,3 +375,16 @@ class Relay:
         self._connections.discard(self)  # uvicorn's count of open connections
         if not self._done.done():  # (cancelled: run() was, and shuts the sides down)
             self._done.set_result(None)
+
+
+class ClientWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, for which a refusal answered with an HTTP
+    status ends the handshake. uvicorn counts a handshake as over only once accepted or
+    once the connection is lost; under uvloop the loss comes a loop turn after the app
+    has returned, so every refused upgrade was logged as an ERROR ("returned without
+    completing handshake") although the client had its 401 or 403."""
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -43,6 +43,16 @@ class Connect:
 
 
 @dataclass(frozen=True)
+class EndDetail:
+    """Why a session ended when it did: its last activity, where that came from, and
+    the sandbox's answer when it was asked whether it was busy (else None)."""
+
+    last_active_at: str | None
+    activity_source: str | None  # handover | proxy | touch | busy
+    busy_answer: str | None
+
+
+@dataclass(frozen=True)
 class Session:
     id: str
     user_id: str
@@ -56,6 +66,10 @@ class Session:
     connect: Connect | None  # None once ended
     reclaimed_session_id: str | None
     detail: str | None  # why a provisioning session is not ready yet
+    metadata: Mapping[str, str] = field(default_factory=dict)  # as given at open
+    activity_source: str | None = None  # of the last activity: handover|proxy|touch|busy
+    activity_detail: str | None = None  # what it said (a busy sandbox's detail)
+    end_detail: EndDetail | None = None  # once ended
 
     @property
     def ready(self) -> bool:
@@ -64,6 +78,8 @@ class Session:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Session:
         connect = body.get("connect")
+        activity = body.get("last_activity") or {}
+        ended = body.get("end_detail")
         return cls(
             id=body["id"],
             user_id=body["user_id"],
@@ -77,6 +93,14 @@ class Session:
             connect=Connect(connect["url"], connect["token"]) if connect else None,
             reclaimed_session_id=body.get("reclaimed_session_id"),
             detail=body.get("detail"),
+            metadata=body.get("metadata") or {},
+            activity_source=activity.get("source"),
+            activity_detail=activity.get("detail"),
+            end_detail=EndDetail(
+                ended.get("last_active_at"), ended.get("activity_source"), ended.get("busy_answer")
+            )
+            if ended
+            else None,
         )
 
 
@@ -244,9 +268,16 @@ class AsyncSandboxClient:
         *,
         wait_seconds: float = 30.0,
         ready_within: float | None = None,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Opened:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
-        provisioning; raises the error for the code when it gives up."""
+        provisioning; raises the error for the code when it gives up.
+
+        ``env`` and ``files`` (path -> text) reach the sandbox through its claim hook
+        and are never stored; ``metadata`` is stored and echoed. A thread that already
+        has its session gets it back as it is: they are not delivered again."""
         deadline = time.monotonic() + (self.ready_within if ready_within is None else ready_within)
         attempt = 0
         while True:
@@ -257,6 +288,12 @@ class AsyncSandboxClient:
                 "thread_id": thread_id,
                 "wait_seconds": min(wait_seconds, left),
             }
+            if env:
+                body["env"] = dict(env)
+            if metadata:
+                body["metadata"] = dict(metadata)
+            if files:
+                body["files"] = [{"path": p, "content": c} for p, c in files.items()]
             try:
                 response = await self._call("POST", "/sessions", json=body)
                 break
@@ -352,10 +389,19 @@ class SandboxClient:
         *,
         wait_seconds: float = 30.0,
         ready_within: float | None = None,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Opened:
         return self._run(
             self._async.open_session(
-                user_id, thread_id, wait_seconds=wait_seconds, ready_within=ready_within
+                user_id,
+                thread_id,
+                wait_seconds=wait_seconds,
+                ready_within=ready_within,
+                env=env,
+                metadata=metadata,
+                files=files,
             )
         )
 

@@ -57,7 +57,7 @@ async def make_backend(
         from .backends.kubernetes import KubernetesBackend
 
         backend: Backend = await KubernetesBackend.connect(
-            settings.kube_options(), write_guard=write_guard
+            settings.kube_options(), write_guard=write_guard, claim_key=claim_key
         )
         return backend
     if settings.backend == "docker":
@@ -71,7 +71,12 @@ async def make_backend(
         )
     from .backends.local import LocalBackend
 
-    return LocalBackend(settings.state_dir, stop_on_close=stop_on_close, write_guard=write_guard)
+    return LocalBackend(
+        settings.state_dir,
+        stop_on_close=stop_on_close,
+        write_guard=write_guard,
+        claim_key=claim_key,
+    )
 
 
 class Controller:

@@ -333,11 +333,14 @@ def index_page(state: ContractState) -> str:
     )
 
 
-def build_app(claim_secret: str | None = None, workdir: Path | None = None) -> Starlette:
+def build_app(
+    claim_secret: str | None = None, workdir: Path | None = None, *, hooks: bool = True
+) -> Starlette:
+    """``hooks=False``: a sandbox that implements none of the contract's hooks (404)."""
     state = ContractState(claim_secret=claim_secret, workdir=workdir)
     return Starlette(
         routes=[
-            *contract_routes(state),
+            *(contract_routes(state) if hooks else []),
             Route("/healthz", healthz),
             Route("/echo", Echo(), methods=["POST", "PUT"]),
             Route("/upload", upload, methods=["POST", "PUT"]),
@@ -357,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--name", default="", help="pod name, so the process can be recognised")
     parser.add_argument("--workdir", type=Path, help="where claimed files go (default: a temp dir)")
+    parser.add_argument(
+        "--no-hooks",
+        action="store_true",
+        help="serve none of the /_sandbox/ hooks, like a sandbox image that predates them",
+    )
     args = parser.parse_args(argv)
     # Empty means unset, as for the controller's own secrets.
     claim_secret = os.environ.get("SANDBOX_CLAIM_SECRET") or None
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     config = uvicorn.Config(
-        build_app(claim_secret, args.workdir),
+        build_app(claim_secret, args.workdir, hooks=not args.no_hooks),
         log_level="warning",
         access_log=False,
         lifespan="off",

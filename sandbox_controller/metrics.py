@@ -127,6 +127,15 @@ class ControllerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.status_checks = Counter(
+            "sandbox_status_checks",
+            "Sandbox status hook calls before an idle timeout or a reclaim, by answer "
+            "(busy keeps the session; not_busy and no_answer let it end)",
+            ["answer"],
+            registry=self.registry,
+        )
+        for answer in ("busy", "not_busy", "no_answer"):
+            self.status_checks.labels(answer)
         self.backend_errors = Counter(
             "sandbox_backend_errors",
             "Backend calls that failed, by operation",
@@ -135,6 +144,11 @@ class ControllerMetrics:
         )
         self.store_errors = Counter(
             "sandbox_store_errors", "Store transactions that failed", registry=self.registry
+        )
+        self.claim_hook_failures = Counter(
+            "sandbox_claim_hook_failures",
+            "Claim hooks that failed or timed out (the pod is deleted, another tried)",
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "sandbox_scheduler_batch_commands",
@@ -157,6 +171,12 @@ class ControllerMetrics:
 
     def pod_started(self, seconds: float) -> None:
         self.startup_seconds.observe(seconds)
+
+    def claim_hook_failed(self) -> None:
+        self.claim_hook_failures.inc()
+
+    def status_answered(self, answer: str) -> None:
+        self.status_checks.labels(answer).inc()
 
     def session_ended(self, reason: EndReason) -> None:
         self.sessions_ended.labels(reason.value).inc()

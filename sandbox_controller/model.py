@@ -58,6 +58,9 @@ class Pod:
     delete_retry_at: float | None = None
     # Until when a proxy may route to this pod's address (in memory, not stored).
     route_lease_until: float = 0.0
+    # Its LABEL_CREATE_ID, from which its claim secret derives (in memory, from the
+    # backend's status). None: made by an older version, so no hook calls.
+    create_id: str | None = None
 
 
 class ActivitySource(enum.StrEnum):
@@ -202,6 +205,7 @@ class WaitReason(enum.StrEnum):
     CAP_REACHED = "cap_reached"  # maxTotalJobs pods exist
     POD_STARTING = "pod_starting"
     NO_POD_YET = "no_pod_yet"
+    CLAIMING = "claiming"  # it has its pod; the pod's claim hook has not answered yet
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ _.SandboxClient
 # Fields of the models that document the API's answers in its OpenAPI document
 # (api/schemas.py): the handlers build that JSON by hand.
 _.assigned
+_.last_activity
 # asyncio calls a protocol's flow-control callbacks (proxy/websocket.py's relay sides).
 _.pause_writing
 _.resume_writing
+# uvicorn reads it after the app returns (proxy/websocket.py ClientWebSocket: a refusal
+# answered with an HTTP status ends the handshake).
+_.handshake_complete

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from sandbox_controller.backends.base import Backend
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings, load_settings
 from sandbox_controller.controller import Controller
@@ -107,7 +108,9 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
     """Start controllers over real HTTP; everything they started is stopped afterwards."""
     running: list[tuple[asyncio.Event, asyncio.Task[None], httpx.AsyncClient]] = []
 
-    async def start(*, clock: Clock | None = None, **overrides: Any) -> RunningController:
+    async def start(
+        *, clock: Clock | None = None, backend_object: Backend | None = None, **overrides: Any
+    ) -> RunningController:
         values: dict[str, Any] = {
             "database_url": f"sqlite+aiosqlite:///{tmp_path}/sandbox.db",
             "state_dir": str(tmp_path / "state"),
@@ -119,7 +122,9 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
         }
         values.update(overrides)
         settings = load_settings(**values)
-        process = ControllerProcess(settings, clock=clock, stop_sandboxes_on_exit=True)
+        process = ControllerProcess(
+            settings, clock=clock, backend=backend_object, stop_sandboxes_on_exit=True
+        )
         stop, started = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(serve(process, stop, started.set))
         while not started.is_set():

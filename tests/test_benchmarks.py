@@ -12,6 +12,7 @@ import pytest
     "module",
     [
         "benchmarks.claim_bench",
+        "benchmarks.claim_env_bench",
         "benchmarks.bench_app",
         "benchmarks.proxy_bench",
         "benchmarks.kube_bench",

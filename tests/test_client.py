@@ -22,6 +22,7 @@ import pytest
 from sandbox_controller.client import (
     AsyncSandboxClient,
     CapacityExhaustedError,
+    EndDetail,
     InvalidRequestError,
     NotReadyError,
     SandboxClient,
@@ -132,6 +133,27 @@ async def test_open_gives_a_ready_session_whose_url_answers(
         await client.delete(opened.session.id)
 
 
+async def test_open_configures_the_sandbox_at_claim_time(client: AsyncSandboxClient) -> None:
+    opened = await client.open_session(
+        "cleo",
+        "cleo-thread-1",
+        env={"AGENT_API_KEY": "sk-cleo-secret"},
+        metadata={"workspace": "ws-7"},
+        files={"notes/todo.txt": "ship it\n"},
+    )
+    try:
+        assert opened.session.ready and opened.session.metadata == {"workspace": "ws-7"}
+        connect = opened.session.connect
+        assert connect is not None
+        async with httpx.AsyncClient() as http:
+            page = await http.get(connect.url, headers={"X-Sandbox-Token": connect.token})
+        # The sandbox's index page names what it received (names, never values).
+        assert "AGENT_API_KEY" in page.text and "sk-cleo-secret" not in page.text
+        assert (await client.get(opened.session.id)).metadata == {"workspace": "ws-7"}
+    finally:
+        await client.delete(opened.session.id)
+
+
 async def test_open_waits_through_provisioning(client: AsyncSandboxClient) -> None:
     # wait_seconds=0: the server answers 201 at once, still provisioning (a cold pod);
     # with no time to wait, the client says so.
@@ -176,6 +198,8 @@ async def test_delete_ends_the_session(client: AsyncSandboxClient) -> None:
 
     ended = await client.get(opened.session.id)
     assert ended.state == "ended" and ended.end_reason == "deleted" and ended.connect is None
+    assert ended.activity_source == "touch"  # the touch above was its last activity
+    assert ended.end_detail == EndDetail(ended.last_active_at, "touch", None)
     with pytest.raises(SessionEndedError):
         await client.refresh(opened.session.id)
     with pytest.raises(SessionNotFoundError) as missing:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from proxy import ProxyProcess
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import EdgeLimits, Listener, bind, serve
+from sandbox_controller.serving import EdgeLimits, HeadHeld, Listener, bind, serve
 
 from .conftest import ControllerFactory
 from .eventually import eventually
@@ -215,3 +218,59 @@ async def test_both_servers_answer_a_1mb_head_with_431(start_controller: Control
     finally:
         stop.set()
         await task
+
+
+async def test_a_response_head_waits_for_its_body_but_not_past_the_loop_turn() -> None:
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    out = HeadHeld(transport, loop)
+    try:
+        out.hold_next()
+        out.write(b"head|")
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)  # held back for the body
+        out.write(b"body")
+        assert peer.recv(100) == b"head|body"
+        out.hold_next()
+        out.write(b"head without a body yet")
+        await asyncio.sleep(0)  # one loop turn, and it goes alone
+        assert peer.recv(100) == b"head without a body yet"
+        out.write(b"more")  # only a head is held
+        assert peer.recv(100) == b"more"
+        out.hold_next()
+        out.write(b"last head")
+        out.close()  # what is held goes before the close
+        assert peer.recv(100) == b"last head"
+    finally:
+        transport.close()
+        peer.close()
+
+
+async def test_a_streamed_response_head_is_not_held_for_its_body() -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"late", "more_body": False})
+
+    listener = Listener(app, bind("127.0.0.1", 0), limits=LIMITS, log_level="warning")
+    stop = asyncio.Event()
+    await listener.start()
+    task = asyncio.create_task(listener.run(stop))
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding: chunked" in head
+        release.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10) == (
+            b"4\r\nlate\r\n0\r\n\r\n"
+        )
+    finally:
+        writer.close()
+        stop.set()
+        await task
+        await listener.drain()

@@ -12,11 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
+from ..hooks import ClaimFile, ClaimPayload
 from ..model import Outcome, PoolStatus, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
-from .errors import Unauthorized, install_error_handlers
+from .errors import HooksDisabled, Unauthorized, install_error_handlers
 from .schemas import (
     ID_MAX,
     ID_SCHEMA,
@@ -38,6 +39,9 @@ from .schemas import (
 # Room for the largest valid body: an activity batch of ACTIVITY_BATCH_MAX entries
 # (about 94 bytes each at worst).
 MAX_BODY = 128 * 1024
+# POST /sessions with every claim limit reached (schemas.py): about 310,000 characters,
+# 12 bytes each at worst as JSON (an astral character written as two \u escapes).
+SESSION_BODY_MAX = 4 * 1024 * 1024
 
 
 def create_app(controller: Controller) -> FastAPI:
@@ -47,7 +51,9 @@ def create_app(controller: Controller) -> FastAPI:
     settings = controller.settings
     app = FastAPI(title="agent-sandbox-controller", docs_url=None)
     app.state.controller = ctl
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=MAX_BODY, larger={("POST", "/sessions"): SESSION_BODY_MAX}
+    )
     # Outermost: a control character never reaches routing, validation or the store.
     app.add_middleware(RefuseBadBytes)
     install_error_handlers(app)
@@ -103,8 +109,17 @@ def create_app(controller: Controller) -> FastAPI:
     )
     async def open_session(body: CreateSession) -> Response:
         started = time.perf_counter()
+        if (body.env or body.files) and not settings.hooks:
+            raise HooksDisabled()
+        payload = ClaimPayload(
+            metadata=body.metadata,
+            env=body.env,
+            files=tuple(ClaimFile(f.path, f.content) for f in body.files),
+        )
         try:
-            opened = await leading().open_session(body.user_id, body.thread_id, body.wait_seconds)
+            opened = await leading().open_session(
+                body.user_id, body.thread_id, body.wait_seconds, payload
+            )
         except SandboxError as exc:
             ctl.metrics.requests.labels(exc.outcome.value).inc()
             raise

@@ -9,6 +9,7 @@ read the 413: a server that closes mid-upload leaves it with a connection reset.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,18 +17,26 @@ DRAIN_LIMIT = 32 * 1024 * 1024
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        larger: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # (method, path) -> a limit of its own, for the one body that may be large.
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get((scope["method"], scope["path"]), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._drain(receive)
-            await self._refuse(send)
+            await self._refuse(send, limit)
             return
         messages: list[Message] = []
         size = 0
@@ -37,10 +46,10 @@ class BodySizeLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
+            if size > limit:
                 if message.get("more_body", False):
                     await self._drain(receive)
-                await self._refuse(send)
+                await self._refuse(send, limit)
                 return
             if not message.get("more_body", False):
                 break
@@ -62,12 +71,12 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 return
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = json.dumps(
             {
                 "error": {
                     "code": "body_too_large",
-                    "message": f"request body exceeds {self.max_bytes} bytes",
+                    "message": f"request body exceeds {limit} bytes",
                 }
             }
         ).encode()

@@ -22,6 +22,7 @@ from ..errors import (
     ThreadOwnedByOtherUser,
     UserSessionLimit,
 )
+from .schemas import LIMIT_CODE
 
 # Every 503 says when to come back. A graceful hand-over completes within about a
 # second (a standby polls every 0.5 s); a store outage that outlasts this is met by
@@ -32,6 +33,15 @@ STORE_RETRY_AFTER = 2.0
 
 class Unauthorized(SandboxError):
     """No bearer token, or the wrong one (an API error, not a domain one)."""
+
+
+class HooksDisabled(SandboxError):
+    """env or files asked for with SANDBOX_HOOKS=false: nothing could deliver them."""
+
+
+# Validation errors about a claim's sizes (schemas.py) get a code of their own.
+_SIZE_ERRORS = frozenset({"string_too_long", "too_long", LIMIT_CODE})
+_CLAIM_FIELDS = frozenset({"env", "metadata", "files"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,12 @@ def problem(exc: SandboxError) -> Problem:
             )
         case Unauthorized():
             return Problem(401, "unauthorized", "missing or wrong bearer token")
+        case HooksDisabled():
+            return Problem(
+                422,
+                "hooks_disabled",
+                "env and files need the sandbox hooks, which are off (SANDBOX_HOOKS=false)",
+            )
     return Problem(500, "internal_error", "internal error; see the controller log")
 
 
@@ -125,11 +141,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = []
+        code = "invalid_request"
+        # Words and places only: never an input value (env and files are secrets).
         for err in exc.errors()[:5]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            where = ".".join(loc)
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+            if err.get("type") == LIMIT_CODE or (
+                err.get("type") in _SIZE_ERRORS and loc and loc[0] in _CLAIM_FIELDS
+            ):
+                code = LIMIT_CODE
         message = "; ".join(problems) or "invalid request"
-        return error_response(Problem(422, "invalid_request", message))
+        return error_response(Problem(422, code, message))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

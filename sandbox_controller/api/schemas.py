@@ -7,10 +7,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ..model import (
     ACTIVITY_BATCH_MAX,
+    EndDetail,
     PodState,
     PoolStatus,
     PrewarmPolicy,
@@ -44,12 +53,153 @@ ID_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": ID_MAX, "pattern": ID_
 Id = Annotated[str, Field(json_schema_extra=ID_SCHEMA), AfterValidator(_check_id)]
 
 
+# What a claim may carry (README, "Bring your own sandbox image"). Lengths count
+# characters, as the schema's do. Each total is the sum of its parts' lengths.
+ENV_MAX_KEYS = 64
+ENV_NAME_MAX = 128
+ENV_VALUE_MAX = 8 * 1024
+ENV_TOTAL_MAX = 32 * 1024  # names and values
+METADATA_MAX_KEYS = 32
+METADATA_KEY_MAX = 63
+METADATA_VALUE_MAX = 256
+FILES_MAX = 16
+FILE_PATH_MAX = 255
+FILE_CONTENT_MAX = 64 * 1024
+FILES_TOTAL_MAX = 256 * 1024  # contents
+# The code of a 422 for a payload over one of these limits.
+LIMIT_CODE = "claim_limit_exceeded"
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Stored and shown: printable, as ids are (no C0/C1 control character).
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
+METADATA_PATTERN = rf"^{_PRINTABLE}*$"
+# Secrets, never stored: anything a process's environment or a text file holds, NUL aside.
+SECRET_TEXT_PATTERN = r"^[^\x00]*$"
+# A relative path of printable segments, none of them "..", no empty segment (so no
+# leading, trailing or double "/"). No look-arounds: the schema's regex must be one
+# that every generator and validator reads alike.
+_SEG_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
+_SEG_NOT_DOT = r"[^/.\x00-\x1f\x7f-\x9f]"
+_SEGMENT = rf"(?:{_SEG_CHAR}|{_SEG_NOT_DOT}{_SEG_CHAR}|{_SEG_CHAR}{_SEG_NOT_DOT}|{_SEG_CHAR}{{3,}})"
+FILE_PATH_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
+
+
+def _check_printable(value: str) -> str:
+    if unstorable(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _check_secret_text(value: str) -> str:
+    # A lone surrogate can be written as a JSON escape, but no UTF-8 text holds it.
+    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ValueError("must be text without NUL")
+    return value
+
+
+def _string_map(key: dict[str, Any], value: dict[str, Any]) -> Any:
+    """Pydantic states key patterns as patternProperties, which lets a schema-valid
+    body carry any other key; the API refuses those, so the schema says so."""
+
+    def fix(schema: dict[str, Any]) -> None:
+        schema.pop("patternProperties", None)
+        schema["propertyNames"] = {"type": "string", **key}
+        schema["additionalProperties"] = {"type": "string", **value}
+
+    return fix
+
+
+EnvName = Annotated[
+    str, StringConstraints(min_length=1, max_length=ENV_NAME_MAX, pattern=ENV_NAME_PATTERN)
+]
+EnvValue = Annotated[
+    str,
+    StringConstraints(max_length=ENV_VALUE_MAX, pattern=SECRET_TEXT_PATTERN),
+    AfterValidator(_check_secret_text),
+]
+MetadataKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=METADATA_KEY_MAX, pattern=METADATA_PATTERN),
+    AfterValidator(_check_printable),
+]
+MetadataValue = Annotated[
+    str,
+    StringConstraints(max_length=METADATA_VALUE_MAX, pattern=METADATA_PATTERN),
+    AfterValidator(_check_printable),
+]
+
+
+class ClaimFileBody(BaseModel):
+    """A small text file the sandbox writes under its workspace at claim time."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=FILE_PATH_MAX, pattern=FILE_PATH_PATTERN),
+        AfterValidator(_check_printable),
+    ] = Field(description="relative, no '..' segment")
+    content: Annotated[
+        str,
+        StringConstraints(max_length=FILE_CONTENT_MAX, pattern=SECRET_TEXT_PATTERN),
+        AfterValidator(_check_secret_text),
+    ]
+
+
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Id
     thread_id: Id
     wait_seconds: float = Field(30.0, ge=0, le=120)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=METADATA_MAX_KEYS,
+        description="stored with the session and echoed in it; given to the claim hook",
+        json_schema_extra=_string_map(
+            {"minLength": 1, "maxLength": METADATA_KEY_MAX, "pattern": METADATA_PATTERN},
+            {"maxLength": METADATA_VALUE_MAX, "pattern": METADATA_PATTERN},
+        ),
+    )
+    env: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        max_length=ENV_MAX_KEYS,
+        description=(
+            "secret: given to the sandbox's claim hook once, never stored or logged, "
+            f"not resent on a retry; names and values total at most {ENV_TOTAL_MAX} "
+            "characters"
+        ),
+        json_schema_extra=_string_map(
+            {"minLength": 1, "maxLength": ENV_NAME_MAX, "pattern": ENV_NAME_PATTERN},
+            {"maxLength": ENV_VALUE_MAX, "pattern": SECRET_TEXT_PATTERN},
+        ),
+    )
+    files: list[ClaimFileBody] = Field(
+        default_factory=list,
+        max_length=FILES_MAX,
+        description=(
+            f"secret, as env; contents total at most {FILES_TOTAL_MAX} characters; "
+            "written in order (a later file of the same path wins)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _totals(self) -> CreateSession:
+        env_total = sum(len(k) + len(v) for k, v in self.env.items())
+        if env_total > ENV_TOTAL_MAX:
+            raise PydanticCustomError(
+                LIMIT_CODE,
+                "env: names and values total {total} characters, over {limit}",
+                {"total": env_total, "limit": ENV_TOTAL_MAX},
+            )
+        files_total = sum(len(f.content) for f in self.files)
+        if files_total > FILES_TOTAL_MAX:
+            raise PydanticCustomError(
+                LIMIT_CODE,
+                "files: contents total {total} characters, over {limit}",
+                {"total": files_total, "limit": FILES_TOTAL_MAX},
+            )
+        return self
 
 
 # A proxy's batch: session id -> last activity. Bounded so that the largest valid batch
@@ -83,6 +233,29 @@ class ConnectBody(BaseModel):
     token: str
 
 
+ActivitySourceName = Literal["handover", "proxy", "touch", "busy"]
+
+
+class LastActivity(BaseModel):
+    at: str | None
+    source: ActivitySourceName | None = Field(
+        description="handover of the sandbox, proxy traffic, a touch call, or the "
+        "sandbox's status hook saying it is busy"
+    )
+    detail: str | None = Field(description="what the activity said (a busy sandbox's detail)")
+
+
+class EndDetailBody(BaseModel):
+    """Why an ended session ended when it did."""
+
+    last_active_at: str | None
+    activity_source: ActivitySourceName | None
+    busy_answer: str | None = Field(
+        description="the status hook's answer asked before ending it (idle timeout or "
+        "reclaim), e.g. 'not busy' or 'no answer (timed out)'; null when none was asked"
+    )
+
+
 class SessionBody(BaseModel):
     id: str
     user_id: str
@@ -100,6 +273,9 @@ class SessionBody(BaseModel):
     pod: str | None
     connect: ConnectBody | None
     reclaimed_session_id: str | None
+    metadata: dict[str, str] = Field(description="the caller's metadata, as given at creation")
+    last_activity: LastActivity
+    end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
     detail: str | None = Field(
         None, description="provisioning only: why the sandbox is not ready yet"
     )
@@ -190,6 +366,8 @@ def wait_detail(provisioning: Provisioning | None) -> str | None:
             return "sandbox pod is starting"
         case WaitReason.NO_POD_YET:
             return "waiting for a sandbox pod"
+        case WaitReason.CLAIMING:
+            return "handing the session to its sandbox (claim hook)"
 
 
 def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
@@ -218,6 +396,16 @@ def prewarm_json(status: PoolStatus) -> dict[str, Any]:
     return {"policy": policy.value, "target": size, "reason": "standby: not scheduling"}
 
 
+def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
+    if detail is None:
+        return None
+    return {
+        "last_active_at": iso(detail.last_active_at),
+        "activity_source": detail.activity_source.value if detail.activity_source else None,
+        "busy_answer": detail.busy_answer,
+    }
+
+
 def session_json(
     session: Session,
     *,
@@ -239,6 +427,13 @@ def session_json(
         "pod": session.pod_name,
         "connect": None,
         "reclaimed_session_id": session.reclaimed_session_id,
+        "metadata": dict(session.metadata),
+        "last_activity": {
+            "at": iso(session.last_active_at),
+            "source": session.activity_source.value if session.activity_source else None,
+            "detail": session.activity_detail,
+        },
+        "end_detail": end_detail_json(session.end_detail),
     }
     if session.state is not SessionState.ENDED:
         body["connect"] = {

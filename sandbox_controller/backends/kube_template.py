@@ -88,7 +88,10 @@ def build_pod(
     labels: Mapping[str, str],
     hash_: str,
     owner: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Obj:
+    """A pod to create from the template: our labels, and ``env`` (the claim secret)
+    on each of its containers, replacing any entry of the same name in the template."""
     pod = copy.deepcopy(dict(template))
     meta = pod.setdefault("metadata", {})
     meta.pop("name", None)
@@ -101,4 +104,8 @@ def build_pod(
     }
     if owner is not None:
         meta["ownerReferences"] = [dict(owner)]
+    if env:
+        for container in pod.get("spec", {}).get("containers", []):
+            kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+            container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
     return pod

@@ -34,6 +34,7 @@ from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
 from .base import (
+    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_LEADER,
@@ -43,6 +44,7 @@ from .base import (
     PodEvent,
     PodStatus,
     WriteGuard,
+    claim_secret,
     no_guard,
 )
 from .expectations import CreateExpectations
@@ -154,8 +156,11 @@ class KubernetesBackend:
         *,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
+        claim_key: bytes | None = None,
     ) -> None:
         self.api = api
+        # Each pod's claim secret derives from it and the pod's create id; None: none.
+        self.claim_key = claim_key
         self.core = k8s.CoreV1Api(api)
         self.namespace = resolve_namespace(options.namespace, options.kubeconfig)
         self.template: Obj = load_template(options.template_path)
@@ -183,10 +188,11 @@ class KubernetesBackend:
         *,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
+        claim_key: bytes | None = None,
     ) -> KubernetesBackend:
         """A backend with an API client of its own (closed with the backend)."""
         api = await load_api_client(options.kubeconfig)
-        backend = cls(api, options, clock=clock, write_guard=write_guard)
+        backend = cls(api, options, clock=clock, write_guard=write_guard, claim_key=claim_key)
         backend._owns_api = True
         return backend
 
@@ -297,7 +303,10 @@ class KubernetesBackend:
         # for the pod by it, so a create that did happen never makes a second pod.
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
-        body = build_pod(self.template, labels, self.template_hash, self._owner)
+        env = None
+        if self.claim_key is not None:
+            env = {ENV_CLAIM_SECRET: claim_secret(self.claim_key, create_id)}
+        body = build_pod(self.template, labels, self.template_hash, self._owner, env)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
             # No await from here on: the watch cannot slip in between these lines.

@@ -24,6 +24,7 @@ import signal
 import string
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock, SystemClock
 from .base import (
+    ENV_CLAIM_SECRET,
+    LABEL_CREATE_ID,
     LABEL_MANAGED_BY,
     LABEL_TEMPLATE_HASH,
     MANAGED_BY,
@@ -43,6 +46,7 @@ from .base import (
     PodPhase,
     PodStatus,
     WriteGuard,
+    claim_secret,
     no_guard,
 )
 
@@ -88,8 +92,14 @@ class LocalBackend:
         python: str = sys.executable,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
+        claim_key: bytes | None = None,
+        sandbox_args: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
+        # Each sandbox's claim secret derives from it (base.claim_secret); None: the
+        # sandboxes get none, and their hooks refuse every call.
+        self.claim_key = claim_key
+        self.sandbox_args = sandbox_args  # more devsandbox flags (tests: --no-hooks)
         self.write_guard = write_guard
         self.stop_on_close = stop_on_close
         self.ready_timeout = ready_timeout
@@ -136,11 +146,16 @@ class LocalBackend:
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         self.write_guard()
         name = _pod_name()
+        create_id = uuid.uuid4().hex
         all_labels = {
             **labels,
             LABEL_MANAGED_BY: MANAGED_BY,
             LABEL_TEMPLATE_HASH: self.template_hash,
+            LABEL_CREATE_ID: create_id,
         }
+        env = {k: v for k, v in os.environ.items() if k != ENV_CLAIM_SECRET}
+        if self.claim_key is not None:
+            env[ENV_CLAIM_SECRET] = claim_secret(self.claim_key, create_id)
         log_file = open(self.state_dir / f"{name}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -151,10 +166,12 @@ class LocalBackend:
                 "0",
                 "--name",
                 name,
+                *self.sandbox_args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
+                env=env,
             )
         except OSError as exc:
             raise BackendError(f"cannot start sandbox process: {exc}") from exc

@@ -46,6 +46,20 @@ def pod_requests(pod: Obj) -> tuple[int, int]:
     return cpu, mem
 
 
+# The sandbox contract's claim secret (backends/base.py ENV_CLAIM_SECRET): a workload
+# gets it as the devsandbox process would, from its container's env.
+ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"
+
+
+def _env_value(pod: Obj, name: str) -> str | None:
+    """A plain env value of the pod's first container that sets ``name``."""
+    for container in pod["spec"].get("containers", []):
+        for entry in container.get("env") or []:
+            if entry.get("name") == name and isinstance(entry.get("value"), str):
+                return str(entry["value"])
+    return None
+
+
 def _condition(
     type_: str, status: bool, reason: str | None = None, message: str | None = None
 ) -> Obj:
@@ -304,7 +318,7 @@ class Cluster:
             if pod is None:
                 return
             if self.workload:
-                ip = await self._serve(uid)
+                ip = await self._serve(uid, _env_value(pod, ENV_CLAIM_SECRET))
                 if self._current(ns, name, uid) is None:  # deleted while we bound the port
                     await self._stop_server(uid)
                     return
@@ -356,14 +370,15 @@ class Cluster:
             return ip, sock
         raise OSError(errno.EADDRINUSE, f"port {POD_PORT} taken on {_BIND_ATTEMPTS} addresses")
 
-    async def _serve(self, uid: str) -> str:
+    async def _serve(self, uid: str, claim_secret: str | None) -> str:
         import uvicorn
 
         from ..devsandbox import build_app
 
         ip, sock = self._bind_pod_port()
         config = uvicorn.Config(
-            build_app(),
+            # What the devsandbox process would read from its environment.
+            build_app(claim_secret or None),
             log_level="warning",
             access_log=False,
             lifespan="off",

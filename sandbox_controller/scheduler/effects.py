@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from ..errors import SandboxError
 from ..model import EndReason, Outcome
+from .claiming import ClaimCall
+from .idling import Release, StatusCheck
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,18 @@ class Outbox:
     answers: list[Answer] = field(default_factory=list)
     creates: int = 0
     deletes: list[str] = field(default_factory=list)
+    # The release hook to call before the delete of these pods (those that served).
+    releases: dict[str, Release] = field(default_factory=dict)
+    # Sandboxes to ask whether they are busy before an idle session ends.
+    status_checks: list[StatusCheck] = field(default_factory=list)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     dirty_sessions: set[str] = field(default_factory=set)
     dirty_pods: set[str] = field(default_factory=set)
     forgotten_pods: set[str] = field(default_factory=set)
     startup_seconds: list[float] = field(default_factory=list)
     ended: list[EndReason] = field(default_factory=list)
+    # Claim hook calls to make (claiming.py), claims that failed (a metric), and the
+    # requests whose env and files the loop may now forget.
+    claims: list[ClaimCall] = field(default_factory=list)
+    claim_failures: int = 0
+    payloads_done: list[int] = field(default_factory=list)

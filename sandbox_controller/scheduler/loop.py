@@ -26,11 +26,13 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from ..hooks import SandboxHooks
+from ..hooks import BusyAnswer, ClaimPayload, SandboxHooks
 from ..model import (
+    ActivitySource,
     EndReason,
     Limits,
     Opened,
+    Outcome,
     PoolStatus,
     Route,
     Session,
@@ -38,9 +40,11 @@ from ..model import (
     SessionView,
 )
 from ..store import Batch, Deposed, Fence
+from .claiming import ClaimCall
 from .effects import Answer, Outbox
+from .idling import Release, StatusCheck
 from .pool import ROUTE_LEASE, Pool
-from .ports import LoopObserver, NoObserver, SchedulerStore
+from .ports import LoopObserver, NoObserver, SchedulerStore, StatusAnswer
 from .recovery import restore
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,11 @@ class Scheduler:
         # that moment (after a pause, say): this leader's decisions still, sent when the
         # lease is confirmed again (lease_confirmed), dropped if it is lost (stop).
         self._held: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
+        # The env and files of POST /sessions calls whose claims may still need them,
+        # by request id: in memory only, never in the store or a log (claiming.py).
+        self._payloads: dict[int, ClaimPayload] = {}
+        # Status calls in flight, by session: concurrent opens of one user share them.
+        self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -137,6 +146,7 @@ class Scheduler:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()
         self._held.clear()
+        self._payloads.clear()
         self._fail_queued(NotLeader)  # nobody waits forever on a command never applied
 
     async def _recover(self) -> None:
@@ -144,6 +154,8 @@ class Scheduler:
         backend_pods = await self.backend.list_pods()
         now = self.clock.now()
         pool = Pool(self.limits, self.backend.template_hash)
+        # The rebuilt pool knows of no claim in flight: their env and files are lost.
+        self._payloads.clear()
         restore(pool, sessions, pod_rows, backend_pods, now)
         pool.tick(now)
         self._pool = pool
@@ -178,18 +190,54 @@ class Scheduler:
         self._submit(apply, future)
         return await future
 
-    async def open_session(self, user_id: str, thread_id: str, wait_seconds: float) -> Opened:
+    async def open_session(
+        self,
+        user_id: str,
+        thread_id: str,
+        wait_seconds: float,
+        payload: ClaimPayload | None = None,
+    ) -> Opened:
         """A session for this thread, new or the one it has; refusals are raised
-        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...)."""
+        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...). The
+        payload's metadata is stored with a new session; its env and files go to the
+        sandbox's claim hook only, and are never sent for a thread that has a session."""
         request_id = self._leading_pool().next_request_id()
+        metadata = dict(payload.metadata) if payload else {}
+        await self._ask_before_reclaim(user_id, thread_id)
 
         def apply(pool: Pool, now: float) -> None:
-            pool.open_session(request_id, user_id, thread_id, wait_seconds, now)
+            pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
 
         self._submit(apply)  # applied in a later round, so registering after is safe
+        if payload is not None and (payload.env or payload.files):
+            self._payloads[request_id] = ClaimPayload(env=payload.env, files=payload.files)
         answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
         self._answers[request_id] = answer
-        return await answer
+        try:
+            return await answer
+        finally:
+            if not self.running:
+                self._payloads.pop(request_id, None)
+
+    async def _ask_before_reclaim(self, user_id: str, thread_id: str) -> None:
+        """At the user's limit, ask the sandboxes a reclaim could pick whether they are
+        busy (concurrently, each bounded by hook_timeout), and feed the answers in
+        before the open: a busy one counts as active and is not reclaimed; the pool
+        records the answer of the one it reclaims. Read-only until then, so the open
+        itself stays one synchronous decision (the limit and a single reclaim hold for
+        any number of concurrent opens, as without hooks)."""
+        if self.hooks is None:
+            return
+        checks = self._leading_pool().reclaim_checks(user_id, thread_id, self.clock.now())
+        if not checks:
+            return
+        # Shielded: the calls are shared, and one caller giving up must not cancel them.
+        calls = (asyncio.shield(self._status(c)) for c in checks)
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        for check, answer in zip(checks, answers, strict=True):
+            if isinstance(answer, BaseException):  # cancelled by a stop: none to give
+                answer = BusyAnswer(False, "no answer", answered=False)
+            self._submit(_busy_command(check, answer))
 
     async def end_session(self, session_id: str) -> None:
         """End a session on request (reason ``deleted``); idempotent for ended ones."""
@@ -211,14 +259,14 @@ class Scheduler:
             raise SessionNotFound(session_id)
         if not session.live:
             raise SessionEnded(session_id, session.end_reason)
-        self._submit(lambda pool, now: pool.touch(session_id, now))
+        self._submit(lambda pool, now: pool.touch(session_id, now, ActivitySource.TOUCH))
 
     def record_activity(self, activity: Mapping[str, float]) -> None:
         """A proxy's batch of last-activity times; sessions it does not know are skipped."""
 
         def apply(pool: Pool, now: float) -> None:
             for session_id, at in activity.items():
-                pool.touch(session_id, min(at, now))
+                pool.touch(session_id, min(at, now), ActivitySource.PROXY)
 
         self._submit(apply)
 
@@ -287,7 +335,7 @@ class Scheduler:
             waits: set[asyncio.Future[Any]] = {getter}
             sleeper = None
             if deadline is not None:
-                sleeper = asyncio.ensure_future(self.clock.sleep(deadline - self.clock.now()))
+                sleeper = asyncio.ensure_future(self._sleep_until(deadline))
                 waits.add(sleeper)
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -302,6 +350,11 @@ class Scheduler:
         while len(commands) < MAX_ROUND and not self._queue.empty():
             commands.append(self._queue.get_nowait())
         return commands
+
+    async def _sleep_until(self, when: float) -> None:
+        # The delay is taken when the sleep begins, not when it was asked for: a clock
+        # that moves in between (a test's jump) must not push the wake-up later.
+        await self.clock.sleep(when - self.clock.now())
 
     async def _run(self) -> None:
         commands: list[_Command] = []
@@ -394,22 +447,34 @@ class Scheduler:
             self._pod_rows, self._forgotten_rows = set(), set()
             self._pod_rows_due = float("inf")
         for answer in outbox.answers:
+            if answer.outcome not in (Outcome.WARM, Outcome.COLD):
+                # Refused, or a retry for a thread with a session: nothing to deliver.
+                self._payloads.pop(answer.request_id, None)
             future = self._answers.pop(answer.request_id, None)
             if future is not None and not future.done():
                 _resolve(future, pool, answer)
+        for request_id in outbox.payloads_done:
+            self._payloads.pop(request_id, None)
         self._start_effects(outbox)
 
     def _start_effects(self, outbox: Outbox) -> None:
         for _ in range(outbox.creates):
             self._effects.start(self._create(), "create")
         for name in outbox.deletes:
-            self._effects.start(self._delete(name), f"delete:{name}")
+            release = outbox.releases.get(name)
+            self._effects.start(self._delete(name, release), f"delete:{name}")
+        for check in outbox.status_checks:
+            self._effects.start(self._check_busy(check), f"status:{check.session_id}")
         for name, labels in outbox.labels.items():
             self._effects.start(self._label(name, labels), f"label:{name}")
         for seconds in outbox.startup_seconds:
             self.observer.pod_started(seconds)
         for reason in outbox.ended:
             self.observer.session_ended(reason)
+        for call in outbox.claims:
+            self._effects.start(self._claim(call), f"claim:{call.pod_name}")
+        for _ in range(outbox.claim_failures):
+            self.observer.claim_hook_failed()
 
     async def _recover_after_failure(self) -> None:
         """The pool may now disagree with the store; the store wins. Retry until it
@@ -476,7 +541,9 @@ class Scheduler:
             return
         self._queue.put_nowait(_Command(lambda pool, now: pool.pod_created(name, now)))
 
-    async def _delete(self, name: str) -> None:
+    async def _delete(self, name: str, release: Release | None = None) -> None:
+        if release is not None:
+            await self._release(name, release)  # whatever its answer, the delete follows
         try:
             await self.backend.delete_pod(name)
         except LeaseLost:
@@ -485,6 +552,80 @@ class Scheduler:
             log.warning("deleting pod %s failed: %s", name, exc)
             self.observer.backend_failed("delete")
             self._queue.put_nowait(_Command(lambda pool, now: pool.delete_failed(name, now)))
+
+    async def _claim(self, call: ClaimCall) -> None:
+        """Deliver the session to its pod's claim hook; the answer goes back to the pool
+        as a command. No write guard: a hook call is no Kubernetes write, and the
+        round that decided it committed under this leader's fence."""
+        accepted = True
+        if self.hooks is not None:
+            held = self._payloads.get(call.request_id) if call.request_id is not None else None
+            payload = ClaimPayload(
+                metadata=call.metadata,
+                env=held.env if held else {},
+                files=held.files if held else (),
+            )
+            session = (call.session_id, call.user_id, call.thread_id)
+            result = await self.hooks.claim(call.address, call.create_id, session, payload)
+            accepted = result.ok
+            if not accepted:
+                log.warning(
+                    "claim hook of pod %s failed for session %s: %s; trying another pod",
+                    call.pod_name,
+                    call.session_id,
+                    result.detail,
+                )
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.claim_answered(call.session_id, call.attempt, accepted, now)
+
+        self._queue.put_nowait(_Command(apply))
+
+    # ------------------------------------------------------------ hook effects
+
+    def _status(self, check: StatusCheck) -> asyncio.Task[BusyAnswer]:
+        """The session's status call in flight, or a new one."""
+        task = self._status_calls.get(check.session_id)
+        if task is None:
+            task = self._effects.start(self._ask_status(check), f"status:{check.session_id}")
+            self._status_calls[check.session_id] = task
+            task.add_done_callback(lambda _: self._status_calls.pop(check.session_id, None))
+        return task
+
+    async def _ask_status(self, check: StatusCheck) -> BusyAnswer:
+        assert self.hooks is not None
+        try:
+            # The client's timeout bounds each phase; this bounds the whole call.
+            async with asyncio.timeout(self.hooks.timeout):
+                answer = await self.hooks.status(check.address, check.create_id)
+        except TimeoutError:
+            answer = BusyAnswer(False, "timed out", answered=False)
+        kind: StatusAnswer = "busy" if answer.busy else "not_busy"
+        self.observer.status_answered(kind if answer.answered else "no_answer")
+        return answer
+
+    async def _check_busy(self, check: StatusCheck) -> None:
+        """An idle session's check: its answer goes back to the pool, which waits for
+        it (or for its fallback deadline, should this answer be lost)."""
+        if self.hooks is None:
+            return  # the pool's fallback deadline decides
+        answer = await self._status(check)
+        if self.running:
+            self._queue.put_nowait(_Command(_busy_command(check, answer)))
+
+    async def _release(self, name: str, release: Release) -> None:
+        if self.hooks is None:
+            return
+        try:
+            async with asyncio.timeout(self.hooks.release_timeout):
+                result = await self.hooks.release(
+                    release.address, release.create_id, release.session_id, release.reason
+                )
+        except TimeoutError:
+            log.info("pod %s: release hook timed out; deleting it anyway", name)
+            return
+        if not result.ok:
+            log.info("pod %s: release hook failed (%s); deleting it anyway", name, result.detail)
 
     async def _label(self, name: str, labels: dict[str, str]) -> None:
         try:
@@ -504,6 +645,10 @@ def _event_command(event: PodEvent) -> Callable[[Pool, float], None]:
         return lambda pool, now: pool.pod_gone(name, now)
     status = event.pod
     return lambda pool, now: pool.pod_observed(status, now)
+
+
+def _busy_command(check: StatusCheck, answer: BusyAnswer) -> Callable[[Pool, float], None]:
+    return lambda pool, now: pool.busy_answer(check.session_id, answer, now)
 
 
 def _copy(session: Session) -> Session:

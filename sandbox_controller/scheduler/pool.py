@@ -15,9 +15,19 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
 from ..aiotime import Backoff
-from ..backends.base import LABEL_SESSION, LABEL_STATE, PodPhase, PodStatus, session_label
+from ..backends.base import (
+    LABEL_CREATE_ID,
+    LABEL_SESSION,
+    LABEL_STATE,
+    PodPhase,
+    PodStatus,
+    session_label,
+)
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
+from ..hooks import BusyAnswer
 from ..model import (
+    ActivitySource,
+    EndDetail,
     EndReason,
     Limits,
     Outcome,
@@ -30,8 +40,10 @@ from ..model import (
     SessionState,
     WaitReason,
 )
+from .claiming import CLAIM_MARGIN, Claim, Claims
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
+from .idling import BusyChecks, Release, StatusCheck, hook_target, unanswered
 from .inventory import PodInventory
 from .prewarm import Prewarm
 
@@ -79,6 +91,9 @@ class Pool:
         self.prewarm = Prewarm(limits)
         self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
         self.deadlines = Deadlines()
+        self.claims = Claims()
+        self.busy = BusyChecks(limits)  # status checks asked before idling out (idling.py)
+        self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
         self.outbox = Outbox()
         self._request_ids = itertools.count(1)
 
@@ -139,6 +154,7 @@ class Pool:
 
     def _remove_pod(self, pod: Pod) -> None:
         self.inventory.remove(pod)
+        self._releases.pop(pod.name, None)
         self.outbox.dirty_pods.discard(pod.name)
         self.outbox.forgotten_pods.add(pod.name)
 
@@ -146,6 +162,7 @@ class Pool:
         if pod.state is PodState.TERMINATING:
             return
         self._set_pod_state(pod, PodState.TERMINATING)
+        self._plan_release(pod)
         if pod.route_lease_until > now:
             # A proxy may still use its route to this pod: delete when the lease ends.
             pod.delete_retry_at = pod.route_lease_until
@@ -153,7 +170,25 @@ class Pool:
             return
         pod.delete_retry_at = now + DELETE_RETRY
         self.deadlines.push(pod.delete_retry_at, "pod_delete", pod.name)
-        self.outbox.deletes.append(pod.name)
+        self._send_delete(pod.name)
+
+    def _plan_release(self, pod: Pod) -> None:
+        """A pod that served a session hears of its end before it is deleted (never a
+        pool pod: its delete is not delayed, and it has nothing to flush)."""
+        session = self.sessions.get(pod.session_id or "")
+        target = hook_target(pod)
+        if not self.limits.hooks or session is None or target is None:
+            return
+        reason = session.end_reason
+        if reason is None or reason is EndReason.POD_FAILED:
+            return  # a failed pod would only make the delete wait out the deadline
+        self._releases[pod.name] = Release(session.id, *target, reason.value)
+
+    def _send_delete(self, name: str) -> None:
+        self.outbox.deletes.append(name)
+        release = self._releases.pop(name, None)  # with the first delete only
+        if release is not None:
+            self.outbox.releases[name] = release
 
     def lease_route(self, session_id: str, now: float) -> Pod | None:
         """A proxy asks where a ready session's pod is: the pod, its address now leased
@@ -196,25 +231,46 @@ class Pool:
                 session.created_at + limits.startup_timeout, "session_startup", session.id
             )
 
-    def _assign(self, pod: Pod, session: Session, now: float) -> None:
+    def _lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
+        """Give the pod to the session for good. It is handed over at once, or, when
+        the sandbox hooks are on and the pod can be claimed, once its claim hook has
+        accepted (claim_answered); until then the session stays provisioning."""
         self._set_pod_state(pod, PodState.ASSIGNED)
         pod.session_id = session.id
         session.pod_name = pod.name
-        session.state = SessionState.READY
-        # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
-        session.last_active_at = max(session.last_active_at, now)
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
         self.outbox.labels[pod.name] = {
             LABEL_STATE: "assigned",
             LABEL_SESSION: session_label(session.id),
         }
+        if self.limits.hooks and pod.create_id and pod.address:
+            self._claim(pod, session, now, warm=warm)
+        else:
+            self._hand_over(session, now, Outcome.WARM if warm else Outcome.COLD)
+
+    def _hand_over(self, session: Session, now: float, outcome: Outcome) -> None:
+        session.state = SessionState.READY
+        # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
+        session.last_active_at = max(session.last_active_at, now)
+        session.activity_source, session.activity_detail = ActivitySource.HANDOVER, None
+        self.outbox.dirty_sessions.add(session.id)
         self._watch_session_deadlines(session)
+        if session.reply_deadline is not None:
+            self._answer_session(session, outcome)
+        self._release_payload(session.id)
 
     def open_session(
-        self, request_id: int, user_id: str, thread_id: str, wait_seconds: float, now: float
+        self,
+        request_id: int,
+        user_id: str,
+        thread_id: str,
+        wait_seconds: float,
+        now: float,
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        """A builder opened an agent thread. The answer arrives via the outbox."""
+        """A builder opened an agent thread. The answer arrives via the outbox. A retry
+        for a thread with a live session gets that session; its metadata is not changed."""
         existing_id = self.live_by_thread.get(thread_id)
         if existing_id is not None:
             existing = self.sessions[existing_id]
@@ -236,7 +292,8 @@ class Pool:
                 error = UserSessionLimit(limit, len(live), retry_after)
                 self._refuse(request_id, Outcome.USER_LIMIT, error)
                 return
-            self.end_session(reclaimed.id, EndReason.RECLAIMED, now)
+            answer = self.busy.recent(reclaimed.id, now)  # loop.py asked just before
+            self.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
 
         self.prewarm.arrival(now)
         session = Session(
@@ -248,14 +305,20 @@ class Pool:
             last_active_at=now,
             requests=[request_id],
             reclaimed_session_id=reclaimed.id if reclaimed else None,
+            metadata=dict(metadata or {}),
         )
         self._track_live(session)
+        if self.limits.hooks:
+            self.claims.hold_payload(session.id, request_id)
+        session.reply_deadline = now + wait_seconds
         pod = self.inventory.oldest_fresh_idle()
         if pod is not None:
-            self._assign(pod, session, now)
-            self._answer_session(session, Outcome.WARM)
+            # A claim in flight answers when the hook does (bounded by the claim's own
+            # deadline), not at the reply deadline: it is the warm path still.
+            self._lease(pod, session, now, warm=True)
+            if session.state is SessionState.PROVISIONING:
+                self._watch_session_deadlines(session)
             return
-        session.reply_deadline = now + wait_seconds
         self.waiting[session.id] = None
         self._watch_session_deadlines(session)
         if wait_seconds <= 0:
@@ -264,6 +327,51 @@ class Pool:
             self._deadline("reply", session.id, now)
         else:
             self.deadlines.push(session.reply_deadline, "reply", session.id)
+
+    # ------------------------------------------------------------ claims (claiming.py)
+
+    def _claim(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
+        due = now + self.limits.hook_timeout + CLAIM_MARGIN
+        self.outbox.claims.append(self.claims.start(session, pod, warm, due))
+        self.deadlines.push(due, "claim", session.id)
+
+    def claim_answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
+        """A claim hook answered (or its deadline passed: ``accepted=False``). Late
+        answers, of an attempt already given up or a session already ended, are ignored."""
+        claim = self.claims.finish(session_id, attempt)
+        if claim is None:
+            return
+        session = self.sessions[session_id]  # live: ending a session drops its claim
+        pod = self.pods.get(claim.pod_name)
+        if accepted and pod is not None and pod.state is PodState.ASSIGNED:
+            self._hand_over(session, now, Outcome.WARM if claim.warm else Outcome.COLD)
+        else:
+            self._claim_failed(session, claim, now)
+
+    def _claim_failed(self, session: Session, claim: Claim, now: float) -> None:
+        """That pod goes (it may hold part of the session); the next fresh warm pod is
+        tried, and only when none is left does the session wait for a cold one."""
+        self.outbox.claim_failures += 1
+        session.pod_name = None
+        self.outbox.dirty_sessions.add(session.id)
+        pod = self.pods.get(claim.pod_name)
+        if pod is not None:
+            self._delete_pod(pod, now)
+        pod = self.inventory.oldest_fresh_idle()
+        if pod is not None:
+            self._lease(pod, session, now, warm=claim.warm)
+            return
+        self.waiting[session.id] = None
+        self.waiting.move_to_end(session.id, last=False)  # it was served first once
+        if session.reply_deadline is not None:
+            self.deadlines.push(session.reply_deadline, "reply", session.id)
+            if session.reply_deadline <= now:
+                self._deadline("reply", session.id, now)
+
+    def _release_payload(self, session_id: str) -> None:
+        request_id = self.claims.release_payload(session_id)
+        if request_id is not None:
+            self.outbox.payloads_done.append(request_id)
 
     def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
         """The least recently active idle session among these, if any (never an active one)."""
@@ -281,15 +389,24 @@ class Pool:
         ]
         return max(1.0, min(quiet_at, default=now) - now)
 
-    def end_session(self, session_id: str, reason: EndReason, now: float) -> bool:
-        """End a live session and give its pod back (by deleting it). False if not live."""
+    def end_session(
+        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+    ) -> bool:
+        """End a live session and give its pod back (by deleting it). False if not live.
+        ``asked``: the status hook's answer that let it end (recorded as why)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
         session.state = SessionState.ENDED
         session.end_reason = reason
         session.ended_at = now
+        session.end_detail = EndDetail(
+            session.last_active_at, session.activity_source, asked.describe() if asked else None
+        )
+        self.busy.forget(session_id)
         self._untrack_live(session)
+        self.claims.drop(session.id)  # a claim's late answer is ignored
+        self._release_payload(session.id)
         self.outbox.dirty_sessions.add(session.id)
         self.outbox.ended.append(reason)
         if session.reply_deadline is not None:
@@ -302,14 +419,67 @@ class Pool:
                 self._delete_pod(pod, now)
         return True
 
-    def touch(self, session_id: str, at: float) -> bool:
+    def touch(
+        self, session_id: str, at: float, source: ActivitySource, detail: str | None = None
+    ) -> bool:
+        """Activity on a live session, from ``source``; older news than the latest is
+        dropped (a proxy's batch may arrive after a touch)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
         if at > session.last_active_at:
             session.last_active_at = at
+            session.activity_source, session.activity_detail = source, detail
             self.outbox.dirty_sessions.add(session_id)
         return True
+
+    # ------------------------------------------------------------ busy-aware idling
+
+    def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
+        """Which sandboxes to ask before a new thread of this user is opened: those of
+        its sessions a reclaim could pick, counting those that turn idle while the
+        answers come (so none is reclaimed unasked). Read-only."""
+        live = self.live_by_user.get(user_id, ())
+        if (
+            not self.limits.hooks
+            or thread_id in self.live_by_thread
+            or len(live) < self.limits.max_sessions_per_user
+        ):
+            return []
+        by = now + self.busy.wait
+        checks = []
+        for sid in sorted(live):
+            session = self.sessions[sid]
+            target = hook_target(self.pods.get(session.pod_name or ""))
+            if target is not None and session.is_idle(by, self.limits.reclaim_after):
+                checks.append(StatusCheck(sid, *target))
+        return checks
+
+    def busy_answer(self, session_id: str, answer: BusyAnswer, now: float) -> None:
+        """A sandbox's status answer. Busy counts as activity; otherwise a session whose
+        idle check this was ends now if it is still idle (activity may have come)."""
+        session = self.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY:
+            return
+        if answer.busy:
+            self.touch(session_id, now, ActivitySource.BUSY, answer.detail)
+        if self.busy.answered(session_id, answer, now):
+            self._idle_due(session, answer, now)
+
+    def _idle_due(self, session: Session, answer: BusyAnswer | None, now: float) -> None:
+        """End a session whose idle timeout passed, or watch its next one. With hooks,
+        the first time it is due its sandbox is asked first (``answer`` None)."""
+        due = session.last_active_at + self.limits.idle_timeout
+        if due > now:
+            self.deadlines.push(due, "idle", session.id)  # activity moved it on
+            return
+        target = hook_target(self.pods.get(session.pod_name or ""))
+        if answer is None and self.limits.hooks and target is not None:
+            if session.id not in self.busy.pending:
+                self.deadlines.push(self.busy.start(session.id, now), "busy_check", session.id)
+                self.outbox.status_checks.append(StatusCheck(session.id, *target))
+            return
+        self.end_session(session.id, EndReason.IDLE_TIMEOUT, now, answer)
 
     # ------------------------------------------------------------ answers
 
@@ -347,6 +517,7 @@ class Pool:
         session.requests.clear()
         session.reply_deadline = None
         self._untrack_live(session)
+        self._release_payload(session.id)
         del self.sessions[session.id]
         self.outbox.dirty_sessions.discard(session.id)
 
@@ -383,6 +554,8 @@ class Pool:
             return
         if status.address:
             pod.address = status.address
+        if pod.create_id is None:
+            pod.create_id = status.labels.get(LABEL_CREATE_ID)
         if pod.state is PodState.TERMINATING:
             return
         if status.phase is PodPhase.FAILED or status.terminating:
@@ -404,7 +577,7 @@ class Pool:
         if pod is None:
             return
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+            self._assigned_pod_lost(pod, pod.session_id, now)
         self._remove_pod(pod)
 
     def _stray_pod(self, status: PodStatus, now: float) -> None:
@@ -430,16 +603,22 @@ class Pool:
             return
         self._set_pod_state(pod, PodState.IDLE)
         if self.waiting:
-            session = self.sessions[next(iter(self.waiting))]
-            self._assign(pod, session, now)
-            if session.reply_deadline is not None:
-                self._answer_session(session, Outcome.COLD)
+            self._lease(pod, self.sessions[next(iter(self.waiting))], now, warm=False)
 
     def _pod_lost(self, pod: Pod, now: float) -> None:
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self.end_session(pod.session_id, EndReason.POD_FAILED, now)
+            self._assigned_pod_lost(pod, pod.session_id, now)
         else:
             self._delete_pod(pod, now)
+
+    def _assigned_pod_lost(self, pod: Pod, session_id: str, now: float) -> None:
+        claim = self.claims.get(session_id)
+        if claim is not None and claim.pod_name == pod.name:
+            # Never handed over: the session tries another pod, as on a failed claim.
+            self.claims.drop(session_id)
+            self._claim_failed(self.sessions[session_id], claim, now)
+        else:
+            self.end_session(session_id, EndReason.POD_FAILED, now)
 
     # ------------------------------------------------------------ time
 
@@ -454,26 +633,26 @@ class Pool:
         self.reconcile(now)
 
     def _deadline(self, kind: str, key: str, now: float) -> None:
-        limits = self.limits
         if kind == "reply":
             session = self.sessions.get(key)
             if session is None or session.reply_deadline is None or not session.live:
                 return
+            if key in self.claims:
+                return  # its claim answers, within the claim's own deadline
             if session.reply_deadline > now:
                 self.deadlines.push(session.reply_deadline, "reply", key)
             elif self._covered(key):
                 self._answer_session(session, Outcome.COLD)
             else:
                 self._refuse_capacity(session, now)
-        elif kind == "idle":
+        elif kind in ("idle", "busy_check"):
             session = self.sessions.get(key)
             if session is None or session.state is not SessionState.READY:
                 return
-            due = session.last_active_at + limits.idle_timeout
-            if due <= now:
-                self.end_session(key, EndReason.IDLE_TIMEOUT, now)
-            else:
-                self.deadlines.push(due, "idle", key)  # activity moved it on
+            if kind == "idle":
+                self._idle_due(session, None, now)
+            elif self.busy.expired(key, now):  # the sandbox did not answer in time
+                self._idle_due(session, unanswered(self.busy.wait), now)
         elif kind == "lifetime":
             session = self.sessions.get(key)
             if session is not None and session.live:
@@ -486,6 +665,10 @@ class Pool:
             pod = self.pods.get(key)
             if pod is not None and pod.state is PodState.PENDING:
                 self._delete_pod(pod, now)  # replaced by the refill below
+        elif kind == "claim":
+            claim = self.claims.get(key)
+            if claim is not None and claim.due <= now:
+                self.claim_answered(key, claim.attempt, False, now)  # no answer: failed
         elif kind == "pod_delete":
             pod = self.pods.get(key)
             if (
@@ -496,7 +679,7 @@ class Pool:
             ):
                 pod.delete_retry_at = now + DELETE_RETRY
                 self.deadlines.push(pod.delete_retry_at, "pod_delete", key)
-                self.outbox.deletes.append(key)
+                self._send_delete(key)
 
     def _covered(self, session_id: str) -> bool:
         """Whether this waiting session has a slot (FCFS): a pod on its way will reach
@@ -520,9 +703,7 @@ class Pool:
             pod = self.inventory.oldest_fresh_idle()
             if pod is None:
                 break
-            self._assign(pod, session, now)
-            if session.reply_deadline is not None:
-                self._answer_session(session, Outcome.COLD)
+            self._lease(pod, session, now, warm=False)
 
         limits = self.limits
         target = self._prewarm_target(now)
@@ -561,6 +742,9 @@ class Pool:
         """Take back a live session from the store (at start-up)."""
         self._track_live(session)
         if session.state is SessionState.PROVISIONING:
+            # A claim in flight died with the previous leader (its pod is deleted, see
+            # recovery.py); the session waits for another pod, without env or files.
+            session.pod_name = None
             self.waiting[session.id] = None
         self._watch_session_deadlines(session)
 
@@ -576,6 +760,8 @@ class Pool:
         session = self.sessions.get(session_id)
         if session is None or session.state is not SessionState.PROVISIONING:
             return None
+        if session_id in self.claims:
+            return Provisioning(WaitReason.CLAIMING)
         pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:

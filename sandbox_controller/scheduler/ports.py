@@ -23,6 +23,8 @@ class SchedulerStore(Protocol):
 
 
 BackendOperation = Literal["create", "delete", "label"]
+# What a sandbox's status hook said: busy, not busy, or nothing usable in time.
+StatusAnswer = Literal["busy", "not_busy", "no_answer"]
 
 
 class LoopObserver(Protocol):
@@ -39,6 +41,12 @@ class LoopObserver(Protocol):
 
     def session_ended(self, reason: EndReason) -> None: ...
 
+    def claim_hook_failed(self) -> None:
+        """A claim hook failed or timed out; its pod is deleted, another is tried."""
+
+    def status_answered(self, answer: StatusAnswer) -> None:
+        """A status hook call (before an idle timeout or a reclaim) came back so."""
+
 
 class NoObserver:
     def round_committed(self, commands: int) -> None:
@@ -54,4 +62,10 @@ class NoObserver:
         pass
 
     def session_ended(self, reason: EndReason) -> None:
+        pass
+
+    def claim_hook_failed(self) -> None:
+        pass
+
+    def status_answered(self, answer: StatusAnswer) -> None:
         pass

@@ -19,7 +19,14 @@ must go is deleted only when no proxy can still be routing to it (invariant 6).
 
 from __future__ import annotations
 
-from ..backends.base import LABEL_SESSION, LABEL_STATE, LABEL_TEMPLATE_HASH, PodPhase, PodStatus
+from ..backends.base import (
+    LABEL_CREATE_ID,
+    LABEL_SESSION,
+    LABEL_STATE,
+    LABEL_TEMPLATE_HASH,
+    PodPhase,
+    PodStatus,
+)
 from ..model import EndReason, Pod, PodState, Session, SessionState
 from .pool import ROUTE_LEASE, Pool
 
@@ -42,6 +49,7 @@ def restore(
         created_at = row.created_at if row else status.created_at
         template = row.template_hash if row else status.labels.get(LABEL_TEMPLATE_HASH, "")
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
+        pod.create_id = status.labels.get(LABEL_CREATE_ID)
         if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
             pod.route_lease_until = now + ROUTE_LEASE
         if session is not None and healthy and session.state is SessionState.READY:

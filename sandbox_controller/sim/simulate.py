@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..backends.base import PodPhase, PodStatus
 from ..durations import parse_duration
-from ..model import EndReason, Limits, Outcome, PodState
+from ..model import ActivitySource, EndReason, Limits, Outcome, PodState
 from ..scheduler.pool import Pool
 from .trace import EventKind, TraceEvent
 
@@ -219,7 +219,7 @@ class Simulation:
             if session_id is None:
                 return  # refused, or already ended by the controller
             if event.kind is EventKind.ACTIVITY:
-                pool.touch(session_id, now)
+                pool.touch(session_id, now, ActivitySource.PROXY)
             elif event.value in ("", EndReason.DELETED.value):
                 pool.end_session(session_id, EndReason.DELETED, now)
 

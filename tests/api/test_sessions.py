@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import httpx
 
@@ -120,9 +121,22 @@ async def test_idle_timeout_ends_the_session_and_stops_its_sandbox(
     await ctl.settle()
     assert (await ctl.client.get(f"/sessions/{body['id']}")).json()["state"] == "ready"
     clock.advance(1)
-    await ctl.settle()
-    ended = (await ctl.client.get(f"/sessions/{body['id']}")).json()
-    assert (ended["state"], ended["end_reason"]) == ("ended", "idle_timeout")
+
+    seen: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        seen.update((await ctl.client.get(f"/sessions/{body['id']}")).json())
+        return bool(seen["state"] == "ended")
+
+    # First its sandbox is asked whether it is busy (it is not), then it ends.
+    await eventually(ended, within=15, what="the idle session to end")
+    gone = seen
+    assert gone["end_reason"] == "idle_timeout"
+    assert gone["end_detail"] == {
+        "last_active_at": body["last_active_at"],
+        "activity_source": "handover",
+        "busy_answer": "not busy",
+    }
 
     async def process_gone() -> bool:
         return not sandbox_processes(pod)

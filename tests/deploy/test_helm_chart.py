@@ -349,10 +349,22 @@ def test_network_policy_isolates_sandboxes_by_default(render: Render) -> None:
     }
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     proxy_labels = find(docs, "Deployment", "-proxy")["spec"]["template"]["metadata"]["labels"]
+    controller = find(docs, "Deployment", "-controller")
+    controller_labels = controller["spec"]["template"]["metadata"]["labels"]
+    # The proxy, and the controller for the sandbox hooks: nobody else, on the port only.
     [ingress] = spec["ingress"]
-    [source] = ingress["from"]
-    assert source["podSelector"]["matchLabels"].items() <= proxy_labels.items()
+    [from_proxy, from_controller] = ingress["from"]
+    assert from_proxy.keys() == from_controller.keys() == {"podSelector"}
+    assert from_proxy["podSelector"]["matchLabels"].items() <= proxy_labels.items()
+    assert from_controller["podSelector"]["matchLabels"].items() <= controller_labels.items()
+    assert not from_controller["podSelector"]["matchLabels"].items() <= proxy_labels.items()
     assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # ... and the controller's own policy lets it out to the sandboxes' port.
+    own = find(docs, "NetworkPolicy", "-controller")["spec"]
+    assert {
+        "to": [{"podSelector": spec["podSelector"]}],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    } in own["egress"]
     blocks = [
         peer["ipBlock"]
         for rule in spec["egress"]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from .conftest import Stack, raw_request, token_for
+from proxy.auth import Verifier
+from sandbox_controller.tokens import TokenError, issue_token
+
+from .conftest import SECRET, Stack, raw_request, token_for
 
 
 async def status_of(stack: Stack, path: str, **kw: object) -> int:
@@ -142,3 +146,27 @@ async def test_websocket_upgrades_are_refused_with_http_codes(
         "404 not_found",
     ]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_kept_token_is_still_refused_once_it_expires() -> None:
+    verifier = Verifier(SECRET.encode())
+    now = time.time()
+    token = issue_token(SECRET.encode(), "sess-a", now + 60)
+    assert verifier.verify(token, now).session_id == "sess-a"
+    assert verifier.verify(token, now + 59).session_id == "sess-a"  # kept: no HMAC
+    with pytest.raises(TokenError, match="expired"):
+        verifier.verify(token, now + 60)
+
+
+def test_only_tokens_that_verified_are_kept_and_the_store_is_bounded() -> None:
+    verifier = Verifier(SECRET.encode())
+    now = time.time()
+    forged = issue_token(b"not-the-secret", "sess-a", now + 60)
+    for _ in range(2):  # a refusal is not remembered as anything else
+        with pytest.raises(TokenError, match="signature"):
+            verifier.verify(forged, now)
+    tokens = [issue_token(SECRET.encode(), f"s{i}", now + 60) for i in range(Verifier.MAX_KEPT + 5)]
+    for token in tokens:
+        verifier.verify(token, now)
+    assert len(verifier._valid) <= Verifier.MAX_KEPT
+    assert verifier.verify(tokens[0], now).session_id == "s0"  # verified afresh

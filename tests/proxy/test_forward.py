@@ -163,6 +163,19 @@ async def test_head_and_keep_alive_reuse(stack: Stack) -> None:
     assert len(set(stack.sandbox.clients[1:])) == 1
 
 
+async def test_one_pooled_connection_parses_responses_of_every_shape_in_turn(
+    stack: Stack,
+) -> None:
+    # The response parser is kept per upstream connection: each answer must start clean.
+    headers = {"x-sandbox-token": stack.session()}
+    for size in (5, 200_000, 0, 7):
+        resp = await stack.client.get(stack.base + f"/s/sess-a/blob?size={size}", headers=headers)
+        assert resp.content == b"x" * size
+        resp = await stack.client.get(stack.base + "/s/sess-a/headers", headers=headers)
+        assert resp.status_code == 200 and "path: /headers" in resp.text
+    assert len(set(stack.sandbox.clients)) == 1
+
+
 async def test_controller_unavailable_is_503(stack: Stack) -> None:
     token = stack.session()
     stack.controller.sessions["sess-a"]["state"] = "weird"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import string
 from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import connect
 
-from sandbox_controller.serving import RedactSecrets, redact
+from sandbox_controller.serving import _SECRETS, RedactSecrets, redact
 
 from ..e2e.test_dev_crash import Dev
 from .conftest import token_for
@@ -32,6 +34,23 @@ def test_redact_hides_every_carrier_and_bare_tokens() -> None:
 
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token=%s", (token,), None)
     assert RedactSecrets().filter(record) and record.getMessage() == "token=[redacted]"
+
+
+def test_the_quick_clean_check_never_lets_a_secret_through() -> None:
+    # redact() skips its full pattern on lines without a hint of a secret; on lines built
+    # from secret-like pieces (odd cases and Unicode case folds included) both must agree.
+    def full(text: str) -> str:
+        return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or "") + "[redacted]", text)
+
+    alphabet = string.ascii_letters + string.digits + "._-=?&; /\"'\u212a\u0130\u017f"
+    pieces = ["token=", "TOKEN=", "Bearer ", "bEaReR\t", ".1234567.", "to\u212aen=", "x" * 43]
+    rng = random.Random(11)
+    for _ in range(5000):
+        line = "".join(
+            rng.choice(pieces) if rng.random() < 0.1 else rng.choice(alphabet)
+            for _ in range(rng.randint(0, 80))
+        )
+        assert redact(line) == full(line), line
 
 
 async def test_no_log_line_of_either_server_holds_a_token(tmp_path: Path) -> None:

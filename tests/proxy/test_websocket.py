@@ -4,17 +4,19 @@ socket."""
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+import sys
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from proxy.websocket import FrameScanner
 
 from ..eventually import eventually
-from .conftest import Stack, running_stack
+from .conftest import SECRET, Stack, running_stack
 
 
 async def test_text_binary_and_ping(stack: Stack) -> None:
@@ -181,3 +183,32 @@ async def test_open_websockets_count_toward_the_connection_cap() -> None:
             await ws.send("still")
             assert await asyncio.wait_for(ws.recv(), 5) == "still"
             await ws.close()
+
+
+async def test_a_refused_upgrade_is_one_info_line_and_no_error() -> None:
+    # In a process of its own, on uvloop as in production: there the connection is lost
+    # after the app has returned, which uvicorn took for a handshake left unanswered.
+    env = dict(
+        os.environ,
+        SANDBOX_TOKEN_SECRET=SECRET,
+        SANDBOX_CONTROLLER_URL="http://127.0.0.1:9",  # never asked: auth fails first
+        SANDBOX_LOG_LEVEL="info",
+    )
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "--port", "0", env=env, stdout=pipe, stderr=pipe
+    )
+    try:
+        assert proc.stdout is not None
+        address = (await asyncio.wait_for(proc.stdout.readline(), 20)).split()[1].decode()
+        for _ in range(3):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(f"ws://{address}/s/sess-a/ws"):
+                    pass
+            assert info.value.response.status_code == 401
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    log = err.decode()
+    assert log.count("refused a WebSocket upgrade for session sess-a: 401") == 3, log
+    assert " ERROR " not in log and " WARNING " not in log, log

@@ -126,6 +126,8 @@ class RecordingObserver:
         self.backend_failures: list[str] = []
         self.started: list[float] = []
         self.ended: list[EndReason] = []
+        self.claim_failures = 0
+        self.status_answers: list[str] = []
 
     def round_committed(self, commands: int) -> None:
         self.rounds.append(commands)
@@ -141,3 +143,9 @@ class RecordingObserver:
 
     def session_ended(self, reason: EndReason) -> None:
         self.ended.append(reason)
+
+    def claim_hook_failed(self) -> None:
+        self.claim_failures += 1
+
+    def status_answered(self, answer: str) -> None:
+        self.status_answers.append(answer)

@@ -7,10 +7,12 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
+from sandbox_controller.scheduler.claiming import ClaimCall
 from sandbox_controller.scheduler.effects import Answer
+from sandbox_controller.scheduler.idling import Release, StatusCheck
 from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"
@@ -18,18 +20,27 @@ TEMPLATE = "tmpl-1"
 
 def limits_with(**overrides: Any) -> Limits:
     """The operator defaults (Settings' own, not the environment's), with no activity
-    lag unless a test asks for one, and ``overrides``."""
-    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0)
+    lag and no sandbox hooks unless a test asks for them, and ``overrides``."""
+    defaults = replace(Settings.model_construct().limits(), activity_lag=0.0, hooks=False)
     return replace(defaults, **overrides)
 
 
 class Harness:
-    def __init__(self, limits: Limits | None = None, now: float = 1000.0) -> None:
+    def __init__(
+        self, limits: Limits | None = None, now: float = 1000.0, *, accept_claims: bool = False
+    ) -> None:
         self.now = now
+        # Every sandbox's claim hook accepts at once (for tests about what comes after).
+        self.accept_claims = accept_claims
         self.pool = Pool(limits or limits_with(), TEMPLATE)
         self.answers: dict[int, Answer] = {}
         self.deleted: list[str] = []
         self.created: list[str] = []
+        self.claims: list[ClaimCall] = []  # claim hook calls asked for, in order
+        self.payloads_done: list[int] = []
+        self.claim_failures = 0
+        self.status_checks: list[StatusCheck] = []  # asked for, in order
+        self.releases: dict[str, Release] = {}  # pod -> the release sent with its delete
         self._names = itertools.count(1)
 
     # -- time and effects
@@ -47,7 +58,17 @@ class Harness:
         for answer in out.answers:
             self.answers[answer.request_id] = answer
         self.deleted.extend(out.deletes)
+        self.claims.extend(out.claims)
+        self.payloads_done.extend(out.payloads_done)
+        self.claim_failures += out.claim_failures
+        self.status_checks.extend(out.status_checks)
+        self.releases.update(out.releases)
         self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
+        if self.accept_claims and out.claims:
+            for call in out.claims:
+                self.pool.claim_answered(call.session_id, call.attempt, True, self.now)
+            self.pool.tick(self.now)
+            self.drain()
 
     def complete_creates(self) -> list[str]:
         """The platform answers every create call sent so far."""
@@ -61,11 +82,12 @@ class Harness:
         self.tick()
         return names
 
-    def ready(self, *names: str) -> None:
+    def ready(self, *names: str, claimable: bool = False) -> None:
+        """Pods turn ready; ``claimable`` ones carry a create id (hook calls)."""
         for name in names:
-            self.pool.pod_observed(
-                PodStatus(name, PodPhase.READY, address=f"127.0.0.1:{9000 + len(name)}"), self.now
-            )
+            labels = {LABEL_CREATE_ID: f"cid-{name}"} if claimable else {}
+            address = f"127.0.0.1:{9000 + len(name)}"
+            self.pool.pod_observed(PodStatus(name, PodPhase.READY, labels, 0.0, address), self.now)
         self.tick()
 
     def fail(self, name: str) -> None:
@@ -83,14 +105,14 @@ class Harness:
         self.deleted.clear()
         self.tick()
 
-    def fill_pool(self) -> None:
+    def fill_pool(self, *, claimable: bool = False) -> None:
         """Create and ready pods until nothing more is asked for."""
         for _ in range(100):
             names = self.complete_creates()
             pending = [n for n, p in self.pool.pods.items() if p.state is PodState.PENDING]
             if not names and not pending:
                 return
-            self.ready(*pending)
+            self.ready(*pending, claimable=claimable)
         raise AssertionError("pool never settled")
 
     # -- requests
@@ -100,6 +122,10 @@ class Harness:
         self.pool.open_session(rid, user, thread, wait, self.now)
         self.tick()
         return rid
+
+    def answer_claim(self, call: ClaimCall, accepted: bool = True) -> None:
+        self.pool.claim_answered(call.session_id, call.attempt, accepted, self.now)
+        self.tick()
 
     def answer(self, rid: int) -> Answer | None:
         return self.answers.get(rid)

@@ -6,6 +6,7 @@ import pytest
 
 from sandbox_controller.errors import UserSessionLimit
 from sandbox_controller.model import (
+    ActivitySource,
     EndReason,
     Outcome,
     PodState,
@@ -105,9 +106,9 @@ def test_reclaim_takes_the_least_recently_active_idle_session_then_the_oldest() 
     # least recently active is not the oldest created, and three share one time.
     h.advance(10)
     for sid in (sids[0], sids[2], sids[3]):
-        h.pool.touch(sid, h.now)
+        h.pool.touch(sid, h.now, ActivitySource.TOUCH)
     h.advance(400)  # all four are idle now ...
-    h.pool.touch(sids[4], h.now)  # ... and sids[4] is busy again
+    h.pool.touch(sids[4], h.now, ActivitySource.TOUCH)  # ... and sids[4] is busy again
     h.fill_pool()
 
     answer = h.answer(h.open("alice", "t-new"))
@@ -142,7 +143,7 @@ def test_session_ends_after_exactly_idle_timeout_and_activity_pushes_it_back() -
     sid = h.session_of(h.open("carol", "t1"))
     h.advance(8999)
     assert h.state(sid) is SessionState.READY
-    h.pool.touch(sid, h.now)  # activity at t+8999
+    h.pool.touch(sid, h.now, ActivitySource.TOUCH)  # activity at t+8999
     h.advance(1)
     assert h.state(sid) is SessionState.READY
     h.advance(8998)
@@ -160,7 +161,7 @@ def test_max_lifetime_ends_even_a_busy_session() -> None:
     sid = h.session_of(h.open("dan", "t1"))
     for _ in range(59):
         h.advance(60)
-        h.pool.touch(sid, h.now)
+        h.pool.touch(sid, h.now, ActivitySource.TOUCH)
     assert h.state(sid) is SessionState.READY
     h.advance(60)
     assert h.pool.sessions[sid].end_reason is EndReason.MAX_LIFETIME

@@ -11,8 +11,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sandbox_controller.backends.base import LABEL_SESSION, PodPhase, PodStatus
-from sandbox_controller.model import EndReason, PodState, SessionState
+from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
+from sandbox_controller.hooks import BusyAnswer
+from sandbox_controller.model import ActivitySource, EndReason, PodState, SessionState
+from sandbox_controller.scheduler.claiming import ClaimCall
 from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
 from sandbox_controller.scheduler.recovery import restore
 
@@ -49,6 +51,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.leased_until: dict[str, float] = {}  # pod -> the end of its last route lease
         self.names = 0
         self.templates = 0
+        self.claim_calls: list[ClaimCall] = []  # claim hooks asked for, not answered yet
         self.settle()
 
     # -- plumbing
@@ -58,6 +61,7 @@ class PoolMachine(RuleBasedStateMachine):
         out = self.pool.take_outbox()
         self.creates_sent += out.creates
         self.deletes_sent.update(out.deletes)
+        self.claim_calls.extend(out.claims)
         for name in out.deletes:
             assert self.now >= self.leased_until.get(name, 0.0), "invariant 6: leased pod deleted"
         self.check_ends()
@@ -67,9 +71,13 @@ class PoolMachine(RuleBasedStateMachine):
             if session.state is SessionState.ENDED and session.ended_at == self.now:
                 quiet = self.now - session.last_active_at
                 if session.end_reason is EndReason.RECLAIMED:
-                    assert quiet >= LIMITS.idle_after, "invariant 4: an active session reclaimed"
+                    assert quiet >= self.limits.idle_after, "invariant 4: an active one reclaimed"
                 if session.end_reason is EndReason.IDLE_TIMEOUT:
-                    assert quiet >= LIMITS.idle_timeout, "ended before its idle timeout"
+                    assert quiet >= self.limits.idle_timeout, "ended before its idle timeout"
+
+    def ready(self, name: str) -> PodStatus:
+        # Every pod has a create id, so with the hooks on every lease is claimed first.
+        return PodStatus(name, PodPhase.READY, {LABEL_CREATE_ID: name}, address="x:1")
 
     def pods_in(self, *states: PodState) -> list[str]:
         return sorted(n for n, p in self.pool.pods.items() if p.state in states)
@@ -92,7 +100,7 @@ class PoolMachine(RuleBasedStateMachine):
     def touch(self, data: st.DataObject) -> None:
         live = sorted(s.id for s in self.pool.sessions.values() if s.live)
         if live:
-            self.pool.touch(data.draw(st.sampled_from(live)), self.now)
+            self.pool.touch(data.draw(st.sampled_from(live)), self.now, ActivitySource.TOUCH)
             self.settle()
 
     @rule(data=st.data())
@@ -130,7 +138,7 @@ class PoolMachine(RuleBasedStateMachine):
         while self.creates_sent > 0:
             self.create_returns(ok=True)
         for name in self.pods_in(PodState.PENDING):
-            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.pool.pod_observed(self.ready(name), self.now)
             self.settle()
 
     @rule(data=st.data())
@@ -138,7 +146,7 @@ class PoolMachine(RuleBasedStateMachine):
         pending = self.pods_in(PodState.PENDING)
         if pending:
             name = data.draw(st.sampled_from(pending))
-            self.pool.pod_observed(PodStatus(name, PodPhase.READY, address="x:1"), self.now)
+            self.pool.pod_observed(self.ready(name), self.now)
             self.settle()
 
     @rule(data=st.data(), stuck=st.booleans())
@@ -172,6 +180,7 @@ class PoolMachine(RuleBasedStateMachine):
             serving = pod is not None and pod.state in (PodState.IDLE, PodState.ASSIGNED)
             # The platform keeps the session label set at assignment, whatever the rows say.
             labels = {LABEL_SESSION: "x"} if name in self.served_by else {}
+            labels[LABEL_CREATE_ID] = name
             phase = PodPhase.READY if serving else PodPhase.PENDING
             statuses.append(
                 PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
@@ -209,6 +218,16 @@ class PoolMachine(RuleBasedStateMachine):
         self.deletes_sent.discard(name)
         self.platform.discard(name)
         self.pool.pod_gone(name, self.now)
+        self.settle()
+
+    @precondition(lambda self: bool(self.claim_calls))
+    @rule(data=st.data(), accepted=st.booleans())
+    def claim_hook_answers(self, data: st.DataObject, accepted: bool) -> None:
+        """A claim hook answers, possibly late (its attempt given up, its session
+        ended, even a restart since): the pool must ignore what is stale."""
+        index = data.draw(st.integers(0, len(self.claim_calls) - 1))
+        call = self.claim_calls.pop(index)
+        self.pool.claim_answered(call.session_id, call.attempt, accepted, self.now)
         self.settle()
 
     # -- invariants
@@ -249,6 +268,16 @@ class PoolMachine(RuleBasedStateMachine):
         assert self.pool.inventory.stale_idle <= stale
         for sid in self.pool.waiting:
             assert self.pool.sessions[sid].state is SessionState.PROVISIONING
+            assert sid not in self.pool.claims, "waiting and claiming at once"
+        for session in self.pool.sessions.values():
+            claim = self.pool.claims.get(session.id)
+            if claim is not None:
+                assert session.state is SessionState.PROVISIONING
+                pod = self.pool.pods[claim.pod_name]
+                assert pod.state is PodState.ASSIGNED and pod.session_id == session.id
+                assert session.pod_name == claim.pod_name
+            elif session.state is SessionState.PROVISIONING:
+                assert session.id in self.pool.waiting, "a provisioning session stranded"
         for session in self.pool.sessions.values():
             if session.state is SessionState.READY:
                 pod = self.pool.pods.get(session.pod_name or "")
@@ -257,3 +286,79 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolInvariants = PoolMachine.TestCase
 TestPoolInvariants.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+class ClaimingPoolMachine(PoolMachine):
+    """The same, with the sandbox hooks on: every lease waits for a claim hook."""
+
+    limits = replace(LIMITS, hooks=True, hook_timeout=2.0)
+
+
+TestClaimingPoolInvariants = ClaimingPoolMachine.TestCase
+TestClaimingPoolInvariants.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
+
+
+class HookedPoolMachine(PoolMachine):
+    """The same invariants with the sandbox hooks on: an idle session's sandbox is asked
+    before it ends or is reclaimed, and answers busy, not busy, or not at all."""
+
+    # A shorter idle timeout (one clock jump), so that checks are often out.
+    limits = replace(LIMITS, hooks=True, hook_timeout=2.0, idle_timeout=700)
+
+    def __init__(self) -> None:
+        self.sandboxes: dict[str, str] = {}  # pod -> how it answers, if it changed
+        super().__init__()
+
+    def answers(self, session_id: str) -> str:
+        pod = self.pool.sessions[session_id].pod_name or ""
+        default = ("not busy", "busy", "hung")[sum(map(ord, pod)) % 3]
+        return self.sandboxes.get(pod, default)
+
+    def settle(self) -> None:
+        for pod in self.pool.pods.values():  # every pod of this version has a create id
+            pod.create_id = pod.create_id or f"create-{pod.name}"
+        super().settle()
+        answered = False
+        for sid in sorted(self.pool.busy.pending):  # each sandbox answers as it does
+            how = self.answers(sid)
+            if how != "hung":  # that one's check waits for its fallback deadline
+                self.pool.busy_answer(sid, BusyAnswer(how == "busy", how, True), self.now)
+                answered = True
+        if answered:
+            super().settle()
+
+    @rule(data=st.data(), how=st.sampled_from(["busy", "not busy", "hung"]))
+    def sandbox_changes_its_answer(self, data: st.DataObject, how: str) -> None:
+        assigned = self.pods_in(PodState.ASSIGNED)
+        if assigned:
+            self.sandboxes[data.draw(st.sampled_from(assigned))] = how
+
+    @rule(user=USERS, thread=THREADS)
+    def open_after_asking_the_reclaimable(self, user: str, thread: str) -> None:
+        """What Scheduler.open_session does at the user's limit: ask first, then open."""
+        for check in self.pool.reclaim_checks(user, thread, self.now):
+            how = self.answers(check.session_id)
+            answer = BusyAnswer(how == "busy", how, how != "hung")
+            self.pool.busy_answer(check.session_id, answer, self.now)
+        self.open_session(user, thread, 5.0)
+
+    @invariant()
+    def no_check_outlives_its_fallback_deadline(self) -> None:
+        assert all(due > self.now for due in self.pool.busy.pending.values())
+        for sid in self.pool.busy.pending:
+            assert self.pool.sessions[sid].state is SessionState.READY
+
+    @invariant()
+    def every_end_says_why(self) -> None:
+        for session in self.pool.sessions.values():
+            if session.state is SessionState.ENDED and session.ended_at == self.now:
+                assert session.end_detail is not None
+                assert session.end_detail.last_active_at == session.last_active_at
+
+
+TestHookedPoolInvariants = HookedPoolMachine.TestCase
+TestHookedPoolInvariants.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None
+)

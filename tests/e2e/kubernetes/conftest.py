@@ -57,6 +57,9 @@ class Kube:
             # Generous: these tests are about the scheduler, not the client's pacing.
             "kube_qps": 500.0,
             "kube_burst": 1000,
+            # A kubesim pod without a workload has nothing on its port: no hook could
+            # answer, so every claim would fail. With a workload, devsandbox answers.
+            "hooks": sim.cluster.workload,
         }
         values.update(overrides)
         ctl = await self._start_controller(clock=clock, **values)

@@ -1,0 +1,99 @@
+"""Claims: pods leased to a session whose claim hook has not answered yet.
+
+With the sandbox hooks on, a pod handed to a session is first *claimed*: the loop
+delivers the session (and the caller's env and files, which it alone holds) to the
+pod's ``POST /_sandbox/claim``, and only an accepting answer makes the session ready.
+Meanwhile the pod is assigned (it never serves anyone else) and the session stays
+provisioning. Each claim call is one *attempt*, numbered, so an answer that comes
+back after its attempt was given up (a fallback deadline, a DELETE, a failed pod) is
+recognised as late and ignored. Bookkeeping only; the decisions are in pool.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from ..model import Pod, Session
+
+# The pool's own deadline for a claim answer: the loop's call is bounded by the hook
+# timeout; this margin covers the loop's round trip, so a lost answer (a cancelled
+# effect, a bug) can never leave a session provisioning for good.
+CLAIM_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class ClaimCall:
+    """One claim attempt for the loop to carry out (scheduler/loop.py ``_claim``).
+    ``request_id`` names the POST /sessions call whose env and files go with it."""
+
+    attempt: int
+    session_id: str
+    user_id: str
+    thread_id: str
+    pod_name: str
+    address: str
+    create_id: str
+    request_id: int | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    attempt: int
+    pod_name: str
+    warm: bool  # answered "warm" once accepted: the pod came from the warm pool
+    due: float  # given up as failed if not answered by then (CLAIM_MARGIN)
+
+
+class Claims:
+    def __init__(self) -> None:
+        self._by_session: dict[str, Claim] = {}
+        # Which request's payload (env, files) a session's claims deliver, until the
+        # session is handed over or ends: then the loop may forget the payload.
+        self._payload_of: dict[str, int] = {}
+        self._attempts = itertools.count(1)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._by_session
+
+    def __len__(self) -> int:
+        return len(self._by_session)
+
+    def get(self, session_id: str) -> Claim | None:
+        return self._by_session.get(session_id)
+
+    def start(self, session: Session, pod: Pod, warm: bool, due: float) -> ClaimCall:
+        """A new attempt (the session's only current one) and the call to make."""
+        assert pod.create_id is not None and pod.address is not None
+        claim = Claim(next(self._attempts), pod.name, warm, due)
+        self._by_session[session.id] = claim
+        return ClaimCall(
+            claim.attempt,
+            session.id,
+            session.user_id,
+            session.thread_id,
+            pod.name,
+            pod.address,
+            pod.create_id,
+            self._payload_of.get(session.id),
+            dict(session.metadata),
+        )
+
+    def finish(self, session_id: str, attempt: int) -> Claim | None:
+        """The claim this answer is about, if it is still the session's current one."""
+        claim = self._by_session.get(session_id)
+        if claim is None or claim.attempt != attempt:
+            return None
+        del self._by_session[session_id]
+        return claim
+
+    def drop(self, session_id: str) -> None:
+        self._by_session.pop(session_id, None)
+
+    def hold_payload(self, session_id: str, request_id: int) -> None:
+        self._payload_of[session_id] = request_id
+
+    def release_payload(self, session_id: str) -> int | None:
+        """The request whose payload is no longer needed, if any."""
+        return self._payload_of.pop(session_id, None)

@@ -1,0 +1,31 @@
+"""The pod built from the template: the controller's labels, and the claim secret as
+env on every container (replacing one the template may carry)."""
+
+from __future__ import annotations
+
+from sandbox_controller.backends.base import ENV_CLAIM_SECRET, LABEL_MANAGED_BY
+from sandbox_controller.backends.kube_template import DEFAULT_TEMPLATE, build_pod
+
+
+def test_the_claim_secret_reaches_every_container_once() -> None:
+    template = {
+        **DEFAULT_TEMPLATE,
+        "spec": {
+            "containers": [
+                {"name": "sandbox", "env": [{"name": "A", "value": "1"}]},
+                {"name": "sidecar", "env": [{"name": ENV_CLAIM_SECRET, "value": "stale"}]},
+            ]
+        },
+    }
+    pod = build_pod(template, {"x": "y"}, "hash", env={ENV_CLAIM_SECRET: "s3cret"})
+    sandbox, sidecar = pod["spec"]["containers"]
+    assert sandbox["env"] == [
+        {"name": "A", "value": "1"},
+        {"name": ENV_CLAIM_SECRET, "value": "s3cret"},
+    ]
+    assert sidecar["env"] == [{"name": ENV_CLAIM_SECRET, "value": "s3cret"}]
+    assert pod["metadata"]["labels"]["x"] == "y" and LABEL_MANAGED_BY in pod["metadata"]["labels"]
+    # The template itself is untouched, and no env means none added.
+    assert template["spec"]["containers"][1]["env"][0]["value"] == "stale"
+    plain = build_pod(DEFAULT_TEMPLATE, {}, "hash")
+    assert "env" not in plain["spec"]["containers"][0]
