@@ -60,12 +60,20 @@ async def test_the_proxy_reaches_containers_and_a_killed_controller_adopts_them(
     )
     try:
         await dev.start()
-        created = await dev.client.post("/sessions", json={"user_id": "u", "thread_id": "t"})
+        created = await dev.client.post(
+            "/sessions", json={"user_id": "u", "thread_id": "t", "env": {"API_KEY": "s3cret"}}
+        )
         assert created.status_code == 201, created.text
         session = created.json()
         assert session["state"] == "ready" and session["pod"] in containers(instance)
         connect = session["connect"]
         await round_trips(connect["url"], connect["token"])
+        # The claim reached the container: its claim secret came with it (the env).
+        async with httpx.AsyncClient(timeout=15, trust_env=False) as http:
+            index = await http.get(
+                connect["url"], headers={"Authorization": f"Bearer {connect['token']}"}
+            )
+        assert "API_KEY" in index.text and "s3cret" not in index.text
 
         async def warm() -> bool:
             return int((await dev.pool())["pods"]["idle"]) >= 1
