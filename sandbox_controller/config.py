@@ -19,6 +19,40 @@ from .model import Limits, PrewarmPolicy, PrewarmSettings
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+_BYTE_UNITS = {
+    "": 1,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def parse_bytes(value: object) -> object:
+    """``2Gi``, ``512Mi``, ``256m`` or a plain number of bytes. ``m``/``g`` are binary,
+    as in ``docker run --memory 256m``; ``Mi``/``Gi`` as in Kubernetes."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower().removesuffix("b")
+    number = text.rstrip("kmgti")
+    unit = text[len(number) :]
+    if unit not in _BYTE_UNITS or not number:
+        raise ValueError(f"not a size like 2Gi, 512Mi or 256m: {value!r}")
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a size like 2Gi, 512Mi or 256m: {value!r}") from None
+    if amount < 0:
+        raise ValueError(f"a size cannot be negative: {value!r}")
+    return int(amount * _BYTE_UNITS[unit])
+
+
+Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -49,7 +83,7 @@ class Settings(BaseSettings):
     # refill from stampeding it while still filling a pool of 5 in two rounds.
     max_concurrent_creates: int = Field(3, ge=1)
     database_url: str = "sqlite+aiosqlite:///./sandbox.db"
-    backend: Literal["local", "kubernetes"] = "local"
+    backend: Literal["local", "kubernetes", "docker"] = "local"
     api_token: str | None = None
     token_secret: str | None = None
     # Long enough for a working day; GET /sessions/{id} hands out a fresh one.
@@ -118,6 +152,29 @@ class Settings(BaseSettings):
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
 
+    # Docker backend (one VM: Docker Engine API, one container per sandbox)
+    # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
+    docker_url: str | None = None
+    docker_image: str = "agent-sandbox/devsandbox:dev"
+    # Limits per sandbox, as the chart's pod template: 1 CPU / 2 GiB.
+    docker_cpus: float = Field(1.0, gt=0)
+    docker_memory: Bytes = Field(2 * 2**30, ge=6 * 2**20)
+    # "runsc" runs each sandbox under gVisor (installed and registered with dockerd).
+    docker_runtime: str | None = None
+    # Sandboxes attach to it; the egress guard keeps them off private ranges from it.
+    docker_network: str = "agent-sandbox"
+    # Publish each sandbox's port on 127.0.0.1 (an ephemeral port) and route to that:
+    # for a controller and proxy on the host itself rather than on the network.
+    docker_publish: bool = False
+    # The app.kubernetes.io/instance label: two controllers on one Docker host never
+    # take each other's containers for strays.
+    docker_instance: str = "agent-sandbox"
+    # Memory no sandbox may take: the OS, dockerd, the controller, proxy and database.
+    docker_reserved_memory: Bytes = Field(2**30, ge=0)
+    # A tmpfs, counted against the sandbox's memory limit; the root filesystem is read-only.
+    docker_workspace_size: Bytes = Field(2**30, ge=2**20)
+    docker_user: str = "10001:10001"
+
     @property
     def lease_margin(self) -> float:
         if self.leader_lease_margin is not None:
@@ -180,6 +237,22 @@ class Settings(BaseSettings):
             max_concurrent_creates=self.max_concurrent_creates,
         )
 
+    def docker_options(self) -> DockerOptions:
+        return DockerOptions(
+            url=self.docker_url,
+            image=self.docker_image,
+            cpus=self.docker_cpus,
+            memory=self.docker_memory,
+            runtime=self.docker_runtime,
+            network=self.docker_network,
+            publish=self.docker_publish,
+            instance=self.docker_instance,
+            reserved_memory=self.docker_reserved_memory,
+            workspace_size=self.docker_workspace_size,
+            user=self.docker_user,
+            max_concurrent_creates=self.max_concurrent_creates,
+        )
+
     @field_validator("api_token", "token_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -192,6 +265,11 @@ class Settings(BaseSettings):
         if value.lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
+
+    @field_validator("docker_runtime", "docker_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("proxy_session_domain", mode="before")
     @classmethod
@@ -243,6 +321,28 @@ class KubeOptions:
     max_concurrent_creates: int
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
+    retry_base: float = 0.2
+    retry_cap: float = 10.0
+
+
+@dataclass(frozen=True)
+class DockerOptions:
+    """What the Docker backend is told (Settings.docker_options builds it)."""
+
+    url: str | None
+    image: str
+    cpus: float
+    memory: int  # bytes
+    runtime: str | None
+    network: str
+    publish: bool
+    instance: str
+    reserved_memory: int  # bytes
+    workspace_size: int  # bytes
+    user: str
+    max_concurrent_creates: int
+    # Not operator settings: tests shorten them.
+    stop_grace: float = 5.0
     retry_base: float = 0.2
     retry_cap: float = 10.0
 

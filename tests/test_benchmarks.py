@@ -18,6 +18,7 @@ import pytest
         "benchmarks.kube_bench",
         "benchmarks.failover_bench",
         "benchmarks.sim_bench",
+        "benchmarks.docker_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

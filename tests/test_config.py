@@ -53,7 +53,7 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SANDBOX_MAX_TOTAL_JOBS", "-1", "SANDBOX_MAX_TOTAL_JOBS"),
         ("SANDBOX_PREWARM_POOL_SIZE", "five", "SANDBOX_PREWARM_POOL_SIZE"),
         ("SANDBOX_PREWARM_POOL_SIZE", "80", "must not exceed SANDBOX_MAX_TOTAL_JOBS"),
-        ("SANDBOX_BACKEND", "docker", "SANDBOX_BACKEND"),
+        ("SANDBOX_BACKEND", "nomad", "SANDBOX_BACKEND"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(

@@ -1,0 +1,573 @@
+"""The Docker backend: each sandbox is a container on one VM's Docker Engine.
+
+For platforms that run on a single VM (Docker Compose): the Engine API through
+aiodocker, behind the same protocol as the Kubernetes backend. The container is built by
+docker_spec (limits, hardening, the dedicated network); this module creates, starts,
+deletes, lists and watches.
+
+Like the Kubernetes backend it keeps a cache, fed by one list per term and then by
+Docker's event stream; any gap in the stream (an error, a daemon restart, a closed
+connection) is followed by a full relist. Every write passes the write guard
+immediately before it is sent (DESIGN invariant 7).
+
+Two things differ from Kubernetes, and are handled here:
+- Docker has no scheduler. A sandbox that the host cannot hold is created but not
+  started, and reported unschedulable with Kubernetes' words, so the scheduler sees the
+  same ``capacity_blocked`` and ``detail``; it starts, oldest first, once room frees.
+- Container labels are fixed at creation. The labels the scheduler sets later (state,
+  session) live in this process's cache only. Nothing depends on them surviving a
+  restart: recovery trusts the store's pod rows, and a claimed pod's row is committed
+  before its label would be set (scheduler/recovery.py), so a container whose creation
+  labels still say ``state=pool`` but that served a session is never taken for fresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import string
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+import httpx
+from aiodocker.events import DockerEvents
+
+from ..aiotasks import TaskGroup
+from ..aiotime import Backoff, sleep_or_stop
+from ..clock import Clock, SystemClock
+from ..config import DockerOptions
+from .base import (
+    ENV_CLAIM_SECRET,
+    LABEL_CREATE_ID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    BackendError,
+    PodEvent,
+    PodPhase,
+    PodStatus,
+    WriteGuard,
+    claim_secret,
+    no_guard,
+)
+from .docker_spec import (
+    Host,
+    Obj,
+    SandboxContainer,
+    base_labels,
+    bridge_name,
+    container_spec,
+    label_filters,
+    observe,
+    template_hash,
+    timestamp,
+)
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "agent-sandbox-job-"
+_ALPHABET = string.ascii_lowercase + string.digits
+NAME_ATTEMPTS = 3
+# A start the write guard refused is tried again this much later.
+ADMIT_RETRY = 0.5
+# A fresh sandbox answers /healthz within a second or so: ask soon, then less often.
+HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
+# Health checks run as execs: their events are noise here.
+IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy", "archive")
+_CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def _pod_name() -> str:
+    return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+class DockerBackend:
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        options: DockerOptions,
+        image_id: str,
+        host: Host,
+        *,
+        clock: Clock | None = None,
+        write_guard: WriteGuard = no_guard,
+        stop_on_close: bool = False,
+        claim_key: bytes | None = None,
+    ) -> None:
+        self.docker = docker
+        # Each sandbox's claim secret derives from it and the create id (base.claim_secret);
+        # None: sandboxes get none, and refuse claims.
+        self.claim_key = claim_key
+        self.stop_on_close = stop_on_close
+        self.options = options
+        self.host = host
+        self.clock: Clock = clock or SystemClock()
+        self.write_guard = write_guard
+        self.spec = container_spec(options, image_id)
+        self.template_hash = template_hash(self.spec)
+        self.backoff = Backoff(options.retry_base, options.retry_cap)
+        self._owns_docker = False
+        self._filters = label_filters(options)
+        self._containers: dict[str, SandboxContainer] = {}
+        self._waiting: list[str] = []  # created, not started for want of room; oldest first
+        self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
+        self._following = False
+        self._closing = asyncio.Event()
+        self._tasks = TaskGroup("docker-backend")
+        self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
+        self._admit = asyncio.Lock()
+        self._retry_pending = False
+        self._http = httpx.AsyncClient(timeout=2.0)
+        # Resyncs after a gap in the event stream; tests read it.
+        self.relists = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        options: DockerOptions,
+        *,
+        clock: Clock | None = None,
+        write_guard: WriteGuard = no_guard,
+        stop_on_close: bool = False,
+        claim_key: bytes | None = None,
+    ) -> DockerBackend:
+        """A backend with a Docker client of its own: the image must be on the host, and
+        the host's size comes from ``docker info``."""
+        docker = aiodocker.Docker(url=options.url)
+        try:
+            try:
+                image = await docker.images.inspect(options.image)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                raise BackendError(
+                    f"sandbox image {options.image} is not on the Docker host "
+                    "(build or pull it: see deploy/docker/devsandbox.Dockerfile)",
+                    retryable=False,
+                ) from None
+            host = Host.from_info(await docker.system.info(), options.reserved_memory)
+            backend = cls(
+                docker,
+                options,
+                str(image["Id"]),
+                host,
+                clock=clock,
+                write_guard=write_guard,
+                stop_on_close=stop_on_close,
+                claim_key=claim_key,
+            )
+            await backend._ensure_network()
+        except BaseException:
+            await docker.close()
+            raise
+        backend._owns_docker = True
+        return backend
+
+    async def _ensure_network(self) -> None:
+        """The dedicated network, made here when the operator (or Compose) has not."""
+        network = self.options.network
+        if network in ("bridge", "host", "none"):
+            return
+        try:
+            await self.docker.networks.get(network)
+            return
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+        with contextlib.suppress(aiodocker.DockerError):  # made meanwhile: fine
+            await self.docker.networks.create(
+                {
+                    "Name": network,
+                    "Driver": "bridge",
+                    "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
+                    "Options": {"com.docker.network.bridge.name": bridge_name(network)},
+                }
+            )
+
+    # -- the protocol ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._containers, self._waiting = {}, []
+        self._retry_pending = False  # stop() cancelled any retry of the last term
+        self._following = True
+        since = await self._relist()
+        self._tasks.start(self._follow(since), "events")
+
+    async def stop(self) -> None:
+        self._following = False
+        await self._tasks.stop()
+        self._queue.put_nowait(None)
+        self._containers, self._waiting = {}, []
+
+    async def close(self) -> None:
+        if self.stop_on_close:
+            # Not a scheduling decision: ``dev`` removes the sandboxes it ran as it
+            # exits, lease or no lease, so none outlives it.
+            await self.stop()
+            with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+                found = await self.docker.containers.list(all=True, filters=self._filters)
+                await asyncio.gather(*(self._remove(c) for c in found), return_exceptions=True)
+        await self.stop()
+        self._closing.set()
+        await self._http.aclose()
+        if self._owns_docker:
+            await self.docker.close()
+
+    async def events(self) -> AsyncIterator[PodEvent]:
+        queue = self._queue  # this term's: stop() ends it, start() makes another
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            yield event
+
+    async def list_pods(self) -> list[PodStatus]:
+        return [c.status() for c in self._containers.values()]
+
+    async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
+        entry = self._containers.get(name)
+        if entry is not None and not entry.deleting:
+            entry.labels.update(labels)
+            self._emit(entry)
+
+    async def create_pod(self, labels: Mapping[str, str]) -> str:
+        create_id = uuid.uuid4().hex
+        all_labels = {
+            **labels,
+            **base_labels(self.options, self.template_hash),
+            LABEL_CREATE_ID: create_id,
+        }
+        async with self._create_slots:
+            name, container_id = await self._create(all_labels)
+            entry = self._containers.get(name)
+            if entry is None:  # else the event stream saw it first
+                entry = SandboxContainer(
+                    name, container_id, time.time(), all_labels, self.options.memory
+                )
+                self._containers[name] = entry
+            async with self._admit:
+                try:
+                    if self._waiting or not await self._try_start(entry):
+                        self._wait_for_room(entry)
+                except BackendError:
+                    # Created, not started (the lease, most likely): the pod exists, so
+                    # this create succeeded; it starts once the lease allows.
+                    self._wait_for_room(entry, held_back=True)
+        return name
+
+    async def _create(self, labels: dict[str, str]) -> tuple[str, str]:
+        for attempt in range(NAME_ATTEMPTS):
+            name = _pod_name()
+            env = [f"SANDBOX_POD_NAME={name}"]
+            if self.claim_key is not None:
+                secret = claim_secret(self.claim_key, labels[LABEL_CREATE_ID])
+                env.append(f"{ENV_CLAIM_SECRET}={secret}")
+            config = {**self.spec, "Labels": labels, "Env": env}
+            self.write_guard()
+            try:
+                container = await self.docker.containers.create(config, name=name)
+                return name, container.id
+            except aiodocker.DockerError as exc:
+                if exc.status == 409 and attempt < NAME_ATTEMPTS - 1:
+                    continue  # the name is taken: draw another
+                raise BackendError(f"docker create: {exc}", retryable=exc.status >= 500) from exc
+            except _CONNECTION_ERRORS as exc:
+                # The answer was lost; the create may have happened all the same.
+                found = await self._find(labels[LABEL_CREATE_ID])
+                if found is not None:
+                    return found
+                raise BackendError(f"docker create: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _find(self, create_id: str) -> tuple[str, str] | None:
+        with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+            found = await self.docker.containers.list(
+                all=True, filters=json.dumps({"label": [f"{LABEL_CREATE_ID}={create_id}"]})
+            )
+            for container in found:
+                return str(container["Names"][0]).lstrip("/"), container.id
+        return None
+
+    async def delete_pod(self, name: str) -> None:
+        entry = self._containers.get(name)
+        if entry is not None:
+            entry.deleting = True
+            if name in self._waiting:
+                self._waiting.remove(name)
+            self._emit(entry)
+        container = self.docker.containers.container(entry.id if entry else name)
+        try:
+            if entry is None or entry.holds_memory:
+                # Stop first: the sandbox gets SIGTERM and a grace period, as a pod does.
+                self.write_guard()
+                await container.stop(t=int(self.options.stop_grace))
+            self.write_guard()
+            await container.delete(force=True, v=True)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                pass  # gone already
+            elif exc.status == 409 and "in progress" in exc.message:
+                return  # another delete is under way; its destroy event follows
+            else:
+                raise BackendError(
+                    f"docker delete {name}: {exc}", retryable=exc.status >= 500
+                ) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc
+        self._forget(name)
+
+    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
+        await container.stop(t=int(self.options.stop_grace))
+        await container.delete(force=True, v=True)
+
+    # -- room on the host --------------------------------------------------------------
+
+    def _held(self) -> tuple[int, int]:
+        holding = [c for c in self._containers.values() if c.holds_memory]
+        return sum(c.memory for c in holding), len(holding)
+
+    async def _try_start(self, entry: SandboxContainer) -> bool:
+        """Start the container if the host holds it; False if it must wait for room.
+        Called with the admission lock held, so two starts never share the last room."""
+        held, running = self._held()
+        why = self.host.why_not(self.options.cpus, entry.memory, held, running)
+        if why is not None:
+            entry.unschedulable, entry.detail = True, why
+            return False
+        self.write_guard()
+        entry.unschedulable, entry.detail, entry.start_requested = False, "starting", True
+        try:
+            await self.docker.containers.container(entry.id).start()
+        except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
+            entry.start_requested = False
+            entry.failure = f"sandbox container did not start: {exc}"
+            self._emit(entry)
+            return True
+        with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+            await self._refresh(entry.name)  # else the event stream brings it
+        return True
+
+    def _wait_for_room(self, entry: SandboxContainer, *, held_back: bool = False) -> None:
+        """Queue a created container to start later. Unschedulable only if the host has
+        no room for it: one held back by the lease, or queued behind others that wait
+        for the lease, is merely late."""
+        if entry.name not in self._waiting:
+            self._waiting.append(entry.name)
+        held, running = self._held()
+        why = self.host.why_not(self.options.cpus, entry.memory, held, running)
+        entry.unschedulable = why is not None and not held_back
+        if held_back:
+            entry.detail = "waiting to start until the leader lease is confirmed"
+            self._retry_admission()
+        else:
+            entry.detail = why or "waiting to start: sandboxes created earlier start first"
+        self._emit(entry)
+
+    async def _admit_waiting(self) -> None:
+        """Room freed: start waiting sandboxes, oldest first, while they fit."""
+        async with self._admit:
+            while self._waiting and self._following:
+                entry = self._containers.get(self._waiting[0])
+                if entry is None or entry.deleting:
+                    self._waiting.pop(0)
+                    continue
+                try:
+                    started = await self._try_start(entry)
+                except BackendError:  # the lease: try again in a moment
+                    self._retry_admission()
+                    return
+                if not started:
+                    self._emit(entry)
+                    return
+                self._waiting.pop(0)
+
+    def _room_freed(self) -> None:
+        if self._waiting and self._following:
+            self._tasks.start(self._admit_waiting(), "admit")
+
+    def _retry_admission(self) -> None:
+        if self._retry_pending or not self._following:
+            return
+        self._retry_pending = True
+
+        async def later() -> None:
+            stopped = await sleep_or_stop(self.clock, ADMIT_RETRY, self._closing)
+            self._retry_pending = False
+            if not stopped:
+                await self._admit_waiting()
+
+        self._tasks.start(later(), "admit-retry")
+
+    # -- the cache ---------------------------------------------------------------------
+
+    def _emit(self, entry: SandboxContainer) -> None:
+        status = entry.status()
+        if self._following and status != entry.last:
+            entry.last = status
+            self._queue.put_nowait(PodEvent(status))
+
+    def _forget(self, name: str) -> None:
+        entry = self._containers.pop(name, None)
+        if entry is None:
+            return
+        if name in self._waiting:
+            self._waiting.remove(name)
+        if self._following:
+            self._queue.put_nowait(PodEvent(entry.status(), deleted=True))
+        self._room_freed()
+
+    async def _refresh(self, name: str, *, probe_first: bool = False) -> None:
+        """Read one container afresh and apply what it says. ``probe_first``: a running
+        container without a healthcheck is asked /healthz once before it is reported,
+        so a listed sandbox that serves is reported ready at once, as a listed pod's
+        Ready condition is. (Reported pending first, it could be reported ready before
+        the scheduler read the list, and the stale "pending" after: the scheduler takes
+        a warm pod that stops being ready for one to delete.)"""
+        entry = self._containers.get(name)
+        try:
+            info = await self.docker.containers.container(entry.id if entry else name).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                self._forget(name)
+                return
+            raise
+        serving = False
+        if probe_first and (entry is None or not entry.ready):
+            observed = observe(info, self.options)
+            if observed.state == "running" and observed.health is None and observed.address:
+                serving = await self._serves(observed.address)
+        self._apply(info, serving=serving)
+
+    async def _serves(self, address: str) -> bool:
+        try:
+            return (await self._http.get(f"http://{address}/healthz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _apply(self, info: Obj, *, serving: bool = False) -> None:
+        name = str(info.get("Name") or "").lstrip("/")
+        entry = self._containers.get(name)
+        if entry is None:
+            config: Obj = info.get("Config") or {}
+            entry = SandboxContainer(
+                name,
+                str(info["Id"]),
+                timestamp(str(info.get("Created") or "")),
+                dict(config.get("Labels") or {}),
+                int((info.get("HostConfig") or {}).get("Memory") or 0),
+            )
+            self._containers[name] = entry
+        was_holding = entry.holds_memory
+        observed = entry.observed = observe(info, self.options)
+        if observed.state != "created":
+            entry.start_requested = False  # the daemon's word from here on
+        phase = observed.phase()
+        if phase is PodPhase.FAILED and not entry.deleting and entry.failure is None:
+            entry.failure = observed.failure()
+        elif phase is PodPhase.READY or serving:
+            entry.ready = True
+        elif observed.state == "running" and not entry.ready and not entry.probing:
+            if observed.health is None:
+                entry.probing = True
+                self._tasks.start(self._probe(entry), f"probe:{name}")
+            else:
+                entry.detail = f"health check: {observed.health}"
+        self._emit(entry)
+        if was_holding and not entry.holds_memory:
+            self._room_freed()
+
+    async def _probe(self, entry: SandboxContainer) -> None:
+        """No healthcheck in the image: ready when /healthz on its address answers 200."""
+        attempt = 0
+        while self._containers.get(entry.name) is entry:
+            if entry.deleting or entry.failure is not None or entry.ready:
+                return
+            observed = entry.observed
+            if observed is None or observed.state != "running":
+                entry.probing = False
+                return
+            if entry.address and await self._serves(entry.address):
+                entry.ready = True
+                self._emit(entry)
+                return
+            if await sleep_or_stop(self.clock, HEALTH_POLL.delay(attempt), self._closing):
+                return
+            attempt += 1
+
+    # -- list and watch ----------------------------------------------------------------
+
+    async def _relist(self) -> float:
+        """Every container of ours, read afresh; those gone since are reported deleted.
+        Returns when the list began, where the event stream resumes."""
+        began = time.time()
+        found = await self.docker.containers.list(all=True, filters=self._filters)
+        names = set()
+        for container in found:
+            name = str(container["Names"][0]).lstrip("/")
+            names.add(name)
+            await self._refresh(name, probe_first=True)
+        for name in list(self._containers.keys() - names):
+            self._forget(name)
+        # Adopted containers that never started wait for room like new ones.
+        waiting = [
+            c
+            for c in self._containers.values()
+            if c.observed is not None
+            and c.observed.state == "created"
+            and not c.observed.started
+            and not c.deleting
+            and c.name not in self._waiting
+        ]
+        for entry in sorted(waiting, key=lambda c: c.created_at):
+            self._wait_for_room(entry)
+        self._room_freed()
+        return began
+
+    async def _follow(self, since: float) -> None:
+        """Docker's event stream, from ``since`` on; after any gap, a full relist."""
+        failures = 0
+        while True:
+            events = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
+            try:
+                subscriber = events.subscribe(  # type: ignore[no-untyped-call]
+                    filters=self._filters, since=str(int(since) - 1)
+                )
+                while (event := await subscriber.get()) is not None:
+                    failures = 0
+                    await self._on_event(event)
+                log.info("docker event stream ended; relisting")
+            except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
+                log.info("docker event stream failed (%s); relisting", exc)
+            finally:
+                with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+                    await events.stop()  # type: ignore[no-untyped-call]
+            while True:
+                delay = self.backoff.delay(failures)
+                failures += 1
+                if await sleep_or_stop(self.clock, delay, self._closing):
+                    return
+                try:
+                    since = await self._relist()
+                    self.relists += 1
+                    break
+                except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
+                    log.info("docker relist failed (%s); again in a moment", exc)
+
+    async def _on_event(self, event: Any) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        if action.startswith(IGNORED_ACTIONS):
+            return
+        name = str((event.get("Actor") or {}).get("Attributes", {}).get("name") or "")
+        if not name:
+            return
+        if action == "destroy":
+            self._forget(name)
+            return
+        await self._refresh(name)
