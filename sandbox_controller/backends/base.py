@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import secrets
+import string
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -25,6 +27,16 @@ LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
 LABEL_CREATE_ID = "agent-sandbox/create-id"
 # On the controller's own pod while it leads: the controller Service selects it.
 LABEL_LEADER = "agent-sandbox/leader"
+
+
+# Every sandbox's name starts so, on every backend (Kubernetes: its generateName).
+POD_NAME_PREFIX = "agent-sandbox-job-"
+_NAME_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_pod_name(suffix_length: int) -> str:
+    """A sandbox name for a backend that names its own (Kubernetes draws 5 characters)."""
+    return POD_NAME_PREFIX + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(suffix_length))
 
 
 # The pod's claim secret (sandbox contract): the sandbox accepts hook calls only with it.

@@ -27,8 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
-import string
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -54,6 +52,7 @@ from .base import (
     PodStatus,
     WriteGuard,
     claim_secret,
+    new_pod_name,
     no_guard,
 )
 from .docker_spec import (
@@ -71,8 +70,6 @@ from .docker_spec import (
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "agent-sandbox-job-"
-_ALPHABET = string.ascii_lowercase + string.digits
 NAME_ATTEMPTS = 3
 # A start the write guard refused is tried again this much later.
 ADMIT_RETRY = 0.5
@@ -81,10 +78,6 @@ HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
 # Health checks run as execs: their events are noise here.
 IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy", "archive")
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
-
-
-def _pod_name() -> str:
-    return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(8))
 
 
 class DockerBackend:
@@ -264,7 +257,7 @@ class DockerBackend:
 
     async def _create(self, labels: dict[str, str]) -> tuple[str, str]:
         for attempt in range(NAME_ATTEMPTS):
-            name = _pod_name()
+            name = new_pod_name(8)  # Docker names are host-wide: a longer draw
             env = [f"SANDBOX_POD_NAME={name}"]
             if self.claim_key is not None:
                 secret = claim_secret(self.claim_key, labels[LABEL_CREATE_ID])

@@ -11,10 +11,9 @@ from typing import Any
 
 import yaml
 
-from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY
+from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, POD_NAME_PREFIX
 
 Obj = dict[str, Any]
-GENERATE_NAME = "agent-sandbox-job-"
 DEFAULT_PORT = 8080
 
 DEFAULT_TEMPLATE: Obj = {
@@ -95,7 +94,7 @@ def build_pod(
     pod = copy.deepcopy(dict(template))
     meta = pod.setdefault("metadata", {})
     meta.pop("name", None)
-    meta["generateName"] = GENERATE_NAME
+    meta["generateName"] = POD_NAME_PREFIX
     meta["labels"] = {
         **(meta.get("labels") or {}),
         **labels,

@@ -19,9 +19,7 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import signal
-import string
 import sys
 import time
 import uuid
@@ -47,20 +45,15 @@ from .base import (
     PodStatus,
     WriteGuard,
     claim_secret,
+    new_pod_name,
     no_guard,
 )
 
 log = logging.getLogger(__name__)
 
-NAME_PREFIX = "agent-sandbox-job-"
-_ALPHABET = string.ascii_lowercase + string.digits
 TERMINATE_GRACE = 5.0
 # A fresh sandbox answers /healthz within tens of milliseconds: ask soon, then less often.
 HEALTH_POLL = Backoff(base=0.02, cap=0.5, jitter=False)
-
-
-def _pod_name() -> str:
-    return NAME_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(5))
 
 
 @dataclass
@@ -145,7 +138,7 @@ class LocalBackend:
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         self.write_guard()
-        name = _pod_name()
+        name = new_pod_name(5)
         create_id = uuid.uuid4().hex
         all_labels = {
             **labels,
