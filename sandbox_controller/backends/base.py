@@ -7,6 +7,7 @@ carrying the pod's whole current status, and ``deleted=True`` once the pod is go
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -140,8 +141,23 @@ class Backend(Protocol):
     async def list_pods(self) -> list[PodStatus]:
         """Every pod this controller manages, as the backend knows them now."""
 
+    async def resync(self) -> list[PodStatus]:
+        """list_pods(), as the base of a new scheduler: the events waiting in events()
+        are older than this list (it already shows what they say) and are dropped.
+        Replayed after it, a stale "pending" would read as a warm pod that stopped
+        answering, and a takeover would delete a healthy pod."""
+
     def events(self) -> AsyncIterator[PodEvent]:
         """Changes to managed pods, in order, for as long as the backend runs."""
 
     async def close(self) -> None:
         """Stop following and release connections."""
+
+
+def drop_waiting(queue: asyncio.Queue[PodEvent | None] | asyncio.Queue[PodEvent]) -> None:
+    """Empty an event queue for resync(), keeping an end-of-stream marker (None)."""
+    ended = False
+    while not queue.empty():
+        ended = queue.get_nowait() is None or ended
+    if ended:
+        queue.put_nowait(None)  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ from .base import (
     PodStatus,
     WriteGuard,
     claim_secret,
+    drop_waiting,
     new_pod_name,
     no_guard,
 )
@@ -223,6 +224,11 @@ class DockerBackend:
 
     async def list_pods(self) -> list[PodStatus]:
         return [c.status() for c in self._containers.values()]
+
+    async def resync(self) -> list[PodStatus]:
+        statuses = [c.status() for c in self._containers.values()]
+        drop_waiting(self._queue)
+        return statuses
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         entry = self._containers.get(name)

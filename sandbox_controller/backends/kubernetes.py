@@ -45,6 +45,7 @@ from .base import (
     PodStatus,
     WriteGuard,
     claim_secret,
+    drop_waiting,
     no_guard,
 )
 from .expectations import CreateExpectations
@@ -363,6 +364,11 @@ class KubernetesBackend:
 
     async def list_pods(self) -> list[PodStatus]:
         return self._cache.statuses()
+
+    async def resync(self) -> list[PodStatus]:
+        statuses = self._cache.statuses()
+        drop_waiting(self._queue)  # no await in between: nothing slips past both
+        return statuses
 
     async def mark_leader(self, pod_name: str, leader: bool) -> None:
         """The controller's own pod carries LABEL_LEADER while it leads, and the

@@ -45,6 +45,7 @@ from .base import (
     PodStatus,
     WriteGuard,
     claim_secret,
+    drop_waiting,
     new_pod_name,
     no_guard,
 )
@@ -196,6 +197,11 @@ class LocalBackend:
 
     async def list_pods(self) -> list[PodStatus]:
         return [p.status() for p in self._procs.values()]
+
+    async def resync(self) -> list[PodStatus]:
+        statuses = [p.status() for p in self._procs.values()]
+        drop_waiting(self._events)
+        return statuses
 
     async def events(self) -> AsyncIterator[PodEvent]:
         events = self._events  # this term's: stop() drops it with what it holds

@@ -151,7 +151,7 @@ class Scheduler:
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
-        backend_pods = await self.backend.list_pods()
+        backend_pods = await self.backend.resync()
         now = self.clock.now()
         pool = Pool(self.limits, self.backend.template_hash)
         # The rebuilt pool knows of no claim in flight: their env and files are lost.

@@ -360,3 +360,28 @@ async def test_two_releases_in_one_namespace_each_see_only_their_own_pods(
     finally:
         for b in backends.values():
             await b.close()
+
+
+async def test_resync_is_the_list_and_drops_the_older_events_waiting(
+    sim: KubeSim, backend: KubernetesBackend, tmp_path: Path
+) -> None:
+    first = await backend.create_pod({LABEL_STATE: "pool"})
+    await eventually(lambda: any(p["metadata"]["name"] == first and _ready(p) for p in sim.pods()))
+    # A new term: its start lists the pod, and that event waits in its queue.
+    successor = await make_backend(sim, tmp_path, configmap="successor-template")
+    try:
+        [listed] = await successor.resync()
+        assert listed.name == first and listed.phase is PodPhase.READY
+        second = await successor.create_pod({LABEL_STATE: "pool"})
+        events = successor.events()
+        event = await asyncio.wait_for(anext(events), 10)
+        # The first event after the resync is news, not the list replayed.
+        assert event.pod.name == second
+        await events.aclose()
+    finally:
+        await successor.close()
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

@@ -9,7 +9,13 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
-from sandbox_controller.backends.base import LeaseLost, PodEvent, PodPhase, PodStatus
+from sandbox_controller.backends.base import (
+    LeaseLost,
+    PodEvent,
+    PodPhase,
+    PodStatus,
+    drop_waiting,
+)
 from sandbox_controller.model import EndReason, Pod, Session
 from sandbox_controller.store import Batch, Fence
 
@@ -94,6 +100,11 @@ class FakeBackend:
 
     async def list_pods(self) -> list[PodStatus]:
         return list(self.pods.values())
+
+    async def resync(self) -> list[PodStatus]:
+        statuses = list(self.pods.values())
+        drop_waiting(self._events)
+        return statuses
 
     async def events(self) -> AsyncIterator[PodEvent]:
         while True:

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from sandbox_controller.backends.base import PodPhase, PodStatus
+from sandbox_controller.backends.base import (
+    LABEL_STATE,
+    LABEL_TEMPLATE_HASH,
+    PodPhase,
+    PodStatus,
+)
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.errors import (
     NotLeader,
@@ -310,3 +315,25 @@ async def test_a_stopped_scheduler_drops_the_writes_it_held(world: World) -> Non
     world.scheduler.lease_confirmed()
     await asyncio.sleep(0)
     assert world.backend.calls_of("label") == [] and opened.session.pod_name
+
+
+async def test_a_takeover_keeps_a_warm_pod_whose_old_pending_event_is_still_queued() -> None:
+    """A backend lists when it starts, and the list's events wait in its queue; a pod
+    that turns ready before the new scheduler reads the pods is adopted warm, and the
+    list's stale "pending" for it must not then read as a warm pod that stopped
+    answering (it was deleted: the takeover lost a healthy pod)."""
+    store, backend, clock = FakeStore(), FakeBackend(), ManualClock()
+    labels = {LABEL_STATE: "pool", LABEL_TEMPLATE_HASH: backend.template_hash}
+    pending = PodStatus("pod-9", PodPhase.PENDING, labels)
+    backend.pods["pod-9"] = pending
+    backend.emit(pending)  # queued by the start's list
+    backend.make_ready()  # ... and ready before recovery reads the pods
+    scheduler = Scheduler(limits=LIMITS, store=store, backend=backend, clock=clock)
+    await scheduler.start()
+    try:
+        await scheduler.settle()
+        await scheduler.settle()
+        assert backend.calls_of("delete") == []
+        assert scheduler.snapshot(clock.now()).pods[PodState.IDLE] == 1
+    finally:
+        await scheduler.stop()
