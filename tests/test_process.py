@@ -116,9 +116,11 @@ class SwallowsOneCancel:
 
     def __init__(self) -> None:
         self.shut_down = False
+        self.waiting = asyncio.Event()
 
     async def startup(self) -> None:
         try:
+            self.waiting.set()
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             pass  # swallowed
@@ -135,7 +137,7 @@ async def test_a_stop_ends_a_startup_even_when_a_library_swallows_the_cancellati
     process = SwallowsOneCancel()
     stop = asyncio.Event()
     serving = asyncio.create_task(serve(process, stop))
-    await asyncio.sleep(0.1)
+    await process.waiting.wait()  # in its first wait, the one whose cancel it swallows
     stop.set()
     await asyncio.wait_for(serving, 2)
     assert process.shut_down
