@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from .backends.base import claim_secret
+from .model import BusyAnswer
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +88,6 @@ class HookResult:
     @property
     def ok(self) -> bool:
         return self.outcome is not HookOutcome.FAILED
-
-
-@dataclass(frozen=True)
-class BusyAnswer:
-    """A status hook's answer. ``answered`` is False when the sandbox did not answer
-    (or has no status hook): that counts as not busy, so a hung sandbox still ends."""
-
-    busy: bool
-    detail: str
-    answered: bool
-
-    def describe(self) -> str:
-        if not self.answered:
-            return f"no answer ({self.detail})" if self.detail else "no answer"
-        state = "busy" if self.busy else "not busy"
-        return f"{state}: {self.detail}" if self.detail else state
 
 
 class SandboxHooks:

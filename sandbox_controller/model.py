@@ -73,6 +73,23 @@ class ActivitySource(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class BusyAnswer:
+    """A sandbox status hook's answer (hooks.py asks; the pool decides on it).
+    ``answered`` is False when the sandbox did not answer (or has no status hook):
+    that counts as not busy, so a hung sandbox still ends."""
+
+    busy: bool
+    detail: str
+    answered: bool
+
+    def describe(self) -> str:
+        if not self.answered:
+            return f"no answer ({self.detail})" if self.detail else "no answer"
+        state = "busy" if self.busy else "not busy"
+        return f"{state}: {self.detail}" if self.detail else state
+
+
+@dataclass(frozen=True)
 class EndDetail:
     """Why a session was ended or reclaimed when it was (stored with the session)."""
 

@@ -6,36 +6,24 @@ pod's ``POST /_sandbox/claim``, and only an accepting answer makes the session r
 Meanwhile the pod is assigned (it never serves anyone else) and the session stays
 provisioning. Each claim call is one *attempt*, numbered, so an answer that comes
 back after its attempt was given up (a fallback deadline, a DELETE, a failed pod) is
-recognised as late and ignored. Bookkeeping only; the decisions are in pool.py.
+recognised as late and ignored. ``Claims`` keeps the attempts; ``Claiming`` decides
+(pure, ``now`` passed in), over the pool's shared state (core.py).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..model import Pod, Session
+from ..model import Outcome, Pod, PodState, Session
+from .core import PoolCore
+from .deadlines import DeadlineKind
+from .effects import ClaimCall
 
 # The pool's own deadline for a claim answer: the loop's call is bounded by the hook
 # timeout; this margin covers the loop's round trip, so a lost answer (a cancelled
 # effect, a bug) can never leave a session provisioning for good.
 CLAIM_MARGIN = 1.0
-
-
-@dataclass(frozen=True)
-class ClaimCall:
-    """One claim attempt for the loop to carry out (scheduler/loop.py ``_claim``).
-    ``request_id`` names the POST /sessions call whose env and files go with it."""
-
-    attempt: int
-    session_id: str
-    user_id: str
-    thread_id: str
-    pod_name: str
-    address: str
-    create_id: str
-    request_id: int | None
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,3 +85,68 @@ class Claims:
     def release_payload(self, session_id: str) -> int | None:
         """The request whose payload is no longer needed, if any."""
         return self._payload_of.pop(session_id, None)
+
+
+class Claiming:
+    def __init__(self, pool: PoolCore) -> None:
+        self.pool = pool
+        self.claims = Claims()
+
+    def start(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
+        due = now + self.pool.limits.hook_timeout + CLAIM_MARGIN
+        self.pool.outbox.claims.append(self.claims.start(session, pod, warm, due))
+        self.pool.deadlines.push(due, DeadlineKind.CLAIM, session.id)
+
+    def answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
+        """A claim hook answered (or its deadline passed: ``accepted=False``). Late
+        answers, of an attempt already given up or a session already ended, are ignored."""
+        claim = self.claims.finish(session_id, attempt)
+        if claim is None:
+            return
+        session = self.pool.sessions[session_id]  # live: ending a session drops its claim
+        pod = self.pool.pods.get(claim.pod_name)
+        if accepted and pod is not None and pod.state is PodState.ASSIGNED:
+            self.pool.hand_over(session, now, Outcome.WARM if claim.warm else Outcome.COLD)
+        else:
+            self._failed(session, claim, now)
+
+    def pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
+        """The pod being claimed for this session failed or vanished: the session tries
+        another pod, as on a failed claim. False if it was not being claimed for it."""
+        claim = self.claims.get(session_id)
+        if claim is None or claim.pod_name != pod_name:
+            return False
+        self.claims.drop(session_id)
+        self._failed(self.pool.sessions[session_id], claim, now)
+        return True
+
+    def due(self, session_id: str, now: float) -> None:
+        claim = self.claims.get(session_id)
+        if claim is not None and claim.due <= now:
+            self.answered(session_id, claim.attempt, False, now)  # no answer: failed
+
+    def _failed(self, session: Session, claim: Claim, now: float) -> None:
+        """That pod goes (it may hold part of the session); the next fresh warm pod is
+        tried, and only when none is left does the session wait for a cold one."""
+        pool = self.pool
+        pool.outbox.claim_failures += 1
+        session.pod_name = None
+        pool.outbox.dirty_sessions.add(session.id)
+        pod = pool.pods.get(claim.pod_name)
+        if pod is not None:
+            pool.delete_pod(pod, now)
+        pod = pool.inventory.oldest_fresh_idle()
+        if pod is not None:
+            pool.lease(pod, session, now, warm=claim.warm)
+            return
+        pool.waiting[session.id] = None
+        pool.waiting.move_to_end(session.id, last=False)  # it was served first once
+        if session.reply_deadline is not None:
+            pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session.id)
+            if session.reply_deadline <= now:
+                pool.reply_due(session.id, now)
+
+    def release_payload(self, session_id: str) -> None:
+        request_id = self.claims.release_payload(session_id)
+        if request_id is not None:
+            self.pool.outbox.payloads_done.append(request_id)

@@ -7,8 +7,41 @@ from dataclasses import dataclass, field
 
 from ..errors import SandboxError
 from ..model import EndReason, Outcome
-from .claiming import ClaimCall
-from .idling import Release, StatusCheck
+
+
+@dataclass(frozen=True)
+class ClaimCall:
+    """One claim attempt for the loop to carry out (effect_calls.py ``_claim``).
+    ``request_id`` names the POST /sessions call whose env and files go with it."""
+
+    attempt: int
+    session_id: str
+    user_id: str
+    thread_id: str
+    pod_name: str
+    address: str
+    create_id: str
+    request_id: int | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusCheck:
+    """Ask this session's sandbox whether it is busy (GET /_sandbox/status)."""
+
+    session_id: str
+    address: str
+    create_id: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """Tell this pod's sandbox it is about to be deleted (POST /_sandbox/release)."""
+
+    session_id: str
+    address: str
+    create_id: str
+    reason: str
 
 
 @dataclass(frozen=True)

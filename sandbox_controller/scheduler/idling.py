@@ -1,41 +1,23 @@
 """Busy-aware idling: the sandbox's status hook is asked before a session is ended for
 its idle timeout or reclaimed, and its release hook before its pod is deleted.
 
-Pure bookkeeping for the pool (pool.py decides, with ``now`` passed in); the scheduler
-loop makes the HTTP calls (hooks.py) and feeds the answers back as commands. A status
+``BusyChecks`` keeps the checks in flight and the answers; ``Idling`` decides (pure,
+``now`` passed in) over the pool's shared state (core.py); the scheduler loop makes
+the HTTP calls (hooks.py) and feeds the answers back as commands. A status
 check the pool waits for has a fallback deadline, so a lost answer never strands a
 session: unanswered means not busy, and a hung sandbox still ends.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..hooks import BusyAnswer
-from ..model import Limits, Pod
+from ..model import ActivitySource, BusyAnswer, EndReason, Limits, Pod, Session, SessionState
+from .core import PoolCore
+from .deadlines import DeadlineKind
+from .effects import StatusCheck
 
 # Beyond hook_timeout, how long the pool waits for an answer the loop's call (bounded
 # by hook_timeout) should already have brought: a round's commit, a busy event loop.
 CHECK_MARGIN = 1.0
-
-
-@dataclass(frozen=True)
-class StatusCheck:
-    """Ask this session's sandbox whether it is busy (GET /_sandbox/status)."""
-
-    session_id: str
-    address: str
-    create_id: str
-
-
-@dataclass(frozen=True)
-class Release:
-    """Tell this pod's sandbox it is about to be deleted (POST /_sandbox/release)."""
-
-    session_id: str
-    address: str
-    create_id: str
-    reason: str
 
 
 def hook_target(pod: Pod | None) -> tuple[str, str] | None:
@@ -94,3 +76,70 @@ class BusyChecks:
     def forget(self, session_id: str) -> None:
         self.pending.pop(session_id, None)
         self._answers.pop(session_id, None)
+
+
+class Idling:
+    def __init__(self, pool: PoolCore) -> None:
+        self.pool = pool
+        self.busy = BusyChecks(pool.limits)
+
+    def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
+        """Which sandboxes to ask before a new thread of this user is opened: those of
+        its sessions a reclaim could pick, counting those that turn idle while the
+        answers come (so none is reclaimed unasked). Read-only."""
+        pool = self.pool
+        live = pool.live_by_user.get(user_id, ())
+        if (
+            not pool.limits.hooks
+            or thread_id in pool.live_by_thread
+            or len(live) < pool.limits.max_sessions_per_user
+        ):
+            return []
+        by = now + self.busy.wait
+        checks = []
+        for sid in sorted(live):
+            session = pool.sessions[sid]
+            target = hook_target(pool.pods.get(session.pod_name or ""))
+            if target is not None and session.is_idle(by, pool.limits.reclaim_after):
+                checks.append(StatusCheck(sid, *target))
+        return checks
+
+    def busy_answer(self, session_id: str, answer: BusyAnswer, now: float) -> None:
+        """A sandbox's status answer. Busy counts as activity; otherwise a session whose
+        idle check this was ends now if it is still idle (activity may have come)."""
+        session = self.pool.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY:
+            return
+        if answer.busy:
+            self.pool.touch(session_id, now, ActivitySource.BUSY, answer.detail)
+        if self.busy.answered(session_id, answer, now):
+            self._idle_due(session, answer, now)
+
+    def idle_due(self, session_id: str, now: float) -> None:
+        session = self.pool.sessions.get(session_id)
+        if session is not None and session.state is SessionState.READY:
+            self._idle_due(session, None, now)
+
+    def check_due(self, session_id: str, now: float) -> None:
+        session = self.pool.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY:
+            return
+        if self.busy.expired(session_id, now):  # the sandbox did not answer in time
+            self._idle_due(session, unanswered(self.busy.wait), now)
+
+    def _idle_due(self, session: Session, answer: BusyAnswer | None, now: float) -> None:
+        """End a session whose idle timeout passed, or watch its next one. With hooks,
+        the first time it is due its sandbox is asked first (``answer`` None)."""
+        pool = self.pool
+        due = session.last_active_at + pool.limits.idle_timeout
+        if due > now:
+            pool.deadlines.push(due, DeadlineKind.IDLE, session.id)  # activity moved it on
+            return
+        target = hook_target(pool.pods.get(session.pod_name or ""))
+        if answer is None and pool.limits.hooks and target is not None:
+            if session.id not in self.busy.pending:
+                due = self.busy.start(session.id, now)
+                pool.deadlines.push(due, DeadlineKind.BUSY_CHECK, session.id)
+                pool.outbox.status_checks.append(StatusCheck(session.id, *target))
+            return
+        pool.end_session(session.id, EndReason.IDLE_TIMEOUT, now, answer)

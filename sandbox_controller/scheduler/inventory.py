@@ -3,7 +3,7 @@
 The indexes (count per state, idle pods oldest first, idle pods of an old template,
 pending pods no node can take) change with each pod, never by scanning: at thousands
 of pods a scan per scheduler round was the claim path's largest cost. Bookkeeping
-only; what to do with the pods is decided in pool.py.
+only; what to do with the pods is decided by the policies (lifecycle.py above all).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class Prewarm:
         self._arrivals: deque[float] = deque()  # within the long window, oldest first
         self._startups: deque[float] = deque(maxlen=STARTUP_SAMPLES)
         self._started_at: float | None = None  # the first decision: history begins
+        self._wake_due = float("inf")  # the wake-up (a "prewarm" deadline) asked for last
         if self.adaptive:
             floor = min(self.settings.min, limits.max_total_jobs)
             self.current = PrewarmTarget(PrewarmPolicy.ADAPTIVE, floor, "no decision yet")
@@ -125,6 +126,15 @@ class Prewarm:
         if first_recent < len(arrivals):
             changes.append(arrivals[first_recent] + settings.short_window)
         return min(changes)
+
+    def wake_at(self, now: float) -> float | None:
+        """When the pool should wake for the target's next change on its own, if that
+        is a new deadline to push (earlier than the last one, or that one has passed)."""
+        due = self.next_change(now)
+        if due is not None and (due < self._wake_due or self._wake_due <= now):
+            self._wake_due = due
+            return due
+        return None
 
     def excess_idle(self, idle: int, waiting: int, now: float) -> int:
         """Warm pods beyond the target that may be let go: only adaptive sheds, never

@@ -7,7 +7,7 @@ session must never serve another (DESIGN invariants 3 and 5).
 
 A fresh pool pod is one whose row says so, or one with no row yet whose labels say so
 (state "pool", no session, the current template, not failed): rows of pool pods are
-written up to a second late (loop.POD_ROWS_DELAY), so a takeover or a restart often
+written up to a second late (rounds.POD_ROWS_DELAY), so a takeover or a restart often
 finds pods younger than their rows. Such a pod cannot have served a session: a claim's
 pod row is committed with the session before anyone hears of it, and the claim's
 label follows only after that commit. So every healthy warm pod survives a takeover.

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from sandbox_controller.clock import ManualClock
-from sandbox_controller.scheduler.pool import ROUTE_LEASE
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 from sandbox_controller.tokens import verify_token
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes

@@ -10,9 +10,7 @@ from typing import Any
 from sandbox_controller.backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState
-from sandbox_controller.scheduler.claiming import ClaimCall
-from sandbox_controller.scheduler.effects import Answer
-from sandbox_controller.scheduler.idling import Release, StatusCheck
+from sandbox_controller.scheduler.effects import Answer, ClaimCall, Release, StatusCheck
 from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from sandbox_controller.backends.base import PodPhase, PodStatus
 from sandbox_controller.errors import UserSessionLimit
-from sandbox_controller.hooks import BusyAnswer
-from sandbox_controller.model import ActivitySource, EndDetail, EndReason, Outcome, SessionState
-from sandbox_controller.scheduler.idling import CHECK_MARGIN, Release, StatusCheck
-from sandbox_controller.scheduler.pool import ROUTE_LEASE
+from sandbox_controller.model import (
+    ActivitySource,
+    BusyAnswer,
+    EndDetail,
+    EndReason,
+    Outcome,
+    SessionState,
+)
+from sandbox_controller.scheduler.effects import Release, StatusCheck
+from sandbox_controller.scheduler.idling import CHECK_MARGIN
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 
 from .harness import Harness, limits_with
 

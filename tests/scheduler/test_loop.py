@@ -31,8 +31,9 @@ from sandbox_controller.model import (
     SessionState,
     WaitReason,
 )
-from sandbox_controller.scheduler.loop import POD_ROWS_DELAY, RECOVERY_BACKOFF, Scheduler
-from sandbox_controller.scheduler.pool import ROUTE_LEASE
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
+from sandbox_controller.scheduler.loop import Scheduler
+from sandbox_controller.scheduler.rounds import POD_ROWS_DELAY, RECOVERY_BACKOFF
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
 from .harness import limits_with

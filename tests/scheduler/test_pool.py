@@ -14,7 +14,7 @@ from sandbox_controller.model import (
     SessionState,
     WaitReason,
 )
-from sandbox_controller.scheduler.pool import ROUTE_LEASE
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 
 from .harness import Harness, limits_with
 

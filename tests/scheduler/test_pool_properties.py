@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
-from sandbox_controller.hooks import BusyAnswer
-from sandbox_controller.model import ActivitySource, EndReason, PodState, SessionState
-from sandbox_controller.scheduler.claiming import ClaimCall
-from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
+from sandbox_controller.model import ActivitySource, BusyAnswer, EndReason, PodState, SessionState
+from sandbox_controller.scheduler.effects import ClaimCall
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
+from sandbox_controller.scheduler.pool import Pool
 from sandbox_controller.scheduler.recovery import restore
 
 from .harness import limits_with

@@ -12,7 +12,8 @@ from sandbox_controller.backends.base import (
     PodStatus,
 )
 from sandbox_controller.model import EndReason, Pod, PodState, Session, SessionState
-from sandbox_controller.scheduler.pool import ROUTE_LEASE, Pool
+from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
+from sandbox_controller.scheduler.pool import Pool
 from sandbox_controller.scheduler.recovery import restore
 
 from .harness import limits_with

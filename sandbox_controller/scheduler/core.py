@@ -1,0 +1,119 @@
+"""What each policy (admission.py, claiming.py, idling.py, lifecycle.py) may use of
+the pool: its shared state, and the operations that cross from one policy to another.
+
+A Protocol, satisfied by pool.Pool, so that the policies need not import pool.py
+(which composes them): the pure core stays free of import cycles, and this list is
+the whole of what one policy can reach of the others.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from typing import Protocol
+
+from ..model import ActivitySource, BusyAnswer, EndReason, Limits, Outcome, Pod, PodState, Session
+from .deadlines import Deadlines
+from .effects import Outbox
+from .inventory import PodInventory
+from .prewarm import Prewarm
+
+
+class PoolCore(Protocol):
+    # ------------------------------------------------------------ shared state
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """Live sessions, plus ended ones not yet pruned."""
+
+    @property
+    def waiting(self) -> OrderedDict[str, None]:
+        """Provisioning sessions with no pod yet, first come first served."""
+
+    @property
+    def live_by_user(self) -> defaultdict[str, set[str]]: ...
+
+    @property
+    def live_by_thread(self) -> dict[str, str]: ...
+
+    @property
+    def inventory(self) -> PodInventory: ...
+
+    @property
+    def deadlines(self) -> Deadlines: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def prewarm(self) -> Prewarm: ...
+
+    @property
+    def pods(self) -> dict[str, Pod]: ...
+
+    @property
+    def idle(self) -> OrderedDict[str, None]: ...
+
+    @property
+    def counts(self) -> dict[PodState, int]: ...
+
+    @property
+    def template_hash(self) -> str: ...
+
+    @property
+    def total_pods(self) -> int: ...
+
+    @property
+    def unschedulable(self) -> bool: ...
+
+    @property
+    def creates_in_flight(self) -> int: ...
+
+    @property
+    def cap_blocked(self) -> bool:
+        """Someone waits and the cap leaves no room to create a pod for them."""
+
+    # ------------------------------------------------------------ sessions (pool.py)
+
+    def track_live(self, session: Session) -> None: ...
+
+    def untrack_live(self, session: Session) -> None: ...
+
+    def watch_session_deadlines(self, session: Session) -> None: ...
+
+    def lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None: ...
+
+    def hand_over(self, session: Session, now: float, outcome: Outcome) -> None: ...
+
+    def end_session(
+        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+    ) -> bool: ...
+
+    def touch(
+        self, session_id: str, at: float, source: ActivitySource, detail: str | None = None
+    ) -> bool: ...
+
+    # ------------------------------------------------------------ across policies
+
+    def delete_pod(self, pod: Pod, now: float) -> None:
+        """lifecycle.py: delete it (after its release hook and route lease)."""
+
+    def reply_due(self, session_id: str, now: float) -> None:
+        """admission.py: the caller's wait may be over."""
+
+    def claiming_session(self, session_id: str) -> bool:
+        """claiming.py: a claim is in flight for this session."""
+
+    def claim_pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
+        """claiming.py: the pod being claimed for this session is lost."""
+
+    def hold_payload(self, session_id: str, request_id: int) -> None:
+        """claiming.py: this request's env and files go with the session's claims."""
+
+    def release_payload(self, session_id: str) -> None:
+        """claiming.py: the session's claims need its payload no more."""
+
+    def recent_busy_answer(self, session_id: str, now: float) -> BusyAnswer | None:
+        """idling.py: the not-busy answer its sandbox gave just now, if any."""

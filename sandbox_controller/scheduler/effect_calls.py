@@ -1,0 +1,216 @@
+"""Carrying out what a round decided: backend calls (create, delete, label) and the
+sandbox's hook calls (claim, status, release). Each runs as its own task; what comes
+back (a pod created, a claim answered, a sandbox busy) goes to the loop's queue as a
+command, so the pool is only ever changed by the loop (rounds.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..aiotasks import TaskGroup
+from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
+from ..hooks import ClaimPayload, SandboxHooks
+from ..model import BusyAnswer
+from .effects import ClaimCall, Outbox, Release, StatusCheck
+from .pool import Pool
+from .ports import LoopObserver, StatusAnswer
+
+# The loop's parts log as the loop: one logger for operators to tune.
+log = logging.getLogger("sandbox_controller.scheduler.loop")
+
+
+@dataclass
+class Command:
+    """One change to the pool, applied by the loop's task in its next round; ``future``
+    learns the result once that round is committed."""
+
+    apply: Callable[[Pool, float], Any]
+    future: asyncio.Future[Any] | None = None
+
+
+class EffectCalls:
+    """The calls a round's outbox asks for, each its own task. Their results come back
+    as commands on ``_queue``; the payloads the claim calls carry are kept here."""
+
+    def __init__(
+        self, backend: Backend, hooks: SandboxHooks | None, observer: LoopObserver
+    ) -> None:
+        self.backend = backend
+        # Calls the sandbox contract's hooks; None when limits.hooks is off.
+        self.hooks = hooks
+        self.observer = observer
+        self.running = False
+        self._queue: asyncio.Queue[Command] = asyncio.Queue()
+        self._effects = TaskGroup("scheduler-effects")
+        # Backend calls the write guard refused because the lease was not confirmed at
+        # that moment (after a pause, say): this leader's decisions still, sent when the
+        # lease is confirmed again (lease_confirmed), dropped if it is lost (stop).
+        self._held: list[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = []
+        # The env and files of POST /sessions calls whose claims may still need them,
+        # by request id: in memory only, never in the store or a log (claiming.py).
+        self._payloads: dict[int, ClaimPayload] = {}
+        # Status calls in flight, by session: concurrent opens of one user share them.
+        self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
+
+    def _start_effects(self, outbox: Outbox) -> None:
+        for _ in range(outbox.creates):
+            self._effects.start(self._create(), "create")
+        for name in outbox.deletes:
+            release = outbox.releases.get(name)
+            self._effects.start(self._delete(name, release), f"delete:{name}")
+        for check in outbox.status_checks:
+            self._effects.start(self._check_busy(check), f"status:{check.session_id}")
+        for name, labels in outbox.labels.items():
+            self._effects.start(self._label(name, labels), f"label:{name}")
+        for seconds in outbox.startup_seconds:
+            self.observer.pod_started(seconds)
+        for reason in outbox.ended:
+            self.observer.session_ended(reason)
+        for call in outbox.claims:
+            self._effects.start(self._claim(call), f"claim:{call.pod_name}")
+        for _ in range(outbox.claim_failures):
+            self.observer.claim_hook_failed()
+
+    # ------------------------------------------------------------ backend effects
+
+    def lease_confirmed(self) -> None:
+        """The database confirmed the lease again: send what waited for it."""
+        if not self.running:
+            return
+        held, self._held = self._held, []
+        for call, name in held:
+            self._effects.start(call(), name)
+
+    def _hold(self, call: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        # Not a failure of the platform: no backoff, no error count, no retry storm.
+        log.info("%s waits until the leader lease is confirmed again", name)
+        self._held.append((call, name))
+
+    async def _create(self) -> None:
+        try:
+            # "pool" until assigned: readiness shows in the pod's own status, and a
+            # second patch when it turns ready would cost an API call per pod.
+            name = await self.backend.create_pod({LABEL_STATE: "pool"})
+        except LeaseLost:
+            self._hold(self._create, "create")
+            return
+        except Exception as exc:
+            log.warning("creating a sandbox pod failed: %s", exc)
+            self.observer.backend_failed("create")
+            self._queue.put_nowait(Command(lambda pool, now: pool.create_failed(now)))
+            return
+        self._queue.put_nowait(Command(lambda pool, now: pool.pod_created(name, now)))
+
+    async def _delete(self, name: str, release: Release | None = None) -> None:
+        if release is not None:
+            await self._release(name, release)  # whatever its answer, the delete follows
+        try:
+            await self.backend.delete_pod(name)
+        except LeaseLost:
+            self._hold(lambda: self._delete(name), f"delete:{name}")
+        except Exception as exc:
+            log.warning("deleting pod %s failed: %s", name, exc)
+            self.observer.backend_failed("delete")
+            self._queue.put_nowait(Command(lambda pool, now: pool.delete_failed(name, now)))
+
+    async def _claim(self, call: ClaimCall) -> None:
+        """Deliver the session to its pod's claim hook; the answer goes back to the pool
+        as a command. No write guard: a hook call is no Kubernetes write, and the
+        round that decided it committed under this leader's fence."""
+        accepted = True
+        if self.hooks is not None:
+            held = self._payloads.get(call.request_id) if call.request_id is not None else None
+            payload = ClaimPayload(
+                metadata=call.metadata,
+                env=held.env if held else {},
+                files=held.files if held else (),
+            )
+            session = (call.session_id, call.user_id, call.thread_id)
+            result = await self.hooks.claim(call.address, call.create_id, session, payload)
+            accepted = result.ok
+            if not accepted:
+                log.warning(
+                    "claim hook of pod %s failed for session %s: %s; trying another pod",
+                    call.pod_name,
+                    call.session_id,
+                    result.detail,
+                )
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.claim_answered(call.session_id, call.attempt, accepted, now)
+
+        self._queue.put_nowait(Command(apply))
+
+    # ------------------------------------------------------------ hook effects
+
+    def _status(self, check: StatusCheck) -> asyncio.Task[BusyAnswer]:
+        """The session's status call in flight, or a new one."""
+        task = self._status_calls.get(check.session_id)
+        if task is None:
+            task = self._effects.start(self._ask_status(check), f"status:{check.session_id}")
+            self._status_calls[check.session_id] = task
+            task.add_done_callback(lambda _: self._status_calls.pop(check.session_id, None))
+        return task
+
+    async def _ask_status(self, check: StatusCheck) -> BusyAnswer:
+        assert self.hooks is not None
+        try:
+            # The client's timeout bounds each phase; this bounds the whole call.
+            async with asyncio.timeout(self.hooks.timeout):
+                answer = await self.hooks.status(check.address, check.create_id)
+        except TimeoutError:
+            answer = BusyAnswer(False, "timed out", answered=False)
+        kind: StatusAnswer = "busy" if answer.busy else "not_busy"
+        self.observer.status_answered(kind if answer.answered else "no_answer")
+        return answer
+
+    async def _check_busy(self, check: StatusCheck) -> None:
+        """An idle session's check: its answer goes back to the pool, which waits for
+        it (or for its fallback deadline, should this answer be lost)."""
+        if self.hooks is None:
+            return  # the pool's fallback deadline decides
+        answer = await self._status(check)
+        if self.running:
+            self._queue.put_nowait(Command(busy_command(check, answer)))
+
+    async def _release(self, name: str, release: Release) -> None:
+        if self.hooks is None:
+            return
+        try:
+            async with asyncio.timeout(self.hooks.release_timeout):
+                result = await self.hooks.release(
+                    release.address, release.create_id, release.session_id, release.reason
+                )
+        except TimeoutError:
+            log.info("pod %s: release hook timed out; deleting it anyway", name)
+            return
+        if not result.ok:
+            log.info("pod %s: release hook failed (%s); deleting it anyway", name, result.detail)
+
+    async def _label(self, name: str, labels: dict[str, str]) -> None:
+        try:
+            await self.backend.set_labels(name, labels)
+        except LeaseLost:
+            self._hold(lambda: self._label(name, labels), f"label:{name}")
+        except BackendError as exc:
+            # Labels are for operators and a second opinion at recovery; the store
+            # is the record, so a lost label is logged, not retried forever.
+            log.info("labelling pod %s failed: %s", name, exc)
+            self.observer.backend_failed("label")
+
+
+def event_command(event: PodEvent) -> Callable[[Pool, float], None]:
+    if event.deleted:
+        name = event.pod.name
+        return lambda pool, now: pool.pod_gone(name, now)
+    status = event.pod
+    return lambda pool, now: pool.pod_observed(status, now)
+
+
+def busy_command(check: StatusCheck, answer: BusyAnswer) -> Callable[[Pool, float], None]:
+    return lambda pool, now: pool.busy_answer(check.session_id, answer, now)

@@ -1,0 +1,278 @@
+"""Pod lifecycle: creating pods (within the cap, the create window and a backoff),
+watching them start, noticing them fail or vanish, and deleting them (after a session's
+release hook, and no sooner than a proxy's route lease allows).
+
+Pure decisions on the pool's shared state (core.py), ``now`` passed in; the pods to
+create and delete go to the outbox for the loop to carry out.
+"""
+
+from __future__ import annotations
+
+from ..aiotime import Backoff
+from ..backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
+from ..model import EndReason, Pod, PodState, SessionState
+from .core import PoolCore
+from .deadlines import DeadlineKind
+from .effects import Release
+from .idling import hook_target
+
+# A create that failed is not retried at once: the API server or the node is
+# likely still unhappy, and a hot retry loop would only add to its load.
+# No jitter: decisions here stay exact and replayable on a hand-set clock.
+CREATE_BACKOFF = Backoff(1.0, 30.0, jitter=False)
+# A delete that has not been confirmed by an event is asked for again.
+DELETE_RETRY = 30.0
+# How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
+# that was routed to is deleted no sooner than its lease ends: until then it holds its
+# address, which no other pod can be given, so a proxy's cached route can only ever
+# reach the session's own sandbox (DESIGN invariant 6), even while the controller is
+# unreachable and the proxy serves what it has.
+ROUTE_LEASE = 30.0
+
+
+class PodLifecycle:
+    def __init__(self, pool: PoolCore) -> None:
+        self.pool = pool
+        self.creates_in_flight = 0
+        # Pods the watch showed before their create call returned (see _stray_pod).
+        self._seen_early: set[str] = set()
+        self.create_failures = 0  # in a row; the next create waits CREATE_BACKOFF
+        self.create_blocked_until = 0.0
+        self.cap_blocked = False
+        self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
+
+    # ------------------------------------------------------------ pod bookkeeping
+
+    def set_state(self, pod: Pod, state: PodState) -> None:
+        self.pool.inventory.set_state(pod, state)
+        self.pool.outbox.dirty_pods.add(pod.name)
+
+    def add(self, pod: Pod) -> None:
+        self.pool.inventory.add(pod)
+        if pod.state is PodState.PENDING:
+            self.pool.deadlines.push(
+                pod.created_at + self.pool.limits.startup_timeout,
+                DeadlineKind.POD_STARTUP,
+                pod.name,
+            )
+        self.pool.outbox.dirty_pods.add(pod.name)
+
+    def _remove(self, pod: Pod) -> None:
+        self.pool.inventory.remove(pod)
+        self._releases.pop(pod.name, None)
+        self.pool.outbox.dirty_pods.discard(pod.name)
+        self.pool.outbox.forgotten_pods.add(pod.name)
+
+    def delete(self, pod: Pod, now: float) -> None:
+        if pod.state is PodState.TERMINATING:
+            return
+        self.set_state(pod, PodState.TERMINATING)
+        self._plan_release(pod)
+        if pod.route_lease_until > now:
+            # A proxy may still use its route to this pod: delete when the lease ends.
+            pod.delete_retry_at = pod.route_lease_until
+            self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, pod.name)
+            return
+        pod.delete_retry_at = now + DELETE_RETRY
+        self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, pod.name)
+        self._send_delete(pod.name)
+
+    def _plan_release(self, pod: Pod) -> None:
+        """A pod that served a session hears of its end before it is deleted (never a
+        pool pod: its delete is not delayed, and it has nothing to flush)."""
+        session = self.pool.sessions.get(pod.session_id or "")
+        target = hook_target(pod)
+        if not self.pool.limits.hooks or session is None or target is None:
+            return
+        reason = session.end_reason
+        if reason is None or reason is EndReason.POD_FAILED:
+            return  # a failed pod would only make the delete wait out the deadline
+        self._releases[pod.name] = Release(session.id, *target, reason.value)
+
+    def _send_delete(self, name: str) -> None:
+        self.pool.outbox.deletes.append(name)
+        release = self._releases.pop(name, None)  # with the first delete only
+        if release is not None:
+            self.pool.outbox.releases[name] = release
+
+    def restore(self, pod: Pod) -> None:
+        self.add(pod)
+        if pod.state is PodState.TERMINATING:
+            # At once, or when a route the previous leader may have leased runs out.
+            pod.delete_retry_at = pod.route_lease_until
+            self.pool.deadlines.push(pod.route_lease_until, DeadlineKind.POD_DELETE, pod.name)
+
+    def lease_route(self, session_id: str, now: float) -> Pod | None:
+        """A proxy asks where a ready session's pod is: the pod, its address now leased
+        for ROUTE_LEASE seconds. Only an in-memory lease changes: nothing to commit (a
+        restarted controller assumes every routed pod leased, see recovery.py)."""
+        session = self.pool.sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY or not session.pod_name:
+            return None
+        pod = self.pool.pods.get(session.pod_name)
+        if pod is None or pod.state is not PodState.ASSIGNED or not pod.address:
+            return None
+        pod.route_lease_until = max(pod.route_lease_until, now + ROUTE_LEASE)
+        return pod
+
+    # ------------------------------------------------------------ pod events
+
+    def pod_created(self, name: str, now: float) -> None:
+        # max(): after a rebuild from the store, creates started before it may return.
+        self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        self.create_failures = 0
+        if name in self._seen_early:
+            self._seen_early.discard(name)
+        elif name not in self.pool.pods:
+            self.add(Pod(name, PodState.PENDING, now, self.pool.template_hash))
+
+    def create_failed(self, now: float) -> None:
+        self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        while len(self._seen_early) > self.creates_in_flight:
+            self._seen_early.pop()  # a stray after all; it stays a pool pod
+        self.create_blocked_until = now + CREATE_BACKOFF.delay(self.create_failures)
+        self.create_failures += 1
+        self.pool.deadlines.push(self.create_blocked_until, DeadlineKind.CREATE_BACKOFF, "")
+
+    def delete_failed(self, name: str, now: float) -> None:
+        pod = self.pool.pods.get(name)
+        if pod is not None and pod.state is PodState.TERMINATING:
+            pod.delete_retry_at = now + 5.0
+            self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, name)
+
+    def pod_observed(self, status: PodStatus, now: float) -> None:
+        """The backend reports a pod's current status."""
+        pod = self.pool.pods.get(status.name)
+        if pod is None:
+            self._stray_pod(status, now)
+            return
+        if status.address:
+            pod.address = status.address
+        if pod.create_id is None:
+            pod.create_id = status.labels.get(LABEL_CREATE_ID)
+        if pod.state is PodState.TERMINATING:
+            return
+        if status.phase is PodPhase.FAILED or status.terminating:
+            # Failed, or deleted by someone else (kubectl, a node drain): either way
+            # this pod will not serve.
+            self._pod_lost(pod, now)
+        elif status.phase is PodPhase.READY:
+            if pod.state is PodState.PENDING:
+                self._pod_ready(pod, now)
+        elif pod.state is PodState.PENDING:
+            pod.detail = status.detail
+            self.pool.inventory.set_unschedulable(pod, status.unschedulable)
+        elif pod.state is PodState.IDLE:
+            # A warm pod that stopped answering is no longer worth handing out.
+            self.delete(pod, now)
+
+    def pod_gone(self, name: str, now: float) -> None:
+        pod = self.pool.pods.get(name)
+        if pod is None:
+            return
+        if pod.state is PodState.ASSIGNED and pod.session_id is not None:
+            self._assigned_pod_lost(pod, pod.session_id, now)
+        self._remove(pod)
+
+    def _stray_pod(self, status: PodStatus, now: float) -> None:
+        """A pod we did not know. While our own creates are in flight it is most
+        likely one of them, seen by the watch before the create call returned; adopt
+        it, still counting the create as in flight until it returns (the count errs
+        high, never low). Otherwise nobody accounts for it: delete it."""
+        if len(self._seen_early) < self.creates_in_flight and not status.labels.get(LABEL_SESSION):
+            self.add(Pod(status.name, PodState.PENDING, now, self.pool.template_hash))
+            self._seen_early.add(status.name)
+            self.pod_observed(status, now)
+            return
+        self.pool.outbox.deletes.append(status.name)
+
+    def _pod_ready(self, pod: Pod, now: float) -> None:
+        pod.ready_at = now
+        pod.detail = None
+        self.pool.inventory.set_unschedulable(pod, False)
+        self.pool.outbox.startup_seconds.append(now - pod.created_at)
+        self.pool.prewarm.pod_started(now - pod.created_at)
+        if pod.template_hash != self.pool.template_hash:
+            self.delete(pod, now)
+            return
+        self.set_state(pod, PodState.IDLE)
+        if self.pool.waiting:
+            session = self.pool.sessions[next(iter(self.pool.waiting))]
+            self.pool.lease(pod, session, now, warm=False)
+
+    def _pod_lost(self, pod: Pod, now: float) -> None:
+        if pod.state is PodState.ASSIGNED and pod.session_id is not None:
+            self._assigned_pod_lost(pod, pod.session_id, now)
+        else:
+            self.delete(pod, now)
+
+    def _assigned_pod_lost(self, pod: Pod, session_id: str, now: float) -> None:
+        # Never handed over: the session tries another pod, as on a failed claim.
+        if not self.pool.claim_pod_lost(session_id, pod.name, now):
+            self.pool.end_session(session_id, EndReason.POD_FAILED, now)
+
+    # ------------------------------------------------------------ deadlines
+
+    def startup_due(self, name: str, now: float) -> None:
+        pod = self.pool.pods.get(name)
+        if pod is not None and pod.state is PodState.PENDING:
+            self.delete(pod, now)  # replaced by the refill below
+
+    def delete_due(self, name: str, now: float) -> None:
+        pod = self.pool.pods.get(name)
+        if (
+            pod is not None
+            and pod.state is PodState.TERMINATING
+            and pod.delete_retry_at is not None
+            and pod.delete_retry_at <= now
+        ):
+            pod.delete_retry_at = now + DELETE_RETRY
+            self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, name)
+            self._send_delete(name)
+
+    # ------------------------------------------------------------ sizing
+
+    def reconcile(self, now: float) -> None:
+        """Replace idle pods of an old template, hand ready pods to waiters, and create
+        what demand needs, within the cap and the create window."""
+        pool = self.pool
+        for name in list(pool.inventory.stale_idle):
+            self.delete(pool.pods[name], now)
+        while pool.waiting and pool.idle:
+            session = pool.sessions[next(iter(pool.waiting))]
+            pod = pool.inventory.oldest_fresh_idle()
+            if pod is None:
+                break
+            pool.lease(pod, session, now, warm=False)
+
+        limits = pool.limits
+        target = self._prewarm_target(now)
+        coming = pool.counts[PodState.PENDING] + self.creates_in_flight
+        wanted = len(pool.waiting) + target - len(pool.idle) - coming
+        room = limits.max_total_jobs - pool.total_pods
+        self.cap_blocked = wanted > 0 and room <= 0 and bool(pool.waiting)
+        if wanted <= 0 or room <= 0:
+            return
+        if now < self.create_blocked_until:
+            return
+        if pool.unschedulable:
+            # The cluster has no room: more pending pods would only pile up.
+            return
+        window = limits.max_concurrent_creates - self.creates_in_flight
+        count = min(wanted, room, window)
+        if count > 0:
+            self.creates_in_flight += count
+            pool.outbox.creates += count
+
+    def _prewarm_target(self, now: float) -> int:
+        """The warm pool's size now (prewarm.py); idle pods beyond it are let go, and
+        a deadline wakes the pool when the target may next change on its own."""
+        pool = self.pool
+        prewarm = pool.prewarm
+        target = prewarm.decide(now).target
+        for _ in range(prewarm.excess_idle(len(pool.idle), len(pool.waiting), now)):
+            self.delete(pool.pods[next(iter(pool.idle))], now)  # the oldest first
+        due = prewarm.wake_at(now)
+        if due is not None:
+            pool.deadlines.push(due, DeadlineKind.PREWARM, "")
+        return target

@@ -1,0 +1,290 @@
+"""The scheduler's rounds: the one task that owns the pool.
+
+API calls, pod events and timers become commands on one queue. Each round takes
+every command waiting, applies them to the pool (pure decisions), commits the
+round's writes in one transaction, then answers callers and starts backend calls
+(effect_calls.py). Batching the commit is what lets one writer keep up with many
+callers: a burst of 100 requests costs one commit, not 100. A failed commit rebuilds
+the pool from the store (the store wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from ..aiotasks import TaskGroup
+from ..aiotime import Backoff, sleep_or_stop
+from ..backends.base import Backend
+from ..clock import Clock
+from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
+from ..hooks import SandboxHooks
+from ..model import Limits, Opened, Outcome, Session, SessionState
+from ..store import Batch, Deposed, Fence
+from .effect_calls import Command, EffectCalls, event_command
+from .effects import Answer, Outbox
+from .pool import Pool
+from .ports import LoopObserver, NoObserver, SchedulerStore
+from .recovery import restore
+
+# The loop's parts log as the loop: one logger for operators to tune.
+log = logging.getLogger("sandbox_controller.scheduler.loop")
+
+MAX_ROUND = 1000  # commands per round: bounds one transaction's size
+ENDED_IN_MEMORY = 600.0  # ended sessions stay in memory this long, then only in the store
+PRUNE_EVERY = 60.0
+POD_ROWS_DELAY = 1.0
+# Rebuilding after a failed commit: retried until the store answers again. Capped low:
+# callers are refused (store_unavailable) until it succeeds.
+RECOVERY_BACKOFF = Backoff(0.25, 2.0)
+
+
+class Rounds(EffectCalls):
+    """The loop's task: rounds of commands, each committed before anyone hears of it,
+    and the rebuild from the store when a commit fails."""
+
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        store: SchedulerStore,
+        backend: Backend,
+        clock: Clock,
+        observer: LoopObserver | None = None,
+        fence: Fence | None = None,
+        hooks: SandboxHooks | None = None,
+    ) -> None:
+        super().__init__(backend, hooks, observer or NoObserver())
+        self.limits = limits
+        self.store = store
+        self.clock = clock
+        self.fence = fence
+        self._pool: Pool | None = None
+        # The last commit failed and the state is being rebuilt from the store:
+        # callers are refused at once (StoreUnavailable) rather than queued.
+        self.store_down = False
+        self.failed: BaseException | None = None
+        self._answers: dict[int, asyncio.Future[Opened]] = {}
+        self._tasks = TaskGroup("scheduler")
+        self._stopped = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
+        # Pod rows waiting to be written with the next commit (see _commit).
+        self._pod_rows: set[str] = set()
+        self._forgotten_rows: set[str] = set()
+        self._pod_rows_due = float("inf")
+
+    async def _recover(self) -> None:
+        sessions, pod_rows = await self.store.load()
+        backend_pods = await self.backend.resync()
+        now = self.clock.now()
+        pool = Pool(self.limits, self.backend.template_hash)
+        # The rebuilt pool knows of no claim in flight: their env and files are lost.
+        self._payloads.clear()
+        restore(pool, sessions, pod_rows, backend_pods, now)
+        pool.tick(now)
+        self._pool = pool
+        self._pod_rows, self._forgotten_rows = set(), set()
+        self._pod_rows_due = float("inf")
+        await self._commit(pool.take_outbox(), force=True)
+        log.info(
+            "recovered %d live sessions and %d pods (%d pods in the backend)",
+            len(pool.live_by_thread),
+            len(pool.pods),
+            len(backend_pods),
+        )
+
+    # ------------------------------------------------------------ the loop
+
+    async def _feed_events(self) -> None:
+        async for event in self.backend.events():
+            self._queue.put_nowait(Command(event_command(event)))
+
+    async def _next_round(self) -> list[Command]:
+        assert self._pool is not None
+        if self._queue.empty():
+            pool_due = self._pool.next_deadline()
+            due = min(float("inf") if pool_due is None else pool_due, self._pod_rows_due)
+            deadline = None if due == float("inf") else due
+            getter = asyncio.ensure_future(self._queue.get())
+            waits: set[asyncio.Future[Any]] = {getter}
+            sleeper = None
+            if deadline is not None:
+                sleeper = asyncio.ensure_future(self._sleep_until(deadline))
+                waits.add(sleeper)
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if sleeper is not None:
+                    sleeper.cancel()
+                if not getter.done():
+                    getter.cancel()
+            commands = [getter.result()] if getter.done() and not getter.cancelled() else []
+        else:
+            commands = []
+        while len(commands) < MAX_ROUND and not self._queue.empty():
+            commands.append(self._queue.get_nowait())
+        return commands
+
+    async def _sleep_until(self, when: float) -> None:
+        # The delay is taken when the sleep begins, not when it was asked for: a clock
+        # that moves in between (a test's jump) must not push the wake-up later.
+        await self.clock.sleep(when - self.clock.now())
+
+    async def _run(self) -> None:
+        commands: list[Command] = []
+        try:
+            while not self._stopped.is_set():
+                commands = await self._next_round()
+                await self._round(commands)
+                commands = []
+        except Deposed as exc:
+            log.error("deposed: %s", exc)
+            self.failed = exc
+        except Exception as exc:
+            log.exception("scheduler loop failed")
+            self.failed = exc
+        finally:
+            self.running = False
+            # The round cut short (deposed, or cancelled by a stop) promised nothing.
+            for command in commands:
+                if command.future is not None and not command.future.done():
+                    command.future.set_exception(NotLeader())
+            self._fail_waiters(NotLeader)
+
+    async def _round(self, commands: list[Command]) -> None:
+        pool = self._pool
+        assert pool is not None
+        now = self.clock.now()
+        results: list[Any] = []
+        for command in commands:
+            try:
+                results.append(command.apply(pool, now))
+            except Exception as exc:  # a bug in one decision must not stop the loop
+                log.exception("scheduler command failed")
+                results.append(exc)
+        pool.tick(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            pool.prune_ended(now - ENDED_IN_MEMORY)
+        outbox = pool.take_outbox()
+        try:
+            await self._commit(outbox)
+        except Deposed:
+            raise
+        except Exception:
+            log.exception("store write failed; rebuilding state from the store")
+            self.observer.store_failed()
+            # Nothing of this round was promised: every caller waiting hears so.
+            self._fail_waiters(StoreUnavailable)
+            for command in commands:
+                if command.future is not None and not command.future.done():
+                    command.future.set_exception(StoreUnavailable())
+            await self._recover_after_failure()
+            return
+        for command, result in zip(commands, results, strict=True):
+            if command.future is not None and not command.future.done():
+                if isinstance(result, Exception):
+                    command.future.set_exception(result)
+                else:
+                    command.future.set_result(result)
+        self.observer.round_committed(len(commands))
+
+    async def _commit(self, outbox: Outbox, *, force: bool = False) -> None:
+        """Persist the round, then tell callers and start backend calls: in that order,
+        so nobody hears of a session that a crash could still lose.
+
+        Rows of pool pods alone (created, ready, gone) are not a promise to anyone: they
+        wait up to POD_ROWS_DELAY and go with the next commit. Lost in a crash, they
+        only make the restarted controller delete a fresh pool pod it cannot account
+        for. At one claim at a time this is two commits fewer per claim (the
+        replacement's create and its readiness)."""
+        pool = self._pool
+        assert pool is not None
+        batch = Batch()
+        for sid in outbox.dirty_sessions:
+            session = pool.sessions.get(sid)
+            if session is None:
+                continue
+            if session.reply_deadline is not None:
+                pool.outbox.dirty_sessions.add(sid)  # not promised to anyone yet
+                continue
+            batch.sessions.append(session)
+        self._pod_rows |= outbox.dirty_pods
+        self._forgotten_rows |= outbox.forgotten_pods
+        if self._pod_rows or self._forgotten_rows:
+            self._pod_rows_due = min(self._pod_rows_due, self.clock.now() + POD_ROWS_DELAY)
+        if batch.sessions or force or self.clock.now() >= self._pod_rows_due:
+            batch.pods = [pool.pods[n] for n in self._pod_rows if n in pool.pods]
+            batch.forgotten_pods = sorted(self._forgotten_rows)
+            if batch:
+                await self.store.write(batch, self.fence)
+            self._pod_rows, self._forgotten_rows = set(), set()
+            self._pod_rows_due = float("inf")
+        for answer in outbox.answers:
+            if answer.outcome not in (Outcome.WARM, Outcome.COLD):
+                # Refused, or a retry for a thread with a session: nothing to deliver.
+                self._payloads.pop(answer.request_id, None)
+            future = self._answers.pop(answer.request_id, None)
+            if future is not None and not future.done():
+                _resolve(future, pool, answer)
+        for request_id in outbox.payloads_done:
+            self._payloads.pop(request_id, None)
+        self._start_effects(outbox)
+
+    async def _recover_after_failure(self) -> None:
+        """The pool may now disagree with the store; the store wins. Retry until it
+        answers, since nothing can be promised without it."""
+        self.store_down = True
+        self._fail_queued(StoreUnavailable)
+        attempt = 0
+        while not self._stopped.is_set():
+            try:
+                await self._recover()
+                self.store_down = False
+                return
+            except Deposed:
+                raise
+            except Exception:
+                delay = RECOVERY_BACKOFF.delay(attempt)
+                attempt += 1
+                log.warning("store still unavailable; retrying in %.1fs", delay)
+                await sleep_or_stop(self.clock, delay, self._stopped)
+                self._fail_queued(StoreUnavailable)
+
+    def _fail_queued(self, error: Callable[[], SandboxError]) -> None:
+        """Drop every queued command: the rebuilt state will not include them, and a
+        caller waiting on one hears ``error`` now, not after the outage."""
+        while not self._queue.empty():
+            command = self._queue.get_nowait()
+            if command.future is not None and not command.future.done():
+                command.future.set_exception(error())
+        self._fail_waiters(error)
+
+    def _fail_waiters(self, error: Callable[[], SandboxError]) -> None:
+        answers, self._answers = self._answers, {}
+        for future in answers.values():
+            if not future.done():
+                future.set_exception(error())
+
+
+def session_copy(session: Session) -> Session:
+    """A snapshot for a caller: the pool's own object never leaves the scheduler."""
+    return replace(session, requests=[])
+
+
+def _resolve(future: asyncio.Future[Opened], pool: Pool, answer: Answer) -> None:
+    if answer.error is not None:
+        future.set_exception(answer.error)
+        return
+    session = pool.sessions.get(answer.session_id or "")
+    if session is None:  # cannot happen: answered sessions are kept in memory
+        future.set_exception(SessionNotFound(answer.session_id or ""))
+        return
+    detail = pool.provisioning(session.id) if session.state is SessionState.PROVISIONING else None
+    future.set_result(
+        Opened(session_copy(session), answer.outcome, answer.reclaimed_session_id, detail)
+    )
