@@ -56,15 +56,15 @@ class Stack:
             text = f"{text[:-1]}, {top}}}"
         return text
 
-    async def create(self, text: str, *, chunked: bool = False) -> httpx.Response:
+    async def create(self, text: str, *, chunked: bool = False, chunk: int = 7) -> httpx.Response:
         name = f"attack-{uuid.uuid4().hex[:8]}"
         content: Any = text.encode()
         if chunked:
 
             async def chunks() -> AsyncIterator[bytes]:
                 data = text.encode()
-                for at in range(0, len(data), 7):
-                    yield data[at : at + 7]
+                for at in range(0, len(data), chunk):
+                    yield data[at : at + chunk]
 
             content = chunks()
         try:
@@ -278,3 +278,14 @@ async def test_the_sandbox_network_itself_can_be_created() -> None:
             assert answer.status_code == 201, answer.text
         finally:
             docker("network", "rm", network, check=False)
+
+
+async def test_an_oversized_or_deeply_nested_body_is_a_4xx(stack: Stack) -> None:
+    """Bodies are read bounded, chunked or not, and a hostile document is a 4xx."""
+    big = stack.create_text(Env=["X=" + "x" * (2 << 20)])
+    for chunked in (False, True):
+        answer = await stack.create(big, chunked=chunked, chunk=1 << 16)
+        assert answer.status_code == 413 and not stack.created
+    answer = await stack.create("[" * 100_000 + "]" * 100_000)
+    assert refused(answer, stack), answer.text
+    assert (await stack.http.get("/_ping")).text == "OK"
