@@ -3,9 +3,9 @@ DockerBackend working through it against dockerd."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -13,10 +13,23 @@ from aiohttp import web
 
 from sandbox_controller.backends.base import LABEL_STATE, PodPhase
 from sandbox_controller.backends.docker import DockerBackend
-from sandbox_controller.backends.docker_spec import container_spec
-from sandbox_controller.socketproxy import allowed, make_app, unsafe_create
+from sandbox_controller.backends.docker_spec import (
+    base_labels,
+    container_spec,
+    network_spec,
+    template_hash,
+)
+from sandbox_controller.socketproxy import make_app
+from sandbox_controller.socketproxy_policy import (
+    Policy,
+    allowed,
+    check_create,
+    check_network,
+    decode,
+    encode,
+)
 
-from .dockerhost import containers, new_instance, options, remove_all, require_docker
+from .dockerhost import NETWORK, containers, new_instance, options, remove_all, require_docker
 from .eventually import eventually
 
 
@@ -46,77 +59,57 @@ def test_only_the_backends_calls_pass(method: str, path: str, ok: bool) -> None:
     assert allowed(method, path) is ok
 
 
-def sandbox_config() -> dict[str, Any]:
-    return {**container_spec(options("img", "x"), "sha256:abc"), "Labels": {}}
+POLICY = Policy("test-x", "10001:10001", NETWORK, "agent-sandbox/devsandbox:dev")
 
 
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"Privileged": True}, "privileged"),
-        ({"CapAdd": ["SYS_ADMIN"]}, "capabilities"),
-        ({"CapDrop": []}, "dropped"),
-        ({"ReadonlyRootfs": False}, "read-only"),
-        ({"Binds": ["/:/host"]}, "bind mounts"),
-        ({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/host"}]}, "tmpfs"),
-        ({"Devices": [{"PathOnHost": "/dev/sda"}]}, "devices"),
-        ({"NetworkMode": "host"}, "NetworkMode"),
-        ({"PidMode": "host"}, "PidMode"),
-        ({"SecurityOpt": ["seccomp=unconfined"]}, "unconfined"),
-    ],
-)
-def test_a_create_that_is_not_sandbox_shaped_is_refused(
-    change: dict[str, Any], reason: str
-) -> None:
-    config = sandbox_config()
-    assert unsafe_create(config) is None
-    config["HostConfig"].update(change)
-    why = unsafe_create(config)
-    assert why is not None and reason in why
+def test_the_backends_own_create_passes_the_policy() -> None:
+    """The proxy's allow-list is the backend's spec: what the backend sends passes."""
+    opts = options("img", "test-x", publish=False)
+    spec = container_spec(opts, "sha256:abc")
+    labels = base_labels(opts, template_hash(spec))
+    body = {**spec, "Labels": labels, "Env": ["SANDBOX_POD_NAME=x"]}
+    assert check_create(decode(encode(body)), POLICY, "sha256:abc") == body
+    assert check_network(network_spec(NETWORK), POLICY) == network_spec(NETWORK)
 
 
-def test_a_root_container_is_refused() -> None:
-    config = sandbox_config()
-    config["User"] = "0:0"
-    assert unsafe_create(config) == "containers must run as a non-root user"
-
-
-@pytest.fixture
-async def proxy_url() -> AsyncIterator[str]:
-    require_docker()
-    runner = web.AppRunner(make_app("/var/run/docker.sock"), handler_cancellation=True)
+@contextlib.asynccontextmanager
+async def serving_proxy(policy: Policy) -> AsyncIterator[str]:
+    """The socket proxy in front of the real dockerd, on a free port: its base URL."""
+    runner = web.AppRunner(make_app("/var/run/docker.sock", policy), handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    yield f"tcp://127.0.0.1:{port}"
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.docker
-async def test_the_backend_works_through_the_proxy_and_nothing_else_does(
-    proxy_url: str,
-) -> None:
-    instance = new_instance()
-    backend = await DockerBackend.connect(options(require_docker(), instance, url=proxy_url))
-    try:
-        await backend.start()
-        name = await backend.create_pod({LABEL_STATE: "pool"})
+async def test_the_backend_works_through_the_proxy_and_nothing_else_does() -> None:
+    image, instance = require_docker(), new_instance()
+    policy = Policy(instance, "10001:10001", NETWORK, image)
+    async with serving_proxy(policy) as base:
+        url = base.replace("http://", "tcp://")
+        backend = await DockerBackend.connect(options(image, instance, url=url, publish=False))
+        try:
+            await backend.start()
+            name = await backend.create_pod({LABEL_STATE: "pool"})
 
-        async def ready() -> bool:
-            return any(p.phase is PodPhase.READY for p in await backend.list_pods())
+            async def ready() -> bool:
+                return any(p.phase is PodPhase.READY for p in await backend.list_pods())
 
-        await eventually(ready, within=30, what="a sandbox ready through the proxy")
-        base = proxy_url.replace("tcp://", "http://")
-        async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
-            refused = await http.post(f"/containers/{name}/exec", json={"Cmd": ["id"]})
-            assert refused.status_code == 403, refused.text
-            bad = {**sandbox_config(), "Image": backend.spec["Image"]}
-            bad["HostConfig"]["Privileged"] = True
-            refused = await http.post("/containers/create", content=json.dumps(bad))
-            assert refused.status_code == 403 and "privileged" in refused.json()["message"]
-        await backend.delete_pod(name)
-        assert containers(instance) == set()
-    finally:
-        await backend.close()
-        remove_all(instance)
+            await eventually(ready, within=30, what="a sandbox ready through the proxy")
+            async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
+                refused = await http.post(f"/containers/{name}/exec", json={"Cmd": ["id"]})
+                assert refused.status_code == 403, refused.text
+                bad = {**backend.spec, "Labels": base_labels(backend.options, "x"), "Env": []}
+                bad["HostConfig"] = {**bad["HostConfig"], "Privileged": True}
+                refused = await http.post("/containers/create", content=json.dumps(bad))
+                assert refused.status_code == 403
+                assert "HostConfig.Privileged: not allowed" in refused.json()["message"]
+            await backend.delete_pod(name)
+            assert containers(instance) == set()
+        finally:
+            await backend.close()
+            remove_all(instance)

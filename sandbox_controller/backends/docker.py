@@ -44,8 +44,6 @@ from ..config import DockerOptions
 from .base import (
     ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
     BackendError,
     PodEvent,
     PodPhase,
@@ -61,9 +59,9 @@ from .docker_spec import (
     Obj,
     SandboxContainer,
     base_labels,
-    bridge_name,
     container_spec,
     label_filters,
+    network_spec,
     observe,
     template_hash,
     timestamp,
@@ -175,14 +173,7 @@ class DockerBackend:
             if exc.status != 404:
                 raise
         with contextlib.suppress(aiodocker.DockerError):  # made meanwhile: fine
-            await self.docker.networks.create(
-                {
-                    "Name": network,
-                    "Driver": "bridge",
-                    "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
-                    "Options": {"com.docker.network.bridge.name": bridge_name(network)},
-                }
-            )
+            await self.docker.networks.create(network_spec(network))
 
     # -- the protocol ------------------------------------------------------------------
 

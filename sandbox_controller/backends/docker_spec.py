@@ -67,6 +67,39 @@ def container_spec(options: DockerOptions, image_id: str) -> Obj:
     }
 
 
+def create_template(network: str, user: str, runtime: str | None) -> Obj:
+    """A container create as docker.py sends it, for the socket proxy to hold every
+    create against (socketproxy_policy.py): it lets through only the keys here. The
+    values the controller's settings or each create fill in (image, limits, the
+    workspace size, labels, environment) are placeholders."""
+    options = DockerOptions(
+        url=None,
+        image="",
+        cpus=1.0,
+        memory=GIB,
+        runtime=runtime,
+        network=network,
+        publish=False,  # the proxy never lets a port be published
+        instance="",
+        reserved_memory=0,
+        workspace_size=GIB,
+        user=user,
+        max_concurrent_creates=1,
+    )
+    return {**container_spec(options, ""), "Labels": {}, "Env": []}
+
+
+def network_spec(network: str) -> Obj:
+    """The sandbox network, made by the backend when it is missing; the socket proxy
+    creates no network of another shape."""
+    return {
+        "Name": network,
+        "Driver": "bridge",
+        "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
+        "Options": {"com.docker.network.bridge.name": bridge_name(network)},
+    }
+
+
 def template_hash(spec: Obj) -> str:
     """Changes with the image (by id, so a rebuilt tag counts) and every setting."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
