@@ -47,6 +47,7 @@ from .base import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     BackendError,
+    ErrorKind,
     PodEvent,
     PodPhase,
     PodStatus,
@@ -79,6 +80,15 @@ HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
 # Health checks run as execs: their events are noise here.
 IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy", "archive")
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def _kind(exc: aiodocker.DockerError) -> ErrorKind:
+    """A 4xx other than a conflict is the Engine refusing the request as made: no such
+    image (404: the Engine API never pulls on create), a bad config (400). A 409 or a
+    5xx may pass later."""
+    if 400 <= exc.status < 500 and exc.status != 409:
+        return ErrorKind.PERMANENT
+    return ErrorKind.TEMPORARY
 
 
 class DockerBackend:
@@ -276,7 +286,9 @@ class DockerBackend:
             except aiodocker.DockerError as exc:
                 if exc.status == 409 and attempt < NAME_ATTEMPTS - 1:
                     continue  # the name is taken: draw another
-                raise BackendError(f"docker create: {exc}", retryable=exc.status >= 500) from exc
+                raise BackendError(
+                    f"docker create: {exc}", retryable=exc.status >= 500, kind=_kind(exc)
+                ) from exc
             except _CONNECTION_ERRORS as exc:
                 # The answer was lost; the create may have happened all the same.
                 found = await self._find(labels[LABEL_CREATE_ID])
@@ -316,7 +328,7 @@ class DockerBackend:
                 return  # another delete is under way; its destroy event follows
             else:
                 raise BackendError(
-                    f"docker delete {name}: {exc}", retryable=exc.status >= 500
+                    f"docker delete {name}: {exc}", retryable=exc.status >= 500, kind=_kind(exc)
                 ) from exc
         except _CONNECTION_ERRORS as exc:
             raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc

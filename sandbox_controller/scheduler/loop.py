@@ -41,6 +41,7 @@ from ..model import (
 )
 from ..store import Batch, Deposed, Fence
 from .claiming import ClaimCall
+from .conditions import kind_of
 from .effects import Answer, Outbox
 from .idling import Release, StatusCheck
 from .pool import ROUTE_LEASE, Pool
@@ -535,9 +536,12 @@ class Scheduler:
             self._hold(self._create, "create")
             return
         except Exception as exc:
-            log.warning("creating a sandbox pod failed: %s", exc)
-            self.observer.backend_failed("create")
-            self._queue.put_nowait(_Command(lambda pool, now: pool.create_failed(now)))
+            kind, message = kind_of(exc), str(exc)
+            log.warning("creating a sandbox pod failed (%s): %s", kind, message)
+            self.observer.backend_failed("create", kind)
+            self._queue.put_nowait(
+                _Command(lambda pool, now: pool.create_failed(now, kind, message))
+            )
             return
         self._queue.put_nowait(_Command(lambda pool, now: pool.pod_created(name, now)))
 
@@ -550,7 +554,7 @@ class Scheduler:
             self._hold(lambda: self._delete(name), f"delete:{name}")
         except Exception as exc:
             log.warning("deleting pod %s failed: %s", name, exc)
-            self.observer.backend_failed("delete")
+            self.observer.backend_failed("delete", kind_of(exc))
             self._queue.put_nowait(_Command(lambda pool, now: pool.delete_failed(name, now)))
 
     async def _claim(self, call: ClaimCall) -> None:
@@ -636,7 +640,7 @@ class Scheduler:
             # Labels are for operators and a second opinion at recovery; the store
             # is the record, so a lost label is logged, not retried forever.
             log.info("labelling pod %s failed: %s", name, exc)
-            self.observer.backend_failed("label")
+            self.observer.backend_failed("label", exc.kind)
 
 
 def _event_command(event: PodEvent) -> Callable[[Pool, float], None]:

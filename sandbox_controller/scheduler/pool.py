@@ -14,11 +14,11 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
-from ..aiotime import Backoff
 from ..backends.base import (
     LABEL_CREATE_ID,
     LABEL_SESSION,
     LABEL_STATE,
+    ErrorKind,
     PodPhase,
     PodStatus,
     session_label,
@@ -41,18 +41,13 @@ from ..model import (
     WaitReason,
 )
 from .claiming import CLAIM_MARGIN, Claim, Claims
+from .conditions import DELETE_RETRY, CreateThrottle
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .idling import BusyChecks, Release, StatusCheck, hook_target, unanswered
 from .inventory import PodInventory
 from .prewarm import Prewarm
 
-# A create that failed is not retried at once: the API server or the node is
-# likely still unhappy, and a hot retry loop would only add to its load.
-# No jitter: decisions here stay exact and replayable on a hand-set clock.
-CREATE_BACKOFF = Backoff(1.0, 30.0, jitter=False)
-# A delete that has not been confirmed by an event is asked for again.
-DELETE_RETRY = 30.0
 # How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
 # that was routed to is deleted no sooner than its lease ends: until then it holds its
 # address, which no other pod can be given, so a proxy's cached route can only ever
@@ -85,8 +80,8 @@ class Pool:
         self.creates_in_flight = 0
         # Pods the watch showed before their create call returned (see _stray_pod).
         self._seen_early: set[str] = set()
-        self.create_failures = 0  # in a row; the next create waits CREATE_BACKOFF
-        self.create_blocked_until = 0.0
+        # Failed creates back off, by kind; a refused one holds a condition (conditions.py).
+        self.create_throttle = CreateThrottle()
         self.cap_blocked = False
         self.prewarm = Prewarm(limits)
         self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
@@ -526,24 +521,25 @@ class Pool:
     def pod_created(self, name: str, now: float) -> None:
         # max(): after a rebuild from the store, creates started before it may return.
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
-        self.create_failures = 0
+        self.create_throttle.succeeded()
         if name in self._seen_early:
             self._seen_early.discard(name)
         elif name not in self.pods:
             self._add_pod(Pod(name, PodState.PENDING, now, self.template_hash))
 
-    def create_failed(self, now: float) -> None:
+    def create_failed(
+        self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
+    ) -> None:
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
         while len(self._seen_early) > self.creates_in_flight:
             self._seen_early.pop()  # a stray after all; it stays a pool pod
-        self.create_blocked_until = now + CREATE_BACKOFF.delay(self.create_failures)
-        self.create_failures += 1
-        self.deadlines.push(self.create_blocked_until, "create_backoff", "")
+        retry_at = self.create_throttle.failed(kind, message, now)
+        self.deadlines.push(retry_at, "create_backoff", "")
 
     def delete_failed(self, name: str, now: float) -> None:
         pod = self.pods.get(name)
         if pod is not None and pod.state is PodState.TERMINATING:
-            pod.delete_retry_at = now + 5.0
+            pod.delete_retry_at = now + DELETE_RETRY
             self.deadlines.push(pod.delete_retry_at, "pod_delete", name)
 
     def pod_observed(self, status: PodStatus, now: float) -> None:
@@ -713,12 +709,12 @@ class Pool:
         self.cap_blocked = wanted > 0 and room <= 0 and bool(self.waiting)
         if wanted <= 0 or room <= 0:
             return
-        if now < self.create_blocked_until:
+        if self.create_throttle.blocked(now):
             return
         if self.unschedulable:
             # The cluster has no room: more pending pods would only pile up.
             return
-        window = limits.max_concurrent_creates - self.creates_in_flight
+        window = self.create_throttle.window(limits.max_concurrent_creates) - self.creates_in_flight
         count = min(wanted, room, window)
         if count > 0:
             self.creates_in_flight += count
@@ -762,6 +758,8 @@ class Pool:
             return None
         if session_id in self.claims:
             return Provisioning(WaitReason.CLAIMING)
+        if self.create_throttle.rejected is not None:
+            return Provisioning(WaitReason.POOL_CONDITION, condition=self.create_throttle.rejected)
         pending = [p for p in self.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:
@@ -792,6 +790,7 @@ class Pool:
             sessions=sessions,
             limits=self.limits,
             prewarm=self.prewarm.current,
+            conditions=self.create_throttle.conditions,
         )
 
     def prune_ended(self, older_than: float) -> list[str]:
