@@ -82,7 +82,7 @@ IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-def _kind(exc: aiodocker.DockerError) -> ErrorKind:
+def error_kind(exc: aiodocker.DockerError) -> ErrorKind:
     """A 4xx other than a conflict is the Engine refusing the request as made: no such
     image (404: the Engine API never pulls on create), a bad config (400). A 409 or a
     5xx may pass later."""
@@ -287,7 +287,7 @@ class DockerBackend:
                 if exc.status == 409 and attempt < NAME_ATTEMPTS - 1:
                     continue  # the name is taken: draw another
                 raise BackendError(
-                    f"docker create: {exc}", retryable=exc.status >= 500, kind=_kind(exc)
+                    f"docker create: {exc}", retryable=exc.status >= 500, kind=error_kind(exc)
                 ) from exc
             except _CONNECTION_ERRORS as exc:
                 # The answer was lost; the create may have happened all the same.
@@ -328,7 +328,9 @@ class DockerBackend:
                 return  # another delete is under way; its destroy event follows
             else:
                 raise BackendError(
-                    f"docker delete {name}: {exc}", retryable=exc.status >= 500, kind=_kind(exc)
+                    f"docker delete {name}: {exc}",
+                    retryable=exc.status >= 500,
+                    kind=error_kind(exc),
                 ) from exc
         except _CONNECTION_ERRORS as exc:
             raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc
