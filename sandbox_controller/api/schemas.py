@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from ..model import (
     ACTIVITY_BATCH_MAX,
+    ConditionType,
     EndDetail,
     PodState,
     PoolStatus,
@@ -293,7 +294,7 @@ class PodCounts(BaseModel):
 
 
 class PoolConditionBody(BaseModel):
-    type: Literal["CreateRejected"] = Field(
+    type: ConditionType = Field(
         description="CreateRejected: the platform refuses to create sandbox pods (RBAC, "
         "an invalid template, a missing image); creates back off up to 5 minutes"
     )

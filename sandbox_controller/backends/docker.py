@@ -154,6 +154,7 @@ class DockerBackend:
                     f"sandbox image {options.image} is not on the Docker host "
                     "(build or pull it: see deploy/docker/devsandbox.Dockerfile)",
                     retryable=False,
+                    kind=ErrorKind.PERMANENT,
                 ) from None
             host = Host.from_info(await docker.system.info(), options.reserved_memory)
             backend = cls(
