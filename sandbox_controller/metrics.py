@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .model import EndReason, Outcome, PodState, PoolStatus, SessionActivity
+from .model import ConditionType, EndReason, Outcome, PodState, PoolStatus, SessionActivity
 
 ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -55,6 +55,11 @@ class _PoolCollector(Collector):
         per_user = GaugeMetricFamily(
             "sandbox_max_sessions_per_user", "The per-user limit of live sessions"
         )
+        condition = GaugeMetricFamily(
+            "sandbox_pool_condition",
+            "1 while the pool condition holds (GET /pool conditions), by type",
+            labels=["type"],
+        )
         leader = GaugeMetricFamily("sandbox_is_leader", "1 on the replica that schedules")
         leader.add_metric([], 1.0 if self._is_leader() else 0.0)
         if status is not None:
@@ -71,6 +76,9 @@ class _PoolCollector(Collector):
             if status.prewarm is not None:
                 prewarm_target.add_metric([], status.prewarm.target)
             per_user.add_metric([], status.limits.max_sessions_per_user)
+            holding = {c.type for c in status.conditions}
+            for kind in ConditionType:
+                condition.add_metric([kind.value], 1.0 if kind in holding else 0.0)
         yield from (
             pods,
             creating,
@@ -82,6 +90,7 @@ class _PoolCollector(Collector):
             prewarm,
             prewarm_target,
             per_user,
+            condition,
         )
         yield leader
 
@@ -138,8 +147,9 @@ class ControllerMetrics:
             self.status_checks.labels(answer)
         self.backend_errors = Counter(
             "sandbox_backend_errors",
-            "Backend calls that failed, by operation",
-            ["operation"],
+            "Backend calls that failed, by operation and kind (temporary: may pass "
+            "later; permanent: refused until someone fixes something)",
+            ["operation", "kind"],
             registry=self.registry,
         )
         self.store_errors = Counter(
@@ -166,8 +176,8 @@ class ControllerMetrics:
     def store_failed(self) -> None:
         self.store_errors.inc()
 
-    def backend_failed(self, operation: str) -> None:
-        self.backend_errors.labels(operation).inc()
+    def backend_failed(self, operation: str, kind: str) -> None:
+        self.backend_errors.labels(operation, str(kind)).inc()
 
     def pod_started(self, seconds: float) -> None:
         self.startup_seconds.observe(seconds)

@@ -223,6 +223,22 @@ class WaitReason(enum.StrEnum):
     POD_STARTING = "pod_starting"
     NO_POD_YET = "no_pod_yet"
     CLAIMING = "claiming"  # it has its pod; the pod's claim hook has not answered yet
+    POOL_CONDITION = "pool_condition"  # the pool cannot fill (a PoolCondition holds)
+
+
+class ConditionType(enum.StrEnum):
+    """What is wrong with the pool, as GET /pool and sandbox_pool_condition name it."""
+
+    CREATE_REJECTED = "CreateRejected"  # the platform refuses to create sandboxes
+
+
+@dataclass(frozen=True)
+class PoolCondition:
+    """A fault the pool cannot get past on its own (scheduler/conditions.py)."""
+
+    type: ConditionType
+    message: str  # the latest refusal, in the platform's words
+    since: float  # when it began: the first refusal since the last success
 
 
 @dataclass(frozen=True)
@@ -230,6 +246,7 @@ class Provisioning:
     reason: WaitReason
     pod_detail: str | None = None  # POD_REPORTS: from the pod's conditions and events
     max_total_jobs: int = 0  # CAP_REACHED: the cap that was reached
+    condition: PoolCondition | None = None  # POOL_CONDITION: the one that holds
 
 
 @dataclass(frozen=True)
@@ -272,6 +289,7 @@ class PoolStatus:
     sessions: Mapping[SessionActivity, int]
     limits: Limits
     prewarm: PrewarmTarget | None = None  # None: no pool (a standby)
+    conditions: tuple[PoolCondition, ...] = ()
 
     @classmethod
     def empty(cls, limits: Limits) -> PoolStatus:

@@ -6,9 +6,17 @@ from dataclasses import replace
 
 from prometheus_client import generate_latest
 
+from sandbox_controller.backends.base import ErrorKind
 from sandbox_controller.config import Settings
 from sandbox_controller.metrics import ControllerMetrics
-from sandbox_controller.model import EndReason, PodState, PoolStatus, SessionActivity
+from sandbox_controller.model import (
+    ConditionType,
+    EndReason,
+    PodState,
+    PoolCondition,
+    PoolStatus,
+    SessionActivity,
+)
 
 
 def scrape(metrics: ControllerMetrics) -> str:
@@ -61,10 +69,26 @@ def test_the_observer_side_counts_what_the_loop_reports() -> None:
     metrics = ControllerMetrics(lambda: None, lambda: True)
     metrics.session_ended(EndReason.IDLE_TIMEOUT)
     metrics.session_ended(EndReason.DELETED)
-    metrics.backend_failed("create")
+    metrics.backend_failed("create", ErrorKind.PERMANENT)
+    metrics.backend_failed("delete", ErrorKind.TEMPORARY)
     metrics.store_failed()
     text = scrape(metrics)
     assert 'sandbox_reclaims_total{reason="idle_timeout"} 1.0' in text
     assert 'sandbox_sessions_ended_total{reason="deleted"} 1.0' in text
-    assert 'sandbox_backend_errors_total{operation="create"} 1.0' in text
+    assert 'sandbox_backend_errors_total{kind="permanent",operation="create"} 1.0' in text
+    assert 'sandbox_backend_errors_total{kind="temporary",operation="delete"} 1.0' in text
     assert "sandbox_store_errors_total 1.0" in text
+
+
+def test_the_condition_gauge_is_one_while_a_condition_holds() -> None:
+    clear = PoolStatus.empty(Settings.model_construct().limits())
+    rejected = replace(
+        clear,
+        conditions=(PoolCondition(ConditionType.CREATE_REJECTED, "pods is forbidden", 5.0),),
+    )
+    assert 'sandbox_pool_condition{type="CreateRejected"} 0.0' in scrape(
+        ControllerMetrics(lambda: clear, lambda: True)
+    )
+    assert 'sandbox_pool_condition{type="CreateRejected"} 1.0' in scrape(
+        ControllerMetrics(lambda: rejected, lambda: True)
+    )

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from ..model import (
     ACTIVITY_BATCH_MAX,
+    ConditionType,
     EndDetail,
     PodState,
     PoolStatus,
@@ -292,6 +293,15 @@ class PodCounts(BaseModel):
     terminating: int
 
 
+class PoolConditionBody(BaseModel):
+    type: ConditionType = Field(
+        description="CreateRejected: the platform refuses to create sandbox pods (RBAC, "
+        "an invalid template, a missing image); creates back off up to 5 minutes"
+    )
+    message: str = Field(description="the latest refusal, in the platform's words")
+    since: str = Field(description="when it began: the first refusal since the last success")
+
+
 class PoolBody(BaseModel):
     pods: PodCounts
     creating: int
@@ -300,6 +310,10 @@ class PoolBody(BaseModel):
     max_total_jobs: int
     prewarm_pool_size: int
     max_sessions_per_user: int
+    conditions: list[PoolConditionBody] = Field(
+        description="what keeps the pool from filling; empty when nothing does. A "
+        "condition clears by itself on the first successful create"
+    )
     leader: bool
 
 
@@ -368,6 +382,9 @@ def wait_detail(provisioning: Provisioning | None) -> str | None:
             return "waiting for a sandbox pod"
         case WaitReason.CLAIMING:
             return "handing the session to its sandbox (claim hook)"
+        case WaitReason.POOL_CONDITION:
+            condition = provisioning.condition
+            return f"{condition.type}: {condition.message}" if condition else None
 
 
 def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
@@ -381,6 +398,10 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
         "prewarm_pool_size": limits.prewarm_pool_size,
         "max_sessions_per_user": limits.max_sessions_per_user,
         "prewarm": prewarm_json(status),
+        "conditions": [
+            {"type": c.type.value, "message": c.message, "since": iso(c.since)}
+            for c in status.conditions
+        ],
         "leader": leader,
     }
 

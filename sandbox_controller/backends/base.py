@@ -56,12 +56,25 @@ def session_label(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:40]
 
 
-class BackendError(Exception):
-    """A backend call failed; ``retryable`` says whether trying again may help."""
+class ErrorKind(enum.StrEnum):
+    """What a failure means for the next attempt (kopf's TemporaryError/PermanentError).
+    The backend decides, from what its platform said; the scheduler acts on it."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    TEMPORARY = "temporary"  # overload, a conflict, no answer: trying again may work
+    PERMANENT = "permanent"  # refused as asked (RBAC, an invalid template, no such image)
+
+
+class BackendError(Exception):
+    """A backend call failed. ``retryable``: the backend itself may try the call again
+    at once; ``kind``: whether a later attempt may work without someone fixing
+    something (an unclassified failure is temporary)."""
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, kind: ErrorKind = ErrorKind.TEMPORARY
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.kind = kind
 
 
 class LeaseLost(BackendError):

@@ -45,6 +45,7 @@ from .base import (
     ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     BackendError,
+    ErrorKind,
     PodEvent,
     PodPhase,
     PodStatus,
@@ -77,6 +78,15 @@ HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
 # Health checks run as execs: their events are noise here.
 IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy", "archive")
 _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def error_kind(exc: aiodocker.DockerError) -> ErrorKind:
+    """A 4xx other than a conflict is the Engine refusing the request as made: no such
+    image (404: the Engine API never pulls on create), a bad config (400). A 409 or a
+    5xx may pass later."""
+    if 400 <= exc.status < 500 and exc.status != 409:
+        return ErrorKind.PERMANENT
+    return ErrorKind.TEMPORARY
 
 
 class DockerBackend:
@@ -142,6 +152,7 @@ class DockerBackend:
                     f"sandbox image {options.image} is not on the Docker host "
                     "(build or pull it: see deploy/docker/devsandbox.Dockerfile)",
                     retryable=False,
+                    kind=ErrorKind.PERMANENT,
                 ) from None
             host = Host.from_info(await docker.system.info(), options.reserved_memory)
             backend = cls(
@@ -267,7 +278,9 @@ class DockerBackend:
             except aiodocker.DockerError as exc:
                 if exc.status == 409 and attempt < NAME_ATTEMPTS - 1:
                     continue  # the name is taken: draw another
-                raise BackendError(f"docker create: {exc}", retryable=exc.status >= 500) from exc
+                raise BackendError(
+                    f"docker create: {exc}", retryable=exc.status >= 500, kind=error_kind(exc)
+                ) from exc
             except _CONNECTION_ERRORS as exc:
                 # The answer was lost; the create may have happened all the same.
                 found = await self._find(labels[LABEL_CREATE_ID])
@@ -307,7 +320,9 @@ class DockerBackend:
                 return  # another delete is under way; its destroy event follows
             else:
                 raise BackendError(
-                    f"docker delete {name}: {exc}", retryable=exc.status >= 500
+                    f"docker delete {name}: {exc}",
+                    retryable=exc.status >= 500,
+                    kind=error_kind(exc),
                 ) from exc
         except _CONNECTION_ERRORS as exc:
             raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc

@@ -41,6 +41,7 @@ from .base import (
     LABEL_MANAGED_BY,
     MANAGED_BY,
     BackendError,
+    ErrorKind,
     PodEvent,
     PodStatus,
     WriteGuard,
@@ -66,6 +67,10 @@ WATCH_TIMEOUT = 300.0
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
+# Refusals no later attempt changes until someone fixes something: a bad request, bad
+# credentials, RBAC (403), a missing namespace (404 on a create), an invalid pod (422,
+# admission). Everything else (409, 429, 5xx, no answer at all) may pass later.
+PERMANENT = {400, 401, 403, 404, 422}
 # Failures after which a write may have happened all the same: no answer at all, or a
 # server or gateway giving up on it (a 504 from the API server often follows a commit).
 AMBIGUOUS = {0, 500, 502, 503, 504}
@@ -74,7 +79,11 @@ _CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 class KubeError(BackendError):
     def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
-        super().__init__(f"kubernetes API {status}: {message}", retryable=status in RETRYABLE)
+        super().__init__(
+            f"kubernetes API {status}: {message}",
+            retryable=status in RETRYABLE,
+            kind=ErrorKind.PERMANENT if status in PERMANENT else ErrorKind.TEMPORARY,
+        )
         self.status = status
         self.retry_after = retry_after
 

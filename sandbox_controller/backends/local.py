@@ -40,6 +40,7 @@ from .base import (
     LABEL_TEMPLATE_HASH,
     MANAGED_BY,
     BackendError,
+    ErrorKind,
     PodEvent,
     PodPhase,
     PodStatus,
@@ -168,7 +169,11 @@ class LocalBackend:
                 env=env,
             )
         except OSError as exc:
-            raise BackendError(f"cannot start sandbox process: {exc}") from exc
+            # No such command, or not executable: every spawn fails alike until the
+            # installation is fixed. Other errors (no memory, too many processes) pass.
+            permanent = isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError)
+            kind = ErrorKind.PERMANENT if permanent else ErrorKind.TEMPORARY
+            raise BackendError(f"cannot start sandbox process: {exc}", kind=kind) from exc
         finally:
             log_file.close()
         entry = _Process(name, proc.pid, time.time(), all_labels)

@@ -25,6 +25,9 @@ class Faults:
     # Fraction of creates carried out but answered 504, as a real API server answers a
     # write that outlived the request's deadline: the client cannot tell it happened.
     timeout_after_write_rate: float = 0.0
+    # Refuse every pod create with this status, as a real API server does for good:
+    # 403 (RBAC forbids it), 422 (admission finds the pod invalid). 0 = off.
+    refuse_pod_creates: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -54,6 +57,27 @@ class Faults:
             "Timeout: request did not complete within requested timeout"
             " - context deadline exceeded",
         )
+
+    def refusal(self, verb: str, resource: str, namespace: str) -> ApiError | None:
+        """The refusal of a pod create, in the words a real API server uses."""
+        code = self.refuse_pod_creates
+        if not code or verb != "create" or resource != "pods":
+            return None
+        if code == 403:
+            return ApiError(
+                403,
+                "Forbidden",
+                'pods is forbidden: User "system:serviceaccount:'
+                f'{namespace}:agent-sandbox-controller" cannot create resource "pods" in '
+                f'API group "" in the namespace "{namespace}"',
+            )
+        if code == 422:
+            return ApiError(
+                422,
+                "Invalid",
+                'Pod "agent-sandbox-job-" is invalid: spec.containers[0].image: Required value',
+            )
+        return ApiError(code, "BadRequest", f"kubesim: injected refusal ({code})")
 
     def pick_error(self, verb: str, rng: random.Random) -> ApiError | None:
         if verb == "discovery" or self.error_rate <= 0 or not self.error_codes:

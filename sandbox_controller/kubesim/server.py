@@ -140,7 +140,9 @@ class ApiServer:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 if sim.faults.latency > 0:
                     await asyncio.sleep(sim.faults.latency)
-                injected = sim.faults.pick_error(verb, sim.rng)
+                injected = sim.faults.pick_error(verb, sim.rng) or sim.faults.refusal(
+                    verb, resource, _namespace(request.path)
+                )
                 if injected is not None:
                     raise injected
             response = await handler(request)
@@ -322,3 +324,9 @@ class ApiServer:
 
 def _event(type_: str, obj: Obj) -> bytes:
     return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def _namespace(path: str) -> str:
+    """The namespace a namespaced path names ("" for a cluster-wide one)."""
+    parts = path.strip("/").split("/")
+    return parts[3] if len(parts) > 3 and parts[2] == "namespaces" else ""

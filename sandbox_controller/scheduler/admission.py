@@ -160,6 +160,9 @@ class Admission:
             return None
         if pool.claiming_session(session_id):
             return Provisioning(WaitReason.CLAIMING)
+        rejected = pool.create_rejected
+        if rejected is not None:
+            return Provisioning(WaitReason.POOL_CONDITION, condition=rejected)
         pending = [p for p in pool.pods.values() if p.state is PodState.PENDING]
         reasons = sorted((p for p in pending if p.detail), key=lambda p: p.created_at)
         if reasons:

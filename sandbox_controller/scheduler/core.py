@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict
 from typing import Protocol
 
-from ..model import ActivitySource, BusyAnswer, EndReason, Limits, Outcome, Pod, PodState, Session
+from ..model import (
+    ActivitySource,
+    BusyAnswer,
+    EndReason,
+    Limits,
+    Outcome,
+    Pod,
+    PodState,
+    PoolCondition,
+    Session,
+)
 from .deadlines import Deadlines
 from .effects import Outbox
 from .inventory import PodInventory
@@ -74,6 +84,10 @@ class PoolCore(Protocol):
     @property
     def cap_blocked(self) -> bool:
         """Someone waits and the cap leaves no room to create a pod for them."""
+
+    @property
+    def create_rejected(self) -> PoolCondition | None:
+        """The platform refuses creates for good (conditions.py), or None."""
 
     # ------------------------------------------------------------ sessions (pool.py)
 

@@ -16,6 +16,7 @@ from ..aiotasks import TaskGroup
 from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
 from ..hooks import ClaimPayload, SandboxHooks
 from ..model import BusyAnswer
+from .conditions import kind_of
 from .effects import ClaimCall, Outbox, Release, StatusCheck
 from .pool import Pool
 from .ports import LoopObserver, StatusAnswer
@@ -100,9 +101,12 @@ class EffectCalls:
             self._hold(self._create, "create")
             return
         except Exception as exc:
-            log.warning("creating a sandbox pod failed: %s", exc)
-            self.observer.backend_failed("create")
-            self._queue.put_nowait(Command(lambda pool, now: pool.create_failed(now)))
+            kind, message = kind_of(exc), str(exc)
+            log.warning("creating a sandbox pod failed (%s): %s", kind, message)
+            self.observer.backend_failed("create", kind)
+            self._queue.put_nowait(
+                Command(lambda pool, now: pool.create_failed(now, kind, message))
+            )
             return
         self._queue.put_nowait(Command(lambda pool, now: pool.pod_created(name, now)))
 
@@ -115,7 +119,7 @@ class EffectCalls:
             self._hold(lambda: self._delete(name), f"delete:{name}")
         except Exception as exc:
             log.warning("deleting pod %s failed: %s", name, exc)
-            self.observer.backend_failed("delete")
+            self.observer.backend_failed("delete", kind_of(exc))
             self._queue.put_nowait(Command(lambda pool, now: pool.delete_failed(name, now)))
 
     async def _claim(self, call: ClaimCall) -> None:
@@ -201,7 +205,7 @@ class EffectCalls:
             # Labels are for operators and a second opinion at recovery; the store
             # is the record, so a lost label is logged, not retried forever.
             log.info("labelling pod %s failed: %s", name, exc)
-            self.observer.backend_failed("label")
+            self.observer.backend_failed("label", exc.kind)
 
 
 def event_command(event: PodEvent) -> Callable[[Pool, float], None]:

@@ -8,20 +8,14 @@ create and delete go to the outbox for the loop to carry out.
 
 from __future__ import annotations
 
-from ..aiotime import Backoff
-from ..backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
+from ..backends.base import LABEL_CREATE_ID, LABEL_SESSION, ErrorKind, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, SessionState
+from .conditions import DELETE_RETRY, CreateThrottle
 from .core import PoolCore
 from .deadlines import DeadlineKind
 from .effects import Release
 from .idling import hook_target
 
-# A create that failed is not retried at once: the API server or the node is
-# likely still unhappy, and a hot retry loop would only add to its load.
-# No jitter: decisions here stay exact and replayable on a hand-set clock.
-CREATE_BACKOFF = Backoff(1.0, 30.0, jitter=False)
-# A delete that has not been confirmed by an event is asked for again.
-DELETE_RETRY = 30.0
 # How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
 # that was routed to is deleted no sooner than its lease ends: until then it holds its
 # address, which no other pod can be given, so a proxy's cached route can only ever
@@ -36,8 +30,8 @@ class PodLifecycle:
         self.creates_in_flight = 0
         # Pods the watch showed before their create call returned (see _stray_pod).
         self._seen_early: set[str] = set()
-        self.create_failures = 0  # in a row; the next create waits CREATE_BACKOFF
-        self.create_blocked_until = 0.0
+        # Failed creates back off, by kind; a refused one holds a condition (conditions.py).
+        self.create_throttle = CreateThrottle()
         self.cap_blocked = False
         self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
 
@@ -120,24 +114,25 @@ class PodLifecycle:
     def pod_created(self, name: str, now: float) -> None:
         # max(): after a rebuild from the store, creates started before it may return.
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
-        self.create_failures = 0
+        self.create_throttle.succeeded()
         if name in self._seen_early:
             self._seen_early.discard(name)
         elif name not in self.pool.pods:
             self.add(Pod(name, PodState.PENDING, now, self.pool.template_hash))
 
-    def create_failed(self, now: float) -> None:
+    def create_failed(
+        self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
+    ) -> None:
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
         while len(self._seen_early) > self.creates_in_flight:
             self._seen_early.pop()  # a stray after all; it stays a pool pod
-        self.create_blocked_until = now + CREATE_BACKOFF.delay(self.create_failures)
-        self.create_failures += 1
-        self.pool.deadlines.push(self.create_blocked_until, DeadlineKind.CREATE_BACKOFF, "")
+        retry_at = self.create_throttle.failed(kind, message, now)
+        self.pool.deadlines.push(retry_at, DeadlineKind.CREATE_BACKOFF, "")
 
     def delete_failed(self, name: str, now: float) -> None:
         pod = self.pool.pods.get(name)
         if pod is not None and pod.state is PodState.TERMINATING:
-            pod.delete_retry_at = now + 5.0
+            pod.delete_retry_at = now + DELETE_RETRY
             self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, name)
 
     def pod_observed(self, status: PodStatus, now: float) -> None:
@@ -253,12 +248,13 @@ class PodLifecycle:
         self.cap_blocked = wanted > 0 and room <= 0 and bool(pool.waiting)
         if wanted <= 0 or room <= 0:
             return
-        if now < self.create_blocked_until:
+        if self.create_throttle.blocked(now):
             return
         if pool.unschedulable:
             # The cluster has no room: more pending pods would only pile up.
             return
-        window = limits.max_concurrent_creates - self.creates_in_flight
+        window = self.create_throttle.window(limits.max_concurrent_creates)
+        window -= self.creates_in_flight
         count = min(wanted, room, window)
         if count > 0:
             self.creates_in_flight += count

@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
-from ..backends.base import LABEL_SESSION, LABEL_STATE, PodStatus, session_label
+from ..backends.base import LABEL_SESSION, LABEL_STATE, ErrorKind, PodStatus, session_label
 from ..model import (
     ActivitySource,
     BusyAnswer,
@@ -29,6 +29,7 @@ from ..model import (
     Outcome,
     Pod,
     PodState,
+    PoolCondition,
     PoolStatus,
     Provisioning,
     Session,
@@ -120,6 +121,10 @@ class Pool:
     @property
     def cap_blocked(self) -> bool:
         return self.lifecycle.cap_blocked
+
+    @property
+    def create_rejected(self) -> PoolCondition | None:
+        return self.lifecycle.create_throttle.rejected
 
     @property
     def capacity_blocked(self) -> bool:
@@ -287,8 +292,10 @@ class Pool:
     def pod_created(self, name: str, now: float) -> None:
         self.lifecycle.pod_created(name, now)
 
-    def create_failed(self, now: float) -> None:
-        self.lifecycle.create_failed(now)
+    def create_failed(
+        self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
+    ) -> None:
+        self.lifecycle.create_failed(now, kind, message)
 
     def delete_failed(self, name: str, now: float) -> None:
         self.lifecycle.delete_failed(name, now)
@@ -372,6 +379,7 @@ class Pool:
             sessions=sessions,
             limits=self.limits,
             prewarm=self.prewarm.current,
+            conditions=self.lifecycle.create_throttle.conditions,
         )
 
     def prune_ended(self, older_than: float) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+from ..backends.base import ErrorKind
 from ..model import EndReason, Pod, Session
 from ..store import Batch, Fence
 
@@ -34,7 +35,8 @@ class LoopObserver(Protocol):
     def store_failed(self) -> None:
         """A round's commit failed; the loop rebuilds its state from the store."""
 
-    def backend_failed(self, operation: BackendOperation) -> None: ...
+    def backend_failed(self, operation: BackendOperation, kind: ErrorKind) -> None:
+        """A backend call failed, temporarily or for good (its backend says which)."""
 
     def pod_started(self, seconds: float) -> None:
         """A pod turned ready this long after it was created."""
@@ -55,7 +57,7 @@ class NoObserver:
     def store_failed(self) -> None:
         pass
 
-    def backend_failed(self, operation: BackendOperation) -> None:
+    def backend_failed(self, operation: BackendOperation, kind: ErrorKind) -> None:
         pass
 
     def pod_started(self, seconds: float) -> None:

@@ -29,6 +29,8 @@ CONTROLLER_METRICS = frozenset(
         "sandbox_prewarm_pool_size",
         "sandbox_capacity_blocked",
         "sandbox_is_leader",
+        "sandbox_backend_errors_total",
+        "sandbox_pool_condition",
     }
 )
 PROXY_METRICS = frozenset(

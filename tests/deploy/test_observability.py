@@ -30,6 +30,7 @@ ALERTS = {
     "AgentSandboxCapReached",
     "AgentSandboxPoolEmpty",
     "AgentSandboxCapacityBlocked",
+    "AgentSandboxCreateRejected",
     "AgentSandboxNoLeader",
     "AgentSandboxProxyErrors",
 }
@@ -142,6 +143,8 @@ def test_dashboard_panels(tmp_path: Path) -> None:
         "Session requests by outcome",
         "Reclaims by reason",
         "Capacity blocked",
+        "Pool conditions",
+        "Backend errors by operation and kind",
         "Leader",
         "Proxy requests by code",
         "Proxy upstream latency",
@@ -166,4 +169,61 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         assert "$" not in promql, f"unknown Grafana variable in {expr}"
         rules.append({"record": f"dashboard:query_{i}", "expr": promql})
     proc = check_rules([{"name": "dashboard", "rules": rules}], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_create_rejected_alert_fires_while_the_condition_holds(
+    render: Render, tmp_path: Path
+) -> None:
+    rule = find(render(MONITORING), "PrometheusRule")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    [alert] = [
+        r
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "AgentSandboxCreateRejected"
+    ]
+    words = alert["annotations"]
+    series = (
+        f'sandbox_pool_condition{{namespace="{NAMESPACE}", job="rel-agent-sandbox-controller",'
+        ' type="CreateRejected"}'
+    )
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                # Refused for 10 minutes, then a create succeeds.
+                "input_series": [{"series": series, "values": "1x10 0x10"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "3m",
+                        "alertname": "AgentSandboxCreateRejected",
+                        "exp_alerts": [],
+                    },
+                    {
+                        "eval_time": "8m",
+                        "alertname": "AgentSandboxCreateRejected",
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": "critical"}, "exp_annotations": words}
+                        ],
+                    },
+                    {
+                        "eval_time": "18m",
+                        "alertname": "AgentSandboxCreateRejected",
+                        "exp_alerts": [],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool(), "test", "rules", "tests.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from sandbox_controller.backends.base import (
+    BackendError,
     LeaseLost,
     PodEvent,
     PodPhase,
@@ -70,6 +71,7 @@ class FakeBackend:
         self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
         self._names = itertools.count(1)
         self.lease_ok = True  # what the write guard says: False refuses every write
+        self.create_error: BackendError | None = None  # raised by every create while set
 
     def _guard(self) -> None:
         if not self.lease_ok:
@@ -83,6 +85,9 @@ class FakeBackend:
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         self._guard()
+        if self.create_error is not None:
+            self.calls.append(("create", ""))  # asked, refused: no pod
+            raise self.create_error
         name = f"pod-{next(self._names)}"
         self.pods[name] = PodStatus(name, PodPhase.PENDING, labels=dict(labels))
         self.calls.append(("create", name))
@@ -135,6 +140,7 @@ class RecordingObserver:
         self.rounds: list[int] = []
         self.store_failures = 0
         self.backend_failures: list[str] = []
+        self.backend_failure_kinds: list[str] = []
         self.started: list[float] = []
         self.ended: list[EndReason] = []
         self.claim_failures = 0
@@ -146,8 +152,9 @@ class RecordingObserver:
     def store_failed(self) -> None:
         self.store_failures += 1
 
-    def backend_failed(self, operation: str) -> None:
+    def backend_failed(self, operation: str, kind: str) -> None:
         self.backend_failures.append(operation)
+        self.backend_failure_kinds.append(str(kind))
 
     def pod_started(self, seconds: float) -> None:
         self.started.append(seconds)
