@@ -6,7 +6,13 @@ pod's ``POST /_sandbox/claim``, and only an accepting answer makes the session r
 Meanwhile the pod is assigned (it never serves anyone else) and the session stays
 provisioning. Each claim call is one *attempt*, numbered, so an answer that comes
 back after its attempt was given up (a fallback deadline, a DELETE, a failed pod) is
-recognised as late and ignored. Bookkeeping only; the decisions are in pool.py.
+recognised as late and ignored.
+
+A payload no sandbox will take must cost its session, not the pool: each session's
+claim may cost at most ``max_claim_attempts`` pods, whatever the failures (timeouts,
+5xx, pods that die), and a claim *refused* (a 4xx answer: the sandbox read the payload
+and said no) by two pods is not tried on a third. Either way the session ends
+``claim_rejected``, quoting what the sandbox said. The pool decides what follows.
 """
 
 from __future__ import annotations
@@ -14,12 +20,62 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from ..hooks import NOT_IMPLEMENTED, HookResult
 from ..model import Pod, Session
 
 # The pool's own deadline for a claim answer: the loop's call is bounded by the hook
 # timeout; this margin covers the loop's round trip, so a lost answer (a cancelled
 # effect, a bug) can never leave a session provisioning for good.
 CLAIM_MARGIN = 1.0
+# Refusals by this many different pods end the session: one may be a broken pod, two
+# agreeing mean the payload.
+REFUSALS_TO_REJECT = 2
+# Client errors that say "not now" rather than "not this": ordinary failures.
+_NOT_A_REFUSAL = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class ClaimFailure:
+    """Why one claim attempt failed: ``refused`` if the sandbox answered a 4xx that
+    means "no claim hook" nowhere (404/405 accept); ``words`` say what happened."""
+
+    refused: bool
+    words: str
+
+
+NO_ANSWER = ClaimFailure(False, "no answer in time")
+POD_LOST = ClaimFailure(False, "the pod failed during the claim")
+
+
+def failure_of(result: HookResult) -> ClaimFailure:
+    status = result.status
+    refused = (
+        status is not None
+        and 400 <= status < 500
+        and status not in NOT_IMPLEMENTED
+        and status not in _NOT_A_REFUSAL
+    )
+    words = f"{result.detail}: {result.answer}" if result.answer else result.detail
+    return ClaimFailure(refused, words or "failed")
+
+
+@dataclass
+class Tries:
+    """One session's claim attempts so far, and their failures."""
+
+    pods: int = 0
+    refusals: int = 0
+    last: ClaimFailure | None = None
+
+
+def rejection(tries: Tries, max_attempts: int) -> str | None:
+    """Why this session's claim is tried no further (its end detail), or None to go on."""
+    last = tries.last.words if tries.last else "failed"
+    if tries.refusals >= REFUSALS_TO_REJECT:
+        return f"refused by {tries.refusals} sandboxes; the last answered {last}"
+    if tries.pods >= max_attempts:
+        return f"failed on {tries.pods} sandboxes; the last: {last}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,8 +103,11 @@ class Claim:
 
 
 class Claims:
-    def __init__(self) -> None:
+    def __init__(self, max_attempts: int = 3) -> None:
+        self.max_attempts = max_attempts
         self._by_session: dict[str, Claim] = {}
+        # Until the session is handed over or ends (release_payload).
+        self._tries: dict[str, Tries] = {}
         # Which request's payload (env, files) a session's claims deliver, until the
         # session is handed over or ends: then the loop may forget the payload.
         self._payload_of: dict[str, int] = {}
@@ -68,6 +127,7 @@ class Claims:
         assert pod.create_id is not None and pod.address is not None
         claim = Claim(next(self._attempts), pod.name, warm, due)
         self._by_session[session.id] = claim
+        self._tries.setdefault(session.id, Tries()).pods += 1
         return ClaimCall(
             claim.attempt,
             session.id,
@@ -91,9 +151,18 @@ class Claims:
     def drop(self, session_id: str) -> None:
         self._by_session.pop(session_id, None)
 
+    def failed(self, session_id: str, failure: ClaimFailure) -> str | None:
+        """Count a failed attempt: why the session's claim is given up, or None."""
+        tries = self._tries.setdefault(session_id, Tries())
+        tries.refusals += failure.refused
+        tries.last = failure
+        return rejection(tries, self.max_attempts)
+
     def hold_payload(self, session_id: str, request_id: int) -> None:
         self._payload_of[session_id] = request_id
 
     def release_payload(self, session_id: str) -> int | None:
-        """The request whose payload is no longer needed, if any."""
+        """The session is done with claims (handed over, or ended): forget its tries;
+        the request whose payload is no longer needed, if any."""
+        self._tries.pop(session_id, None)
         return self._payload_of.pop(session_id, None)

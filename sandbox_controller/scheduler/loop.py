@@ -40,7 +40,7 @@ from ..model import (
     SessionView,
 )
 from ..store import Batch, Deposed, Fence
-from .claiming import ClaimCall
+from .claiming import NO_ANSWER, ClaimCall, failure_of
 from .effects import Answer, Outbox
 from .idling import Release, StatusCheck
 from .pool import ROUTE_LEASE, Pool
@@ -557,7 +557,7 @@ class Scheduler:
         """Deliver the session to its pod's claim hook; the answer goes back to the pool
         as a command. No write guard: a hook call is no Kubernetes write, and the
         round that decided it committed under this leader's fence."""
-        accepted = True
+        accepted, failure = True, NO_ANSWER
         if self.hooks is not None:
             held = self._payloads.get(call.request_id) if call.request_id is not None else None
             payload = ClaimPayload(
@@ -567,17 +567,17 @@ class Scheduler:
             )
             session = (call.session_id, call.user_id, call.thread_id)
             result = await self.hooks.claim(call.address, call.create_id, session, payload)
-            accepted = result.ok
+            accepted, failure = result.ok, failure_of(result)
             if not accepted:
                 log.warning(
-                    "claim hook of pod %s failed for session %s: %s; trying another pod",
+                    "claim hook of pod %s failed for session %s: %s",
                     call.pod_name,
                     call.session_id,
                     result.detail,
                 )
 
         def apply(pool: Pool, now: float) -> None:
-            pool.claim_answered(call.session_id, call.attempt, accepted, now)
+            pool.claim_answered(call.session_id, call.attempt, accepted, now, failure)
 
         self._queue.put_nowait(_Command(apply))
 

@@ -40,7 +40,7 @@ from ..model import (
     SessionState,
     WaitReason,
 )
-from .claiming import CLAIM_MARGIN, Claim, Claims
+from .claiming import CLAIM_MARGIN, NO_ANSWER, POD_LOST, Claim, ClaimFailure, Claims
 from .deadlines import Deadlines
 from .effects import Answer, Outbox
 from .idling import BusyChecks, Release, StatusCheck, hook_target, unanswered
@@ -91,7 +91,7 @@ class Pool:
         self.prewarm = Prewarm(limits)
         self._prewarm_due = float("inf")  # the "prewarm" deadline pushed last
         self.deadlines = Deadlines()
-        self.claims = Claims()
+        self.claims = Claims(limits.max_claim_attempts)
         self.busy = BusyChecks(limits)  # status checks asked before idling out (idling.py)
         self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
         self.outbox = Outbox()
@@ -335,9 +335,17 @@ class Pool:
         self.outbox.claims.append(self.claims.start(session, pod, warm, due))
         self.deadlines.push(due, "claim", session.id)
 
-    def claim_answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
-        """A claim hook answered (or its deadline passed: ``accepted=False``). Late
-        answers, of an attempt already given up or a session already ended, are ignored."""
+    def claim_answered(
+        self,
+        session_id: str,
+        attempt: int,
+        accepted: bool,
+        now: float,
+        failure: ClaimFailure = NO_ANSWER,
+    ) -> None:
+        """A claim hook answered (or its deadline passed: ``accepted=False``), and if it
+        failed, how. Late answers, of an attempt already given up or a session already
+        ended, are ignored."""
         claim = self.claims.finish(session_id, attempt)
         if claim is None:
             return
@@ -346,17 +354,24 @@ class Pool:
         if accepted and pod is not None and pod.state is PodState.ASSIGNED:
             self._hand_over(session, now, Outcome.WARM if claim.warm else Outcome.COLD)
         else:
-            self._claim_failed(session, claim, now)
+            self._claim_failed(session, claim, now, failure)
 
-    def _claim_failed(self, session: Session, claim: Claim, now: float) -> None:
+    def _claim_failed(
+        self, session: Session, claim: Claim, now: float, failure: ClaimFailure
+    ) -> None:
         """That pod goes (it may hold part of the session); the next fresh warm pod is
-        tried, and only when none is left does the session wait for a cold one."""
+        tried, and only when none is left does the session wait for a cold one. A
+        claim given up (claiming.py) ends the session instead."""
         self.outbox.claim_failures += 1
         session.pod_name = None
         self.outbox.dirty_sessions.add(session.id)
         pod = self.pods.get(claim.pod_name)
         if pod is not None:
             self._delete_pod(pod, now)
+        rejected = self.claims.failed(session.id, failure)
+        if rejected is not None:
+            self.end_session(session.id, EndReason.CLAIM_REJECTED, now, claim_answer=rejected)
+            return
         pod = self.inventory.oldest_fresh_idle()
         if pod is not None:
             self._lease(pod, session, now, warm=claim.warm)
@@ -390,10 +405,17 @@ class Pool:
         return max(1.0, min(quiet_at, default=now) - now)
 
     def end_session(
-        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+        self,
+        session_id: str,
+        reason: EndReason,
+        now: float,
+        asked: BusyAnswer | None = None,
+        *,
+        claim_answer: str | None = None,
     ) -> bool:
         """End a live session and give its pod back (by deleting it). False if not live.
-        ``asked``: the status hook's answer that let it end (recorded as why)."""
+        ``asked``: the status hook's answer that let it end; ``claim_answer``: why its
+        claim was given up (each recorded as why)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
@@ -401,7 +423,10 @@ class Pool:
         session.end_reason = reason
         session.ended_at = now
         session.end_detail = EndDetail(
-            session.last_active_at, session.activity_source, asked.describe() if asked else None
+            session.last_active_at,
+            session.activity_source,
+            asked.describe() if asked else None,
+            claim_answer,
         )
         self.busy.forget(session_id)
         self._untrack_live(session)
@@ -616,7 +641,7 @@ class Pool:
         if claim is not None and claim.pod_name == pod.name:
             # Never handed over: the session tries another pod, as on a failed claim.
             self.claims.drop(session_id)
-            self._claim_failed(self.sessions[session_id], claim, now)
+            self._claim_failed(self.sessions[session_id], claim, now, POD_LOST)
         else:
             self.end_session(session_id, EndReason.POD_FAILED, now)
 
