@@ -313,11 +313,12 @@ class Pool:
         session.reply_deadline = now + wait_seconds
         pod = self.inventory.oldest_fresh_idle()
         if pod is not None:
-            # A claim in flight answers when the hook does (bounded by the claim's own
-            # deadline), not at the reply deadline: it is the warm path still.
             self._lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
+                # A claim in flight: answered when the hook accepts, or at the reply
+                # deadline as provisioning (claiming), whichever comes first.
                 self._watch_session_deadlines(session)
+                self.deadlines.push(session.reply_deadline, "reply", session.id)
             return
         self.waiting[session.id] = None
         self._watch_session_deadlines(session)
@@ -662,10 +663,10 @@ class Pool:
             session = self.sessions.get(key)
             if session is None or session.reply_deadline is None or not session.live:
                 return
-            if key in self.claims:
-                return  # its claim answers, within the claim's own deadline
             if session.reply_deadline > now:
                 self.deadlines.push(session.reply_deadline, "reply", key)
+            elif key in self.claims:
+                self._answer_session(session, Outcome.COLD)  # provisioning: claiming
             elif self._covered(key):
                 self._answer_session(session, Outcome.COLD)
             else:

@@ -106,12 +106,30 @@ def test_a_delete_while_claiming_ends_the_session_and_deletes_the_pod() -> None:
     assert len(h.claims) == 1
 
 
-def test_the_reply_deadline_does_not_cut_a_claim_short() -> None:
+def test_a_slow_claim_answers_provisioning_at_the_reply_deadline_and_goes_on() -> None:
+    h = claiming()
+    rid = h.open("alice", "t1", wait=1.0)
+    call = h.claims[-1]
+    h.advance(0.999)
+    assert h.answer(rid) is None  # the hook still has time
+    h.advance(0.001)
+    answer = h.answer(rid)
+    assert answer is not None and answer.outcome is Outcome.COLD  # not ready in time
+    sid = h.session_of(rid)
+    assert h.state(sid) is SessionState.PROVISIONING
+    detail = h.pool.provisioning(sid)
+    assert detail is not None and detail.reason is WaitReason.CLAIMING
+    h.answer_claim(call)  # the claim goes on, and the session turns ready
+    assert h.state(sid) is SessionState.READY and len(h.answers) == 1
+
+
+def test_a_wait_of_zero_answers_at_once_while_the_claim_goes_on() -> None:
     h = claiming()
     rid = h.open("alice", "t1", wait=0.0)
-    assert h.answer(rid) is None  # the claim is the warm path: it answers
+    answer = h.answer(rid)
+    assert answer is not None and answer.outcome is Outcome.COLD
     h.answer_claim(h.claims[-1])
-    assert h.outcome(rid) is Outcome.WARM
+    assert h.state(h.session_of(rid)) is SessionState.READY
 
 
 def test_a_failed_claim_past_the_wait_answers_provisioning() -> None:
@@ -265,6 +283,18 @@ def test_attempts_count_across_cold_pods_too() -> None:
     sid = h.claims[0].session_id
     assert h.pool.sessions[sid].end_reason is EndReason.CLAIM_REJECTED
     assert sid not in h.pool.waiting and h.answer(rid) is not None
+
+
+def test_a_session_answered_provisioning_still_ends_when_its_claim_is_given_up() -> None:
+    h = claiming(prewarm=3)
+    rid = h.open("mallory", "t1", wait=1.0)
+    h.advance(1.0)
+    assert h.outcome(rid) is Outcome.COLD  # provisioning, claiming
+    fail_claim(h, h.claims[-1], REFUSED)
+    fail_claim(h, h.claims[-1], REFUSED)
+    sid = h.session_of(rid)
+    assert h.pool.sessions[sid].end_reason is EndReason.CLAIM_REJECTED
+    assert len(h.answers) == 1  # answered once, at the deadline; the end is for GET
 
 
 def test_tries_are_counted_per_session() -> None:
