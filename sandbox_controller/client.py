@@ -44,12 +44,15 @@ class Connect:
 
 @dataclass(frozen=True)
 class EndDetail:
-    """Why a session ended when it did: its last activity, where that came from, and
-    the sandbox's answer when it was asked whether it was busy (else None)."""
+    """Why a session ended when it did: its last activity, where that came from, the
+    sandbox's answer when it was asked whether it was busy, and why its claim was given
+    up (claim_rejected); None where they do not apply."""
 
     last_active_at: str | None
     activity_source: str | None  # handover | proxy | touch | busy
     busy_answer: str | None
+    # claim_rejected: why the claim was given up, quoting the sandbox's answer.
+    claim_answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Session:
     user_id: str
     thread_id: str
     state: str  # provisioning | ready | ended
+    # deleted | idle_timeout | max_lifetime | reclaimed | pod_failed | startup_timeout |
+    # claim_rejected
     end_reason: str | None
     created_at: str
     last_active_at: str | None
@@ -97,7 +102,10 @@ class Session:
             activity_source=activity.get("source"),
             activity_detail=activity.get("detail"),
             end_detail=EndDetail(
-                ended.get("last_active_at"), ended.get("activity_source"), ended.get("busy_answer")
+                ended.get("last_active_at"),
+                ended.get("activity_source"),
+                ended.get("busy_answer"),
+                ended.get("claim_answer"),
             )
             if ended
             else None,
@@ -323,10 +331,11 @@ class AsyncSandboxClient:
             attempt += 1
             session = await self.get(session.id)
         if session.state == "ended":
+            why = session.end_reason
+            if session.end_detail is not None and session.end_detail.claim_answer:
+                why = f"{why}: {session.end_detail.claim_answer}"
             raise SessionEndedError(
-                "session_ended",
-                f"session {session.id} ended while starting ({session.end_reason})",
-                410,
+                "session_ended", f"session {session.id} ended while starting ({why})", 410
             )
         return session
 

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # Each claim or status call; a claim that takes longer fails and the next warm pod
     # is tried, a status call that takes longer counts as "not busy".
     hook_timeout: Duration = 2.0
+    # Pods one session's claim may cost: a payload every sandbox refuses (or sandboxes
+    # that all time out) ends its session (claim_rejected) instead of emptying the pool.
+    max_claim_attempts: int = Field(3, ge=1)
     # What the sandbox gets to flush its work before its pod is deleted.
     release_timeout: Duration = 2.0
 
@@ -224,6 +227,7 @@ class Settings(BaseSettings):
             ),
             hooks=self.hooks,
             hook_timeout=self.hook_timeout,
+            max_claim_attempts=self.max_claim_attempts,
         )
 
     def kube_options(self) -> KubeOptions:

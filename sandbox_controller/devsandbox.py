@@ -248,11 +248,16 @@ def contract_routes(state: ContractState) -> list[Route]:
         targets = [_safe_path(state.workdir, f.path) for f in received.files]
         if None in targets:
             return _problem(422, "invalid_request", "files: a path leaves the workspace")
-        for target, claimed in zip(targets, received.files, strict=True):
-            assert target is not None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(claimed.content)
-            state.written.append(claimed.path)
+        try:
+            for target, claimed in zip(targets, received.files, strict=True):
+                assert target is not None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(claimed.content)
+                state.written.append(claimed.path)
+        except OSError as exc:
+            # Two files in each other's way ("x" and "x/y", "."), a name too long for
+            # the filesystem: the payload's fault, so a refusal, not a server error.
+            return _problem(422, "invalid_request", f"files: cannot write: {exc.strerror or exc}")
         state.claim = received
         return Response(status_code=204)
 

@@ -18,6 +18,7 @@ logged (this module logs names and outcomes, not bodies).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ import httpx
 
 from .backends.base import claim_secret
 from .model import BusyAnswer
+from .quoting import ANSWER_READ_MAX, quote
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ class ClaimPayload:
             "files": [{"path": f.path, "content": f.content} for f in self.files],
         }
 
+    def secrets(self) -> list[str]:
+        """What a sandbox's answer must not carry back into a log or the database."""
+        return [*self.env.values(), *(f.content for f in self.files)]
+
 
 class HookOutcome(enum.StrEnum):
     ACCEPTED = "accepted"  # 2xx
@@ -84,6 +90,10 @@ class HookOutcome(enum.StrEnum):
 class HookResult:
     outcome: HookOutcome
     detail: str = ""  # why it failed, for the log and the session's record
+    # A failure's HTTP status (None: no answer), and the start of what the sandbox
+    # said, printable and with the call's secrets blanked (quoting.py).
+    status: int | None = None
+    answer: str = ""
 
     @property
     def ok(self) -> bool:
@@ -120,7 +130,9 @@ class SandboxHooks:
         """Deliver the session to the pod at ``address`` ("host:port")."""
         session_id, user_id, thread_id = session
         body = payload.body(session_id, user_id, thread_id)
-        return await self._call("POST", address, CLAIM_PATH, create_id, self.timeout, body)
+        return await self._call(
+            "POST", address, CLAIM_PATH, create_id, self.timeout, body, payload.secrets()
+        )
 
     async def status(self, address: str, create_id: str) -> BusyAnswer:
         try:
@@ -167,22 +179,48 @@ class SandboxHooks:
         create_id: str,
         timeout: float,
         body: dict[str, Any],
+        secrets: Sequence[str] = (),
     ) -> HookResult:
+        request = self._client.build_request(
+            method,
+            f"http://{address}{path}",
+            json=body,
+            headers=self._auth(create_id),
+            timeout=timeout,
+        )
         try:
-            response = await self._client.request(
-                method,
-                f"http://{address}{path}",
-                json=body,
-                headers=self._auth(create_id),
-                timeout=timeout,
-            )
+            response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             return HookResult(HookOutcome.FAILED, _error_words(exc))
-        if 200 <= response.status_code < 300:
-            return HookResult(HookOutcome.ACCEPTED)
-        if response.status_code in NOT_IMPLEMENTED:
-            return HookResult(HookOutcome.NOT_IMPLEMENTED)
-        return HookResult(HookOutcome.FAILED, f"HTTP {response.status_code}")
+        try:
+            status = response.status_code
+            if 200 <= status < 300:
+                return HookResult(HookOutcome.ACCEPTED)
+            if status in NOT_IMPLEMENTED:
+                return HookResult(HookOutcome.NOT_IMPLEMENTED)
+            raw = await _first_bytes(response, timeout)
+            return HookResult(
+                HookOutcome.FAILED, f"HTTP {status}", status=status, answer=quote(raw, secrets)
+            )
+        finally:
+            await response.aclose()
+
+
+async def _first_bytes(response: httpx.Response, timeout: float) -> bytes:
+    """Up to ANSWER_READ_MAX bytes of the body as sent (not decompressed), within
+    ``timeout``; what came by then, if the sandbox stalls or hangs up."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in response.aiter_raw():
+                chunks.append(chunk[: ANSWER_READ_MAX - size])
+                size += len(chunks[-1])
+                if size >= ANSWER_READ_MAX:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    return b"".join(chunks)
 
 
 def _error_words(exc: httpx.HTTPError) -> str:

@@ -31,6 +31,8 @@ class EndReason(enum.StrEnum):
     RECLAIMED = "reclaimed"
     POD_FAILED = "pod_failed"
     STARTUP_TIMEOUT = "startup_timeout"
+    # Its claim was refused by two sandboxes, or failed on max_claim_attempts of them.
+    CLAIM_REJECTED = "claim_rejected"
 
 
 class Outcome(enum.StrEnum):
@@ -97,23 +99,28 @@ class EndDetail:
     activity_source: ActivitySource | None = None
     # The status hook's answer asked before ending (None: not asked, e.g. a DELETE).
     busy_answer: str | None = None
+    # claim_rejected: what the sandboxes answered the claim (quoting.py: bounded, no secret).
+    claim_answer: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
             "last_active_at": self.last_active_at,
             "activity_source": self.activity_source.value if self.activity_source else None,
             "busy_answer": self.busy_answer,
+            "claim_answer": self.claim_answer,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> EndDetail:
         source = data.get("activity_source")
         answer = data.get("busy_answer")
+        claim = data.get("claim_answer")
         at = data.get("last_active_at")
         return cls(
             last_active_at=float(at) if isinstance(at, int | float) else 0.0,
             activity_source=ActivitySource(source) if isinstance(source, str) else None,
             busy_answer=answer if isinstance(answer, str) else None,
+            claim_answer=claim if isinstance(claim, str) else None,
         )
 
 
@@ -201,6 +208,8 @@ class Limits:
     # How long one hook call may take (the loop's calls are bounded by it; the pool's
     # fallback deadlines allow for it).
     hook_timeout: float = 2.0
+    # Pods a session's claim may cost at most (claiming.py), whatever the failures.
+    max_claim_attempts: int = 3
 
     @property
     def reclaim_after(self) -> float:

@@ -160,3 +160,46 @@ def test_the_payloads_secrets_never_show_in_its_repr() -> None:
     text = repr(PAYLOAD)
     assert "sk-very-secret-value" not in text and "hello" not in text
     assert "ws-3" in text  # metadata is not secret
+
+
+async def test_a_refused_claim_says_what_the_sandbox_answered(
+    hooks: SandboxHooks, devsandbox: str
+) -> None:
+    # "x" and then "x/y": the devsandbox cannot make x a directory and refuses the claim.
+    colliding = ClaimPayload(files=(ClaimFile("x", "one"), ClaimFile("x/y", "two")))
+    result = await hooks.claim(devsandbox, CREATE_ID, SESSION, colliding)
+    assert result.outcome is HookOutcome.FAILED and result.status == 422
+    assert result.detail == "HTTP 422"
+    assert '"invalid_request"' in result.answer and "files: cannot write" in result.answer
+
+
+async def test_a_hostile_refusal_is_read_bounded_quoted_short_and_without_secrets(
+    hooks: SandboxHooks,
+) -> None:
+    """A 422 whose body is 1 GiB of echoed secrets (as sent and JSON-escaped) and
+    terminal escapes: the call ends within its timeout, having read a few KiB."""
+    secret = PAYLOAD.env["OPENAI_API_KEY"]
+    multiline = ClaimPayload(env=PAYLOAD.env, files=(ClaimFile("a", "line one\nline two"),))
+    sent = 0
+
+    async def floods(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 422 Unprocessable\r\ncontent-length: 1073741824\r\n\r\n")
+        chunk = b'{"input": "line one\\nline two"} \x1b[2J ' + secret.encode() + b" " * 60_000
+        with contextlib.suppress(ConnectionError):
+            while sent < 2**30:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+
+    async with tcp_server(floods) as address:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await hooks.claim(address, CREATE_ID, SESSION, multiline)
+        took = loop.time() - started
+    assert result.status == 422 and took < 5.0  # bounded by the 0.5 s timeout, generously
+    assert sent < 64 * 2**20  # it stopped reading: only socket buffers were filled
+    assert secret not in result.answer and "line two" not in result.answer
+    assert result.answer.startswith('{"input": "[redacted]"}') and "\x1b" not in result.answer
+    assert len(result.answer) <= 200

@@ -76,12 +76,15 @@ _PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
 METADATA_PATTERN = rf"^{_PRINTABLE}*$"
 # Secrets, never stored: anything a process's environment or a text file holds, NUL aside.
 SECRET_TEXT_PATTERN = r"^[^\x00]*$"
-# A relative path of printable segments, none of them "..", no empty segment (so no
-# leading, trailing or double "/"). No look-arounds: the schema's regex must be one
-# that every generator and validator reads alike.
-_SEG_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
-_SEG_NOT_DOT = r"[^/.\x00-\x1f\x7f-\x9f]"
-_SEGMENT = rf"(?:{_SEG_CHAR}|{_SEG_NOT_DOT}{_SEG_CHAR}|{_SEG_CHAR}{_SEG_NOT_DOT}|{_SEG_CHAR}{{3,}})"
+# A relative path of printable segments, none of them "." or "..", no empty segment
+# (so no leading, trailing or double "/"), and no backslash (a separator to some
+# sandboxes' runtimes, so "a\\..\\b" could climb). No look-arounds: the schema's regex
+# must be one that every generator and validator reads alike.
+_SEG_CHAR = r"[^/\\\x00-\x1f\x7f-\x9f]"
+_SEG_NOT_DOT = r"[^/.\\\x00-\x1f\x7f-\x9f]"
+_SEGMENT = (
+    rf"(?:{_SEG_NOT_DOT}|{_SEG_NOT_DOT}{_SEG_CHAR}|{_SEG_CHAR}{_SEG_NOT_DOT}|{_SEG_CHAR}{{3,}})"
+)
 FILE_PATH_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
 
 
@@ -139,7 +142,7 @@ class ClaimFileBody(BaseModel):
         str,
         StringConstraints(min_length=1, max_length=FILE_PATH_MAX, pattern=FILE_PATH_PATTERN),
         AfterValidator(_check_printable),
-    ] = Field(description="relative, no '..' segment")
+    ] = Field(description="relative: no leading '/', no '.', '..' or empty segment, no '\\'")
     content: Annotated[
         str,
         StringConstraints(max_length=FILE_CONTENT_MAX, pattern=SECRET_TEXT_PATTERN),
@@ -180,8 +183,9 @@ class CreateSession(BaseModel):
         max_length=FILES_MAX,
         description=(
             f"secret, as env; contents total at most {FILES_TOTAL_MAX} characters; "
-            "written in order (a later file of the same path wins)"
+            "each path once, and none the directory of another ('x' and 'x/y')"
         ),
+        json_schema_extra={"uniqueItems": True},
     )
 
     @model_validator(mode="after")
@@ -200,7 +204,29 @@ class CreateSession(BaseModel):
                 "files: contents total {total} characters, over {limit}",
                 {"total": files_total, "limit": FILES_TOTAL_MAX},
             )
+        conflict = path_conflict([f.path for f in self.files])
+        if conflict is not None:
+            raise PydanticCustomError(
+                "file_path_conflict", "files: {conflict}", {"conflict": conflict}
+            )
         return self
+
+
+def path_conflict(paths: list[str]) -> str | None:
+    """Why these claim files cannot all be written, if they cannot: a path given twice,
+    or a path that another one needs as its directory."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            return f"{path!r} is given twice"
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            directory = "/".join(parts[:end])
+            if directory in seen:
+                return f"{directory!r} is a file and the directory of {path!r}"
+    return None
 
 
 # A proxy's batch: session id -> last activity. Bounded so that the largest valid batch
@@ -255,6 +281,11 @@ class EndDetailBody(BaseModel):
         description="the status hook's answer asked before ending it (idle timeout or "
         "reclaim), e.g. 'not busy' or 'no answer (timed out)'; null when none was asked"
     )
+    claim_answer: str | None = Field(
+        None,
+        description="claim_rejected only: why the claim was given up, quoting the "
+        "sandbox's answer (its start, printable, without the claim's env or files)",
+    )
 
 
 class SessionBody(BaseModel):
@@ -264,7 +295,13 @@ class SessionBody(BaseModel):
     state: Literal["provisioning", "ready", "ended"]
     end_reason: (
         Literal[
-            "deleted", "idle_timeout", "max_lifetime", "reclaimed", "pod_failed", "startup_timeout"
+            "deleted",
+            "idle_timeout",
+            "max_lifetime",
+            "reclaimed",
+            "pod_failed",
+            "startup_timeout",
+            "claim_rejected",
         ]
         | None
     )
@@ -424,6 +461,7 @@ def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
         "last_active_at": iso(detail.last_active_at),
         "activity_source": detail.activity_source.value if detail.activity_source else None,
         "busy_answer": detail.busy_answer,
+        "claim_answer": detail.claim_answer,
     }
 
 

@@ -92,11 +92,12 @@ class Admission:
         session.reply_deadline = now + wait_seconds
         pod = pool.inventory.oldest_fresh_idle()
         if pod is not None:
-            # A claim in flight answers when the hook does (bounded by the claim's own
-            # deadline), not at the reply deadline: it is the warm path still.
             pool.lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
+                # A claim in flight: answered when the hook accepts, or at the reply
+                # deadline as provisioning (claiming), whichever comes first.
                 pool.watch_session_deadlines(session)
+                pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session.id)
             return
         pool.waiting[session.id] = None
         pool.watch_session_deadlines(session)
@@ -130,10 +131,10 @@ class Admission:
         session = pool.sessions.get(session_id)
         if session is None or session.reply_deadline is None or not session.live:
             return
-        if pool.claiming_session(session_id):
-            return  # its claim answers, within the claim's own deadline
         if session.reply_deadline > now:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session_id)
+        elif pool.claiming_session(session_id):
+            self.answer_session(session, Outcome.COLD)  # provisioning: claiming
         elif self._covered(session_id):
             self.answer_session(session, Outcome.COLD)
         else:

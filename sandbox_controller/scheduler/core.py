@@ -102,7 +102,13 @@ class PoolCore(Protocol):
     def hand_over(self, session: Session, now: float, outcome: Outcome) -> None: ...
 
     def end_session(
-        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+        self,
+        session_id: str,
+        reason: EndReason,
+        now: float,
+        asked: BusyAnswer | None = None,
+        *,
+        claim_answer: str | None = None,
     ) -> bool: ...
 
     def touch(

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..aiotasks import TaskGroup
 from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
-from ..hooks import ClaimPayload, SandboxHooks
+from ..hooks import NOT_IMPLEMENTED, ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer
+from .claiming import NO_ANSWER, ClaimFailure
 from .conditions import kind_of
 from .effects import ClaimCall, Outbox, Release, StatusCheck
 from .pool import Pool
@@ -126,7 +127,7 @@ class EffectCalls:
         """Deliver the session to its pod's claim hook; the answer goes back to the pool
         as a command. No write guard: a hook call is no Kubernetes write, and the
         round that decided it committed under this leader's fence."""
-        accepted = True
+        accepted, failure = True, NO_ANSWER
         if self.hooks is not None:
             held = self._payloads.get(call.request_id) if call.request_id is not None else None
             payload = ClaimPayload(
@@ -136,17 +137,17 @@ class EffectCalls:
             )
             session = (call.session_id, call.user_id, call.thread_id)
             result = await self.hooks.claim(call.address, call.create_id, session, payload)
-            accepted = result.ok
+            accepted, failure = result.ok, claim_failure(result)
             if not accepted:
                 log.warning(
-                    "claim hook of pod %s failed for session %s: %s; trying another pod",
+                    "claim hook of pod %s failed for session %s: %s",
                     call.pod_name,
                     call.session_id,
                     result.detail,
                 )
 
         def apply(pool: Pool, now: float) -> None:
-            pool.claim_answered(call.session_id, call.attempt, accepted, now)
+            pool.claim_answered(call.session_id, call.attempt, accepted, now, failure)
 
         self._queue.put_nowait(Command(apply))
 
@@ -218,3 +219,21 @@ def event_command(event: PodEvent) -> Callable[[Pool, float], None]:
 
 def busy_command(check: StatusCheck, answer: BusyAnswer) -> Callable[[Pool, float], None]:
     return lambda pool, now: pool.busy_answer(check.session_id, answer, now)
+
+
+# Client errors that say "not now" rather than "not this payload": ordinary failures.
+_NOT_A_REFUSAL = frozenset({408, 425, 429})
+
+
+def claim_failure(result: HookResult) -> ClaimFailure:
+    """How a claim call failed: a refusal if the sandbox answered a 4xx that means
+    neither "no claim hook" (404/405/501) nor "not now"."""
+    status = result.status
+    refused = (
+        status is not None
+        and 400 <= status < 500
+        and status not in NOT_IMPLEMENTED
+        and status not in _NOT_A_REFUSAL
+    )
+    words = f"{result.detail}: {result.answer}" if result.answer else result.detail
+    return ClaimFailure(refused, words or "failed")

@@ -37,7 +37,7 @@ from ..model import (
     SessionState,
 )
 from .admission import Admission
-from .claiming import Claiming, Claims
+from .claiming import NO_ANSWER, ClaimFailure, Claiming, Claims
 from .deadlines import DeadlineKind, Deadlines
 from .effects import Outbox, StatusCheck
 from .idling import BusyChecks, Idling
@@ -208,10 +208,17 @@ class Pool:
         self.claiming.release_payload(session.id)
 
     def end_session(
-        self, session_id: str, reason: EndReason, now: float, asked: BusyAnswer | None = None
+        self,
+        session_id: str,
+        reason: EndReason,
+        now: float,
+        asked: BusyAnswer | None = None,
+        *,
+        claim_answer: str | None = None,
     ) -> bool:
         """End a live session and give its pod back (by deleting it). False if not live.
-        ``asked``: the status hook's answer that let it end (recorded as why)."""
+        ``asked``: the status hook's answer that let it end; ``claim_answer``: why its
+        claim was given up (each recorded as why)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
@@ -219,7 +226,10 @@ class Pool:
         session.end_reason = reason
         session.ended_at = now
         session.end_detail = EndDetail(
-            session.last_active_at, session.activity_source, asked.describe() if asked else None
+            session.last_active_at,
+            session.activity_source,
+            asked.describe() if asked else None,
+            claim_answer,
         )
         self.busy.forget(session_id)
         self.untrack_live(session)
@@ -278,8 +288,15 @@ class Pool:
     def lease_route(self, session_id: str, now: float) -> Pod | None:
         return self.lifecycle.lease_route(session_id, now)
 
-    def claim_answered(self, session_id: str, attempt: int, accepted: bool, now: float) -> None:
-        self.claiming.answered(session_id, attempt, accepted, now)
+    def claim_answered(
+        self,
+        session_id: str,
+        attempt: int,
+        accepted: bool,
+        now: float,
+        failure: ClaimFailure = NO_ANSWER,
+    ) -> None:
+        self.claiming.answered(session_id, attempt, accepted, now, failure)
 
     def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
         return self.idling.reclaim_checks(user_id, thread_id, now)

@@ -146,6 +146,7 @@ async def test_a_busy_sandbox_is_neither_reclaimed_nor_idled_out_and_a_quiet_one
             "last_active_at": asked["last_activity"]["at"],
             "activity_source": "busy",
             "busy_answer": "not busy: waiting for input",
+            "claim_answer": None,
         }
         await eventually(lambda: first["pod"] in pages, within=15, what="the delete")
     assert "; released." in pages[first["pod"]]  # the release hook came before the delete
@@ -176,6 +177,7 @@ async def test_a_reclaim_takes_the_quiet_session_not_the_busy_one(
             "last_active_at": quiet["last_active_at"],
             "activity_source": "handover",
             "busy_answer": "not busy",
+            "claim_answer": None,
         }
         await eventually(lambda: quiet["pod"] in pages, within=15, what="the delete")
     assert "; released." in pages[quiet["pod"]]

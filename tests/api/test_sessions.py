@@ -136,6 +136,7 @@ async def test_idle_timeout_ends_the_session_and_stops_its_sandbox(
         "last_active_at": body["last_active_at"],
         "activity_source": "handover",
         "busy_answer": "not busy",
+        "claim_answer": None,
     }
 
     async def process_gone() -> bool:

@@ -139,6 +139,7 @@ def test_seed_values_reach_the_controller_under_design_names(render: Render) -> 
         "SANDBOX_IDLE_AFTER": "5m",
         "SANDBOX_MAX_LIFETIME": "0",
         "SANDBOX_STARTUP_TIMEOUT": "5m",
+        "SANDBOX_MAX_CLAIM_ATTEMPTS": "3",
         "SANDBOX_BACKEND": "kubernetes",
         "SANDBOX_HOST": "0.0.0.0",
         "SANDBOX_PORT": "8080",
@@ -167,6 +168,7 @@ def test_overrides_change_the_controller_environment(render: Render) -> None:
             "idleAfter": "90s",
             "maxLifetime": "12h",
             "startupTimeout": "10m",
+            "maxClaimAttempts": 5,
             "proxyPublicUrl": "https://editor.example.com/sandbox/",
         }
     )
@@ -179,6 +181,7 @@ def test_overrides_change_the_controller_environment(render: Render) -> None:
     assert env["SANDBOX_IDLE_AFTER"] == "90s"
     assert env["SANDBOX_MAX_LIFETIME"] == "12h"
     assert env["SANDBOX_STARTUP_TIMEOUT"] == "10m"
+    assert env["SANDBOX_MAX_CLAIM_ATTEMPTS"] == "5"
     assert env["SANDBOX_PROXY_PUBLIC_URL"] == "https://editor.example.com/sandbox"
 
 

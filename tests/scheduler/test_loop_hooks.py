@@ -124,7 +124,8 @@ async def open_warm(world: World, mode: str, user: str = "ann", thread: str = "t
     await world.scheduler.settle()
     await world.sandboxes_ready(mode)
     await world.scheduler.settle()
-    return await world.scheduler.open_session(user, thread, 0)
+    # A wait the manual clock never ends: answered once the claim hook accepts.
+    return await world.scheduler.open_session(user, thread, 5)
 
 
 async def until_ended(world: World, session_id: str) -> None:

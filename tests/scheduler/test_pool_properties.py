@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
 from sandbox_controller.model import ActivitySource, BusyAnswer, EndReason, PodState, SessionState
+from sandbox_controller.scheduler.claiming import NO_ANSWER, ClaimFailure
 from sandbox_controller.scheduler.effects import ClaimCall
 from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 from sandbox_controller.scheduler.pool import Pool
@@ -52,6 +53,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.names = 0
         self.templates = 0
         self.claim_calls: list[ClaimCall] = []  # claim hooks asked for, not answered yet
+        # Pods each session's claims went to, in this controller's term (a restarted one
+        # knows no claim in flight, and delivers no env or files: it starts over).
+        self.claimed_pods: dict[str, list[str]] = {}
+        self.refusals: dict[str, int] = {}
         self.settle()
 
     # -- plumbing
@@ -62,6 +67,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.creates_sent += out.creates
         self.deletes_sent.update(out.deletes)
         self.claim_calls.extend(out.claims)
+        for call in out.claims:
+            self.claimed_pods.setdefault(call.session_id, []).append(call.pod_name)
         for name in out.deletes:
             assert self.now >= self.leased_until.get(name, 0.0), "invariant 6: leased pod deleted"
         self.check_ends()
@@ -186,6 +193,8 @@ class PoolMachine(RuleBasedStateMachine):
                 PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
             )
         self.pool = Pool(self.limits, f"tmpl-{self.templates}", new_id=self.new_id)
+        self.claimed_pods.clear()
+        self.refusals.clear()
         restore(self.pool, sessions, rows, statuses, self.now)
         for name, pod in self.pool.pods.items():
             if pod.route_lease_until > self.now:  # recovery assumes every routed pod leased
@@ -221,16 +230,35 @@ class PoolMachine(RuleBasedStateMachine):
         self.settle()
 
     @precondition(lambda self: bool(self.claim_calls))
-    @rule(data=st.data(), accepted=st.booleans())
-    def claim_hook_answers(self, data: st.DataObject, accepted: bool) -> None:
-        """A claim hook answers, possibly late (its attempt given up, its session
-        ended, even a restart since): the pool must ignore what is stale."""
+    @rule(data=st.data(), how=st.sampled_from(["accepted", "refused", "failed"]))
+    def claim_hook_answers(self, data: st.DataObject, how: str) -> None:
+        """A claim hook answers (accepts, refuses the payload with a 4xx, or fails),
+        possibly late (its attempt given up, its session ended, even a restart since):
+        the pool must ignore what is stale."""
         index = data.draw(st.integers(0, len(self.claim_calls) - 1))
         call = self.claim_calls.pop(index)
-        self.pool.claim_answered(call.session_id, call.attempt, accepted, self.now)
+        failure = ClaimFailure(True, "HTTP 422: no") if how == "refused" else NO_ANSWER
+        claim = self.pool.claims.get(call.session_id)
+        if how == "refused" and claim is not None and claim.attempt == call.attempt:
+            self.refusals[call.session_id] = self.refusals.get(call.session_id, 0) + 1
+        self.pool.claim_answered(
+            call.session_id, call.attempt, how == "accepted", self.now, failure
+        )
         self.settle()
 
     # -- invariants
+
+    @invariant()
+    def a_claim_costs_at_most_max_claim_attempts_pods(self) -> None:
+        for sid, pods in self.claimed_pods.items():
+            assert len(pods) <= self.limits.max_claim_attempts, sid
+            assert len(set(pods)) == len(pods), "one pod claimed twice"
+            assert self.refusals.get(sid, 0) <= 2, "tried again after two refusals"
+            session = self.pool.sessions.get(sid)
+            if session is not None and session.end_reason is EndReason.CLAIM_REJECTED:
+                given_up = self.refusals.get(sid, 0) >= 2
+                assert given_up or len(pods) == self.limits.max_claim_attempts
+                assert session.end_detail is not None and session.end_detail.claim_answer
 
     @invariant()
     def pods_never_exceed_the_cap(self) -> None:
