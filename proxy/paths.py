@@ -5,7 +5,8 @@ the first label of ``Host`` (``{session_id}.{domain}``) and the whole path forwa
 from the decoded one, and any dot segment (``.``/``..``, plain or percent-encoded, even
 double-encoded) is refused with 400 before auth or routing. Refusing is simpler and
 safer than normalising: a normaliser in front of us, in the sandbox, or in a browser
-could then disagree with us about which session a path names (DESIGN invariant 6).
+could then disagree with us about which session a path names (docs/architecture.md
+invariant 6).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Where a session's pod is: asked of the controller, cached briefly, never taken from
-the request (DESIGN invariant 6).
+the request (docs/architecture.md invariant 6).
 
 A burst of requests for one session makes one lookup (single flight). A ready route is
 kept for ``TTL[READY]`` seconds and dropped early when a dial to it fails. The

@@ -241,7 +241,7 @@ def contract_routes(state: ContractState) -> list[Route]:
         except _BadBody as exc:
             return _problem(422, "invalid_request", str(exc))
         if state.claim is not None:
-            # A pod serves one session in its life (DESIGN invariant 3).
+            # A pod serves one session in its life (docs/architecture.md invariant 3).
             return _problem(409, "already_claimed", "this sandbox already serves a session")
         if state.workdir is None:
             state.workdir = Path(tempfile.mkdtemp(prefix="devsandbox-"))

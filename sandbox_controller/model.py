@@ -199,7 +199,8 @@ class Limits:
     max_concurrent_creates: int
     # How late activity may reach the controller (the proxies report it in batches).
     # Reclaiming waits this much beyond idle_after, so a session that was just used
-    # is never reclaimed because the news of it was still on its way (invariant 4).
+    # is never reclaimed because the news of it was still on its way
+    # (docs/architecture.md invariant 4).
     activity_lag: float
     prewarm: PrewarmSettings = PrewarmSettings()
     # The sandbox contract's hooks (hooks.py): a lease waits for the claim hook before

@@ -2,7 +2,7 @@
 
 A token reads ``<session_id>.<expiry>.<signature>`` in URL-safe base64 pieces. The
 session id inside it is what the proxy compares with the path, so a token opens
-exactly one session's routes (DESIGN invariant 6).
+exactly one session's routes (docs/architecture.md invariant 6).
 """
 
 from __future__ import annotations

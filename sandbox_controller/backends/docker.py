@@ -8,7 +8,7 @@ deletes, lists and watches.
 Like the Kubernetes backend it keeps a cache, fed by one list per term and then by
 Docker's event stream; any gap in the stream (an error, a daemon restart, a closed
 connection) is followed by a full relist. Every write passes the write guard
-immediately before it is sent (DESIGN invariant 7).
+immediately before it is sent (docs/architecture.md invariant 14).
 
 Two things differ from Kubernetes, and are handled here:
 - Docker has no scheduler. A sandbox that the host cannot hold is created but not

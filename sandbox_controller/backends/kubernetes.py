@@ -7,7 +7,7 @@ bucket, creates pass a semaphore, and retryable failures back off with jitter.
 The cache and the watch live only while this process leads (start() to stop()): a
 standby holds no pods and no backlog, and a new leader begins from a fresh list. Every
 write passes the write guard immediately before it is sent, each retry included, so a
-process whose lease may have ended sends nothing (DESIGN invariant 7).
+process whose lease may have ended sends nothing (docs/architecture.md invariant 14).
 """
 
 from __future__ import annotations

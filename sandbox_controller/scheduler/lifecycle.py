@@ -19,8 +19,8 @@ from .idling import hook_target
 # How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
 # that was routed to is deleted no sooner than its lease ends: until then it holds its
 # address, which no other pod can be given, so a proxy's cached route can only ever
-# reach the session's own sandbox (DESIGN invariant 6), even while the controller is
-# unreachable and the proxy serves what it has.
+# reach the session's own sandbox, even while the controller is unreachable and the
+# proxy serves what it has (docs/architecture.md invariant 15, which keeps 6).
 ROUTE_LEASE = 30.0
 
 

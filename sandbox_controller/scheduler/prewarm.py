@@ -140,7 +140,8 @@ class Prewarm:
         """Warm pods beyond the target that may be let go: only adaptive sheds, never
         while anyone waits (a waiter would take the pod), and not before one long
         window of history: a new leader knows no arrivals yet, and keeps the warm
-        pods it took over (DESIGN invariant 7) until it has seen the traffic."""
+        pods it took over (docs/architecture.md invariant 16) until it has seen the
+        traffic."""
         started = self._started_at
         if not self.adaptive or waiting or started is None:
             return 0

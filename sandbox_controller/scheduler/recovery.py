@@ -3,7 +3,7 @@
 The store says what was promised; the backend says what exists. A pod held by a live
 session is adopted back to it, so the builder notices nothing; a fresh pool pod is
 adopted into the pool; anything else is deleted, because a pod that may have served a
-session must never serve another (DESIGN invariants 3 and 5).
+session must never serve another (docs/architecture.md invariants 3, 5 and 17).
 
 A fresh pool pod is one whose row says so, or one with no row yet whose labels say so
 (state "pool", no session, the current template, not failed): rows of pool pods are
@@ -14,7 +14,8 @@ label follows only after that commit. So every healthy warm pod survives a takeo
 
 Which routes the previous leader leased to proxies is not recorded, so every pod that
 may have served a session is taken as leased for a full ROUTE_LEASE from now: one that
-must go is deleted only when no proxy can still be routing to it (invariant 6).
+must go is deleted only when no proxy can still be routing to it
+(docs/architecture.md invariant 15).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The route cache against the controller's documented route answers, on a hand-set
 clock: how long a route is trusted, and that a leased address is never used past its
-lease, even while the controller cannot be asked (DESIGN invariant 6)."""
+lease, even while the controller cannot be asked (docs/architecture.md invariant 15)."""
 
 from __future__ import annotations
 

@@ -307,8 +307,9 @@ def test_an_unknown_pod_with_no_create_in_flight_is_deleted() -> None:
 
 
 def test_a_pod_routed_to_outlives_its_session_until_the_route_lease_ends() -> None:
-    # Invariant 6: a proxy may use a route until its lease ends; the pod keeps its
-    # address until then, so the address cannot pass to another session's pod.
+    # docs/architecture.md invariant 15: a proxy may use a route until its lease ends;
+    # the pod keeps its address until then, so the address cannot pass to another
+    # session's pod.
     h = Harness(limits_with(prewarm_pool_size=2, max_total_jobs=3))
     h.tick()
     h.fill_pool()
@@ -340,7 +341,8 @@ def test_a_pod_never_routed_to_is_deleted_as_its_session_ends() -> None:
 
 def test_reclaim_waits_out_the_activity_still_on_its_way_from_the_proxies() -> None:
     # Proxies report activity in batches: a session quiet for just over idle_after by
-    # the controller's record may have been used a moment ago. Invariant 4.
+    # the controller's record may have been used a moment ago. docs/architecture.md
+    # invariant 4.
     h = Harness(
         limits_with(prewarm_pool_size=3, max_sessions_per_user=1, idle_after=300, activity_lag=4.0)
     )

@@ -1,6 +1,6 @@
-"""Random sequences of requests, platform events and clock jumps against DESIGN §3's
-invariants 1-4 (and 6's controller half: no routed pod deleted before its lease ends),
-checked after every step."""
+"""Random sequences of requests, platform events and clock jumps against
+docs/architecture.md invariants 1-4 and 15 (the controller's half: no routed pod deleted
+before its lease ends), checked after every step."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class PoolMachine(RuleBasedStateMachine):
         for call in out.claims:
             self.claimed_pods.setdefault(call.session_id, []).append(call.pod_name)
         for name in out.deletes:
-            assert self.now >= self.leased_until.get(name, 0.0), "invariant 6: leased pod deleted"
+            assert self.now >= self.leased_until.get(name, 0.0), "invariant 15: leased pod deleted"
         self.check_ends()
 
     def check_ends(self) -> None:

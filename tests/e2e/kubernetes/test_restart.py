@@ -1,5 +1,5 @@
 """A controller stopped and another started against the same cluster and database:
-live sessions keep their pods, and nothing is leaked (DESIGN invariant 5)."""
+live sessions keep their pods, and nothing is leaked (docs/architecture.md invariant 5)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ async def test_a_restarted_controller_adopts_live_pods_and_leaks_none(
 
     await eventually(converged, within=15, what="kubesim and the pool to agree")
     counts = (await second.pool())["pods"]
-    # Every healthy warm pod is kept (DESIGN invariant 7), also those the first
+    # Every healthy warm pod is kept (docs/architecture.md invariant 16), also those the first
     # controller created in its last second, before their rows were written.
     assert counts["assigned"] == len(kept) and counts["idle"] >= 3
     assert len(live_pods(sim)) == len(kept) + counts["idle"]  # nothing leaked
