@@ -75,6 +75,9 @@ class PoolCore(Protocol):
     def cap_blocked(self) -> bool:
         """Someone waits and the cap leaves no room to create a pod for them."""
 
+    def wall(self, now: float) -> float:
+        """The wall time (stored and shown) of the monotonic ``now``."""
+
     # ------------------------------------------------------------ sessions (pool.py)
 
     def track_live(self, session: Session) -> None: ...
