@@ -146,8 +146,7 @@ class Pool:
         return self.deadlines.earliest()
 
     def wall(self, now: float) -> float:
-        # ``now`` is monotonic (deadlines run on it); what is stored and shown is wall time.
-        return now + self.wall_offset
+        return now + self.wall_offset  # now: monotonic; what is stored and shown: wall
 
     def from_wall(self, at: float) -> float:
         return at - self.wall_offset  # stored times: the only truth across a restart
