@@ -41,7 +41,8 @@ class Route:
     state: RouteState
     address: str | None
     fetched_at: float
-    # Until when the address may be used at all (the controller's lease).
+    # Until when the address may be used at all (the controller's lease). Both times are
+    # on the monotonic clock: a wall clock stepped back must not stretch a lease.
     lease_until: float = 0.0
 
 
@@ -91,7 +92,7 @@ class RouteCache:
     async def address(self, session_id: str) -> str:
         """The pod address of a ready session; ProxyError 404/409/410/502/503 otherwise."""
         route = self._entries.get(session_id)
-        now = self._clock.now()
+        now = self._clock.monotonic()
         if (
             route is not None
             and now - route.fetched_at < self.TTL[route.state]
@@ -124,7 +125,7 @@ class RouteCache:
             if (
                 previous is not None
                 and previous.state is RouteState.READY
-                and self._clock.now() < previous.lease_until
+                and self._clock.monotonic() < previous.lease_until
             ):
                 log.warning("controller unreachable; serving a stale route for %s", session_id)
                 return previous
@@ -135,13 +136,13 @@ class RouteCache:
 
     async def _fetch(self, session_id: str) -> Route:
         url = self._base + quote(session_id, safe="")
-        asked_at = self._clock.now()  # the lease started no earlier than this
+        asked_at = self._clock.monotonic()  # the lease started no earlier than this
         try:
             resp = await self._client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
             log.warning("route lookup for %s failed: %s", session_id, exc)
             raise controller_unavailable() from None
-        now = self._clock.now()
+        now = self._clock.monotonic()
         if resp.status_code == 404:
             return Route(RouteState.MISSING, None, now)
         if resp.status_code != 200:

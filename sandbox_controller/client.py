@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -286,11 +285,12 @@ class AsyncSandboxClient:
         ``env`` and ``files`` (path -> text) reach the sandbox through its claim hook
         and are never stored; ``metadata`` is stored and echoed. A thread that already
         has its session gets it back as it is: they are not delivered again."""
-        deadline = time.monotonic() + (self.ready_within if ready_within is None else ready_within)
+        clock = self._clock  # the one clock of every wait: deadlines and sleeps alike
+        deadline = clock.monotonic() + (self.ready_within if ready_within is None else ready_within)
         attempt = 0
         while True:
             # The server waits no longer than the caller will.
-            left = max(0.0, deadline - time.monotonic())
+            left = max(0.0, deadline - clock.monotonic())
             body = {
                 "user_id": user_id,
                 "thread_id": thread_id,
@@ -314,20 +314,21 @@ class AsyncSandboxClient:
                 ):
                     raise
             # Retry-After is a floor under the backoff, honoured up to max_retry_wait.
-            await self._clock.sleep(max(self._backoff.delay(attempt), retry_after))
+            await clock.sleep(max(self._backoff.delay(attempt), retry_after))
             attempt += 1
         opened = Opened(Session.from_json(response.json()), response.status_code == 201)
         session = await self._until_ready(opened.session, deadline)
         return Opened(session, opened.created)
 
     async def _until_ready(self, session: Session, deadline: float) -> Session:
-        started = time.monotonic()
+        clock = self._clock
+        started = clock.monotonic()
         attempt = 0
         while session.state == "provisioning":
-            left = deadline - time.monotonic()
+            left = deadline - clock.monotonic()
             if left <= 0:
-                raise NotReadyError(session, time.monotonic() - started)
-            await self._clock.sleep(min(left, self._backoff.delay(attempt)))
+                raise NotReadyError(session, clock.monotonic() - started)
+            await clock.sleep(min(left, self._backoff.delay(attempt)))
             attempt += 1
             session = await self.get(session.id)
         if session.state == "ended":

@@ -18,8 +18,6 @@ import logging
 import os
 import secrets
 import socket
-import time
-from collections.abc import Callable
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
@@ -93,11 +91,6 @@ class Controller:
         self._backend = backend
         self._stop_sandboxes_on_exit = stop_sandboxes_on_exit
         self.clock: Clock = clock or SystemClock()
-        # The lease is measured on a monotonic clock; a test's ManualClock is one (it
-        # only moves forward), and moving it moves the lease with the test's time.
-        self._monotonic: Callable[[], float] = (
-            time.monotonic if isinstance(self.clock, SystemClock) else self.clock.now
-        )
         self.store = store or Store.open(settings.database_url, settings.store_timeout)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.token_secret = (settings.token_secret or "").encode()
@@ -145,7 +138,7 @@ class Controller:
 
     def write_guard(self) -> None:
         """Called by the backend immediately before each write it sends."""
-        if not self.lease.usable(self._monotonic()):
+        if not self.lease.usable(self.clock.monotonic()):
             raise LeaseLost()
 
     # ------------------------------------------------------------ lifecycle
@@ -224,7 +217,7 @@ class Controller:
     async def _acquire(self) -> int | None:
         """Take or renew the lease; None if another holds it. The lease counts from
         the moment the query was sent, never from its answer."""
-        sent = self._monotonic()
+        sent = self.clock.monotonic()
         epoch = await self.store.acquire_lease(
             self.holder, self.settings.leader_lease_ttl, self.clock.now()
         )
@@ -309,7 +302,7 @@ class Controller:
             interval = renew if self.scheduler is not None else min(renew, STANDBY_POLL)
             if await sleep_or_stop(self.clock, interval, self._stopping):
                 return
-            if not self.lease.tick(self._monotonic()) and self.scheduler is not None:
+            if not self.lease.tick(self.clock.monotonic()) and self.scheduler is not None:
                 log.warning("this process was paused; no write until the lease is confirmed")
             scheduler = self.scheduler
             if scheduler is None:
@@ -326,7 +319,7 @@ class Controller:
             epoch = await self._acquire()
         except Exception as exc:
             self._store_failed("renewing the leader lease", exc)
-            if not self.lease.usable(self._monotonic()):
+            if not self.lease.usable(self.clock.monotonic()):
                 log.error("the leader lease ran out while the store was unreachable")
                 await self._step_down(release=False)
             return
@@ -359,4 +352,4 @@ class Controller:
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             return None
-        return scheduler.snapshot(self.clock.now())
+        return scheduler.snapshot(self.clock.monotonic())

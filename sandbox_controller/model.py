@@ -63,6 +63,9 @@ class Pod:
     # Its LABEL_CREATE_ID, from which its claim secret derives (in memory, from the
     # backend's status). None: made by an older version, so no hook calls.
     create_id: str | None = None
+    # created_at on this process's monotonic clock, which its start-up deadline runs
+    # on (in memory, not stored; set by the pool: scheduler/pool.py).
+    created_mono: float = field(default=0.0, compare=False)
 
 
 class ActivitySource(enum.StrEnum):
@@ -145,14 +148,19 @@ class Session:
     # What the last activity said, when it says something (a busy sandbox's detail).
     activity_detail: str | None = None
     end_detail: EndDetail | None = None
+    # created_at and last_active_at on this process's monotonic clock, which the
+    # session's deadlines run on (in memory, not stored; set by the pool, and from the
+    # stored wall times when loaded: scheduler/pool.py).
+    created_mono: float = field(default=0.0, compare=False)
+    active_mono: float = field(default=0.0, compare=False)
 
     @property
     def live(self) -> bool:
         return self.state is not SessionState.ENDED
 
     def is_idle(self, now: float, idle_after: float) -> bool:
-        """Reclaimable: ready, and quiet for at least idle_after."""
-        return self.state is SessionState.READY and now - self.last_active_at >= idle_after
+        """Reclaimable: ready, and quiet for at least idle_after (``now`` monotonic)."""
+        return self.state is SessionState.READY and now - self.active_mono >= idle_after
 
 
 class PrewarmPolicy(enum.StrEnum):

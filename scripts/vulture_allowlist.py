@@ -34,10 +34,12 @@ _.collect
 _.exc_type
 _.tb
 
-# Test and benchmark support in the package: tests move the ManualClock by hand, drive
-# kubesim's faults and read its call log, and wait for a scheduler round to settle.
+# Test and benchmark support in the package: tests move the ManualClock by hand (and
+# step its wall clock alone), drive kubesim's faults and read its call log, and wait
+# for a scheduler round to settle.
 _.ManualClock
 _.advance
+_.step_wall
 # kubesim's call log names each caller (the HA drills' witness, tests/e2e/ha), and the
 # drills write one kubeconfig per replica.
 _.user_agent

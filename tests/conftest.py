@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sandbox_controller.backends.base import Backend
+from sandbox_controller.backends.local import LocalBackend
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings, load_settings
 from sandbox_controller.controller import Controller
@@ -167,3 +168,14 @@ def sandbox_processes(marker: str = "") -> list[int]:
         if marker.encode() in cmdline or marker.encode() in environ:
             pids.append(int(proc.name))
     return pids
+
+
+def never_ready_backend(tmp_path: Path) -> LocalBackend:
+    """A local backend whose sandboxes never start (their process sleeps and never
+    listens): a session waits for one until its start-up timeout."""
+    never_starts = tmp_path / "never-starts"
+    never_starts.write_text("#!/bin/sh\nexec sleep 600\n")
+    never_starts.chmod(0o755)
+    return LocalBackend(
+        tmp_path / "never-ready", python=str(never_starts), ready_timeout=600.0, stop_on_close=True
+    )

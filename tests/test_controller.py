@@ -37,7 +37,7 @@ async def test_a_standby_is_a_healthy_replica_that_takes_over_a_released_lease(
     assert refused.headers["Retry-After"] == "1"
 
     await leader.controller.step_down()  # what SIGTERM does first
-    await eventually(lambda: standby.controller.is_leader, within=3.0, what="takeover")
+    await eventually(lambda: standby.controller.is_leader, within=10.0, what="takeover")
     assert await status(standby.client, "/readyz") == 200
 
 

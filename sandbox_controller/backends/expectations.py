@@ -18,14 +18,14 @@ class CreateExpectations:
         self._due: dict[str, float] = {}
 
     def expect(self, name: str) -> None:
-        self._due[name] = self.clock.now() + self.timeout
+        self._due[name] = self.clock.monotonic() + self.timeout
 
     def observe(self, name: str) -> bool:
         """The watch showed ``name``; True if we were waiting for it."""
         return self._due.pop(name, None) is not None
 
     def _lapse(self) -> None:
-        now = self.clock.now()
+        now = self.clock.monotonic()
         for name in [n for n, due in self._due.items() if due <= now]:
             del self._due[name]
 

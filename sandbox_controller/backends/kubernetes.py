@@ -477,8 +477,8 @@ class KubernetesBackend:
                 if feed.rv is None:
                     self.relists += 1
                     await self._list(feed)
-                started = self.clock.now()
-                if not await self._watch(feed) and self.clock.now() - started < 1.0:
+                started = self.clock.monotonic()
+                if not await self._watch(feed) and self.clock.monotonic() - started < 1.0:
                     # A stream that ends at once with nothing in it is a failure in
                     # disguise (a proxy, a broken server): back off rather than spin.
                     raise KubeError(0, "watch stream ended at once")

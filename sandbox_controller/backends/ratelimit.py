@@ -22,7 +22,7 @@ class TokenBucket:
         self.burst = burst
         self.clock = clock or SystemClock()
         self._tokens = float(burst)
-        self._last = self.clock.now()
+        self._last = self.clock.monotonic()
 
     def reserve(self, now: float) -> float:
         """Take one token; return how long to wait before using it."""
@@ -33,7 +33,7 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
 
     async def acquire(self) -> None:
-        delay = self.reserve(self.clock.now())
+        delay = self.reserve(self.clock.monotonic())
         if delay > 0:
             await self.clock.sleep(delay)
 

@@ -80,11 +80,13 @@ class Admission:
             user_id=user_id,
             thread_id=thread_id,
             state=SessionState.PROVISIONING,
-            created_at=now,
-            last_active_at=now,
+            created_at=pool.wall(now),
+            last_active_at=pool.wall(now),
             requests=[request_id],
             reclaimed_session_id=reclaimed.id if reclaimed else None,
             metadata=dict(metadata or {}),
+            created_mono=now,
+            active_mono=now,
         )
         pool.track_live(session)
         if pool.limits.hooks:
@@ -112,12 +114,12 @@ class Admission:
         """The least recently active idle session among these, if any (never an active one)."""
         sessions, reclaim_after = self.pool.sessions, self.pool.limits.reclaim_after
         candidates = [s for sid in session_ids if (s := sessions[sid]).is_idle(now, reclaim_after)]
-        return min(candidates, key=lambda s: (s.last_active_at, s.created_at), default=None)
+        return min(candidates, key=lambda s: (s.active_mono, s.created_mono), default=None)
 
     def _user_retry_after(self, session_ids: Iterable[str], now: float) -> float:
         """When the first of these sessions could become idle, at the earliest."""
         quiet_at = [
-            self.pool.sessions[sid].last_active_at + self.pool.limits.reclaim_after
+            self.pool.sessions[sid].active_mono + self.pool.limits.reclaim_after
             for sid in session_ids
         ]
         return max(1.0, min(quiet_at, default=now) - now)

@@ -89,6 +89,9 @@ class PoolCore(Protocol):
     def create_rejected(self) -> PoolCondition | None:
         """The platform refuses creates for good (conditions.py), or None."""
 
+    def wall(self, now: float) -> float:
+        """The wall time (stored and shown) of the monotonic ``now``."""
+
     # ------------------------------------------------------------ sessions (pool.py)
 
     def track_live(self, session: Session) -> None: ...

@@ -131,7 +131,7 @@ class Idling:
         """End a session whose idle timeout passed, or watch its next one. With hooks,
         the first time it is due its sandbox is asked first (``answer`` None)."""
         pool = self.pool
-        due = session.last_active_at + pool.limits.idle_timeout
+        due = session.active_mono + pool.limits.idle_timeout
         if due > now:
             pool.deadlines.push(due, DeadlineKind.IDLE, session.id)  # activity moved it on
             return

@@ -45,7 +45,7 @@ class PodLifecycle:
         self.pool.inventory.add(pod)
         if pod.state is PodState.PENDING:
             self.pool.deadlines.push(
-                pod.created_at + self.pool.limits.startup_timeout,
+                pod.created_mono + self.pool.limits.startup_timeout,
                 DeadlineKind.POD_STARTUP,
                 pod.name,
             )
@@ -118,7 +118,7 @@ class PodLifecycle:
         if name in self._seen_early:
             self._seen_early.discard(name)
         elif name not in self.pool.pods:
-            self.add(Pod(name, PodState.PENDING, now, self.pool.template_hash))
+            self.add(self._new_pod(name, now))
 
     def create_failed(
         self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
@@ -175,18 +175,23 @@ class PodLifecycle:
         it, still counting the create as in flight until it returns (the count errs
         high, never low). Otherwise nobody accounts for it: delete it."""
         if len(self._seen_early) < self.creates_in_flight and not status.labels.get(LABEL_SESSION):
-            self.add(Pod(status.name, PodState.PENDING, now, self.pool.template_hash))
+            self.add(self._new_pod(status.name, now))
             self._seen_early.add(status.name)
             self.pod_observed(status, now)
             return
         self.pool.outbox.deletes.append(status.name)
 
+    def _new_pod(self, name: str, now: float) -> Pod:
+        pod = Pod(name, PodState.PENDING, self.pool.wall(now), self.pool.template_hash)
+        pod.created_mono = now
+        return pod
+
     def _pod_ready(self, pod: Pod, now: float) -> None:
-        pod.ready_at = now
+        pod.ready_at = self.pool.wall(now)
         pod.detail = None
         self.pool.inventory.set_unschedulable(pod, False)
-        self.pool.outbox.startup_seconds.append(now - pod.created_at)
-        self.pool.prewarm.pod_started(now - pod.created_at)
+        self.pool.outbox.startup_seconds.append(now - pod.created_mono)
+        self.pool.prewarm.pod_started(now - pod.created_mono)
         if pod.template_hash != self.pool.template_hash:
             self.delete(pod, now)
             return

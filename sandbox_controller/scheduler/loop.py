@@ -123,7 +123,7 @@ class Scheduler(Rounds):
         any number of concurrent opens, as without hooks)."""
         if self.hooks is None:
             return
-        checks = self._leading_pool().reclaim_checks(user_id, thread_id, self.clock.now())
+        checks = self._leading_pool().reclaim_checks(user_id, thread_id, self.clock.monotonic())
         if not checks:
             return
         # Shielded: the calls are shared, and one caller giving up must not cancel them.
@@ -157,11 +157,13 @@ class Scheduler(Rounds):
         self._submit(lambda pool, now: pool.touch(session_id, now, ActivitySource.TOUCH))
 
     def record_activity(self, activity: Mapping[str, float]) -> None:
-        """A proxy's batch of last-activity times; sessions it does not know are skipped."""
+        """A proxy's batch of last-activity times (wall time, unix seconds); sessions it
+        does not know are skipped. A time ahead of ours counts as now: a proxy's clock
+        running fast must not keep a session alive beyond its idle timeout."""
 
         def apply(pool: Pool, now: float) -> None:
             for session_id, at in activity.items():
-                pool.touch(session_id, min(at, now), ActivitySource.PROXY)
+                pool.touch(session_id, min(pool.from_wall(at), now), ActivitySource.PROXY)
 
         self._submit(apply)
 
@@ -208,6 +210,7 @@ class Scheduler(Rounds):
         return sorted(views.values(), key=lambda v: v.session.created_at, reverse=True)
 
     def snapshot(self, now: float) -> PoolStatus:
+        """The pool at ``now``, a time of this clock's monotonic part."""
         return self._leading_pool().status(now)
 
     async def settle(self) -> None:

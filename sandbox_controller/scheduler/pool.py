@@ -67,6 +67,7 @@ class Pool:
         self.live_by_thread: dict[str, str] = {}
         self.deadlines = Deadlines()
         self.outbox = Outbox()
+        self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
         self.prewarm = Prewarm(limits)
         self.admission = Admission(self, new_id)
         self.lifecycle = PodLifecycle(self)
@@ -149,6 +150,12 @@ class Pool:
     def next_deadline(self) -> float | None:
         return self.deadlines.earliest()
 
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset  # now: monotonic; what is stored and shown: wall
+
+    def from_wall(self, at: float) -> float:
+        return at - self.wall_offset  # stored times: the only truth across a restart
+
     # ------------------------------------------------------------ sessions
 
     def track_live(self, session: Session) -> None:
@@ -169,13 +176,13 @@ class Pool:
     def watch_session_deadlines(self, session: Session) -> None:
         limits = self.limits
         if session.state is SessionState.READY:
-            due = session.last_active_at + limits.idle_timeout
+            due = session.active_mono + limits.idle_timeout
             self.deadlines.push(due, DeadlineKind.IDLE, session.id)
         if limits.max_lifetime > 0:
-            due = session.created_at + limits.max_lifetime
+            due = session.created_mono + limits.max_lifetime
             self.deadlines.push(due, DeadlineKind.LIFETIME, session.id)
         if session.state is SessionState.PROVISIONING:
-            due = session.created_at + limits.startup_timeout
+            due = session.created_mono + limits.startup_timeout
             self.deadlines.push(due, DeadlineKind.SESSION_STARTUP, session.id)
 
     def lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
@@ -199,7 +206,8 @@ class Pool:
     def hand_over(self, session: Session, now: float, outcome: Outcome) -> None:
         session.state = SessionState.READY
         # A new sandbox counts as fresh activity: the idle clock starts at hand-over.
-        session.last_active_at = max(session.last_active_at, now)
+        if now >= session.active_mono:
+            session.active_mono, session.last_active_at = now, self.wall(now)
         session.activity_source, session.activity_detail = ActivitySource.HANDOVER, None
         self.outbox.dirty_sessions.add(session.id)
         self.watch_session_deadlines(session)
@@ -224,7 +232,7 @@ class Pool:
             return False
         session.state = SessionState.ENDED
         session.end_reason = reason
-        session.ended_at = now
+        session.ended_at = self.wall(now)
         session.end_detail = EndDetail(
             session.last_active_at,
             session.activity_source,
@@ -250,13 +258,13 @@ class Pool:
     def touch(
         self, session_id: str, at: float, source: ActivitySource, detail: str | None = None
     ) -> bool:
-        """Activity on a live session, from ``source``; older news than the latest is
-        dropped (a proxy's batch may arrive after a touch)."""
+        """Activity on a live session at ``at`` (monotonic), from ``source``; older news
+        than the latest is dropped (a proxy's batch may arrive after a touch)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
-        if at > session.last_active_at:
-            session.last_active_at = at
+        if at > session.active_mono:
+            session.active_mono, session.last_active_at = at, self.wall(at)
             session.activity_source, session.activity_detail = source, detail
             self.outbox.dirty_sessions.add(session_id)
         return True
@@ -362,6 +370,8 @@ class Pool:
 
     def restore_session(self, session: Session) -> None:
         """Take back a live session from the store (at start-up)."""
+        session.created_mono = self.from_wall(session.created_at)
+        session.active_mono = self.from_wall(session.last_active_at)
         self.track_live(session)
         if session.state is SessionState.PROVISIONING:
             # A claim in flight died with the previous leader (its pod is deleted, see
@@ -400,7 +410,7 @@ class Pool:
         )
 
     def prune_ended(self, older_than: float) -> list[str]:
-        """Forget ended sessions from memory (they stay in the store)."""
+        """Forget sessions ended before ``older_than`` (wall time); the store keeps them."""
         gone = [
             sid
             for sid, s in self.sessions.items()

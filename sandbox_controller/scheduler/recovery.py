@@ -16,6 +16,11 @@ Which routes the previous leader leased to proxies is not recorded, so every pod
 may have served a session is taken as leased for a full ROUTE_LEASE from now: one that
 must go is deleted only when no proxy can still be routing to it
 (docs/architecture.md invariant 15).
+
+Deadlines run on this process's monotonic clock, which means nothing to another
+process: across a restart or a takeover the stored wall times are the only truth. A
+stored time becomes a monotonic one as ``mono_now + (stored - wall_now)``
+(Pool.from_wall), so a deadline is as far off as the wall clock now says.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def restore(
         created_at = row.created_at if row else status.created_at
         template = row.template_hash if row else status.labels.get(LABEL_TEMPLATE_HASH, "")
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
+        pod.created_mono = pool.from_wall(created_at)
         pod.create_id = status.labels.get(LABEL_CREATE_ID)
         if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
             pod.route_lease_until = now + ROUTE_LEASE
@@ -60,7 +66,7 @@ def restore(
         elif session is None and healthy and _fresh_pool_pod(status, row, pool.template_hash):
             ready = status.phase is PodPhase.READY
             pod.state = PodState.IDLE if ready else PodState.PENDING
-            pod.ready_at = (row.ready_at if row else now) if ready else None
+            pod.ready_at = (row.ready_at if row else pool.wall(now)) if ready else None
         pool.restore_pod(pod)
 
     for name in rows.keys() - {p.name for p in backend_pods}:

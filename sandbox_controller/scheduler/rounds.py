@@ -80,8 +80,9 @@ class Rounds(EffectCalls):
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
         backend_pods = await self.backend.resync()
-        now = self.clock.now()
+        now = self.clock.monotonic()
         pool = Pool(self.limits, self.backend.template_hash)
+        pool.wall_offset = self.clock.now() - now
         # The rebuilt pool knows of no claim in flight: their env and files are lost.
         self._payloads.clear()
         restore(pool, sessions, pod_rows, backend_pods, now)
@@ -132,7 +133,7 @@ class Rounds(EffectCalls):
     async def _sleep_until(self, when: float) -> None:
         # The delay is taken when the sleep begins, not when it was asked for: a clock
         # that moves in between (a test's jump) must not push the wake-up later.
-        await self.clock.sleep(when - self.clock.now())
+        await self.clock.sleep(when - self.clock.monotonic())
 
     async def _run(self) -> None:
         commands: list[Command] = []
@@ -158,7 +159,10 @@ class Rounds(EffectCalls):
     async def _round(self, commands: list[Command]) -> None:
         pool = self._pool
         assert pool is not None
-        now = self.clock.now()
+        now = self.clock.monotonic()
+        # Deadlines run on ``now``; stored and shown times follow the wall clock, even
+        # one stepped since the last round.
+        pool.wall_offset = self.clock.now() - now
         results: list[Any] = []
         for command in commands:
             try:
@@ -169,7 +173,7 @@ class Rounds(EffectCalls):
         pool.tick(now)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
-            pool.prune_ended(now - ENDED_IN_MEMORY)
+            pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
         outbox = pool.take_outbox()
         try:
             await self._commit(outbox)
@@ -216,8 +220,8 @@ class Rounds(EffectCalls):
         self._pod_rows |= outbox.dirty_pods
         self._forgotten_rows |= outbox.forgotten_pods
         if self._pod_rows or self._forgotten_rows:
-            self._pod_rows_due = min(self._pod_rows_due, self.clock.now() + POD_ROWS_DELAY)
-        if batch.sessions or force or self.clock.now() >= self._pod_rows_due:
+            self._pod_rows_due = min(self._pod_rows_due, self.clock.monotonic() + POD_ROWS_DELAY)
+        if batch.sessions or force or self.clock.monotonic() >= self._pod_rows_due:
             batch.pods = [pool.pods[n] for n in self._pod_rows if n in pool.pods]
             batch.forgotten_pods = sorted(self._forgotten_rows)
             if batch:

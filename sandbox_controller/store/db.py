@@ -347,14 +347,14 @@ async def wait_for_database(
     Gives up after ``timeout`` seconds of ``clock`` time (raising the last error), and at
     once if ``stop`` is set (raising it too: there is nothing to start up for)."""
     backoff = Backoff(base=0.5, cap=5.0)
-    deadline = clock.now() + timeout
+    deadline = clock.monotonic() + timeout
     attempt = 0
     while True:
         try:
             await store.ping()
             return
         except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError):
-            left = deadline - clock.now()
+            left = deadline - clock.monotonic()
             if left <= 0:
                 raise
             delay = min(backoff.delay(attempt), left)

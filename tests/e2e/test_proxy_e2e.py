@@ -47,6 +47,9 @@ class SharedNow:
     def now(self) -> float:
         return self._clock.now()
 
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
     async def sleep(self, delay: float) -> None:
         await asyncio.sleep(max(0.0, delay))
 

@@ -61,6 +61,20 @@ async def test_while_the_controller_is_down_a_route_serves_until_its_lease_ends_
     assert unavailable.value.status == 503
 
 
+async def test_a_wall_clock_stepped_back_stretches_no_route_lease(
+    routes: tuple[RouteCache, ControllerDouble, ManualClock],
+) -> None:
+    cache, controller, clock = routes
+    controller.add("s1", "ready", "127.0.0.1:8080")  # leased for 30 s
+    assert await cache.address("s1") == "127.0.0.1:8080"
+    controller.down = True
+    clock.step_wall(-3600.0)  # NTP steps the proxy's clock back an hour
+    clock.advance(30.1)  # the controller, counting on its own clock, may delete the pod
+    with pytest.raises(ProxyError) as unavailable:
+        await cache.address("s1")
+    assert unavailable.value.status == 503
+
+
 async def test_a_route_without_a_lease_is_never_served_stale(
     routes: tuple[RouteCache, ControllerDouble, ManualClock],
 ) -> None:

@@ -119,3 +119,38 @@ def test_a_pod_without_a_row_that_may_have_served_or_will_not_serve_is_not_adopt
 
     assert pool.pods[status.name].state is PodState.TERMINATING
     assert status.name in pool.take_outbox().deletes or status.terminating
+
+
+def test_stored_wall_times_become_deadlines_as_far_off_as_the_wall_clock_now_says() -> None:
+    # Across a restart the stored wall times are the only truth; the new process's
+    # monotonic clock (NOW) has nothing to do with the wall clock's reading (wall).
+    wall = 2_000_000_000.0
+    limits = limits_with(prewarm_pool_size=0, idle_timeout=600.0, max_lifetime=1000.0)
+    quiet = Session("s1", "u1", "t1", SessionState.READY, wall - 800, wall - 500, pod_name="p1")
+    busy = Session("s2", "u2", "t2", SessionState.READY, wall - 800, wall - 10, pod_name="p2")
+    waiting = Session("s3", "u3", "t3", SessionState.PROVISIONING, wall - 100, wall - 100)
+    rows = [
+        Pod(p, PodState.ASSIGNED, wall - 900, "tmpl", session_id=s)
+        for p, s in [("p1", "s1"), ("p2", "s2")]
+    ]
+    pods = [
+        PodStatus(p, PodPhase.READY, address=f"10.0.0.{i}:8080") for i, p in enumerate(["p1", "p2"])
+    ]
+    pool = Pool(limits, "tmpl")
+    pool.wall_offset = wall - NOW
+    restore(pool, [quiet, busy, waiting], rows, pods, NOW)
+
+    def states(at: float) -> list[SessionState]:
+        pool.tick(at)
+        return [pool.sessions[s].state for s in ("s1", "s2", "s3")]
+
+    ready, provisioning, ended = SessionState.READY, SessionState.PROVISIONING, SessionState.ENDED
+    assert states(NOW + 99.9) == [ready, ready, provisioning]
+    assert states(NOW + 100.0) == [ended, ready, provisioning]  # idle 600 s since wall - 500
+    assert pool.sessions["s1"].end_reason is EndReason.IDLE_TIMEOUT
+    assert pool.sessions["s1"].ended_at == wall + 100.0
+    assert states(NOW + 199.9) == [ended, ready, provisioning]
+    # Its lifetime (1000 s since wall - 800) and the start-up timeout (300 s since wall - 100).
+    assert states(NOW + 200.0) == [ended, ended, ended]
+    assert pool.sessions["s2"].end_reason is EndReason.MAX_LIFETIME
+    assert pool.sessions["s3"].end_reason is EndReason.STARTUP_TIMEOUT
