@@ -26,7 +26,16 @@ class Faults:
     handover_threads: set[str] = field(default_factory=set)
     # The first tick at or after this time raises, after doing its work (once).
     tick_at: float | None = None
+    # Each armed thread fails once, then is disarmed: a bug that strikes once. Else it
+    # fails every time, the rebuild's own decisions too (a bug stored data triggers
+    # keeps the rebuild failing, and callers refused, until it is fixed).
+    once: bool = False
     raised: int = 0
+
+    def fired(self, armed: set[str], thread_id: str) -> None:
+        self.raised += 1
+        if self.once:
+            armed.discard(thread_id)
 
     def pool_type(self) -> type[Pool]:
         faults = self
@@ -42,14 +51,14 @@ class Faults:
                 metadata: dict[str, str] | None = None,
             ) -> None:
                 if thread_id in faults.open_threads:
-                    faults.raised += 1
+                    faults.fired(faults.open_threads, thread_id)
                     raise DecisionBug(f"opening {thread_id}")
                 super().open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
 
             def hand_over(self, session: Session, now: float, outcome: Outcome) -> None:
                 super().hand_over(session, now, outcome)
                 if session.thread_id in faults.handover_threads:
-                    faults.raised += 1
+                    faults.fired(faults.handover_threads, session.thread_id)
                     raise DecisionBug(f"handing over to {session.thread_id}")
 
             def tick(self, now: float) -> None:
