@@ -61,3 +61,13 @@ class NotLeader(SandboxError):
 
 class StoreUnavailable(SandboxError):
     """The store did not take a round's writes; nothing of that round was promised."""
+
+
+class DecisionFailed(SandboxError):
+    """A scheduling decision raised (a bug): nothing of its round was committed and the
+    pool was rebuilt from the store. ``request_id`` is in the log line with the
+    traceback, so an operator can find it from the caller's answer."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(request_id)
+        self.request_id = request_id

@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from ..errors import (
     CapacityExhausted,
+    DecisionFailed,
     NotLeader,
     SandboxError,
     SessionEnded,
@@ -50,6 +51,8 @@ class Problem:
     code: str
     message: str
     retry_after: float | None = None
+    # Names the controller's log line about it (X-Request-Id and the message say it).
+    request_id: str | None = None
 
 
 def problem(exc: SandboxError) -> Problem:
@@ -95,6 +98,14 @@ def problem(exc: SandboxError) -> Problem:
             )
         case Unauthorized():
             return Problem(401, "unauthorized", "missing or wrong bearer token")
+        case DecisionFailed():
+            return Problem(
+                500,
+                "internal_error",
+                f"internal error in a scheduling decision (request id {exc.request_id}); "
+                "nothing of it was changed; see the controller log",
+                request_id=exc.request_id,
+            )
         case HooksDisabled():
             return Problem(
                 422,
@@ -111,6 +122,8 @@ def error_response(problem: Problem) -> JSONResponse:
         headers["Retry-After"] = str(max(1, math.ceil(problem.retry_after)))
     if problem.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if problem.request_id is not None:
+        headers["X-Request-Id"] = problem.request_id
     return JSONResponse(
         {"error": {"code": problem.code, "message": problem.message}},
         status_code=problem.status,

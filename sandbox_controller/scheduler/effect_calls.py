@@ -56,10 +56,16 @@ class EffectCalls:
         # The env and files of POST /sessions calls whose claims may still need them,
         # by request id: in memory only, never in the store or a log (claiming.py).
         self._payloads: dict[int, ClaimPayload] = {}
+        # Pods whose hand-out to a session has left this process (a label or claim
+        # call started), until they are forgotten: a rebuild must not take one for a
+        # fresh pool pod, whatever its row and labels say yet (recovery.py).
+        self._handed_out: set[str] = set()
         # Status calls in flight, by session: concurrent opens of one user share them.
         self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
 
     def _start_effects(self, outbox: Outbox) -> None:
+        self._handed_out.update(outbox.labels)
+        self._handed_out.update(call.pod_name for call in outbox.claims)
         for _ in range(outbox.creates):
             self._effects.start(self._create(), "create")
         for name in outbox.deletes:

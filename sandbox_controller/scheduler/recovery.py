@@ -12,6 +12,10 @@ finds pods younger than their rows. Such a pod cannot have served a session: a c
 pod row is committed with the session before anyone hears of it, and the claim's
 label follows only after that commit. So every healthy warm pod survives a takeover.
 
+A rebuild within one process (after a failed commit or decision) also knows which pods
+it handed to a session (``handed_out``: their label or claim call has gone out), though
+neither row nor label may say so yet: they are never fresh either.
+
 Which routes the previous leader leased to proxies is not recorded, so every pod that
 may have served a session is taken as leased for a full ROUTE_LEASE from now: one that
 must go is deleted only when no proxy can still be routing to it
@@ -43,6 +47,7 @@ def restore(
     pod_rows: list[Pod],
     backend_pods: list[PodStatus],
     now: float,
+    handed_out: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     rows = {p.name: p for p in pod_rows}
     holder = {s.pod_name: s for s in sessions if s.pod_name and s.live}
@@ -57,13 +62,19 @@ def restore(
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
         pod.created_mono = pool.from_wall(created_at)
         pod.create_id = status.labels.get(LABEL_CREATE_ID)
-        if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
+        given = status.name in handed_out or bool(row and row.session_id)
+        if session is not None or given or status.labels.get(LABEL_SESSION):
             pod.route_lease_until = now + ROUTE_LEASE
         if session is not None and healthy and session.state is SessionState.READY:
             pod.state, pod.session_id = PodState.ASSIGNED, session.id
             pod.ready_at = row.ready_at if row else None
             adopted.add(status.name)
-        elif session is None and healthy and _fresh_pool_pod(status, row, pool.template_hash):
+        elif (
+            session is None
+            and healthy
+            and not given
+            and _fresh_pool_pod(status, row, pool.template_hash)
+        ):
             ready = status.phase is PodPhase.READY
             pod.state = PodState.IDLE if ready else PodState.PENDING
             pod.ready_at = (row.ready_at if row else pool.wall(now)) if ready else None

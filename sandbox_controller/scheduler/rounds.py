@@ -5,13 +5,16 @@ every command waiting, applies them to the pool (pure decisions), commits the
 round's writes in one transaction, then answers callers and starts backend calls
 (effect_calls.py). Batching the commit is what lets one writer keep up with many
 callers: a burst of 100 requests costs one commit, not 100. A failed commit rebuilds
-the pool from the store (the store wins).
+the pool from the store (the store wins). So does a decision that raises (a bug):
+its round is not committed, every caller waiting hears ``internal_error`` at once,
+and the loop goes on with the rebuilt pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -20,7 +23,13 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
 from ..backends.base import Backend
 from ..clock import Clock
-from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
+from ..errors import (
+    DecisionFailed,
+    NotLeader,
+    SandboxError,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from ..hooks import SandboxHooks
 from ..model import Limits, Opened, Outcome, Session, SessionState
 from ..store import Batch, Deposed, Fence
@@ -44,7 +53,11 @@ RECOVERY_BACKOFF = Backoff(0.25, 2.0)
 
 class Rounds(EffectCalls):
     """The loop's task: rounds of commands, each committed before anyone hears of it,
-    and the rebuild from the store when a commit fails."""
+    and the rebuild from the store when a commit or a decision fails."""
+
+    # What every (re)build makes the pool of: the seam where a test puts a Pool whose
+    # decision raises.
+    pool_type: type[Pool] = Pool
 
     def __init__(
         self,
@@ -81,11 +94,12 @@ class Rounds(EffectCalls):
         sessions, pod_rows = await self.store.load()
         backend_pods = await self.backend.resync()
         now = self.clock.monotonic()
-        pool = Pool(self.limits, self.backend.template_hash)
+        pool = self.pool_type(self.limits, self.backend.template_hash)
         pool.wall_offset = self.clock.now() - now
         # The rebuilt pool knows of no claim in flight: their env and files are lost.
         self._payloads.clear()
-        restore(pool, sessions, pod_rows, backend_pods, now)
+        restore(pool, sessions, pod_rows, backend_pods, now, self._handed_out)
+        self._handed_out = {name for name in self._handed_out if name in pool.pods}
         pool.tick(now)
         self._pool = pool
         self._pod_rows, self._forgotten_rows = set(), set()
@@ -163,17 +177,15 @@ class Rounds(EffectCalls):
         # Deadlines run on ``now``; stored and shown times follow the wall clock, even
         # one stepped since the last round.
         pool.wall_offset = self.clock.now() - now
-        results: list[Any] = []
-        for command in commands:
-            try:
-                results.append(command.apply(pool, now))
-            except Exception as exc:  # a bug in one decision must not stop the loop
-                log.exception("scheduler command failed")
-                results.append(exc)
-        pool.tick(now)
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_EVERY
-            pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
+        try:
+            results = [command.apply(pool, now) for command in commands]
+            pool.tick(now)
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
+        except Exception:
+            await self._decision_failed(commands)
+            return
         outbox = pool.take_outbox()
         try:
             await self._commit(outbox)
@@ -191,11 +203,37 @@ class Rounds(EffectCalls):
             return
         for command, result in zip(commands, results, strict=True):
             if command.future is not None and not command.future.done():
-                if isinstance(result, Exception):
-                    command.future.set_exception(result)
-                else:
-                    command.future.set_result(result)
+                command.future.set_result(result)
         self.observer.round_committed(len(commands))
+
+    async def _decision_failed(self, commands: list[Command]) -> None:
+        """A decision raised: the pool is half-changed, so nothing of this round may be
+        committed. Everyone waiting hears so now, with an id that names this log line,
+        and the pool is rebuilt from the store, as after a failed commit.
+
+        That includes callers waiting from earlier rounds for a pod: their sessions are
+        in memory only until they are answered (see _commit), so the rebuilt pool has
+        none of them, and a caller left waiting would wait forever. None of them was
+        told of a success; what callers were told is in the store and rebuilt from it.
+        The env and files of every claim not yet delivered go too (the rebuilt pool
+        knows of no claim in flight)."""
+        request_id = uuid.uuid4().hex[:16]
+        log.exception(
+            "a scheduling decision failed (request id %s): nothing of its round "
+            "(%d commands) is committed; rebuilding the state from the store",
+            request_id,
+            len(commands),
+        )
+
+        def error() -> SandboxError:
+            return DecisionFailed(request_id)
+
+        for command in commands:
+            if command.future is not None and not command.future.done():
+                command.future.set_exception(error())
+        self._fail_waiters(error)
+        self._payloads.clear()
+        await self._recover_after_failure(error)
 
     async def _commit(self, outbox: Outbox, *, force: bool = False) -> None:
         """Persist the round, then tell callers and start backend calls: in that order,
@@ -219,6 +257,7 @@ class Rounds(EffectCalls):
             batch.sessions.append(session)
         self._pod_rows |= outbox.dirty_pods
         self._forgotten_rows |= outbox.forgotten_pods
+        self._handed_out -= outbox.forgotten_pods
         if self._pod_rows or self._forgotten_rows:
             self._pod_rows_due = min(self._pod_rows_due, self.clock.monotonic() + POD_ROWS_DELAY)
         if batch.sessions or force or self.clock.monotonic() >= self._pod_rows_due:
@@ -239,11 +278,14 @@ class Rounds(EffectCalls):
             self._payloads.pop(request_id, None)
         self._start_effects(outbox)
 
-    async def _recover_after_failure(self) -> None:
+    async def _recover_after_failure(
+        self, refuse: Callable[[], SandboxError] = StoreUnavailable
+    ) -> None:
         """The pool may now disagree with the store; the store wins. Retry until it
-        answers, since nothing can be promised without it."""
+        answers, since nothing can be promised without it. Commands queued meanwhile
+        were meant for the pool being dropped: their callers hear ``refuse``."""
         self.store_down = True
-        self._fail_queued(StoreUnavailable)
+        self._fail_queued(refuse)
         attempt = 0
         while not self._stopped.is_set():
             try:
@@ -252,10 +294,15 @@ class Rounds(EffectCalls):
                 return
             except Deposed:
                 raise
-            except Exception:
+            except Exception as exc:
                 delay = RECOVERY_BACKOFF.delay(attempt)
                 attempt += 1
-                log.warning("store still unavailable; retrying in %.1fs", delay)
+                log.warning(
+                    "rebuilding from the store failed (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    exc_info=attempt == 1,  # the first time: a bug shows its traceback
+                )
                 await sleep_or_stop(self.clock, delay, self._stopped)
                 self._fail_queued(StoreUnavailable)
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sandbox_controller.api.errors import Unauthorized, install_error_handlers
 from sandbox_controller.errors import (
     CapacityExhausted,
+    DecisionFailed,
     NotLeader,
     SandboxError,
     SessionEnded,
@@ -35,6 +36,7 @@ CASES: list[tuple[SandboxError, int, str, str | None, str]] = [
     (NotLeader(), 503, "not_leader", "1", "leader"),
     (StoreUnavailable(), 503, "store_unavailable", "2", "store"),
     (Unauthorized(), 401, "unauthorized", None, "token"),
+    (DecisionFailed("0f3c9a7e5d2b4c61"), 500, "internal_error", None, "0f3c9a7e5d2b4c61"),
     (SandboxError(), 500, "internal_error", None, "internal"),
 ]
 
@@ -62,3 +64,5 @@ async def test_each_domain_error_has_one_status_code_and_retry_after(
         assert retry_after is not None
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
+    if isinstance(error, DecisionFailed):  # the id that names the controller's log line
+        assert response.headers["x-request-id"] == error.request_id
