@@ -90,7 +90,7 @@ def strip_cookie(value: bytes) -> bytes:
 
 class Verifier:
     """``verify_token`` with its answers kept: a client sends the same token on every
-    request, and a signature check per request (about 0.1-0.2 ms for Ed25519) would be
+    request, and a signature check per request (about 0.2 ms for Ed25519) would be
     a large part of the proxy's time. Only tokens that verified are kept, keyed by the
     whole token, so a hit is the very string that verified; expiry is still checked on
     every use. Bounded: when full, it starts over (an LRU would cost more per hit than

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -33,6 +34,7 @@ from sandbox_controller.backends.base import ENV_CLAIM_SECRET
 from sandbox_controller.process import LOCAL_BACKEND_NOTE
 from sandbox_controller.tokens import issue_token
 
+from ..conftest import sandbox_processes
 from ..e2e.test_dev_crash import free_port
 from ..eventually import eventually
 
@@ -56,7 +58,9 @@ def base_env(tmp: Path, **settings: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def running(command: list[str], env: dict[str, str], log: Path) -> AsyncIterator[int]:
-    """A process of its own, stopped with SIGTERM (then SIGKILL) at the end; its pid."""
+    """A process of its own, stopped with SIGTERM (then SIGKILL) at the end; its pid.
+    Local sandboxes it left (``serve`` keeps them for the next controller) are stopped
+    too: they are the ones with their log in its state directory."""
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -68,6 +72,10 @@ async def running(command: list[str], env: dict[str, str], log: Path) -> AsyncIt
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if "SANDBOX_STATE_DIR" in env:
+            for pid in sandbox_processes(env["SANDBOX_STATE_DIR"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
 
 async def answers(url: str, status: int = 200) -> None:
@@ -188,68 +196,77 @@ async def test_a_proxy_with_only_its_credential_serves_sessions_and_cannot_mint_
     }
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     async with (
-        running([*CLI, "serve"], controller_env, tmp_path / "serve.log"),
+        # The proxy first: with no controller to ask for the verify key it is not ready,
+        # and a token gets 503, until the controller answers.
         running([*CLI, "proxy"], proxy_env, tmp_path / "proxy.log") as proxy_pid,
-        running([*CLI, "proxy"], old_proxy_env, tmp_path / "old-proxy.log"),
         httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False
         ) as controller,
         httpx.AsyncClient(timeout=30, trust_env=False) as http,
     ):
-        await answers(f"http://127.0.0.1:{port}/readyz")
-        await answers(f"{proxy_url}/readyz")  # ready: it has the verify key
-        await answers(f"http://127.0.0.1:{old_proxy_port}/readyz")
-        controller.headers["authorization"] = f"Bearer {api_token}"
-        session = await open_session(controller, "t1")
-        sid = str(session["id"])
-        connect = session["connect"]
-        assert isinstance(connect, dict)
-
-        async def through(token: str, base: str = proxy_url) -> int:
-            url = f"{base}/s/{sid}/healthz"
-            return (await http.get(url, headers={"authorization": f"Bearer {token}"})).status_code
-
-        assert await through(connect["token"]) == 200
-        assert await through(connect["token"], f"http://127.0.0.1:{old_proxy_port}") == 200
-
-        # 1. The proxy's environment holds neither the token secret nor the API token.
-        seen = environ_of(proxy_pid)
-        assert "SANDBOX_TOKEN_SECRET" not in seen and "SANDBOX_API_TOKEN" not in seen
-        everything = "\0".join(f"{k}={v}" for k, v in seen.items())
-        assert token_secret not in everything and api_token not in everything
-
-        # 2. Its credential opens /internal/* only: no session, no connect token, no pool.
-        as_proxy = {"authorization": f"Bearer {proxy_token}"}
-        refused = [
-            await controller.post(
-                "/sessions", json={"user_id": "eve", "thread_id": "t2"}, headers=as_proxy
-            ),
-            await controller.get(f"/sessions/{sid}", headers=as_proxy),
-            await controller.get("/sessions", params={"user_id": "ada"}, headers=as_proxy),
-            await controller.get("/pool", headers=as_proxy),
-        ]
-        assert [r.status_code for r in refused] == [401] * 4
-        route = await controller.get(f"/internal/routes/{sid}", headers=as_proxy)
-        assert route.status_code == 200 and route.json()["state"] == "ready"
-        keys = await controller.get("/internal/token-keys", headers=as_proxy)
-        assert keys.status_code == 200
-        (verify_key,) = keys.json()["keys"]
-        assert len(base64.urlsafe_b64decode(verify_key + "=")) == 32  # an Ed25519 public key
-        anonymous = await http.get(f"http://127.0.0.1:{port}/internal/token-keys")
-        assert anonymous.status_code == 401
-
-        # 3. Nothing the proxy holds signs a token it accepts: its credential and the
-        # verify key, used as a signing secret in the new format or the old one.
-        expires = time.time() + 3600
-        for held in (
-            proxy_token.encode(),
-            verify_key.encode(),
-            base64.urlsafe_b64decode(verify_key + "="),
+        await answers(f"{proxy_url}/readyz", 503)
+        early = await http.get(f"{proxy_url}/s/x/healthz", headers={"x-sandbox-token": "a.1.b"})
+        assert early.status_code == 503, early.text
+        async with (
+            running([*CLI, "serve"], controller_env, tmp_path / "serve.log"),
+            running([*CLI, "proxy"], old_proxy_env, tmp_path / "old-proxy.log"),
         ):
-            for forged in (issue_token(held, sid, expires), hmac_token(held, sid, expires)):
-                assert await through(forged) == 401, forged
-        # A token of the old format from the real secret is refused too: HMAC is gone.
-        assert await through(hmac_token(token_secret.encode(), sid, expires)) == 401
+            await answers(f"http://127.0.0.1:{port}/readyz")
+            await answers(f"{proxy_url}/readyz")  # ready: it has the verify key now
+            await answers(f"http://127.0.0.1:{old_proxy_port}/readyz")
+            controller.headers["authorization"] = f"Bearer {api_token}"
+            session = await open_session(controller, "t1")
+            sid = str(session["id"])
+            connect = session["connect"]
+            assert isinstance(connect, dict)
+
+            async def through(token: str, base: str = proxy_url) -> int:
+                url = f"{base}/s/{sid}/healthz"
+                return (
+                    await http.get(url, headers={"authorization": f"Bearer {token}"})
+                ).status_code
+
+            assert await through(connect["token"]) == 200
+            assert await through(connect["token"], f"http://127.0.0.1:{old_proxy_port}") == 200
+
+            # 1. The proxy's environment holds neither the token secret nor the API token.
+            seen = environ_of(proxy_pid)
+            assert "SANDBOX_TOKEN_SECRET" not in seen and "SANDBOX_API_TOKEN" not in seen
+            everything = "\0".join(f"{k}={v}" for k, v in seen.items())
+            assert token_secret not in everything and api_token not in everything
+
+            # 2. Its credential opens /internal/* only: no session, no connect token, no pool.
+            as_proxy = {"authorization": f"Bearer {proxy_token}"}
+            refused = [
+                await controller.post(
+                    "/sessions", json={"user_id": "eve", "thread_id": "t2"}, headers=as_proxy
+                ),
+                await controller.get(f"/sessions/{sid}", headers=as_proxy),
+                await controller.get("/sessions", params={"user_id": "ada"}, headers=as_proxy),
+                await controller.get("/pool", headers=as_proxy),
+            ]
+            assert [r.status_code for r in refused] == [401] * 4
+            route = await controller.get(f"/internal/routes/{sid}", headers=as_proxy)
+            assert route.status_code == 200 and route.json()["state"] == "ready"
+            keys = await controller.get("/internal/token-keys", headers=as_proxy)
+            assert keys.status_code == 200
+            (verify_key,) = keys.json()["keys"]
+            assert len(base64.urlsafe_b64decode(verify_key + "=")) == 32  # an Ed25519 public key
+            anonymous = await http.get(f"http://127.0.0.1:{port}/internal/token-keys")
+            assert anonymous.status_code == 401
+
+            # 3. Nothing the proxy holds signs a token it accepts: its credential and the
+            # verify key, used as a signing secret in the new format or the old one.
+            expires = time.time() + 3600
+            for held in (
+                proxy_token.encode(),
+                verify_key.encode(),
+                base64.urlsafe_b64decode(verify_key + "="),
+            ):
+                for forged in (issue_token(held, sid, expires), hmac_token(held, sid, expires)):
+                    assert await through(forged) == 401, forged
+            # A token of the old format from the real secret is refused too: HMAC is gone.
+            assert await through(hmac_token(token_secret.encode(), sid, expires)) == 401
 
     old_log = (tmp_path / "old-proxy.log").read_text()
     assert "SANDBOX_TOKEN_SECRET is set for the proxy" in old_log
