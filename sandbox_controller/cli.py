@@ -233,11 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
-    if args.command == "serve" and settings.proxy_token is None:
-        log.warning(
-            "SANDBOX_PROXY_TOKEN is not set: proxies can reach /internal/* only with the API "
-            "token, which opens the whole API; give controller and proxies SANDBOX_PROXY_TOKEN"
-        )
     listens = _listens(args.command, settings)
     taken = next((addr for addr in listens if not _free(*addr)), None)
     if taken is not None:
