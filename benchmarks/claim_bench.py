@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_app import bench_rows  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     TOKEN,
+    TOKEN_SECRET,
     Kubesim,
     drop_database,
     free_port,
@@ -66,7 +67,7 @@ def start_controller(url: str, kubeconfig: str, pool: int, port: int) -> subproc
         "SANDBOX_KUBE_QPS": "5000",
         "SANDBOX_KUBE_BURST": "5000",
         "SANDBOX_API_TOKEN": TOKEN,
-        "SANDBOX_TOKEN_SECRET": "bench-secret",
+        "SANDBOX_TOKEN_SECRET": TOKEN_SECRET,
         # kubesim runs no workload here (nothing on the pods' port): no claim hook.
         "SANDBOX_HOOKS": "false",
         "SANDBOX_LOG_LEVEL": "warning",

@@ -30,7 +30,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import TOKEN, Kubesim, free_port, stop  # noqa: E402
+from benchmarks.common import TOKEN, TOKEN_SECRET, Kubesim, free_port, stop  # noqa: E402
 
 
 def start_controller(
@@ -50,7 +50,7 @@ def start_controller(
         "SANDBOX_KUBE_QPS": "5000",
         "SANDBOX_KUBE_BURST": "5000",
         "SANDBOX_API_TOKEN": TOKEN,
-        "SANDBOX_TOKEN_SECRET": "bench-secret",
+        "SANDBOX_TOKEN_SECRET": TOKEN_SECRET,
         "SANDBOX_HOOKS": "true" if hooks else "false",
         "SANDBOX_HOST": "127.0.0.1",
         "SANDBOX_PORT": str(port),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
+# Made per run: `serve` refuses placeholder and short secrets.
+TOKEN = secrets.token_urlsafe(24)
+TOKEN_SECRET = secrets.token_urlsafe(32)
 _PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"]
 
 

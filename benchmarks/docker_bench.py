@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.common import ROOT, TOKEN, free_port, stop
+from benchmarks.common import ROOT, TOKEN, TOKEN_SECRET, free_port, stop
 
 
 def build_image() -> str:
@@ -54,7 +54,7 @@ class Controller:
             "SANDBOX_BACKEND": "docker",
             "SANDBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/{self.instance}.db",
             "SANDBOX_API_TOKEN": TOKEN,
-            "SANDBOX_TOKEN_SECRET": "bench-secret",
+            "SANDBOX_TOKEN_SECRET": TOKEN_SECRET,
             "SANDBOX_PORT": str(self.port),
             "SANDBOX_LOG_LEVEL": "warning",
             "SANDBOX_DOCKER_IMAGE": image,

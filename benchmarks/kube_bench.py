@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks.common import (
     ROOT,
     TOKEN,
+    TOKEN_SECRET,
     Kubesim,
     drop_database,
     free_port,
@@ -81,7 +82,7 @@ def start_controller(
         "SANDBOX_KUBE_QPS": str(qps),
         "SANDBOX_KUBE_BURST": str(burst),
         "SANDBOX_API_TOKEN": TOKEN,
-        "SANDBOX_TOKEN_SECRET": "bench-secret",
+        "SANDBOX_TOKEN_SECRET": TOKEN_SECRET,
         # kubesim runs no workload here (nothing on the pods' port): no claim hook.
         "SANDBOX_HOOKS": "false",
         "SANDBOX_HOST": "127.0.0.1",

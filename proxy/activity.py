@@ -24,14 +24,15 @@ class ActivityReporter:
         self,
         client: httpx.AsyncClient,
         controller_url: str,
-        api_token: str | None,
+        credential: str | None,
         interval: float,
         clock: Clock,
         metrics: ProxyMetrics,
     ) -> None:
         self._client = client
         self._url = controller_url.rstrip("/") + "/internal/activity"
-        self._headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
+        # The proxy's own credential (app.controller_credential): it opens /internal/* only.
+        self._headers = {"authorization": f"Bearer {credential}"} if credential else {}
         self._interval = interval
         self._clock = clock
         self._metrics = metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
@@ -18,7 +19,7 @@ from sandbox_controller.aiotasks import TaskGroup
 from sandbox_controller.clock import Clock, SystemClock
 from sandbox_controller.config import ConfigError, Settings
 from sandbox_controller.serving import KEEP_ALIVE_SECONDS
-from sandbox_controller.tokens import TokenClaims
+from sandbox_controller.tokens import TokenClaims, public_key
 
 from .activity import ActivityReporter
 from .admin import build_admin
@@ -39,6 +40,7 @@ from .forward import ClientGone, Exchange, request_head
 from .metrics import ProxyMetrics
 from .paths import Target, host_target, parse_target
 from .routes import RouteCache
+from .tokenkeys import TokenKeyFetcher
 from .upstream import DialTimeout, UpstreamError, UpstreamPool
 from .websocket import Relay, upstream_headers
 
@@ -70,14 +72,44 @@ def _strip_auth(name: bytes, value: bytes) -> bytes | None:
     return value
 
 
+def controller_credential(settings: Settings) -> str | None:
+    """The proxy's bearer token for the controller's /internal/* calls: its own
+    credential, else (configured the old way) the API token."""
+    return settings.proxy_token or settings.api_token
+
+
 class ProxyApp:
+    """``verify_keys``: the token verify keys, given (``dev``, where the controller is in
+    the same process); else derived from SANDBOX_TOKEN_SECRET if it is set (the old
+    way, warned about), else asked of the controller (tokenkeys.py)."""
+
     def __init__(
-        self, settings: Settings, *, clock: Clock | None = None, connect_timeout: float = 5.0
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        connect_timeout: float = 5.0,
+        verify_keys: Sequence[str] = (),
     ) -> None:
-        if not settings.token_secret:
-            raise ConfigError("SANDBOX_TOKEN_SECRET: the proxy needs it to verify tokens")
+        if not (verify_keys or settings.token_secret or settings.proxy_token):
+            raise ConfigError(
+                "SANDBOX_PROXY_TOKEN: the proxy needs it to ask the controller for routes "
+                "and the token verify key"
+            )
+        if settings.token_secret:
+            log.warning(
+                "SANDBOX_TOKEN_SECRET is set for the proxy: with it the proxy can sign "
+                "session tokens and derive every sandbox's claim secret. Give the proxy "
+                "SANDBOX_PROXY_TOKEN only (README: Configuration)"
+            )
+            verify_keys = verify_keys or [public_key(settings.token_secret.encode())]
+        if settings.api_token:
+            log.warning(
+                "SANDBOX_API_TOKEN is set for the proxy: it opens the whole controller API; "
+                "give the proxy SANDBOX_PROXY_TOKEN instead"
+            )
         self.settings = settings
-        self.verifier = Verifier(settings.token_secret.encode())
+        self.verifier = Verifier(verify_keys)
         self.clock: Clock = clock or SystemClock()
         self.connect_timeout = connect_timeout
         domain = settings.proxy_session_domain
@@ -85,7 +117,9 @@ class ProxyApp:
         self.allowed_origins = settings.allowed_origins
         self.public_https = settings.proxy_url.startswith("https://")
         self.metrics = ProxyMetrics()
-        self.admin = build_admin(self.metrics, lambda: self.started and not self.draining)
+        self.admin = build_admin(
+            self.metrics, lambda: self.started and not self.draining and self.verifier.ready
+        )
         self.draining = False
         self.started = False
         self._relays: set[Relay] = set()
@@ -108,18 +142,27 @@ class ProxyApp:
             limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_SECONDS / 2),
             trust_env=False,
         )
+        credential = controller_credential(s)
         self.routes = RouteCache(
-            self._client, s.controller_url, s.api_token, self.clock, self.metrics
+            self._client, s.controller_url, credential, self.clock, self.metrics
         )
         self.activity = ActivityReporter(
             self._client,
             s.controller_url,
-            s.api_token,
+            credential,
             s.activity_flush_interval,
             self.clock,
             self.metrics,
         )
         self._tasks.start(self.activity.run(), "activity")
+        if not self.verifier.ready:
+            keys = TokenKeyFetcher(
+                self._client, s.controller_url, credential, self.verifier, self.clock
+            )
+            # One short try now, so a proxy beside a running controller is ready at once;
+            # until one succeeds, tokens get 503 and /readyz says not ready.
+            await keys.fetch(deadline=2.0)
+            self._tasks.start(keys.run(), "token-keys")
         self.started = True
 
     async def close_websockets(self, wait: float = 5.0) -> None:

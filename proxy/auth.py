@@ -9,12 +9,15 @@ forwarding (forward.py and websocket.py build the upstream headers).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
 
-from sandbox_controller.tokens import TokenClaims, TokenError, verify_token
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .errors import forbidden, origin_mismatch, unauthorized
+from sandbox_controller.tokens import TokenClaims, TokenError, load_public_key, verify_token
+
+from .errors import controller_unavailable, forbidden, origin_mismatch, unauthorized
 
 COOKIE_NAME = "sandbox_token"
 _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
@@ -87,21 +90,43 @@ def strip_cookie(value: bytes) -> bytes:
 
 class Verifier:
     """``verify_token`` with its answers kept: a client sends the same token on every
-    request, and an HMAC per request was several percent of the proxy's time. Only
-    tokens that verified are kept, keyed by the whole token, so a hit is the very string
-    that verified; expiry is still checked on every use. Bounded: when full, it starts
-    over (an LRU would cost more per hit than the rare re-verification)."""
+    request, and a signature check per request (about 0.2 ms for Ed25519) would be
+    a large part of the proxy's time. Only tokens that verified are kept, keyed by the
+    whole token, so a hit is the very string that verified; expiry is still checked on
+    every use. Bounded: when full, it starts over (an LRU would cost more per hit than
+    the rare re-verification).
+
+    It holds public keys only (given, or fetched from the controller by tokenkeys.py):
+    nothing here can make a token. Until it has one, every check is a 503."""
 
     MAX_KEPT = 1024
 
-    def __init__(self, secret: bytes) -> None:
-        self.secret = secret
+    def __init__(self, keys: Sequence[str] = ()) -> None:
+        self._keys: tuple[str, ...] = ()
+        self._loaded: list[Ed25519PublicKey] = []
         self._valid: dict[str, TokenClaims] = {}
+        if keys:
+            self.set_keys(keys)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._loaded)
+
+    def set_keys(self, keys: Sequence[str]) -> None:
+        """Use these keys from now on (ValueError if one is not a key); a change forgets
+        every token verified with the old ones."""
+        if tuple(keys) == self._keys:
+            return
+        self._loaded = [load_public_key(k) for k in keys]
+        self._keys = tuple(keys)
+        self._valid.clear()
 
     def verify(self, token: str, now: float) -> TokenClaims:
         claims = self._valid.get(token)
         if claims is None:
-            claims = verify_token(self.secret, token, now)
+            if not self._loaded:
+                raise controller_unavailable("the proxy has no token key from the controller yet")
+            claims = verify_token(self._loaded, token, now)
             if len(self._valid) >= self.MAX_KEPT:
                 self._valid.clear()
             self._valid[token] = claims

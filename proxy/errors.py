@@ -48,8 +48,8 @@ def upstream_timeout() -> ProxyError:
     return ProxyError(504, "sandbox_timeout", "timed out connecting to the sandbox")
 
 
-def controller_unavailable() -> ProxyError:
-    return ProxyError(503, "controller_unavailable", "cannot look the route up right now")
+def controller_unavailable(message: str = "cannot look the route up right now") -> ProxyError:
+    return ProxyError(503, "controller_unavailable", message)
 
 
 def origin_mismatch(origin: str | None) -> ProxyError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
@@ -25,10 +26,15 @@ log = logging.getLogger(__name__)
 
 class ProxyProcess:
     def __init__(
-        self, settings: Settings, *, clock: Clock | None = None, drain_timeout: float = 10.0
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        drain_timeout: float = 10.0,
+        verify_keys: Sequence[str] = (),
     ) -> None:
         self.settings = settings
-        self.app = ProxyApp(settings, clock=clock)
+        self.app = ProxyApp(settings, clock=clock, verify_keys=verify_keys)
         self.drain_timeout = drain_timeout
         self._listener: Listener | None = None
 

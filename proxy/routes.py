@@ -77,13 +77,14 @@ class RouteCache:
         self,
         client: httpx.AsyncClient,
         controller_url: str,
-        api_token: str | None,
+        credential: str | None,
         clock: Clock,
         metrics: ProxyMetrics,
     ) -> None:
         self._client = client
         self._base = controller_url.rstrip("/") + "/internal/routes/"
-        self._headers = {"authorization": f"Bearer {api_token}"} if api_token else {}
+        # The proxy's own credential (app.controller_credential): it opens /internal/* only.
+        self._headers = {"authorization": f"Bearer {credential}"} if credential else {}
         self._clock = clock
         self._metrics = metrics
         self._entries: dict[str, Route] = {}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from .config import ConfigError, Settings, is_loopback, load_settings
+from .config import ConfigError, Settings, check_secrets, is_loopback, load_settings
 
 if TYPE_CHECKING:
     from .serving import Process
@@ -166,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "serve",
         help="the controller alone (what the Helm chart runs)",
-        description="The controller alone. Needs SANDBOX_TOKEN_SECRET (shared with the "
-        "proxies) and, unless it listens on loopback only, SANDBOX_API_TOKEN.",
+        description="The controller alone. Needs SANDBOX_TOKEN_SECRET (it signs session "
+        "tokens) and, unless it listens on loopback only, SANDBOX_API_TOKEN; give the "
+        "proxies SANDBOX_PROXY_TOKEN (set it here too). Each a random value of at least 16 "
+        "bytes.",
     )
     sub.add_parser(
         "proxy",
         help="the proxy alone (what the Helm chart runs, N replicas)",
-        description="The proxy alone. Needs SANDBOX_TOKEN_SECRET.",
+        description="The proxy alone. Needs SANDBOX_CONTROLLER_URL and SANDBOX_PROXY_TOKEN "
+        "(the same as the controller's); it gets the key that verifies session tokens from "
+        "the controller, and holds no secret that signs them.",
     )
     sub.add_parser(
         "migrate",
@@ -215,11 +219,16 @@ def main(argv: list[str] | None = None) -> int:
             _require_api_token(settings)
             if not settings.token_secret:
                 raise ConfigError(
-                    "SANDBOX_TOKEN_SECRET: required by serve: the proxies verify the "
-                    "session tokens it signs with the same secret"
+                    "SANDBOX_TOKEN_SECRET: required by serve: it signs the session tokens "
+                    "the proxies verify"
                 )
-        if args.command == "proxy" and not settings.token_secret:
-            raise ConfigError("SANDBOX_TOKEN_SECRET: required by the proxy to verify tokens")
+        if args.command == "proxy" and not (settings.proxy_token or settings.token_secret):
+            raise ConfigError(
+                "SANDBOX_PROXY_TOKEN: required by the proxy to ask the controller for routes "
+                "and the token verify key"
+            )
+        if args.command in ("serve", "proxy"):
+            check_secrets(settings)  # `dev` takes anything: it is one user's own machine
     except ConfigError as exc:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2

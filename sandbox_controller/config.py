@@ -85,7 +85,12 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./sandbox.db"
     backend: Literal["local", "kubernetes", "docker"] = "local"
     api_token: str | None = None
+    # Signs session tokens (its Ed25519 key is derived from it) and keys the sandboxes'
+    # claim secrets: the controller's alone. Proxies get the public key, never this.
     token_secret: str | None = None
+    # The proxies' credential: opens /internal/* (routes, activity, the token verify
+    # key) and nothing else. Unset: /internal/* takes the API token (the old way).
+    proxy_token: str | None = None
     # Long enough for a working day; GET /sessions/{id} hands out a fresh one.
     token_ttl: Duration = 43200.0
     # The base of connect.url. Unset, it follows the proxy's own host and port (the
@@ -257,7 +262,7 @@ class Settings(BaseSettings):
             max_concurrent_creates=self.max_concurrent_creates,
         )
 
-    @field_validator("api_token", "token_secret", mode="before")
+    @field_validator("api_token", "token_secret", "proxy_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
@@ -368,6 +373,46 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{name}: {msg}" if name else msg)
         raise ConfigError("; ".join(problems)) from None
+
+
+# Secret settings, and what none of them may be outside `dev`.
+SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token")
+MIN_SECRET_BYTES = 16
+# Values from the repository's own examples (the Compose .env.example of old, the README,
+# the chart) and the usual stand-ins, compared in lower case.
+_PLACEHOLDERS = frozenset(
+    {"secret", "password", "example", "changeme", "change-me", "change_me", "token",
+     "change-me-too", "change-me-three", "test", "xxx", "..."}
+)  # fmt: skip
+_PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me", "replace-me", "example")
+
+
+def weak_secret(value: str) -> str | None:
+    """Why ``value`` is no secret (a known placeholder, too short), or None."""
+    folded = value.strip().lower()
+    if folded in _PLACEHOLDERS or folded.startswith(_PLACEHOLDER_PREFIXES):
+        return "is a known placeholder"
+    size = len(value.encode())
+    if size < MIN_SECRET_BYTES:
+        return f"is too short ({size} bytes, at least {MIN_SECRET_BYTES} needed)"
+    return None
+
+
+def check_secrets(settings: Settings) -> None:
+    """Outside `dev`: every secret set is a real one, and the proxies' credential is not
+    the API token. ConfigError (one line, naming the variable) otherwise."""
+    for name in SECRET_SETTINGS:
+        value = getattr(settings, name)
+        why = None if value is None else weak_secret(value)
+        if why is not None:
+            raise ConfigError(
+                f"SANDBOX_{name.upper()}: {why}; set a random value, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+    if settings.proxy_token is not None and settings.proxy_token == settings.api_token:
+        raise ConfigError(
+            "SANDBOX_PROXY_TOKEN: must differ from SANDBOX_API_TOKEN (it opens /internal/* only)"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -31,6 +31,7 @@ from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, SchemaState, Store
 from .store.db import wait_for_database
+from .tokens import public_key
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ class Controller:
     def backend(self) -> Backend:
         assert self._backend is not None, "the backend is made at start-up"
         return self._backend
+
+    @property
+    def verify_keys(self) -> tuple[str, ...]:
+        """The public keys that verify the session tokens this controller signs: all a
+        proxy needs (GET /internal/token-keys), and nothing that signs."""
+        return (public_key(self.token_secret),)
 
     @property
     def is_leader(self) -> bool:

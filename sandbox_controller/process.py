@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 
 from proxy import ProxyProcess
@@ -17,8 +18,17 @@ from .clock import Clock
 from .config import Settings
 from .controller import Controller
 from .serving import EdgeLimits, Listener, bind
+from .tokens import public_key
 
 log = logging.getLogger(__name__)
+
+LOCAL_BACKEND_NOTE = (
+    "Note: the local backend runs each sandbox as a process of your own user, for trusted\n"
+    "code only. A sandbox gets none of this server's secrets in its environment, but it\n"
+    "can read your files (this server's state directory and its credentials included)\n"
+    "and other processes' /proc/*/environ. Use SANDBOX_BACKEND=docker for code you do\n"
+    "not trust (README: Run on one VM with Docker Compose)."
+)
 
 
 class ControllerProcess:
@@ -98,9 +108,21 @@ class DevProcess:
         settings = self.settings
         api_sock = bind(settings.host, settings.port)
         api_port = api_sock.getsockname()[1]
-        settings = settings.model_copy(update={"controller_url": f"http://127.0.0.1:{api_port}"})
+        settings = settings.model_copy(
+            update={
+                "controller_url": f"http://127.0.0.1:{api_port}",
+                # Both halves need the same ones; made here when the caller gave none.
+                "token_secret": settings.token_secret or secrets.token_urlsafe(32),
+                "proxy_token": settings.proxy_token or secrets.token_urlsafe(32),
+            }
+        )
+        assert settings.token_secret is not None
+        # The proxy gets what a separate one would: its credential and the verify key.
+        proxy_settings = settings.model_copy(update={"token_secret": None, "api_token": None})
         try:
-            self.proxy = ProxyProcess(settings)
+            self.proxy = ProxyProcess(
+                proxy_settings, verify_keys=[public_key(settings.token_secret.encode())]
+            )
             await self.proxy.startup()
         except BaseException:
             api_sock.close()
@@ -122,6 +144,8 @@ class DevProcess:
             f"http://{settings.host}:{api_port}/sessions",
             flush=True,
         )
+        if settings.backend == "local":
+            print(LOCAL_BACKEND_NOTE, flush=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         assert self.proxy is not None and self.controller is not None

@@ -382,11 +382,11 @@ def tune_gc() -> None:
 
 
 # Secrets as they appear in URLs, headers and cookies, and session tokens anywhere
-# (tokens.py: <b64 session id>.<expiry>.<43-character signature>).
+# (tokens.py: <b64 session id>.<expiry>.<86-character signature>; 43 before Ed25519).
 _SECRETS = re.compile(
     r"(?i)((?:[?&;]|\b)(?:token|sandbox_token)=)[^&\s\"';]+"
     r"|(bearer\s+)[^\s\"',]+"
-    r"|[A-Za-z0-9_-]+\.\d{6,}\.[A-Za-z0-9_-]{43}"
+    r"|[A-Za-z0-9_-]+\.\d{6,}\.[A-Za-z0-9_-]{43,}"
 )
 
 

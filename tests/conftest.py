@@ -151,7 +151,8 @@ async def start_controller(tmp_path: Path) -> AsyncIterator[ControllerFactory]:
 
 
 def sandbox_processes(marker: str = "") -> list[int]:
-    """Pids of live devsandbox processes whose command line or environment has marker."""
+    """Pids of live devsandbox processes whose command line, environment or log file
+    (stderr, in the backend's state directory) has marker."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -163,9 +164,12 @@ def sandbox_processes(marker: str = "") -> list[int]:
             if (proc / "stat").read_text().split()[2] == "Z":
                 continue
             environ = (proc / "environ").read_bytes() if marker else b""
+            # The local backend passes sandboxes no SANDBOX_* variable (such as the state
+            # directory); their stderr goes to a file in it.
+            log_file = os.readlink(proc / "fd" / "2").encode() if marker else b""
         except OSError:
             continue
-        if marker.encode() in cmdline or marker.encode() in environ:
+        if any(marker.encode() in seen for seen in (cmdline, environ, log_file)):
             pids.append(int(proc.name))
     return pids
 

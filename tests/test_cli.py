@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import socket
 import stat
 import subprocess
@@ -26,7 +27,7 @@ def run_cli(*args: str, timeout: float = 30, **env: str) -> tuple[int, str, floa
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "sandbox_controller.cli", *args],
-        env={**os.environ, "SANDBOX_TOKEN_SECRET": "s", **env},
+        env={**os.environ, "SANDBOX_TOKEN_SECRET": secrets.token_urlsafe(32), **env},
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     return done.returncode, done.stderr, time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 from pathlib import Path
 
@@ -80,12 +81,13 @@ def test_an_empty_token_counts_as_unset_and_serve_refuses_to_listen_openly(
     assert "SANDBOX_API_TOKEN: required" in capsys.readouterr().err
 
 
-def test_the_proxy_needs_the_token_secret(
+def test_the_proxy_needs_its_credential(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("SANDBOX_TOKEN_SECRET", raising=False)
+    monkeypatch.delenv("SANDBOX_PROXY_TOKEN", raising=False)
     assert main(["proxy"]) == 2
-    assert "SANDBOX_TOKEN_SECRET" in capsys.readouterr().err
+    assert "SANDBOX_PROXY_TOKEN: required by the proxy" in capsys.readouterr().err
 
 
 def test_a_taken_port_is_one_line_not_a_traceback(
@@ -95,8 +97,8 @@ def test_a_taken_port_is_one_line_not_a_traceback(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         monkeypatch.setenv("SANDBOX_PORT", str(taken.getsockname()[1]))
-        monkeypatch.setenv("SANDBOX_API_TOKEN", "x")
-        monkeypatch.setenv("SANDBOX_TOKEN_SECRET", "x")
+        monkeypatch.setenv("SANDBOX_API_TOKEN", secrets.token_urlsafe(24))
+        monkeypatch.setenv("SANDBOX_TOKEN_SECRET", secrets.token_urlsafe(32))
         monkeypatch.setenv("SANDBOX_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/s.db")
         # GC tuning is process-wide; the test process keeps its own.
         monkeypatch.setattr("sandbox_controller.serving.tune_gc", lambda: None)

@@ -31,6 +31,7 @@ from .schemas import (
     RouteBody,
     SessionBody,
     SessionList,
+    TokenKeysBody,
     errors,
     pool_json,
     session_json,
@@ -58,19 +59,29 @@ def create_app(controller: Controller) -> FastAPI:
     app.add_middleware(RefuseBadBytes)
     install_error_handlers(app)
     api_token = settings.api_token
+    # /internal/* (the proxies' calls) takes the proxies' own credential; the API token
+    # too, for proxies configured the old way. The proxies' credential opens nothing else.
+    internal_tokens = tuple(t for t in (settings.proxy_token, api_token) if t is not None)
+
+    def bearer_in(request: Request, accepted: tuple[str, ...]) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        given = value.encode()
+        # Every accepted token is compared, so the time taken tells nothing.
+        matches = [secrets.compare_digest(given, token.encode()) for token in accepted]
+        return scheme.lower() == "bearer" and any(matches)
 
     # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
     async def authorize(request: Request) -> None:
-        if api_token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            value.encode(), api_token.encode()
-        ):
+        if api_token is not None and not bearer_in(request, (api_token,)):
+            raise Unauthorized()
+
+    async def authorize_internal(request: Request) -> None:
+        if internal_tokens and not bearer_in(request, internal_tokens):
             raise Unauthorized()
 
     api = APIRouter(dependencies=[Depends(authorize)])
+    internal = APIRouter(dependencies=[Depends(authorize_internal)])
 
     def leading() -> Scheduler:
         # With the store unreachable nobody can lead or promise anything; say so
@@ -167,7 +178,11 @@ def create_app(controller: Controller) -> FastAPI:
         status = ctl.pool_snapshot() or PoolStatus.empty(ctl.settings.limits())
         return JSONResponse(pool_json(status, leader=ctl.is_leader))
 
-    @api.get(
+    @internal.get("/internal/token-keys", responses={200: {"model": TokenKeysBody}, **errors(401)})
+    async def token_keys() -> Response:
+        return JSONResponse({"keys": list(ctl.verify_keys)})
+
+    @internal.get(
         "/internal/routes/{session_id}",
         responses={200: {"model": RouteBody}, **errors(401, 404, 422, 503)},
     )
@@ -184,12 +199,13 @@ def create_app(controller: Controller) -> FastAPI:
             }
         )
 
-    @api.post("/internal/activity", status_code=204, responses=errors(400, 401, 413, 422, 503))
+    @internal.post("/internal/activity", status_code=204, responses=errors(400, 401, 413, 422, 503))
     async def activity(body: ActivityReport) -> Response:
         leading().record_activity(body.activity)
         return Response(status_code=204)
 
     app.include_router(api)
+    app.include_router(internal)
 
     @app.get("/healthz", responses={200: {"model": HealthBody}, **errors(422)})
     async def healthz() -> Response:

@@ -361,6 +361,13 @@ class RouteBody(BaseModel):
     lease_seconds: float | None
 
 
+class TokenKeysBody(BaseModel):
+    """The public keys that verify session tokens (Ed25519, raw, base64url): what a
+    proxy needs to check a token, and nothing that can make one."""
+
+    keys: list[str]
+
+
 class HealthBody(BaseModel):
     status: str
 

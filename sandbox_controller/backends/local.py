@@ -53,6 +53,20 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
+# What a sandbox process inherits from the controller: what any program needs to run
+# (and PYTHONPATH, so it runs the controller's own devsandbox), never anything else. The
+# controller's environment holds its secrets (API token, token secret, database URL)
+# and whatever its operator exported; a sandbox runs code an agent wrote.
+INHERITED_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH"}
+)
+
+
+def sandbox_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``parent`` (locale variables LC_* included)."""
+    return {k: v for k, v in parent.items() if k in INHERITED_ENV or k.startswith("LC_")}
+
+
 TERMINATE_GRACE = 5.0
 # A fresh sandbox answers /healthz within tens of milliseconds: ask soon, then less often.
 HEALTH_POLL = Backoff(base=0.02, cap=0.5, jitter=False)
@@ -148,7 +162,7 @@ class LocalBackend:
             LABEL_TEMPLATE_HASH: self.template_hash,
             LABEL_CREATE_ID: create_id,
         }
-        env = {k: v for k, v in os.environ.items() if k != ENV_CLAIM_SECRET}
+        env = sandbox_environment(os.environ)
         if self.claim_key is not None:
             env[ENV_CLAIM_SECRET] = claim_secret(self.claim_key, create_id)
         log_file = open(self.state_dir / f"{name}.log", "ab")

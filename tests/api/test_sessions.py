@@ -10,7 +10,7 @@ import httpx
 
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
-from sandbox_controller.tokens import verify_token
+from sandbox_controller.tokens import load_public_key, public_key, verify_token
 
 from ..conftest import ControllerFactory, RunningController, sandbox_processes
 from ..eventually import eventually
@@ -27,7 +27,8 @@ async def test_a_warm_session_is_ready_with_a_working_sandbox(
     body = response.json()
     assert body["state"] == "ready" and body["pod"].startswith("agent-sandbox-job-")
     assert body["connect"]["url"].endswith(f"/s/{body['id']}/")
-    claims = verify_token(b"test-token-secret", body["connect"]["token"], 0)
+    keys = [load_public_key(public_key(b"test-token-secret"))]
+    claims = verify_token(keys, body["connect"]["token"], 0)
     assert claims.session_id == body["id"]
     assert body["reclaimed_session_id"] is None and body["end_reason"] is None
 

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -54,6 +55,23 @@ def test_env_example_names_every_setting_and_loads(monkeypatch: pytest.MonkeyPat
     assert loaded.docker_options().memory == 2 * 2**30 and loaded.proxy_host == "0.0.0.0"
 
 
+def generated_secrets() -> dict[str, str]:
+    """What .env.example asks its reader to fill in: never its (empty) values."""
+    names = (
+        "POSTGRES_PASSWORD",
+        "SANDBOX_API_TOKEN",
+        "SANDBOX_TOKEN_SECRET",
+        "SANDBOX_PROXY_TOKEN",
+    )
+    return {name: secrets.token_urlsafe(32) for name in names}
+
+
+def test_env_example_holds_no_secret_value() -> None:
+    values, _ = read_env(ENV_EXAMPLE)
+    for name in generated_secrets():
+        assert values[name] == "", f"{name} has a value in .env.example: a placeholder"
+
+
 def compose_command() -> list[str]:
     if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
@@ -68,7 +86,9 @@ def test_the_compose_file_is_valid_and_keeps_the_socket_behind_the_proxy(
     tmp_path: Path,
 ) -> None:
     env = tmp_path / ".env"
-    shutil.copy(ENV_EXAMPLE, env)
+    values, _ = read_env(ENV_EXAMPLE)
+    chosen = generated_secrets()
+    env.write_text("".join(f"{k}={v}\n" for k, v in {**values, **chosen}.items()))
     done = subprocess.run(
         [*compose_command(), "-f", str(COMPOSE), "--env-file", str(env), "config"],
         capture_output=True,
@@ -87,12 +107,38 @@ def test_the_compose_file_is_valid_and_keeps_the_socket_behind_the_proxy(
     for name in ("socket-proxy", "controller", "proxy"):
         assert services[name]["read_only"] and services[name]["cap_drop"] == ["ALL"]
     assert services["controller"]["environment"]["SANDBOX_DOCKER_URL"].startswith("unix://")
+    # The proxy gets its own credential and no other secret: no env_file (the .env holds
+    # them all), no API token, token secret or database password among its variables.
+    proxy = services["proxy"]
+    assert "env_file" not in proxy
+    assert proxy["environment"]["SANDBOX_PROXY_TOKEN"] == chosen["SANDBOX_PROXY_TOKEN"]
+    held = json.dumps(proxy)
+    for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET", "POSTGRES_PASSWORD"):
+        assert name not in held and chosen[name] not in held, name
+    assert (
+        services["controller"]["environment"]["SANDBOX_PROXY_TOKEN"]
+        == chosen["SANDBOX_PROXY_TOKEN"]
+    )
     assert services["controller"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_the_compose_file_refuses_to_run_with_the_secrets_left_unset(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    shutil.copy(ENV_EXAMPLE, env)
+    done = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE), "--env-file", str(env), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SANDBOX_ENV_FILE": str(env)},
+    )
+    assert done.returncode != 0 and "in .env" in done.stderr, done.stderr
+
+
 def stack_env(tmp_path: Path, instance: str, **overrides: str) -> Path:
-    """An env file for a stack of its own: its ports, its instance, the local images."""
+    """An env file for a stack of its own: its ports, its instance, the local images,
+    secrets generated for it."""
     values, _ = read_env(ENV_EXAMPLE)
+    values.update(generated_secrets())
     api, proxy = free_port(), free_port()
     values.update(
         {

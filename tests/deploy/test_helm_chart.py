@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         database={"existingSecret": "pg", "existingSecretKey": "uri"},
         apiToken={"existingSecret": "api"},
         tokenSecret={"existingSecret": "signing", "existingSecretKey": "key"},
+        proxyToken={"existingSecret": "proxies"},
     ),
     "monitoring": {
         "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
@@ -149,7 +151,7 @@ def test_seed_values_reach_the_controller_under_design_names(render: Render) -> 
     assert {name: env.get(name) for name in expected} == expected
     assert env["SANDBOX_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     files = secret_files(controller)
-    for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET"):
+    for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET", "SANDBOX_PROXY_TOKEN"):
         # From a Secret, as a file (checkov CKV_K8S_35): never a literal, never the env.
         assert name not in env and name.lower() in files, name
     assert env["SANDBOX_DATABASE_URL"].startswith("sqlite+aiosqlite:////")
@@ -237,11 +239,10 @@ def test_proxy_is_wired_to_the_controller(render: Render) -> None:
     assert env["SANDBOX_PROXY_HOST"] == "0.0.0.0"
     assert env["SANDBOX_PROXY_PORT"] == "8081"
     controller_files = secret_files(find(docs, "Deployment", "-controller"))
-    files = secret_files(proxy)
-    for name in ("sandbox_api_token", "sandbox_token_secret"):
-        # Both sides must read the same secret, or no session token the controller signs
-        # will open a route on the proxy.
-        assert files[name] == controller_files[name]
+    # The proxy's one secret is its own credential, the same the controller accepts; it
+    # never holds the token secret (it could sign session tokens) or the API token.
+    assert secret_files(proxy) == {"sandbox_proxy_token": controller_files["sandbox_proxy_token"]}
+    assert not {"SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET"} & env.keys()
     assert container["args"] == ["proxy"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -415,19 +416,25 @@ def test_tokens_are_generated_when_not_given(render: Render) -> None:
     data = secret_data(render())
     assert len(data["api-token"]) >= 32
     assert len(data["token-secret"]) >= 32
-    assert data["api-token"] != data["token-secret"]
+    assert len(data["proxy-token"]) >= 32
+    assert len({data["api-token"], data["token-secret"], data["proxy-token"]}) == 3
 
 
 def test_given_tokens_and_database_url_are_stored(render: Render) -> None:
     url = "postgresql+asyncpg://u:p@pg:5432/s"
+    api, signing, proxies = (secrets.token_urlsafe(24) for _ in range(3))
     docs = render(
         agent(
-            apiToken={"value": "api-123"}, tokenSecret={"value": "sign-456"}, database={"url": url}
+            apiToken={"value": api},
+            tokenSecret={"value": signing},
+            proxyToken={"value": proxies},
+            database={"url": url},
         )
     )
     assert secret_data(docs) == {
-        "api-token": "api-123",
-        "token-secret": "sign-456",
+        "api-token": api,
+        "token-secret": signing,
+        "proxy-token": proxies,
         "database-url": url,
     }
     files = secret_files(find(docs, "Deployment", "-controller"))
@@ -444,8 +451,9 @@ def test_existing_secrets_are_referenced_and_none_is_created(render: Render) -> 
     assert files["sandbox_database_url"] == ("pg", "uri")
     assert files["sandbox_api_token"] == ("api", "api-token")
     assert files["sandbox_token_secret"] == ("signing", "key")
+    assert files["sandbox_proxy_token"] == ("proxies", "proxy-token")
     proxy_files = secret_files(find(docs, "Deployment", "-proxy"))
-    assert proxy_files["sandbox_token_secret"] == ("signing", "key")
+    assert proxy_files == {"sandbox_proxy_token": ("proxies", "proxy-token")}
 
 
 def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> None:
@@ -459,6 +467,7 @@ def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> Non
         "data": {
             "api-token": base64.b64encode(b"kept-api-token").decode(),
             "token-secret": base64.b64encode(b"kept-signing-secret").decode(),
+            "proxy-token": base64.b64encode(b"kept-proxy-token").decode(),
         },
     }
     path = f"/api/v1/namespaces/{NAMESPACE}/secrets/rel-agent-sandbox"
@@ -486,6 +495,7 @@ def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> Non
     assert secret_data(docs) == {
         "api-token": "kept-api-token",
         "token-secret": "kept-signing-secret",
+        "proxy-token": "kept-proxy-token",
     }
 
 
@@ -528,3 +538,25 @@ def test_second_controller_replica_is_a_standby_on_a_shared_database(render: Ren
     deployment = find(docs, "Deployment", "-controller")
     assert deployment["spec"]["replicas"] == 2
     assert "sandbox_database_url" in secret_files(deployment)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("apiToken", "change-me-too"),
+        ("tokenSecret", "short"),
+        ("proxyToken", "changeme-please-123"),
+    ],
+)
+def test_placeholder_and_short_secrets_are_refused_by_the_schema(
+    helm: str, tmp_path: Path, setting: str, value: str
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(agent(**{setting: {"value": value}})))
+    proc = subprocess.run(
+        [helm, "template", "rel", str(CHART), "--namespace", NAMESPACE, "-f", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and f"{setting}.value" in proc.stderr, proc.stderr

@@ -10,7 +10,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from proxy.auth import Verifier
-from sandbox_controller.tokens import TokenError, issue_token
+from sandbox_controller.tokens import TokenError, issue_token, public_key
 
 from .conftest import SECRET, Stack, raw_request, token_for
 
@@ -149,17 +149,17 @@ async def test_websocket_upgrades_are_refused_with_http_codes(
 
 
 def test_a_kept_token_is_still_refused_once_it_expires() -> None:
-    verifier = Verifier(SECRET.encode())
+    verifier = Verifier([public_key(SECRET.encode())])
     now = time.time()
     token = issue_token(SECRET.encode(), "sess-a", now + 60)
     assert verifier.verify(token, now).session_id == "sess-a"
-    assert verifier.verify(token, now + 59).session_id == "sess-a"  # kept: no HMAC
+    assert verifier.verify(token, now + 59).session_id == "sess-a"  # kept: no signature check
     with pytest.raises(TokenError, match="expired"):
         verifier.verify(token, now + 60)
 
 
 def test_only_tokens_that_verified_are_kept_and_the_store_is_bounded() -> None:
-    verifier = Verifier(SECRET.encode())
+    verifier = Verifier([public_key(SECRET.encode())])
     now = time.time()
     forged = issue_token(b"not-the-secret", "sess-a", now + 60)
     for _ in range(2):  # a refusal is not remembered as anything else

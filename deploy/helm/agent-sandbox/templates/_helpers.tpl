@@ -150,5 +150,5 @@ process, crash dump or `kubectl describe` could show them.
 
 {{- define "agent-sandbox.chartSecretNeeded" -}}
 {{- $a := .Values.agentSandbox }}
-{{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (and $a.database.url (not $a.database.existingSecret)) }}true{{ end }}
+{{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (not $a.proxyToken.existingSecret) (and $a.database.url (not $a.database.existingSecret)) }}true{{ end }}
 {{- end }}
