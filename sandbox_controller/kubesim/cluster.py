@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from ..aiotasks import TaskGroup
-from .quantities import cpu_millis, memory_bytes
+from ..quantities import cpu_millis, memory_bytes
 from .store import Change, Obj, Store, now_rfc3339
 
 log = logging.getLogger(__name__)

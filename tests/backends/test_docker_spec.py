@@ -100,13 +100,13 @@ def test_the_guard_names_the_bridge_the_backend_gives_a_network() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("2Gi", 2 * GIB), ("256m", 256 * 2**20), ("512Mi", 512 * 2**20), ("1g", GIB)]
+    ("text", "size"), [("2Gi", 2 * GIB), ("256Mi", 256 * 2**20), ("512Mi", 512 * 2**20), ("1Gi", GIB)]
 )
 def test_memory_settings(text: str, size: int) -> None:
     assert load_settings(docker_memory=text).docker_memory == size
 
 
-@pytest.mark.parametrize("text", ["lots", "2 GB?", "-1Gi", "1Xi"])
+@pytest.mark.parametrize("text", ["lots", "2 GB?", "-1Gi", "1Xi", "256m", "1g"])
 def test_a_bad_memory_setting_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError, match="SANDBOX_DOCKER_MEMORY"):
         load_settings(docker_memory=text)
