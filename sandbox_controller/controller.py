@@ -26,9 +26,10 @@ from .aiotime import sleep_or_stop
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
-from .hooks import SandboxHooks, hook_key
+from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import PoolStatus
+from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, SchemaState, Store
@@ -52,7 +53,7 @@ async def make_backend(
     """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
     processes or containers it ran as it exits; pods in a cluster, and the containers of
     ``serve``, outlive a controller restart. ``claim_key`` gives each new sandbox its
-    claim secret (hooks.hook_key)."""
+    claim secret (sandbox_contract.hook_key)."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 

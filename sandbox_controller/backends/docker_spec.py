@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ..config import DockerOptions
+from ..sandbox_contract import POD_PORT
 from .base import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -23,8 +24,6 @@ from .base import (
 )
 
 Obj = dict[str, Any]
-
-POD_PORT = 8080
 # A fork bomb in one sandbox must not take the host's pid space from the others.
 PIDS_LIMIT = 1024
 GIB = 2**30

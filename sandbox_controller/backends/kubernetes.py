@@ -33,8 +33,8 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
+from ..sandbox_contract import claim_env
 from .base import (
-    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_LEADER,
@@ -44,11 +44,10 @@ from .base import (
     PodEvent,
     PodStatus,
     WriteGuard,
-    claim_secret,
-    drop_waiting,
     no_guard,
 )
 from .expectations import CreateExpectations
+from .kit import EventFeed
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_template import build_pod, load_template, pod_port, template_hash
 from .ratelimit import TokenBucket, parse_retry_after
@@ -175,7 +174,7 @@ class KubernetesBackend:
         self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
         self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
         self._cache = PodCache(pod_port(self.template))
-        self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
+        self._feed = EventFeed()  # open from start() to stop()
         self._tasks = TaskGroup("kubernetes-backend")
         self._owner: Obj | None = None
         self._rng = random.Random()
@@ -258,7 +257,7 @@ class KubernetesBackend:
         # A new term begins from nothing: whatever an earlier one saw is history.
         self._cache = PodCache(pod_port(self.template))
         self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
-        self._queue = asyncio.Queue()
+        self._feed.begin()
         pods = _Feed(
             "pods",
             self.core.list_namespaced_pod,
@@ -274,7 +273,7 @@ class KubernetesBackend:
             self._warning_event,
         )
         feeds = [pods, warnings]
-        # The first lists happen here, so list_pods() is complete when start returns.
+        # The first lists happen here, so resync() is complete when start returns.
         for feed in feeds:
             await self._list(feed)
         for feed in feeds:
@@ -304,9 +303,7 @@ class KubernetesBackend:
         # for the pod by it, so a create that did happen never makes a second pod.
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
-        env = None
-        if self.claim_key is not None:
-            env = {ENV_CLAIM_SECRET: claim_secret(self.claim_key, create_id)}
+        env = claim_env(self.claim_key, create_id)
         body = build_pod(self.template, labels, self.template_hash, self._owner, env)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
@@ -362,13 +359,8 @@ class KubernetesBackend:
             _content_type="application/merge-patch+json",
         )
 
-    async def list_pods(self) -> list[PodStatus]:
-        return self._cache.statuses()
-
     async def resync(self) -> list[PodStatus]:
-        statuses = self._cache.statuses()
-        drop_waiting(self._queue)  # no await in between: nothing slips past both
-        return statuses
+        return self._feed.resync(self._cache.statuses())
 
     async def mark_leader(self, pod_name: str, leader: bool) -> None:
         """The controller's own pod carries LABEL_LEADER while it leads, and the
@@ -404,17 +396,12 @@ class KubernetesBackend:
             _content_type="application/merge-patch+json",
         )
 
-    async def events(self) -> AsyncIterator[PodEvent]:
-        queue = self._queue  # this term's: stop() ends it, start() makes another
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
-            yield event
+    def events(self) -> AsyncIterator[PodEvent]:
+        return self._feed.events()
 
     async def stop(self) -> None:
         await self._tasks.stop()
-        self._queue.put_nowait(None)
+        self._feed.end()
         self._cache = PodCache(pod_port(self.template))
 
     async def close(self) -> None:
@@ -427,7 +414,7 @@ class KubernetesBackend:
     def _emit(self, events: list[PodEvent | None]) -> None:
         for event in events:
             if event is not None:
-                self._queue.put_nowait(event)
+                self._feed.put(event)
 
     def _pods_listed(self, items: list[Obj], rv: str) -> list[PodEvent]:
         listed_at = int(rv) if rv.isdigit() else 0

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
-from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
+from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
 from ..clock import Clock
 from ..errors import (
     NotLeader,
@@ -530,7 +530,7 @@ class Scheduler:
         try:
             # "pool" until assigned: readiness shows in the pod's own status, and a
             # second patch when it turns ready would cost an API call per pod.
-            name = await self.backend.create_pod({LABEL_STATE: "pool"})
+            name = await self.backend.create_pod(pool_labels())
         except LeaseLost:
             self._hold(self._create, "create")
             return

@@ -15,14 +15,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 
 from ..aiotime import Backoff
-from ..backends.base import (
-    LABEL_CREATE_ID,
-    LABEL_SESSION,
-    LABEL_STATE,
-    PodPhase,
-    PodStatus,
-    session_label,
-)
+from ..backends.base import PodPhase, PodStatus, assigned_labels
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
 from ..hooks import BusyAnswer
 from ..model import (
@@ -240,10 +233,7 @@ class Pool:
         session.pod_name = pod.name
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
-        self.outbox.labels[pod.name] = {
-            LABEL_STATE: "assigned",
-            LABEL_SESSION: session_label(session.id),
-        }
+        self.outbox.labels[pod.name] = assigned_labels(session.id)
         if self.limits.hooks and pod.create_id and pod.address:
             self._claim(pod, session, now, warm=warm)
         else:
@@ -555,7 +545,7 @@ class Pool:
         if status.address:
             pod.address = status.address
         if pod.create_id is None:
-            pod.create_id = status.labels.get(LABEL_CREATE_ID)
+            pod.create_id = status.create_id
         if pod.state is PodState.TERMINATING:
             return
         if status.phase is PodPhase.FAILED or status.terminating:
@@ -585,7 +575,7 @@ class Pool:
         likely one of them, seen by the watch before the create call returned; adopt
         it, still counting the create as in flight until it returns (the count errs
         high, never low). Otherwise nobody accounts for it: delete it."""
-        if len(self._seen_early) < self.creates_in_flight and not status.labels.get(LABEL_SESSION):
+        if len(self._seen_early) < self.creates_in_flight and status.session_hash is None:
             self._add_pod(Pod(status.name, PodState.PENDING, now, self.template_hash))
             self._seen_early.add(status.name)
             self.pod_observed(status, now)

@@ -19,14 +19,7 @@ must go is deleted only when no proxy can still be routing to it (invariant 6).
 
 from __future__ import annotations
 
-from ..backends.base import (
-    LABEL_CREATE_ID,
-    LABEL_SESSION,
-    LABEL_STATE,
-    LABEL_TEMPLATE_HASH,
-    PodPhase,
-    PodStatus,
-)
+from ..backends.base import LabelState, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState
 from .pool import ROUTE_LEASE, Pool
 
@@ -47,10 +40,10 @@ def restore(
         session = holder.get(status.name)
         healthy = status.phase is not PodPhase.FAILED and not status.terminating
         created_at = row.created_at if row else status.created_at
-        template = row.template_hash if row else status.labels.get(LABEL_TEMPLATE_HASH, "")
+        template = row.template_hash if row else status.template_hash or ""
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
-        pod.create_id = status.labels.get(LABEL_CREATE_ID)
-        if session is not None or (row and row.session_id) or status.labels.get(LABEL_SESSION):
+        pod.create_id = status.create_id
+        if session is not None or (row and row.session_id) or status.session_hash:
             pod.route_lease_until = now + ROUTE_LEASE
         if session is not None and healthy and session.state is SessionState.READY:
             pod.state, pod.session_id = PodState.ASSIGNED, session.id
@@ -77,9 +70,8 @@ def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str) -> b
     """Never given to a session, by its row or, with no row yet, by its labels."""
     if row is not None:
         return row.session_id is None and row.state in (PodState.PENDING, PodState.IDLE)
-    labels = status.labels
     return (
-        labels.get(LABEL_STATE) == "pool"
-        and not labels.get(LABEL_SESSION)
-        and labels.get(LABEL_TEMPLATE_HASH) == template_hash
+        status.label_state is LabelState.POOL
+        and status.session_hash is None
+        and status.template_hash == template_hash
     )

@@ -100,7 +100,8 @@ def test_the_guard_names_the_bridge_the_backend_gives_a_network() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("2Gi", 2 * GIB), ("256Mi", 256 * 2**20), ("512Mi", 512 * 2**20), ("1Gi", GIB)]
+    ("text", "size"),
+    [("2Gi", 2 * GIB), ("256Mi", 256 * 2**20), ("512Mi", 512 * 2**20), ("1Gi", GIB)],
 )
 def test_memory_settings(text: str, size: int) -> None:
     assert load_settings(docker_memory=text).docker_memory == size
