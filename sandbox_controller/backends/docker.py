@@ -197,14 +197,13 @@ class DockerBackend:
         self._containers, self._waiting = {}, []
 
     async def close(self) -> None:
+        await self.stop()
         if self.stop_on_close:
             # Not a scheduling decision: ``dev`` removes the sandboxes it ran as it
             # exits, lease or no lease, so none outlives it.
-            await self.stop()
             with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
                 found = await self.docker.containers.list(all=True, filters=self._filters)
                 await asyncio.gather(*(self._remove(c) for c in found), return_exceptions=True)
-        await self.stop()
         self._closing.set()
         await self._http.aclose()
         if self._owns_docker:
@@ -431,10 +430,15 @@ class DockerBackend:
         entry = self._containers.get(name)
         if entry is None:
             config: Obj = info.get("Config") or {}
+            created = timestamp(str(info.get("Created") or ""))
+            if created is None:
+                # Taken as made now: an unknown age must not time its start-up out.
+                log.warning("container %s has no readable creation time; taking now", name)
+                created = time.time()
             entry = SandboxContainer(
                 name,
                 str(info["Id"]),
-                timestamp(str(info.get("Created") or "")),
+                created,
                 dict(config.get("Labels") or {}),
                 int((info.get("HostConfig") or {}).get("Memory") or 0),
             )
