@@ -135,17 +135,39 @@ def _resolve_environment_once(api: k8s.ApiClient) -> None:
             rest.proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
 
 
-def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:
-    """Settings first, then the pod's own namespace, then the kubeconfig context."""
+def resolve_namespace(
+    explicit: str | None,
+    kubeconfig: str | None,
+    *,
+    service_account_namespace: Path = SERVICE_ACCOUNT_NAMESPACE,
+) -> str:
+    """Settings first. In a cluster, the pod's own namespace, or an error that says how
+    to name one: a controller guessing ``default`` there would manage pods where its
+    RBAC, and the operator, are not. Outside one, the kubeconfig context's namespace,
+    else ``default`` (what kubectl does)."""
     if explicit:
         return explicit
-    if SERVICE_ACCOUNT_NAMESPACE.exists():
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    # In a cluster: what load_api_client then connects with (in-cluster config).
+    in_cluster = not kubeconfig and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if in_cluster or service_account_namespace.exists():
+        try:
+            namespace = service_account_namespace.read_text().strip()
+        except OSError as exc:
+            namespace, why = "", exc.strerror or type(exc).__name__
+        else:
+            why = "it is empty"
+        if not namespace:
+            raise BackendError(
+                f"running in a cluster, but the pod's namespace cannot be read from "
+                f"{service_account_namespace} ({why}): set SANDBOX_NAMESPACE",
+                retryable=False,
+            )
+        return namespace
     try:
         _, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-        return str((current or {}).get("context", {}).get("namespace") or "default")
-    except Exception:  # no kubeconfig at all: the conventional default
+    except k8s_config.ConfigException:  # no kubeconfig, or no current context
         return "default"
+    return str((current or {}).get("context", {}).get("namespace") or "default")
 
 
 class KubernetesBackend:
