@@ -13,7 +13,6 @@ and a fresh list, never from a standby's backlog.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -301,8 +300,16 @@ class Controller:
 
     async def _release(self, epoch: int) -> None:
         self.lease.lost()  # before the release: no write may follow it
-        with contextlib.suppress(Exception):
+        try:
             await self.store.release_lease(self.holder, epoch)
+        except Exception as exc:
+            # Harmless to leadership: the lease then ends at its TTL, and a standby takes
+            # over only then rather than at once. Said, so a slow hand-over is explained.
+            log.warning(
+                "could not release the leader lease (epoch %d): %s; it ends at its TTL",
+                epoch,
+                exc,
+            )
 
     async def _lease_loop(self) -> None:
         renew = self.settings.leader_renew_interval
