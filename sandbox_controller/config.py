@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
 from .model import Limits, PrewarmPolicy, PrewarmSettings
-from .quantities import byte_size
+from .quantities import byte_size, parse_quantity
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -30,6 +30,16 @@ def parse_bytes(value: object) -> object:
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+
+
+def parse_cpus(value: object) -> object:
+    """CPUs as a Kubernetes quantity: ``1``, ``1.5`` or ``500m``."""
+    if not isinstance(value, str):
+        return value
+    return float(parse_quantity(value))
+
+
+Cpus = Annotated[float, BeforeValidator(parse_cpus)]
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -135,7 +145,7 @@ class Settings(BaseSettings):
     docker_url: str | None = None
     docker_image: str = "agent-sandbox/devsandbox:dev"
     # Limits per sandbox, as the chart's pod template: 1 CPU / 2 GiB.
-    docker_cpus: float = Field(1.0, gt=0)
+    docker_cpus: Cpus = Field(1.0, gt=0)
     docker_memory: Bytes = Field(2 * 2**30, ge=6 * 2**20)
     # "runsc" runs each sandbox under gVisor (installed and registered with dockerd).
     docker_runtime: str | None = None

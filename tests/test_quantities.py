@@ -75,3 +75,8 @@ def test_docker_m_is_refused_in_a_setting_not_read_as_milli_bytes() -> None:
     # Neither meaning is guessed: the setting is refused, naming the variable and the fix.
     with pytest.raises(ConfigError, match=r"SANDBOX_DOCKER_MEMORY.*256Mi"):
         load_settings(docker_memory="256m")
+
+
+@pytest.mark.parametrize(("text", "cpus"), [("500m", 0.5), ("1.5", 1.5), ("2", 2.0)])
+def test_the_docker_cpus_setting_reads_cpu_quantities(text: str, cpus: float) -> None:
+    assert load_settings(docker_cpus=text).docker_cpus == cpus
