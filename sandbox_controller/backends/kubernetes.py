@@ -15,19 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-from yarl import URL
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
@@ -49,6 +44,7 @@ from .base import (
 from .expectations import CreateExpectations
 from .kit import EventFeed
 from .kube_cache import Obj, PodCache, resource_version
+from .kube_config import load_api_client, resolve_namespace
 from .kube_template import build_pod, load_template, pod_port, template_hash
 from .ratelimit import TokenBucket, parse_retry_after
 
@@ -63,7 +59,6 @@ EXPECTATION_TIMEOUT = 60.0
 # Spread over 4-6 minutes so many controllers do not reconnect in step.
 WATCH_TIMEOUT = 300.0
 
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 # Failures after which a write may have happened all the same: no answer at all, or a
 # server or gateway giving up on it (a 504 from the API server often follows a commit).
@@ -93,81 +88,6 @@ class _Feed:
     on_event: Callable[[str, Obj], list[PodEvent]]
     rv: str | None = None
     failures: int = 0
-
-
-async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
-    """A kubeconfig if one is named, else in-cluster config, else ~/.kube/config."""
-    configuration = k8s.Configuration()
-    if kubeconfig:
-        await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        await k8s_config.load_kube_config(client_configuration=configuration)
-    api = k8s.ApiClient(configuration)
-    _resolve_environment_once(api)
-    return api
-
-
-def _resolve_environment_once(api: k8s.ApiClient) -> None:
-    """kubernetes-asyncio hard-codes aiohttp's trust_env=True, which looks up ~/.netrc
-    and the proxy variables in a worker thread on every request: two thread hops per
-    API call, and a thread wanting the GIL while the loop serves a claim. Read the
-    proxy variables once here instead; netrc has no say on an API server, whose
-    credentials come from the kubeconfig or the service account."""
-    rest = api.rest_client
-    old = rest.pool_manager
-    connector = old.connector
-    old.detach()  # the connector (TLS context, pool limit) moves to the new session
-    # read_bufsize as kubernetes-asyncio sets it: a watch event can carry a large object.
-    rest.pool_manager = aiohttp.ClientSession(
-        connector=connector, trust_env=False, read_bufsize=2**21
-    )
-    if rest.proxy is None:
-        try:
-            proxy, proxy_auth = get_env_proxy_for_url(URL(api.configuration.host))
-        except LookupError:
-            return
-        rest.proxy = str(proxy)
-        if proxy_auth is not None:
-            rest.proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
-
-
-def resolve_namespace(
-    explicit: str | None,
-    kubeconfig: str | None,
-    *,
-    service_account_namespace: Path = SERVICE_ACCOUNT_NAMESPACE,
-) -> str:
-    """Settings first. In a cluster, the pod's own namespace, or an error that says how
-    to name one: a controller guessing ``default`` there would manage pods where its
-    RBAC, and the operator, are not. Outside one, the kubeconfig context's namespace,
-    else ``default`` (what kubectl does)."""
-    if explicit:
-        return explicit
-    # In a cluster: what load_api_client then connects with (in-cluster config).
-    in_cluster = not kubeconfig and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    if in_cluster or service_account_namespace.exists():
-        try:
-            namespace = service_account_namespace.read_text().strip()
-        except OSError as exc:
-            namespace, why = "", exc.strerror or type(exc).__name__
-        else:
-            why = "it is empty"
-        if not namespace:
-            raise BackendError(
-                f"running in a cluster, but the pod's namespace cannot be read from "
-                f"{service_account_namespace} ({why}): set SANDBOX_NAMESPACE",
-                retryable=False,
-            )
-        return namespace
-    try:
-        _, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-    except k8s_config.ConfigException:  # no kubeconfig, or no current context
-        return "default"
-    return str((current or {}).get("context", {}).get("namespace") or "default")
 
 
 class KubernetesBackend:

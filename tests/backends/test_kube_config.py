@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_controller.backends.base import BackendError
-from sandbox_controller.backends.kubernetes import resolve_namespace
+from sandbox_controller.backends.kube_config import resolve_namespace
 
 KUBECONFIG = """
 apiVersion: v1
