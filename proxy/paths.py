@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from sandbox_controller.sandbox_contract import HOOK_PREFIX
+
 from .errors import ProxyError, bad_path
 
 PREFIX = b"/s/"
@@ -47,7 +49,7 @@ _LABEL = re.compile(rb"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 # The sandbox contract's hooks (claim, status, release) are the controller's alone: a
 # session's page or its user reaching them through the proxy is refused as if absent.
-HOOKS_SEGMENT = b"_sandbox"
+HOOKS_SEGMENT = HOOK_PREFIX.strip("/").encode()
 
 
 def _upstream(tail: bytes) -> bytes:

@@ -25,6 +25,7 @@ import httpx
 
 from .aiotime import Backoff
 from .clock import Clock, SystemClock
+from .wire_errors import STATUS, ErrorCode
 
 T = TypeVar("T")
 
@@ -139,39 +140,51 @@ class SandboxAPIError(Exception):
 
 
 class UnauthorizedError(SandboxAPIError):
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class InvalidRequestError(SandboxAPIError):
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
+
+
+class ClaimLimitExceededError(SandboxAPIError):
+    """``env``, ``metadata`` or ``files`` over a limit (README, claim-time configuration)."""
+
+    code = ErrorCode.CLAIM_LIMIT_EXCEEDED
+
+
+class HooksDisabledError(SandboxAPIError):
+    """``env`` or ``files`` sent to a controller running with SANDBOX_HOOKS=false."""
+
+    code = ErrorCode.HOOKS_DISABLED
 
 
 class UserSessionLimitError(SandboxAPIError):
-    code = "user_session_limit"
+    code = ErrorCode.USER_SESSION_LIMIT
 
 
 class CapacityExhaustedError(SandboxAPIError):
-    code = "capacity_exhausted"
+    code = ErrorCode.CAPACITY_EXHAUSTED
 
 
 class NotLeaderError(SandboxAPIError):
-    code = "not_leader"
+    code = ErrorCode.NOT_LEADER
 
 
 class StoreUnavailableError(SandboxAPIError):
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
 
 
 class SessionNotFoundError(SandboxAPIError):
-    code = "session_not_found"
+    code = ErrorCode.SESSION_NOT_FOUND
 
 
 class SessionEndedError(SandboxAPIError):
-    code = "session_ended"
+    code = ErrorCode.SESSION_ENDED
 
 
 class ThreadOwnedByOtherUserError(SandboxAPIError):
-    code = "thread_owned_by_other_user"
+    code = ErrorCode.THREAD_OWNED_BY_OTHER_USER
 
 
 class NotReadyError(SandboxAPIError):
@@ -194,6 +207,8 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
     for cls in (
         UnauthorizedError,
         InvalidRequestError,
+        ClaimLimitExceededError,
+        HooksDisabledError,
         UserSessionLimitError,
         CapacityExhaustedError,
         NotLeaderError,
@@ -211,7 +226,7 @@ def error_from(response: httpx.Response) -> SandboxAPIError:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "http_error", response.text[:200]
+        code, message = ErrorCode.HTTP_ERROR, response.text[:200]
     retry_after: float | None
     try:
         retry_after = float(response.headers["retry-after"])
@@ -336,7 +351,9 @@ class AsyncSandboxClient:
             if session.end_detail is not None and session.end_detail.claim_answer:
                 why = f"{why}: {session.end_detail.claim_answer}"
             raise SessionEndedError(
-                "session_ended", f"session {session.id} ended while starting ({why})", 410
+                ErrorCode.SESSION_ENDED,
+                f"session {session.id} ended while starting ({why})",
+                STATUS[ErrorCode.SESSION_ENDED],
             )
         return session
 
@@ -349,7 +366,9 @@ class AsyncSandboxClient:
         session = await self.get(session_id)
         if session.connect is None:
             raise SessionEndedError(
-                "session_ended", f"session {session_id} has ended ({session.end_reason})", 410
+                ErrorCode.SESSION_ENDED,
+                f"session {session_id} has ended ({session.end_reason})",
+                STATUS[ErrorCode.SESSION_ENDED],
             )
         return session.connect
 

@@ -16,42 +16,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
 from .model import Limits, PrewarmPolicy, PrewarmSettings
+from .quantities import byte_size, parse_quantity
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
-_BYTE_UNITS = {
-    "": 1,
-    "k": 2**10,
-    "m": 2**20,
-    "g": 2**30,
-    "t": 2**40,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
-
 
 def parse_bytes(value: object) -> object:
-    """``2Gi``, ``512Mi``, ``256m`` or a plain number of bytes. ``m``/``g`` are binary,
-    as in ``docker run --memory 256m``; ``Mi``/``Gi`` as in Kubernetes."""
+    """A size as a Kubernetes quantity in whole bytes: ``2Gi``, ``512Mi``, ``1G`` or a
+    plain number (``m`` is milli there, so ``256m`` is refused with a hint)."""
     if not isinstance(value, str):
         return value
-    text = value.strip().lower().removesuffix("b")
-    number = text.rstrip("kmgti")
-    unit = text[len(number) :]
-    if unit not in _BYTE_UNITS or not number:
-        raise ValueError(f"not a size like 2Gi, 512Mi or 256m: {value!r}")
-    try:
-        amount = float(number)
-    except ValueError:
-        raise ValueError(f"not a size like 2Gi, 512Mi or 256m: {value!r}") from None
-    if amount < 0:
-        raise ValueError(f"a size cannot be negative: {value!r}")
-    return int(amount * _BYTE_UNITS[unit])
+    return byte_size(value)
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+
+
+def parse_cpus(value: object) -> object:
+    """CPUs as a Kubernetes quantity: ``1``, ``1.5`` or ``500m``."""
+    if not isinstance(value, str):
+        return value
+    return float(parse_quantity(value))
+
+
+Cpus = Annotated[float, BeforeValidator(parse_cpus)]
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -165,7 +153,7 @@ class Settings(BaseSettings):
     docker_url: str | None = None
     docker_image: str = "agent-sandbox/devsandbox:dev"
     # Limits per sandbox, as the chart's pod template: 1 CPU / 2 GiB.
-    docker_cpus: float = Field(1.0, gt=0)
+    docker_cpus: Cpus = Field(1.0, gt=0)
     docker_memory: Bytes = Field(2 * 2**30, ge=6 * 2**20)
     # "runsc" runs each sandbox under gVisor (installed and registered with dockerd).
     docker_runtime: str | None = None

@@ -13,7 +13,6 @@ and a fresh list, never from a standby's backlog.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -24,9 +23,10 @@ from .aiotime import sleep_or_stop
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
-from .hooks import SandboxHooks, hook_key
+from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import PoolStatus
+from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, SchemaState, Store
@@ -51,7 +51,7 @@ async def make_backend(
     """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
     processes or containers it ran as it exits; pods in a cluster, and the containers of
     ``serve``, outlive a controller restart. ``claim_key`` gives each new sandbox its
-    claim secret (hooks.hook_key)."""
+    claim secret (sandbox_contract.hook_key)."""
     if settings.backend == "kubernetes":
         from .backends.kubernetes import KubernetesBackend
 
@@ -300,8 +300,16 @@ class Controller:
 
     async def _release(self, epoch: int) -> None:
         self.lease.lost()  # before the release: no write may follow it
-        with contextlib.suppress(Exception):
+        try:
             await self.store.release_lease(self.holder, epoch)
+        except Exception as exc:
+            # Harmless to leadership: the lease then ends at its TTL, and a standby takes
+            # over only then rather than at once. Said, so a slow hand-over is explained.
+            log.warning(
+                "could not release the leader lease (epoch %d): %s; it ends at its TTL",
+                epoch,
+                exc,
+            )
 
     async def _lease_loop(self) -> None:
         renew = self.settings.leader_renew_interval

@@ -49,6 +49,19 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .sandbox_contract import (
+    CLAIM_PATH,
+    ENV_CLAIM_SECRET,
+    HEALTH_PATH,
+    HOOK_PREFIX,
+    POD_PORT,
+    RELEASE_PATH,
+    STATUS_PATH,
+)
+
+# A test switch, not a hook of the contract: no secret needed.
+BUSY_PATH = HOOK_PREFIX + "busy"
+
 
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
@@ -292,24 +305,24 @@ def contract_routes(state: ContractState) -> list[Route]:
 
     return [
         Route("/", index),
-        Route("/_sandbox/claim", _guarded(state, claim), methods=["POST"]),
-        Route("/_sandbox/claim", _guarded(state, claimed), methods=["GET"]),
-        Route("/_sandbox/status", _guarded(state, status)),
-        Route("/_sandbox/release", _guarded(state, release), methods=["POST"]),
-        Route("/_sandbox/busy", busy, methods=["POST"]),
+        Route(CLAIM_PATH, _guarded(state, claim), methods=["POST"]),
+        Route(CLAIM_PATH, _guarded(state, claimed), methods=["GET"]),
+        Route(STATUS_PATH, _guarded(state, status)),
+        Route(RELEASE_PATH, _guarded(state, release), methods=["POST"]),
+        Route(BUSY_PATH, busy, methods=["POST"]),
     ]
 
 
 ENDPOINTS = (
-    ("GET /healthz", "readiness: 200 ok"),
+    (f"GET {HEALTH_PATH}", "readiness: 200 ok"),
     ("POST /echo", "the request body, streamed back"),
     ("GET /events?n=&interval=", "a Server-Sent Events stream"),
     ("WebSocket /ws", "echoes text and binary frames"),
     ("GET /headers", "the headers this sandbox was sent"),
-    ("POST /_sandbox/claim", "hook: the session this pod now serves (claim secret)"),
-    ("GET /_sandbox/status", 'hook: {"busy", "detail"} (claim secret)'),
-    ("POST /_sandbox/release", "hook: the pod is about to be deleted (claim secret)"),
-    ("POST /_sandbox/busy", 'test switch: {"busy": true, "detail": "..."}'),
+    (f"POST {CLAIM_PATH}", "hook: the session this pod now serves (claim secret)"),
+    (f"GET {STATUS_PATH}", 'hook: {"busy", "detail"} (claim secret)'),
+    (f"POST {RELEASE_PATH}", "hook: the pod is about to be deleted (claim secret)"),
+    (f"POST {BUSY_PATH}", 'test switch: {"busy": true, "detail": "..."}'),
 )
 
 
@@ -346,7 +359,7 @@ def build_app(
     return Starlette(
         routes=[
             *(contract_routes(state) if hooks else []),
-            Route("/healthz", healthz),
+            Route(HEALTH_PATH, healthz),
             Route("/echo", Echo(), methods=["POST", "PUT"]),
             Route("/upload", upload, methods=["POST", "PUT"]),
             Route("/headers", headers, methods=["GET", "POST"]),
@@ -362,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="devsandbox")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=POD_PORT)
     parser.add_argument("--name", default="", help="pod name, so the process can be recognised")
     parser.add_argument("--workdir", type=Path, help="where claimed files go (default: a temp dir)")
     parser.add_argument(
@@ -372,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     # Empty means unset, as for the controller's own secrets.
-    claim_secret = os.environ.get("SANDBOX_CLAIM_SECRET") or None
+    claim_secret = os.environ.get(ENV_CLAIM_SECRET) or None
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

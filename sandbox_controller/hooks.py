@@ -11,7 +11,7 @@ image"), each behind ``Authorization: Bearer <the pod's claim secret>``:
 
 A sandbox that implements none of them answers 404 (or 405/501) and works as before.
 The secret is derived per pod from the controller's key and the pod's create id
-(backends/base.py ``claim_secret``), so no other pod, and nobody without the key, can
+(sandbox_contract.py ``claim_secret``), so no other pod, and nobody without the key, can
 claim a pod. ``env`` and ``files`` travel only in the claim call: never stored, never
 logged (this module logs names and outcomes, not bodies).
 """
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,25 +27,15 @@ from typing import Any
 
 import httpx
 
-from .backends.base import claim_secret
 from .model import BusyAnswer
 from .quoting import ANSWER_READ_MAX, quote
+from .sandbox_contract import CLAIM_PATH, RELEASE_PATH, STATUS_PATH, claim_secret
+from .sandbox_contract import HOOK_NOT_IMPLEMENTED as NOT_IMPLEMENTED
 
 log = logging.getLogger(__name__)
 
-CLAIM_PATH = "/_sandbox/claim"
-STATUS_PATH = "/_sandbox/status"
-RELEASE_PATH = "/_sandbox/release"
-# Answers that mean "this sandbox does not implement the hook": it works as before.
-NOT_IMPLEMENTED = frozenset({404, 405, 501})
 # Longest busy detail kept and shown (the sandbox's words, in the session's end detail).
 DETAIL_MAX = 200
-
-
-def hook_key(token_secret: bytes) -> bytes:
-    """The key of every pod's claim secret, derived from the token secret so that
-    replicas sharing it (the chart's Secret) derive the same pod secrets."""
-    return hmac.new(token_secret, b"agent-sandbox claim secrets", hashlib.sha256).digest()
 
 
 @dataclass(frozen=True)

@@ -7,44 +7,32 @@ must fit ``peak editors + prewarm`` sandbox pods, and ``maxTotalJobs`` must allo
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
 from .backends.docker_spec import Host
+from .quantities import parse_quantity
 
 _GIB = Decimal(1024**3)
-_SUFFIXES: dict[str, Decimal] = {
-    **{s: Decimal(1024**i) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), 1)},
-    **{s: Decimal(1000**i) for i, s in enumerate(("k", "M", "G", "T", "P", "E"), 1)},
-    "m": Decimal("0.001"),
-    "": Decimal(1),
-}
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 
 
 class PlanError(Exception):
     """Bad input; the message is for the operator."""
 
 
-def parse_quantity(text: str | int | float) -> Decimal:
-    """A Kubernetes quantity (``500m``, ``2Gi``, ``2048Mi``, ``1.5``) as a plain number."""
-    if isinstance(text, bool):
+def _quantity(text: object) -> Decimal:
+    """A Kubernetes quantity (quantities.py), or a PlanError for the operator."""
+    if not isinstance(text, str | int | float):
         raise PlanError(f"{text!r} is not a quantity")
-    match = _QUANTITY.match(str(text).strip())
-    if not match:
-        raise PlanError(f"{text!r} is not a quantity such as 500m, 2, 2Gi or 2048Mi")
-    number, suffix = match.group(1), match.group(2) or ""
     try:
-        value = Decimal(number)
-    except InvalidOperation:
-        raise PlanError(f"{text!r} is not a quantity") from None
-    return value * _SUFFIXES[suffix]
+        return parse_quantity(text)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -101,8 +89,8 @@ def requests_from_template(path: Path) -> tuple[Decimal | None, Decimal | None]:
     if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
         raise PlanError(f"{path} has no containers: expected a Pod or a pod spec")
     requests = (containers[0].get("resources") or {}).get("requests") or {}
-    cpu = parse_quantity(requests["cpu"]) if "cpu" in requests else None
-    memory = parse_quantity(requests["memory"]) / _GIB if "memory" in requests else None
+    cpu = _quantity(requests["cpu"]) if "cpu" in requests else None
+    memory = _quantity(requests["memory"]) / _GIB if "memory" in requests else None
     return cpu, memory
 
 
@@ -232,7 +220,7 @@ def _count(minimum: int) -> Any:
 
 def _positive_quantity(text: str) -> Decimal:
     try:
-        value = parse_quantity(text)
+        value = _quantity(text)
     except PlanError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:

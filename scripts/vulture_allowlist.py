@@ -67,10 +67,6 @@ _.resume_writing
 # uvicorn reads it after the app returns (proxy/websocket.py ClientWebSocket: a refusal
 # answered with an HTTP status ends the handshake).
 _.handshake_complete
-# Backend.list_pods: tests and tools read a live backend's pods with it; recovery uses
-# resync(), which also drops the events the list supersedes.
-_.list_pods
-
 # FastAPI calls a route handler through its decorator; this one's name is used nowhere
 # else, so vulture cannot see it (api/app.py, GET /internal/token-keys).
 _.token_keys

@@ -4,6 +4,8 @@ real HTTP by uvicorn on a free loopback port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,6 +95,23 @@ class RunningController:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    def sandboxes(self) -> dict[str, dict[str, Any]]:
+        """The local backend's sandboxes, read from the state files it keeps for a
+        restarted controller to adopt: name -> {"pid", "port", "labels", ...}. A file
+        goes once its process has exited."""
+        backend = self.controller.backend
+        assert isinstance(backend, LocalBackend)
+        found: dict[str, dict[str, Any]] = {}
+        for path in backend.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(path.read_text())
+                found[data["name"]] = data
+        return found
+
+    def sandbox_address(self, name: str) -> str | None:
+        port = self.sandboxes().get(name, {}).get("port")
+        return f"127.0.0.1:{port}" if port else None
 
     async def wait_idle_pods(self, count: int, within: float = 30.0) -> None:
         async def ready() -> bool:

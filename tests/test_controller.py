@@ -4,9 +4,11 @@ leader steps down; a schema from a newer version is left alone."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from sandbox_controller.store import Store
@@ -61,3 +63,27 @@ async def test_a_schema_newer_than_this_version_is_left_alone(
     )
     assert leases == 0  # never took the lease, never wrote
     await store.close()
+
+
+async def test_a_lease_release_that_fails_is_logged_and_the_lease_ends_at_its_ttl(
+    start_controller: ControllerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+    leader = await start_controller(database_url=url)
+    assert leader.controller.is_leader
+    outside = Store.open(url)
+    try:
+        # The lease table is out of reach, as in a store outage: the release fails.
+        await outside.run(
+            lambda c: c.execute(sa.text("ALTER TABLE leader_lease RENAME TO leader_lease_away"))
+        )
+        with caplog.at_level(logging.WARNING, logger="sandbox_controller.controller"):
+            await leader.controller.step_down()
+        assert not leader.controller.is_leader
+        [line] = [r for r in caplog.records if "could not release the leader lease" in r.message]
+        assert "leader_lease" in line.getMessage() and "ends at its TTL" in line.getMessage()
+    finally:
+        await outside.run(
+            lambda c: c.execute(sa.text("ALTER TABLE leader_lease_away RENAME TO leader_lease"))
+        )
+        await outside.close()

@@ -17,8 +17,8 @@ from sandbox_controller.hooks import (
     ClaimPayload,
     HookOutcome,
     SandboxHooks,
-    hook_key,
 )
+from sandbox_controller.sandbox_contract import hook_key
 
 from .test_devsandbox import start_devsandbox
 

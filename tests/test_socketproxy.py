@@ -97,7 +97,7 @@ async def test_the_backend_works_through_the_proxy_and_nothing_else_does() -> No
             name = await backend.create_pod({LABEL_STATE: "pool"})
 
             async def ready() -> bool:
-                return any(p.phase is PodPhase.READY for p in await backend.list_pods())
+                return any(p.phase is PodPhase.READY for p in await backend.resync())
 
             await eventually(ready, within=30, what="a sandbox ready through the proxy")
             async with httpx.AsyncClient(base_url=base, trust_env=False) as http:

@@ -15,6 +15,8 @@ from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..wire_errors import STATUS, ErrorCode
+
 # Cc: C0 and C1 controls, NUL and DEL among them; Cs: surrogates, which a decoder
 # with errors="surrogateescape" or a hand-made scope could leave in a str.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})
@@ -32,25 +34,27 @@ class RefuseBadBytes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if unstorable(scope["path"]):
-                await _refuse(send, 404, "not_found", "no such path: it holds a control character")
+                await _refuse(
+                    send, ErrorCode.NOT_FOUND, "no such path: it holds a control character"
+                )
                 return
             # Decoded as Starlette decodes it (latin-1 on the wire, then %-escapes as UTF-8),
             # so what is checked here is what a handler would get.
             query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
             if unstorable(query):
                 await _refuse(
-                    send, 422, "invalid_request", "the query string holds a control character"
+                    send, ErrorCode.INVALID_REQUEST, "the query string holds a control character"
                 )
                 return
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+async def _refuse(send: Send, code: ErrorCode, message: str) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": STATUS[code],
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

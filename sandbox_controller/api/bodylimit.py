@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..wire_errors import STATUS, ErrorCode
+
 DRAIN_LIMIT = 32 * 1024 * 1024
 
 
@@ -75,7 +77,7 @@ class BodySizeLimit:
         body = json.dumps(
             {
                 "error": {
-                    "code": "body_too_large",
+                    "code": ErrorCode.BODY_TOO_LARGE,
                     "message": f"request body exceeds {limit} bytes",
                 }
             }
@@ -83,7 +85,7 @@ class BodySizeLimit:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": STATUS[ErrorCode.BODY_TOO_LARGE],
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

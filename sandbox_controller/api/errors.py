@@ -1,5 +1,5 @@
 """Errors become HTTP here, and only here: one table from each domain error
-(errors.py) to its status, code, words and Retry-After (DESIGN §4)."""
+(errors.py) to its code (wire_errors.py, with its status), words and Retry-After."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ..errors import (
     ThreadOwnedByOtherUser,
     UserSessionLimit,
 )
+from ..wire_errors import STATUS, ErrorCode
 from .schemas import LIMIT_CODE
 
 # Every 503 says when to come back. A graceful hand-over completes within about a
@@ -48,71 +49,75 @@ _CLAIM_FIELDS = frozenset({"env", "metadata", "files"})
 @dataclass(frozen=True)
 class Problem:
     status: int
-    code: str
+    code: ErrorCode
     message: str
     retry_after: float | None = None
     # Names the controller's log line about it (X-Request-Id and the message say it).
     request_id: str | None = None
 
+    @classmethod
+    def of(cls, code: ErrorCode, message: str, retry_after: float | None = None) -> Problem:
+        """The problem with the code's own status."""
+        return cls(STATUS[code], code, message, retry_after)
+
+
+INTERNAL = Problem.of(ErrorCode.INTERNAL_ERROR, "internal error; see the controller log")
+
 
 def problem(exc: SandboxError) -> Problem:
     match exc:
         case UserSessionLimit():
-            return Problem(
-                429,
-                "user_session_limit",
+            return Problem.of(
+                ErrorCode.USER_SESSION_LIMIT,
                 f"user has {exc.live} live sessions (limit {exc.limit}) and none is idle",
                 exc.retry_after,
             )
         case CapacityExhausted():
-            return Problem(
-                503,
-                "capacity_exhausted",
+            return Problem.of(
+                ErrorCode.CAPACITY_EXHAUSTED,
                 f"all {exc.max_total_jobs} sandbox pods (maxTotalJobs) are in use "
                 "and none freed in time",
                 exc.retry_after,
             )
         case ThreadOwnedByOtherUser():
-            return Problem(
-                409, "thread_owned_by_other_user", f"thread {exc.thread_id} belongs to another user"
+            return Problem.of(
+                ErrorCode.THREAD_OWNED_BY_OTHER_USER,
+                f"thread {exc.thread_id} belongs to another user",
             )
         case SessionNotFound():
-            return Problem(404, "session_not_found", f"no session {exc.session_id}")
+            return Problem.of(ErrorCode.SESSION_NOT_FOUND, f"no session {exc.session_id}")
         case SessionEnded():
-            return Problem(
-                410, "session_ended", f"session {exc.session_id} has ended ({exc.reason})"
+            return Problem.of(
+                ErrorCode.SESSION_ENDED, f"session {exc.session_id} has ended ({exc.reason})"
             )
         case NotLeader():
-            return Problem(
-                503,
-                "not_leader",
+            return Problem.of(
+                ErrorCode.NOT_LEADER,
                 "this replica is not the leader; retry against the service",
                 NOT_LEADER_RETRY_AFTER,
             )
         case StoreUnavailable():
-            return Problem(
-                503,
-                "store_unavailable",
+            return Problem.of(
+                ErrorCode.STORE_UNAVAILABLE,
                 "the store is unavailable; nothing was changed, try again",
                 STORE_RETRY_AFTER,
             )
         case Unauthorized():
-            return Problem(401, "unauthorized", "missing or wrong bearer token")
+            return Problem.of(ErrorCode.UNAUTHORIZED, "missing or wrong bearer token")
         case DecisionFailed():
             return Problem(
-                500,
-                "internal_error",
+                STATUS[ErrorCode.INTERNAL_ERROR],
+                ErrorCode.INTERNAL_ERROR,
                 f"internal error in a scheduling decision (request id {exc.request_id}); "
                 "nothing of it was changed; see the controller log",
                 request_id=exc.request_id,
             )
         case HooksDisabled():
-            return Problem(
-                422,
-                "hooks_disabled",
+            return Problem.of(
+                ErrorCode.HOOKS_DISABLED,
                 "env and files need the sandbox hooks, which are off (SANDBOX_HOOKS=false)",
             )
-    return Problem(500, "internal_error", "internal error; see the controller log")
+    return INTERNAL
 
 
 def error_response(problem: Problem) -> JSONResponse:
@@ -154,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = []
-        code = "invalid_request"
+        code = ErrorCode.INVALID_REQUEST
         # Words and places only: never an input value (env and files are secrets).
         for err in exc.errors()[:5]:
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -163,19 +168,19 @@ def install_error_handlers(app: FastAPI) -> None:
             if err.get("type") == LIMIT_CODE or (
                 err.get("type") in _SIZE_ERRORS and loc and loc[0] in _CLAIM_FIELDS
             ):
-                code = LIMIT_CODE
+                code = ErrorCode.CLAIM_LIMIT_EXCEEDED
         message = "; ".join(problems) or "invalid request"
-        return error_response(Problem(422, code, message))
+        return error_response(Problem.of(code, message))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {
-            400: "invalid_request",  # a body that is not even text
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "body_too_large",
+            400: ErrorCode.INVALID_REQUEST,  # a body that is not even text
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.METHOD_NOT_ALLOWED,
+            413: ErrorCode.BODY_TOO_LARGE,
         }
-        code = codes.get(exc.status_code, "http_error")
+        code = codes.get(exc.status_code, ErrorCode.HTTP_ERROR)
         response = error_response(Problem(exc.status_code, code, str(exc.detail)))
         response.headers.update(exc.headers or {})
         if exc.status_code == 405:
@@ -185,6 +190,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Logged by the server; the caller gets a code, never a traceback.
-        return error_response(
-            Problem(500, "internal_error", "internal error; see the controller log")
-        )
+        return error_response(INTERNAL)

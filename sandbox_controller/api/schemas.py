@@ -30,6 +30,7 @@ from ..model import (
     WaitReason,
 )
 from ..tokens import issue_token
+from ..wire_errors import ErrorCode
 from .badbytes import unstorable
 
 # An id is 1 to 253 characters, none of them a control character (what no store can
@@ -68,7 +69,7 @@ FILE_PATH_MAX = 255
 FILE_CONTENT_MAX = 64 * 1024
 FILES_TOTAL_MAX = 256 * 1024  # contents
 # The code of a 422 for a payload over one of these limits.
-LIMIT_CODE = "claim_limit_exceeded"
+LIMIT_CODE = ErrorCode.CLAIM_LIMIT_EXCEEDED.value
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Stored and shown: printable, as ids are (no C0/C1 control character).

@@ -7,10 +7,8 @@ carrying the pod's whole current status, and ``deleted=True`` once the pod is go
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
-import hmac
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,20 +38,33 @@ def new_pod_name(suffix_length: int) -> str:
     return POD_NAME_PREFIX + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(suffix_length))
 
 
-# The pod's claim secret (sandbox contract): the sandbox accepts hook calls only with it.
-ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"
-
-
-def claim_secret(key: bytes, create_id: str) -> str:
-    """The claim secret of the pod made by create ``create_id`` (its LABEL_CREATE_ID).
-    Derived, not stored: the controller that made the pod, or any later leader with the
-    same key, computes it again from the label; the label alone tells nobody the secret."""
-    return hmac.new(key, create_id.encode(), hashlib.sha256).hexdigest()
-
-
 def session_label(session_id: str) -> str:
     """Label values are at most 63 characters, so pods carry a hash of the session id."""
     return hashlib.sha256(session_id.encode()).hexdigest()[:40]
+
+
+class LabelState(enum.StrEnum):
+    """The LABEL_STATE value: made for the warm pool, or given to a session."""
+
+    POOL = "pool"
+    ASSIGNED = "assigned"
+
+
+def pool_labels() -> dict[str, str]:
+    """The labels of a new pod made for the warm pool."""
+    return {LABEL_STATE: LabelState.POOL.value}
+
+
+def assigned_labels(session_id: str) -> dict[str, str]:
+    """The labels a pod gets when it is given to ``session_id``."""
+    return {LABEL_STATE: LabelState.ASSIGNED.value, LABEL_SESSION: session_label(session_id)}
+
+
+def _label_state(value: str | None) -> LabelState | None:
+    try:
+        return LabelState(value) if value else None
+    except ValueError:
+        return None  # someone else's word: as good as no label
 
 
 class ErrorKind(enum.StrEnum):
@@ -103,6 +114,10 @@ class PodPhase(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PodStatus:
+    """A pod as its backend sees it. The controller's labels are decoded here, as the
+    status is made, into the typed fields below ``labels``: the scheduler and recovery
+    read those, never a label string."""
+
     name: str
     phase: PodPhase
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -111,6 +126,22 @@ class PodStatus:
     detail: str | None = None  # why it is not ready yet, in the platform's words
     unschedulable: bool = False  # no node can take it (counts as capacity blocked)
     terminating: bool = False  # deletion has begun; it still counts against capacity
+    # Decoded from ``labels``:
+    label_state: LabelState | None = field(init=False)
+    session_hash: str | None = field(init=False)  # session_label() of its session
+    template_hash: str | None = field(init=False)
+    create_id: str | None = field(init=False)  # its claim secret derives from it
+
+    def __post_init__(self) -> None:
+        labels = self.labels
+        decoded = {
+            "label_state": _label_state(labels.get(LABEL_STATE)),
+            "session_hash": labels.get(LABEL_SESSION) or None,
+            "template_hash": labels.get(LABEL_TEMPLATE_HASH) or None,
+            "create_id": labels.get(LABEL_CREATE_ID) or None,
+        }
+        for name, value in decoded.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -134,7 +165,7 @@ class Backend(Protocol):
     """Hash of the pod template in force; pods with another hash are from an old one."""
 
     async def start(self) -> None:
-        """Begin following the pods: a fresh list (list_pods() is complete and current
+        """Begin following the pods: a fresh list (resync() is complete and current
         when this returns), then only changes after it, through events(). Called when
         this process starts to lead, and again after stop() when it leads again."""
 
@@ -151,26 +182,15 @@ class Backend(Protocol):
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         """Merge labels into a pod, for operators and for recovery after a restart."""
 
-    async def list_pods(self) -> list[PodStatus]:
-        """Every pod this controller manages, as the backend knows them now."""
-
     async def resync(self) -> list[PodStatus]:
-        """list_pods(), as the base of a new scheduler: the events waiting in events()
-        are older than this list (it already shows what they say) and are dropped.
-        Replayed after it, a stale "pending" would read as a warm pod that stopped
-        answering, and a takeover would delete a healthy pod."""
+        """Every pod this controller manages, as the backend knows them now, as the
+        base of a new scheduler: the events waiting in events() are older than this
+        list (it already shows what they say) and are dropped. Replayed after it, a
+        stale "pending" would read as a warm pod that stopped answering, and a
+        takeover would delete a healthy pod."""
 
     def events(self) -> AsyncIterator[PodEvent]:
-        """Changes to managed pods, in order, for as long as the backend runs."""
+        """Changes to managed pods, in order, from start() until stop() ends them."""
 
     async def close(self) -> None:
         """Stop following and release connections."""
-
-
-def drop_waiting(queue: asyncio.Queue[PodEvent | None] | asyncio.Queue[PodEvent]) -> None:
-    """Empty an event queue for resync(), keeping an end-of-stream marker (None)."""
-    ended = False
-    while not queue.empty():
-        ended = queue.get_nowait() is None or ended
-    if ended:
-        queue.put_nowait(None)  # type: ignore[arg-type]

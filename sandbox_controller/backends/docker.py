@@ -41,8 +41,8 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
+from ..sandbox_contract import ENV_POD_NAME, claim_env
 from .base import (
-    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     BackendError,
     ErrorKind,
@@ -50,8 +50,6 @@ from .base import (
     PodPhase,
     PodStatus,
     WriteGuard,
-    claim_secret,
-    drop_waiting,
     new_pod_name,
     no_guard,
 )
@@ -67,6 +65,7 @@ from .docker_spec import (
     template_hash,
     timestamp,
 )
+from .kit import EventFeed, serves, wait_until_serving
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class DockerBackend:
         claim_key: bytes | None = None,
     ) -> None:
         self.docker = docker
-        # Each sandbox's claim secret derives from it and the create id (base.claim_secret);
+        # Each sandbox's claim secret derives from it and the create id (claim_env);
         # None: sandboxes get none, and refuse claims.
         self.claim_key = claim_key
         self.stop_on_close = stop_on_close
@@ -118,8 +117,7 @@ class DockerBackend:
         self._filters = label_filters(options)
         self._containers: dict[str, SandboxContainer] = {}
         self._waiting: list[str] = []  # created, not started for want of room; oldest first
-        self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
-        self._following = False
+        self._feed = EventFeed()  # open while following: from start() to stop()
         self._closing = asyncio.Event()
         self._tasks = TaskGroup("docker-backend")
         self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
@@ -189,48 +187,35 @@ class DockerBackend:
     # -- the protocol ------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._feed.begin()
         self._containers, self._waiting = {}, []
         self._retry_pending = False  # stop() cancelled any retry of the last term
-        self._following = True
         since = await self._relist()
         self._tasks.start(self._follow(since), "events")
 
     async def stop(self) -> None:
-        self._following = False
+        self._feed.end()
         await self._tasks.stop()
-        self._queue.put_nowait(None)
         self._containers, self._waiting = {}, []
 
     async def close(self) -> None:
+        await self.stop()
         if self.stop_on_close:
             # Not a scheduling decision: ``dev`` removes the sandboxes it ran as it
             # exits, lease or no lease, so none outlives it.
-            await self.stop()
             with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
                 found = await self.docker.containers.list(all=True, filters=self._filters)
                 await asyncio.gather(*(self._remove(c) for c in found), return_exceptions=True)
-        await self.stop()
         self._closing.set()
         await self._http.aclose()
         if self._owns_docker:
             await self.docker.close()
 
-    async def events(self) -> AsyncIterator[PodEvent]:
-        queue = self._queue  # this term's: stop() ends it, start() makes another
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
-            yield event
-
-    async def list_pods(self) -> list[PodStatus]:
-        return [c.status() for c in self._containers.values()]
+    def events(self) -> AsyncIterator[PodEvent]:
+        return self._feed.events()
 
     async def resync(self) -> list[PodStatus]:
-        statuses = [c.status() for c in self._containers.values()]
-        drop_waiting(self._queue)
-        return statuses
+        return self._feed.resync([c.status() for c in self._containers.values()])
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         entry = self._containers.get(name)
@@ -266,11 +251,8 @@ class DockerBackend:
     async def _create(self, labels: dict[str, str]) -> tuple[str, str]:
         for attempt in range(NAME_ATTEMPTS):
             name = new_pod_name(8)  # Docker names are host-wide: a longer draw
-            env = [f"SANDBOX_POD_NAME={name}"]
-            if self.claim_key is not None:
-                secret = claim_secret(self.claim_key, labels[LABEL_CREATE_ID])
-                env.append(f"{ENV_CLAIM_SECRET}={secret}")
-            config = {**self.spec, "Labels": labels, "Env": env}
+            env = {ENV_POD_NAME: name, **claim_env(self.claim_key, labels[LABEL_CREATE_ID])}
+            config = {**self.spec, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()]}
             self.write_guard()
             try:
                 container = await self.docker.containers.create(config, name=name)
@@ -378,7 +360,7 @@ class DockerBackend:
     async def _admit_waiting(self) -> None:
         """Room freed: start waiting sandboxes, oldest first, while they fit."""
         async with self._admit:
-            while self._waiting and self._following:
+            while self._waiting and self._feed.open:
                 entry = self._containers.get(self._waiting[0])
                 if entry is None or entry.deleting:
                     self._waiting.pop(0)
@@ -394,11 +376,11 @@ class DockerBackend:
                 self._waiting.pop(0)
 
     def _room_freed(self) -> None:
-        if self._waiting and self._following:
+        if self._waiting and self._feed.open:
             self._tasks.start(self._admit_waiting(), "admit")
 
     def _retry_admission(self) -> None:
-        if self._retry_pending or not self._following:
+        if self._retry_pending or not self._feed.open:
             return
         self._retry_pending = True
 
@@ -414,9 +396,9 @@ class DockerBackend:
 
     def _emit(self, entry: SandboxContainer) -> None:
         status = entry.status()
-        if self._following and status != entry.last:
+        if self._feed.open and status != entry.last:
             entry.last = status
-            self._queue.put_nowait(PodEvent(status))
+            self._feed.put(PodEvent(status))
 
     def _forget(self, name: str) -> None:
         entry = self._containers.pop(name, None)
@@ -424,8 +406,7 @@ class DockerBackend:
             return
         if name in self._waiting:
             self._waiting.remove(name)
-        if self._following:
-            self._queue.put_nowait(PodEvent(entry.status(), deleted=True))
+        self._feed.put(PodEvent(entry.status(), deleted=True))
         self._room_freed()
 
     async def _refresh(self, name: str, *, probe_first: bool = False) -> None:
@@ -447,24 +428,23 @@ class DockerBackend:
         if probe_first and (entry is None or not entry.ready):
             observed = observe(info, self.options)
             if observed.state == "running" and observed.health is None and observed.address:
-                serving = await self._serves(observed.address)
+                serving = await serves(self._http, observed.address)
         self._apply(info, serving=serving)
-
-    async def _serves(self, address: str) -> bool:
-        try:
-            return (await self._http.get(f"http://{address}/healthz")).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def _apply(self, info: Obj, *, serving: bool = False) -> None:
         name = str(info.get("Name") or "").lstrip("/")
         entry = self._containers.get(name)
         if entry is None:
             config: Obj = info.get("Config") or {}
+            created = timestamp(str(info.get("Created") or ""))
+            if created is None:
+                # Taken as made now: an unknown age must not time its start-up out.
+                log.warning("container %s has no readable creation time; taking now", name)
+                created = time.time()
             entry = SandboxContainer(
                 name,
                 str(info["Id"]),
-                timestamp(str(info.get("Created") or "")),
+                created,
                 dict(config.get("Labels") or {}),
                 int((info.get("HostConfig") or {}).get("Memory") or 0),
             )
@@ -490,21 +470,26 @@ class DockerBackend:
 
     async def _probe(self, entry: SandboxContainer) -> None:
         """No healthcheck in the image: ready when /healthz on its address answers 200."""
-        attempt = 0
-        while self._containers.get(entry.name) is entry:
-            if entry.deleting or entry.failure is not None or entry.ready:
-                return
-            observed = entry.observed
-            if observed is None or observed.state != "running":
-                entry.probing = False
-                return
-            if entry.address and await self._serves(entry.address):
-                entry.ready = True
-                self._emit(entry)
-                return
-            if await sleep_or_stop(self.clock, HEALTH_POLL.delay(attempt), self._closing):
-                return
-            attempt += 1
+
+        def undecided() -> bool:
+            current = self._containers.get(entry.name) is entry
+            return current and not (entry.deleting or entry.failure is not None or entry.ready)
+
+        def running() -> bool:
+            return entry.observed is not None and entry.observed.state == "running"
+
+        if await wait_until_serving(
+            self._http,
+            lambda: entry.address,
+            wanted=lambda: undecided() and running(),
+            clock=self.clock,
+            backoff=HEALTH_POLL,
+            closing=self._closing,
+        ):
+            entry.ready = True
+            self._emit(entry)
+        elif undecided() and not running():
+            entry.probing = False  # probed again once it runs again
 
     # -- list and watch ----------------------------------------------------------------
 

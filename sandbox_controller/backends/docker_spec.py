@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..config import DockerOptions
+from ..sandbox_contract import POD_PORT
 from .base import (
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -24,7 +25,7 @@ from .base import (
 
 Obj = dict[str, Any]
 
-POD_PORT = 8080
+_DOCKER_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z")
 # A fork bomb in one sandbox must not take the host's pid space from the others.
 PIDS_LIMIT = 1024
 GIB = 2**30
@@ -195,9 +196,9 @@ class Observed:
 def observe(info: Obj, options: DockerOptions) -> Observed:
     state: Obj = info.get("State") or {}
     health = (state.get("Health") or {}).get("Status")
-    started = (state.get("StartedAt") or "").startswith("0001") is False and bool(
-        state.get("StartedAt")
-    )
+    # A container never started says StartedAt "0001-01-01T00:00:00Z" (Go's zero time).
+    started_at = str(state.get("StartedAt") or "")
+    started = bool(started_at) and not started_at.startswith("0001")
     return Observed(
         state=str(state.get("Status") or "created"),
         started=started,
@@ -274,13 +275,14 @@ class SandboxContainer:
         )
 
 
-def timestamp(text: str) -> float:
-    """Docker's RFC 3339 times carry nanoseconds, which fromisoformat does not take."""
-    if not text:
-        return time.time()
-    head, _, rest = text.partition(".")
-    fraction = rest.rstrip("Z")[:6]
+def timestamp(text: str) -> float | None:
+    """Docker's times are RFC 3339 in UTC with up to nanoseconds, which fromisoformat
+    does not take. None when ``text`` is not such a time: the caller decides."""
+    match = _DOCKER_TIME.fullmatch(text)
+    if match is None:
+        return None
+    head, fraction = match.groups()
     try:
-        return datetime.fromisoformat(f"{head}.{fraction or '0'}+00:00").timestamp()
-    except ValueError:
-        return time.time()
+        return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]}+00:00").timestamp()
+    except ValueError:  # the right shape, not a date (month 13, say)
+        return None

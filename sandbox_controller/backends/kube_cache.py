@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ..sandbox_contract import POD_PORT
 from .base import PodEvent, PodPhase, PodStatus
 
 Obj = dict[str, Any]
@@ -69,7 +70,9 @@ def _waiting(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def pod_status(pod: Mapping[str, Any], warning: str | None = None, port: int = 8080) -> PodStatus:
+def pod_status(
+    pod: Mapping[str, Any], warning: str | None = None, port: int = POD_PORT
+) -> PodStatus:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
@@ -107,7 +110,7 @@ def _event_order(event: Mapping[str, Any]) -> tuple[float, int]:
 
 
 class PodCache:
-    def __init__(self, port: int = 8080) -> None:
+    def __init__(self, port: int = POD_PORT) -> None:
         self.port = port
         self._pods: dict[str, Obj] = {}
         self._status: dict[str, PodStatus] = {}

@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
+from ..sandbox_contract import HEALTH_PATH, POD_PORT
 from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, POD_NAME_PREFIX
 
 Obj = dict[str, Any]
-DEFAULT_PORT = 8080
 
 DEFAULT_TEMPLATE: Obj = {
     "apiVersion": "v1",
@@ -35,12 +35,12 @@ DEFAULT_TEMPLATE: Obj = {
                     "--host",
                     "0.0.0.0",
                     "--port",
-                    str(DEFAULT_PORT),
+                    str(POD_PORT),
                 ],
-                "ports": [{"name": "http", "containerPort": DEFAULT_PORT}],
+                "ports": [{"name": "http", "containerPort": POD_PORT}],
                 "resources": {"requests": {"cpu": "1", "memory": "2Gi"}},
                 "readinessProbe": {
-                    "httpGet": {"path": "/healthz", "port": DEFAULT_PORT},
+                    "httpGet": {"path": HEALTH_PATH, "port": POD_PORT},
                     "periodSeconds": 2,
                 },
             }
@@ -79,7 +79,7 @@ def pod_port(template: Mapping[str, Any]) -> int:
     for container in template.get("spec", {}).get("containers", []):
         for port in container.get("ports") or []:
             return int(port["containerPort"])
-    return DEFAULT_PORT
+    return POD_PORT
 
 
 def build_pod(

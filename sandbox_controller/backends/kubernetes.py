@@ -15,26 +15,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-from yarl import URL
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
+from ..sandbox_contract import claim_env
 from .base import (
-    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_LEADER,
@@ -45,12 +40,12 @@ from .base import (
     PodEvent,
     PodStatus,
     WriteGuard,
-    claim_secret,
-    drop_waiting,
     no_guard,
 )
 from .expectations import CreateExpectations
+from .kit import EventFeed
 from .kube_cache import Obj, PodCache, resource_version
+from .kube_config import load_api_client, resolve_namespace
 from .kube_template import build_pod, load_template, pod_port, template_hash
 from .ratelimit import TokenBucket, parse_retry_after
 
@@ -65,7 +60,6 @@ EXPECTATION_TIMEOUT = 60.0
 # Spread over 4-6 minutes so many controllers do not reconnect in step.
 WATCH_TIMEOUT = 300.0
 
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RETRYABLE = {0, 429, 500, 502, 503, 504}
 # Refusals no later attempt changes until someone fixes something: a bad request, bad
 # credentials, RBAC (403), a missing namespace (404 on a create), an invalid pod (422,
@@ -105,59 +99,6 @@ class _Feed:
     failures: int = 0
 
 
-async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
-    """A kubeconfig if one is named, else in-cluster config, else ~/.kube/config."""
-    configuration = k8s.Configuration()
-    if kubeconfig:
-        await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        await k8s_config.load_kube_config(client_configuration=configuration)
-    api = k8s.ApiClient(configuration)
-    _resolve_environment_once(api)
-    return api
-
-
-def _resolve_environment_once(api: k8s.ApiClient) -> None:
-    """kubernetes-asyncio hard-codes aiohttp's trust_env=True, which looks up ~/.netrc
-    and the proxy variables in a worker thread on every request: two thread hops per
-    API call, and a thread wanting the GIL while the loop serves a claim. Read the
-    proxy variables once here instead; netrc has no say on an API server, whose
-    credentials come from the kubeconfig or the service account."""
-    rest = api.rest_client
-    old = rest.pool_manager
-    connector = old.connector
-    old.detach()  # the connector (TLS context, pool limit) moves to the new session
-    # read_bufsize as kubernetes-asyncio sets it: a watch event can carry a large object.
-    rest.pool_manager = aiohttp.ClientSession(
-        connector=connector, trust_env=False, read_bufsize=2**21
-    )
-    if rest.proxy is None:
-        try:
-            proxy, proxy_auth = get_env_proxy_for_url(URL(api.configuration.host))
-        except LookupError:
-            return
-        rest.proxy = str(proxy)
-        if proxy_auth is not None:
-            rest.proxy_headers = {"Proxy-Authorization": proxy_auth.encode()}
-
-
-def resolve_namespace(explicit: str | None, kubeconfig: str | None) -> str:
-    """Settings first, then the pod's own namespace, then the kubeconfig context."""
-    if explicit:
-        return explicit
-    if SERVICE_ACCOUNT_NAMESPACE.exists():
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-    try:
-        _, current = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
-        return str((current or {}).get("context", {}).get("namespace") or "default")
-    except Exception:  # no kubeconfig at all: the conventional default
-        return "default"
-
-
 class KubernetesBackend:
     def __init__(
         self,
@@ -184,7 +125,7 @@ class KubernetesBackend:
         self._create_slots = asyncio.Semaphore(options.max_concurrent_creates)
         self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
         self._cache = PodCache(pod_port(self.template))
-        self._queue: asyncio.Queue[PodEvent | None] = asyncio.Queue()
+        self._feed = EventFeed()  # open from start() to stop()
         self._tasks = TaskGroup("kubernetes-backend")
         self._owner: Obj | None = None
         self._rng = random.Random()
@@ -267,7 +208,7 @@ class KubernetesBackend:
         # A new term begins from nothing: whatever an earlier one saw is history.
         self._cache = PodCache(pod_port(self.template))
         self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
-        self._queue = asyncio.Queue()
+        self._feed.begin()
         pods = _Feed(
             "pods",
             self.core.list_namespaced_pod,
@@ -283,7 +224,7 @@ class KubernetesBackend:
             self._warning_event,
         )
         feeds = [pods, warnings]
-        # The first lists happen here, so list_pods() is complete when start returns.
+        # The first lists happen here, so resync() is complete when start returns.
         for feed in feeds:
             await self._list(feed)
         for feed in feeds:
@@ -313,9 +254,7 @@ class KubernetesBackend:
         # for the pod by it, so a create that did happen never makes a second pod.
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
-        env = None
-        if self.claim_key is not None:
-            env = {ENV_CLAIM_SECRET: claim_secret(self.claim_key, create_id)}
+        env = claim_env(self.claim_key, create_id)
         body = build_pod(self.template, labels, self.template_hash, self._owner, env)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
@@ -371,13 +310,8 @@ class KubernetesBackend:
             _content_type="application/merge-patch+json",
         )
 
-    async def list_pods(self) -> list[PodStatus]:
-        return self._cache.statuses()
-
     async def resync(self) -> list[PodStatus]:
-        statuses = self._cache.statuses()
-        drop_waiting(self._queue)  # no await in between: nothing slips past both
-        return statuses
+        return self._feed.resync(self._cache.statuses())
 
     async def mark_leader(self, pod_name: str, leader: bool) -> None:
         """The controller's own pod carries LABEL_LEADER while it leads, and the
@@ -413,17 +347,12 @@ class KubernetesBackend:
             _content_type="application/merge-patch+json",
         )
 
-    async def events(self) -> AsyncIterator[PodEvent]:
-        queue = self._queue  # this term's: stop() ends it, start() makes another
-        while True:
-            event = await queue.get()
-            if event is None:
-                return
-            yield event
+    def events(self) -> AsyncIterator[PodEvent]:
+        return self._feed.events()
 
     async def stop(self) -> None:
         await self._tasks.stop()
-        self._queue.put_nowait(None)
+        self._feed.end()
         self._cache = PodCache(pod_port(self.template))
 
     async def close(self) -> None:
@@ -436,7 +365,7 @@ class KubernetesBackend:
     def _emit(self, events: list[PodEvent | None]) -> None:
         for event in events:
             if event is not None:
-                self._queue.put_nowait(event)
+                self._feed.put(event)
 
     def _pods_listed(self, items: list[Obj], rv: str) -> list[PodEvent]:
         listed_at = int(rv) if rv.isdigit() else 0

@@ -31,10 +31,10 @@ import httpx
 
 from .. import __version__
 from ..aiotasks import TaskGroup
-from ..aiotime import Backoff, sleep_or_stop
+from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
+from ..sandbox_contract import ENV_CLAIM_SECRET, claim_secret
 from .base import (
-    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_MANAGED_BY,
     LABEL_TEMPLATE_HASH,
@@ -45,11 +45,10 @@ from .base import (
     PodPhase,
     PodStatus,
     WriteGuard,
-    claim_secret,
-    drop_waiting,
     new_pod_name,
     no_guard,
 )
+from .kit import EventFeed, wait_until_serving
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,13 @@ class _Process:
     deleting: bool = False
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def address(self) -> str | None:
+        return f"127.0.0.1:{self.port}" if self.port else None
+
     def status(self) -> PodStatus:
-        address = f"127.0.0.1:{self.port}" if self.port else None
         return PodStatus(
-            self.name, self.phase, dict(self.labels), self.created_at, address, self.detail
+            self.name, self.phase, dict(self.labels), self.created_at, self.address, self.detail
         )
 
 
@@ -105,7 +107,7 @@ class LocalBackend:
         sandbox_args: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
-        # Each sandbox's claim secret derives from it (base.claim_secret); None: the
+        # Each sandbox's claim secret derives from it (sandbox_contract); None: the
         # sandboxes get none, and their hooks refuse every call.
         self.claim_key = claim_key
         self.sandbox_args = sandbox_args  # more devsandbox flags (tests: --no-hooks)
@@ -117,10 +119,9 @@ class LocalBackend:
         self._closing = asyncio.Event()
         self.template_hash = hashlib.sha256(f"devsandbox:{__version__}".encode()).hexdigest()[:10]
         self._procs: dict[str, _Process] = {}
-        self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
+        self._feed = EventFeed()  # open while this process leads: start() to stop()
         self._tasks = TaskGroup("local-backend")
         self._http: httpx.AsyncClient | None = None
-        self._following = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,12 +131,10 @@ class LocalBackend:
             self._http = httpx.AsyncClient(timeout=2.0)
             for path in sorted(self.state_dir.glob("*.json")):
                 self._adopt(path)
-        self._events = asyncio.Queue()
-        self._following = True
+        self._feed.begin()
 
     async def stop(self) -> None:
-        self._following = False
-        self._events = asyncio.Queue()
+        self._feed.end()
 
     async def close(self) -> None:
         await self.stop()
@@ -214,24 +213,16 @@ class LocalBackend:
             entry.labels.update(labels)
             self._save(entry)
 
-    async def list_pods(self) -> list[PodStatus]:
-        return [p.status() for p in self._procs.values()]
-
     async def resync(self) -> list[PodStatus]:
-        statuses = [p.status() for p in self._procs.values()]
-        drop_waiting(self._events)
-        return statuses
+        return self._feed.resync([p.status() for p in self._procs.values()])
 
-    async def events(self) -> AsyncIterator[PodEvent]:
-        events = self._events  # this term's: stop() drops it with what it holds
-        while self._following:
-            yield await events.get()
+    def events(self) -> AsyncIterator[PodEvent]:
+        return self._feed.events()
 
     # ------------------------------------------------------------ processes
 
     def _emit(self, entry: _Process, *, deleted: bool = False) -> None:
-        if self._following:
-            self._events.put_nowait(PodEvent(entry.status(), deleted=deleted))
+        self._feed.put(PodEvent(entry.status(), deleted=deleted))
 
     async def _run_child(self, entry: _Process, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -252,17 +243,16 @@ class LocalBackend:
 
     async def _wait_healthy(self, entry: _Process) -> None:
         assert self._http is not None
-        attempt = 0
-        while not entry.deleting:
-            with contextlib.suppress(httpx.HTTPError):
-                response = await self._http.get(f"http://127.0.0.1:{entry.port}/healthz")
-                if response.status_code == 200:
-                    entry.phase, entry.detail = PodPhase.READY, None
-                    self._emit(entry)
-                    return
-            if await sleep_or_stop(self.clock, HEALTH_POLL.delay(attempt), self._closing):
-                return
-            attempt += 1
+        if await wait_until_serving(
+            self._http,
+            lambda: entry.address,
+            wanted=lambda: not entry.deleting,
+            clock=self.clock,
+            backoff=HEALTH_POLL,
+            closing=self._closing,
+        ):
+            entry.phase, entry.detail = PodPhase.READY, None
+            self._emit(entry)
 
     def _exited(self, entry: _Process, code: int | None) -> None:
         if not entry.deleting and entry.phase is not PodPhase.FAILED:

@@ -22,12 +22,12 @@ from collections import Counter
 from typing import Any
 
 from ..aiotasks import TaskGroup
-from .quantities import cpu_millis, memory_bytes
+from ..quantities import cpu_millis, memory_bytes
+from ..sandbox_contract import ENV_CLAIM_SECRET, POD_PORT
 from .store import Change, Obj, Store, now_rfc3339
 
 log = logging.getLogger(__name__)
 
-POD_PORT = 8080
 _FIRST_POD_IP = int(ipaddress.IPv4Address("127.1.0.1"))
 _LAST_POD_IP = int(ipaddress.IPv4Address("127.255.255.254"))
 # Addresses tried for one pod before giving up: only a listener on the pod port of every
@@ -44,11 +44,6 @@ def pod_requests(pod: Obj) -> tuple[int, int]:
         cpu += cpu_millis(wanted.get("cpu", 0))
         mem += memory_bytes(wanted.get("memory", 0))
     return cpu, mem
-
-
-# The sandbox contract's claim secret (backends/base.py ENV_CLAIM_SECRET): a workload
-# gets it as the devsandbox process would, from its container's env.
-ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"
 
 
 def _env_value(pod: Obj, name: str) -> str | None:

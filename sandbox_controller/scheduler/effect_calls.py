@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..aiotasks import TaskGroup
-from ..backends.base import LABEL_STATE, Backend, BackendError, LeaseLost, PodEvent
-from ..hooks import NOT_IMPLEMENTED, ClaimPayload, HookResult, SandboxHooks
+from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
+from ..hooks import ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer
+from ..sandbox_contract import HOOK_NOT_IMPLEMENTED
 from .claiming import NO_ANSWER, ClaimFailure
 from .conditions import kind_of
 from .effects import ClaimCall, Outbox, Release, StatusCheck
@@ -103,7 +104,7 @@ class EffectCalls:
         try:
             # "pool" until assigned: readiness shows in the pod's own status, and a
             # second patch when it turns ready would cost an API call per pod.
-            name = await self.backend.create_pod({LABEL_STATE: "pool"})
+            name = await self.backend.create_pod(pool_labels())
         except LeaseLost:
             self._hold(self._create, "create")
             return
@@ -238,7 +239,7 @@ def claim_failure(result: HookResult) -> ClaimFailure:
     refused = (
         status is not None
         and 400 <= status < 500
-        and status not in NOT_IMPLEMENTED
+        and status not in HOOK_NOT_IMPLEMENTED
         and status not in _NOT_A_REFUSAL
     )
     words = f"{result.detail}: {result.answer}" if result.answer else result.detail

@@ -8,7 +8,7 @@ create and delete go to the outbox for the loop to carry out.
 
 from __future__ import annotations
 
-from ..backends.base import LABEL_CREATE_ID, LABEL_SESSION, ErrorKind, PodPhase, PodStatus
+from ..backends.base import ErrorKind, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, SessionState
 from .conditions import DELETE_RETRY, CreateThrottle
 from .core import PoolCore
@@ -144,7 +144,7 @@ class PodLifecycle:
         if status.address:
             pod.address = status.address
         if pod.create_id is None:
-            pod.create_id = status.labels.get(LABEL_CREATE_ID)
+            pod.create_id = status.create_id
         if pod.state is PodState.TERMINATING:
             return
         if status.phase is PodPhase.FAILED or status.terminating:
@@ -174,7 +174,7 @@ class PodLifecycle:
         likely one of them, seen by the watch before the create call returned; adopt
         it, still counting the create as in flight until it returns (the count errs
         high, never low). Otherwise nobody accounts for it: delete it."""
-        if len(self._seen_early) < self.creates_in_flight and not status.labels.get(LABEL_SESSION):
+        if len(self._seen_early) < self.creates_in_flight and status.session_hash is None:
             self.add(self._new_pod(status.name, now))
             self._seen_early.add(status.name)
             self.pod_observed(status, now)

@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 
-from ..backends.base import LABEL_SESSION, LABEL_STATE, ErrorKind, PodStatus, session_label
+from ..backends.base import ErrorKind, PodStatus, assigned_labels
 from ..model import (
     ActivitySource,
     BusyAnswer,
@@ -194,10 +194,7 @@ class Pool:
         session.pod_name = pod.name
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
-        self.outbox.labels[pod.name] = {
-            LABEL_STATE: "assigned",
-            LABEL_SESSION: session_label(session.id),
-        }
+        self.outbox.labels[pod.name] = assigned_labels(session.id)
         if self.limits.hooks and pod.create_id and pod.address:
             self.claiming.start(pod, session, now, warm=warm)
         else:

@@ -29,14 +29,7 @@ stored time becomes a monotonic one as ``mono_now + (stored - wall_now)``
 
 from __future__ import annotations
 
-from ..backends.base import (
-    LABEL_CREATE_ID,
-    LABEL_SESSION,
-    LABEL_STATE,
-    LABEL_TEMPLATE_HASH,
-    PodPhase,
-    PodStatus,
-)
+from ..backends.base import LabelState, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState
 from .pool import ROUTE_LEASE, Pool
 
@@ -58,12 +51,12 @@ def restore(
         session = holder.get(status.name)
         healthy = status.phase is not PodPhase.FAILED and not status.terminating
         created_at = row.created_at if row else status.created_at
-        template = row.template_hash if row else status.labels.get(LABEL_TEMPLATE_HASH, "")
+        template = row.template_hash if row else status.template_hash or ""
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
         pod.created_mono = pool.from_wall(created_at)
-        pod.create_id = status.labels.get(LABEL_CREATE_ID)
+        pod.create_id = status.create_id
         given = status.name in handed_out or bool(row and row.session_id)
-        if session is not None or given or status.labels.get(LABEL_SESSION):
+        if session is not None or given or status.session_hash:
             pod.route_lease_until = now + ROUTE_LEASE
         if session is not None and healthy and session.state is SessionState.READY:
             pod.state, pod.session_id = PodState.ASSIGNED, session.id
@@ -95,9 +88,8 @@ def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str) -> b
     """Never given to a session, by its row or, with no row yet, by its labels."""
     if row is not None:
         return row.session_id is None and row.state in (PodState.PENDING, PodState.IDLE)
-    labels = status.labels
     return (
-        labels.get(LABEL_STATE) == "pool"
-        and not labels.get(LABEL_SESSION)
-        and labels.get(LABEL_TEMPLATE_HASH) == template_hash
+        status.label_state is LabelState.POOL
+        and status.session_hash is None
+        and status.template_hash == template_hash
     )

@@ -26,9 +26,9 @@ from sandbox_controller.api.schemas import (
     METADATA_MAX_KEYS,
     METADATA_VALUE_MAX,
 )
-from sandbox_controller.backends.base import LABEL_CREATE_ID, claim_secret
+from sandbox_controller.backends.base import LABEL_CREATE_ID
 from sandbox_controller.backends.local import LocalBackend
-from sandbox_controller.hooks import hook_key
+from sandbox_controller.sandbox_contract import claim_secret, hook_key
 
 from ..conftest import ControllerFactory, RunningController
 from ..eventually import eventually
@@ -38,8 +38,8 @@ TOKEN_SECRET = b"test-token-secret"  # the start_controller fixture's
 
 async def pod_hook_secret(ctl: RunningController, pod: str) -> str:
     """What the controller computes for the pod: from its create id label."""
-    [status] = [p for p in await ctl.controller.backend.list_pods() if p.name == pod]
-    return claim_secret(hook_key(TOKEN_SECRET), status.labels[LABEL_CREATE_ID])
+    labels = ctl.sandboxes()[pod]["labels"]
+    return claim_secret(hook_key(TOKEN_SECRET), labels[LABEL_CREATE_ID])
 
 
 async def sandbox_claim(ctl: RunningController, pod: str, address: str) -> dict[str, Any]:
@@ -171,7 +171,7 @@ async def test_a_failed_claim_costs_that_pod_and_the_next_warm_pod_serves(
     assert claim["session_id"] == body["id"] and claim["env"] == {"TOKEN": "abc"}
 
     async def first_deleted() -> bool:
-        return first.name not in {p.name for p in await ctl.controller.backend.list_pods()}
+        return first.name not in ctl.sandboxes()
 
     await eventually(first_deleted, within=15, what="the refused pod to be deleted")
 

@@ -65,7 +65,7 @@ async def assert_invariants(ctl: RunningController) -> None:
     assert max(per_user.values(), default=0) <= ctl.settings.max_sessions_per_user
     status = await ctl.pool()
     assert sum(status["pods"].values()) + status["creating"] <= ctl.settings.max_total_jobs
-    assert len(await ctl.controller.backend.list_pods()) <= ctl.settings.max_total_jobs
+    assert len(await ctl.controller.backend.resync()) <= ctl.settings.max_total_jobs
 
 
 async def ready_again(ctl: RunningController) -> None:
@@ -130,7 +130,7 @@ async def test_a_decision_that_raises_answers_500_and_commits_nothing(
     clock.advance(ROUTE_LEASE)  # then it is deleted, making room under the cap
 
     async def boom_pod_deleted() -> bool:
-        return boom_pod not in {p.name for p in await ctl.controller.backend.list_pods()}
+        return boom_pod not in {p.name for p in await ctl.controller.backend.resync()}
 
     await eventually(boom_pod_deleted, within=15, what="the sandbox with ben's env deleted")
     retried = await ctl.open("ben", "t4")
@@ -144,7 +144,7 @@ async def pods_claimed_for(ctl: RunningController, thread: str) -> list[str]:
     index page says so)."""
     names = []
     async with httpx.AsyncClient(timeout=5.0) as direct:
-        for pod in await ctl.controller.backend.list_pods():
+        for pod in await ctl.controller.backend.resync():
             if pod.address is None:
                 continue
             page = (await direct.get(f"http://{pod.address}/")).text

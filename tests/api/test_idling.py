@@ -44,10 +44,9 @@ async def start(start_controller: ControllerFactory, clock: ManualClock, **kw: A
 
 async def sandbox_address(ctl: RunningController, pod: str) -> str:
     """Straight from the backend (asking the controller for a route would lease it)."""
-    for status in await ctl.controller.backend.list_pods():
-        if status.name == pod and status.address:
-            return status.address
-    raise AssertionError(f"no address for {pod}")
+    address = ctl.sandbox_address(pod)
+    assert address is not None, f"no address for {pod}"
+    return address
 
 
 async def set_busy(address: str, busy: bool, detail: str = "") -> None:
@@ -95,7 +94,7 @@ def witness_deletes(ctl: RunningController) -> Iterator[dict[str, str]]:
     delete = backend.delete_pod
 
     async def witnessed(name: str) -> None:
-        address = next((p.address for p in await backend.list_pods() if p.name == name), None)
+        address = ctl.sandbox_address(name)
         if address is not None and name not in pages:
             try:
                 async with httpx.AsyncClient(timeout=2.0) as sandbox:
@@ -217,7 +216,7 @@ async def test_a_hung_sandbox_is_reclaimed_or_idled_out_and_still_deleted(
         os.kill(pid, signal.SIGCONT)
 
         async def deleted() -> bool:
-            return first["pod"] not in {p.name for p in await ctl.controller.backend.list_pods()}
+            return first["pod"] not in ctl.sandboxes()
 
         await eventually(deleted, within=15, what="the hung sandbox to be deleted")
         metrics = (await ctl.client.get("/metrics")).text

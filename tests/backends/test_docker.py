@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from sandbox_controller.backends.base import (
-    ENV_CLAIM_SECRET,
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -23,9 +22,9 @@ from sandbox_controller.backends.base import (
     MANAGED_BY,
     PodPhase,
     PodStatus,
-    claim_secret,
 )
 from sandbox_controller.backends.docker import DockerBackend
+from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET, claim_secret
 
 from ..dockerhost import (
     MIB,
@@ -70,7 +69,7 @@ async def connect(instance: str) -> AsyncIterator[Factory]:
 
 
 async def status(backend: DockerBackend, name: str) -> PodStatus | None:
-    return next((p for p in await backend.list_pods() if p.name == name), None)
+    return next((p for p in await backend.resync() if p.name == name), None)
 
 
 async def wait_phase(backend: DockerBackend, name: str, phase: PodPhase) -> PodStatus:
@@ -214,7 +213,7 @@ async def test_a_new_term_adopts_the_containers_of_the_last(
     assert containers(instance) == names
 
     second = await connect()
-    adopted = {p.name: p for p in await second.list_pods()}
+    adopted = {p.name: p for p in await second.resync()}
     assert adopted.keys() == names
     # Ready in the list itself, as a listed pod's Ready condition is: reported pending
     # first, a warm pod could look to the scheduler as if it had stopped serving.

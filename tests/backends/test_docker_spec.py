@@ -78,8 +78,25 @@ def test_what_inspect_says() -> None:
     assert not waiting.started and waiting.phase() is None and not waiting.holds_memory
 
 
+def test_a_container_never_started_or_of_unknown_start_is_not_started() -> None:
+    for never in ("0001-01-01T00:00:00Z", "", None):
+        observed = observe(inspected("exited", StartedAt=never, ExitCode=1), OPTS)
+        # Not started, so not failed: it still waits for room, rather than being replaced.
+        assert not observed.started and observed.phase() is None
+    assert observe(inspected("exited", ExitCode=1), OPTS).phase() is PodPhase.FAILED
+
+
 def test_docker_times_with_nanoseconds() -> None:
     assert timestamp("2026-12-01T04:00:00.123456789Z") == pytest.approx(1796097600.123456)
+    assert timestamp("2026-12-01T04:00:00Z") == 1796097600.0
+
+
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2026-13-01T04:00:00Z", "2026-12-01T04:00:00+01:00", "2026-12-01"]
+)
+def test_an_unreadable_time_is_none_not_now(text: str) -> None:
+    # "Now" would make an old container look fresh; the caller decides what to assume.
+    assert timestamp(text) is None
 
 
 def test_the_guard_names_the_bridge_the_backend_gives_a_network() -> None:
@@ -100,13 +117,14 @@ def test_the_guard_names_the_bridge_the_backend_gives_a_network() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "size"), [("2Gi", 2 * GIB), ("256m", 256 * 2**20), ("512Mi", 512 * 2**20), ("1g", GIB)]
+    ("text", "size"),
+    [("2Gi", 2 * GIB), ("256Mi", 256 * 2**20), ("512Mi", 512 * 2**20), ("1Gi", GIB)],
 )
 def test_memory_settings(text: str, size: int) -> None:
     assert load_settings(docker_memory=text).docker_memory == size
 
 
-@pytest.mark.parametrize("text", ["lots", "2 GB?", "-1Gi", "1Xi"])
+@pytest.mark.parametrize("text", ["lots", "2 GB?", "-1Gi", "1Xi", "256m", "1g"])
 def test_a_bad_memory_setting_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError, match="SANDBOX_DOCKER_MEMORY"):
         load_settings(docker_memory=text)

@@ -82,7 +82,7 @@ async def test_local_spawn_without_a_runnable_command_is_permanent(
         with pytest.raises(BackendError) as raised:
             await backend.create_pod({LABEL_STATE: "pool"})
         assert raised.value.kind is ErrorKind.PERMANENT
-        assert await backend.list_pods() == []
+        assert await backend.resync() == []
     finally:
         await backend.close()
 

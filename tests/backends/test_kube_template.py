@@ -3,8 +3,9 @@ env on every container (replacing one the template may carry)."""
 
 from __future__ import annotations
 
-from sandbox_controller.backends.base import ENV_CLAIM_SECRET, LABEL_MANAGED_BY
+from sandbox_controller.backends.base import LABEL_MANAGED_BY
 from sandbox_controller.backends.kube_template import DEFAULT_TEMPLATE, build_pod
+from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET
 
 
 def test_the_claim_secret_reaches_every_container_once() -> None:

@@ -133,7 +133,7 @@ async def test_created_pod_labels_owner_and_readiness(
         cm["metadata"]["uid"],
     )
     await eventually(lambda: log.seen(name, ready))
-    [status] = [s for s in await backend.list_pods() if s.name == name]
+    [status] = [s for s in await backend.resync() if s.name == name]
     assert status.address is not None and status.address.startswith("127.")
     assert status.address.endswith(":8080")
 
@@ -152,7 +152,7 @@ async def test_unschedulable_detail_then_node_added(
 ) -> None:
     names = [await backend.create_pod({}) for _ in range(13)]  # 3 nodes x 4 CPU = 12
     await eventually(lambda: any(log.seen(n, lambda e: e.pod.unschedulable) for n in names))
-    [stuck] = [s for s in await backend.list_pods() if s.unschedulable]
+    [stuck] = [s for s in await backend.resync() if s.unschedulable]
     assert stuck.phase is PodPhase.PENDING
     assert stuck.detail == "0/3 nodes are available: 3 Insufficient cpu."
     sim.add_node("extra", cpu="2", memory="8Gi")
@@ -192,7 +192,7 @@ async def test_node_removed_and_container_exit(
     survivor = next(n for n in names if n not in on_node0)
     sim.exit_container(survivor, exit_code=137)
     await eventually(lambda: log.seen(survivor, lambda e: e.pod.phase is PodPhase.FAILED))
-    [failed] = [s for s in await backend.list_pods() if s.name == survivor]
+    [failed] = [s for s in await backend.resync() if s.name == survivor]
     assert failed.detail == "container sandbox exited with code 137 (Error)"
 
 
@@ -202,7 +202,7 @@ async def test_created_pod_counts_before_the_watch_sees_it(
     sim.set_faults(error_rate=1.0, error_codes=(500,), verbs=frozenset({"watch"}))
     sim.cut_watches()
     name = await backend.create_pod({})
-    assert name in {s.name for s in await backend.list_pods()}
+    assert name in {s.name for s in await backend.resync()}
     sim.set_faults(error_rate=0.0)
     # The watch, once back, confirms the pod rather than dropping it as unknown.
     await eventually(lambda: log.seen(name, ready))
@@ -240,7 +240,7 @@ async def test_relist_after_410_emits_the_diff(
     assert any(e.pod.name == a and e.deleted for e in after)
     assert any(e.pod.name == b and e.pod.labels.get("x") == "y" for e in after)
     assert not any(e.pod.name == c and e.deleted for e in after)
-    live = {s.name for s in await backend.list_pods()}
+    live = {s.name for s in await backend.resync()}
     assert live == {p["metadata"]["name"] for p in sim.pods()}
 
 
@@ -298,7 +298,7 @@ async def test_workload_answers_at_the_pod_address(tmp_path: Path) -> None:
         try:
             name = await backend.create_pod({})
             await eventually(lambda: log.seen(name, ready))
-            [status] = [s for s in await backend.list_pods() if s.name == name]
+            [status] = [s for s in await backend.resync() if s.name == name]
             async with httpx.AsyncClient() as http:
                 response = await http.get(f"http://{status.address}/healthz")
             assert response.status_code == 200
@@ -343,7 +343,7 @@ async def test_two_releases_in_one_namespace_each_see_only_their_own_pods(
         expected = {"blue": {blue}, "green": {green}}
         async with asyncio.timeout(5):
             while True:
-                seen = {r: {p.name for p in await b.list_pods()} for r, b in backends.items()}
+                seen = {r: {p.name for p in await b.resync()} for r, b in backends.items()}
                 if seen == expected:
                     break
                 await asyncio.sleep(0.02)
@@ -356,7 +356,7 @@ async def test_two_releases_in_one_namespace_each_see_only_their_own_pods(
             )
         finally:
             await log.close()
-        assert {p.name for p in await backends["blue"].list_pods()} == {blue}
+        assert {p.name for p in await backends["blue"].resync()} == {blue}
     finally:
         for b in backends.values():
             await b.close()

@@ -43,7 +43,7 @@ async def test_no_spawn_and_no_kill_without_the_lease(tmp_path: Path) -> None:
         with pytest.raises(LeaseLost):
             await backend.delete_pod(name)
 
-        assert [s.name for s in await backend.list_pods()] == [name]
+        assert [s.name for s in await backend.resync()] == [name]
         assert alive(pid)
     finally:
         await backend.close()  # dev's exit: stops its own sandboxes, lease or not

@@ -15,8 +15,8 @@ from sandbox_controller.backends.base import (
     PodEvent,
     PodPhase,
     PodStatus,
-    drop_waiting,
 )
+from sandbox_controller.backends.kit import EventFeed
 from sandbox_controller.model import EndReason, Pod, Session
 from sandbox_controller.store import Batch, Fence
 
@@ -68,7 +68,8 @@ class FakeBackend:
     def __init__(self) -> None:
         self.pods: dict[str, PodStatus] = {}
         self.calls: list[tuple[str, str]] = []  # (operation, pod name), in order
-        self._events: asyncio.Queue[PodEvent] = asyncio.Queue()
+        self._events = EventFeed()
+        self._events.begin()  # never ended: the fake follows for as long as it lives
         self._names = itertools.count(1)
         self.lease_ok = True  # what the write guard says: False refuses every write
         self.create_error: BackendError | None = None  # raised by every create while set
@@ -97,23 +98,17 @@ class FakeBackend:
         self._guard()
         self.calls.append(("delete", name))
         if self.pods.pop(name, None) is not None:
-            self._events.put_nowait(PodEvent(PodStatus(name, PodPhase.FAILED), deleted=True))
+            self._events.put(PodEvent(PodStatus(name, PodPhase.FAILED), deleted=True))
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
         self._guard()
         self.calls.append(("label", name))
 
-    async def list_pods(self) -> list[PodStatus]:
-        return list(self.pods.values())
-
     async def resync(self) -> list[PodStatus]:
-        statuses = list(self.pods.values())
-        drop_waiting(self._events)
-        return statuses
+        return self._events.resync(list(self.pods.values()))
 
-    async def events(self) -> AsyncIterator[PodEvent]:
-        while True:
-            yield await self._events.get()
+    def events(self) -> AsyncIterator[PodEvent]:
+        return self._events.events()
 
     async def close(self) -> None:
         pass
@@ -124,12 +119,12 @@ class FakeBackend:
         for name in names:
             address = f"127.0.0.1:{9000 + int(name.split('-')[1])}"
             self.pods[name] = replace(self.pods[name], phase=PodPhase.READY, address=address)
-            self._events.put_nowait(PodEvent(self.pods[name]))
+            self._events.put(PodEvent(self.pods[name]))
         return names
 
     def emit(self, status: PodStatus) -> None:
         """An event as a watch would deliver it, whether or not it is news."""
-        self._events.put_nowait(PodEvent(status))
+        self._events.put(PodEvent(status))
 
     def calls_of(self, operation: str) -> list[str]:
         return [name for op, name in self.calls if op == operation]

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from sandbox_controller.backends.base import (
-    ENV_CLAIM_SECRET,
-    LABEL_CREATE_ID,
-    claim_secret,
-)
-from sandbox_controller.hooks import hook_key
+from sandbox_controller.backends.base import LABEL_CREATE_ID
+from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET, claim_secret, hook_key
 
 from .conftest import NAMESPACE, Kube
 

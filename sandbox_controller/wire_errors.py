@@ -1,0 +1,52 @@
+"""The controller's error codes on the wire, with the status each comes with.
+
+Every refusal is ``{"error": {"code": "...", "message": "..."}}``. The API answers with
+these codes (api/errors.py) and the client raises by them (client.py), both from this
+one table, so neither can name a code the other does not know.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+
+class ErrorCode(enum.StrEnum):
+    UNAUTHORIZED = "unauthorized"
+    INVALID_REQUEST = "invalid_request"
+    CLAIM_LIMIT_EXCEEDED = "claim_limit_exceeded"
+    HOOKS_DISABLED = "hooks_disabled"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TOO_LARGE = "body_too_large"
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_ENDED = "session_ended"
+    THREAD_OWNED_BY_OTHER_USER = "thread_owned_by_other_user"
+    USER_SESSION_LIMIT = "user_session_limit"
+    CAPACITY_EXHAUSTED = "capacity_exhausted"
+    NOT_LEADER = "not_leader"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"
+    # Any other status the web framework raises (the status says which).
+    HTTP_ERROR = "http_error"
+
+
+# The status of each code. invalid_request is also a 400, for a body that is not even
+# text; http_error comes with whatever status was raised.
+STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.INVALID_REQUEST: 422,
+    ErrorCode.CLAIM_LIMIT_EXCEEDED: 422,
+    ErrorCode.HOOKS_DISABLED: 422,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.BODY_TOO_LARGE: 413,
+    ErrorCode.SESSION_NOT_FOUND: 404,
+    ErrorCode.SESSION_ENDED: 410,
+    ErrorCode.THREAD_OWNED_BY_OTHER_USER: 409,
+    ErrorCode.USER_SESSION_LIMIT: 429,
+    ErrorCode.CAPACITY_EXHAUSTED: 503,
+    ErrorCode.NOT_LEADER: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
