@@ -33,7 +33,7 @@ from .. import __version__
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
-from ..sandbox_contract import ENV_CLAIM_SECRET, claim_secret
+from ..sandbox_contract import claim_env
 from .base import (
     LABEL_CREATE_ID,
     LABEL_MANAGED_BY,
@@ -162,8 +162,7 @@ class LocalBackend:
             LABEL_CREATE_ID: create_id,
         }
         env = sandbox_environment(os.environ)
-        if self.claim_key is not None:
-            env[ENV_CLAIM_SECRET] = claim_secret(self.claim_key, create_id)
+        env.update(claim_env(self.claim_key, create_id))
         log_file = open(self.state_dir / f"{name}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(

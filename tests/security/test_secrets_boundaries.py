@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox_controller.backends.base import ENV_CLAIM_SECRET
 from sandbox_controller.process import LOCAL_BACKEND_NOTE
+from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET
 from sandbox_controller.tokens import issue_token
 
 from ..conftest import sandbox_processes
