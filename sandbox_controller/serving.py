@@ -128,13 +128,31 @@ class EdgeLimits:
     max_header_bytes: int
     header_read_timeout: float
     max_connections: int
+    # A request body must bring MIN_BODY_RATE bytes a second, counted over each window
+    # this long, or the request is cut (408): a client trickling a body holds a
+    # connection for one window, not for as long as its Content-Length lets it.
+    body_read_timeout: float = 10.0
     retry_after: int = 5  # seconds, on the 503 beyond max_connections
 
     @classmethod
     def of(cls, settings: Settings) -> EdgeLimits:
         return cls(
-            settings.max_header_bytes, settings.header_read_timeout, settings.max_connections
+            settings.max_header_bytes,
+            settings.header_read_timeout,
+            settings.max_connections,
+            settings.body_read_timeout,
         )
+
+
+# The slowest body accepted, in bytes a second over each window: 1 KiB/s is a very poor
+# mobile link, and 2,000 times what a trickling client (a byte every 2 s) sends.
+MIN_BODY_RATE = 1024
+# After an answer given while the client is still sending (a 401 or 413 before the
+# body, a 431), the connection is closed: the answer goes first, then FIN, then what
+# still arrives is dropped for this long, then the socket is closed whatever the client
+# does. Closing at once would reset the connection, and a reset makes the client's
+# kernel drop the answer it had not yet read (Go's server waits 500 ms for the same).
+LINGER_SECONDS = 1.0
 
 
 _END_OF_HEAD = b"\r\n\r\n"
@@ -148,13 +166,19 @@ class HeadHeld:
     (benchmarks/README.md section 2). Whatever is held goes out at the end of the loop
     iteration at the latest, so a streamed response's head is never delayed."""
 
-    __slots__ = ("_held", "_hold", "_loop", "transport")
+    __slots__ = ("_close", "_held", "_hold", "_loop", "transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self.transport = transport
         self._loop = loop
         self._hold = False
         self._held: bytes | None = None
+        self._close = close or transport.close  # how the response cycle's close() ends
 
     def hold_next(self) -> None:
         self._hold = True
@@ -180,10 +204,14 @@ class HeadHeld:
 
     def close(self) -> None:
         self.flush()
-        self.transport.close()
+        self._close()
 
 
-_REASONS = {431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 class GuardedHttp(HttpToolsProtocol):
@@ -192,9 +220,12 @@ class GuardedHttp(HttpToolsProtocol):
     The request head is counted before the parser sees it, so an oversized one is
     refused (431) without ever being buffered; a head not finished within the timeout
     closes the connection (a slow-loris client holds a socket for seconds, not forever);
-    beyond the connection cap a new connection gets 503 at once. A refused client is
-    answered, then read and discarded until it stops sending, so it reads the answer
-    rather than a connection reset.
+    beyond the connection cap a new connection gets 503 at once. A request body must
+    keep a minimum rate (MIN_BODY_RATE over each ``body_read_timeout`` window) or gets
+    408. An answer given before the request body has all arrived (a 401 before the
+    body is read, a 413) says ``Connection: close`` and closes: the body it did not
+    want is never read. Every refusal lingers briefly (LINGER_SECONDS) so the client
+    reads the answer rather than a connection reset.
     """
 
     limits: EdgeLimits  # set on the subclass Listener builds
@@ -205,13 +236,18 @@ class GuardedHttp(HttpToolsProtocol):
         self._tail = b""
         self._refused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._out = HeadHeld(transport, self.loop)
+        # The request body: still arriving, its bytes so far, at the window's start.
+        self._body_pending = False
+        self._received = 0
+        self._window_start = 0
+        self._keep_alive = True
+        self._out = HeadHeld(transport, self.loop, self._close_answered)
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             retry = (b"retry-after", b"%d" % self.limits.retry_after)
             self._refuse(503, "too_many_connections", "the server is at capacity", retry)
         else:
-            self._arm(self.limits.header_read_timeout)
+            self._arm(self.limits.header_read_timeout, self._head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -228,8 +264,15 @@ class GuardedHttp(HttpToolsProtocol):
             if end < 0 and self._timer is None:
                 # A head in pieces: from now on it has the timeout to finish. A head in
                 # one read (nearly all) costs no timer at all.
-                self._arm(self.limits.header_read_timeout)
+                self._arm(self.limits.header_read_timeout, self._head_expired)
+        else:
+            self._received += len(data)
         super().data_received(data)
+        if self._body_pending and self._timer is None:
+            # A body still arriving after this read: one timer a window, never one a read.
+            # A body that came with its head (nearly all) costs no timer at all.
+            self._window_start = self._received
+            self._arm(self.limits.body_read_timeout, self._body_window_ended)
 
     def _head_end(self, data: bytes) -> int:
         """Where the head ends in ``data`` (just past its blank line), or -1; counts the
@@ -250,6 +293,7 @@ class GuardedHttp(HttpToolsProtocol):
         # The WebSocket protocol has the transport now; the parser and this protocol hold
         # each other, so let go here rather than leave a cycle per WebSocket to the GC.
         self.parser = None  # type: ignore[assignment]
+        self._body_pending = False
         self._disarm()
 
     def on_headers_complete(self) -> None:
@@ -259,42 +303,90 @@ class GuardedHttp(HttpToolsProtocol):
         self._disarm()
         previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not previous:  # a new request (not an upgrade): its head is held
-            self.cycle.transport = self._out  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is not previous:  # a new request (not an upgrade): its head is held
+            cycle.transport = self._out  # type: ignore[assignment]
             self._out.hold_next()
+            # Until the body has all arrived, an answer closes the connection (uvicorn
+            # then says so in the head and closes after the answer). A request whose
+            # body comes in the same read is complete before its app runs: no change.
+            self._body_pending = True
+            self._keep_alive = cycle.keep_alive
+            cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
+        if self._body_pending:
+            self._body_pending = False
+            self.cycle.keep_alive = self._keep_alive
+            if self._timer is not None:
+                self._disarm()
         super().on_message_complete()
         self._in_head = True
 
-    def _arm(self, delay: float) -> None:
+    def _close_answered(self) -> None:
+        """The response cycle's close (an answer without keep-alive is complete)."""
+        if not self._body_pending or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._linger()
+
+    def _body_window_ended(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if not self._body_pending or cycle is None:
+            return
+        # Not the client's fault: the app is not reading (the body is paused at the high
+        # water mark) or has not asked for the body yet (Expect: 100-continue).
+        waiting = self.flow.read_paused or cycle.waiting_for_100_continue
+        window = self.limits.body_read_timeout
+        if waiting or self._received - self._window_start >= MIN_BODY_RATE * window:
+            self._window_start = self._received
+            self._arm(window, self._body_window_ended)
+            return
+        log.info("cut a request from %s: its body arrived too slowly", _peer(self))
+        if cycle.response_started:
+            self.transport.close()
+            return
+        # The app sees the client gone (its receive() answers http.disconnect) and writes
+        # nothing more; the client gets the 408.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(408, "body_timeout", "the request body arrived too slowly")
+
+    def _arm(self, delay: float, expired: Callable[[], None]) -> None:
         self._disarm()
-        self._timer = self.loop.call_later(delay, self._expired)
+        self._timer = self.loop.call_later(delay, expired)
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _expired(self) -> None:
+    def _head_expired(self) -> None:
         self._timer = None
-        if not self._refused:
-            log.info("closed a connection from %s: no complete request head in time", _peer(self))
+        log.info("closed a connection from %s: no complete request head in time", _peer(self))
         self.transport.close()
+
+    def _linger_ended(self) -> None:
+        self._timer = None
+        self.transport.close()
+
+    def _linger(self) -> None:
+        """FIN after what was written, drop what still arrives for a moment, then close."""
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(LINGER_SECONDS, self._linger_ended)
 
     def _refuse(self, status: int, code: str, message: str, *extra: tuple[bytes, bytes]) -> None:
         log.info("refused a request from %s: %d %s", _peer(self), status, code)
-        self._refused = True
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         lines = [b"HTTP/1.1 %d %s" % (status, _REASONS[status])]
         headers = [(b"content-type", b"application/json"), *extra]
         headers += [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
         lines += [b"%s: %s" % pair for pair in headers]
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        # Read (and drop) until the client closes, but not for longer than a head may take.
-        self._arm(self.limits.header_read_timeout)
+        self._linger()
 
 
 def _peer(protocol: HttpToolsProtocol) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Literal
 
@@ -35,6 +34,7 @@ from .schemas import (
     pool_json,
     session_json,
 )
+from .tokenfirst import TokenBeforeBody, bearer_matches
 
 # Room for the largest valid body: an activity batch of ACTIVITY_BATCH_MAX entries
 # (about 94 bytes each at worst).
@@ -54,6 +54,8 @@ def create_app(controller: Controller) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=MAX_BODY, larger={("POST", "/sessions"): SESSION_BODY_MAX}
     )
+    # Outside the body limit: a body is not read at all from a client without the token.
+    app.add_middleware(TokenBeforeBody, api_token=settings.api_token)
     # Outermost: a control character never reaches routing, validation or the store.
     app.add_middleware(RefuseBadBytes)
     install_error_handlers(app)
@@ -63,11 +65,7 @@ def create_app(controller: Controller) -> FastAPI:
     async def authorize(request: Request) -> None:
         if api_token is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            value.encode(), api_token.encode()
-        ):
+        if not bearer_matches(request.headers.get("authorization", ""), api_token):
             raise Unauthorized()
 
     api = APIRouter(dependencies=[Depends(authorize)])
