@@ -206,6 +206,10 @@ class HeadHeld:
         self.flush()
         self._close()
 
+    def detach(self) -> None:
+        """Let go of the close given (a protocol's method): no cycle left to the GC."""
+        self._close = self.transport.close
+
 
 _REASONS = {
     408: b"Request Timeout",
@@ -240,7 +244,7 @@ class GuardedHttp(HttpToolsProtocol):
         self._body_pending = False
         self._received = 0
         self._window_start = 0
-        self._keep_alive = True
+        self._keep_alive = True  # uvicorn's choice for the request, kept while its body is due
         self._out = HeadHeld(transport, self.loop, self._close_answered)
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
@@ -251,6 +255,7 @@ class GuardedHttp(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._out.detach()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -293,6 +298,7 @@ class GuardedHttp(HttpToolsProtocol):
         # The WebSocket protocol has the transport now; the parser and this protocol hold
         # each other, so let go here rather than leave a cycle per WebSocket to the GC.
         self.parser = None  # type: ignore[assignment]
+        self._out.detach()
         self._body_pending = False
         self._disarm()
 
@@ -317,7 +323,8 @@ class GuardedHttp(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if self._body_pending:
             self._body_pending = False
-            self.cycle.keep_alive = self._keep_alive
+            if not self.cycle.response_started:  # else its head said close already
+                self.cycle.keep_alive = self._keep_alive
             if self._timer is not None:
                 self._disarm()
         super().on_message_complete()
