@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from proxy import ProxyProcess
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import EdgeLimits, HeadHeld, Listener, bind, serve
+from sandbox_controller.edge import EdgeLimits, HeadHeld
+from sandbox_controller.serving import Listener, bind, serve
 
 from .conftest import ControllerFactory
 from .eventually import eventually

@@ -3,7 +3,7 @@
 The controller's bodies are small JSON documents, so the middleware reads the body
 up to the limit and replays it; past the limit (or with a larger Content-Length) it
 answers 413 at once and reads no more. The server then closes the connection after a
-short linger that lets an ordinary client read the 413 (serving.GuardedHttp).
+short linger that lets an ordinary client read the 413 (edge.GuardedHttp).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ FastAPI reads and parses a body before it runs a route's dependencies, so with t
 token checked there, a client without one could make the controller read and parse
 megabytes, or hold a connection open while it trickled them in. This middleware,
 outside the body limit, answers such a request 401 before a byte of its body is read
-(the server then closes the connection: serving.GuardedHttp). A request without a body
+(the server then closes the connection: edge.GuardedHttp). A request without a body
 goes on to the routes' own check; the endpoints open to all (probes, metrics) take none.
 """
 

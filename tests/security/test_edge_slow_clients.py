@@ -23,7 +23,7 @@ from ..conftest import API_TOKEN, ControllerFactory
 from ..proxy.conftest import running_stack
 
 BODY_TIMEOUT = 1.0  # seconds: SANDBOX_BODY_READ_TIMEOUT in these tests
-LINGER = 1.0  # serving.LINGER_SECONDS: how long a refused client is read and dropped
+LINGER = 1.0  # edge.LINGER_SECONDS: how long a refused client is read and dropped
 DECLARED = 4_000_000  # the body length the hostile clients declare
 TRICKLE_EVERY = 2.0  # seconds between their body bytes
 
