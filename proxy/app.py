@@ -377,7 +377,8 @@ async def _send_error(send: Send, err: ProxyError) -> int:
     body = err.body()
     headers = [_JSON, (b"content-length", b"%d" % len(body))]
     if err.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+        # A client without a token keeps no connection open.
+        headers += [(b"www-authenticate", b"Bearer"), (b"connection", b"close")]
     if err.status == 503:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

@@ -220,3 +220,18 @@ async def test_an_authenticated_body_slower_than_the_minimum_rate_is_cut(
         assert trickled.closed_after is not None
         assert trickled.closed_after < 2 * BODY_TIMEOUT + LINGER + 1.0
         assert await e.real() == 200
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_request_without_a_token_keeps_no_connection_open(
+    server: str, start_controller: ControllerFactory
+) -> None:
+    async with edge(server, start_controller) as e:
+        reader, writer = await asyncio.open_connection("127.0.0.1", e.port)
+        try:
+            # No body at all: answered 401, and closed rather than kept alive for 75 s.
+            writer.write(f"GET {e.post_path} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            answer, _ = await asyncio.wait_for(read_to_close(reader), 5)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 401") and b"connection: close" in answer.lower()
