@@ -31,6 +31,7 @@ from .auth import (
     check_origin,
     find_credentials,
     origin_of,
+    same_host_location,
     session_cookie,
     strip_cookie,
     strip_query_token,
@@ -271,16 +272,20 @@ class ProxyApp:
         creds = find_credentials(headers, scope["query_string"])
         claims = authenticate(self.verifier, creds, target.session_id, self.clock.now())
         websocket = scope["type"] == "websocket"
-        if creds.token is None and (websocket or scope["method"] not in SAFE_METHODS):
-            # Cookie-authenticated: only a header or query token is proof of intent.
-            check_origin(origin_of(headers), self._own_origin(scope), self.allowed_origins)
+        if creds.token is None:
+            # Cookie-authenticated: only a header or query token is proof of intent. A
+            # foreign Origin is refused on any method; a navigation (a link, the editor's
+            # iframe) carries none, and is let through for the methods that change nothing.
+            origin = origin_of(headers)
+            if origin is not None or websocket or scope["method"] not in SAFE_METHODS:
+                check_origin(origin, self._own_origin(scope), self.allowed_origins)
         if creds.carrier is not Carrier.QUERY or creds.token is None:
             return [], await self.routes.address(target.session_id)
         cookie = self._cookie(scope, creds.token, claims)
         if not websocket and scope["method"] in ("GET", "HEAD"):
             raw: bytes = scope.get("raw_path") or scope["path"].encode()
             query = strip_query_token(scope["query_string"])
-            raise Redirect(raw + b"?" + query if query else raw, cookie)
+            raise Redirect(same_host_location(raw, query), cookie)
         return [cookie], await self.routes.address(target.session_id)
 
     def _secure(self, scope: Scope) -> bool:
@@ -415,7 +420,8 @@ async def _send_error(send: Send, err: ProxyError) -> int:
     body = err.body()
     headers = [_JSON, (b"content-length", b"%d" % len(body))]
     if err.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+        # A client without a token keeps no connection open.
+        headers += [(b"www-authenticate", b"Bearer"), (b"connection", b"close")]
     if err.status == 503:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

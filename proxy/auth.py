@@ -9,6 +9,7 @@ forwarding (forward.py and websocket.py build the upstream headers).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote_plus
@@ -78,6 +79,44 @@ def strip_query_token(query: bytes) -> bytes:
     if b"token" not in query:
         return query
     return b"&".join(i for i in query.split(b"&") if i.partition(b"=")[0] != b"token")
+
+
+def same_host_location(raw_path: bytes, query: bytes) -> bytes:
+    """The ``Location`` of the redirect that takes a token out of the address bar: the
+    same path on the same host, whatever the path holds. A browser reads ``//host/x``
+    and ``/\\host/x`` (a backslash is a slash to it) as another host, and drops tabs
+    and newlines inside a URL; so a backslash, a control character, a space and any
+    non-ASCII byte are percent-encoded, and a second leading slash becomes ``%2F``. The
+    sandbox's server decodes those back, so it still sees the path it was asked for."""
+    path = _escape_unsafe(raw_path if raw_path.startswith(b"/") else b"/" + raw_path)
+    if path.startswith(b"//"):
+        path = b"/%2F" + path[2:]
+    return path + b"?" + _escape_unsafe(query) if query else path
+
+
+def _escape_unsafe(part: bytes) -> bytes:
+    if _LOCATION_SAFE.fullmatch(part):
+        return part
+    return _LOCATION_UNSAFE.sub(lambda m: b"%%%02X" % m.group()[0], part)
+
+
+# Printable ASCII but the backslash: what may stay as written in a Location.
+_LOCATION_SAFE = re.compile(rb"[!-\[\]-~]*")
+_LOCATION_UNSAFE = re.compile(rb"[^!-\[\]-~]")
+
+
+def host_only(set_cookie: bytes) -> bytes:
+    """A sandbox's ``Set-Cookie`` without its ``Domain`` attribute (every one, in any
+    case and spacing, as a browser reads them). In subdomain mode a Domain would reach
+    every session's host, where host-only reaches this session's alone; in either mode
+    it could reach the proxy's parent domain (the editor's site). Rewritten rather than
+    dropped, so an app configured with its own host as the Domain (as apps behind a
+    reverse proxy often are) keeps its cookies working."""
+    if b"domain" not in set_cookie.lower():
+        return set_cookie
+    pair, *attributes = set_cookie.split(b";")
+    kept = [a for a in attributes if a.partition(b"=")[0].strip().lower() != b"domain"]
+    return b";".join([pair, *kept])
 
 
 def strip_cookie(value: bytes) -> bytes:
@@ -171,8 +210,9 @@ def origin_of(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 def check_origin(origin: str | None, own: str, allowed: frozenset[str]) -> None:
     """A cookie rides along on any request the browser makes, whoever's page made it; so
-    a cookie-authenticated upgrade or write must come from the session's own origin or
-    an allowed editor origin. ``null`` (sandboxed iframes, file:) and none are refused."""
+    a cookie-authenticated request that names its page's origin (and every upgrade or
+    write) must come from the session's own origin or an allowed editor origin.
+    ``null`` (sandboxed iframes, file:) and none are refused."""
     if origin is None:
         raise origin_mismatch(None)
     seen = origin.rstrip("/").lower()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
+from .auth import host_only
 from .upstream import Connection, Response, UpstreamError, UpstreamPool
 
 HOP_BY_HOP = frozenset(
@@ -115,7 +116,7 @@ def response_headers(resp: Response) -> list[tuple[bytes, bytes]]:
     named = connection_tokens(resp.headers)
     chunked = any(n == b"transfer-encoding" for n, _ in resp.headers)
     return [
-        (n, v)
+        (n, host_only(v) if n == b"set-cookie" else v)
         for n, v in resp.headers
         if n not in HOP_BY_HOP and n not in named and not (chunked and n == b"content-length")
     ]

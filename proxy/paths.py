@@ -54,13 +54,18 @@ HOOKS_SEGMENT = HOOK_PREFIX.strip("/").encode()
 
 def _upstream(tail: bytes) -> bytes:
     """The upstream path, unless it reaches the hooks under /_sandbox/: its first
-    non-empty segment, however percent-encoded and in any case, is refused (404)."""
-    segment = tail.lstrip(b"/").split(b"/", 1)[0]
-    for _ in range(3):
-        decoded = unquote_to_bytes(segment)
-        if decoded == segment:
-            break
-        segment = decoded
+    non-empty segment, however percent-encoded (an encoded slash included, which the
+    sandbox's server decodes into a real one) and in any case, is refused (404)."""
+    path = tail
+    if b"%" in path:
+        # Decode a few times, so double-encoding (%255F, %252F) is caught too.
+        for _ in range(3):
+            decoded = unquote_to_bytes(path)
+            if decoded == path:
+                break
+            path = decoded
+    # A backslash is a slash to some servers; ";" starts path parameters to others.
+    segment = path.replace(b"\\", b"/").lstrip(b"/").split(b"/", 1)[0].split(b";", 1)[0]
     if segment.lower() == HOOKS_SEGMENT:
         raise ProxyError(404, "not_found", "/_sandbox/ is the controller's, not proxied")
     return tail

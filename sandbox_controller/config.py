@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     # A client that has not finished its request head by then is disconnected.
     header_read_timeout: Duration = 10.0
+    # A request body must bring 1 KiB/s over each window this long, or gets 408.
+    body_read_timeout: Duration = 10.0
     # Open connections per process (WebSockets included); beyond it, 503 + Retry-After.
     max_connections: int = Field(10_000, ge=1)
 
@@ -292,6 +294,8 @@ class Settings(BaseSettings):
             raise ValueError("SANDBOX_IDLE_TIMEOUT must be greater than zero")
         if self.header_read_timeout <= 0:
             raise ValueError("SANDBOX_HEADER_READ_TIMEOUT must be greater than zero")
+        if self.body_read_timeout <= 0:
+            raise ValueError("SANDBOX_BODY_READ_TIMEOUT must be greater than zero")
         if self.startup_timeout <= 0:
             raise ValueError("SANDBOX_STARTUP_TIMEOUT must be greater than zero")
         if self.leader_renew_interval >= self.leader_lease_ttl - self.lease_margin:

@@ -20,15 +20,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .config import Settings
-
-log = logging.getLogger(__name__)
+# EdgeLimits is re-exported: the processes build their Listener's limits from here.
+from .edge import EdgeLimits as EdgeLimits
+from .edge import GuardedHttp
 
 
 class Process(Protocol):
@@ -119,187 +117,6 @@ def bind(host: str, port: int) -> socket.socket:
 # lost up to two claims a run that way at 50 connections. The server must be the side
 # that waits longest.
 KEEP_ALIVE_SECONDS = 75
-
-
-@dataclass(frozen=True)
-class EdgeLimits:
-    """What one server process accepts from clients it has not yet authenticated."""
-
-    max_header_bytes: int
-    header_read_timeout: float
-    max_connections: int
-    retry_after: int = 5  # seconds, on the 503 beyond max_connections
-
-    @classmethod
-    def of(cls, settings: Settings) -> EdgeLimits:
-        return cls(
-            settings.max_header_bytes, settings.header_read_timeout, settings.max_connections
-        )
-
-
-_END_OF_HEAD = b"\r\n\r\n"
-
-
-class HeadHeld:
-    """The connection's transport as uvicorn's response cycle sees it: the first write
-    of a response (its head) is held until the next write (its body), so a small
-    response leaves in one write, one packet and one wake-up of the client rather than
-    two; under load the second write was a quarter of the proxy's time
-    (benchmarks/README.md section 2). Whatever is held goes out at the end of the loop
-    iteration at the latest, so a streamed response's head is never delayed."""
-
-    __slots__ = ("_held", "_hold", "_loop", "transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self._loop = loop
-        self._hold = False
-        self._held: bytes | None = None
-
-    def hold_next(self) -> None:
-        self._hold = True
-
-    def write(self, data: bytes) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            self.transport.writelines((held, data))  # one send for both
-        elif self._hold:
-            self._hold = False
-            self._held = data
-            self._loop.call_soon(self.flush)
-        else:
-            self.transport.write(data)
-
-    def flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and not self.transport.is_closing():
-            self.transport.write(held)
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-
-_REASONS = {431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
-
-
-class GuardedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the limits it lacks (httptools has none).
-
-    The request head is counted before the parser sees it, so an oversized one is
-    refused (431) without ever being buffered; a head not finished within the timeout
-    closes the connection (a slow-loris client holds a socket for seconds, not forever);
-    beyond the connection cap a new connection gets 503 at once. A refused client is
-    answered, then read and discarded until it stops sending, so it reads the answer
-    rather than a connection reset.
-    """
-
-    limits: EdgeLimits  # set on the subclass Listener builds
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._in_head = True
-        self._head_bytes = 0
-        self._tail = b""
-        self._refused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._out = HeadHeld(transport, self.loop)
-        super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            retry = (b"retry-after", b"%d" % self.limits.retry_after)
-            self._refuse(503, "too_many_connections", "the server is at capacity", retry)
-        else:
-            self._arm(self.limits.header_read_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # discarded: the answer is sent, the client is finishing its send
-        if self._in_head:
-            end = self._head_end(data)
-            if self._head_bytes + max(end, 0) > self.limits.max_header_bytes:
-                self._refuse(431, "header_too_large", "the request head is too large")
-                return
-            if end < 0 and self._timer is None:
-                # A head in pieces: from now on it has the timeout to finish. A head in
-                # one read (nearly all) costs no timer at all.
-                self._arm(self.limits.header_read_timeout)
-        super().data_received(data)
-
-    def _head_end(self, data: bytes) -> int:
-        """Where the head ends in ``data`` (just past its blank line), or -1; counts the
-        head bytes seen so far in ``_head_bytes`` while it has not ended."""
-        end = data.find(_END_OF_HEAD)
-        if end < 0 and self._tail:
-            # The end marker may straddle two reads.
-            joined = (self._tail + data[:3]).find(_END_OF_HEAD)
-            end = joined - len(self._tail) if joined >= 0 else -1
-        if end >= 0:
-            return end + 4
-        self._head_bytes += len(data)
-        self._tail = data[-3:]
-        return -1
-
-    def handle_websocket_upgrade(self) -> None:
-        super().handle_websocket_upgrade()
-        # The WebSocket protocol has the transport now; the parser and this protocol hold
-        # each other, so let go here rather than leave a cycle per WebSocket to the GC.
-        self.parser = None  # type: ignore[assignment]
-        self._disarm()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._head_bytes = 0
-        self._tail = b""
-        self._disarm()
-        previous = self.cycle
-        super().on_headers_complete()
-        if self.cycle is not previous:  # a new request (not an upgrade): its head is held
-            self.cycle.transport = self._out  # type: ignore[assignment]
-            self._out.hold_next()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
-
-    def _arm(self, delay: float) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay, self._expired)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expired(self) -> None:
-        self._timer = None
-        if not self._refused:
-            log.info("closed a connection from %s: no complete request head in time", _peer(self))
-        self.transport.close()
-
-    def _refuse(self, status: int, code: str, message: str, *extra: tuple[bytes, bytes]) -> None:
-        log.info("refused a request from %s: %d %s", _peer(self), status, code)
-        self._refused = True
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS[status])]
-        headers = [(b"content-type", b"application/json"), *extra]
-        headers += [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
-        lines += [b"%s: %s" % pair for pair in headers]
-        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        # Read (and drop) until the client closes, but not for longer than a head may take.
-        self._arm(self.limits.header_read_timeout)
-
-
-def _peer(protocol: HttpToolsProtocol) -> str:
-    client = protocol.client
-    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 class Listener:

@@ -26,6 +26,9 @@ _.capture_signals
 # uvicorn.Server.startup/shutdown use the lifespan that serve() would have set
 # (serving.Listener and kubesim/cluster.py run startup/main_loop/shutdown themselves).
 _.lifespan
+# uvicorn's response cycle reads it in receive() and send(): a cut request's app sees
+# the client gone and writes nothing more (edge.GuardedHttp).
+_.disconnected
 
 # prometheus_client calls collect() on every registered collector (metrics.py).
 _.collect

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 
 from proxy import ProxyProcess
 from sandbox_controller.config import Settings
-from sandbox_controller.serving import EdgeLimits, HeadHeld, Listener, bind, serve
+from sandbox_controller.edge import EdgeLimits, HeadHeld
+from sandbox_controller.serving import Listener, bind, serve
 
 from .conftest import ControllerFactory
 from .eventually import eventually
@@ -274,3 +275,90 @@ async def test_a_streamed_response_head_is_not_held_for_its_body() -> None:
         stop.set()
         await task
         await listener.drain()
+
+
+async def body_app(scope: Any, receive: Any, send: Any) -> None:
+    """/read reads the whole body and says how long it was; any other path answers at
+    once without reading it (as a 401 before the body does)."""
+    size = 0
+    if scope["path"] == "/read":
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+    body = b"read %d" % size
+    headers = [(b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def body_listener(limits: EdgeLimits = LIMITS) -> AsyncIterator[int]:
+    listener = Listener(body_app, bind("127.0.0.1", 0), limits=limits, log_level="warning")
+    stop = asyncio.Event()
+    await listener.start()
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        yield listener.port
+    finally:
+        stop.set()
+        await task
+        await listener.drain()
+
+
+async def test_a_body_sent_after_its_head_keeps_the_connection_alive() -> None:
+    async with body_listener() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /read HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n")
+            await asyncio.sleep(0.05)  # the body in a read of its own
+            writer.write(b"0123456789")
+            status, answer = await read_answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and answer.endswith(b"read 10")
+            assert b"connection: close" not in answer.lower()
+            assert (await request(reader, writer)).startswith(b"HTTP/1.1 200")  # same socket
+        finally:
+            writer.close()
+
+
+async def test_an_answer_before_the_body_says_close_and_closes() -> None:
+    async with body_listener() as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /ignore HTTP/1.1\r\nhost: t\r\ncontent-length: 1000000\r\n\r\n")
+            status, answer = await read_answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and b"connection: close" in answer.lower()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # FIN, body never sent
+        finally:
+            writer.close()
+
+
+async def slow_body_story() -> tuple[bytes, bytes]:
+    """One body at 2 KiB a window for three windows (kept), one at a byte (cut)."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, ShiftedLoop)
+    window = LIMITS.body_read_timeout
+    async with body_listener() as port:
+        answers = []
+        for piece in (b"x" * 2048, b"x"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /read HTTP/1.1\r\nhost: t\r\ncontent-length: 6144\r\n\r\n")
+            sent = 0
+            answer = asyncio.create_task(reader.read(1000))
+            while sent < 6144 and not answer.done():
+                writer.write(piece)
+                sent += len(piece)
+                await idle_for(loop, window * 0.9)
+            answers.append(await asyncio.wait_for(answer, 5))
+            writer.close()
+    return answers[0], answers[1]
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408() -> None:
+    with asyncio.Runner(loop_factory=ShiftedLoop) as runner:
+        kept, cut = runner.run(slow_body_story())
+    assert kept.startswith(b"HTTP/1.1 200") and kept.endswith(b"read 6144")
+    assert cut.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in cut

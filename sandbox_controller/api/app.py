@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Annotated, Literal
 
@@ -36,6 +35,7 @@ from .schemas import (
     pool_json,
     session_json,
 )
+from .tokenfirst import TokenBeforeBody, bearer_in
 
 # Room for the largest valid body: an activity batch of ACTIVITY_BATCH_MAX entries
 # (about 94 bytes each at worst).
@@ -55,29 +55,24 @@ def create_app(controller: Controller) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=MAX_BODY, larger={("POST", "/sessions"): SESSION_BODY_MAX}
     )
-    # Outermost: a control character never reaches routing, validation or the store.
-    app.add_middleware(RefuseBadBytes)
     install_error_handlers(app)
     api_token = settings.api_token
     # /internal/* (the proxies' calls) takes the proxies' own credential; the API token
     # too, for proxies configured the old way. The proxies' credential opens nothing else.
     internal_tokens = tuple(t for t in (settings.proxy_token, api_token) if t is not None)
-
-    def bearer_in(request: Request, accepted: tuple[str, ...]) -> bool:
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        given = value.encode()
-        # Every accepted token is compared, so the time taken tells nothing.
-        matches = [secrets.compare_digest(given, token.encode()) for token in accepted]
-        return scheme.lower() == "bearer" and any(matches)
+    # Outside the body limit: a body is not read at all from a client without a token
+    # (with no API token, on loopback, the session API is open to all: nothing to check).
+    app.add_middleware(TokenBeforeBody, tokens=internal_tokens if api_token else ())
+    # Outermost: a control character never reaches routing, validation or the store.
+    app.add_middleware(RefuseBadBytes)
 
     # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
     async def authorize(request: Request) -> None:
-        if api_token is not None and not bearer_in(request, (api_token,)):
+        if api_token is not None and not bearer_in(_authorization(request), (api_token,)):
             raise Unauthorized()
 
     async def authorize_internal(request: Request) -> None:
-        if internal_tokens and not bearer_in(request, internal_tokens):
+        if internal_tokens and not bearer_in(_authorization(request), internal_tokens):
             raise Unauthorized()
 
     api = APIRouter(dependencies=[Depends(authorize)])
@@ -252,3 +247,7 @@ def create_app(controller: Controller) -> FastAPI:
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _authorization(request: Request) -> str:
+    return request.headers.get("authorization", "")

@@ -1,9 +1,9 @@
 """Refuse oversized request bodies with 413 before the app sees them.
 
 The controller's bodies are small JSON documents, so the middleware reads the body
-up to the limit and replays it; past the limit it discards the rest and answers 413.
-Discarding (up to a bound) rather than hanging up is what lets an ordinary client
-read the 413: a server that closes mid-upload leaves it with a connection reset.
+up to the limit and replays it; past the limit (or with a larger Content-Length) it
+answers 413 at once and reads no more. The server then closes the connection after a
+short linger that lets an ordinary client read the 413 (edge.GuardedHttp).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..wire_errors import STATUS, ErrorCode
-
-DRAIN_LIMIT = 32 * 1024 * 1024
 
 
 class BodySizeLimit:
@@ -37,7 +35,6 @@ class BodySizeLimit:
         limit = self.larger.get((scope["method"], scope["path"]), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._drain(receive)
             await self._refuse(send, limit)
             return
         messages: list[Message] = []
@@ -49,8 +46,6 @@ class BodySizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                if message.get("more_body", False):
-                    await self._drain(receive)
                 await self._refuse(send, limit)
                 return
             if not message.get("more_body", False):
@@ -62,16 +57,6 @@ class BodySizeLimit:
             return await receive()
 
         await self.app(scope, replay, send)
-
-    async def _drain(self, receive: Receive) -> None:
-        drained = 0
-        while drained < DRAIN_LIMIT:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
     async def _refuse(self, send: Send, limit: int) -> None:
         body = json.dumps(

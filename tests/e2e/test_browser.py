@@ -112,6 +112,10 @@ async def test_subdomain_mode_isolates_sessions_and_path_mode_does_not(browser: 
             assert await title_of(page, f"{origin_b}/page?target={target}&token={token_b}") == (
                 "blocked"
             )
+            # Session A's own page still reads its own paths by cookie.
+            assert await title_of(page, f"{origin_a}/page?target=/secret") == (
+                f"read: {SECRET_TEXT}"
+            )
 
         async with running_stack() as stack:  # path mode: one origin for every session
             token_a, token_b = await sessions(stack, sandbox)
@@ -128,8 +132,9 @@ async def test_subdomain_mode_isolates_sessions_and_path_mode_does_not(browser: 
 
 async def test_only_an_allowed_editor_origin_opens_a_websocket_by_cookie(browser: Any) -> None:
     sandbox = await serve(sandbox_app())
-    editor = await serve(Starlette(routes=[Route("/open", opener_page)]))
-    stranger = await serve(Starlette(routes=[Route("/open", opener_page)]))
+    pages = [Route("/open", opener_page), Route("/page", reader_page)]
+    editor = await serve(Starlette(routes=pages))
+    stranger = await serve(Starlette(routes=pages))
     try:
         allowed = f"http://127.0.0.1:{editor.port}"
         async with running_stack(proxy_allowed_origins=allowed) as stack:
@@ -144,6 +149,17 @@ async def test_only_an_allowed_editor_origin_opens_a_websocket_by_cookie(browser
             assert await title_of(page, other) == "refused"
             after = metric_count(await stack.client.get(base + "/metrics"), "403")
             assert after == before + 1  # refused by the proxy (origin_mismatch), not lost
+            # A GET by cookie from the stranger's page (same site: one host, other ports,
+            # so the browser sends the cookie, and an Origin) is refused as well, where
+            # before it reached the sandbox and only the browser kept the answer unread.
+            secret = f"{base}/s/sessa/secret"
+            assert await title_of(page, f"{other.partition('/open')[0]}/page?target={secret}") == (
+                "blocked"
+            )
+            assert metric_count(await stack.client.get(base + "/metrics"), "403") == after + 1
+            # The editor's own GET by cookie goes through (reading it is CORS's business).
+            await title_of(page, f"{allowed}/page?target={secret}")
+            assert metric_count(await stack.client.get(base + "/metrics"), "403") == after + 1
     finally:
         await sandbox.stop()
         await editor.stop()

@@ -1,0 +1,69 @@
+"""No request body is read from a client without the API token.
+
+FastAPI reads and parses a body before it runs a route's dependencies, so with the
+token checked there, a client without one could make the controller read and parse
+megabytes, or hold a connection open while it trickled them in. This middleware,
+outside the body limit, answers such a request 401 before a byte of its body is read
+(the server then closes the connection: edge.GuardedHttp). A request without a body
+goes on to the routes' own check, and the connection is closed after its 401; the
+endpoints open to all (probes, metrics) take no body.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import Unauthorized, error_response, problem
+
+
+def bearer_in(authorization: str, accepted: tuple[str, ...]) -> bool:
+    """Whether the Authorization header carries one of the accepted bearer tokens.
+    Every accepted token is compared, so the time taken tells nothing."""
+    scheme, _, value = authorization.partition(" ")
+    given = value.encode()
+    matches = [secrets.compare_digest(given, token.encode()) for token in accepted]
+    return scheme.lower() == "bearer" and any(matches)
+
+
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+class TokenBeforeBody:
+    """``tokens``: every bearer token some route accepts (the API token, the proxies'
+    credential); which route takes which is the routes' own check."""
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.tokens or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorization = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
+        if bearer_in(authorization.decode("latin-1"), self.tokens):
+            await self.app(scope, receive, send)
+        elif has_body(scope["headers"]):
+            await error_response(problem(Unauthorized()))(scope, receive, send)
+        else:
+            await self.app(scope, receive, _close_after_401(send))
+
+
+def _close_after_401(send: Send) -> Send:
+    """A 401 closes the connection: a client without the token keeps none open."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 401:
+            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+        await send(message)
+
+    return sending
+
+
+_CLOSE = (b"connection", b"close")
