@@ -358,8 +358,8 @@ async def test_a_trickled_claim_answer_fails_by_the_hook_timeout(tmp_path: Path)
 
 
 async def end_sessions(ctl: Controller, user: str, opening: asyncio.Task[Any]) -> None:
-    """Stop the claims being tried: the open may still be waiting (a claim that keeps
-    failing is tried on pod after pod, issue 17 rows 5 and 8, not this test's part)."""
+    """End what the attack left: the open, if it still waits, and the user's sessions
+    (what a failing claim does to its session is test_claim_flood.py's part)."""
     opening.cancel()
     with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
         await opening
