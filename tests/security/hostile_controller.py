@@ -13,8 +13,8 @@ from pathlib import Path
 
 from sandbox_controller.backends.local import LocalBackend
 from sandbox_controller.config import load_settings
-from sandbox_controller.hooks import hook_key
 from sandbox_controller.process import ControllerProcess
+from sandbox_controller.sandbox_contract import hook_key
 from sandbox_controller.serving import configure_logging, serve, stop_on_signals
 
 from .hostile_sandbox import launcher
