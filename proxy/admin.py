@@ -42,7 +42,10 @@ FORWARD_RESPONSES: dict[int, tuple[str, list[str]]] = {
     409: ("the session's sandbox is still starting", ["session_provisioning"]),
     410: ("the session has ended", ["session_ended"]),
     431: ("the request head is over the limit", ["header_too_large"]),
-    502: ("the sandbox is unreachable", ["sandbox_unreachable"]),
+    502: (
+        "the sandbox is unreachable, or its response head is over the limit or too slow",
+        ["sandbox_unreachable", "upstream_head_too_large", "upstream_head_timeout"],
+    ),
     503: (
         "the controller cannot be asked, the proxy is draining or at its connection cap",
         ["controller_unavailable", "draining", "too_many_connections"],

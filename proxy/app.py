@@ -42,7 +42,7 @@ from .metrics import ProxyMetrics
 from .paths import Target, host_target, parse_target
 from .routes import RouteCache
 from .tokenkeys import TokenKeyFetcher
-from .upstream import DialTimeout, UpstreamError, UpstreamPool
+from .upstream import BadHead, DialTimeout, HeadLimits, UpstreamError, UpstreamPool
 from .websocket import Relay, upstream_headers
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ class ProxyApp:
         self._relays_done = asyncio.Event()
         self._tasks = TaskGroup("proxy")
         self._client: httpx.AsyncClient | None = None
-        self.pool = UpstreamPool(connect_timeout)
+        # A response head is held to what a request head may be (size and time).
+        head = HeadLimits(settings.max_header_bytes, settings.header_read_timeout)
+        self.pool = UpstreamPool(connect_timeout, head=head)
         self.routes: RouteCache
         self.activity: ActivityReporter
 
@@ -256,7 +258,7 @@ class ProxyApp:
         except UpstreamError as exc:
             log.info("sandbox %s for session %s: %s", address, session_id, exc)
             self._forget(session_id, address)
-            raise unreachable() from None
+            raise exc.error if isinstance(exc, BadHead) else unreachable() from None
         except ClientGone:
             return 499, 0  # nginx's code for "client closed request"; nothing was sent
         self.metrics.upstream_seconds.observe(exchange.upstream_seconds)

@@ -44,6 +44,17 @@ def unreachable(message: str = "the sandbox is unreachable") -> ProxyError:
     return ProxyError(502, "sandbox_unreachable", message)
 
 
+def upstream_head_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        502, "upstream_head_too_large", f"the sandbox's response head is over {limit} bytes"
+    )
+
+
+def upstream_head_timeout(seconds: float) -> ProxyError:
+    message = f"the sandbox did not finish its response head within {seconds:g} s"
+    return ProxyError(502, "upstream_head_timeout", message)
+
+
 def upstream_timeout() -> ProxyError:
     return ProxyError(504, "sandbox_timeout", "timed out connecting to the sandbox")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from starlette.types import Message, Receive, Scope, Send
 
 from .auth import host_only
-from .upstream import Connection, Response, UpstreamError, UpstreamPool
+from .upstream import Connection, Response, UpstreamError, UpstreamPool, read_head
 
 HOP_BY_HOP = frozenset(
     {
@@ -196,15 +196,7 @@ class Exchange:
 
     async def _read_head(self, conn: Connection, head_only: bool) -> Response | None:
         resp = conn.response(head_only)
-        while not resp.headers_done:
-            try:
-                data = await conn.reader.read(65536)
-            except OSError:
-                data = b""
-            if not data:
-                return None
-            resp.feed(data)
-        return resp
+        return resp if await read_head(conn, resp, self.pool.head) else None
 
     async def _respond(
         self,

@@ -14,6 +14,12 @@ The secret is derived per pod from the controller's key and the pod's create id
 (sandbox_contract.py ``claim_secret``), so no other pod, and nobody without the key, can
 claim a pod. ``env`` and ``files`` travel only in the claim call: never stored, never
 logged (this module logs names and outcomes, not bodies).
+
+What a sandbox answers is hostile input (bounded.py): each call has one total deadline
+(connect, send, head and answer together), an answer is read no further than
+JSON_ANSWER_MAX bytes and parsed only if it nests no deeper than JSON_DEPTH_MAX. A
+broken bound is a failed hook (claim, release) or no answer (status), logged once per
+pod however often that pod is asked.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from .bounded import JSON_ANSWER_MAX, AnswerRefused, read_capped, read_json
 from .model import BusyAnswer
 from .quoting import ANSWER_READ_MAX, quote
 from .sandbox_contract import CLAIM_PATH, RELEASE_PATH, STATUS_PATH, claim_secret
@@ -36,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # Longest busy detail kept and shown (the sandbox's words, in the session's end detail).
 DETAIL_MAX = 200
+# Pods whose broken bounds were logged (by create id), so each is logged once; the
+# oldest are forgotten beyond this many, which bounds the memory it takes.
+WARNED_PODS_MAX = 4096
+# A refusal's quote stops reading this long before the call's deadline.
+_QUOTE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ class HookResult:
 
 
 class SandboxHooks:
-    """Calls a pod's hooks over HTTP, each bounded by its own deadline."""
+    """Calls a pod's hooks over HTTP, each bounded by its own total deadline."""
 
     def __init__(
         self,
@@ -104,6 +118,7 @@ class SandboxHooks:
         self.release_timeout = release_timeout
         # No connection reuse across pods matters here: each pod is its own host.
         self._client = httpx.AsyncClient(transport=transport, trust_env=False)
+        self._warned: OrderedDict[str, None] = OrderedDict()
 
     def secret(self, create_id: str) -> str:
         return claim_secret(self._key, create_id)
@@ -119,30 +134,33 @@ class SandboxHooks:
         session_id, user_id, thread_id = session
         body = payload.body(session_id, user_id, thread_id)
         return await self._call(
-            "POST", address, CLAIM_PATH, create_id, self.timeout, body, payload.secrets()
+            "claim", address, CLAIM_PATH, create_id, self.timeout, body, payload.secrets()
         )
 
     async def status(self, address: str, create_id: str) -> BusyAnswer:
+        """Never raises: whatever the sandbox does, an answer or "no answer"."""
         try:
-            response = await self._client.get(
-                f"http://{address}{STATUS_PATH}",
-                headers=self._auth(create_id),
-                timeout=self.timeout,
-            )
+            async with asyncio.timeout(self.timeout):
+                async with self._stream(
+                    "GET", address, STATUS_PATH, create_id, self.timeout
+                ) as response:
+                    if response.status_code in NOT_IMPLEMENTED:
+                        return BusyAnswer(False, "no status hook", answered=False)
+                    if response.status_code != 200:
+                        return BusyAnswer(False, f"HTTP {response.status_code}", answered=False)
+                    data = await read_json(response)
+        except (AnswerRefused, TimeoutError, httpx.TimeoutException) as exc:
+            words = _refusal_words(exc)
+            self._warn_once(create_id, address, "status", words, "no answer")
+            return BusyAnswer(False, words, answered=False)
         except httpx.HTTPError as exc:
             return BusyAnswer(False, _error_words(exc), answered=False)
-        if response.status_code in NOT_IMPLEMENTED:
-            return BusyAnswer(False, "no status hook", answered=False)
-        if response.status_code != 200:
-            return BusyAnswer(False, f"HTTP {response.status_code}", answered=False)
-        try:
-            data = response.json()
-            busy = data["busy"]
-            detail = data.get("detail", "")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return BusyAnswer(False, "an answer that is not {busy, detail}", answered=False)
+        busy = data.get("busy") if isinstance(data, dict) else None
+        detail = data.get("detail", "") if isinstance(data, dict) else None
         if not isinstance(busy, bool) or not isinstance(detail, str):
-            return BusyAnswer(False, "an answer that is not {busy, detail}", answered=False)
+            words = "an answer that is not {busy, detail}"
+            self._warn_once(create_id, address, "status", words, "no answer")
+            return BusyAnswer(False, words, answered=False)
         return BusyAnswer(busy, detail[:DETAIL_MAX], answered=True)
 
     async def release(
@@ -150,18 +168,32 @@ class SandboxHooks:
     ) -> HookResult:
         body = {"session_id": session_id, "reason": reason}
         return await self._call(
-            "POST", address, RELEASE_PATH, create_id, self.release_timeout, body
+            "release", address, RELEASE_PATH, create_id, self.release_timeout, body
         )
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    def _stream(
+        self,
+        method: str,
+        address: str,
+        path: str,
+        create_id: str,
+        timeout: float,
+        body: dict[str, Any] | None = None,
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        # Raw bytes are read (bounded.read_capped): ask for them unencoded.
+        headers = {**self._auth(create_id), "accept-encoding": "identity"}
+        url = f"http://{address}{path}"
+        return self._client.stream(method, url, json=body, headers=headers, timeout=timeout)
 
     def _auth(self, create_id: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.secret(create_id)}"}
 
     async def _call(
         self,
-        method: str,
+        hook: str,
         address: str,
         path: str,
         create_id: str,
@@ -169,38 +201,60 @@ class SandboxHooks:
         body: dict[str, Any],
         secrets: Sequence[str] = (),
     ) -> HookResult:
-        request = self._client.build_request(
-            method,
-            f"http://{address}{path}",
-            json=body,
-            headers=self._auth(create_id),
-            timeout=timeout,
-        )
+        """POST to a hook; its status decides, all within one deadline. A 2xx answer is
+        read too (within the cap), so an answer that never ends is a failure, not a
+        success holding a connection; of a refusal, only the first bytes are read,
+        for the quote (quoting.py)."""
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            response = await self._client.send(request, stream=True)
+            async with asyncio.timeout_at(deadline):
+                async with self._stream(
+                    "POST", address, path, create_id, timeout, body
+                ) as response:
+                    status = response.status_code
+                    if 200 <= status < 300:
+                        await read_capped(response, JSON_ANSWER_MAX)
+                        return HookResult(HookOutcome.ACCEPTED)
+                    if status in NOT_IMPLEMENTED:
+                        return HookResult(HookOutcome.NOT_IMPLEMENTED)
+                    raw = await _first_bytes(response, deadline)
+        except (AnswerRefused, TimeoutError, httpx.TimeoutException) as exc:
+            words = _refusal_words(exc)
+            self._warn_once(create_id, address, hook, words, "a failure")
+            return HookResult(HookOutcome.FAILED, words)
         except httpx.HTTPError as exc:
             return HookResult(HookOutcome.FAILED, _error_words(exc))
-        try:
-            status = response.status_code
-            if 200 <= status < 300:
-                return HookResult(HookOutcome.ACCEPTED)
-            if status in NOT_IMPLEMENTED:
-                return HookResult(HookOutcome.NOT_IMPLEMENTED)
-            raw = await _first_bytes(response, timeout)
-            return HookResult(
-                HookOutcome.FAILED, f"HTTP {status}", status=status, answer=quote(raw, secrets)
-            )
-        finally:
-            await response.aclose()
+        return HookResult(
+            HookOutcome.FAILED, f"HTTP {status}", status=status, answer=quote(raw, secrets)
+        )
+
+    def _warn_once(
+        self, create_id: str, address: str, hook: str, words: str, counted_as: str
+    ) -> None:
+        """A sandbox broke a bound: said once per pod, however often it is asked."""
+        if create_id in self._warned:
+            return
+        self._warned[create_id] = None
+        if len(self._warned) > WARNED_PODS_MAX:
+            self._warned.popitem(last=False)
+        log.warning(
+            "sandbox at %s broke the bounds of its %s hook (%s); counted as %s, "
+            "and not logged again for this pod",
+            address,
+            hook,
+            words,
+            counted_as,
+        )
 
 
-async def _first_bytes(response: httpx.Response, timeout: float) -> bytes:
-    """Up to ANSWER_READ_MAX bytes of the body as sent (not decompressed), within
-    ``timeout``; what came by then, if the sandbox stalls or hangs up."""
+async def _first_bytes(response: httpx.Response, deadline: float) -> bytes:
+    """Up to ANSWER_READ_MAX bytes of the body as sent (not decompressed), by the
+    call's ``deadline`` (a little before, so the call's own timeout never takes what
+    came); what came by then, if the sandbox stalls or hangs up."""
     chunks: list[bytes] = []
     size = 0
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline - _QUOTE_MARGIN):
             async for chunk in response.aiter_raw():
                 chunks.append(chunk[: ANSWER_READ_MAX - size])
                 size += len(chunks[-1])
@@ -212,8 +266,11 @@ async def _first_bytes(response: httpx.Response, timeout: float) -> bytes:
 
 
 def _error_words(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or unreachable"
     return type(exc).__name__
+
+
+def _refusal_words(exc: Exception) -> str:
+    # Our deadline or the client's per-phase one: the same to the caller.
+    return str(exc) if isinstance(exc, AnswerRefused) else "timed out"

@@ -10,6 +10,7 @@ _ = Whitelist()
 _.on_header
 _.on_headers_complete
 _.on_body
+_.on_message_begin
 _.on_message_complete
 
 # pydantic reads a model's settings from this class attribute (api/schemas.py, config.py).

@@ -1,26 +1,34 @@
 """The controller's side of the sandbox hooks, against real sandboxes: devsandbox (all
-hooks), a server with none (404 everywhere) and one that accepts and never answers."""
+hooks), a server with none (404 everywhere), one that accepts and never answers, and
+the hostile sandbox (tests/security/hostile_sandbox.py) in each of its ways."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
+from sandbox_controller.bounded import AnswerRefused, loads_json, too_deep
 from sandbox_controller.hooks import (
     BusyAnswer,
     ClaimFile,
     ClaimPayload,
     HookOutcome,
+    HookResult,
     SandboxHooks,
 )
 from sandbox_controller.sandbox_contract import hook_key
 
+from .security import hostile_sandbox as hostile
 from .test_devsandbox import start_devsandbox
+
+T = TypeVar("T")
 
 CREATE_ID = "c0ffee"
 KEY = hook_key(b"token-secret-of-this-deployment")
@@ -203,3 +211,106 @@ async def test_a_hostile_refusal_is_read_bounded_quoted_short_and_without_secret
     assert secret not in result.answer and "line two" not in result.answer
     assert result.answer.startswith('{"input": "[redacted]"}') and "\x1b" not in result.answer
     assert len(result.answer) <= 200
+
+
+# Hostile sandboxes (issue 17): a real process answering each hook as badly as it can.
+# Every broken bound is a failed hook or "no answer", never an exception.
+
+
+async def timed(call: Awaitable[T]) -> tuple[T, float]:
+    started = time.monotonic()
+    result = await call
+    return result, time.monotonic() - started
+
+
+async def test_a_status_answer_of_a_gigabyte_is_no_answer(hooks: SandboxHooks) -> None:
+    for mode, words in (
+        ("huge-json", "an answer over the 65536 bytes allowed"),
+        ("huge-json-length", f"an answer of {2**30} bytes, over the 65536 allowed"),
+    ):
+        async with hostile.running("--status", mode) as address:
+            answer = await hooks.status(address, CREATE_ID)
+        assert answer == BusyAnswer(False, words, answered=False)
+
+
+@pytest.mark.parametrize(
+    ("depth", "words"),
+    [
+        (100_000, "an answer of 200000 bytes, over the 65536 allowed"),
+        (30_000, "a JSON answer nested deeper than 32"),  # within the cap: the depth check
+    ],
+)
+async def test_deeply_nested_brackets_are_no_answer(
+    hooks: SandboxHooks, depth: int, words: str
+) -> None:
+    async with hostile.running("--status", "deep-json", "--depth", str(depth)) as address:
+        answer = await hooks.status(address, CREATE_ID)
+    assert answer == BusyAnswer(False, words, answered=False)
+
+
+async def test_a_claim_answer_that_floods_fails_the_claim(hooks: SandboxHooks) -> None:
+    async with hostile.running("--claim", "flood") as address:
+        result = await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)
+    assert result.outcome is HookOutcome.FAILED
+    assert result.detail == "an answer over the 65536 bytes allowed"
+
+
+@pytest.mark.parametrize("mode", ["trickle-head", "trickle-body", "status-line-hold"])
+async def test_a_trickling_sandbox_cannot_stretch_the_deadline(
+    hooks: SandboxHooks, mode: str
+) -> None:
+    # A byte every 0.1 s keeps every per-read timeout of the client happy; the call's
+    # own deadline (0.5 s, the fixture's) still ends it.
+    async with hostile.running("--mode", mode, "--interval", "0.1") as address:
+        claim, claim_took = await timed(hooks.claim(address, CREATE_ID, SESSION, PAYLOAD))
+        status, status_took = await timed(hooks.status(address, CREATE_ID))
+        release, release_took = await timed(hooks.release(address, CREATE_ID, "s", "deleted"))
+    assert claim == HookResult(HookOutcome.FAILED, "timed out")
+    assert status == BusyAnswer(False, "timed out", answered=False)
+    assert release == HookResult(HookOutcome.FAILED, "timed out")
+    assert max(claim_took, status_took, release_took) < 0.5 + 1.0
+
+
+async def test_huge_answer_headers_are_a_failed_hook(hooks: SandboxHooks) -> None:
+    async with hostile.running("--mode", "huge-headers") as address:
+        claim = await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)
+        status = await hooks.status(address, CREATE_ID)
+    assert claim.outcome is HookOutcome.FAILED and not status.answered
+
+
+async def test_a_broken_bound_is_logged_once_per_pod(
+    hooks: SandboxHooks, caplog: pytest.LogCaptureFixture
+) -> None:
+    flags = ("--status", "deep-json", "--depth", "30000", "--claim", "flood")
+    async with hostile.running(*flags) as address:
+        for _ in range(3):
+            assert not (await hooks.status(address, CREATE_ID)).answered
+        assert not (await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)).ok
+        assert not (await hooks.status(address, "another-pod")).answered
+    lines = [r.getMessage() for r in caplog.records if "broke the bounds" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "status hook (a JSON answer nested deeper than 32); counted as no answer" in lines[0]
+    assert all("Traceback" not in (r.exc_text or "") for r in caplog.records)
+
+
+async def test_an_honest_hostile_sandbox_answers(hooks: SandboxHooks) -> None:
+    """The same server with every hook honest: the bounds refuse nothing that is fine."""
+    async with hostile.running() as address:
+        assert (await hooks.claim(address, CREATE_ID, SESSION, PAYLOAD)).outcome is (
+            HookOutcome.ACCEPTED
+        )
+        assert await hooks.status(address, CREATE_ID) == BusyAnswer(
+            False, "honest here", answered=True
+        )
+
+
+def test_depth_is_counted_outside_strings_only() -> None:
+    assert not too_deep(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\""}', 2)
+    assert not too_deep(b'[[1], [2], {"x": 3}]', 2)
+    assert too_deep(b'[[1], [2], {"x": [3]}]', 2)
+    assert too_deep(b"[[[1]]]", 2)
+    assert loads_json(b'{"busy": true}') == {"busy": True}
+    with pytest.raises(AnswerRefused):
+        loads_json(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(AnswerRefused):
+        loads_json(b"1" * 10_000)  # past int's digit limit: a ValueError inside
