@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # HKDF context: a key derived for session tokens is never the key of anything else
-# (the claim secrets derive from the same secret with another label, hooks.hook_key).
+# (the claim secrets derive from the same secret with another label, sandbox_contract.hook_key).
 _KEY_INFO = b"agent-sandbox session token signing key, ed25519, v1"
 MAX_TOKEN = 2048
 
