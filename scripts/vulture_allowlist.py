@@ -13,7 +13,8 @@ _.on_body
 _.on_message_begin
 _.on_message_complete
 
-# pydantic reads a model's settings from this class attribute (api/schemas.py, config.py).
+# pydantic reads a model's settings from this class attribute (api/schemas.py,
+# api/request_bodies.py, config.py).
 _.model_config
 
 # kubernetes-asyncio's Configuration reads it when dialling through a proxy

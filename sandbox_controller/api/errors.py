@@ -41,7 +41,7 @@ class HooksDisabled(SandboxError):
     """env or files asked for with SANDBOX_HOOKS=false: nothing could deliver them."""
 
 
-# Validation errors about a claim's sizes (schemas.py) get a code of their own.
+# Validation errors about a claim's sizes (request_bodies.py) get a code of their own.
 _SIZE_ERRORS = frozenset({"string_too_long", "too_long", LIMIT_CODE})
 _CLAIM_FIELDS = frozenset({"env", "metadata", "files"})
 

@@ -6,14 +6,15 @@ docker_spec (limits, hardening, the dedicated network); this module creates, sta
 deletes, lists and watches.
 
 Like the Kubernetes backend it keeps a cache, fed by one list per term and then by
-Docker's event stream; any gap in the stream (an error, a daemon restart, a closed
-connection) is followed by a full relist. Every write passes the write guard
-immediately before it is sent (docs/architecture.md invariant 14).
+Docker's event stream (docker_events.py); any gap in the stream (an error, a daemon
+restart, a closed connection) is followed by a full relist. Every write passes the
+write guard immediately before it is sent (docs/architecture.md invariant 14).
 
-Two things differ from Kubernetes, and are handled here:
+Two things differ from Kubernetes:
 - Docker has no scheduler. A sandbox that the host cannot hold is created but not
   started, and reported unschedulable with Kubernetes' words, so the scheduler sees the
-  same ``capacity_blocked`` and ``detail``; it starts, oldest first, once room frees.
+  same ``capacity_blocked`` and ``detail``; it starts, oldest first, once room frees
+  (docker_room.py).
 - Container labels are fixed at creation. The labels the scheduler sets later (state,
   session) live in this process's cache only. Nothing depends on them surviving a
   restart: recovery trusts the store's pod rows, and a claimed pod's row is committed
@@ -30,15 +31,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
 import aiodocker
-import aiohttp
 import httpx
-from aiodocker.events import DockerEvents
 
 from ..aiotasks import TaskGroup
-from ..aiotime import Backoff, sleep_or_stop
+from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
 from ..sandbox_contract import ENV_POD_NAME, claim_env
@@ -53,6 +51,8 @@ from .base import (
     new_pod_name,
     no_guard,
 )
+from .docker_events import CONNECTION_ERRORS, follow_events
+from .docker_room import HostRoom
 from .docker_spec import (
     Host,
     Obj,
@@ -70,13 +70,8 @@ from .kit import EventFeed, serves, wait_until_serving
 log = logging.getLogger(__name__)
 
 NAME_ATTEMPTS = 3
-# A start the write guard refused is tried again this much later.
-ADMIT_RETRY = 0.5
 # A fresh sandbox answers /healthz within a second or so: ask soon, then less often.
 HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
-# Health checks run as execs: their events are noise here.
-IGNORED_ACTIONS = ("exec_", "attach", "resize", "top", "export", "commit", "copy", "archive")
-_CONNECTION_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def error_kind(exc: aiodocker.DockerError) -> ErrorKind:
@@ -88,7 +83,7 @@ def error_kind(exc: aiodocker.DockerError) -> ErrorKind:
     return ErrorKind.TEMPORARY
 
 
-class DockerBackend:
+class DockerBackend(HostRoom):
     def __init__(
         self,
         docker: aiodocker.Docker,
@@ -203,7 +198,7 @@ class DockerBackend:
         if self.stop_on_close:
             # Not a scheduling decision: ``dev`` removes the sandboxes it ran as it
             # exits, lease or no lease, so none outlives it.
-            with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+            with contextlib.suppress(aiodocker.DockerError, *CONNECTION_ERRORS):
                 found = await self.docker.containers.list(all=True, filters=self._filters)
                 await asyncio.gather(*(self._remove(c) for c in found), return_exceptions=True)
         self._closing.set()
@@ -263,7 +258,7 @@ class DockerBackend:
                 raise BackendError(
                     f"docker create: {exc}", retryable=exc.status >= 500, kind=error_kind(exc)
                 ) from exc
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 # The answer was lost; the create may have happened all the same.
                 found = await self._find(labels[LABEL_CREATE_ID])
                 if found is not None:
@@ -272,7 +267,7 @@ class DockerBackend:
         raise AssertionError("unreachable")
 
     async def _find(self, create_id: str) -> tuple[str, str] | None:
-        with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
+        with contextlib.suppress(aiodocker.DockerError, *CONNECTION_ERRORS):
             found = await self.docker.containers.list(
                 all=True, filters=json.dumps({"label": [f"{LABEL_CREATE_ID}={create_id}"]})
             )
@@ -306,91 +301,13 @@ class DockerBackend:
                     retryable=exc.status >= 500,
                     kind=error_kind(exc),
                 ) from exc
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise BackendError(f"docker delete {name}: {type(exc).__name__}: {exc}") from exc
         self._forget(name)
 
     async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
         await container.stop(t=int(self.options.stop_grace))
         await container.delete(force=True, v=True)
-
-    # -- room on the host --------------------------------------------------------------
-
-    def _held(self) -> tuple[int, int]:
-        holding = [c for c in self._containers.values() if c.holds_memory]
-        return sum(c.memory for c in holding), len(holding)
-
-    async def _try_start(self, entry: SandboxContainer) -> bool:
-        """Start the container if the host holds it; False if it must wait for room.
-        Called with the admission lock held, so two starts never share the last room."""
-        held, running = self._held()
-        why = self.host.why_not(self.options.cpus, entry.memory, held, running)
-        if why is not None:
-            entry.unschedulable, entry.detail = True, why
-            return False
-        self.write_guard()
-        entry.unschedulable, entry.detail, entry.start_requested = False, "starting", True
-        try:
-            await self.docker.containers.container(entry.id).start()
-        except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
-            entry.start_requested = False
-            entry.failure = f"sandbox container did not start: {exc}"
-            self._emit(entry)
-            return True
-        with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
-            await self._refresh(entry.name)  # else the event stream brings it
-        return True
-
-    def _wait_for_room(self, entry: SandboxContainer, *, held_back: bool = False) -> None:
-        """Queue a created container to start later. Unschedulable only if the host has
-        no room for it: one held back by the lease, or queued behind others that wait
-        for the lease, is merely late."""
-        if entry.name not in self._waiting:
-            self._waiting.append(entry.name)
-        held, running = self._held()
-        why = self.host.why_not(self.options.cpus, entry.memory, held, running)
-        entry.unschedulable = why is not None and not held_back
-        if held_back:
-            entry.detail = "waiting to start until the leader lease is confirmed"
-            self._retry_admission()
-        else:
-            entry.detail = why or "waiting to start: sandboxes created earlier start first"
-        self._emit(entry)
-
-    async def _admit_waiting(self) -> None:
-        """Room freed: start waiting sandboxes, oldest first, while they fit."""
-        async with self._admit:
-            while self._waiting and self._feed.open:
-                entry = self._containers.get(self._waiting[0])
-                if entry is None or entry.deleting:
-                    self._waiting.pop(0)
-                    continue
-                try:
-                    started = await self._try_start(entry)
-                except BackendError:  # the lease: try again in a moment
-                    self._retry_admission()
-                    return
-                if not started:
-                    self._emit(entry)
-                    return
-                self._waiting.pop(0)
-
-    def _room_freed(self) -> None:
-        if self._waiting and self._feed.open:
-            self._tasks.start(self._admit_waiting(), "admit")
-
-    def _retry_admission(self) -> None:
-        if self._retry_pending or not self._feed.open:
-            return
-        self._retry_pending = True
-
-        async def later() -> None:
-            stopped = await sleep_or_stop(self.clock, ADMIT_RETRY, self._closing)
-            self._retry_pending = False
-            if not stopped:
-                await self._admit_waiting()
-
-        self._tasks.start(later(), "admit-retry")
 
     # -- the cache ---------------------------------------------------------------------
 
@@ -521,42 +438,23 @@ class DockerBackend:
         return began
 
     async def _follow(self, since: float) -> None:
-        """Docker's event stream, from ``since`` on; after any gap, a full relist."""
-        failures = 0
-        while True:
-            events = DockerEvents(self.docker)  # type: ignore[no-untyped-call]
-            try:
-                subscriber = events.subscribe(  # type: ignore[no-untyped-call]
-                    filters=self._filters, since=str(int(since) - 1)
-                )
-                while (event := await subscriber.get()) is not None:
-                    failures = 0
-                    await self._on_event(event)
-                log.info("docker event stream ended; relisting")
-            except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
-                log.info("docker event stream failed (%s); relisting", exc)
-            finally:
-                with contextlib.suppress(aiodocker.DockerError, *_CONNECTION_ERRORS):
-                    await events.stop()  # type: ignore[no-untyped-call]
-            while True:
-                delay = self.backoff.delay(failures)
-                failures += 1
-                if await sleep_or_stop(self.clock, delay, self._closing):
-                    return
-                try:
-                    since = await self._relist()
-                    self.relists += 1
-                    break
-                except (aiodocker.DockerError, *_CONNECTION_ERRORS) as exc:
-                    log.info("docker relist failed (%s); again in a moment", exc)
+        await follow_events(
+            self.docker,
+            self._filters,
+            since,
+            self._on_event,
+            self._relist_after_gap,
+            backoff=self.backoff,
+            clock=self.clock,
+            closing=self._closing,
+        )
 
-    async def _on_event(self, event: Any) -> None:
-        action = str(event.get("Action") or event.get("status") or "")
-        if action.startswith(IGNORED_ACTIONS):
-            return
-        name = str((event.get("Actor") or {}).get("Attributes", {}).get("name") or "")
-        if not name:
-            return
+    async def _relist_after_gap(self) -> float:
+        since = await self._relist()
+        self.relists += 1
+        return since
+
+    async def _on_event(self, action: str, name: str) -> None:
         if action == "destroy":
             self._forget(name)
             return

@@ -11,6 +11,7 @@ a session, ``tick``, and the dispatch of events and deadlines to the policies, e
 of which owns its own state and decisions: admission.py (who gets a session, who is
 refused or reclaimed), claiming.py (the claim hook), idling.py (busy-aware idling),
 prewarm.py (the warm pool's size) and lifecycle.py (creating and deleting pods).
+What it shows of itself (counts, ``status``) is in views.py.
 """
 
 from __future__ import annotations
@@ -29,29 +30,27 @@ from ..model import (
     Outcome,
     Pod,
     PodState,
-    PoolCondition,
-    PoolStatus,
     Provisioning,
     Session,
-    SessionActivity,
     SessionState,
 )
 from .admission import Admission
-from .claiming import NO_ANSWER, ClaimFailure, Claiming, Claims
+from .claiming import NO_ANSWER, ClaimFailure, Claiming
 from .deadlines import DeadlineKind, Deadlines
 from .effects import Outbox, StatusCheck
-from .idling import BusyChecks, Idling
+from .idling import Idling
 from .inventory import PodInventory
 from .lifecycle import ROUTE_LEASE as ROUTE_LEASE  # where its users always found it
 from .lifecycle import PodLifecycle
 from .prewarm import Prewarm
+from .views import PoolViews
 
 
 def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
-class Pool:
+class Pool(PoolViews):
     def __init__(
         self,
         limits: Limits,
@@ -87,58 +86,6 @@ class Pool:
             DeadlineKind.CREATE_BACKOFF: _wake_up,
             DeadlineKind.PREWARM: _wake_up,
         }
-
-    # ----------------------------------------------------------------- queries
-
-    @property
-    def pods(self) -> dict[str, Pod]:
-        return self.inventory.pods
-
-    @property
-    def counts(self) -> dict[PodState, int]:
-        return self.inventory.counts
-
-    @property
-    def idle(self) -> OrderedDict[str, None]:
-        return self.inventory.idle
-
-    @property
-    def template_hash(self) -> str:
-        return self.inventory.template_hash
-
-    @property
-    def creates_in_flight(self) -> int:
-        return self.lifecycle.creates_in_flight
-
-    @property
-    def total_pods(self) -> int:
-        """Pods that exist or are being created: the number the cap applies to."""
-        return len(self.inventory) + self.creates_in_flight
-
-    @property
-    def unschedulable(self) -> bool:
-        return bool(self.inventory.unschedulable)
-
-    @property
-    def cap_blocked(self) -> bool:
-        return self.lifecycle.cap_blocked
-
-    @property
-    def create_rejected(self) -> PoolCondition | None:
-        return self.lifecycle.create_throttle.rejected
-
-    @property
-    def capacity_blocked(self) -> bool:
-        return self.cap_blocked or self.unschedulable
-
-    @property
-    def claims(self) -> Claims:
-        return self.claiming.claims
-
-    @property
-    def busy(self) -> BusyChecks:
-        """Status checks asked before idling out (idling.py)."""
-        return self.idling.busy
 
     def next_request_id(self) -> int:
         return self.admission.next_request_id()
@@ -382,29 +329,6 @@ class Pool:
 
     def provisioning(self, session_id: str) -> Provisioning | None:
         return self.admission.provisioning(session_id)
-
-    def status(self, now: float) -> PoolStatus:
-        sessions = dict.fromkeys(SessionActivity, 0)
-        idle_after = self.limits.idle_after
-        for sid in self.live_by_thread.values():
-            session = self.sessions[sid]
-            if session.state is SessionState.PROVISIONING:
-                sessions[SessionActivity.PROVISIONING] += 1
-            elif session.is_idle(now, idle_after):
-                sessions[SessionActivity.IDLE] += 1
-            else:
-                sessions[SessionActivity.ACTIVE] += 1
-        return PoolStatus(
-            pods=dict(self.counts),
-            creating=self.creates_in_flight,
-            waiters=len(self.waiting),
-            capacity_blocked=self.capacity_blocked,
-            cap_reached=self.total_pods >= self.limits.max_total_jobs,
-            sessions=sessions,
-            limits=self.limits,
-            prewarm=self.prewarm.current,
-            conditions=self.lifecycle.create_throttle.conditions,
-        )
 
     def prune_ended(self, older_than: float) -> list[str]:
         """Forget sessions ended before ``older_than`` (wall time); the store keeps them."""

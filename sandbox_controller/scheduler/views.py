@@ -1,0 +1,110 @@
+"""What the pool shows of itself: the counts its policies and the metrics read, and
+the status behind ``GET /pool``. Read-only views over the state that pool.py keeps and
+its policies own; no decision is taken here."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..model import (
+    Limits,
+    Pod,
+    PodState,
+    PoolCondition,
+    PoolStatus,
+    Session,
+    SessionActivity,
+    SessionState,
+)
+from .claiming import Claiming, Claims
+from .idling import BusyChecks, Idling
+from .inventory import PodInventory
+from .lifecycle import PodLifecycle
+from .prewarm import Prewarm
+
+
+class PoolViews:
+    """Mixed into pool.Pool, which sets these attributes."""
+
+    limits: Limits
+    inventory: PodInventory
+    sessions: dict[str, Session]
+    waiting: OrderedDict[str, None]
+    live_by_thread: dict[str, str]
+    prewarm: Prewarm
+    lifecycle: PodLifecycle
+    claiming: Claiming
+    idling: Idling
+
+    @property
+    def pods(self) -> dict[str, Pod]:
+        return self.inventory.pods
+
+    @property
+    def counts(self) -> dict[PodState, int]:
+        return self.inventory.counts
+
+    @property
+    def idle(self) -> OrderedDict[str, None]:
+        return self.inventory.idle
+
+    @property
+    def template_hash(self) -> str:
+        return self.inventory.template_hash
+
+    @property
+    def creates_in_flight(self) -> int:
+        return self.lifecycle.creates_in_flight
+
+    @property
+    def total_pods(self) -> int:
+        """Pods that exist or are being created: the number the cap applies to."""
+        return len(self.inventory) + self.creates_in_flight
+
+    @property
+    def unschedulable(self) -> bool:
+        return bool(self.inventory.unschedulable)
+
+    @property
+    def cap_blocked(self) -> bool:
+        return self.lifecycle.cap_blocked
+
+    @property
+    def create_rejected(self) -> PoolCondition | None:
+        return self.lifecycle.create_throttle.rejected
+
+    @property
+    def capacity_blocked(self) -> bool:
+        return self.cap_blocked or self.unschedulable
+
+    @property
+    def claims(self) -> Claims:
+        return self.claiming.claims
+
+    @property
+    def busy(self) -> BusyChecks:
+        """Status checks asked before idling out (idling.py)."""
+        return self.idling.busy
+
+    def status(self, now: float) -> PoolStatus:
+        sessions = dict.fromkeys(SessionActivity, 0)
+        idle_after = self.limits.idle_after
+        for sid in self.live_by_thread.values():
+            session = self.sessions[sid]
+            if session.state is SessionState.PROVISIONING:
+                sessions[SessionActivity.PROVISIONING] += 1
+            elif session.is_idle(now, idle_after):
+                sessions[SessionActivity.IDLE] += 1
+            else:
+                sessions[SessionActivity.ACTIVE] += 1
+        return PoolStatus(
+            pods=dict(self.counts),
+            creating=self.creates_in_flight,
+            waiters=len(self.waiting),
+            capacity_blocked=self.capacity_blocked,
+            cap_reached=self.total_pods >= self.limits.max_total_jobs,
+            sessions=sessions,
+            limits=self.limits,
+            prewarm=self.prewarm.current,
+            conditions=self.lifecycle.create_throttle.conditions,
+        )
