@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -13,14 +14,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
-from ..model import Outcome, PoolStatus, SessionView
+from ..model import Outcome, PoolStatus, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
-from .errors import HooksDisabled, Unauthorized, install_error_handlers
+from .errors import BadCursor, HooksDisabled, Unauthorized, install_error_handlers
 from .schemas import (
+    CURSOR_MAX,
     ID_MAX,
     ID_SCHEMA,
+    LIST_LIMIT_MAX,
+    LIST_STATES,
     RETRY_AFTER,
     ActivityReport,
     CreateSession,
@@ -31,6 +35,8 @@ from .schemas import (
     RouteBody,
     SessionBody,
     SessionList,
+    decode_cursor,
+    encode_cursor,
     errors,
     pool_json,
     session_json,
@@ -142,11 +148,37 @@ def create_app(controller: Controller) -> FastAPI:
 
     @api.get("/sessions", responses={200: {"model": SessionList}, **errors(401, 422, 503)})
     async def list_sessions(
-        user_id: Annotated[Id, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)],
+        user_id: Annotated[Id | None, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)] = None,
+        state: Literal["live", "provisioning", "ready", "ended"] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
+        cursor: Annotated[str | None, Query(max_length=CURSOR_MAX)] = None,
     ) -> Response:
-        views = await leading().list_for_user(user_id)
+        """Sessions, newest first, a page at a time. With ``user_id``: that user's (as
+        the editor backend asks, each with a fresh ``connect``). Without: every session
+        (an operator's listing), never with a connect token, env, file or secret."""
+        after = None
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            if after is None:
+                raise BadCursor()
+        query = SessionQuery(
+            user_id=user_id,
+            states=LIST_STATES[state] if state else (),
+            created_after=_timestamp(created_after),
+            created_before=_timestamp(created_before),
+            limit=limit,
+            after=after,
+        )
+        views, following = await leading().list_sessions(query)
         now = ctl.clock.now()
-        return JSONResponse({"sessions": [view_json(v, now) for v in views]})
+        bodies = [view_json(v, now) for v in views]
+        if user_id is None:
+            for body in bodies:
+                body["connect"] = None
+        next_cursor = encode_cursor(following) if following else None
+        return JSONResponse({"sessions": bodies, "next_cursor": next_cursor})
 
     @api.delete("/sessions/{session_id}", status_code=204, responses=errors(401, 404, 422, 503))
     async def delete_session(session_id: str) -> Response:
@@ -236,3 +268,11 @@ def create_app(controller: Controller) -> FastAPI:
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # a time without a zone is taken as UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()

@@ -4,6 +4,8 @@ so these are documentation that tests/api/test_openapi.py holds to the truth).""
 
 from __future__ import annotations
 
+import base64
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -320,7 +322,43 @@ class SessionBody(BaseModel):
 
 
 class SessionList(BaseModel):
-    sessions: list[SessionBody]
+    sessions: list[SessionBody] = Field(
+        description="newest first; without user_id (an operator's listing) no session "
+        "carries connect (its token), nor any env, file or secret"
+    )
+    next_cursor: str | None = Field(
+        None, description="pass as cursor for the next page; null on the last page"
+    )
+
+
+# GET /sessions?state=...: one state, or "live" (provisioning and ready).
+LIST_STATES: dict[str, tuple[SessionState, ...]] = {
+    "live": (SessionState.PROVISIONING, SessionState.READY),
+    "provisioning": (SessionState.PROVISIONING,),
+    "ready": (SessionState.READY,),
+    "ended": (SessionState.ENDED,),
+}
+LIST_LIMIT_MAX = 500
+CURSOR_MAX = 400
+
+
+def encode_cursor(after: tuple[float, str]) -> str:
+    """An opaque page cursor: the (created_at, id) of the last session shown."""
+    at, sid = after
+    return base64.urlsafe_b64encode(f"{at!r}:{sid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    """The cursor's (created_at, id); None if it is not one encode_cursor made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, sep, sid = raw.partition(":")
+        value = float(at)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not sep or not sid or not math.isfinite(value) or len(sid) > 64:
+        return None
+    return value, sid
 
 
 class PodCounts(BaseModel):

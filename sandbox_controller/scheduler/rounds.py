@@ -24,6 +24,7 @@ from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import SandboxHooks
 from ..model import Limits, Opened, Outcome, Session, SessionState
 from ..store import Batch, Deposed, Fence
+from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
 from .effects import Answer, Outbox
 from .pool import Pool
@@ -76,6 +77,8 @@ class Rounds(EffectCalls):
         self._pod_rows: set[str] = set()
         self._forgotten_rows: set[str] = set()
         self._pod_rows_due = float("inf")
+        # Watchers (the console) learn of each committed round here.
+        self.changes = ChangeFeed()
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -90,6 +93,7 @@ class Rounds(EffectCalls):
         self._pod_rows, self._forgotten_rows = set(), set()
         self._pod_rows_due = float("inf")
         await self._commit(pool.take_outbox(), force=True)
+        self.changes.rebuilt()
         log.info(
             "recovered %d live sessions and %d pods (%d pods in the backend)",
             len(pool.live_by_thread),
@@ -192,6 +196,7 @@ class Rounds(EffectCalls):
                 else:
                     command.future.set_result(result)
         self.observer.round_committed(len(commands))
+        self.changes.committed(outbox.dirty_sessions)
 
     async def _commit(self, outbox: Outbox, *, force: bool = False) -> None:
         """Persist the round, then tell callers and start backend calls: in that order,
