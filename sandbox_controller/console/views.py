@@ -1,0 +1,192 @@
+"""What the console's pages show, computed from the scheduler's copies: rows, sums,
+durations in words, and the pool chart's lines (server-side SVG, no script)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..api.schemas import wait_detail
+from ..model import Limits, PodState, Session, SessionState, SessionView
+from .hub import Sample
+
+CHART_WIDTH, CHART_HEIGHT = 600, 160
+# The chart's lines: pod state, colour (SVG attributes, not CSS: the CSP allows no
+# inline style).
+CHART_LINES = (
+    (PodState.ASSIGNED, "#2563eb"),
+    (PodState.IDLE, "#16a34a"),
+    (PodState.PENDING, "#d97706"),
+    (PodState.TERMINATING, "#6b7280"),
+)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: 42s, 3m 12s, 2h 05m, 3d 4h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def clock_time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One session as the tables show it."""
+
+    id: str
+    user: str
+    thread: str
+    state: str  # provisioning, ready, idle, ended
+    pod: str
+    age: float
+    idle_for: float
+    activity_at: str
+    activity: str  # source, and detail if any
+    busy: str  # the sandbox's last word on being busy
+    metadata: str
+    waiting: str  # provisioning: why
+    created_at: float
+
+
+def row(view: SessionView, now: float, limits: Limits) -> Row:
+    s = view.session
+    state = s.state.value
+    if s.is_idle(now, limits.idle_after):
+        state = "idle"
+    source = s.activity_source.value if s.activity_source else ""
+    busy = s.activity_detail or "" if source == "busy" else ""
+    if not busy and s.end_detail and s.end_detail.busy_answer:
+        busy = s.end_detail.busy_answer
+    return Row(
+        id=s.id,
+        user=s.user_id,
+        thread=s.thread_id,
+        state=state,
+        pod=s.pod_name or "",
+        age=now - s.created_at,
+        idle_for=now - s.last_active_at,
+        activity_at=clock_time(s.last_active_at),
+        activity=f"{source}: {s.activity_detail}" if s.activity_detail else source,
+        busy=busy,
+        metadata=", ".join(f"{k}={v}" for k, v in sorted(s.metadata.items())),
+        waiting=(wait_detail(view.detail) or "") if s.state is SessionState.PROVISIONING else "",
+        created_at=s.created_at,
+    )
+
+
+SORTS = {
+    "age": lambda r: -r.created_at,  # newest first by default, as the API lists
+    "idle": lambda r: r.idle_for,
+    "user": lambda r: (r.user, -r.created_at),
+    "state": lambda r: (r.state, -r.created_at),
+}
+STATE_FILTERS = ("provisioning", "ready", "idle", "active")
+
+
+def select(
+    rows: Iterable[Row], *, user: str, state: str, text: str, sort: str, descending: bool
+) -> list[Row]:
+    """The sessions table: filtered by user (exact), state and a text anywhere in the
+    ids, pod or metadata; sorted by one column."""
+    out = []
+    needle = text.lower()
+    for r in rows:
+        if user and r.user != user:
+            continue
+        if state == "active" and r.state != "ready":
+            continue
+        if state and state != "active" and r.state != state:
+            continue
+        if needle and needle not in f"{r.id} {r.user} {r.thread} {r.pod} {r.metadata}".lower():
+            continue
+        out.append(r)
+    out.sort(key=SORTS.get(sort, SORTS["age"]), reverse=descending)
+    return out
+
+
+@dataclass(frozen=True)
+class UserRow:
+    user: str
+    live: int
+    provisioning: int
+    idle: int
+    oldest_idle: float  # how long its most idle session has been quiet (0: none idle)
+    oldest_idle_id: str
+
+
+def users(rows: Sequence[Row]) -> list[UserRow]:
+    """Live sessions per user; the user with the longest-idle session first."""
+    by_user: dict[str, list[Row]] = {}
+    for r in rows:
+        by_user.setdefault(r.user, []).append(r)
+    out = []
+    for user, mine in by_user.items():
+        idle = [r for r in mine if r.state == "idle"]
+        oldest = max(idle, key=lambda r: r.idle_for) if idle else None
+        out.append(
+            UserRow(
+                user=user,
+                live=len(mine),
+                provisioning=sum(r.state == "provisioning" for r in mine),
+                idle=len(idle),
+                oldest_idle=oldest.idle_for if oldest else 0.0,
+                oldest_idle_id=oldest.id if oldest else "",
+            )
+        )
+    out.sort(key=lambda u: (-u.oldest_idle, -u.live, u.user))
+    return out
+
+
+def end_words(session: Session) -> str:
+    """Why an ended session ended, beyond its reason."""
+    d = session.end_detail
+    if d is None:
+        return ""
+    parts = []
+    if d.claim_answer:
+        parts.append(d.claim_answer)
+    if d.busy_answer:
+        parts.append(f"status hook: {d.busy_answer}")
+    if d.activity_source:
+        parts.append(f"last activity {d.activity_source.value} at {clock_time(d.last_active_at)}")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Chart:
+    lines: list[tuple[str, str, str]]  # (label, colour, SVG points)
+    cap_y: float
+    top: int
+    span: str  # how much time the chart covers, in words
+
+
+def chart(samples: Sequence[Sample], max_total_jobs: int) -> Chart | None:
+    """Pods by state over the last hour; None until there are two points."""
+    if len(samples) < 2:
+        return None
+    top = max(max_total_jobs, *(max(s.pods.values(), default=0) for s in samples), 1)
+    start, end = samples[0].at, samples[-1].at
+    width = max(end - start, 1.0)
+
+    def y(count: int) -> float:
+        return round(CHART_HEIGHT - count / top * (CHART_HEIGHT - 10), 1)
+
+    lines = []
+    for state, colour in CHART_LINES:
+        points = " ".join(
+            f"{round((s.at - start) / width * CHART_WIDTH, 1)},{y(s.pods.get(state, 0))}"
+            for s in samples
+        )
+        lines.append((state.value, colour, points))
+    return Chart(lines, y(max_total_jobs), top, duration(end - start))
