@@ -71,12 +71,12 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
 
     async def page(request: Request, name: str, build: Any) -> Response:
         """A signed-in page: the whole of it, or its live part for console.js."""
-        who = visitor_of(request)
-        if who is None:
-            return RedirectResponse("/console/login", status_code=303, headers=HEADERS)
         s = scheduler()
         if s is None:
             return standby()
+        who = visitor_of(request)
+        if who is None:
+            return RedirectResponse("/console/login", status_code=303, headers=HEADERS)
         try:
             context = await build(s, request, who)
         except Refused as exc:
