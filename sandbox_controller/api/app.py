@@ -18,9 +18,9 @@ from ..model import Outcome, PoolStatus, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
-from .errors import BadCursor, HooksDisabled, Unauthorized, install_error_handlers
+from .errors import HooksDisabled, Unauthorized, install_error_handlers
 from .schemas import (
-    CURSOR_MAX,
+    CURSOR_PATTERN,
     ID_MAX,
     ID_SCHEMA,
     LIST_LIMIT_MAX,
@@ -28,6 +28,7 @@ from .schemas import (
     RETRY_AFTER,
     ActivityReport,
     CreateSession,
+    DateTime,
     HealthBody,
     Id,
     PoolBody,
@@ -150,26 +151,21 @@ def create_app(controller: Controller) -> FastAPI:
     async def list_sessions(
         user_id: Annotated[Id | None, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)] = None,
         state: Literal["live", "provisioning", "ready", "ended"] | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        created_after: DateTime | None = None,
+        created_before: DateTime | None = None,
         limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
-        cursor: Annotated[str | None, Query(max_length=CURSOR_MAX)] = None,
+        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
     ) -> Response:
         """Sessions, newest first, a page at a time. With ``user_id``: that user's (as
         the editor backend asks, each with a fresh ``connect``). Without: every session
         (an operator's listing), never with a connect token, env, file or secret."""
-        after = None
-        if cursor is not None:
-            after = decode_cursor(cursor)
-            if after is None:
-                raise BadCursor()
         query = SessionQuery(
             user_id=user_id,
             states=LIST_STATES[state] if state else (),
             created_after=_timestamp(created_after),
             created_before=_timestamp(created_before),
             limit=limit,
-            after=after,
+            after=decode_cursor(cursor) if cursor else None,
         )
         views, following = await leading().list_sessions(query)
         now = ctl.clock.now()
@@ -275,4 +271,7 @@ def _timestamp(value: datetime | None) -> float | None:
         return None
     if value.tzinfo is None:  # a time without a zone is taken as UTC
         value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+    try:
+        return value.timestamp()
+    except OverflowError:  # a zone offset pushed it out of datetime's years 1..9999
+        return float("-inf") if value.year < 5000 else float("inf")

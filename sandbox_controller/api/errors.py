@@ -39,10 +39,6 @@ class HooksDisabled(SandboxError):
     """env or files asked for with SANDBOX_HOOKS=false: nothing could deliver them."""
 
 
-class BadCursor(SandboxError):
-    """A page cursor this API did not give."""
-
-
 # Validation errors about a claim's sizes (schemas.py) get a code of their own.
 _SIZE_ERRORS = frozenset({"string_too_long", "too_long", LIMIT_CODE})
 _CLAIM_FIELDS = frozenset({"env", "metadata", "files"})
@@ -99,8 +95,6 @@ def problem(exc: SandboxError) -> Problem:
             )
         case Unauthorized():
             return Problem(401, "unauthorized", "missing or wrong bearer token")
-        case BadCursor():
-            return Problem(422, "invalid_request", "cursor: not a cursor this API gave")
         case HooksDisabled():
             return Problem(
                 422,

@@ -4,14 +4,14 @@ so these are documentation that tests/api/test_openapi.py holds to the truth).""
 
 from __future__ import annotations
 
-import base64
-import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -339,26 +339,32 @@ LIST_STATES: dict[str, tuple[SessionState, ...]] = {
     "ended": (SessionState.ENDED,),
 }
 LIST_LIMIT_MAX = 500
-CURSOR_MAX = 400
+
+
+def _date_time_text(value: object) -> object:
+    # RFC 3339 text only, as the schema's format says: pydantic would also take a
+    # number of seconds ("0.5"), which no date-time is.
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]", value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_date_time_text)]
+# A page cursor: the created_at (exact, as Python writes the float) and the id (hex of
+# its UTF-8) of the last session shown. Any string of this shape is a position, so the
+# pattern is the whole truth about what the API accepts.
+CURSOR_PATTERN = r"^[0-9]{1,16}\.[0-9]{1,17}~([0-9a-f]{2}){1,64}$"
 
 
 def encode_cursor(after: tuple[float, str]) -> str:
-    """An opaque page cursor: the (created_at, id) of the last session shown."""
     at, sid = after
-    return base64.urlsafe_b64encode(f"{at!r}:{sid}".encode()).decode().rstrip("=")
+    return f"{at!r}~{sid.encode().hex()}"
 
 
-def decode_cursor(cursor: str) -> tuple[float, str] | None:
-    """The cursor's (created_at, id); None if it is not one encode_cursor made."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, sep, sid = raw.partition(":")
-        value = float(at)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not sep or not sid or not math.isfinite(value) or len(sid) > 64:
-        return None
-    return value, sid
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """A cursor the pattern admitted, back into its (created_at, id)."""
+    at, _, sid = cursor.partition("~")
+    return float(at), bytes.fromhex(sid).decode(errors="replace")
 
 
 class PodCounts(BaseModel):

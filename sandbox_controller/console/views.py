@@ -3,9 +3,12 @@ durations in words, and the pool chart's lines (server-side SVG, no script)."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from markupsafe import Markup
 
 from ..api.schemas import wait_detail
 from ..model import Limits, PodState, Session, SessionState, SessionView
@@ -83,6 +86,43 @@ def row(view: SessionView, now: float, limits: Limits) -> Row:
         waiting=(wait_detail(view.detail) or "") if s.state is SessionState.PROVISIONING else "",
         created_at=s.created_at,
     )
+
+
+def rows_html(rows: Iterable[Row]) -> Markup:
+    """The sessions table's body, built here rather than in the template: at 5,000
+    rows Jinja's escaping of each value one by one was two thirds of the page's time
+    (issue 23: the page with 5,000 live sessions in under 300 ms)."""
+    out = []
+    for r in rows:
+        e = {k: escape(getattr(r, k)) for k in _TEXT}
+        waiting = f'<div class="reason">{e["waiting"]}</div>' if r.waiting else ""
+        out.append(
+            f'<tr data-session="{e["id"]}" class="state-{e["state"]}">'
+            f'<td><a href="/console/sessions/{e["id"]}">{e["id"][:12]}</a></td>'
+            f"<td>{e['user']}</td><td>{e['thread']}</td><td>{e['state']}{waiting}</td>"
+            f"<td>{e['pod']}</td><td>{duration(r.age)}</td><td>{duration(r.idle_for)}</td>"
+            f'<td title="{e["activity_at"]}">{e["activity"]}</td><td>{e["busy"]}</td>'
+            f"<td>{e['metadata']}</td></tr>\n"
+        )
+    return Markup("".join(out))
+
+
+_TEXT = (
+    "id",
+    "user",
+    "thread",
+    "state",
+    "pod",
+    "activity_at",
+    "activity",
+    "busy",
+    "metadata",
+    "waiting",
+)
+
+
+def escape(text: str) -> str:
+    return html.escape(text, quote=True)
 
 
 SORTS = {

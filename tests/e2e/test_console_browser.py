@@ -26,10 +26,10 @@ async def shoot(page: Any, name: str) -> None:
         await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
-async def signed_in(browser: Any, base: str, token: str) -> tuple[Any, list[str], list[str]]:
+async def signed_in(chromium: Any, base: str, token: str) -> tuple[Any, list[str], list[str]]:
     """A new browser context signed in with ``token``; its console errors and the
     URLs it requested are collected."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 760})
+    context = await chromium.new_context(viewport={"width": 1280, "height": 760})
     page = await context.new_page()
     errors: list[str] = []
     requested: list[str] = []
@@ -49,9 +49,7 @@ async def test_the_console_follows_the_pool_live_and_ends_sessions(
     start_controller: ControllerFactory,
     browser: Any,  # noqa: F811
 ) -> None:
-    ctl = await start_controller(
-        prewarm_pool_size=1, max_total_jobs=2, console_token=VIEWER_TOKEN
-    )
+    ctl = await start_controller(prewarm_pool_size=1, max_total_jobs=2, console_token=VIEWER_TOKEN)
     base = ctl.url
     await ctl.wait_idle_pods(1)
     page, errors, requested = await signed_in(browser, base, API_TOKEN)
@@ -111,6 +109,7 @@ async def test_the_console_follows_the_pool_live_and_ends_sessions(
     await viewer.goto(f"{base}/console/sessions/{second['id']}")
     assert await viewer.locator("#end-button").count() == 0
     assert viewer_errors == []
+    assert {urlsplit(u).netloc for u in viewer_requested} == {urlsplit(base).netloc}
     status = await viewer.evaluate(
         """id => fetch('/console/sessions/' + id + '/end', {
             method: 'POST',
