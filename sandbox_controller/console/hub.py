@@ -14,10 +14,10 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..controller import Controller
-from ..model import PodState, PoolStatus, Session, SessionState, SessionView
+from ..model import PodState, PoolStatus, Provisioning, Session, SessionState
 from ..scheduler.loop import Scheduler
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,11 @@ class Hub:
         self._published = asyncio.Event()
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._seen: dict[str, tuple[object, ...]] = {}
+        self._seen: dict[str, Glimpse] = {}
         self.history: OrderedDict[str, deque[Entry]] = OrderedDict()
         self.samples: deque[Sample] = deque(maxlen=SAMPLES)
         self._next_sample = 0.0
+        self._pool: tuple[object, ...] = ()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -135,7 +136,7 @@ class Hub:
         if not self.leading:
             self.leading = True
             feed.take()
-            self._note(scheduler.live_sessions(), first=True)
+            self._note(scheduler.read_sessions(_glimpse), first=True)
             self._publish({"ids": [], "all": True})
         while scheduler.running and not self._closed.is_set():
             with contextlib.suppress(TimeoutError):
@@ -144,15 +145,19 @@ class Hub:
             if not scheduler.running:
                 return
             now = self._ctl.clock.now()
+            status = scheduler.snapshot(now)
             if now >= self._next_sample:
                 self._next_sample = now + SAMPLE_EVERY
-                self._sample(scheduler.snapshot(now))
+                self._sample(status)
             changed, everything = feed.take()
             if everything:
-                self._note(scheduler.live_sessions(), first=True)
+                self._note(scheduler.read_sessions(_glimpse), first=True)
             elif changed:
-                self._note(scheduler.sessions_now(changed))
-            if changed or everything:
+                self._note(scheduler.read_sessions(_glimpse, changed))
+            # Pods come and go without any session changing: the pool page follows them.
+            pool = _fingerprint(status)
+            if changed or everything or pool != self._pool:
+                self._pool = pool
                 ids = sorted(changed)[:IDS_MAX]
                 self._publish({"ids": ids, "all": everything or len(changed) > IDS_MAX})
             await asyncio.sleep(TICK)
@@ -164,25 +169,17 @@ class Hub:
 
     # ------------------------------------------------------------ history
 
-    def _note(self, views: list[SessionView], *, first: bool = False) -> None:
-        for view in views:
-            session = view.session
-            key = (
-                session.state,
-                session.pod_name,
-                session.last_active_at,
-                session.activity_source,
-                session.activity_detail,
-            )
-            before = self._seen.get(session.id)
-            if before == key:
+    def _note(self, glimpses: list[Glimpse], *, first: bool = False) -> None:
+        for now_seen in glimpses:
+            before = self._seen.get(now_seen.id)
+            if before == now_seen:
                 continue
-            if session.state is SessionState.ENDED:
-                self._seen.pop(session.id, None)
+            if now_seen.state is SessionState.ENDED:
+                self._seen.pop(now_seen.id, None)
             else:
-                self._seen[session.id] = key
-            for entry in _entries(session, before, first=first):
-                self._add(session.id, entry)
+                self._seen[now_seen.id] = now_seen
+            for entry in _entries(now_seen, before, first=first):
+                self._add(now_seen.id, entry)
 
     def _add(self, session_id: str, entry: Entry) -> None:
         lines = self.history.get(session_id)
@@ -199,24 +196,67 @@ class Hub:
         lines.append(entry)
 
 
-def _entries(session: Session, before: tuple[object, ...] | None, *, first: bool) -> list[Entry]:
+def _fingerprint(status: PoolStatus) -> tuple[object, ...]:
+    """What the pool page shows of the pool, to tell whether it changed."""
+    prewarm = status.prewarm
+    return (
+        tuple(status.pods.items()),
+        status.creating,
+        status.waiters,
+        status.capacity_blocked,
+        status.cap_reached,
+        status.conditions,
+        (prewarm.target, prewarm.reason) if prewarm else None,
+    )
+
+
+@dataclass(frozen=True)
+class Glimpse:
+    """What the history follows of a session (read without a copy of it)."""
+
+    id: str
+    state: SessionState
+    pod: str | None
+    created_at: float
+    last_active_at: float
+    source: str
+    detail: str | None
+    ended_at: float | None
+    end_reason: str
+
+
+def _glimpse(session: Session, _detail: Provisioning | None) -> Glimpse:
+    return Glimpse(
+        session.id,
+        session.state,
+        session.pod_name,
+        session.created_at,
+        session.last_active_at,
+        session.activity_source.value if session.activity_source else "unknown",
+        session.activity_detail,
+        session.ended_at,
+        session.end_reason.value if session.end_reason else "ended",
+    )
+
+
+def _entries(now: Glimpse, before: Glimpse | None, *, first: bool) -> list[Entry]:
     """What changed about a session since it was last seen, as history lines."""
-    out = []
     if before is None:
-        state = session.state.value
-        what = f"seen {state} (the console started)" if first else f"opened ({state})"
-        out.append(Entry(session.last_active_at if first else session.created_at, what))
+        what = f"seen {now.state} (the console started)" if first else f"opened ({now.state})"
+        out = [Entry(now.last_active_at if first else now.created_at, what)]
         if first:
             return out
-    old_state = before[0] if before is not None else SessionState.PROVISIONING
-    if session.state is not old_state:
-        if session.state is SessionState.READY:
-            out.append(Entry(session.last_active_at, f"ready on {session.pod_name}"))
-        elif session.state is SessionState.ENDED:
-            reason = session.end_reason.value if session.end_reason else "ended"
-            out.append(Entry(session.ended_at or session.last_active_at, f"ended: {reason}"))
-    elif before is not None and session.last_active_at != before[2]:
-        source = session.activity_source.value if session.activity_source else "unknown"
-        detail = f": {session.activity_detail}" if session.activity_detail else ""
-        out.append(Entry(session.last_active_at, f"activity ({source}){detail}"))
+        if now.state is SessionState.PROVISIONING:
+            return out
+        before = replace(now, state=SessionState.PROVISIONING)
+    else:
+        out = []
+    if now.state is not before.state:
+        if now.state is SessionState.READY:
+            out.append(Entry(now.last_active_at, f"ready on {now.pod}"))
+        elif now.state is SessionState.ENDED:
+            out.append(Entry(now.ended_at or now.last_active_at, f"ended: {now.end_reason}"))
+    elif now.last_active_at != before.last_active_at:
+        detail = f": {now.detail}" if now.detail else ""
+        out.append(Entry(now.last_active_at, f"activity ({now.source}){detail}"))
     return out

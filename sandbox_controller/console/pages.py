@@ -4,6 +4,7 @@ live stream. Every answer carries a strict Content-Security-Policy."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +39,7 @@ HEARTBEAT = 15.0
 ROWS_DEFAULT, ROWS_MAX = 500, 5000
 ENDS_SHOWN = 100
 TEXT_MAX = 253
+FRAGMENTS_KEPT = 32
 
 
 class Refused(Exception):
@@ -47,6 +49,7 @@ class Refused(Exception):
 
 def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environment) -> APIRouter:
     console = APIRouter(prefix="/console", include_in_schema=False)
+    fragments: OrderedDict[tuple[str, Role, int], asyncio.Future[Response]] = OrderedDict()
 
     def html(template: str, code: int = 200, **context: Any) -> HTMLResponse:
         body = templates.get_template(template).render(**context)
@@ -70,7 +73,22 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
         return response
 
     async def page(request: Request, name: str, build: Any) -> Response:
-        """A signed-in page: the whole of it, or its live part for console.js."""
+        """A signed-in page: the whole of it, or its live part for console.js. Every
+        console open on a page asks for its live part after the same change: it is
+        rendered once per change and role (it holds no CSRF token) and shared."""
+        if request.headers.get(FRAGMENT) == "1":
+            who = visitor_of(request)
+            if who is not None and scheduler() is not None:
+                key = (str(request.url), who.role, hub.version)
+                shared = fragments.get(key)
+                if shared is None:
+                    shared = fragments[key] = asyncio.ensure_future(render(request, name, build))
+                    while len(fragments) > FRAGMENTS_KEPT:
+                        fragments.popitem(last=False)
+                return await asyncio.shield(shared)
+        return await render(request, name, build)
+
+    async def render(request: Request, name: str, build: Any) -> Response:
         s = scheduler()
         if s is None:
             return standby()
@@ -81,13 +99,12 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
             context = await build(s, request, who)
         except Refused as exc:
             return refused(exc)
-        now = ctl.clock.now()
         return html(
             name,
             who=who,
             version=hub.version,
             fragment=request.headers.get(FRAGMENT) == "1",
-            now=now,
+            now=ctl.clock.now(),
             views=views,
             path=request.url.path,
             **context,
@@ -140,7 +157,7 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
         now = ctl.clock.now()
         status = s.snapshot(now)
         limits = status.limits
-        waiters = [views.row(v, now, limits) for v in s.waiters()]
+        waiters = [views.view_row(v, now, limits) for v in s.waiters()]
         total = sum(status.pods.values()) + status.creating
         return {
             "status": status,
@@ -152,8 +169,6 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
 
     async def sessions_page(s: Scheduler, request: Request, who: Visitor) -> dict[str, Any]:
         q = request.query_params
-        now = ctl.clock.now()
-        limits = ctl.settings.limits()
         user, text = _text(q.get("user")), _text(q.get("q"))
         state = q.get("state", "")
         if state not in ("", *views.STATE_FILTERS):
@@ -163,17 +178,20 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
             raise Refused(400, "sort: one of " + ", ".join(views.SORTS))
         descending = q.get("order", "") == "desc"
         limit = _count(q.get("limit"), ROWS_DEFAULT, ROWS_MAX)
-        rows = views.select(
-            (views.row(v, now, limits) for v in s.live_sessions()),
+        rows, matched = views.sessions_table(
+            s,
+            ctl.clock.now(),
+            ctl.settings.limits(),
             user=user,
             state=state,
             text=text,
             sort=sort,
             descending=descending,
+            limit=limit,
         )
         return {
-            "rows": rows[:limit],
-            "matched": len(rows),
+            "rows": rows,
+            "matched": matched,
             "limit": limit,
             "filters": {"user": user, "state": state, "q": text, "sort": sort},
             "descending": descending,
@@ -188,7 +206,7 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
         now = ctl.clock.now()
         return {
             "session": view.session,
-            "row": views.row(view, now, ctl.settings.limits()),
+            "row": views.view_row(view, now, ctl.settings.limits()),
             "history": list(hub.history.get(session_id, ())),
             "live": view.session.state is not SessionState.ENDED,
             "end_words": views.end_words(view.session),
@@ -197,7 +215,7 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
     async def users_page(s: Scheduler, request: Request, who: Visitor) -> dict[str, Any]:
         now = ctl.clock.now()
         limits = ctl.settings.limits()
-        rows = [views.row(v, now, limits) for v in s.live_sessions()]
+        rows = s.read_sessions(lambda session, detail: views.row(session, detail, now, limits))
         return {"users": views.users(rows), "limit": limits.max_sessions_per_user}
 
     async def ends_page(s: Scheduler, request: Request, who: Visitor) -> dict[str, Any]:

@@ -7,11 +7,13 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from markupsafe import Markup
 
 from ..api.schemas import wait_detail
-from ..model import Limits, PodState, Session, SessionState, SessionView
+from ..model import Limits, PodState, Provisioning, Session, SessionState, SessionView
+from ..scheduler.loop import Scheduler
 from .hub import Sample
 
 CHART_WIDTH, CHART_HEIGHT = 600, 160
@@ -62,11 +64,15 @@ class Row:
     created_at: float
 
 
-def row(view: SessionView, now: float, limits: Limits) -> Row:
-    s = view.session
-    state = s.state.value
-    if s.is_idle(now, limits.idle_after):
-        state = "idle"
+def state_of(session: Session, now: float, limits: Limits) -> str:
+    """provisioning, ready, idle (ready and quiet for idle_after: reclaimable), ended."""
+    if session.is_idle(now, limits.idle_after):
+        return "idle"
+    return session.state.value
+
+
+def row(session: Session, detail: Provisioning | None, now: float, limits: Limits) -> Row:
+    s = session
     source = s.activity_source.value if s.activity_source else ""
     busy = s.activity_detail or "" if source == "busy" else ""
     if not busy and s.end_detail and s.end_detail.busy_answer:
@@ -75,7 +81,7 @@ def row(view: SessionView, now: float, limits: Limits) -> Row:
         id=s.id,
         user=s.user_id,
         thread=s.thread_id,
-        state=state,
+        state=state_of(s, now, limits),
         pod=s.pod_name or "",
         age=now - s.created_at,
         idle_for=now - s.last_active_at,
@@ -83,9 +89,65 @@ def row(view: SessionView, now: float, limits: Limits) -> Row:
         activity=f"{source}: {s.activity_detail}" if s.activity_detail else source,
         busy=busy,
         metadata=", ".join(f"{k}={v}" for k, v in sorted(s.metadata.items())),
-        waiting=(wait_detail(view.detail) or "") if s.state is SessionState.PROVISIONING else "",
+        waiting=(wait_detail(detail) or "") if s.state is SessionState.PROVISIONING else "",
         created_at=s.created_at,
     )
+
+
+def view_row(view: SessionView, now: float, limits: Limits) -> Row:
+    return row(view.session, view.detail, now, limits)
+
+
+SORTS = ("age", "idle", "user", "state")
+STATE_FILTERS = ("provisioning", "ready", "idle", "active")
+
+
+def sessions_table(
+    scheduler: Scheduler,
+    now: float,
+    limits: Limits,
+    *,
+    user: str,
+    state: str,
+    text: str,
+    sort: str,
+    descending: bool,
+    limit: int,
+) -> tuple[list[Row], int]:
+    """The sessions table: live sessions filtered by user (exact), state and a text in
+    the ids, pod or metadata, sorted by one column (newest first by default), the first
+    ``limit`` of them as rows, and how many matched. Sorting and filtering read a few
+    fields of each session; only the rows shown are built."""
+    needle = text.lower()
+
+    def key(session: Session, detail: Provisioning | None) -> tuple[Any, str] | None:
+        label = state_of(session, now, limits)
+        if user and session.user_id != user:
+            return None
+        if state and label != state and not (state == "active" and label == "ready"):
+            return None
+        if needle:
+            meta = " ".join(f"{k}={v}" for k, v in session.metadata.items())
+            seen = f"{session.id} {session.user_id} {session.thread_id} {session.pod_name} {meta}"
+            if needle not in seen.lower():
+                return None
+        newest = -session.created_at
+        match sort:
+            case "idle":
+                return (now - session.last_active_at, newest), session.id
+            case "user":
+                return (session.user_id, newest), session.id
+            case "state":
+                return (label, newest), session.id
+        return (newest,), session.id
+
+    keyed = [k for k in scheduler.read_sessions(key) if k is not None]
+    keyed.sort(reverse=descending)
+    shown = [sid for _, sid in keyed[:limit]]
+    order = {sid: i for i, sid in enumerate(shown)}
+    rows = scheduler.read_sessions(lambda s, d: row(s, d, now, limits), shown)
+    rows.sort(key=lambda r: order[r.id])
+    return rows, len(keyed)
 
 
 def rows_html(rows: Iterable[Row]) -> Markup:
@@ -123,36 +185,6 @@ _TEXT = (
 
 def escape(text: str) -> str:
     return html.escape(text, quote=True)
-
-
-SORTS = {
-    "age": lambda r: -r.created_at,  # newest first by default, as the API lists
-    "idle": lambda r: r.idle_for,
-    "user": lambda r: (r.user, -r.created_at),
-    "state": lambda r: (r.state, -r.created_at),
-}
-STATE_FILTERS = ("provisioning", "ready", "idle", "active")
-
-
-def select(
-    rows: Iterable[Row], *, user: str, state: str, text: str, sort: str, descending: bool
-) -> list[Row]:
-    """The sessions table: filtered by user (exact), state and a text anywhere in the
-    ids, pod or metadata; sorted by one column."""
-    out = []
-    needle = text.lower()
-    for r in rows:
-        if user and r.user != user:
-            continue
-        if state == "active" and r.state != "ready":
-            continue
-        if state and state != "active" and r.state != state:
-            continue
-        if needle and needle not in f"{r.id} {r.user} {r.thread} {r.pod} {r.metadata}".lower():
-            continue
-        out.append(r)
-    out.sort(key=SORTS.get(sort, SORTS["age"]), reverse=descending)
-    return out
 
 
 @dataclass(frozen=True)
