@@ -68,3 +68,9 @@ _.handshake_complete
 # Backend.list_pods: tests and tools read a live backend's pods with it; recovery uses
 # resync(), which also drops the events the list supersedes.
 _.list_pods
+
+# The console's Jinja templates read these (sandbox_controller/console/templates).
+_.activity_at
+_.rows_html
+_.oldest_idle_id
+_.cap_y

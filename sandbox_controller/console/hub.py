@@ -23,6 +23,7 @@ from ..scheduler.loop import Scheduler
 log = logging.getLogger(__name__)
 
 TICK = 0.5  # at most two messages a second: a change shows within a second
+QUIET_WAKE = 1.0  # with no round committed, look again this often
 SAMPLE_EVERY = 10.0  # pool history: one point per 10 s ...
 SAMPLES = 360  # ... for the last hour
 MESSAGES = 128  # a stream further behind than this reloads its page instead
@@ -62,6 +63,7 @@ class Hub:
         self.samples: deque[Sample] = deque(maxlen=SAMPLES)
         self._next_sample = 0.0
         self._pool: tuple[object, ...] = ()
+        self._following: Scheduler | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -133,14 +135,16 @@ class Hub:
 
     async def _follow(self, scheduler: Scheduler) -> None:
         feed = scheduler.changes
-        if not self.leading:
-            self.leading = True
+        if not self.leading or scheduler is not self._following:
+            # A new term (or the first): its scheduler is new, its history starts here.
+            self.leading, self._following = True, scheduler
             feed.take()
             self._note(scheduler.read_sessions(_glimpse), first=True)
             self._publish({"ids": [], "all": True})
         while scheduler.running and not self._closed.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SAMPLE_EVERY):
+                # Not forever: a leader stepping down commits no round to wake us.
+                async with asyncio.timeout(QUIET_WAKE):
                     await feed.wait()
             if not scheduler.running:
                 return

@@ -36,7 +36,7 @@ HEADERS = {
 }
 FRAGMENT = "x-console-fragment"  # asked by console.js: the live part of the page only
 HEARTBEAT = 15.0
-ROWS_DEFAULT, ROWS_MAX = 500, 5000
+ROWS_DEFAULT, ROWS_MAX = 200, 5000
 ENDS_SHOWN = 100
 TEXT_MAX = 253
 FRAGMENTS_KEPT = 32

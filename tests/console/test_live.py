@@ -112,3 +112,29 @@ async def test_the_sessions_page_with_5000_live_sessions_renders_in_under_300_ms
     median = statistics.median(timings)
     print(f"sessions page, 5000 live sessions: median {median * 1000:.0f} ms, {timings}")
     assert median < 0.3
+
+
+async def test_a_sessions_page_tells_its_history_and_why_it_ended(
+    start_controller: ControllerFactory,
+) -> None:
+    ctl = await start_controller(prewarm_pool_size=1)
+    await ctl.wait_idle_pods(1)
+    client = await signed_in(ctl)
+    await asyncio.sleep(0.6)  # the console's feed follows the leader
+    session = (await ctl.open("ada", "t1")).json()
+    assert (await ctl.client.post(f"/sessions/{session['id']}/touch")).status_code == 204
+    await ctl.settle()
+    assert (await ctl.client.delete(f"/sessions/{session['id']}")).status_code == 204
+
+    async def history() -> str:
+        return (await client.get(f"/console/sessions/{session['id']}")).text
+
+    deadline = time.monotonic() + 10
+    page = await history()
+    while "ended: deleted" not in page and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        page = await history()
+    for line in ("opened (", f"ready on {session['pod']}", "activity (touch)", "ended: deleted"):
+        assert line in page, line
+    assert "deleted" in page and 'id="end-button"' not in page  # ended: nothing to end
+    await client.aclose()
