@@ -3,8 +3,9 @@ durations in words, and the pool chart's lines (server-side SVG, no script)."""
 
 from __future__ import annotations
 
+import heapq
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -141,13 +142,25 @@ def sessions_table(
                 return (label, newest), session.id
         return (newest,), session.id
 
-    keyed = [k for k in scheduler.read_sessions(key) if k is not None]
-    keyed.sort(reverse=descending)
-    shown = [sid for _, sid in keyed[:limit]]
+    reader: Callable[[Session, Provisioning | None], tuple[Any, str] | None] = key
+    if not (user or state or needle) and sort in _PLAIN_KEYS:
+        # Unfiltered (the usual view, and the one open consoles refetch on every
+        # change): one attribute or two per session, no state label, no closure cells.
+        reader = _PLAIN_KEYS[sort](now)
+    keyed = [k for k in scheduler.read_sessions(reader) if k is not None]
+    pick = heapq.nlargest if descending else heapq.nsmallest
+    shown = [sid for _, sid in pick(limit, keyed)]
     order = {sid: i for i, sid in enumerate(shown)}
     rows = scheduler.read_sessions(lambda s, d: row(s, d, now, limits), shown)
     rows.sort(key=lambda r: order[r.id])
     return rows, len(keyed)
+
+
+_PLAIN_KEYS: dict[str, Callable[[float], Callable[[Session, Any], tuple[Any, str]]]] = {
+    "age": lambda now: lambda s, _: ((-s.created_at,), s.id),
+    "idle": lambda now: lambda s, _: ((now - s.last_active_at, -s.created_at), s.id),
+    "user": lambda now: lambda s, _: ((s.user_id, -s.created_at), s.id),
+}
 
 
 def rows_html(rows: Iterable[Row]) -> Markup:
