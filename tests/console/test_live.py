@@ -122,18 +122,21 @@ async def test_a_sessions_page_tells_its_history_and_why_it_ended(
     client = await signed_in(ctl)
     await asyncio.sleep(0.6)  # the console's feed follows the leader
     session = (await ctl.open("ada", "t1")).json()
+
+    async def history_shows(line: str) -> str:
+        # The feed looks at most twice a second: each step is seen at a person's pace.
+        deadline = time.monotonic() + 10
+        while True:
+            page = (await client.get(f"/console/sessions/{session['id']}")).text
+            if line in page or time.monotonic() > deadline:
+                return page
+            await asyncio.sleep(0.2)
+
+    assert f"ready on {session['pod']}" in await history_shows("ready on")
     assert (await ctl.client.post(f"/sessions/{session['id']}/touch")).status_code == 204
-    await ctl.settle()
+    assert "activity (touch)" in await history_shows("activity (touch)")
     assert (await ctl.client.delete(f"/sessions/{session['id']}")).status_code == 204
-
-    async def history() -> str:
-        return (await client.get(f"/console/sessions/{session['id']}")).text
-
-    deadline = time.monotonic() + 10
-    page = await history()
-    while "ended: deleted" not in page and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        page = await history()
+    page = await history_shows("ended: deleted")
     for line in ("opened (", f"ready on {session['pod']}", "activity (touch)", "ended: deleted"):
         assert line in page, line
     assert "deleted" in page and 'id="end-button"' not in page  # ended: nothing to end
