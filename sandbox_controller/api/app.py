@@ -19,25 +19,27 @@ from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
-from .schemas import (
+from .listing import (
     CURSOR_PATTERN,
-    ID_MAX,
-    ID_SCHEMA,
     LIST_LIMIT_MAX,
     LIST_STATES,
+    DateTime,
+    SessionList,
+    decode_cursor,
+    encode_cursor,
+)
+from .schemas import (
+    ID_MAX,
+    ID_SCHEMA,
     RETRY_AFTER,
     ActivityReport,
     CreateSession,
-    DateTime,
     HealthBody,
     Id,
     PoolBody,
     ReadyBody,
     RouteBody,
     SessionBody,
-    SessionList,
-    decode_cursor,
-    encode_cursor,
     errors,
     pool_json,
     session_json,
