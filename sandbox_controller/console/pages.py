@@ -141,7 +141,9 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
             path=COOKIE_PATH,
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # Behind a TLS-terminating Ingress the request arrives as http; trusting the
+            # header can only add the flag, never take it away.
+            secure="https" in (request.url.scheme, request.headers.get("x-forwarded-proto")),
         )
         return response
 

@@ -49,11 +49,15 @@ async def test_pages_need_a_sign_in_and_the_cookie_is_strict(
         anonymous.cookies.set(COOKIE, "operator.9999999999.00.deadbeef", path="/console")
         assert (await anonymous.get("/console/pool")).status_code == 303
 
-    response = await httpx.AsyncClient(base_url=ctl.url).post(
-        "/console/login", data={"token": API_TOKEN}
-    )
+    async with httpx.AsyncClient(base_url=ctl.url) as fresh:
+        response = await fresh.post("/console/login", data={"token": API_TOKEN})
+        behind_tls = await fresh.post(
+            "/console/login", data={"token": API_TOKEN}, headers={"x-forwarded-proto": "https"}
+        )
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    assert "secure" not in cookie  # plain http on loopback
+    assert "secure" in behind_tls.headers["set-cookie"].lower()
     async with sign_in(ctl.url, API_TOKEN) as client:
         for path in PAGES:
             page = await client.get(path)
@@ -63,7 +67,9 @@ async def test_pages_need_a_sign_in_and_the_cookie_is_strict(
             assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
             assert "<script>" not in page.text and " style=" not in page.text
     # The API token still opens only the API: the console cookie is not a bearer.
-    assert (await httpx.AsyncClient(base_url=ctl.url).get("/pool")).status_code == 401
+    signed = f"{COOKIE}={client.cookies[COOKIE]}"
+    async with httpx.AsyncClient(base_url=ctl.url, headers={"cookie": signed}) as cookie_only:
+        assert (await cookie_only.get("/pool")).status_code == 401
 
 
 async def test_only_the_api_token_may_end_and_only_with_the_forms_csrf(
