@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sandbox_controller.api import create_app
 from sandbox_controller.api.schemas import CreateSession
 from sandbox_controller.config import load_settings
+from sandbox_controller.console import Console
 from sandbox_controller.controller import Controller
 from sandbox_controller.serving import tune_gc
 
@@ -34,16 +35,23 @@ bench_rows = sa.Table(
 
 def build() -> FastAPI:
     tune_gc()  # as `sandbox-controller serve` does
-    controller = Controller(load_settings())
+    settings = load_settings()
+    controller = Controller(settings)
     app = create_app(controller)
+    # As ControllerProcess does: the console on the same app (SANDBOX_CONSOLE).
+    console = Console(app, controller) if settings.console else None
     store = controller.store
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await controller.startup()
+        if console is not None:
+            console.start()
         try:
             yield
         finally:
+            if console is not None:
+                await console.stop()
             await controller.shutdown()
 
     app.router.lifespan_context = lifespan

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     # What the sandbox gets to flush its work before its pod is deleted.
     release_timeout: Duration = 2.0
 
+    # The operator console at /console (sandbox_controller/console/). Signing in takes
+    # the API token, or this read-only one, whose holder can look but not end sessions.
+    console: bool = True
+    console_token: str | None = None
+
     # The edge (both servers unless marked)
     # Subdomain mode (proxy): each session is its own browser origin at
     # {session_id}.{domain}, which path mode (/s/{id}/, one shared origin) cannot give.
@@ -256,6 +261,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("console_token", mode="before")
+    @classmethod
+    def _console_token(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level")

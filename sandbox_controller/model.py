@@ -321,3 +321,25 @@ class PoolStatus:
             sessions=dict.fromkeys(SessionActivity, 0),
             limits=limits,
         )
+
+
+@dataclass(frozen=True)
+class SessionQuery:
+    """An operator's listing (GET /sessions, the console): newest first, filtered,
+    one page at a time. ``after`` is the keyset cursor: the (created_at, id) of the
+    last session of the page before, so pages never skip or repeat a row while
+    sessions come and go."""
+
+    user_id: str | None = None
+    states: tuple[SessionState, ...] = ()
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 100
+    after: tuple[float, str] | None = None
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    sessions: list[Session]
+    # The cursor of the next page; None when this one is the last.
+    next: tuple[float, str] | None

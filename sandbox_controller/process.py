@@ -16,6 +16,7 @@ from .api import create_app
 from .backends.base import Backend
 from .clock import Clock
 from .config import Settings
+from .console import Console
 from .controller import Controller
 from .serving import EdgeLimits, Listener, bind
 from .tokens import public_key
@@ -57,6 +58,8 @@ class ControllerProcess:
             settings, backend=backend, clock=clock, stop_sandboxes_on_exit=stop_sandboxes_on_exit
         )
         self.app = create_app(self.controller)
+        # The operator console (SANDBOX_CONSOLE): pages and a live feed on the same app.
+        self.console = Console(self.app, self.controller) if settings.console else None
         self._sock = sock
         self._listener: Listener | None = None
 
@@ -75,6 +78,8 @@ class ControllerProcess:
             log_level=self.settings.log_level.lower(),
         )
         await self.controller.startup()
+        if self.console is not None:
+            self.console.start()
         await self._listener.start()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -84,6 +89,8 @@ class ControllerProcess:
     async def shutdown(self) -> None:
         try:
             await self.controller.step_down()
+            if self.console is not None:  # its streams would hold the drain open
+                await self.console.stop()
             if self._listener is not None:
                 await self._listener.drain()
             elif self._sock is not None:
@@ -138,6 +145,7 @@ class DevProcess:
             f"  proxy           http://{settings.proxy_host}:{self.proxy.port}\n"
             f"  connect URLs    {settings.proxy_url}/s/<session>/\n"
             f"  API token       {settings.api_token}\n"
+            f"  console         http://{settings.host}:{api_port}/console\n"
             f"  database        {settings.database_url}\n"
             f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
             f'-H \'content-type: application/json\' -d \'{{"user_id":"me","thread_id":"t1"}}\' '

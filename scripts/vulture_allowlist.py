@@ -75,3 +75,9 @@ _.handshake_complete
 # FastAPI calls a route handler through its decorator; this one's name is used nowhere
 # else, so vulture cannot see it (api/app.py, GET /internal/token-keys).
 _.token_keys
+
+# The console's Jinja templates read these (sandbox_controller/console/templates).
+_.activity_at
+_.rows_html
+_.oldest_idle_id
+_.cap_y

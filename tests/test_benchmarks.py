@@ -19,6 +19,7 @@ import pytest
         "benchmarks.failover_bench",
         "benchmarks.sim_bench",
         "benchmarks.docker_bench",
+        "benchmarks.console_clients",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

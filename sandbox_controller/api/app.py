@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -12,11 +13,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
-from ..model import Outcome, PoolStatus, SessionView
+from ..model import Outcome, PoolStatus, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
+from .listing import (
+    CURSOR_PATTERN,
+    LIST_LIMIT_MAX,
+    LIST_STATES,
+    DateTime,
+    SessionList,
+    decode_cursor,
+    encode_cursor,
+)
 from .schemas import (
     ID_MAX,
     ID_SCHEMA,
@@ -29,7 +39,6 @@ from .schemas import (
     ReadyBody,
     RouteBody,
     SessionBody,
-    SessionList,
     TokenKeysBody,
     errors,
     pool_json,
@@ -62,7 +71,9 @@ def create_app(controller: Controller) -> FastAPI:
     internal_tokens = tuple(t for t in (settings.proxy_token, api_token) if t is not None)
     # Outside the body limit: a body is not read at all from a client without a token
     # (with no API token, on loopback, the session API is open to all: nothing to check).
-    app.add_middleware(TokenBeforeBody, tokens=internal_tokens if api_token else ())
+    app.add_middleware(
+        TokenBeforeBody, tokens=internal_tokens if api_token else (), own_auth="/console"
+    )
     # Outermost: a control character never reaches routing, validation or the store.
     app.add_middleware(RefuseBadBytes)
 
@@ -148,11 +159,32 @@ def create_app(controller: Controller) -> FastAPI:
 
     @api.get("/sessions", responses={200: {"model": SessionList}, **errors(401, 422, 503)})
     async def list_sessions(
-        user_id: Annotated[Id, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)],
+        user_id: Annotated[Id | None, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)] = None,
+        state: Literal["live", "provisioning", "ready", "ended"] | None = None,
+        created_after: DateTime | None = None,
+        created_before: DateTime | None = None,
+        limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
+        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN)] = None,
     ) -> Response:
-        views = await leading().list_for_user(user_id)
+        """Sessions, newest first, a page at a time. With ``user_id``: that user's (as
+        the editor backend asks, each with a fresh ``connect``). Without: every session
+        (an operator's listing), never with a connect token, env, file or secret."""
+        query = SessionQuery(
+            user_id=user_id,
+            states=LIST_STATES[state] if state else (),
+            created_after=_timestamp(created_after),
+            created_before=_timestamp(created_before),
+            limit=limit,
+            after=decode_cursor(cursor) if cursor else None,
+        )
+        views, following = await leading().list_sessions(query)
         now = ctl.clock.now()
-        return JSONResponse({"sessions": [view_json(v, now) for v in views]})
+        bodies = [view_json(v, now) for v in views]
+        if user_id is None:
+            for body in bodies:
+                body["connect"] = None
+        next_cursor = encode_cursor(following) if following else None
+        return JSONResponse({"sessions": bodies, "next_cursor": next_cursor})
 
     @api.delete("/sessions/{session_id}", status_code=204, responses=errors(401, 404, 422, 503))
     async def delete_session(session_id: str) -> Response:
@@ -251,3 +283,14 @@ def create_app(controller: Controller) -> FastAPI:
 
 def _authorization(request: Request) -> str:
     return request.headers.get("authorization", "")
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # a time without a zone is taken as UTC
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.timestamp()
+    except OverflowError:  # a zone offset pushed it out of datetime's years 1..9999
+        return float("-inf") if value.year < 5000 else float("inf")

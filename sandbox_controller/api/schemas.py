@@ -100,7 +100,6 @@ __all__ = [
     "RouteBody",
     "SessionBody",
     "SessionKey",
-    "SessionList",
     "TokenKeysBody",
     "end_detail_json",
     "errors",
@@ -188,10 +187,6 @@ class SessionBody(BaseModel):
     detail: str | None = Field(
         None, description="provisioning only: why the sandbox is not ready yet"
     )
-
-
-class SessionList(BaseModel):
-    sessions: list[SessionBody]
 
 
 class PodCounts(BaseModel):

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import NotLeader, SessionEnded, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimPayload
-from ..model import ActivitySource, BusyAnswer, EndReason, Opened, PoolStatus, Route, SessionView
+from ..model import (
+    ActivitySource,
+    BusyAnswer,
+    EndReason,
+    Opened,
+    PoolStatus,
+    Provisioning,
+    Route,
+    Session,
+    SessionQuery,
+    SessionState,
+    SessionView,
+)
 from .effect_calls import Command, busy_command
 from .effects import Outbox
 from .lifecycle import ROUTE_LEASE
@@ -197,17 +209,57 @@ class Scheduler(Rounds):
         stored = await self.store.get_session(session_id)
         return SessionView(stored) if stored is not None else None
 
-    async def list_for_user(self, user_id: str) -> list[SessionView]:
-        """The user's sessions, newest first: live ones from memory, the rest stored."""
+    async def list_sessions(
+        self, query: SessionQuery
+    ) -> tuple[list[SessionView], tuple[float, str] | None]:
+        """A page of every session (an operator's listing), newest first, and the
+        cursor of the next page. The store decides the page; a session still in memory
+        is shown as it is now, so the page never lags the live state."""
         self._leading_pool()
-        stored = {s.id: s for s in await self.store.list_sessions(user_id)}
-        pool = self._leading_pool()  # again: leadership may have gone during the read
-        views = {sid: SessionView(s) for sid, s in stored.items()}
-        for sid in pool.live_by_user.get(user_id, ()):
-            session = pool.sessions[sid]
-            if session.reply_deadline is None:  # not yet promised to its caller
-                views[sid] = SessionView(session_copy(session), pool.provisioning(sid))
-        return sorted(views.values(), key=lambda v: v.session.created_at, reverse=True)
+        page = await self.store.query_sessions(query)
+        pool = self._leading_pool()
+        views = []
+        for stored in page.sessions:
+            live = pool.sessions.get(stored.id)
+            if live is None:
+                views.append(SessionView(stored))
+            elif not query.states or live.state in query.states:
+                views.append(SessionView(session_copy(live), pool.provisioning(live.id)))
+        return views, page.next
+
+    def read_sessions(
+        self,
+        read: Callable[[Session, Provisioning | None], T],
+        ids: Iterable[str] | None = None,
+    ) -> list[T]:
+        """``read`` applied to every live session, or to those of ``ids`` still in
+        memory (live or lately ended), with why a provisioning one waits: at once and
+        without copies, so a watcher of thousands of sessions costs the loop nothing.
+        ``read`` returns data of its own and keeps no reference to the session."""
+        pool = self._leading_pool()
+        sessions = pool.sessions
+        chosen = pool.live_by_thread.values() if ids is None else ids
+        out = []
+        for sid in chosen:
+            session = sessions.get(sid)
+            if session is not None:
+                waiting = session.state is SessionState.PROVISIONING
+                out.append(read(session, pool.provisioning(sid) if waiting else None))
+        return out
+
+    def waiters(self) -> list[SessionView]:
+        """Sessions waiting for a sandbox, first come first."""
+        pool = self._leading_pool()
+        return [self._view(pool, pool.sessions[sid]) for sid in pool.waiting]
+
+    async def recent_ended(self, limit: int) -> list[Session]:
+        """The last sessions to end, the latest first (every ending is committed)."""
+        self._leading_pool()
+        return await self.store.recent_ended(limit)
+
+    @staticmethod
+    def _view(pool: Pool, session: Session) -> SessionView:
+        return SessionView(session_copy(session), pool.provisioning(session.id))
 
     def snapshot(self, now: float) -> PoolStatus:
         """The pool at ``now``, a time of this clock's monotonic part."""

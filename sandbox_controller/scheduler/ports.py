@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from ..backends.base import ErrorKind
-from ..model import EndReason, Pod, Session
+from ..model import EndReason, Pod, Session, SessionPage, SessionQuery
 from ..store import Batch, Fence
 
 
@@ -18,6 +18,10 @@ class SchedulerStore(Protocol):
     async def get_session(self, session_id: str) -> Session | None: ...
 
     async def list_sessions(self, user_id: str, limit: int = 100) -> list[Session]: ...
+
+    async def query_sessions(self, query: SessionQuery) -> SessionPage: ...
+
+    async def recent_ended(self, limit: int) -> list[Session]: ...
 
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         """Commit one round in one transaction, or raise (store.Deposed: fenced off)."""

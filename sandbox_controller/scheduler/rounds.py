@@ -33,6 +33,7 @@ from ..errors import (
 from ..hooks import SandboxHooks
 from ..model import Limits, Opened, Outcome, Session, SessionState
 from ..store import Batch, Deposed, Fence
+from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
 from .effects import Answer, Outbox
 from .pool import Pool
@@ -89,6 +90,8 @@ class Rounds(EffectCalls):
         self._pod_rows: set[str] = set()
         self._forgotten_rows: set[str] = set()
         self._pod_rows_due = float("inf")
+        # Watchers (the console) learn of each committed round here.
+        self.changes = ChangeFeed()
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -105,6 +108,7 @@ class Rounds(EffectCalls):
         self._pod_rows, self._forgotten_rows = set(), set()
         self._pod_rows_due = float("inf")
         await self._commit(pool.take_outbox(), force=True)
+        self.changes.rebuilt()
         log.info(
             "recovered %d live sessions and %d pods (%d pods in the backend)",
             len(pool.live_by_thread),
@@ -205,6 +209,7 @@ class Rounds(EffectCalls):
             if command.future is not None and not command.future.done():
                 command.future.set_result(result)
         self.observer.round_committed(len(commands))
+        self.changes.committed(outbox.dirty_sessions)
 
     async def _decision_failed(self, commands: list[Command]) -> None:
         """A decision raised: the pool is half-changed, so nothing of this round may be

@@ -36,6 +36,8 @@ from ..model import (
     Pod,
     PodState,
     Session,
+    SessionPage,
+    SessionQuery,
     SessionState,
 )
 from .engines import Engine, open_engine
@@ -223,6 +225,41 @@ class Store:
             .limit(limit)
         )
         return await self.run(lambda conn: [session_from_row(r) for r in conn.execute(query)])
+
+    async def query_sessions(self, query: SessionQuery) -> SessionPage:
+        """A page of sessions, newest first (created_at, then id, both descending)."""
+        columns = sessions.c
+        statement = sa.select(sessions)
+        if query.user_id is not None:
+            statement = statement.where(columns.user_id == query.user_id)
+        if query.states:
+            statement = statement.where(columns.state.in_([s.value for s in query.states]))
+        if query.created_after is not None:
+            statement = statement.where(columns.created_at >= query.created_after)
+        if query.created_before is not None:
+            statement = statement.where(columns.created_at < query.created_before)
+        if query.after is not None:
+            at, sid = query.after
+            statement = statement.where(
+                sa.or_(columns.created_at < at, sa.and_(columns.created_at == at, columns.id < sid))
+            )
+        statement = statement.order_by(columns.created_at.desc(), columns.id.desc())
+        # One row more than asked: whether a next page exists, without a count.
+        statement = statement.limit(query.limit + 1)
+        rows = await self.run(lambda conn: [session_from_row(r) for r in conn.execute(statement)])
+        page = rows[: query.limit]
+        more = len(rows) > query.limit
+        return SessionPage(page, (page[-1].created_at, page[-1].id) if more and page else None)
+
+    async def recent_ended(self, limit: int) -> list[Session]:
+        """The last sessions to end, the latest first."""
+        statement = (
+            sa.select(sessions)
+            .where(sessions.c.state == "ended")
+            .order_by(sessions.c.ended_at.desc())
+            .limit(limit)
+        )
+        return await self.run(lambda conn: [session_from_row(r) for r in conn.execute(statement)])
 
     # ------------------------------------------------------------ writes
 

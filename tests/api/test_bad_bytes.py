@@ -68,7 +68,8 @@ async def test_unicode_that_can_be_stored_still_works(ctl: Any) -> None:
     response = await ctl.client.get("/sessions/s%C3%A9ance-%E4%BC%9A")
     assert_refused(response, 404, "session_not_found")
     listed = await ctl.client.get("/sessions?user_id=J%C3%BCrgen+%E4%BC%9A")
-    assert listed.status_code == 200 and listed.json() == {"sessions": []}
+    assert listed.status_code == 200
+    assert listed.json() == {"sessions": [], "next_cursor": None}
     created = await ctl.client.post(
         "/sessions", json={"user_id": "Jürgen 会", "thread_id": "t", "wait_seconds": 0}
     )

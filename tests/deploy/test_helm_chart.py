@@ -56,6 +56,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ingress": agent(
         proxy={"ingress": {"enabled": True, "host": "sbx.example.com", "tlsSecretName": "tls"}}
     ),
+    "console": agent(
+        console={
+            "readOnlyToken": {"value": "look-but-do-not-touch"},
+            "ingress": {"enabled": True, "host": "ops.example.com", "tlsSecretName": "ops"},
+        }
+    ),
 }
 
 EXPECTED_RULES = {
@@ -66,7 +72,8 @@ EXPECTED_RULES = {
 
 
 @pytest.mark.parametrize(
-    "scenario", ["defaults", "monitoring", "hardened-sandbox", "ingress", "existing-secrets"]
+    "scenario",
+    ["defaults", "monitoring", "hardened-sandbox", "ingress", "existing-secrets", "console"],
 )
 def test_lint_strict(helm: str, tmp_path: Path, scenario: str) -> None:
     values = tmp_path / "values.yaml"

@@ -17,7 +17,7 @@ from sandbox_controller.backends.base import (
     PodStatus,
 )
 from sandbox_controller.backends.kit import EventFeed
-from sandbox_controller.model import EndReason, Pod, Session
+from sandbox_controller.model import EndReason, Pod, Session, SessionPage, SessionQuery
 from sandbox_controller.store import Batch, Fence
 
 
@@ -45,6 +45,24 @@ class FakeStore:
     async def list_sessions(self, user_id: str, limit: int = 100) -> list[Session]:
         mine = [replace(s) for s in self.sessions.values() if s.user_id == user_id]
         return sorted(mine, key=lambda s: s.created_at, reverse=True)[:limit]
+
+    async def query_sessions(self, query: SessionQuery) -> SessionPage:
+        found = [
+            replace(s, requests=[])
+            for s in self.sessions.values()
+            if (query.user_id is None or s.user_id == query.user_id)
+            and (not query.states or s.state in query.states)
+        ]
+        found.sort(key=lambda s: (s.created_at, s.id), reverse=True)
+        if query.after is not None:
+            found = [s for s in found if (s.created_at, s.id) < query.after]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return SessionPage(page, (page[-1].created_at, page[-1].id) if more else None)
+
+    async def recent_ended(self, limit: int) -> list[Session]:
+        ended = [replace(s, requests=[]) for s in self.sessions.values() if not s.live]
+        return sorted(ended, key=lambda s: s.ended_at or 0.0, reverse=True)[:limit]
 
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         self.write_started.set()

@@ -28,6 +28,7 @@ from sandbox_controller.model import (
     EndReason,
     Outcome,
     PodState,
+    SessionQuery,
     SessionState,
     WaitReason,
 )
@@ -155,7 +156,7 @@ async def test_a_failed_commit_promises_nothing_and_starts_nothing(world: World)
     assert world.backend.calls == calls
     # Rebuilt from the store: no session, the warm pod back in the pool.
     assert world.store.sessions == {}
-    assert await world.scheduler.list_for_user("ann") == []
+    assert await world.scheduler.list_sessions(SessionQuery(user_id="ann")) == ([], None)
     status = world.scheduler.snapshot(world.clock.now())
     assert status.pods[PodState.IDLE] == 3 and status.pods[PodState.ASSIGNED] == 0
     again = await world.scheduler.open_session("ann", "t1", 0)

@@ -150,5 +150,12 @@ process, crash dump or `kubectl describe` could show them.
 
 {{- define "agent-sandbox.chartSecretNeeded" -}}
 {{- $a := .Values.agentSandbox }}
-{{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (not $a.proxyToken.existingSecret) (and $a.database.url (not $a.database.existingSecret)) }}true{{ end }}
+{{- $console := $a.console.readOnlyToken }}
+{{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (not $a.proxyToken.existingSecret) (and $a.database.url (not $a.database.existingSecret)) (and $console.value (not $console.existingSecret)) }}true{{ end }}
+{{- end }}
+
+{{/* The console has a read-only token (a value, or a Secret of the operator's). */}}
+{{- define "agent-sandbox.consoleToken" -}}
+{{- $t := .Values.agentSandbox.console.readOnlyToken }}
+{{- if or $t.value $t.existingSecret }}true{{ end }}
 {{- end }}

@@ -1,0 +1,65 @@
+"""Open consoles, as browsers would keep them: each signs in, holds the live stream
+and, on every change, fetches its page's live part (what console.js does).
+
+    python benchmarks/console_clients.py BASE_URL TOKEN [--consoles 20] [--page /console/sessions]
+
+Runs until killed; on SIGTERM prints one JSON line: events received, pages fetched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+
+import httpx
+
+
+async def console(base: str, token: str, page: str, counts: dict[str, int]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=None) as client:
+        response = await client.post("/console/login", data={"token": token})
+        if response.status_code != 303:  # signed in: a redirect to the pool page
+            response.raise_for_status()
+        fetching: asyncio.Task[None] | None = None
+
+        async def fetch() -> None:
+            try:
+                answer = await client.get(page, headers={"X-Console-Fragment": "1"})
+            except httpx.HTTPError:  # a kept-alive connection the server just closed
+                counts["errors"] += 1
+                return
+            counts["fetches"] += 1
+            counts["bytes"] += len(answer.content)
+
+        async with client.stream("GET", "/console/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: change"):
+                    counts["events"] += 1
+                    if fetching is None or fetching.done():  # one fetch at a time
+                        fetching = asyncio.ensure_future(fetch())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("base")
+    parser.add_argument("token")
+    parser.add_argument("--consoles", type=int, default=20)
+    parser.add_argument("--page", default="/console/sessions")
+    args = parser.parse_args()
+    counts = {"events": 0, "fetches": 0, "bytes": 0, "errors": 0}
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [
+        asyncio.ensure_future(console(args.base, args.token, args.page, counts))
+        for _ in range(args.consoles)
+    ]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps(counts), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
