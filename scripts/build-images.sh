@@ -8,6 +8,10 @@
 # first run takes a few minutes; later runs take seconds.
 #
 #   bash scripts/build-images.sh          # prints the tags it built
+#   bash scripts/build-images.sh --print-base   # the base it needs, building nothing
+#
+# Needs root, docker.io and debootstrap (Debian packages), and the network for Debian
+# packages and PyPI on the first run only.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,6 +26,12 @@ packages=python3,python3-venv,ca-certificates,iptables,postgresql-15
 # The key is the recipe (not this file), so editing a comment here rebuilds nothing.
 key=$(printf '%s\n' "$suite" "$packages" "$deps" "rootfs-v1" | sha256sum | cut -c1-12)
 base=agent-sandbox/base:$key
+# --print-base: the base image and its cached root filesystem, built nothing (the tests
+# skip, outside CI, when neither is there and debootstrap is missing).
+if [ "${1:-}" = --print-base ]; then
+    echo "$base $cache/base-$key.tar"
+    exit 0
+fi
 
 build_rootfs() {  # build_rootfs TARBALL
     local root

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,22 @@ MIB = 2**20
 
 def require_docker() -> str:
     """The sandbox image, once dockerd answers and the images are built; else skip
-    (locally) or fail (in CI, where scripts/test.sh installs and starts dockerd)."""
-    problem = _problem()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{problem}: scripts/test.sh installs docker.io and starts dockerd in CI")
-        pytest.skip(problem)
+    (locally, with a one-line reason) or fail (in CI, where scripts/test.sh installs
+    docker.io and debootstrap and starts dockerd)."""
+    skip_or_fail(_problem(), os.environ)
     return _prepared()
+
+
+def in_ci(environ: Mapping[str, str]) -> bool:
+    return environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def skip_or_fail(problem: str | None, environ: Mapping[str, str]) -> None:
+    if problem is None:
+        return
+    if in_ci(environ):
+        pytest.fail(f"{problem}: scripts/test.sh installs docker.io and debootstrap in CI")
+    pytest.skip(problem)
 
 
 @functools.cache
@@ -40,7 +50,31 @@ def _problem() -> str | None:
     if shutil.which("docker") is None:
         return "docker is not installed"
     done = subprocess.run(["docker", "info"], capture_output=True, timeout=30)
-    return None if done.returncode == 0 else "dockerd is not running"
+    if done.returncode != 0:
+        return "dockerd is not running"
+    printed = subprocess.run(
+        ["bash", str(REPO / "scripts/build-images.sh"), "--print-base"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    base, tarball = printed.stdout.split()
+    return unbuildable(base, Path(tarball), shutil.which("debootstrap"))
+
+
+def unbuildable(base: str, tarball: Path, debootstrap: str | None) -> str | None:
+    """Why scripts/build-images.sh cannot build the test images here, if it cannot: no
+    base image, no cached root filesystem to import, and no debootstrap to make one."""
+    if debootstrap is not None or tarball.is_file():
+        return None
+    if shutil.which("docker") is not None:
+        found = subprocess.run(["docker", "image", "inspect", base], capture_output=True)
+        if found.returncode == 0:
+            return None
+    return (
+        f"the test images are not built ({base}) and debootstrap is missing: "
+        "apt-get install debootstrap, then bash scripts/build-images.sh"
+    )
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import yaml
 
 from sandbox_controller.config import Settings, load_settings
 
-from ..dockerhost import docker, remove_all, require_docker
+from ..dockerhost import docker, in_ci, remove_all, require_docker
 from ..e2e.test_dev_crash import free_port
 from ..eventually import eventually
 from .deploytools import REPO
@@ -74,7 +74,7 @@ def compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    if os.environ.get("CI") == "true":
+    if in_ci(os.environ):
         pytest.fail("docker-compose is missing: scripts/test.sh installs it in CI")
     pytest.skip("neither `docker compose` nor docker-compose is installed")
 

@@ -21,7 +21,7 @@ import yaml
 from ..dockerhost import docker, remove_all, require_docker
 from ..eventually import eventually
 from .deploytools import REPO
-from .test_compose import COMPOSE, compose_command, curl, generated_secrets, read_env, stack_env
+from .test_compose import COMPOSE, compose_command, curl, read_env, stack_env
 
 PUBLISH_PORT = REPO / "deploy/compose/postgres-port.yml"
 COMPOSE_DOWN = REPO / "scripts/compose-down.sh"
@@ -149,7 +149,7 @@ def two_stacks(tmp_path: Path) -> Iterator[tuple[Stack, Stack]]:
     try:
         ups = [
             subprocess.Popen(
-                [*stack.compose, "up", "-d"],
+                [*stack.compose, "up", "-d", "--no-build"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
