@@ -180,7 +180,13 @@ def draw(result: Result) -> Figure:
     data = series(result)
     smooth = averaged(result)
     fig, (top, bottom) = plt.subplots(
-        2, 1, sharex=True, figsize=PLOT_SIZE, dpi=PLOT_DPI, height_ratios=(3, 2)
+        2,
+        1,
+        sharex=True,
+        figsize=PLOT_SIZE,
+        dpi=PLOT_DPI,
+        height_ratios=(3, 2),
+        layout="constrained",
     )
     hours = data["hours"]
     top.fill_between(
@@ -218,7 +224,7 @@ def draw(result: Result) -> Figure:
         top.axhline(cap, color="tab:red", ls="--", lw=1.2, label=f"maxTotalJobs cap ({cap} pods)")
         top.set_ylim(0, cap * 1.08)
     else:
-        top.plot([], [], " ", label=f"maxTotalJobs cap ({cap} pods) is above the chart")
+        top.plot([], [], " ", label=f"maxTotalJobs cap ({cap} pods): off the chart")
     for code, color, why in (
         (429, "tab:purple", "429 refused: user at maxSessionsPerUser"),
         (503, "tab:red", "503 refused: cap reached"),
@@ -253,7 +259,7 @@ def draw(result: Result) -> Figure:
         label=f"prewarm target ({minutes}-min average)",
     )
     f = figures(result)
-    top.set_title(
+    fig.suptitle(
         f"{setting(result)}: {f['warm_hit_rate']:.2%} warm hits, "
         f"{f['idle_warm_pod_hours']:.0f} idle-warm pod-hours, pod start-up "
         f"{result.startup.describe()}"
@@ -267,7 +273,6 @@ def draw(result: Result) -> Figure:
         # Beside the plot, so no legend hides the cap or the peak.
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     bottom.set_xlim(0, result.duration / 3600)
-    fig.tight_layout()
     return fig
 
 
