@@ -191,7 +191,8 @@ def simulate_parser() -> Parser:
     parser.add_argument(
         "--sweep",
         metavar="SPEC",
-        help="prewarm=0..20: one row per static size, plus the adaptive policy",
+        help="prewarm=0..20: one row per static size, plus the adaptive policy; or "
+        "max-total-jobs=50..200:10: one row per cap",
     )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw the run (matplotlib)")
     parser.add_argument("--html", type=Path, metavar="FILE", help="a self-contained page")
@@ -208,28 +209,29 @@ def simulate_main(argv: list[str]) -> int:
             runs.append(
                 replace(limits, prewarm=replace(limits.prewarm, policy=PrewarmPolicy.ADAPTIVE))
             )
-        elif args.sweep:
-            runs.append(limits)
+        if limits not in runs:
+            runs.append(limits)  # the settings given are always run and shown in full
         started = time.perf_counter()
-        results = [simulate(events, run, args.startup, seed=args.seed) for run in runs or [limits]]
+        results = [simulate(events, run, args.startup, seed=args.seed) for run in runs]
         elapsed = time.perf_counter() - started
     except _Exit as exc:
         return exc.code
     except UsageError as exc:
         print(f"sandbox-controller simulate: error: {exc}", file=sys.stderr)
         return 2
-    from .report import summary, table, write_html, write_plot
+    from .page import write_html
+    from .report import summary, table, write_plot
 
-    main_result = results[-1]
+    main_result = results[runs.index(limits)]
     print(summary(main_result))
     if len(results) > 1:
         print()
-        print(table(results))
+        print(table(results, given=main_result))
     print(f"\n({len(results)} run(s) of {len(events)} events in {elapsed:.1f}s)", file=sys.stderr)
     if args.plot is not None:
         write_plot(main_result, args.plot)
     if args.html is not None:
-        write_html(results, args.html)
+        write_html(results, main_result, args.trace.name, args.html)
     return 0
 
 
@@ -248,16 +250,73 @@ def trace_parser() -> Parser:
     export.add_argument("-o", "--output", type=Path, help="default: standard output")
     model = SynthModel()
     gen = sub.add_parser("synth", help="a synthetic trace from a documented model")
-    gen.add_argument("--editors", type=int, default=model.editors)
-    gen.add_argument("--days", type=float, default=model.days)
-    gen.add_argument("--profile", choices=sorted(PROFILES), default=model.profile)
-    gen.add_argument("--threads-per-day", type=float, default=model.threads_per_day)
-    gen.add_argument("--session-median", type=_duration, default=model.session_median)
-    gen.add_argument("--session-sigma", type=float, default=model.session_sigma)
-    gen.add_argument("--gap-mean", type=_duration, default=model.gap_mean)
-    gen.add_argument("--close-share", type=float, default=model.close_share)
-    gen.add_argument("--wait-seconds", type=float, default=model.wait_seconds)
-    gen.add_argument("--seed", type=int, default=model.seed)
+    gen.add_argument(
+        "--editors",
+        type=int,
+        default=model.editors,
+        metavar="N",
+        help="people using agents (count; default %(default)s)",
+    )
+    gen.add_argument(
+        "--days", type=float, default=model.days, help="trace length in days (default %(default)s)"
+    )
+    gen.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=model.profile,
+        help="the day's shape: office-hours (9-18 with a lunch dip) or flat (default %(default)s)",
+    )
+    gen.add_argument(
+        "--threads-per-day",
+        type=float,
+        default=model.threads_per_day,
+        metavar="N",
+        help="new agent threads per editor per day (default %(default)s)",
+    )
+    gen.add_argument(
+        "--session-median",
+        type=_duration,
+        default=model.session_median,
+        metavar="DURATION",
+        help="median session length, e.g. 20m (seconds if no unit; default %(default)gs)",
+    )
+    gen.add_argument(
+        "--session-sigma",
+        type=float,
+        default=model.session_sigma,
+        metavar="SIGMA",
+        help="spread of session lengths: log-normal sigma, no unit; 0 makes every "
+        "session the median (default %(default)s)",
+    )
+    gen.add_argument(
+        "--gap-mean",
+        type=_duration,
+        default=model.gap_mean,
+        metavar="DURATION",
+        help="mean idle gap between an editor's activity bursts, e.g. 2m (default %(default)gs)",
+    )
+    gen.add_argument(
+        "--close-share",
+        type=float,
+        default=model.close_share,
+        metavar="SHARE",
+        help="share of sessions the editor closes, 0..1; the rest are abandoned to "
+        "the idle timeout (default %(default)s)",
+    )
+    gen.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=model.wait_seconds,
+        metavar="SECONDS",
+        help="how long each new session waits for a sandbox before giving up, "
+        "0..120 seconds (default %(default)g)",
+    )
+    gen.add_argument(
+        "--seed",
+        type=int,
+        default=model.seed,
+        help="random seed: the same seed gives the same trace (default %(default)s)",
+    )
     gen.add_argument("-o", "--output", type=Path, help="default: standard output")
     return parser
 

@@ -3,17 +3,24 @@
 Static sizes are tried from 0 up until one reaches the target warm-hit rate; the
 adaptive policy is run with room to grow to twice that size; the cheaper of the two in
 idle-warm pod-hours that reaches the target is recommended. ``maxTotalJobs`` is then
-the smallest cap at which the recommendation keeps its warm-hit rate and refuses no
-more than the budget with 503.
+its simulated peak (or, with a refusal budget, the smallest cap that keeps the target
+and refuses no more than the budget with 503) plus ``--headroom``.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..model import Limits, Outcome, PodState, PrewarmPolicy
+from .advice import (
+    DEFAULT_HEADROOM,
+    applying_setting,
+    values_fragment,
+    with_headroom,
+)
 from .cli import Parser, UsageError, _Exit, add_limit_flags, limits_from, load_trace
 from .simulate import Result, Startup, simulate
 from .trace import TraceEvent
@@ -29,6 +36,8 @@ class Recommendation:
     chosen: Result  # with the recommended maxTotalJobs
     target: float
     budget: float
+    needed: int  # pods the trace needed: the peak, or the smallest cap within the budget
+    headroom: float
 
     @property
     def limits(self) -> Limits:
@@ -47,6 +56,7 @@ def recommend(
     *,
     target: float,
     budget: float,
+    headroom: float = DEFAULT_HEADROOM,
     seed: int = 1,
 ) -> Recommendation:
     uncapped = replace(limits, max_total_jobs=UNCAPPED)
@@ -76,12 +86,22 @@ def recommend(
     ):
         best = static
 
-    # The smallest cap that keeps the target and the refusal budget (bisection: fewer
-    # pods never serve more).
-    low, high_cap = 1, max(best.peak_pods, 1)
-    chosen = run(replace(best.limits, max_total_jobs=high_cap))
-    while low < high_cap:
-        middle = (low + high_cap) // 2
+    needed = max(best.peak_pods, 1)
+    if budget > 0:
+        needed = _smallest_cap(run, best, target, budget)
+    cap = max(with_headroom(needed, headroom), best.limits.prewarm_pool_size)
+    chosen = run(replace(best.limits, max_total_jobs=cap))
+    return Recommendation(static, adaptive, chosen, target, budget, needed, headroom)
+
+
+def _smallest_cap(
+    run: Callable[[Limits], Result], best: Result, target: float, budget: float
+) -> int:
+    """The smallest cap that keeps the target and the refusal budget (bisection: fewer
+    pods never serve more)."""
+    low, high = 1, max(best.peak_pods, 1)
+    while low < high:
+        middle = (low + high) // 2
         if middle < best.limits.prewarm_pool_size:
             low = middle + 1
             continue
@@ -90,30 +110,10 @@ def recommend(
             trial.warm_hit_rate >= min(target, best.warm_hit_rate)
             and refused_share(trial) <= budget
         ):
-            high_cap, chosen = middle, trial
+            high = middle
         else:
             low = middle + 1
-    return Recommendation(static, adaptive, chosen, target, budget)
-
-
-def values_fragment(limits: Limits) -> str:
-    lines = [
-        "agentSandbox:",
-        "  controller:",
-        "    scaling:",
-        f"      prewarmPoolSize: {limits.prewarm_pool_size}",
-        f"      maxTotalJobs: {limits.max_total_jobs}",
-    ]
-    p = limits.prewarm
-    if p.policy is PrewarmPolicy.ADAPTIVE:
-        lines += [
-            "      prewarm:",
-            "        policy: adaptive",
-            f"        min: {p.min}",
-            f"        max: {p.max}",
-            f"        targetWarmHitRate: {p.target_warm_hit_rate:g}",
-        ]
-    return "\n".join(lines)
+    return high
 
 
 def render(rec: Recommendation, events: int, trace: Path) -> str:
@@ -136,10 +136,19 @@ def render(rec: Recommendation, events: int, trace: Path) -> str:
         f"{setting(rec.adaptive)}: {rec.adaptive.warm_hit_rate:.2%} warm hits, "
         f"{rec.adaptive.pod_hours(PodState.IDLE):.1f} idle-warm pod-hours"
     )
+    cap = chosen.limits.max_total_jobs
+    spare = cap - rec.needed
+    basis = (
+        "the simulated peak"
+        if rec.budget == 0
+        else f"the smallest cap refusing at most {rec.budget:.2%} with 503"
+    )
     lines += [
-        f"Recommended: {setting(chosen)}, maxTotalJobs {chosen.limits.max_total_jobs} "
-        f"({chosen.warm_hit_rate:.2%} warm hits, {chosen.requests[Outcome.CAPACITY]} x 503, "
-        f"peak {chosen.peak_pods} pods)",
+        f"Recommended: {setting(chosen)} ({chosen.warm_hit_rate:.2%} warm hits, "
+        f"{chosen.requests[Outcome.CAPACITY]} x 503, peak {chosen.peak_pods} pods)",
+        f"  {applying_setting(chosen.limits)}",
+        f"  maxTotalJobs {cap} = {rec.needed} pods ({basis}) + {spare} pods of headroom "
+        f"({rec.headroom:.0%}, --headroom) for a busier day than this trace",
         "",
         "Paste into values.yaml:",
         values_fragment(chosen.limits),
@@ -150,6 +159,13 @@ def render(rec: Recommendation, events: int, trace: Path) -> str:
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
+        raise ValueError(text)
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 10.0:
         raise ValueError(text)
     return value
 
@@ -168,13 +184,27 @@ def main(argv: list[str]) -> int:
         metavar="SHARE",
         help="share of new sessions that may be refused with 503 (default 0)",
     )
+    parser.add_argument(
+        "--headroom",
+        type=_share,
+        default=DEFAULT_HEADROOM,
+        metavar="SHARE",
+        help="room above the pods the trace needed, as a share: 0.25 is 25%% more "
+        f"(default {DEFAULT_HEADROOM:g})",
+    )
     try:
         args = parser.parse_args(argv)
         limits = limits_from(args)
         events = load_trace(args.trace)
         target = limits.prewarm.target_warm_hit_rate
         rec = recommend(
-            events, limits, args.startup, target=target, budget=args.refusal_budget, seed=args.seed
+            events,
+            limits,
+            args.startup,
+            target=target,
+            budget=args.refusal_budget,
+            headroom=args.headroom,
+            seed=args.seed,
         )
     except _Exit as exc:
         return exc.code

@@ -6,8 +6,6 @@ the controller never loads it.
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,48 +69,63 @@ def summary(result: Result) -> str:
     )
 
 
+# (figure, heading, unit, format, width): the unit is printed under every heading.
 COLUMNS = (
-    ("prewarm", "{}", 24),
-    ("warm_hit_rate", "{:.2%}", 9),
-    ("wait_p50", "{:.1f}", 8),
-    ("wait_p95", "{:.1f}", 8),
-    ("wait_p99", "{:.1f}", 8),
-    ("refused_429", "{}", 5),
-    ("refused_503", "{}", 5),
-    ("reclaims", "{}", 8),
-    ("idle_timeouts", "{}", 8),
-    ("peak_pods", "{}", 5),
-    ("assigned_pod_hours", "{:.1f}", 9),
-    ("idle_warm_pod_hours", "{:.1f}", 9),
+    ("prewarm", "prewarm", "setting", "{}", 24),
+    ("warm_hit_rate", "warm hit", "% asked", "{:.2%}", 9),
+    ("wait_p50", "wait p50", "s", "{:.1f}", 8),
+    ("wait_p95", "wait p95", "s", "{:.1f}", 8),
+    ("wait_p99", "wait p99", "s", "{:.1f}", 8),
+    ("refused_429", "429", "count", "{}", 7),
+    ("refused_503", "503", "count", "{}", 7),
+    ("reclaims", "reclaims", "count", "{}", 8),
+    ("idle_timeouts", "idle t/o", "count", "{}", 8),
+    ("peak_pods", "peak", "pods", "{}", 6),
+    ("assigned_pod_hours", "assigned", "pod-h", "{:.1f}", 9),
+    ("idle_warm_pod_hours", "idle-warm", "pod-h", "{:.1f}", 9),
 )
-HEADINGS = {
-    "prewarm": "prewarm",
-    "warm_hit_rate": "warm hit",
-    "wait_p50": "wait p50",
-    "wait_p95": "wait p95",
-    "wait_p99": "wait p99",
-    "refused_429": "429",
-    "refused_503": "503",
-    "reclaims": "reclaims",
-    "idle_timeouts": "idle t/o",
-    "peak_pods": "peak",
-    "assigned_pod_hours": "assign h",
-    "idle_warm_pod_hours": "idle h",
+# What each number means, for the HTML page (and anyone reading this).
+MEANINGS = {
+    "prewarm": "the prewarm setting of the run: static N keeps N warm pods; adaptive min..max "
+    "@rate sizes the warm pool from recent arrivals for that warm-hit rate",
+    "warm_hit_rate": "share of new sessions that got an already-running pod at once "
+    "(a refused session counts as a miss)",
+    "wait_p50": "median seconds a new session waited for its sandbox",
+    "wait_p95": "95th percentile of that wait, in seconds",
+    "wait_p99": "99th percentile of that wait, in seconds (a cold start shows here first)",
+    "refused_429": "new sessions refused because the user already had maxSessionsPerUser",
+    "refused_503": "new sessions refused because maxTotalJobs pods were already in use",
+    "reclaims": "idle sessions ended early to free a pod for someone waiting",
+    "idle_timeouts": "sessions ended after idleTimeout without activity",
+    "peak_pods": "most pods that existed at one moment (assigned, warm and starting)",
+    "assigned_pod_hours": "pod-hours spent serving sessions",
+    "idle_warm_pod_hours": "pod-hours spent warm and unused: the price of prewarm",
 }
 
 
-def table(results: Sequence[Result], *, markdown: bool = False) -> str:
-    """One row per result (a sweep): text columns, or a Markdown table."""
-    rows = [[fmt.format(figures(r)[key]) for key, fmt, _ in COLUMNS] for r in results]
-    headings = [HEADINGS[key] for key, _, _ in COLUMNS]
-    if markdown:
-        lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [width for _, _, width in COLUMNS]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headings, widths, strict=True))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+def _cells(result: Result, given: Result | None) -> list[str]:
+    f = figures(result)
+    cells = [fmt.format(f[key]) for key, _, _, fmt, _ in COLUMNS]
+    if result is given:
+        cells[0] += " (given)"
+    return cells
+
+
+def table(results: Sequence[Result], *, given: Result | None = None) -> str:
+    """One row per result (a sweep), headings over their units; ``given`` is marked."""
+    widths = [width for *_, width in COLUMNS]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+
+    lines = [line([c[1] for c in COLUMNS]), line([f"({c[2]})" for c in COLUMNS])]
+    lines += [line(_cells(r, given)) for r in results]
     return "\n".join(lines)
+
+
+# The lower panel averages over this many minutes: the warm pool changes at every
+# arrival, and per-event samples draw as a comb.
+SMOOTHING_MINUTES = 15
 
 
 def series(result: Result) -> dict[str, list[float]]:
@@ -128,42 +141,138 @@ def series(result: Result) -> dict[str, list[float]]:
     }
 
 
+def averaged(result: Result, minutes: float = SMOOTHING_MINUTES) -> dict[str, list[float]]:
+    """Time-weighted averages of the warm pool over ``minutes``-long bins (each sample
+    holds until the next): the lower panel. ``hours`` are the bins' starts."""
+    width = minutes * 60.0
+    samples = result.samples
+    bins = max(1, int(-(-result.duration // width)))
+    names = ("warm", "pending", "target")
+    sums = {name: [0.0] * bins for name in names}
+    for here, after in zip(samples, [*samples[1:], None], strict=True):
+        start = here.time
+        end = after.time if after is not None else result.duration
+        while start < end:
+            index = min(int(start // width), bins - 1)
+            stop = min(end, (index + 1) * width)
+            if stop <= start:  # the last bin: the remainder
+                stop = end
+            for name in names:
+                sums[name][index] += getattr(here, name) * (stop - start)
+            start = stop
+    out = {"hours": [i * width / 3600 for i in range(bins)]}
+    for name in names:
+        # The last bin may be cut short by the trace's end: average over what it holds.
+        spans = [min(width, result.duration - i * width) or width for i in range(bins)]
+        out[name] = [total / span for total, span in zip(sums[name], spans, strict=True)]
+    return out
+
+
 def draw(result: Result) -> Figure:
-    """Demand and assigned pods above; warm, pending and the prewarm target below;
-    refusals marked. Two panels: sessions run to hundreds while the warm pool is a
-    handful. The caller closes the figure."""
+    """Above: sessions wanting a sandbox over the pods assigned to them, against the
+    cap. Below: the warm pool (averaged), pods starting, the prewarm target. Two panels:
+    sessions run to hundreds while the warm pool is a handful. The caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     from matplotlib import pyplot as plt
 
     data = series(result)
+    smooth = averaged(result)
     fig, (top, bottom) = plt.subplots(
-        2, 1, sharex=True, figsize=PLOT_SIZE, dpi=PLOT_DPI, height_ratios=(3, 2)
+        2,
+        1,
+        sharex=True,
+        figsize=PLOT_SIZE,
+        dpi=PLOT_DPI,
+        height_ratios=(3, 2),
+        layout="constrained",
     )
     hours = data["hours"]
-    top.plot(hours, data["demand"], label="demand (live sessions)", color="black", lw=1)
-    top.plot(hours, data["assigned"], label="assigned pods", color="tab:blue", lw=1)
-    bottom.plot(hours, data["warm"], label="warm pods", color="tab:green", lw=1)
-    bottom.plot(hours, data["pending"], label="pending pods", color="tab:orange", lw=1)
-    bottom.plot(hours, data["target"], label="prewarm target", color="black", ls=":", lw=1)
-    for code, color in ((429, "tab:purple"), (503, "tab:red")):
+    top.fill_between(
+        hours,
+        data["assigned"],
+        step="post",
+        color="tab:blue",
+        alpha=0.35,
+        lw=0,
+        label="pods assigned to sessions",
+    )
+    top.fill_between(
+        hours,
+        data["assigned"],
+        data["demand"],
+        step="post",
+        color="tab:red",
+        alpha=0.6,
+        lw=0,
+        label="sessions waiting for a pod",
+    )
+    top.step(hours, data["assigned"], where="post", color="tab:blue", lw=0.8)
+    top.step(
+        hours,
+        data["demand"],
+        where="post",
+        color="black",
+        lw=1.2,
+        zorder=3,
+        label="sessions wanting a sandbox (demand)",
+    )
+    cap = result.limits.max_total_jobs
+    peak = max(data["demand"], default=0.0)
+    if cap <= 2 * max(peak, 1.0):
+        top.axhline(cap, color="tab:red", ls="--", lw=1.2, label=f"maxTotalJobs cap ({cap} pods)")
+        top.set_ylim(0, cap * 1.08)
+    else:
+        top.plot([], [], " ", label=f"maxTotalJobs cap ({cap} pods): off the chart")
+    for code, color, why in (
+        (429, "tab:purple", "429 refused: user at maxSessionsPerUser"),
+        (503, "tab:red", "503 refused: cap reached"),
+    ):
         times = [t / 3600 for t, c in result.refusals if c == code]
         if times:
-            top.plot(times, [0] * len(times), "|", ms=14, color=color, label=f"{code} refusal")
+            top.plot(times, [0] * len(times), "|", ms=14, color=color, label=why)
+    minutes = SMOOTHING_MINUTES
+    bottom.step(
+        smooth["hours"],
+        smooth["warm"],
+        where="post",
+        color="tab:green",
+        lw=1.2,
+        label=f"warm pods, ready and unused ({minutes}-min average)",
+    )
+    bottom.step(
+        smooth["hours"],
+        smooth["pending"],
+        where="post",
+        color="tab:orange",
+        lw=1.2,
+        label=f"pods starting ({minutes}-min average)",
+    )
+    bottom.step(
+        smooth["hours"],
+        smooth["target"],
+        where="post",
+        color="black",
+        ls=":",
+        lw=1.2,
+        label=f"prewarm target ({minutes}-min average)",
+    )
     f = figures(result)
-    top.set_title(
-        f"{setting(result)}: warm hits {f['warm_hit_rate']:.2%}, "
-        f"{f['idle_warm_pod_hours']:.0f} idle-warm pod-hours, start-up "
+    fig.suptitle(
+        f"{setting(result)}: {f['warm_hit_rate']:.2%} warm hits, "
+        f"{f['idle_warm_pod_hours']:.0f} idle-warm pod-hours, pod start-up "
         f"{result.startup.describe()}"
     )
-    bottom.set_xlabel("hours")
-    top.set_ylabel("sessions / pods")
-    bottom.set_ylabel("pods")
+    bottom.set_xlabel("time since the trace's start (hours)")
+    top.set_ylabel("sessions or pods (count)")
+    bottom.set_ylabel("pods (count)")
+    bottom.set_ylim(0, max(1.0, *smooth["warm"], *smooth["pending"], *smooth["target"]) * 1.15)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
+        # Beside the plot, so no legend hides the cap or the peak.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    bottom.set_xlim(0, result.duration / 3600)
     return fig
 
 
@@ -181,23 +290,3 @@ def plot_png(result: Result) -> bytes:
 
 def write_plot(result: Result, path: Path) -> None:
     path.write_bytes(plot_png(result))
-
-
-def write_html(results: Sequence[Result], path: Path) -> None:
-    """One self-contained page: the summary, the table, and the picture inlined."""
-    main = results[-1]
-    picture = base64.b64encode(plot_png(main)).decode()
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>sandbox-controller simulate</title>
-<style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}
-img{{max-width:100%}}</style></head>
-<body><h1>Pool simulation</h1>
-<pre>{html.escape(summary(main))}</pre>
-<h2>Settings compared</h2>
-<pre>{html.escape(table(results))}</pre>
-<h2>Over time</h2>
-<img alt="demand, assigned, warm and pending pods over time" src="data:image/png;base64,{picture}">
-</body></html>
-"""
-    path.write_text(page)
