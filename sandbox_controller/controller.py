@@ -192,7 +192,7 @@ class Controller:
                 log.warning("could not end the live sessions before stopping: %s", exc)
             else:
                 if ended:
-                    log.info("ended %d live sessions: controller_stopped", ended)
+                    log.info("ended %d live session(s) as controller_stopped", ended)
         await self._step_down(release=True)
 
     async def shutdown(self) -> None:
