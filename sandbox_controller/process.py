@@ -38,7 +38,7 @@ def standby_note(controller: Controller) -> str:
     503 not_leader: who leads, and when this one takes over if that one is gone."""
     seen = controller.leader_seen
     if seen is None:
-        return "Standby: not leading yet (the database has not answered); the API answers 503."
+        return "Standby: not leading yet (the log says why); the API answers 503 until it leads."
     left = max(0.0, seen.expires_at - controller.clock.now())
     until = datetime.fromtimestamp(seen.expires_at, UTC).strftime("%H:%M:%S UTC")
     return (
