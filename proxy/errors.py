@@ -13,7 +13,9 @@ class ProxyError(Exception):
         self.message = message
 
     def body(self) -> bytes:
-        return json.dumps({"error": {"code": self.code, "message": self.message}}).encode()
+        # The controller's shape and spelling (api/errors.py), so a client parses one.
+        error = {"error": {"code": self.code, "message": self.message}}
+        return json.dumps(error, separators=(",", ":")).encode()
 
 
 def bad_path(message: str) -> ProxyError:

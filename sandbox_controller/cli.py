@@ -20,12 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from .config import ConfigError, Settings, check_secrets, is_loopback, load_settings
+from .backends.base import BackendError
+from .config import (
+    ConfigError,
+    Settings,
+    check_secrets,
+    is_loopback,
+    load_settings,
+    unknown_variables,
+)
 
 if TYPE_CHECKING:
     from .serving import Process
 
 log = logging.getLogger("sandbox_controller")
+
+# The commands that log (and warn) through the process's log handler.
+_SERVERS = ("dev", "serve", "proxy", "migrate")
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -193,14 +204,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MATPLOTLIB_MISSING = (
+    "sandbox-controller: simulate --plot and --html draw with matplotlib, which is not "
+    'installed: pip install matplotlib (from a source checkout: pip install -e ".[sim]")'
+)
+
+
+def _wants_pictures(args: list[str]) -> bool:
+    # argparse takes any unique prefix of a flag (--pl, --htm) and the --flag=value form.
+    return any(
+        len(flag) > 3 and any(name.startswith(flag) for name in ("--plot", "--html"))
+        for flag in (arg.split("=", 1)[0] for arg in args)
+    )
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    typos = unknown_variables(os.environ)
+    if args.command not in _SERVERS:  # the servers log them, in the log's own format
+        for typo in typos:
+            print(f"sandbox-controller: warning: {typo}", file=sys.stderr)
 
     if args.command == "plan":
         from .plan import main as plan_main
 
         return plan_main(rest)
+    if args.command == "simulate" and _wants_pictures(rest) and not _has_matplotlib():
+        print(MATPLOTLIB_MISSING, file=sys.stderr)
+        return 2
     if args.command in ("trace", "simulate"):
         # Imported here: the controller itself never loads the simulator.
         from .sim.cli import simulate_main, trace_main
@@ -233,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
+    for typo in typos:
+        log.warning("%s", typo)
     listens = _listens(args.command, settings)
     taken = next((addr for addr in listens if not _free(*addr)), None)
     if taken is not None:
@@ -244,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     except DatabaseUnusable as exc:
         print(f"sandbox-controller: {exc}", file=sys.stderr)
+        return 1
+    except BackendError as exc:  # no cluster, no Docker daemon, no sandbox image
+        print(f"sandbox-controller: SANDBOX_BACKEND={settings.backend}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         # A port taken since the check, or an unreachable address: one line, no traceback.

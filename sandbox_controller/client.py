@@ -62,7 +62,7 @@ class Session:
     thread_id: str
     state: str  # provisioning | ready | ended
     # deleted | idle_timeout | max_lifetime | reclaimed | pod_failed | startup_timeout |
-    # claim_rejected
+    # claim_rejected | controller_stopped
     end_reason: str | None
     created_at: str
     last_active_at: str | None

@@ -6,8 +6,10 @@ backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -375,6 +377,39 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{name}: {msg}" if name else msg)
         raise ConfigError("; ".join(problems)) from None
+
+
+# SANDBOX_* variables that are no setting but have their own readers: the secrets
+# directory (load_settings), a sandbox's claim secret (sandbox_contract), Compose's
+# .env (env file, image name), and the test suite's switches.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        "SANDBOX_SECRETS_DIR",
+        "SANDBOX_CLAIM_SECRET",
+        "SANDBOX_ENV_FILE",
+        "SANDBOX_CONTROLLER_IMAGE",
+        "SANDBOX_TEST_POSTGRES",
+        "SANDBOX_CONSOLE_SCREENSHOTS",
+        "SANDBOX_CHAOS_SECONDS",
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each SANDBOX_* variable that is no setting (a typo is otherwise
+    ignored without a word), naming the closest setting when one is close."""
+    settings = ["SANDBOX_" + name.upper() for name in Settings.model_fields]
+    known = set(settings) | NON_SETTING_VARIABLES
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("SANDBOX_") or name in known:
+            continue
+        # A name cut short (SANDBOX_PREWARM_POOL) means the setting it begins, first.
+        close = sorted((s for s in settings if s.startswith(name)), key=len)[:1]
+        close = close or difflib.get_close_matches(name, settings, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}?" if close else "see the README's Configuration"
+        warnings.append(f"{name} is not a setting and is ignored; {hint}")
+    return warnings
 
 
 # Secret settings, and what none of them may be outside `dev`.

@@ -25,11 +25,11 @@ from .clock import Clock, SystemClock
 from .config import Settings
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
-from .model import PoolStatus
+from .model import EndReason, PoolStatus
 from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
-from .store import Fence, SchemaState, Store
+from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
 from .tokens import public_key
 
@@ -39,6 +39,8 @@ RETENTION_EVERY = 3600.0
 # A standby asks for the lease at least this often, so that a released lease (a
 # leader's SIGTERM) changes hands within about this long.
 STANDBY_POLL = 0.5
+# How long a stopping dev waits for its live sessions' ending to be written.
+END_SESSIONS_GRACE = 5.0
 
 
 async def make_backend(
@@ -105,6 +107,8 @@ class Controller:
         # Did the last store call answer? False until the first one has.
         self.store_ok = False
         self.schema: SchemaState | None = None
+        # The lease as last seen while standing by (who leads, until when); None leading.
+        self.leader_seen: LeaseHolder | None = None
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
@@ -176,7 +180,19 @@ class Controller:
 
     async def step_down(self) -> None:
         """Stop scheduling and release the lease, so that a standby takes over at once
-        (the first step of a graceful stop; the API answers 503 not_leader after it)."""
+        (the first step of a graceful stop; the API answers 503 not_leader after it).
+        A controller that stops its sandboxes as it exits (dev) first ends their
+        sessions as ``controller_stopped``: their sandboxes will be gone, by intent."""
+        scheduler = self.scheduler
+        if self._stop_sandboxes_on_exit and scheduler is not None and scheduler.running:
+            try:
+                async with asyncio.timeout(END_SESSIONS_GRACE):
+                    ended = await scheduler.end_all_sessions(EndReason.CONTROLLER_STOPPED)
+            except Exception as exc:  # the next start ends them from the store instead
+                log.warning("could not end the live sessions before stopping: %s", exc)
+            else:
+                if ended:
+                    log.info("ended %d live session(s) as controller_stopped", ended)
         await self._step_down(release=True)
 
     async def shutdown(self) -> None:
@@ -242,7 +258,9 @@ class Controller:
             self._store_failed("asking for the leader lease", exc)
             return
         if epoch is None:
+            await self._standing_by()
             return
+        self.leader_seen = None
         log.info("leading with lease epoch %d as %s", epoch, self.holder)
         scheduler: Scheduler | None = None
         try:
@@ -270,6 +288,27 @@ class Controller:
             return
         self.scheduler = scheduler
         await self._mark_leader(True)
+
+    async def _standing_by(self) -> None:
+        """Say once per holder and epoch who leads, and how long until this process
+        may take over: up to the lease's TTL after a leader killed without releasing it."""
+        try:
+            seen = await self.store.lease_holder()
+        except Exception as exc:
+            self._store_failed("reading the leader lease", exc)
+            return
+        before, self.leader_seen = self.leader_seen, seen
+        if seen is None or (
+            before is not None and (before.holder, before.epoch) == (seen.holder, seen.epoch)
+        ):
+            return
+        log.info(
+            "standing by: %s leads (lease epoch %d); taking over if it is not renewed "
+            "within %.1f s",
+            seen.holder,
+            seen.epoch,
+            max(0.0, seen.expires_at - self.clock.now()),
+        )
 
     async def _step_down(self, *, release: bool) -> None:
         scheduler, self.scheduler = self.scheduler, None
@@ -315,10 +354,18 @@ class Controller:
         renew = self.settings.leader_renew_interval
         while True:
             interval = renew if self.scheduler is not None else min(renew, STANDBY_POLL)
+            slept_at = self.clock.monotonic()
+            self.lease.resting(slept_at)
             if await sleep_or_stop(self.clock, interval, self._stopping):
                 return
-            if not self.lease.tick(self.clock.monotonic()) and self.scheduler is not None:
-                log.warning("this process was paused; no write until the lease is confirmed")
+            woke_at = self.clock.monotonic()
+            if not self.lease.tick(woke_at) and self.scheduler is not None:
+                log.warning(
+                    "this process was paused (woke %.1f s late, more than the lease margin "
+                    "of %.1f s); no write until the lease is confirmed",
+                    woke_at - slept_at - interval,
+                    self.lease.margin,
+                )
             scheduler = self.scheduler
             if scheduler is None:
                 await self._try_to_lead()

@@ -33,6 +33,8 @@ class EndReason(enum.StrEnum):
     STARTUP_TIMEOUT = "startup_timeout"
     # Its claim was refused by two sandboxes, or failed on max_claim_attempts of them.
     CLAIM_REJECTED = "claim_rejected"
+    # `dev` stopped on SIGTERM/SIGINT, stopping its sandboxes: a deliberate stop, no failure.
+    CONTROLLER_STOPPED = "controller_stopped"
 
 
 class Outcome(enum.StrEnum):

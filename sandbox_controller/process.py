@@ -9,6 +9,7 @@ import asyncio
 import logging
 import secrets
 import socket
+from datetime import UTC, datetime
 
 from proxy import ProxyProcess
 
@@ -30,6 +31,21 @@ LOCAL_BACKEND_NOTE = (
     "and other processes' /proc/*/environ. Use SANDBOX_BACKEND=docker for code you do\n"
     "not trust (README: Run on one VM with Docker Compose)."
 )
+
+
+def standby_note(controller: Controller) -> str:
+    """What a dev that does not lead tells its user, instead of a curl that would get
+    503 not_leader: who leads, and when this one takes over if that one is gone."""
+    seen = controller.leader_seen
+    if seen is None:
+        return "Standby: not leading yet (the log says why); the API answers 503 until it leads."
+    left = max(0.0, seen.expires_at - controller.clock.now())
+    until = datetime.fromtimestamp(seen.expires_at, UTC).strftime("%H:%M:%S UTC")
+    return (
+        f"Standby: {seen.holder} leads on this database (lease epoch {seen.epoch}, "
+        f"renewed until {until}); this process takes over if that lease is not renewed "
+        f"within {left:.1f} s. Until then the API answers 503 not_leader."
+    )
 
 
 class ControllerProcess:
@@ -146,12 +162,20 @@ class DevProcess:
             f"  connect URLs    {settings.proxy_url}/s/<session>/\n"
             f"  API token       {settings.api_token}\n"
             f"  console         http://{settings.host}:{api_port}/console\n"
-            f"  database        {settings.database_url}\n"
-            f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
-            f'-H \'content-type: application/json\' -d \'{{"user_id":"me","thread_id":"t1"}}\' '
-            f"http://{settings.host}:{api_port}/sessions",
+            f"  database        {settings.database_url}",
             flush=True,
         )
+        controller = self.controller.controller
+        if controller.is_leader:
+            print(
+                f"Try: curl -H 'Authorization: Bearer {settings.api_token}' "
+                f"-H 'content-type: application/json' "
+                f'-d \'{{"user_id":"me","thread_id":"t1"}}\' '
+                f"http://{settings.host}:{api_port}/sessions",
+                flush=True,
+            )
+        else:
+            print(standby_note(controller), flush=True)
         if settings.backend == "local":
             print(LOCAL_BACKEND_NOTE, flush=True)
 

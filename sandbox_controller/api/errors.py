@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -151,6 +153,28 @@ def allowed_methods(request: Request) -> str:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
+# What pydantic says of a body that is not an object: bytes or a string, as a body sent
+# without content-type: application/json arrives (FastAPI parses JSON only with it).
+_NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
+
+
+def _not_json(request: Request, errors: Sequence[Any]) -> str | None:
+    """The one message for a body that is no JSON object: malformed JSON (where it
+    broke, never its bytes), or a body sent without the JSON content type."""
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        if err.get("type") == "json_invalid" and len(loc) == 2 and loc[0] == "body":
+            why = str((err.get("ctx") or {}).get("error", "")) or "JSON decode error"
+            return f"the body is not valid JSON at character {loc[1]}: {why}"
+        if loc == ("body",) and err.get("type") in _NOT_AN_OBJECT:
+            sent = request.headers.get("content-type", "").split(";")[0].strip()
+            subtype = sent.lower().partition("/")[2]
+            if subtype != "json" and not subtype.endswith("+json"):  # as FastAPI reads it
+                has = f"this request's is {sent[:80]}" if sent else "this request has none"
+                return f"send the body as a JSON object with content-type: application/json ({has})"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SandboxError)
     async def domain_error(request: Request, exc: SandboxError) -> Response:
@@ -158,10 +182,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        first_run = _not_json(request, errors)
+        if first_run is not None:
+            return error_response(Problem.of(ErrorCode.INVALID_REQUEST, first_run))
         problems = []
         code = ErrorCode.INVALID_REQUEST
         # Words and places only: never an input value (env and files are secrets).
-        for err in exc.errors()[:5]:
+        for err in errors[:5]:
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
             where = ".".join(loc)
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))

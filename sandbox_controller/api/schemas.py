@@ -172,6 +172,7 @@ class SessionBody(BaseModel):
             "pod_failed",
             "startup_timeout",
             "claim_rejected",
+            "controller_stopped",
         ]
         | None
     )

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -70,6 +71,20 @@ from .kit import EventFeed, serves, wait_until_serving
 log = logging.getLogger(__name__)
 
 NAME_ATTEMPTS = 3
+# aiodocker's status for "nothing answers at the address" (no HTTP status came back).
+NO_DAEMON = 900
+
+
+def _no_daemon(url: str | None) -> BackendError:
+    where = url or os.environ.get("DOCKER_HOST") or "the default socket"
+    return BackendError(
+        f"no Docker daemon answers at {where} (SANDBOX_DOCKER_URL, else DOCKER_HOST): "
+        "start dockerd, or set SANDBOX_BACKEND=local to run sandboxes as local processes",
+        retryable=False,
+        kind=ErrorKind.PERMANENT,
+    )
+
+
 # A fresh sandbox answers /healthz within a second or so: ask soon, then less often.
 HEALTH_POLL = Backoff(base=0.05, cap=0.5, jitter=False)
 
@@ -134,11 +149,16 @@ class DockerBackend(HostRoom):
     ) -> DockerBackend:
         """A backend with a Docker client of its own: the image must be on the host, and
         the host's size comes from ``docker info``."""
-        docker = aiodocker.Docker(url=options.url)
+        try:
+            docker = aiodocker.Docker(url=options.url)
+        except (ValueError, AssertionError):  # aiodocker's way of saying no socket found
+            raise _no_daemon(options.url) from None
         try:
             try:
                 image = await docker.images.inspect(options.image)
             except aiodocker.DockerError as exc:
+                if exc.status == NO_DAEMON:
+                    raise _no_daemon(options.url) from None
                 if exc.status != 404:
                     raise
                 raise BackendError(

@@ -12,7 +12,9 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from yarl import URL
 
-from .base import BackendError
+from .base import BackendError, ErrorKind
+
+PERMANENT = ErrorKind.PERMANENT
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -20,17 +22,51 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 async def load_api_client(kubeconfig: str | None) -> k8s.ApiClient:
     """A kubeconfig if one is named, else in-cluster config, else ~/.kube/config."""
     configuration = k8s.Configuration()
-    if kubeconfig:
-        await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        await k8s_config.load_kube_config(client_configuration=configuration)
+    try:
+        if kubeconfig:
+            await k8s_config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            if not _default_kubeconfig().expanduser().exists():  # said here, in one line
+                raise k8s_config.ConfigException("no kubeconfig")
+            await k8s_config.load_kube_config(client_configuration=configuration)
+    except (k8s_config.ConfigException, OSError) as exc:
+        raise BackendError(
+            _no_configuration(kubeconfig, exc), retryable=False, kind=PERMANENT
+        ) from None
     api = k8s.ApiClient(configuration)
     _resolve_environment_once(api)
     return api
+
+
+def _default_kubeconfig() -> Path:
+    """The kubeconfig the library reads when none is named (KUBECONFIG's first)."""
+    return Path((os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)[0])
+
+
+def _no_configuration(kubeconfig: str | None, exc: Exception) -> str:
+    """What was looked for, and what to set: one line for a first run without a cluster."""
+    if kubeconfig:
+        tried = f"the kubeconfig {kubeconfig} (SANDBOX_KUBECONFIG)"
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        tried = "the in-cluster service account"
+    else:
+        where = str(_default_kubeconfig())
+        tried = f"no in-cluster service account, and the kubeconfig {where}"
+        if not Path(where).expanduser().exists():  # the library calls that "invalid"
+            return (
+                f"no Kubernetes configuration: not in a cluster, and no kubeconfig at "
+                f"{where}; set SANDBOX_KUBECONFIG (or KUBECONFIG), or SANDBOX_BACKEND=local "
+                "or docker to run without a cluster"
+            )
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    return (
+        f"no usable Kubernetes configuration: {tried}: {why}; set SANDBOX_KUBECONFIG, "
+        "or SANDBOX_BACKEND=local or docker to run without a cluster"
+    )
 
 
 def _resolve_environment_once(api: k8s.ApiClient) -> None:

@@ -37,10 +37,17 @@ class LeaseTerm:
     def lost(self) -> None:
         self.usable_until = -math.inf
 
+    def resting(self, now: float) -> None:
+        """The keeper goes to sleep until its next tick: the gap that tick measures is
+        the sleep and its overrun only. A slow store call before it is no pause (the
+        lease counts from when that query was sent)."""
+        self._last_tick = now
+
     def tick(self, now: float) -> bool:
         """The keeper's regular tick; False (and the lease unusable until renewed
-        again) if the time since the last one shows the process was paused."""
-        paused = now - self._last_tick > self.max_gap
+        again) if the time since the last one shows the process was paused. The first
+        tick has nothing to compare with, so it is never a pause."""
+        paused = self._last_tick > -math.inf and now - self._last_tick > self.max_gap
         self._last_tick = now
         if paused:
             self.lost()

@@ -156,6 +156,15 @@ class Scheduler(Rounds):
         if not await self._call(apply) and await self.store.get_session(session_id) is None:
             raise SessionNotFound(session_id)
 
+    async def end_all_sessions(self, reason: EndReason) -> int:
+        """End every live session with ``reason`` (their pods deleted); how many ended."""
+
+        def apply(pool: Pool, now: float) -> int:
+            live = [sid for sid, session in pool.sessions.items() if session.live]
+            return sum(pool.end_session(sid, reason, now) for sid in live)
+
+        return await self._call(apply)
+
     async def touch(self, session_id: str) -> None:
         """Activity on a live session (an agent at work); persisted with the next round,
         not awaited."""

@@ -80,6 +80,15 @@ class Fence:
     epoch: int
 
 
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds the leader lease, at which epoch, until when (wall-clock seconds)."""
+
+    holder: str
+    epoch: int
+    expires_at: float
+
+
 @dataclass
 class Batch:
     """Everything one scheduler round decided, to be committed at once."""
@@ -299,6 +308,20 @@ class Store:
     async def acquire_lease(self, holder: str, ttl: float, now: float) -> int | None:
         """Take or renew the lease; the epoch grows each time it changes hands."""
         return await self.run(_acquire_lease, holder, ttl, now)
+
+    async def lease_holder(self) -> LeaseHolder | None:
+        """The lease as the database has it (None if never taken): for a standby to say
+        who leads."""
+        statement = sa.select(leader_lease).where(leader_lease.c.name == LEASE_NAME)
+
+        def read(conn: Connection) -> LeaseHolder | None:
+            row = conn.execute(statement).first()
+            if row is None:
+                return None
+            m = row._mapping
+            return LeaseHolder(str(m["holder"]), int(m["epoch"]), float(m["expires_at"]))
+
+        return await self.run(read)
 
     async def release_lease(self, holder: str, epoch: int) -> None:
         statement = (

@@ -58,3 +58,22 @@ def test_lost_ends_it_at_once() -> None:
 def test_a_margin_as_long_as_the_lease_is_refused() -> None:
     with pytest.raises(ValueError):
         LeaseTerm(4.0, 4.0, max_gap=2.0)
+
+
+def test_the_first_tick_is_no_pause() -> None:
+    # A fresh start on a busy machine: nothing came before to have been paused.
+    lease = term()
+    lease.renewed(sent_at=100.0)
+    assert lease.tick(100.0 + 10 * GAP)
+    assert lease.usable(100.5)
+
+
+def test_only_the_sleep_counts_not_a_slow_call_before_it() -> None:
+    lease = term()
+    lease.tick(100.0)
+    # A renewal that took 5 s (longer than the gap) before the keeper slept again.
+    lease.resting(105.0)
+    lease.renewed(sent_at=105.0)
+    assert lease.tick(106.0)  # slept 1 s: on time
+    lease.resting(106.0)
+    assert not lease.tick(106.0 + GAP + 0.1)  # slept past the gap: a pause
