@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .durations import parse_duration
 from .model import Limits, PrewarmPolicy, PrewarmSettings
 from .quantities import byte_size, parse_quantity
+from .sandbox_contract import ENV_CLAIM_SECRET
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -385,7 +386,7 @@ def load_settings(**overrides: object) -> Settings:
 NON_SETTING_VARIABLES = frozenset(
     {
         "SANDBOX_SECRETS_DIR",
-        "SANDBOX_CLAIM_SECRET",
+        ENV_CLAIM_SECRET,
         "SANDBOX_ENV_FILE",
         "SANDBOX_CONTROLLER_IMAGE",
         "SANDBOX_TEST_POSTGRES",

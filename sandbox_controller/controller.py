@@ -92,7 +92,9 @@ class Controller:
     ) -> None:
         self.settings = settings
         self._backend = backend
-        self._stop_sandboxes_on_exit = stop_sandboxes_on_exit
+        # Pods in a cluster outlive the controller whatever it is asked (a restart adopts
+        # them), so only local processes and containers stop, and their sessions end.
+        self._stop_sandboxes_on_exit = stop_sandboxes_on_exit and settings.backend != "kubernetes"
         self.clock: Clock = clock or SystemClock()
         self.store = store or Store.open(settings.database_url, settings.store_timeout)
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
