@@ -1,9 +1,11 @@
-"""Open consoles, as browsers would keep them: each signs in, holds the live stream
-and, on every change, fetches its page's live part (what console.js does).
+"""Open consoles, as browsers would keep them: each signs in and holds the live stream
+opened for its page, which carries the page's live part on every change; only a part
+too big for the stream is fetched (what console.js does).
 
     python benchmarks/console_clients.py BASE_URL TOKEN [--consoles 20] [--page /console/sessions]
 
-Runs until killed; on SIGTERM prints one JSON line: events received, pages fetched.
+Runs until killed; on SIGTERM prints one JSON line: events received, bytes
+received, pages fetched.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ async def console(base: str, token: str, page: str, counts: dict[str, int]) -> N
             counts["fetches"] += 1
             counts["bytes"] += len(answer.content)
 
-        async with client.stream("GET", "/console/events") as stream:
+        params = {"page": page}
+        async with client.stream("GET", "/console/events", params=params) as stream:
             async for line in stream.aiter_lines():
-                if line.startswith("event: change"):
+                if line.startswith("event: fragment"):
+                    counts["events"] += 1
+                elif line.startswith("data: "):
+                    counts["bytes"] += len(line) - 5
+                elif line.startswith("event: refresh"):  # too big for the stream
                     counts["events"] += 1
                     if fetching is None or fetching.done():  # one fetch at a time
                         fetching = asyncio.ensure_future(fetch())
