@@ -14,8 +14,8 @@ Results go to stdout as a Markdown table and to benchmarks/results/claims.json.
 
 The operator console's cost (issue 23): ``--console off`` runs with SANDBOX_CONSOLE=false;
 ``--console-streams N`` keeps N consoles open on the sessions page during the runs
-(benchmarks/console_clients.py: each holds the live stream and fetches the page's live
-part on every change, as console.js does).
+(benchmarks/console_clients.py: each holds the live stream for its page, which carries
+the page's live part on every change, as console.js does).
 """
 
 from __future__ import annotations

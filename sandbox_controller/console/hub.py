@@ -22,7 +22,10 @@ from ..scheduler.loop import Scheduler
 
 log = logging.getLogger(__name__)
 
-TICK = 0.5  # at most two messages a second: a change shows within a second
+# While changes keep coming, one message per TICK carries them all (each costs every
+# open page a render); the first change after a quiet spell goes at once. A change
+# waits at most TICK plus a render: it shows within a second.
+TICK = 0.8
 QUIET_WAKE = 1.0  # with no round committed, look again this often
 SAMPLE_EVERY = 10.0  # pool history: one point per 10 s ...
 SAMPLES = 360  # ... for the last hour
@@ -30,6 +33,10 @@ MESSAGES = 128  # a stream further behind than this reloads its page instead
 HISTORY_SESSIONS = 10_000  # sessions whose history is kept (the least recent go first)
 HISTORY_ENTRIES = 20
 IDS_MAX = 200  # a message names at most this many sessions; beyond it, "all"
+
+
+# (version, the message as JSON, the sessions it names: None for "any, or the pool")
+Message = tuple[int, str, frozenset[str] | None]
 
 
 @dataclass
@@ -54,7 +61,7 @@ class Hub:
         self._ctl = controller
         self.version = 0
         self.leading = False
-        self._messages: deque[tuple[int, str]] = deque(maxlen=MESSAGES)
+        self._messages: deque[Message] = deque(maxlen=MESSAGES)
         self._published = asyncio.Event()
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,7 +94,7 @@ class Hub:
 
     # ------------------------------------------------------------ streams
 
-    def since(self, version: int) -> list[tuple[int, str]] | None:
+    def since(self, version: int) -> list[Message] | None:
         """Messages after ``version``; None if some of them are no longer kept."""
         if version >= self.version:
             return []
@@ -104,7 +111,9 @@ class Hub:
     def _publish(self, body: dict[str, object]) -> None:
         self.version += 1
         body["v"] = self.version
-        self._messages.append((self.version, json.dumps(body)))
+        ids = body.get("ids")
+        touched = None if body.get("all") or not isinstance(ids, list) else frozenset(ids)
+        self._messages.append((self.version, json.dumps(body), touched))
         self._wake_streams()
 
     def _wake_streams(self) -> None:

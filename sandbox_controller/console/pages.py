@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -17,7 +16,7 @@ from ..controller import Controller
 from ..errors import SandboxError
 from ..model import SessionState
 from ..scheduler.loop import Scheduler
-from . import views
+from . import live, views
 from .access import COOKIE, COOKIE_PATH, COOKIE_TTL, Access, Role, Visitor
 from .hub import Hub
 
@@ -35,11 +34,12 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 FRAGMENT = "x-console-fragment"  # asked by console.js: the live part of the page only
-HEARTBEAT = 15.0
 ROWS_DEFAULT, ROWS_MAX = 200, 5000
 ENDS_SHOWN = 100
 TEXT_MAX = 253
 FRAGMENTS_KEPT = 32
+PAGE_URL_MAX = 2048
+SESSION_PAGE = "/console/sessions/"
 
 
 class Refused(Exception):
@@ -275,35 +275,76 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
     async def events(request: Request) -> Response:
         if visitor_of(request) is None:
             return refused(Refused(401, "Sign in first."))
-        since = _count(request.query_params.get("v"), hub.version, 2**62)
+        q = request.query_params
+        since = _count(q.get("v"), hub.version, 2**62)
+        followed = None
+        if "page" in q:
+            followed = page_followed(q["page"], request.cookies.get(COOKIE, ""))
+            if followed is None:
+                return refused(Refused(400, "page: a console page, as /console/sessions?..."))
         return StreamingResponse(
-            _stream(hub, since),
+            live.stream(hub, since, followed),
             media_type="text/event-stream",
             headers={**HEADERS, "X-Accel-Buffering": "no"},
         )
 
+    pages = {
+        "/console/pool": ("pool.html", pool_page),
+        "/console/sessions": ("sessions.html", sessions_page),
+        "/console/users": ("users.html", users_page),
+        "/console/ends": ("ends.html", ends_page),
+    }
+    frames: OrderedDict[tuple[str, Role, int], asyncio.Future[bytes]] = OrderedDict()
+
+    def page_followed(url: str, cookie: str) -> live.Page | None:
+        """What a stream opened for ``url`` sends: the page's live part, rendered once
+        per change and role (it holds no CSRF token) and shared by every stream on it."""
+        parts = urlsplit(url)
+        if len(url) > PAGE_URL_MAX or parts.scheme or parts.netloc:
+            return None
+        path, session_id = parts.path, None
+        if path in pages:
+            name, build = pages[path]
+        elif path.startswith(SESSION_PAGE) and "/" not in path[len(SESSION_PAGE) :]:
+            name, build = "session.html", session_page
+            session_id = unquote(path[len(SESSION_PAGE) :])
+        else:
+            return None
+        key_url = f"{path}?{parts.query}"
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "server": ("console", 80),
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": parts.query.encode(),
+            "headers": [(b"cookie", f"{COOKIE}={cookie}".encode()), (FRAGMENT.encode(), b"1")],
+            "path_params": {"session_id": session_id} if session_id is not None else {},
+        }
+
+        async def render_frame(version: int) -> bytes:
+            response = await render(Request(scope), name, build)
+            if response.status_code != 200:
+                return live.RELOAD
+            return live.frame(version, bytes(response.body).decode())
+
+        async def frame() -> bytes:
+            who = access.visitor(cookie, ctl.clock.now())
+            if who is None or scheduler() is None:
+                return live.RELOAD
+            key = (key_url, who.role, hub.version)
+            shared = frames.get(key)
+            if shared is None:
+                shared = frames[key] = asyncio.ensure_future(render_frame(hub.version))
+                while len(frames) > FRAGMENTS_KEPT:
+                    frames.popitem(last=False)
+            return await asyncio.shield(shared)
+
+        return live.Page(session_id, frame)
+
     return console
-
-
-async def _stream(hub: Hub, since: int) -> AsyncIterator[str]:
-    """One console's stream: every message after ``since``, a heartbeat when quiet."""
-    yield "retry: 2000\n\n"
-    seen = since
-    while not hub.closed:
-        messages = hub.since(seen)
-        if messages is None:  # too far behind: the page fetches itself anew
-            seen = hub.version
-            yield f'id: {seen}\nevent: change\ndata: {{"all": true}}\n\n'
-            continue
-        for version, data in messages:
-            seen = version
-            event = "standby" if '"standby"' in data else "change"
-            yield f"id: {version}\nevent: {event}\ndata: {data}\n\n"
-        if not messages:
-            await hub.next_message(HEARTBEAT)
-            if not hub.since(seen):
-                yield ": heartbeat\n\n"
-        await asyncio.sleep(0)
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -22,10 +22,9 @@
   const version = meta("console-version");
   const live = document.getElementById("live");
   if (version === null || !live || !window.EventSource) return;
-  const sessionId = document.body.dataset.session || null;
   const dot = document.getElementById("live-dot");
 
-  // One fetch of the page's live part at a time; changes during it fetch once more.
+  // One fetch of the page's live part at a time (when it is too big for the stream).
   let fetching = false;
   let again = false;
   async function refresh() {
@@ -54,7 +53,7 @@
         document.body.dataset.updated = String(Date.now());
       }
     } catch (error) {
-      // The stream reconnects by itself; the next change fetches again.
+      // The stream reconnects by itself and sends the live part anew.
     } finally {
       fetching = false;
       if (again) {
@@ -64,14 +63,18 @@
     }
   }
 
-  const source = new EventSource("/console/events?v=" + encodeURIComponent(version));
-  source.addEventListener("change", (event) => {
-    if (sessionId !== null) {
-      const change = JSON.parse(event.data);
-      if (!change.all && !(change.ids || []).includes(sessionId)) return;
-    }
-    refresh();
+  // The stream carries the page's live part itself, once per change that concerns
+  // it; a part too big for the stream is fetched instead.
+  const page = window.location.pathname + window.location.search;
+  const source = new EventSource(
+    "/console/events?v=" + encodeURIComponent(version) + "&page=" + encodeURIComponent(page),
+  );
+  source.addEventListener("fragment", (event) => {
+    live.innerHTML = event.data;
+    document.body.dataset.updated = String(Date.now());
   });
+  source.addEventListener("refresh", () => refresh());
+  source.addEventListener("reload", () => window.location.reload());
   source.addEventListener("standby", () => window.location.reload());
   source.addEventListener("open", () => {
     if (dot) dot.classList.add("on");
