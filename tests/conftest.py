@@ -27,6 +27,7 @@ from sandbox_controller.controller import Controller
 from sandbox_controller.process import ControllerProcess
 from sandbox_controller.serving import serve
 
+from .browsers import browser  # noqa: F401  (a fixture for every browser test)
 from .eventually import eventually
 
 PG_ADMIN_URL = os.environ.get(

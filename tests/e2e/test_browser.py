@@ -5,12 +5,8 @@ WebSocket with its cookie. Chromium resolves ``*.localhost`` to loopback, so
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
@@ -20,17 +16,6 @@ from sandbox_controller import devsandbox
 
 from ..proxy.conftest import Served, Stack, running_stack, serve, token_for
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SECRET_TEXT = "the secret of session A"
 
 # A sandbox page that tries to read a URL and shows the outcome in its title.
@@ -65,22 +50,6 @@ def sandbox_app() -> Starlette:
             Mount("/", devsandbox.build_app()),
         ]
     )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it in CI")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def title_of(page: Any, url: str) -> str:

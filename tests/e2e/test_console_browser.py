@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from ..conftest import API_TOKEN, ControllerFactory
 from ..eventually import eventually
-from .test_browser import browser  # noqa: F401  (the fixture)
 
 VIEWER_TOKEN = "console-viewer-token"
 SHOTS = os.environ.get("SANDBOX_CONSOLE_SCREENSHOTS")
@@ -47,7 +46,7 @@ async def signed_in(chromium: Any, base: str, token: str) -> tuple[Any, list[str
 
 async def test_the_console_follows_the_pool_live_and_ends_sessions(
     start_controller: ControllerFactory,
-    browser: Any,  # noqa: F811
+    browser: Any,
 ) -> None:
     ctl = await start_controller(prewarm_pool_size=1, max_total_jobs=2, console_token=VIEWER_TOKEN)
     base = ctl.url

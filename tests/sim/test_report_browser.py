@@ -5,10 +5,7 @@ recommendation with a values.yaml fragment that the simulator reads back."""
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +15,6 @@ import yaml
 from sandbox_controller.cli import main
 from sandbox_controller.sim.report import PLOT_DPI, PLOT_SIZE
 from sandbox_controller.sim.trace import SynthModel, synth, write_trace
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-ARGS += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs it in CI")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def test_the_html_report_shows_summary_sweep_plot_and_a_working_recommendation(
