@@ -114,6 +114,9 @@ class Controller:
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
+        # Set by step_down: a process on its way out never takes the lease again (its
+        # lease loop would otherwise win it back from the standby during the drain).
+        self._retiring = False
 
     @property
     def backend(self) -> Backend:
@@ -195,6 +198,7 @@ class Controller:
             else:
                 if ended:
                     log.info("ended %d live session(s) as controller_stopped", ended)
+        self._retiring = True
         await self._step_down(release=True)
 
     async def shutdown(self) -> None:
@@ -252,7 +256,7 @@ class Controller:
         return epoch
 
     async def _try_to_lead(self) -> None:
-        if not await self._schema_known():
+        if self._retiring or not await self._schema_known():
             return
         try:
             epoch = await self._acquire()
@@ -283,13 +287,19 @@ class Controller:
             await scheduler.start()
         except Exception:
             log.exception("could not start leading; releasing the lease")
-            if scheduler is not None:
-                await scheduler.stop()
-            await self.backend.stop()
-            await self._release(epoch)
+            await self._give_up_leading(scheduler, epoch)
+            return
+        if self._retiring:  # step_down came while this was starting: hand it over
+            await self._give_up_leading(scheduler, epoch)
             return
         self.scheduler = scheduler
         await self._mark_leader(True)
+
+    async def _give_up_leading(self, scheduler: Scheduler | None, epoch: int) -> None:
+        if scheduler is not None:
+            await scheduler.stop()
+        await self.backend.stop()
+        await self._release(epoch)
 
     async def _standing_by(self) -> None:
         """Say once per holder and epoch who leads, and how long until this process

@@ -4,13 +4,16 @@ leader steps down; a schema from a newer version is left alone."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from sandbox_controller.clock import ManualClock
 from sandbox_controller.store import Store
 
 from .conftest import ControllerFactory
@@ -87,3 +90,31 @@ async def test_a_lease_release_that_fails_is_logged_and_the_lease_ends_at_its_tt
             lambda c: c.execute(sa.text("ALTER TABLE leader_lease_away RENAME TO leader_lease"))
         )
         await outside.close()
+
+
+async def test_a_leader_that_stepped_down_never_takes_the_lease_back(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    """Between SIGTERM's step-down and the end of the drain the old leader's lease loop
+    goes on ticking; were it to take the released lease again, the standby would find
+    it held and the hand-over would wait for the drain and then the lease's TTL."""
+    clock = ManualClock(start=time.time(), monotonic_start=time.monotonic())
+    url = f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+    leader = await start_controller(
+        clock=clock, database_url=url, leader_renew_interval="1s", leader_lease_ttl="4s"
+    )
+    assert leader.controller.is_leader
+    await leader.controller.step_down()
+
+    outside = Store.open(url)
+    try:
+        for _ in range(5):  # five turns of the lease loop, each past a renew interval
+            await clock.until_sleeping()
+            clock.advance(1.0)
+            await asyncio.sleep(0.05)
+        await clock.until_sleeping()
+        held = await outside.lease_holder()
+    finally:
+        await outside.close()
+    assert not leader.controller.is_leader
+    assert held is not None and held.expires_at == 0.0  # still released: free to take
