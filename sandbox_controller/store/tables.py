@@ -29,11 +29,21 @@ sessions = sa.Table(
     sa.Column("activity_detail", sa.String(256), nullable=True),
     # JSON: model.EndDetail, why the session ended when it did.
     sa.Column("end_detail", sa.Text, nullable=True),
+    # The template the session runs (NULL: the default one), its org ('' for none), its
+    # plan (NULL: the deployment's defaults), and JSON resources asked for (NULL: the
+    # template's own).
+    sa.Column("template", sa.String(63), nullable=True),
+    sa.Column("org_id", sa.String(253), nullable=False, server_default=""),
+    sa.Column("plan", sa.String(63), nullable=True),
+    sa.Column("resources", sa.Text, nullable=True),
     sa.Index("ix_sessions_user_id", "user_id"),
+    sa.Index("ix_sessions_org_id", "org_id"),
     sa.Index("ix_sessions_state_ended_at", "state", "ended_at"),
-    # The database, too, refuses two live sessions for one thread.
+    # The database, too, refuses two live sessions for one thread of one org's user.
     sa.Index(
         "ux_sessions_live_thread",
+        "org_id",
+        "user_id",
         "thread_id",
         unique=True,
         postgresql_where=sa.text("state <> 'ended'"),
@@ -51,6 +61,10 @@ pods = sa.Table(
     sa.Column("ready_at", sa.Float, nullable=True),
     sa.Column("template_hash", sa.String(64), nullable=False),
     sa.Column("address", sa.String(64), nullable=True),
+    # The template the pod was made from (NULL: the default one) and JSON resources when
+    # they differ from the template's.
+    sa.Column("template", sa.String(63), nullable=True),
+    sa.Column("resources", sa.Text, nullable=True),
 )
 
 leader_lease = sa.Table(

@@ -36,7 +36,7 @@ async def test_migrations_apply_from_empty_and_are_idempotent(store: Store) -> N
         lambda c: c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     )
     assert {"sessions", "pods", "leader_lease"} <= set(tables)
-    assert version == "0002"
+    assert version == "0003"
 
 
 async def test_a_database_of_the_previous_version_upgrades_with_its_sessions(
@@ -192,3 +192,38 @@ async def test_postgres_connections_dropped_by_the_server_cost_no_failed_write(
         assert {s.id for s in await store.list_sessions("user")} == {"s1", "s2"}
     finally:
         await store.close()
+
+
+async def test_the_migrations_build_exactly_the_schema_the_code_declares(store: Store) -> None:
+    """tables.py and the migrations describe one schema: a column or index added to one
+    and not the other would pass every other test on a fresh database and then fail on
+    an upgraded one."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sandbox_controller.store.tables import metadata
+
+    def differences(conn: sa.Connection) -> list[object]:
+        context = MigrationContext.configure(conn, opts={"compare_server_default": False})
+        return [d for d in compare_metadata(context, metadata) if "alembic_version" not in repr(d)]
+
+    assert await store.run(differences) == []
+
+
+async def test_a_thread_id_is_unique_per_org_and_user_not_per_deployment(store: Store) -> None:
+    rows = [("", "u1", "a"), ("", "u2", "b"), ("org-1", "u1", "c")]  # one thread id "t"
+
+    def write(conn: sa.Connection) -> None:
+        for org, user, sid in rows:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO sessions (id, user_id, thread_id, state, created_at,"
+                    " last_active_at, org_id) VALUES (:id, :u, 't', 'ready', 1.0, 1.0, :o)"
+                ),
+                {"id": sid, "u": user, "o": org},
+            )
+
+    await store.run(write)
+    with pytest.raises(sa.exc.IntegrityError):
+        rows[:] = [("org-1", "u1", "d")]
+        await store.run(write)
