@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +21,14 @@ from sandbox_controller.cli import DEV_CREDENTIALS, _dev_credentials, build_pars
 from sandbox_controller.config import load_settings
 
 
-def run_cli(*args: str, timeout: float = 30, **env: str) -> tuple[int, str, float]:
-    """The CLI as a user runs it: exit code, stderr, seconds taken."""
-    started = time.monotonic()
+def run_cli(*args: str, timeout: float = 30, **env: str) -> tuple[int, str]:
+    """The CLI as a user runs it: exit code and stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "sandbox_controller.cli", *args],
         env={**os.environ, "SANDBOX_TOKEN_SECRET": secrets.token_urlsafe(32), **env},
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    return done.returncode, done.stderr, time.monotonic() - started
+    return done.returncode, done.stderr
 
 
 # ------------------------------------------------------------------ help
@@ -150,25 +148,27 @@ def closed_port() -> int:
 )
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 def test_an_unusable_database_is_one_line_naming_it(url: str, says: str, command: str) -> None:
-    code, err, took = run_cli(command, SANDBOX_DATABASE_URL=url, SANDBOX_PORT="0")
+    code, err = run_cli(command, SANDBOX_DATABASE_URL=url, SANDBOX_PORT="0")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1, err
     assert says in lines[0] and "s3cret-pw" not in lines[0]
     if "://" in url:
         assert url.replace("s3cret-pw", "***").split("@")[1] in lines[0]
-    assert took < 10
+    # Fast, not retried: run_cli's 30 s limit is half of the 60 s a start-up waits for a
+    # database that is merely not up yet (no tighter bound: the suite times nothing).
 
 
 @pytest.mark.slow
-def test_a_database_that_never_answers_is_one_line_within_10_s(silent_server: int) -> None:
+def test_a_database_that_never_answers_is_one_line_after_its_7_s_deadline(
+    silent_server: int,
+) -> None:
     url = f"postgresql+asyncpg://app:s3cret-pw@127.0.0.1:{silent_server}/app"
-    code, err, took = run_cli("serve", SANDBOX_DATABASE_URL=url, SANDBOX_PORT="0")
+    code, err = run_cli("serve", SANDBOX_DATABASE_URL=url, SANDBOX_PORT="0")
     lines = err.strip().splitlines()
     assert code == 1 and lines == [
         f"sandbox-controller: cannot use the database postgresql+asyncpg://app:***@127.0.0.1:"
         f"{silent_server}/app: no answer within 7 s"
     ]
-    assert took < 10
 
 
 def test_migrate_at_the_default_level_shows_no_alembic_chatter(tmp_path: Path) -> None:
