@@ -384,7 +384,7 @@ class KubernetesBackend:
         name = pod["metadata"]["name"]
         self._expectations.observe(name)
         if type_ == "DELETED":
-            return [e for e in [self._cache.remove(name)] if e is not None]
+            return [e for e in [self._cache.remove(name, pod)] if e is not None]
         return [e for e in [self._cache.upsert(pod)] if e is not None]
 
     def _warning_event(self, type_: str, event: Obj) -> list[PodEvent]:
