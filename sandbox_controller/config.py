@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     pod_template_configmap: str | None = None
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
+    # The PodDisruptionBudget over assigned sandbox pods (the chart's) whose
+    # minAvailable the controller keeps equal to the live sessions' pods; empty: none.
+    kube_disruption_budget: str | None = None
 
     # Docker backend (one VM: Docker Engine API, one container per sandbox)
     # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
@@ -242,6 +245,7 @@ class Settings(BaseSettings):
             qps=self.kube_qps,
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
+            disruption_budget=self.kube_disruption_budget,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -278,7 +282,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
 
-    @field_validator("docker_runtime", "docker_url", mode="before")
+    @field_validator("docker_runtime", "docker_url", "kube_disruption_budget", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -333,6 +337,10 @@ class KubeOptions:
     qps: float
     burst: int
     max_concurrent_creates: int
+    disruption_budget: str | None = None  # its name; None: no budget kept
+    # At most one write of the budget per interval (seconds): a burst of opens is one
+    # write, a new session covered within it. Not an operator setting.
+    budget_interval: float = 1.0
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2

@@ -16,6 +16,16 @@ from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, POD_NAME_PR
 
 Obj = dict[str, Any]
 
+# On a pod leased to a session (the backend's patch at the lease): the autoscalers
+# (cluster-autoscaler, Karpenter) must not take its node to pack or consolidate.
+ASSIGNED_ANNOTATIONS = {
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    "karpenter.sh/do-not-disrupt": "true",
+}
+# On a warm pod: the cluster-autoscaler keeps any node holding a pod without a
+# controller unless the pod says it may go, and a warm pod may (a new one is made).
+WARM_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+
 DEFAULT_TEMPLATE: Obj = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -101,6 +111,12 @@ def build_pod(
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_TEMPLATE_HASH: hash_,
     }
+    # Every pod starts warm: whatever the template says, it carries no do-not-evict
+    # annotation until it is leased (the backend's patch then adds them).
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k not in ASSIGNED_ANNOTATIONS
+    }
+    meta["annotations"] = {**annotations, **WARM_ANNOTATIONS}
     if owner is not None:
         meta["ownerReferences"] = [dict(owner)]
     if env:
