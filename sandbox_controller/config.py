@@ -147,6 +147,15 @@ class Settings(BaseSettings):
     # Open connections per process (WebSockets included); beyond it, 503 + Retry-After.
     max_connections: int = Field(10_000, ge=1)
 
+    # Disk per sandbox (the chart's agentSandbox.job values of the same names). Each
+    # writable path (/tmp, /workspace) holds at most tmp_dir_size_limit; the sandbox's own
+    # writes besides (its root filesystem, logs) at most rootfs_size_limit. Docker: the
+    # root is read-only and the writable paths are tmpfs, which count against the memory
+    # limit too (the smaller bounds them). Kubernetes: the chart renders them into the pod
+    # template; the built-in template (no SANDBOX_POD_TEMPLATE_PATH) takes them from here.
+    tmp_dir_size_limit: Bytes = Field(20 * 2**30, ge=2**20)
+    rootfs_size_limit: Bytes = Field(2 * 2**30, ge=2**20)
+
     # Kubernetes backend
     namespace: str | None = None
     # This controller's own pod (the chart sets it from the downward API), labelled
@@ -180,8 +189,6 @@ class Settings(BaseSettings):
     docker_instance: str = "agent-sandbox"
     # Memory no sandbox may take: the OS, dockerd, the controller, proxy and database.
     docker_reserved_memory: Bytes = Field(2**30, ge=0)
-    # A tmpfs, counted against the sandbox's memory limit; the root filesystem is read-only.
-    docker_workspace_size: Bytes = Field(2**30, ge=2**20)
     docker_user: str = "10001:10001"
 
     @property
@@ -246,6 +253,8 @@ class Settings(BaseSettings):
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
             disruption_budget=self.kube_disruption_budget,
+            tmp_dir_size_limit=self.tmp_dir_size_limit,
+            rootfs_size_limit=self.rootfs_size_limit,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -259,7 +268,7 @@ class Settings(BaseSettings):
             publish=self.docker_publish,
             instance=self.docker_instance,
             reserved_memory=self.docker_reserved_memory,
-            workspace_size=self.docker_workspace_size,
+            workspace_size=min(self.tmp_dir_size_limit, self.docker_memory),
             user=self.docker_user,
             max_concurrent_creates=self.max_concurrent_creates,
         )
@@ -338,6 +347,9 @@ class KubeOptions:
     burst: int
     max_concurrent_creates: int
     disruption_budget: str | None = None  # its name; None: no budget kept
+    # Disk of the built-in template's sandbox (bytes; a template file says its own).
+    tmp_dir_size_limit: int = 20 * 2**30
+    rootfs_size_limit: int = 2 * 2**30
     # At most one write of the budget per interval (seconds): a burst of opens is one
     # write, a new session covered within it. Not an operator setting.
     budget_interval: float = 1.0
@@ -360,7 +372,7 @@ class DockerOptions:
     publish: bool
     instance: str
     reserved_memory: int  # bytes
-    workspace_size: int  # bytes
+    workspace_size: int  # bytes, of each writable tmpfs (/tmp, /workspace)
     user: str
     max_concurrent_creates: int
     # Not operator settings: tests shorten them.

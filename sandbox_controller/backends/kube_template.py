@@ -59,6 +59,30 @@ DEFAULT_TEMPLATE: Obj = {
 }
 
 
+WRITABLE_PATHS = ("/tmp", "/workspace")
+
+
+def default_template(tmp_dir_size_limit: int, rootfs_size_limit: int) -> Obj:
+    """The built-in template with the disk limits the chart renders into its own: a
+    read-only root, an emptyDir of at most ``tmp_dir_size_limit`` bytes per writable
+    path, and an ephemeral-storage limit of both sizes (the kubelet evicts past it)."""
+    pod = copy.deepcopy(DEFAULT_TEMPLATE)
+    spec = pod["spec"]
+    names = [f"writable-{p.strip('/')}" for p in WRITABLE_PATHS]
+    spec["volumes"] = [
+        {"name": n, "emptyDir": {"sizeLimit": str(tmp_dir_size_limit)}} for n in names
+    ]
+    container = spec["containers"][0]
+    container["volumeMounts"] = [
+        {"name": n, "mountPath": p} for n, p in zip(names, WRITABLE_PATHS, strict=True)
+    ]
+    container["securityContext"] = {"readOnlyRootFilesystem": True}
+    resources = container["resources"]
+    resources["requests"]["ephemeral-storage"] = str(rootfs_size_limit)
+    resources["limits"] = {"ephemeral-storage": str(tmp_dir_size_limit + rootfs_size_limit)}
+    return pod
+
+
 def load_template(path: str | Path | None) -> Obj:
     """A Pod manifest from YAML holding a Pod, or only a pod spec."""
     if path is None:

@@ -53,6 +53,7 @@ from .kube_config import load_api_client, resolve_namespace
 from .kube_template import (
     ASSIGNED_ANNOTATIONS,
     build_pod,
+    default_template,
     load_template,
     pod_port,
     template_hash,
@@ -131,7 +132,11 @@ class KubernetesBackend:
         self._budget: BudgetKeeper | None = None
         self._assigned: set[str] = set()  # assigned pods, neither failed nor terminating
         self.namespace = resolve_namespace(options.namespace, options.kubeconfig)
-        self.template: Obj = load_template(options.template_path)
+        self.template: Obj = (
+            load_template(options.template_path)
+            if options.template_path
+            else default_template(options.tmp_dir_size_limit, options.rootfs_size_limit)
+        )
         self.template_hash = template_hash(self.template)
         self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
