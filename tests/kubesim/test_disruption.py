@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -126,7 +127,9 @@ async def test_kubelet_eviction_fails_the_pod(sim: KubeSim, core: client.CoreV1A
     await core.create_namespaced_pod(NS, pod_body("disk"))
     await running(sim, "disk")
     message = "Pod ephemeral local storage usage exceeds the total limit of containers 22Gi."
-    sim.cluster.evict_for_pressure(NS, "disk", message)
+    async with httpx.AsyncClient() as admin:  # as an out-of-process kubesim is driven
+        answer = await admin.post(f"{sim.url}/_kubesim/pods/disk/evict", json={"message": message})
+    assert answer.status_code == 200, answer.text
     pod = await core.read_namespaced_pod("disk", NS)
     assert pod.status.phase == "Failed" and pod.status.reason == "Evicted"
     assert pod.status.message == message
