@@ -53,6 +53,8 @@ class EndDetail:
     busy_answer: str | None
     # claim_rejected: why the claim was given up, quoting the sandbox's answer.
     claim_answer: str | None = None
+    # evicted: the platform's words for the eviction.
+    eviction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Session:
     thread_id: str
     state: str  # provisioning | ready | ended
     # deleted | idle_timeout | max_lifetime | reclaimed | pod_failed | startup_timeout |
-    # claim_rejected | controller_stopped
+    # claim_rejected | controller_stopped | evicted
     end_reason: str | None
     created_at: str
     last_active_at: str | None
@@ -106,6 +108,7 @@ class Session:
                 ended.get("activity_source"),
                 ended.get("busy_answer"),
                 ended.get("claim_answer"),
+                ended.get("eviction"),
             )
             if ended
             else None,

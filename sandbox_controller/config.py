@@ -147,6 +147,15 @@ class Settings(BaseSettings):
     # Open connections per process (WebSockets included); beyond it, 503 + Retry-After.
     max_connections: int = Field(10_000, ge=1)
 
+    # Disk per sandbox (the chart's agentSandbox.job values of the same names). Each
+    # writable path (/tmp, /workspace) holds at most tmp_dir_size_limit; the sandbox's own
+    # writes besides (its root filesystem, logs) at most rootfs_size_limit. Docker: the
+    # root is read-only and the writable paths are tmpfs, which count against the memory
+    # limit too (the smaller bounds them). Kubernetes: the chart renders them into the pod
+    # template; the built-in template (no SANDBOX_POD_TEMPLATE_PATH) takes them from here.
+    tmp_dir_size_limit: Bytes = Field(20 * 2**30, ge=2**20)
+    rootfs_size_limit: Bytes = Field(2 * 2**30, ge=2**20)
+
     # Kubernetes backend
     namespace: str | None = None
     # This controller's own pod (the chart sets it from the downward API), labelled
@@ -157,6 +166,9 @@ class Settings(BaseSettings):
     pod_template_configmap: str | None = None
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
+    # The PodDisruptionBudget over assigned sandbox pods (the chart's) whose
+    # minAvailable the controller keeps equal to the live sessions' pods; empty: none.
+    kube_disruption_budget: str | None = None
 
     # Docker backend (one VM: Docker Engine API, one container per sandbox)
     # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
@@ -177,8 +189,6 @@ class Settings(BaseSettings):
     docker_instance: str = "agent-sandbox"
     # Memory no sandbox may take: the OS, dockerd, the controller, proxy and database.
     docker_reserved_memory: Bytes = Field(2**30, ge=0)
-    # A tmpfs, counted against the sandbox's memory limit; the root filesystem is read-only.
-    docker_workspace_size: Bytes = Field(2**30, ge=2**20)
     docker_user: str = "10001:10001"
 
     @property
@@ -242,6 +252,9 @@ class Settings(BaseSettings):
             qps=self.kube_qps,
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
+            disruption_budget=self.kube_disruption_budget,
+            tmp_dir_size_limit=self.tmp_dir_size_limit,
+            rootfs_size_limit=self.rootfs_size_limit,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -255,7 +268,7 @@ class Settings(BaseSettings):
             publish=self.docker_publish,
             instance=self.docker_instance,
             reserved_memory=self.docker_reserved_memory,
-            workspace_size=self.docker_workspace_size,
+            workspace_size=min(self.tmp_dir_size_limit, self.docker_memory),
             user=self.docker_user,
             max_concurrent_creates=self.max_concurrent_creates,
         )
@@ -278,7 +291,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
 
-    @field_validator("docker_runtime", "docker_url", mode="before")
+    @field_validator("docker_runtime", "docker_url", "kube_disruption_budget", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -333,6 +346,13 @@ class KubeOptions:
     qps: float
     burst: int
     max_concurrent_creates: int
+    disruption_budget: str | None = None  # its name; None: no budget kept
+    # Disk of the built-in template's sandbox (bytes; a template file says its own).
+    tmp_dir_size_limit: int = 20 * 2**30
+    rootfs_size_limit: int = 2 * 2**30
+    # At most one write of the budget per interval (seconds): a burst of opens is one
+    # write, a new session covered within it. Not an operator setting.
+    budget_interval: float = 1.0
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2
@@ -352,7 +372,7 @@ class DockerOptions:
     publish: bool
     instance: str
     reserved_memory: int  # bytes
-    workspace_size: int  # bytes
+    workspace_size: int  # bytes, of each writable tmpfs (/tmp, /workspace)
     user: str
     max_concurrent_creates: int
     # Not operator settings: tests shorten them.

@@ -35,6 +35,9 @@ class EndReason(enum.StrEnum):
     CLAIM_REJECTED = "claim_rejected"
     # `dev` stopped on SIGTERM/SIGINT, stopping its sandboxes: a deliberate stop, no failure.
     CONTROLLER_STOPPED = "controller_stopped"
+    # The platform evicted its pod (a drain through the Eviction API, node pressure, more
+    # disk than its limits): not a crash. end_detail.eviction says who and why.
+    EVICTED = "evicted"
 
 
 class Outcome(enum.StrEnum):
@@ -65,6 +68,10 @@ class Pod:
     # Its LABEL_CREATE_ID, from which its claim secret derives (in memory, from the
     # backend's status). None: made by an older version, so no hook calls.
     create_id: str | None = None
+    # Its sandbox has stopped (the platform says it failed): no hook can reach it.
+    stopped: bool = field(default=False, compare=False)
+    # The platform is evicting it (in memory): it goes whatever we do.
+    evicting: bool = field(default=False, compare=False)
     # created_at on this process's monotonic clock, which its start-up deadline runs
     # on (in memory, not stored; set by the pool: scheduler/pool.py).
     created_mono: float = field(default=0.0, compare=False)
@@ -106,6 +113,8 @@ class EndDetail:
     busy_answer: str | None = None
     # claim_rejected: what the sandboxes answered the claim (quoting.py: bounded, no secret).
     claim_answer: str | None = None
+    # evicted: the platform's words (the pod's DisruptionTarget condition or its status).
+    eviction: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -113,6 +122,7 @@ class EndDetail:
             "activity_source": self.activity_source.value if self.activity_source else None,
             "busy_answer": self.busy_answer,
             "claim_answer": self.claim_answer,
+            "eviction": self.eviction,
         }
 
     @classmethod
@@ -120,12 +130,14 @@ class EndDetail:
         source = data.get("activity_source")
         answer = data.get("busy_answer")
         claim = data.get("claim_answer")
+        eviction = data.get("eviction")
         at = data.get("last_active_at")
         return cls(
             last_active_at=float(at) if isinstance(at, int | float) else 0.0,
             activity_source=ActivitySource(source) if isinstance(source, str) else None,
             busy_answer=answer if isinstance(answer, str) else None,
             claim_answer=claim if isinstance(claim, str) else None,
+            eviction=eviction if isinstance(eviction, str) else None,
         )
 
 

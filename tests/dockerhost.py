@@ -164,5 +164,5 @@ def settings_overrides(image: str, instance: str) -> dict[str, Any]:
         "docker_publish": True,
         "docker_cpus": 0.5,
         "docker_memory": "256Mi",
-        "docker_workspace_size": "64Mi",
+        "tmp_dir_size_limit": "64Mi",
     }

@@ -156,6 +156,12 @@ class EndDetailBody(BaseModel):
         description="claim_rejected only: why the claim was given up, quoting the "
         "sandbox's answer (its start, printable, without the claim's env or files)",
     )
+    eviction: str | None = Field(
+        None,
+        description="evicted only: the platform's words for the eviction, e.g. "
+        "'EvictionByEvictionAPI: Eviction API: evicting' (a drain) or the kubelet's "
+        "message for a pod over its ephemeral-storage limit",
+    )
 
 
 class SessionBody(BaseModel):
@@ -173,6 +179,7 @@ class SessionBody(BaseModel):
             "startup_timeout",
             "claim_rejected",
             "controller_stopped",
+            "evicted",
         ]
         | None
     )
@@ -336,6 +343,7 @@ def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
         "activity_source": detail.activity_source.value if detail.activity_source else None,
         "busy_answer": detail.busy_answer,
         "claim_answer": detail.claim_answer,
+        "eviction": detail.eviction,
     }
 
 

@@ -126,6 +126,9 @@ class PodStatus:
     detail: str | None = None  # why it is not ready yet, in the platform's words
     unschedulable: bool = False  # no node can take it (counts as capacity blocked)
     terminating: bool = False  # deletion has begun; it still counts against capacity
+    # The platform evicted it (a drain, node pressure, too much disk), in its words;
+    # None: not evicted. An evicted pod is terminating or failed as well.
+    evicted: str | None = None
     # Decoded from ``labels``:
     label_state: LabelState | None = field(init=False)
     session_hash: str | None = field(init=False)  # session_label() of its session

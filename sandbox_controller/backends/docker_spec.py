@@ -48,7 +48,7 @@ def container_spec(options: DockerOptions, image_id: str) -> Obj:
             # Its mode comes from the image's /workspace (Docker copies it up, not the owner):
             # the image makes it 1777 (deploy/docker/devsandbox.Dockerfile).
             "/workspace": f"rw,nosuid,nodev,exec,size={options.workspace_size}",
-            "/tmp": "rw,nosuid,nodev,size=67108864,mode=1777",
+            "/tmp": f"rw,nosuid,nodev,size={options.workspace_size},mode=1777",
         },
         # A real init as pid 1: signals reach the sandbox, zombies are reaped.
         "Init": True,

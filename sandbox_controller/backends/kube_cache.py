@@ -60,6 +60,20 @@ def _failure(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def eviction(pod: Mapping[str, Any]) -> str | None:
+    """Why the pod is being evicted, if it is: the DisruptionTarget condition the Eviction
+    API, preemption or the kubelet set (Kubernetes 1.26+), or the kubelet's older
+    ``reason: Evicted`` status (node pressure, ephemeral storage over its limits)."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            reason, message = cond.get("reason"), cond.get("message")
+            return f"{reason}: {message}" if reason and message else str(message or reason)
+    if status.get("reason") == "Evicted":
+        return str(status.get("message") or "Evicted")
+    return None
+
+
 def _waiting(pod: Mapping[str, Any]) -> str | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
@@ -81,6 +95,7 @@ def pod_status(
         "labels": dict(meta.get("labels") or {}),
         "created_at": parse_time(meta.get("creationTimestamp")),
         "terminating": bool(meta.get("deletionTimestamp")),
+        "evicted": eviction(pod),
     }
     failure = _failure(pod)
     if failure is not None:
@@ -146,12 +161,16 @@ class PodCache:
         self._pods[name] = pod
         return self._refresh(name)
 
-    def remove(self, name: str) -> PodEvent | None:
+    def remove(self, name: str, final: Obj | None = None) -> PodEvent | None:
+        """The pod is gone. ``final``: its last state as the watch's DELETED event
+        showed it, which may say more than the cache knew (an eviction, say)."""
         pod = self._pods.pop(name, None)
-        self._warnings.pop(name, None)
+        warning = self._warnings.pop(name, None)
         status = self._status.pop(name, None)
         if pod is None or status is None:
             return None
+        if final is not None and final["metadata"].get("uid") == pod["metadata"].get("uid"):
+            status = pod_status(final, warning[1] if warning else None, self.port)
         return PodEvent(status, deleted=True)
 
     def replace(self, pods: Iterable[Obj], keep: Callable[[Obj], bool]) -> list[PodEvent]:

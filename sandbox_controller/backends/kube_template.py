@@ -16,6 +16,16 @@ from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, POD_NAME_PR
 
 Obj = dict[str, Any]
 
+# On a pod leased to a session (the backend's patch at the lease): the autoscalers
+# (cluster-autoscaler, Karpenter) must not take its node to pack or consolidate.
+ASSIGNED_ANNOTATIONS = {
+    "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+    "karpenter.sh/do-not-disrupt": "true",
+}
+# On a warm pod: the cluster-autoscaler keeps any node holding a pod without a
+# controller unless the pod says it may go, and a warm pod may (a new one is made).
+WARM_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+
 DEFAULT_TEMPLATE: Obj = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -47,6 +57,30 @@ DEFAULT_TEMPLATE: Obj = {
         ],
     },
 }
+
+
+WRITABLE_PATHS = ("/tmp", "/workspace")
+
+
+def default_template(tmp_dir_size_limit: int, rootfs_size_limit: int) -> Obj:
+    """The built-in template with the disk limits the chart renders into its own: a
+    read-only root, an emptyDir of at most ``tmp_dir_size_limit`` bytes per writable
+    path, and an ephemeral-storage limit of both sizes (the kubelet evicts past it)."""
+    pod = copy.deepcopy(DEFAULT_TEMPLATE)
+    spec = pod["spec"]
+    names = [f"writable-{p.strip('/')}" for p in WRITABLE_PATHS]
+    spec["volumes"] = [
+        {"name": n, "emptyDir": {"sizeLimit": str(tmp_dir_size_limit)}} for n in names
+    ]
+    container = spec["containers"][0]
+    container["volumeMounts"] = [
+        {"name": n, "mountPath": p} for n, p in zip(names, WRITABLE_PATHS, strict=True)
+    ]
+    container["securityContext"] = {"readOnlyRootFilesystem": True}
+    resources = container["resources"]
+    resources["requests"]["ephemeral-storage"] = str(rootfs_size_limit)
+    resources["limits"] = {"ephemeral-storage": str(tmp_dir_size_limit + rootfs_size_limit)}
+    return pod
 
 
 def load_template(path: str | Path | None) -> Obj:
@@ -101,6 +135,12 @@ def build_pod(
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_TEMPLATE_HASH: hash_,
     }
+    # Every pod starts warm: whatever the template says, it carries no do-not-evict
+    # annotation until it is leased (the backend's patch then adds them).
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k not in ASSIGNED_ANNOTATIONS
+    }
+    meta["annotations"] = {**annotations, **WARM_ANNOTATIONS}
     if owner is not None:
         meta["ownerReferences"] = [dict(owner)]
     if env:

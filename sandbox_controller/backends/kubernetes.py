@@ -34,19 +34,30 @@ from .base import (
     LABEL_INSTANCE,
     LABEL_LEADER,
     LABEL_MANAGED_BY,
+    LABEL_STATE,
     MANAGED_BY,
     BackendError,
     ErrorKind,
+    LabelState,
     PodEvent,
+    PodPhase,
     PodStatus,
     WriteGuard,
     no_guard,
 )
 from .expectations import CreateExpectations
 from .kit import EventFeed
+from .kube_budget import BudgetKeeper
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_config import load_api_client, resolve_namespace
-from .kube_template import build_pod, load_template, pod_port, template_hash
+from .kube_template import (
+    ASSIGNED_ANNOTATIONS,
+    build_pod,
+    default_template,
+    load_template,
+    pod_port,
+    template_hash,
+)
 from .ratelimit import TokenBucket, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -113,8 +124,19 @@ class KubernetesBackend:
         # Each pod's claim secret derives from it and the pod's create id; None: none.
         self.claim_key = claim_key
         self.core = k8s.CoreV1Api(api)
+        self.policy = k8s.PolicyV1Api(api)
+        # The PodDisruptionBudget over assigned pods whose minAvailable this keeps
+        # (kube_budget.py); None: none.
+        self.budget_name = options.disruption_budget
+        self.budget_interval = options.budget_interval
+        self._budget: BudgetKeeper | None = None
+        self._assigned: set[str] = set()  # assigned pods, neither failed nor terminating
         self.namespace = resolve_namespace(options.namespace, options.kubeconfig)
-        self.template: Obj = load_template(options.template_path)
+        self.template: Obj = (
+            load_template(options.template_path)
+            if options.template_path
+            else default_template(options.tmp_dir_size_limit, options.rootfs_size_limit)
+        )
         self.template_hash = template_hash(self.template)
         self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
@@ -208,6 +230,11 @@ class KubernetesBackend:
         # A new term begins from nothing: whatever an earlier one saw is history.
         self._cache = PodCache(pod_port(self.template))
         self._expectations = CreateExpectations(self.clock, EXPECTATION_TIMEOUT)
+        self._assigned = set()
+        if self.budget_name:
+            self._budget = BudgetKeeper(
+                self.budget_name, self._write_budget, self.clock, self.budget_interval
+            )
         self._feed.begin()
         pods = _Feed(
             "pods",
@@ -229,6 +256,18 @@ class KubernetesBackend:
             await self._list(feed)
         for feed in feeds:
             self._tasks.start(self._reflect(feed), f"watch {feed.name}")
+        if self._budget is not None:
+            self._tasks.start(self._budget.run(), f"budget {self.budget_name}")
+
+    async def _write_budget(self, min_available: int) -> None:
+        await self._call(
+            self.policy.patch_namespaced_pod_disruption_budget,
+            self.budget_name,
+            self.namespace,
+            {"spec": {"minAvailable": min_available}},
+            write=True,
+            _content_type="application/merge-patch+json",
+        )
 
     async def _find_owner(self, name: str) -> None:
         try:
@@ -300,7 +339,11 @@ class KubernetesBackend:
                 raise
 
     async def set_labels(self, name: str, labels: Mapping[str, str]) -> None:
-        patch = {"metadata": {"labels": dict(labels)}}
+        patch: Obj = {"metadata": {"labels": dict(labels)}}
+        if labels.get(LABEL_STATE) == LabelState.ASSIGNED:
+            # Leased to a session: from now on no autoscaler may take its node. Warm
+            # pods carry none of these, so idle pods never pin a node.
+            patch["metadata"]["annotations"] = dict(ASSIGNED_ANNOTATIONS)
         await self._call(
             self.core.patch_namespaced_pod,
             name,
@@ -354,6 +397,7 @@ class KubernetesBackend:
         await self._tasks.stop()
         self._feed.end()
         self._cache = PodCache(pod_port(self.template))
+        self._budget = None  # a standby writes nothing; the next term writes afresh
 
     async def close(self) -> None:
         await self.stop()
@@ -365,7 +409,24 @@ class KubernetesBackend:
     def _emit(self, events: list[PodEvent | None]) -> None:
         for event in events:
             if event is not None:
+                self._count_assigned(event)
                 self._feed.put(event)
+        if self._budget is not None:
+            self._budget.want(len(self._assigned))
+
+    def _count_assigned(self, event: PodEvent) -> None:
+        """The pods the disruption budget protects: assigned, neither failed nor
+        being deleted (those are no longer healthy to the budget anyway)."""
+        pod = event.pod
+        if (
+            not event.deleted
+            and pod.label_state is LabelState.ASSIGNED
+            and not pod.terminating
+            and pod.phase is not PodPhase.FAILED
+        ):
+            self._assigned.add(pod.name)
+        else:
+            self._assigned.discard(pod.name)
 
     def _pods_listed(self, items: list[Obj], rv: str) -> list[PodEvent]:
         listed_at = int(rv) if rv.isdigit() else 0
@@ -384,7 +445,7 @@ class KubernetesBackend:
         name = pod["metadata"]["name"]
         self._expectations.observe(name)
         if type_ == "DELETED":
-            return [e for e in [self._cache.remove(name)] if e is not None]
+            return [e for e in [self._cache.remove(name, pod)] if e is not None]
         return [e for e in [self._cache.upsert(pod)] if e is not None]
 
     def _warning_event(self, type_: str, event: Obj) -> list[PodEvent]:

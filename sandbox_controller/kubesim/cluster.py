@@ -24,6 +24,7 @@ from typing import Any
 from ..aiotasks import TaskGroup
 from ..quantities import cpu_millis, memory_bytes
 from ..sandbox_contract import ENV_CLAIM_SECRET, POD_PORT
+from .disruption import EVICTION_MESSAGE, Disruption
 from .store import Change, Obj, Store, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Cluster:
         # with the controller it is meant to exercise.
         self._pending: dict[tuple[str, str], None] = {}  # unbound pods, oldest first
         self._used: dict[str, list[int]] = {}  # node -> [cpu millis, memory bytes] held
+        self.disruption = Disruption(store)
         store.listeners.append(self._on_change)
 
     # -- nodes -------------------------------------------------------------------------
@@ -189,6 +191,8 @@ class Cluster:
     def _free(self) -> dict[str, tuple[int, int, Obj]]:
         free: dict[str, tuple[int, int, Obj]] = {}
         for node in self.store.query("nodes", None, lambda o: True):
+            if node.get("spec", {}).get("unschedulable"):
+                continue  # cordoned (kubectl cordon, the first step of a drain)
             alloc = node["status"]["allocatable"]
             used = self._used.get(node["metadata"]["name"], [0, 0])
             free[node["metadata"]["name"]] = (
@@ -429,6 +433,38 @@ class Cluster:
         wait = min(grace, self.termination_delay)
         self.tasks.start(self._finish_delete(ns, name, uid, wait), f"terminate {name}")
         return marked
+
+    def evict_pod(self, ns: str, name: str, grace: float | None) -> Obj:
+        """An eviction the API server allowed: the DisruptionTarget condition, then a
+        graceful delete (what the Eviction API does once the budget agreed)."""
+        cond = _condition("DisruptionTarget", True, "EvictionByEvictionAPI", EVICTION_MESSAGE)
+        self.store.mutate("pods", ns, name, lambda p: _set_condition(p, cond))
+        return self.delete_pod(ns, name, grace)
+
+    def evict_for_pressure(self, ns: str, name: str, message: str) -> Obj:
+        """The kubelet evicts a pod for node pressure or for using more ephemeral storage
+        than its limits (no budget is asked): Failed, reason Evicted, its containers
+        stopped, the DisruptionTarget condition saying why."""
+        pod = self.store.get("pods", ns, name)
+        self._stop_pod(pod)
+        stamp = now_rfc3339()
+
+        def evict(p: Obj) -> None:
+            status = p["status"]
+            status["phase"] = "Failed"
+            status["reason"] = "Evicted"
+            status["message"] = message
+            for cs in status.get("containerStatuses") or []:
+                cs["ready"] = False
+                cs["state"] = {
+                    "terminated": {"exitCode": 137, "reason": "Error", "finishedAt": stamp}
+                }
+            _set_condition(p, _condition("DisruptionTarget", True, "TerminationByKubelet", message))
+            _set_condition(p, _condition("Ready", False, "PodFailed"))
+
+        evicted = self.store.mutate("pods", ns, name, evict)
+        self.record_event(evicted, "Warning", "Evicted", message)
+        return evicted
 
     async def _finish_delete(self, ns: str, name: str, uid: str, wait: float) -> None:
         await asyncio.sleep(wait)

@@ -54,5 +54,44 @@ def api_resources() -> dict[str, Any]:
             _resource("events", "Event", True, ["ev"]),
             _resource("configmaps", "ConfigMap", True, ["cm"]),
             _resource("nodes", "Node", False, ["no"]),
+            # kubectl drain looks here for the Eviction API before it evicts.
+            {
+                "name": "pods/eviction",
+                "singularName": "",
+                "namespaced": True,
+                "group": "policy",
+                "version": "v1",
+                "kind": "Eviction",
+                "verbs": ["create"],
+            },
         ],
+    }
+
+
+_POLICY = {"groupVersion": "policy/v1", "version": "v1"}
+
+
+def policy_group() -> dict[str, Any]:
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": "policy",
+        "versions": [_POLICY],
+        "preferredVersion": _POLICY,
+    }
+
+
+def api_groups() -> dict[str, Any]:
+    group = policy_group()
+    group.pop("kind")
+    group.pop("apiVersion")
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
+
+
+def policy_resources() -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "policy/v1",
+        "resources": [_resource("poddisruptionbudgets", "PodDisruptionBudget", True, ["pdb"])],
     }

@@ -16,11 +16,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from .discovery import api_resources, api_versions, version_info
+from .discovery import (
+    api_groups,
+    api_resources,
+    api_versions,
+    policy_group,
+    policy_resources,
+    version_info,
+)
 from .faults import CallRecord
 from .patch import PatchError, apply_patch
 from .selectors import Matcher, SelectorError, field_matcher, label_matcher
-from .store import CLUSTER_SCOPED, KINDS, ApiError, Expired, Obj
+from .store import CLUSTER_SCOPED, KINDS, ApiError, Expired, Obj, api_version
 
 if TYPE_CHECKING:
     import random
@@ -69,13 +76,29 @@ def flag(value: str | None) -> bool:
     return value in ("1", "t", "T", "true", "TRUE", "True")
 
 
+# Where each served group/version's paths begin.
+_PREFIXES = {"/api/v1/": "v1", "/apis/policy/v1/": "policy/v1"}
+
+
+def _is_resource_path(path: str) -> bool:
+    return any(path.startswith(prefix) for prefix in _PREFIXES)
+
+
 def _route(path: str) -> tuple[str | None, str, str | None, str | None]:
-    """(namespace, resource, name, subresource) of a core/v1 path, or ApiError 404."""
-    parts = path.strip("/").split("/")[2:]  # drop "api", "v1"
+    """(namespace, resource, name, subresource) of a core/v1 or policy/v1 path, or
+    ApiError 404 (a resource asked for under a group that does not serve it included)."""
+    prefix = next((p for p in _PREFIXES if path.startswith(p)), None)
+    parts = path[len(prefix) :].strip("/").split("/") if prefix else []
     namespace = None
     if len(parts) >= 3 and parts[0] == "namespaces":
         namespace, parts = parts[1], parts[2:]
-    if not parts or parts[0] not in KINDS or len(parts) > 3:
+    if (
+        prefix is None
+        or not parts
+        or parts[0] not in KINDS
+        or api_version(parts[0]) != _PREFIXES[prefix]
+        or len(parts) > 3
+    ):
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     resource = parts[0]
     if resource in CLUSTER_SCOPED:
@@ -93,13 +116,15 @@ def classify(request: web.Request) -> tuple[str, str]:
     path = request.path
     if path.startswith("/_kubesim"):
         return "admin", ""
-    if not path.startswith("/api/v1/"):
+    if not _is_resource_path(path):
         return "discovery", ""
     try:
-        _, resource, name, _ = _route(path)
+        _, resource, name, sub = _route(path)
     except ApiError:
         return "other", ""
     method = request.method
+    if sub == "eviction":
+        return "create", "pods/eviction"
     if method == "GET":
         if name:
             return "get", resource
@@ -170,13 +195,19 @@ class ApiServer:
         if path == "/api":
             return _json(api_versions(request.host))
         if path == "/apis":
-            return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            return _json(api_groups())
+        if path == "/apis/policy":
+            return _json(policy_group())
         if path == "/api/v1":
             return _json(api_resources())
-        if not path.startswith("/api/v1/"):
+        if path == "/apis/policy/v1":
+            return _json(policy_resources())
+        if not _is_resource_path(path):
             # /openapi/v2, /openapi/v3 and friends: like a server with them switched off.
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         namespace, resource, name, sub = _route(path)
+        if sub == "eviction" and resource == "pods" and name and request.method == "POST":
+            return await self._evict(request, namespace or "", name)
         if sub is not None:
             if sub != "status" or request.method != "GET":
                 raise ApiError(405, "MethodNotAllowed", f"{sub} is not supported by kubesim")
@@ -190,7 +221,7 @@ class ApiServer:
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
         ns = namespace or ""
         if request.method == "GET":
-            return _json(self.sim.store.get(resource, ns, name))
+            return _json(self._shown(resource, self.sim.store.get(resource, ns, name)))
         if request.method == "PUT":
             return _json(self.sim.store.update(resource, ns, name, await self._body(request)))
         if request.method == "PATCH":
@@ -220,11 +251,31 @@ class ApiServer:
         return _json(
             {
                 "kind": KINDS[resource] + "List",
-                "apiVersion": "v1",
+                "apiVersion": api_version(resource),
                 "metadata": {"resourceVersion": str(self.sim.store.rv)},
-                "items": items,
+                "items": [self._shown(resource, item) for item in items],
             }
         )
+
+    def _shown(self, resource: str, obj: Obj) -> Obj:
+        """A budget is shown with the status the disruption controller would give it."""
+        if resource == "poddisruptionbudgets":
+            return self.sim.cluster.disruption.with_status(obj)
+        return obj
+
+    async def _evict(self, request: web.Request, namespace: str, name: str) -> web.Response:
+        """The Eviction API (policy/v1 Eviction): 201 when the pod may go, 429 while its
+        budget holds (disruption.py)."""
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body must be an Eviction object")
+        pod = self.sim.store.get("pods", namespace, name)
+        self.sim.cluster.disruption.check(pod)
+        grace_raw = (body.get("deleteOptions") or {}).get("gracePeriodSeconds")
+        grace = None if grace_raw is None else float(grace_raw)
+        self.sim.cluster.evict_pod(namespace, name, grace)
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        return _json(status | {"code": 201}, 201)
 
     async def _create(self, request: web.Request, resource: str, namespace: str) -> web.Response:
         body = await self._body(request)
@@ -302,7 +353,7 @@ class ApiServer:
                     if bookmarks and deadline - loop.time() > 0:
                         bookmark = {
                             "kind": KINDS[resource],
-                            "apiVersion": "v1",
+                            "apiVersion": api_version(resource),
                             "metadata": {"resourceVersion": str(store.rv)},
                         }
                         await response.write(_event("BOOKMARK", bookmark))

@@ -280,6 +280,12 @@ class KubeSim:
         if action.startswith("pods/") and action.endswith("/exit") and method == "POST":
             name = action.removeprefix("pods/").removesuffix("/exit")
             return self.exit_container(name, int(body.get("exit_code", 1)), body.get("namespace"))
+        if action.startswith("pods/") and action.endswith("/evict") and method == "POST":
+            # The kubelet evicts it (node pressure, ephemeral storage over its limits).
+            name = action.removeprefix("pods/").removesuffix("/evict")
+            message = str(body.get("message", "The node was low on resource: ephemeral-storage."))
+            ns = body.get("namespace") or self.namespace
+            return self.cluster.evict_for_pressure(ns, name, message)
         if action == "configmaps" and method == "POST":
             return self.create_configmap(body["name"], body.get("data"), body.get("namespace"))
         raise ApiError(404, "NotFound", f"no kubesim admin action {method} {action}")

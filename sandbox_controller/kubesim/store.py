@@ -22,8 +22,22 @@ from .selectors import Matcher
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
-KINDS = {"pods": "Pod", "events": "Event", "configmaps": "ConfigMap", "nodes": "Node"}
+KINDS = {
+    "pods": "Pod",
+    "events": "Event",
+    "configmaps": "ConfigMap",
+    "nodes": "Node",
+    "poddisruptionbudgets": "PodDisruptionBudget",
+}
 CLUSTER_SCOPED = {"nodes"}
+# The API group/version each resource is served under (core/v1 unless named here).
+GROUP_VERSIONS = {"poddisruptionbudgets": "policy/v1"}
+
+
+def api_version(resource: str) -> str:
+    return GROUP_VERSIONS.get(resource, "v1")
+
+
 # The alphabet the API server draws generateName suffixes from (no vowels, no lookalikes).
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -208,7 +222,7 @@ class Store:
         meta.pop("resourceVersion", None)
         meta.pop("deletionTimestamp", None)
         obj["kind"] = KINDS[resource]
-        obj["apiVersion"] = "v1"
+        obj["apiVersion"] = api_version(resource)
         return self._commit(resource, "ADDED", obj, None)
 
     def update(self, resource: str, namespace: str, name: str, obj: Obj) -> Obj:

@@ -112,6 +112,7 @@ class PoolCore(Protocol):
         asked: BusyAnswer | None = None,
         *,
         claim_answer: str | None = None,
+        eviction: str | None = None,
     ) -> bool: ...
 
     def touch(

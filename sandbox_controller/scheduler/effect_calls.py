@@ -214,8 +214,8 @@ class EffectCalls:
 
 def event_command(event: PodEvent) -> Callable[[Pool, float], None]:
     if event.deleted:
-        name = event.pod.name
-        return lambda pool, now: pool.pod_gone(name, now)
+        name, eviction = event.pod.name, event.pod.evicted
+        return lambda pool, now: pool.pod_gone(name, now, eviction)
     status = event.pod
     return lambda pool, now: pool.pod_observed(status, now)
 

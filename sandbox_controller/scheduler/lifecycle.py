@@ -62,7 +62,7 @@ class PodLifecycle:
             return
         self.set_state(pod, PodState.TERMINATING)
         self._plan_release(pod)
-        if pod.route_lease_until > now:
+        if pod.route_lease_until > now and not pod.evicting:
             # A proxy may still use its route to this pod: delete when the lease ends.
             pod.delete_retry_at = pod.route_lease_until
             self.pool.deadlines.push(pod.delete_retry_at, DeadlineKind.POD_DELETE, pod.name)
@@ -79,8 +79,10 @@ class PodLifecycle:
         if not self.pool.limits.hooks or session is None or target is None:
             return
         reason = session.end_reason
-        if reason is None or reason is EndReason.POD_FAILED:
-            return  # a failed pod would only make the delete wait out the deadline
+        if reason is None or reason is EndReason.POD_FAILED or pod.stopped:
+            # A failed or stopped pod would only make the delete wait out the deadline.
+            # An evicted one still running (its grace period) hears of the end first.
+            return
         self._releases[pod.name] = Release(session.id, *target, reason.value)
 
     def _send_delete(self, name: str) -> None:
@@ -145,12 +147,14 @@ class PodLifecycle:
             pod.address = status.address
         if pod.create_id is None:
             pod.create_id = status.create_id
+        if status.phase is PodPhase.FAILED:
+            pod.stopped = True
         if pod.state is PodState.TERMINATING:
             return
         if status.phase is PodPhase.FAILED or status.terminating:
-            # Failed, or deleted by someone else (kubectl, a node drain): either way
-            # this pod will not serve.
-            self._pod_lost(pod, now)
+            # Failed, evicted, or deleted by someone else (kubectl): either way this
+            # pod will not serve.
+            self._pod_lost(pod, now, status.evicted)
         elif status.phase is PodPhase.READY:
             if pod.state is PodState.PENDING:
                 self._pod_ready(pod, now)
@@ -161,12 +165,13 @@ class PodLifecycle:
             # A warm pod that stopped answering is no longer worth handing out.
             self.delete(pod, now)
 
-    def pod_gone(self, name: str, now: float) -> None:
+    def pod_gone(self, name: str, now: float, eviction: str | None = None) -> None:
         pod = self.pool.pods.get(name)
         if pod is None:
             return
+        pod.stopped = True
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self._assigned_pod_lost(pod, pod.session_id, now)
+            self._assigned_pod_lost(pod, pod.session_id, now, eviction)
         self._remove(pod)
 
     def _stray_pod(self, status: PodStatus, now: float) -> None:
@@ -200,16 +205,27 @@ class PodLifecycle:
             session = self.pool.sessions[next(iter(self.pool.waiting))]
             self.pool.lease(pod, session, now, warm=False)
 
-    def _pod_lost(self, pod: Pod, now: float) -> None:
+    def _pod_lost(self, pod: Pod, now: float, eviction: str | None = None) -> None:
+        # The platform is deleting an evicted pod whatever we do: its release hook and
+        # our delete go at once, within its grace period, not after a route lease.
+        pod.evicting = eviction is not None
         if pod.state is PodState.ASSIGNED and pod.session_id is not None:
-            self._assigned_pod_lost(pod, pod.session_id, now)
+            self._assigned_pod_lost(pod, pod.session_id, now, eviction)
         else:
             self.delete(pod, now)
 
-    def _assigned_pod_lost(self, pod: Pod, session_id: str, now: float) -> None:
+    def _assigned_pod_lost(
+        self, pod: Pod, session_id: str, now: float, eviction: str | None = None
+    ) -> None:
         # Never handed over: the session tries another pod, as on a failed claim.
-        if not self.pool.claim_pod_lost(session_id, pod.name, now):
+        if self.pool.claim_pod_lost(session_id, pod.name, now):
+            return
+        if eviction is None:
             self.pool.end_session(session_id, EndReason.POD_FAILED, now)
+        else:
+            # Ended as evicted, not failed; a pod still in its grace period gets the
+            # release hook before the delete (_plan_release).
+            self.pool.end_session(session_id, EndReason.EVICTED, now, eviction=eviction)
 
     # ------------------------------------------------------------ deadlines
 

@@ -167,10 +167,12 @@ class Pool(PoolViews):
         asked: BusyAnswer | None = None,
         *,
         claim_answer: str | None = None,
+        eviction: str | None = None,
     ) -> bool:
         """End a live session and give its pod back (by deleting it). False if not live.
         ``asked``: the status hook's answer that let it end; ``claim_answer``: why its
-        claim was given up (each recorded as why)."""
+        claim was given up; ``eviction``: the platform's words for its pod's eviction
+        (each recorded as why)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
@@ -182,6 +184,7 @@ class Pool(PoolViews):
             session.activity_source,
             asked.describe() if asked else None,
             claim_answer,
+            eviction,
         )
         self.busy.forget(session_id)
         self.untrack_live(session)
@@ -272,8 +275,8 @@ class Pool(PoolViews):
     def pod_observed(self, status: PodStatus, now: float) -> None:
         self.lifecycle.pod_observed(status, now)
 
-    def pod_gone(self, name: str, now: float) -> None:
-        self.lifecycle.pod_gone(name, now)
+    def pod_gone(self, name: str, now: float, eviction: str | None = None) -> None:
+        self.lifecycle.pod_gone(name, now, eviction)
 
     # ------------------------------------------------------------ dispatch: across policies
 

@@ -146,6 +146,7 @@ async def test_a_busy_sandbox_is_neither_reclaimed_nor_idled_out_and_a_quiet_one
             "activity_source": "busy",
             "busy_answer": "not busy: waiting for input",
             "claim_answer": None,
+            "eviction": None,
         }
         await eventually(lambda: first["pod"] in pages, within=15, what="the delete")
     assert "; released." in pages[first["pod"]]  # the release hook came before the delete
@@ -177,6 +178,7 @@ async def test_a_reclaim_takes_the_quiet_session_not_the_busy_one(
             "activity_source": "handover",
             "busy_answer": "not busy",
             "claim_answer": None,
+            "eviction": None,
         }
         await eventually(lambda: quiet["pod"] in pages, within=15, what="the delete")
     assert "; released." in pages[quiet["pod"]]

@@ -138,6 +138,7 @@ async def test_idle_timeout_ends_the_session_and_stops_its_sandbox(
         "activity_source": "handover",
         "busy_answer": "not busy",
         "claim_answer": None,
+        "eviction": None,
     }
 
     async def process_gone() -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -128,3 +129,17 @@ def test_memory_settings(text: str, size: int) -> None:
 def test_a_bad_memory_setting_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError, match="SANDBOX_DOCKER_MEMORY"):
         load_settings(docker_memory=text)
+
+
+def test_the_writable_paths_are_sized_by_the_disk_settings() -> None:
+    def sizes(**settings: str) -> dict[str, int]:
+        spec = container_spec(load_settings(**settings).docker_options(), "sha256:abc")
+        tmpfs = spec["HostConfig"]["Tmpfs"]
+        return {p: int(re.search(r"size=(\d+)", o)[1]) for p, o in tmpfs.items()}  # type: ignore[index]
+
+    sized = sizes(tmp_dir_size_limit="512Mi", docker_memory="2Gi")
+    assert sized == {"/tmp": 512 * 2**20, "/workspace": 512 * 2**20}
+    # The default (20Gi) is held to the memory limit: a tmpfs lives in memory.
+    assert sizes(docker_memory="1Gi") == {"/tmp": GIB, "/workspace": GIB}
+    with pytest.raises(ConfigError, match="SANDBOX_TMP_DIR_SIZE_LIMIT"):
+        load_settings(tmp_dir_size_limit="20GB")

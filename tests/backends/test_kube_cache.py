@@ -103,3 +103,29 @@ def test_warning_event_becomes_detail() -> None:
     assert cache.warn(older) is None
     other = {**event, "involvedObject": {"kind": "Pod", "name": "p", "uid": "uid-old"}}
     assert cache.warn(other) is None
+
+
+def test_evictions_are_told_from_failures() -> None:
+    drain = pod(
+        podIP="127.1.0.9",
+        conditions=[
+            cond("Ready", True),
+            cond("DisruptionTarget", True, "EvictionByEvictionAPI", "Eviction API: evicting"),
+        ],
+    )
+    drain["metadata"]["deletionTimestamp"] = "2024-01-01T00:01:00Z"
+    s = pod_status(drain)
+    assert s.terminating and s.evicted == "EvictionByEvictionAPI: Eviction API: evicting"
+    disk = "Pod ephemeral local storage usage exceeds the total limit of containers 22Gi."
+    kubelet = pod_status(pod(phase="Failed", reason="Evicted", message=disk))
+    assert (kubelet.phase, kubelet.evicted) == (PodPhase.FAILED, disk)
+    assert pod_status(pod(phase="Failed")).evicted is None
+    assert pod_status(pod(conditions=[cond("DisruptionTarget", False, "x", "y")])).evicted is None
+
+
+def test_a_deletion_shows_the_pods_last_state() -> None:
+    cache = PodCache()
+    cache.upsert(pod(podIP="127.1.0.9", conditions=[cond("Ready", True)]))
+    final = pod(rv=12, conditions=[cond("DisruptionTarget", True, "DeletionByTaintManager", "x")])
+    event = cache.remove("p", final)
+    assert event is not None and event.deleted and event.pod.evicted == "DeletionByTaintManager: x"

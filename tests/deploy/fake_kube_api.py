@@ -1,4 +1,5 @@
-"""Just enough of the Kubernetes API for helm's `lookup` to read one Secret, on 127.0.0.1."""
+"""Just enough of the Kubernetes API for helm's `lookup` to read a Secret and a
+PodDisruptionBudget, on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,7 +16,30 @@ def _handler(objects: dict[str, dict[str, Any]]) -> type[BaseHTTPRequestHandler]
     discovery: dict[str, dict[str, Any]] = {
         "/version": {"major": "1", "minor": "31", "gitVersion": "v1.31.0"},
         "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
-        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+        "/apis": {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": "policy",
+                    "versions": [{"groupVersion": "policy/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "policy/v1", "version": "v1"},
+                }
+            ],
+        },
+        "/apis/policy/v1": {
+            "kind": "APIResourceList",
+            "groupVersion": "policy/v1",
+            "resources": [
+                {
+                    "name": "poddisruptionbudgets",
+                    "singularName": "poddisruptionbudget",
+                    "namespaced": True,
+                    "kind": "PodDisruptionBudget",
+                    "verbs": ["get", "list"],
+                },
+            ],
+        },
         "/api/v1": {
             "kind": "APIResourceList",
             "groupVersion": "v1",

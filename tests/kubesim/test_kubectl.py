@@ -83,3 +83,54 @@ async def test_get_watch_shows_a_change(sim: KubeSim) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_drain_evicts_and_meets_the_budget(sim: KubeSim) -> None:
+    """The real `kubectl drain`: it cordons, evicts what no budget holds, and retries
+    (429) a pod whose budget holds until its timeout."""
+    node = sim.store.query("nodes", None, lambda o: True)[0]["metadata"]["name"]
+    for other in sim.store.query("nodes", None, lambda o: True)[1:]:
+        sim.store.mutate("nodes", "", other["metadata"]["name"], _cordon)
+    sim.store.create("pods", "default", sim.admit_pod(pod_body("warm", {"state": "pool"})))
+    sim.store.create("pods", "default", sim.admit_pod(pod_body("live", {"state": "assigned"})))
+    await eventually(lambda: all(p["status"].get("podIP") for p in sim.pods("default")))
+    for other in sim.store.query("nodes", None, lambda o: True)[1:]:
+        sim.store.mutate("nodes", "", other["metadata"]["name"], _uncordon)
+    budget = {
+        "metadata": {"name": "sandboxes"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"state": "assigned"}}},
+    }
+    sim.store.create("poddisruptionbudgets", "default", budget)
+
+    out = await kubectl_fails(
+        sim, "drain", node, "--force", "--delete-emptydir-data", "--timeout=6s"
+    )
+    assert "evicting pod default/live" in out and "disruption budget" in out, out
+    assert sim.store.find("pods", "default", "warm") is None
+    assert sim.store.find("pods", "default", "live") is not None
+    assert sim.store.get("nodes", "", node)["spec"]["unschedulable"] is True
+    assert sim.count_calls("create", "pods/eviction", 429) >= 1
+
+
+def _cordon(node: dict[str, object]) -> None:
+    node["spec"] = {"unschedulable": True}
+
+
+def _uncordon(node: dict[str, object]) -> None:
+    node["spec"] = {}
+
+
+async def kubectl_fails(sim: KubeSim, *args: str) -> str:
+    assert KUBECTL is not None
+    proc = await asyncio.create_subprocess_exec(
+        KUBECTL,
+        "--kubeconfig",
+        str(sim.kubeconfig_path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "HOME": str(sim.kubeconfig_path.parent)},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode != 0, out.decode()
+    return out.decode()

@@ -258,3 +258,45 @@ def test_every_end_records_the_last_activity_and_its_source() -> None:
     h.pool.touch(sid, h.now - 10, ActivitySource.TOUCH)  # older news: ignored
     h.pool.end_session(sid, EndReason.DELETED, h.now)
     assert h.pool.sessions[sid].end_detail == EndDetail(h.now - 5, ActivitySource.PROXY, None)
+
+
+DRAIN = "EvictionByEvictionAPI: Eviction API: evicting"
+
+
+def test_an_evicted_pods_session_ends_evicted_after_its_release_at_once() -> None:
+    h = harness()
+    sid = open_ready(h, "ann", "t1")
+    pod = h.pool.sessions[sid].pod_name or ""
+    address = h.pool.pods[pod].address or ""
+    h.pool.lease_route(sid, h.now)  # a proxy routes to it: an eviction does not wait
+    h.pool.pod_observed(
+        PodStatus(pod, PodPhase.READY, {}, 0.0, address, terminating=True, evicted=DRAIN),
+        h.now,
+    )
+    h.tick()
+    session = h.pool.sessions[sid]
+    assert session.end_reason is EndReason.EVICTED
+    assert session.end_detail is not None and session.end_detail.eviction == DRAIN
+    # Within the pod's grace period: the release, then the delete, not after the lease.
+    assert h.releases == {pod: Release(sid, address, f"cid-{pod}", "evicted")}
+    assert pod in h.deleted
+
+
+def test_a_pod_evicted_by_the_kubelet_ends_evicted_with_no_release() -> None:
+    h = harness()
+    sid = open_ready(h, "ann", "t1")
+    pod = h.pool.sessions[sid].pod_name or ""
+    disk = "Pod ephemeral local storage usage exceeds the total limit of containers 22Gi."
+    h.pool.pod_observed(PodStatus(pod, PodPhase.FAILED, evicted=disk), h.now)
+    h.tick()
+    detail = h.pool.sessions[sid].end_detail
+    assert h.pool.sessions[sid].end_reason is EndReason.EVICTED
+    assert detail is not None and detail.eviction == disk
+    assert h.releases == {}  # its sandbox has stopped: nothing to call
+
+
+def test_a_pod_gone_with_an_eviction_ends_its_session_evicted() -> None:
+    h = harness()
+    sid = open_ready(h, "ann", "t1")
+    h.pool.pod_gone(h.pool.sessions[sid].pod_name or "", h.now, DRAIN)
+    assert h.pool.sessions[sid].end_reason is EndReason.EVICTED

@@ -44,6 +44,35 @@ app.kubernetes.io/part-of: agent-sandbox
 {{- printf "%s-proxy" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "agent-sandbox.sandboxBudgetName" -}}
+{{- printf "%s-sandboxes" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity (512Mi, 20Gi, 1.5G, 1000) in bytes, as an int64.
+*/}}
+{{- define "agent-sandbox.bytes" -}}
+{{- $q := toString . }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $suffix := trimPrefix $number $q }}
+{{- $scale := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if not (hasKey $scale $suffix) }}
+{{- fail (printf "%q is not a size (e.g. 512Mi, 20Gi)" $q) }}
+{{- end }}
+{{- mulf (float64 $number) (get $scale $suffix) | int64 }}
+{{- end }}
+
+{{/*
+A size in bytes written back as a quantity: in Gi or Mi when it is a whole number of them.
+*/}}
+{{- define "agent-sandbox.quantity" -}}
+{{- $bytes := int64 . }}
+{{- if eq (mod $bytes 1073741824) 0 }}{{ div $bytes 1073741824 }}Gi
+{{- else if eq (mod $bytes 1048576) 0 }}{{ div $bytes 1048576 }}Mi
+{{- else }}{{ $bytes }}
+{{- end }}
+{{- end }}
+
 {{- define "agent-sandbox.podTemplateName" -}}
 {{- printf "%s-pod-template" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
