@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-delay", type=float, default=0.5, help="seconds to Ready")
     p.add_argument("--termination-delay", type=float, default=0.1)
     p.add_argument("--workload", action="store_true", help="serve devsandbox at each pod IP")
+    p.add_argument(
+        "--app-delay",
+        type=float,
+        default=0.0,
+        help="seconds from a container running to its app answering (readiness probes)",
+    )
     p.add_argument("--token", default="kubesim-token")
     p.add_argument(
         "--user",
@@ -74,6 +80,7 @@ async def serve(args: argparse.Namespace) -> None:
         startup_delay=args.startup_delay,
         termination_delay=args.termination_delay,
         workload=args.workload,
+        app_delay=args.app_delay,
         faults=faults,
         token=args.token or None,
         users=parse_users(args.user),

@@ -8,6 +8,7 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 from aiohttp import web
 
 from ..aiotasks import TaskGroup
+from ..clock import Clock
 from .cluster import Cluster
 from .faults import CallRecord, Faults
 from .server import ApiServer
@@ -55,6 +57,8 @@ class KubeSim:
         startup_delay: float = 0.5,
         termination_delay: float = 0.1,
         workload: bool = False,
+        app_delay: float | Callable[[], float] = 0.0,
+        clock: Clock | None = None,
         faults: Faults | None = None,
         token: str | None = "kubesim-token",
         users: dict[str, str] | None = None,
@@ -85,6 +89,8 @@ class KubeSim:
             startup_delay=startup_delay,
             termination_delay=termination_delay,
             workload=workload,
+            app_delay=app_delay,
+            clock=clock,
         )
         self.calls: list[CallRecord] = []
         self.max_pods_seen = 0
@@ -173,6 +179,10 @@ class KubeSim:
 
     def exit_container(self, name: str, exit_code: int = 1, namespace: str | None = None) -> Obj:
         return self.cluster.exit_container(namespace or self.namespace, name, exit_code)
+
+    def app_down(self, name: str, namespace: str | None = None) -> None:
+        """A pod's app stops answering, its container still running (workload only)."""
+        self.cluster.app_down(name, namespace or self.namespace)
 
     def create_configmap(
         self, name: str, data: dict[str, str] | None = None, namespace: str | None = None
