@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     pod_template_configmap: str | None = None
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
+    # While a session waits for a cold pod, probe its readiness endpoint every 100 ms
+    # and hand it over at the first answer, not at the kubelet's next probe.
+    kube_direct_readiness: bool = True
 
     # Docker backend (one VM: Docker Engine API, one container per sandbox)
     # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
@@ -242,6 +245,7 @@ class Settings(BaseSettings):
             qps=self.kube_qps,
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
+            direct_readiness=self.kube_direct_readiness,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -333,6 +337,7 @@ class KubeOptions:
     qps: float
     burst: int
     max_concurrent_creates: int
+    direct_readiness: bool = True  # probe cold pods while sessions wait (kube_readiness)
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2

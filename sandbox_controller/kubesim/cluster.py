@@ -112,6 +112,8 @@ class Cluster:
         # clock's monotonic time), for tests and benchmarks to read.
         self.probe_ticks: list[ProbeTick] = []
         self.app_answered: dict[str, float] = {}
+        # Workload pods: (path, User-Agent) of each request their app received.
+        self.app_requests: dict[str, list[tuple[str, str]]] = {}
         self._app_up: set[str] = set()  # pod uids whose app answers (no workload)
         self._probing: dict[str, asyncio.Task[Any]] = {}
         self._http: httpx.AsyncClient | None = None
@@ -344,7 +346,7 @@ class Cluster:
                         f"app {name}",
                     )
                 else:
-                    ip = await self._serve(uid, claim_secret, *self._bind_pod_port())
+                    ip = await self._serve(name, uid, claim_secret, *self._bind_pod_port())
                     self.app_answered[name] = self.clock.monotonic()
                 if self._current(ns, name, uid) is None:  # deleted while we bound the port
                     await self._stop_server(uid)
@@ -382,7 +384,7 @@ class Cluster:
         if self._current(ns, name, uid) is None:
             sock.close()  # the pod went meanwhile
             return
-        await self._serve(uid, claim_secret, "", sock)
+        await self._serve(name, uid, claim_secret, "", sock)
         self.app_answered[name] = self.clock.monotonic()
 
     @staticmethod
@@ -495,14 +497,25 @@ class Cluster:
             return ip, sock
         raise OSError(errno.EADDRINUSE, f"port {POD_PORT} taken on {_BIND_ATTEMPTS} addresses")
 
-    async def _serve(self, uid: str, claim_secret: str | None, ip: str, sock: socket.socket) -> str:
+    async def _serve(
+        self, name: str, uid: str, claim_secret: str | None, ip: str, sock: socket.socket
+    ) -> str:
         import uvicorn
 
         from ..devsandbox import build_app
 
+        # What the devsandbox process would read from its environment.
+        app = build_app(claim_secret or None)
+        requests = self.app_requests.setdefault(name, [])
+
+        async def witnessed(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                agent = dict(scope["headers"]).get(b"user-agent", b"")
+                requests.append((scope["path"], agent.decode(errors="replace")))
+            await app(scope, receive, send)
+
         config = uvicorn.Config(
-            # What the devsandbox process would read from its environment.
-            build_app(claim_secret or None),
+            witnessed,
             log_level="warning",
             access_log=False,
             lifespan="off",
