@@ -160,6 +160,8 @@ class Settings(BaseSettings):
     # While a session waits for a cold pod, probe its readiness endpoint every 100 ms
     # and hand it over at the first answer, not at the kubelet's next probe.
     kube_direct_readiness: bool = True
+    # How often each such pod is probed; a waiting session gains half of it on average.
+    kube_readiness_interval: Duration = 0.1
 
     # Docker backend (one VM: Docker Engine API, one container per sandbox)
     # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
@@ -246,6 +248,7 @@ class Settings(BaseSettings):
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
             direct_readiness=self.kube_direct_readiness,
+            readiness_interval=self.kube_readiness_interval,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -323,6 +326,8 @@ class Settings(BaseSettings):
             )
         if self.store_timeout <= 0:
             raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
+        if self.kube_readiness_interval < 0.01:
+            raise ValueError("SANDBOX_KUBE_READINESS_INTERVAL must be at least 10ms")
         return self
 
 
@@ -338,6 +343,7 @@ class KubeOptions:
     burst: int
     max_concurrent_creates: int
     direct_readiness: bool = True  # probe cold pods while sessions wait (kube_readiness)
+    readiness_interval: float = 0.1  # between two probes of one pod
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2

@@ -1,6 +1,6 @@
 """Readiness seen directly: while a session waits for a cold pod, the backend probes
-the pod's readiness endpoint itself, every PROBE_INTERVAL from the moment its
-container runs, and reports it ready at the first answer, rather than at the
+the pod's readiness endpoint itself, every ``interval`` (SANDBOX_KUBE_READINESS_INTERVAL,
+100 ms) from the moment its container runs, and reports it ready at the first answer, rather than at the
 kubelet's next probe (up to one probe period later: 2 s in the chart).
 
 The probe is the pod template's own (the first container's ``readinessProbe.httpGet``:
@@ -30,7 +30,6 @@ from .probing import probe
 
 log = logging.getLogger(__name__)
 
-PROBE_INTERVAL = 0.1
 PROBE_CONCURRENCY = 16
 # The kubelet's rule for an httpGet probe: 2xx and 3xx are success.
 KUBELET_ACCEPTS = range(200, 400)
@@ -128,7 +127,7 @@ class DirectReadiness:
         clock: Clock,
         answered: Callable[[str], None],
         unconfirmed: Callable[[str], None],
-        interval: float = PROBE_INTERVAL,
+        interval: float = 0.1,
         concurrency: int = PROBE_CONCURRENCY,
     ) -> None:
         self.target = target
@@ -191,6 +190,7 @@ class DirectReadiness:
         if self._http is None:
             self._http = httpx.AsyncClient(trust_env=False)
         while name in self._unready:
+            started = self.clock.monotonic()
             async with self._slots:
                 ip = self._unready.get(name)
                 ok = ip is not None and await probe(
@@ -206,7 +206,8 @@ class DirectReadiness:
                 self._confirming[name] = self._tasks.start(self._confirm(name), f"confirm {name}")
                 self._answered(name)
                 return
-            await self.clock.sleep(self.interval)
+            # One probe per interval, however long this one took to be refused.
+            await self.clock.sleep(self.interval - (self.clock.monotonic() - started))
 
     async def _confirm(self, name: str) -> None:
         await self.clock.sleep(self.target.confirm_within)

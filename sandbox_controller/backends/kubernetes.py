@@ -139,6 +139,7 @@ class KubernetesBackend:
                 clock=self.clock,
                 answered=lambda name: self._emit([self._cache.answered(name)]),
                 unconfirmed=lambda name: self._emit([self._cache.unanswered(name)]),
+                interval=options.readiness_interval,
             )
             if target is not None
             else None

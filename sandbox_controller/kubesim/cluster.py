@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +40,8 @@ _LAST_POD_IP = int(ipaddress.IPv4Address("127.255.255.254"))
 # Addresses tried for one pod before giving up: only a listener on the pod port of every
 # loopback address (a wildcard bind) takes this many.
 _BIND_ATTEMPTS = 256
+# Probe ticks and app requests kept for tests and benchmarks to read (the latest).
+_KEPT = 100_000
 
 
 def pod_requests(pod: Obj) -> tuple[int, int]:
@@ -110,10 +112,11 @@ class Cluster:
         self.clock: Clock = clock or SystemClock()
         # Every probe the kubelet ran, and when each pod's app first answered (the
         # clock's monotonic time), for tests and benchmarks to read.
-        self.probe_ticks: list[ProbeTick] = []
+        self.probe_ticks: deque[ProbeTick] = deque(maxlen=_KEPT)
         self.app_answered: dict[str, float] = {}
-        # Workload pods: (path, User-Agent) of each request their app received.
-        self.app_requests: dict[str, list[tuple[str, str]]] = {}
+        # Workload pods: (path, User-Agent, the clock's monotonic time) of each request
+        # their app received.
+        self.app_requests: dict[str, deque[tuple[str, str, float]]] = {}
         self._app_up: set[str] = set()  # pod uids whose app answers (no workload)
         self._probing: dict[str, asyncio.Task[Any]] = {}
         self._http: httpx.AsyncClient | None = None
@@ -506,12 +509,13 @@ class Cluster:
 
         # What the devsandbox process would read from its environment.
         app = build_app(claim_secret or None)
-        requests = self.app_requests.setdefault(name, [])
+        requests = self.app_requests.setdefault(name, deque(maxlen=_KEPT))
 
         async def witnessed(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http":
                 agent = dict(scope["headers"]).get(b"user-agent", b"")
-                requests.append((scope["path"], agent.decode(errors="replace")))
+                at = self.clock.monotonic()
+                requests.append((scope["path"], agent.decode(errors="replace"), at))
             await app(scope, receive, send)
 
         config = uvicorn.Config(

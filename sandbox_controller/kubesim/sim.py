@@ -184,6 +184,15 @@ class KubeSim:
         """A pod's app stops answering, its container still running (workload only)."""
         self.cluster.app_down(name, namespace or self.namespace)
 
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Per pod, on kubesim's clock (monotonic): when its app first answered, and
+        the requests it received (path, User-Agent, when)."""
+        cluster = self.cluster
+        return {
+            name: {"answered": at, "requests": list(cluster.app_requests.get(name, ()))}
+            for name, at in cluster.app_answered.items()
+        }
+
     def create_configmap(
         self, name: str, data: dict[str, str] | None = None, namespace: str | None = None
     ) -> Obj:
@@ -266,6 +275,8 @@ class KubeSim:
     def _admin_action(self, method: str, action: str, body: dict[str, Any]) -> Any:
         if action == "stats" and method == "GET":
             return self.stats()
+        if action == "apps" and method == "GET":
+            return self.apps()
         if action == "calls" and method == "GET":
             return [c.__dict__ for c in self.calls]
         if action == "users" and method == "POST":

@@ -80,7 +80,7 @@ class World:
 
     def probed_by_us(self, name: str) -> int:
         requests = self.sim.cluster.app_requests.get(name, [])
-        return sum(1 for _, agent in requests if agent != KUBE_PROBE_AGENT)
+        return sum(1 for _, agent, _ in requests if agent != KUBE_PROBE_AGENT)
 
     def kubelet_ready(self, name: str) -> bool:
         pod = self.sim.store.get("pods", NS, name)
