@@ -354,9 +354,13 @@ class Cluster:
                 if self._current(ns, name, uid) is None:  # deleted while we bound the port
                     await self._stop_server(uid)
                     return
-            else:
+            elif delay > 0:
                 ip = self._allocate_ip()
                 self.tasks.start(self._app_up_later(name, uid, delay), f"app {name}")
+            else:
+                ip = self._allocate_ip()
+                self._app_up.add(uid)
+                self.app_answered[name] = self.clock.monotonic()
             self.store.mutate("pods", ns, name, lambda p: self._running(p, ip, probe is None))
             if probe is not None:
                 self._probing[uid] = self.tasks.start(
