@@ -147,11 +147,6 @@ class DirectReadiness:
         # No proxy from the environment: a pod's address is reached directly.
         self._http: httpx.AsyncClient | None = None
 
-    @property
-    def probing(self) -> int:
-        """Pods being probed now."""
-        return len(self._probing)
-
     def set_waiting(self, count: int) -> None:
         self._waiting = count
         if count > 0:

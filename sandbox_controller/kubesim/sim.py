@@ -301,6 +301,10 @@ class KubeSim:
         if action.startswith("pods/") and action.endswith("/exit") and method == "POST":
             name = action.removeprefix("pods/").removesuffix("/exit")
             return self.exit_container(name, int(body.get("exit_code", 1)), body.get("namespace"))
+        if action.startswith("pods/") and action.endswith("/app-down") and method == "POST":
+            name = action.removeprefix("pods/").removesuffix("/app-down")
+            self.app_down(name, body.get("namespace"))
+            return {"app_down": name}
         if action == "configmaps" and method == "POST":
             return self.create_configmap(body["name"], body.get("data"), body.get("namespace"))
         raise ApiError(404, "NotFound", f"no kubesim admin action {method} {action}")
