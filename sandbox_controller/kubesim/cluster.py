@@ -3,11 +3,13 @@ requests, a kubelet that starts them after a delay, and node lifecycle.
 
 Each running pod gets its own loopback address in 127.1.0.1-127.255.255.254, and
 optionally a devsandbox listening there on the pod port, so traffic reaches a pod as in
-a cluster. A pod whose spec declares a readinessProbe turns Ready only at a probe tick
-of the simulated kubelet after its app answers (probes.py); ``app_delay`` is how long
-the app takes to answer once its container runs. Two kubesims may run on one machine (parallel test runs, a benchmark beside
+a cluster. Two kubesims may run on one machine (parallel test runs, a benchmark beside
 the suite): each starts allocating at its own random point of that range, and with
 workloads an address whose pod port is already taken is skipped.
+
+A pod whose spec declares a readinessProbe turns Ready only at a probe tick of the
+simulated kubelet after its app answers (probes.py); ``app_delay`` is how long the app
+takes to answer once its container runs.
 """
 
 from __future__ import annotations
@@ -392,6 +394,9 @@ class Cluster:
             sock.close()  # the pod went meanwhile
             return
         await self._serve(name, uid, claim_secret, "", sock)
+        if self._current(ns, name, uid) is None:  # deleted while the app started
+            await self._stop_server(uid)
+            return
         self.app_answered[name] = self.clock.monotonic()
 
     @staticmethod
