@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     # The PodDisruptionBudget over assigned sandbox pods (the chart's) whose
     # minAvailable the controller keeps equal to the live sessions' pods; empty: none.
     kube_disruption_budget: str | None = None
+    # While a session waits for a cold pod, probe its readiness endpoint every 100 ms
+    # and hand it over at the first answer, not at the kubelet's next probe.
+    kube_direct_readiness: bool = True
+    # How often each such pod is probed; a waiting session gains half of it on average.
+    kube_readiness_interval: Duration = 0.1
 
     # Docker backend (one VM: Docker Engine API, one container per sandbox)
     # Unset: DOCKER_HOST, else the local socket. Compose points it at the socket proxy.
@@ -255,6 +260,8 @@ class Settings(BaseSettings):
             disruption_budget=self.kube_disruption_budget,
             tmp_dir_size_limit=self.tmp_dir_size_limit,
             rootfs_size_limit=self.rootfs_size_limit,
+            direct_readiness=self.kube_direct_readiness,
+            readiness_interval=self.kube_readiness_interval,
         )
 
     def docker_options(self) -> DockerOptions:
@@ -332,6 +339,8 @@ class Settings(BaseSettings):
             )
         if self.store_timeout <= 0:
             raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
+        if self.kube_readiness_interval < 0.01:
+            raise ValueError("SANDBOX_KUBE_READINESS_INTERVAL must be at least 10ms")
         return self
 
 
@@ -353,6 +362,8 @@ class KubeOptions:
     # At most one write of the budget per interval (seconds): a burst of opens is one
     # write, a new session covered within it. Not an operator setting.
     budget_interval: float = 1.0
+    direct_readiness: bool = True  # probe cold pods while sessions wait (kube_readiness)
+    readiness_interval: float = 0.1  # between two probes of one pod
     # Retries of failed API calls and watches back off from retry_base to retry_cap
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2

@@ -16,6 +16,7 @@ import pytest
         "benchmarks.bench_app",
         "benchmarks.proxy_bench",
         "benchmarks.kube_bench",
+        "benchmarks.cold_bench",
         "benchmarks.failover_bench",
         "benchmarks.sim_bench",
         "benchmarks.docker_bench",

@@ -163,6 +163,16 @@ class MarksLeader(Protocol):
         label from any other controller pod; or, with ``leader=False``, remove it."""
 
 
+@runtime_checkable
+class HurriesForWaiters(Protocol):
+    """A platform where a backend can see a new pod serve sooner than the platform
+    says so (Kubernetes: by probing it rather than waiting for the kubelet's next
+    probe), worth doing only while sessions wait for one."""
+
+    def sessions_waiting(self, count: int) -> None:
+        """How many sessions wait for a pod now; told after each scheduler round."""
+
+
 class Backend(Protocol):
     template_hash: str
     """Hash of the pod template in force; pods with another hash are from an old one."""

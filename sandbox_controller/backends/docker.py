@@ -66,7 +66,8 @@ from .docker_spec import (
     template_hash,
     timestamp,
 )
-from .kit import EventFeed, serves, wait_until_serving
+from .kit import EventFeed
+from .probing import serves, wait_until_serving
 
 log = logging.getLogger(__name__)
 

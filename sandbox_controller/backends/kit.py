@@ -1,16 +1,11 @@
-"""What every backend does the same way: the event feed of a term, the resync that
-starts a new scheduler from a list, and waiting for a sandbox to answer /healthz."""
+"""What every backend does the same way: the event feed of a term and the resync that
+starts a new scheduler from a list (asking a sandbox whether it serves: probing.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import httpx
-
-from ..aiotime import Backoff, sleep_or_stop
-from ..clock import Clock
-from ..sandbox_contract import HEALTH_PATH
 from .base import PodEvent, PodStatus
 
 
@@ -57,34 +52,3 @@ class EventFeed:
             if event is None:
                 return
             yield event
-
-
-async def serves(http: httpx.AsyncClient, address: str) -> bool:
-    """The sandbox at ``address`` ("host:port") answers its health check with 200."""
-    try:
-        return (await http.get(f"http://{address}{HEALTH_PATH}")).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-async def wait_until_serving(
-    http: httpx.AsyncClient,
-    address: Callable[[], str | None],
-    *,
-    wanted: Callable[[], bool],
-    clock: Clock,
-    backoff: Backoff,
-    closing: asyncio.Event,
-) -> bool:
-    """Poll the sandbox's health check, sooner then less often, until it answers 200
-    (True), or ``wanted()`` turns false or the backend closes (False). ``address`` is
-    asked each time: a sandbox may not have one yet."""
-    attempt = 0
-    while wanted():
-        where = address()
-        if where and await serves(http, where):
-            return True
-        if await sleep_or_stop(clock, backoff.delay(attempt), closing):
-            return False
-        attempt += 1
-    return False

@@ -3,6 +3,10 @@
 Pure state: the backend feeds it list results and watch events, and it answers with
 the PodEvents to emit. An event is emitted only when a pod's PodStatus changes, so a
 resync that finds nothing new says nothing.
+
+A pod is ready when the kubelet says so (its Ready condition), or when it runs and has
+answered our own readiness probe (kube_readiness.py) and the kubelet has not yet said
+anything else: ``answered`` marks it, the kubelet's Ready ends the mark.
 """
 
 from __future__ import annotations
@@ -84,8 +88,33 @@ def _waiting(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def kubelet_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def running_unready(pod: Mapping[str, Any]) -> str | None:
+    """The pod's IP if it runs (every container started) and the kubelet has not
+    marked it Ready; None otherwise."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    if (
+        status.get("phase") != "Running"
+        or not status.get("podIP")
+        or (pod.get("metadata") or {}).get("deletionTimestamp")
+        or kubelet_ready(pod)
+        or not statuses
+        or not all((cs.get("state") or {}).get("running") for cs in statuses)
+    ):
+        return None
+    return str(status["podIP"])
+
+
 def pod_status(
-    pod: Mapping[str, Any], warning: str | None = None, port: int = POD_PORT
+    pod: Mapping[str, Any],
+    warning: str | None = None,
+    port: int = POD_PORT,
+    answered: bool = False,
 ) -> PodStatus:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
@@ -100,7 +129,9 @@ def pod_status(
     failure = _failure(pod)
     if failure is not None:
         return PodStatus(phase=PodPhase.FAILED, detail=failure, **common)
-    ready = conditions.get("Ready", {}).get("status") == "True"
+    ready = conditions.get("Ready", {}).get("status") == "True" or (
+        answered and running_unready(pod) is not None
+    )
     ip = status.get("podIP")
     if ready and ip:
         return PodStatus(phase=PodPhase.READY, address=f"{ip}:{port}", **common)
@@ -130,6 +161,7 @@ class PodCache:
         self._pods: dict[str, Obj] = {}
         self._status: dict[str, PodStatus] = {}
         self._warnings: dict[str, tuple[tuple[float, int], str]] = {}
+        self._answered: set[str] = set()  # ready by our probe, not yet by the kubelet
 
     def __contains__(self, name: object) -> bool:
         return name in self._pods
@@ -143,10 +175,29 @@ class PodCache:
     def raw(self, name: str) -> Obj | None:
         return self._pods.get(name)
 
+    def is_answered(self, name: str) -> bool:
+        return name in self._answered
+
+    def answered(self, name: str) -> PodEvent | None:
+        """``name`` answered our readiness probe: ready, while it runs, until the
+        kubelet says otherwise."""
+        if name not in self._pods:
+            return None
+        self._answered.add(name)
+        return self._refresh(name)
+
+    def unanswered(self, name: str) -> PodEvent | None:
+        """Our probe's answer no longer counts (the kubelet never confirmed it)."""
+        self._answered.discard(name)
+        return self._refresh(name) if name in self._pods else None
+
     def _refresh(self, name: str) -> PodEvent | None:
         pod = self._pods[name]
         warning = self._warnings.get(name)
-        new = pod_status(pod, warning[1] if warning else None, self.port)
+        if kubelet_ready(pod):
+            self._answered.discard(name)  # the kubelet agrees: its word from now on
+        answered = name in self._answered
+        new = pod_status(pod, warning[1] if warning else None, self.port, answered)
         if self._status.get(name) == new:
             return None
         self._status[name] = new
@@ -166,6 +217,7 @@ class PodCache:
         showed it, which may say more than the cache knew (an eviction, say)."""
         pod = self._pods.pop(name, None)
         warning = self._warnings.pop(name, None)
+        self._answered.discard(name)
         status = self._status.pop(name, None)
         if pod is None or status is None:
             return None

@@ -48,8 +48,9 @@ from .base import (
 from .expectations import CreateExpectations
 from .kit import EventFeed
 from .kube_budget import BudgetKeeper
-from .kube_cache import Obj, PodCache, resource_version
+from .kube_cache import Obj, PodCache, resource_version, running_unready
 from .kube_config import load_api_client, resolve_namespace
+from .kube_readiness import DirectReadiness, probe_target
 from .kube_template import (
     ASSIGNED_ANNOTATIONS,
     build_pod,
@@ -151,6 +152,20 @@ class KubernetesBackend:
         self._tasks = TaskGroup("kubernetes-backend")
         self._owner: Obj | None = None
         self._rng = random.Random()
+        # Readiness seen directly while sessions wait (kube_readiness.py); None: the
+        # kubelet's word alone (turned off, or a probe we cannot ask as it would).
+        target = probe_target(self.template) if options.direct_readiness else None
+        self._direct = (
+            DirectReadiness(
+                target,
+                clock=self.clock,
+                answered=lambda name: self._emit([self._cache.answered(name)]),
+                unconfirmed=lambda name: self._emit([self._cache.unanswered(name)]),
+                interval=options.readiness_interval,
+            )
+            if target is not None
+            else None
+        )
         # Resyncs so far; tests read it to know that a 410 Gone was followed by a list.
         self.relists = 0
 
@@ -393,8 +408,16 @@ class KubernetesBackend:
     def events(self) -> AsyncIterator[PodEvent]:
         return self._feed.events()
 
+    def sessions_waiting(self, count: int) -> None:
+        """While sessions wait for a pod, pods that run but are not Ready yet are
+        probed directly (kube_readiness.py); with none waiting, the kubelet decides."""
+        if self._direct is not None:
+            self._direct.set_waiting(count)
+
     async def stop(self) -> None:
         await self._tasks.stop()
+        if self._direct is not None:
+            await self._direct.stop()
         self._feed.end()
         self._cache = PodCache(pod_port(self.template))
         self._budget = None  # a standby writes nothing; the next term writes afresh
@@ -439,14 +462,35 @@ class KubernetesBackend:
                 resource_version(pod) > listed_at
             )
 
-        return self._cache.replace(items, created_since)
+        before = {status.name for status in self._cache.statuses()}
+        events = self._cache.replace(items, created_since)
+        for name in before | {pod["metadata"]["name"] for pod in items}:
+            self._track_readiness(name)
+        return events
 
     def _pod_event(self, type_: str, pod: Obj) -> list[PodEvent]:
         name = pod["metadata"]["name"]
         self._expectations.observe(name)
         if type_ == "DELETED":
-            return [e for e in [self._cache.remove(name, pod)] if e is not None]
-        return [e for e in [self._cache.upsert(pod)] if e is not None]
+            event = self._cache.remove(name, pod)
+        else:
+            event = self._cache.upsert(pod)
+        self._track_readiness(name)
+        return [event] if event is not None else []
+
+    def _track_readiness(self, name: str) -> None:
+        """Tell the direct prober whether ``name`` runs unready (to probe while
+        sessions wait) or not (no more probes; an answer of ours already given waits
+        for the kubelet's confirmation until the kubelet speaks or the pod goes)."""
+        if self._direct is None:
+            return
+        pod = self._cache.raw(name)
+        ip = running_unready(pod) if pod is not None else None
+        answered = self._cache.is_answered(name)
+        if ip is not None and not answered:
+            self._direct.unready(name, ip)
+        else:
+            self._direct.settled(name, confirmed=not answered)
 
     def _warning_event(self, type_: str, event: Obj) -> list[PodEvent]:
         if type_ == "DELETED":

@@ -48,7 +48,8 @@ from .base import (
     new_pod_name,
     no_guard,
 )
-from .kit import EventFeed, wait_until_serving
+from .kit import EventFeed
+from .probing import wait_until_serving
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import signal
+from collections.abc import Callable
 
 from .faults import Faults
 from .sim import KubeSim, default_kubeconfig_path
@@ -25,6 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-delay", type=float, default=0.5, help="seconds to Ready")
     p.add_argument("--termination-delay", type=float, default=0.1)
     p.add_argument("--workload", action="store_true", help="serve devsandbox at each pod IP")
+    p.add_argument(
+        "--app-delay",
+        default="0",
+        help="seconds from a container running to its app answering (readiness probes);"
+        " LOW:HIGH draws it uniformly per pod",
+    )
     p.add_argument("--token", default="kubesim-token")
     p.add_argument(
         "--user",
@@ -56,6 +64,16 @@ def parse_users(specs: list[str]) -> dict[str, str]:
     return users
 
 
+def parse_app_delay(spec: str) -> float | Callable[[], float]:
+    """``S`` seconds, or ``LOW:HIGH``: a draw per pod, uniform in between."""
+    low, sep, high = spec.partition(":")
+    if not sep:
+        return float(spec)
+    a, b = float(low), float(high)
+    rng = random.Random()
+    return lambda: rng.uniform(a, b)
+
+
 async def serve(args: argparse.Namespace) -> None:
     faults = Faults(
         error_rate=args.error_rate,
@@ -74,6 +92,7 @@ async def serve(args: argparse.Namespace) -> None:
         startup_delay=args.startup_delay,
         termination_delay=args.termination_delay,
         workload=args.workload,
+        app_delay=parse_app_delay(args.app_delay),
         faults=faults,
         token=args.token or None,
         users=parse_users(args.user),

@@ -6,6 +6,10 @@ optionally a devsandbox listening there on the pod port, so traffic reaches a po
 a cluster. Two kubesims may run on one machine (parallel test runs, a benchmark beside
 the suite): each starts allocating at its own random point of that range, and with
 workloads an address whose pod port is already taken is skipped.
+
+A pod whose spec declares a readinessProbe turns Ready only at a probe tick of the
+simulated kubelet after its app answers (probes.py); ``app_delay`` is how long the app
+takes to answer once its container runs.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ import logging
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from ..aiotasks import TaskGroup
+from ..clock import Clock, SystemClock
 from ..quantities import cpu_millis, memory_bytes
 from ..sandbox_contract import ENV_CLAIM_SECRET, POD_PORT
 from .disruption import EVICTION_MESSAGE, Disruption
+from .probes import KUBE_PROBE_AGENT, ProbeTick, ReadinessProbe, readiness_probe
 from .store import Change, Obj, Store, now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,8 @@ _LAST_POD_IP = int(ipaddress.IPv4Address("127.255.255.254"))
 # Addresses tried for one pod before giving up: only a listener on the pod port of every
 # loopback address (a wildcard bind) takes this many.
 _BIND_ATTEMPTS = 256
+# Probe ticks and app requests kept for tests and benchmarks to read (the latest).
+_KEPT = 100_000
 
 
 def pod_requests(pod: Obj) -> tuple[int, int]:
@@ -90,12 +101,28 @@ class Cluster:
         startup_delay: float = 0.5,
         termination_delay: float = 0.1,
         workload: bool = False,
+        app_delay: float | Callable[[], float] = 0.0,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.tasks = tasks
         self.startup_delay = startup_delay
         self.termination_delay = termination_delay
         self.workload = workload
+        # Seconds from a container running to its app answering (a callable: drawn per
+        # pod). The app's start and the kubelet's probes run on ``clock``.
+        self.app_delay = app_delay
+        self.clock: Clock = clock or SystemClock()
+        # Every probe the kubelet ran, and when each pod's app first answered (the
+        # clock's monotonic time), for tests and benchmarks to read.
+        self.probe_ticks: deque[ProbeTick] = deque(maxlen=_KEPT)
+        self.app_answered: dict[str, float] = {}
+        # Workload pods: (path, User-Agent, the clock's monotonic time) of each request
+        # their app received.
+        self.app_requests: dict[str, deque[tuple[str, str, float]]] = {}
+        self._app_up: set[str] = set()  # pod uids whose app answers (no workload)
+        self._probing: dict[str, asyncio.Task[Any]] = {}
+        self._http: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
         # Random, never seeded: two kubesims with the same seed must still not collide.
         self._next_ip = random.SystemRandom().randint(_FIRST_POD_IP, _LAST_POD_IP)
@@ -316,33 +343,84 @@ class Cluster:
             pod = self._current(ns, name, uid)
             if pod is None:
                 return
+            probe = readiness_probe(pod)
+            delay = self.app_delay() if callable(self.app_delay) else self.app_delay
             if self.workload:
-                ip = await self._serve(uid, _env_value(pod, ENV_CLAIM_SECRET))
+                claim_secret = _env_value(pod, ENV_CLAIM_SECRET)
+                if delay > 0:
+                    # Bound, not listening: a probe is refused until the app starts.
+                    ip, sock = self._bind_pod_port(listen=False)
+                    self.tasks.start(
+                        self._start_app_later(ns, name, uid, sock, claim_secret, delay),
+                        f"app {name}",
+                    )
+                else:
+                    ip = await self._serve(name, uid, claim_secret, *self._bind_pod_port())
+                    self.app_answered[name] = self.clock.monotonic()
                 if self._current(ns, name, uid) is None:  # deleted while we bound the port
                     await self._stop_server(uid)
                     return
+            elif delay > 0:
+                ip = self._allocate_ip()
+                self.tasks.start(self._app_up_later(name, uid, delay), f"app {name}")
             else:
                 ip = self._allocate_ip()
-            self.store.mutate("pods", ns, name, lambda p: self._running(p, ip))
+                self._app_up.add(uid)
+                self.app_answered[name] = self.clock.monotonic()
+            self.store.mutate("pods", ns, name, lambda p: self._running(p, ip, probe is None))
+            if probe is not None:
+                self._probing[uid] = self.tasks.start(
+                    self._probe_loop(ns, name, uid, ip, probe), f"probe {name}"
+                )
         finally:
             self._starting.pop(uid, None)
 
+    async def _app_up_later(self, name: str, uid: str, delay: float) -> None:
+        await self.clock.sleep(delay)
+        self._app_up.add(uid)
+        self.app_answered[name] = self.clock.monotonic()
+
+    async def _start_app_later(
+        self,
+        ns: str,
+        name: str,
+        uid: str,
+        sock: socket.socket,
+        claim_secret: str | None,
+        delay: float,
+    ) -> None:
+        try:
+            await self.clock.sleep(delay)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        if self._current(ns, name, uid) is None:
+            sock.close()  # the pod went meanwhile
+            return
+        await self._serve(name, uid, claim_secret, "", sock)
+        if self._current(ns, name, uid) is None:  # deleted while the app started
+            await self._stop_server(uid)
+            return
+        self.app_answered[name] = self.clock.monotonic()
+
     @staticmethod
-    def _running(pod: Obj, ip: str) -> None:
+    def _running(pod: Obj, ip: str, ready: bool) -> None:
         stamp = now_rfc3339()
         status = pod["status"]
         status["phase"] = "Running"
         status["podIP"] = ip
         status["podIPs"] = [{"ip": ip}]
         status["startTime"] = stamp
-        for type_ in ("Initialized", "ContainersReady", "Ready"):
-            _set_condition(pod, _condition(type_, True))
+        _set_condition(pod, _condition("Initialized", True))
+        for type_ in ("ContainersReady", "Ready"):
+            reason = None if ready else "ContainersNotReady"
+            _set_condition(pod, _condition(type_, ready, reason))
         status["containerStatuses"] = [
             {
                 "name": c["name"],
                 "image": c.get("image", ""),
                 "imageID": "",
-                "ready": True,
+                "ready": ready,
                 "started": True,
                 "restartCount": 0,
                 "state": {"running": {"startedAt": stamp}},
@@ -350,13 +428,78 @@ class Cluster:
             for c in pod["spec"].get("containers", [])
         ]
 
-    def _bind_pod_port(self) -> tuple[str, socket.socket]:
+    # -- the kubelet's readiness probe -------------------------------------------------
+
+    async def _probe_loop(
+        self, ns: str, name: str, uid: str, ip: str, probe: ReadinessProbe
+    ) -> None:
+        """The kubelet's prober for one pod: a tick ``initial_delay`` after the
+        container runs, then every ``period``. Without a workload nothing can make a
+        Ready pod's app stop answering, so probing stops there (thousands of pods)."""
+        try:
+            await self.clock.sleep(probe.initial_delay)
+            ready, successes, failures = False, 0, 0
+            while self._current(ns, name, uid) is not None:
+                ok = await self._probe(uid, ip, probe)
+                successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+                if not ready and successes >= probe.success_threshold:
+                    ready = True
+                    self._set_ready(ns, name, uid, True)
+                elif ready and failures >= probe.failure_threshold:
+                    ready = False
+                    self._set_ready(ns, name, uid, False)
+                self.probe_ticks.append(ProbeTick(name, self.clock.monotonic(), ok, ready))
+                if ready and not self.workload:
+                    return
+                await self.clock.sleep(probe.period)
+        finally:
+            self._probing.pop(uid, None)
+
+    async def _probe(self, uid: str, ip: str, probe: ReadinessProbe) -> bool:
+        if not self.workload:
+            return uid in self._app_up
+        if probe.path is None:  # exec, tcpSocket, grpc: the app is up or not
+            return uid in self._servers
+        if self._http is None:
+            self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        try:
+            response = await self._http.get(
+                f"http://{ip}:{probe.port}{probe.path}",
+                headers={"User-Agent": KUBE_PROBE_AGENT},
+                timeout=probe.timeout,
+            )
+        except httpx.HTTPError:
+            return False
+        return 200 <= response.status_code < 400  # the kubelet's rule
+
+    def _set_ready(self, ns: str, name: str, uid: str, ready: bool) -> None:
+        if self._current(ns, name, uid) is None:
+            return
+
+        def flip(p: Obj) -> None:
+            reason = None if ready else "ContainersNotReady"
+            for type_ in ("ContainersReady", "Ready"):
+                _set_condition(p, _condition(type_, ready, reason))
+            for status in p["status"].get("containerStatuses") or []:
+                status["ready"] = ready
+
+        self.store.mutate("pods", ns, name, flip)
+
+    def app_down(self, name: str, namespace: str) -> None:
+        """The pod's app stops answering while its container runs (workload only):
+        the kubelet's probe fails from its next tick."""
+        pod = self.store.get("pods", namespace, name)
+        self.tasks.start(self._stop_server(pod["metadata"]["uid"]), f"app down {name}")
+
+    def _bind_pod_port(self, listen: bool = True) -> tuple[str, socket.socket]:
         """The next address whose pod port is free, bound (another kubesim, or anything
-        else on this machine, may hold some)."""
+        else on this machine, may hold some). Not ``listen``ing yet, the socket is
+        bound without SO_REUSEADDR, so that nobody else can bind it meanwhile."""
         for _ in range(_BIND_ATTEMPTS):
             ip = self._allocate_ip()
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if listen:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((ip, POD_PORT))
             except OSError as exc:
@@ -365,19 +508,31 @@ class Cluster:
                     raise
                 log.info("pod address %s:%d is taken, skipping it", ip, POD_PORT)
                 continue
-            sock.listen(128)
+            if listen:
+                sock.listen(128)
             return ip, sock
         raise OSError(errno.EADDRINUSE, f"port {POD_PORT} taken on {_BIND_ATTEMPTS} addresses")
 
-    async def _serve(self, uid: str, claim_secret: str | None) -> str:
+    async def _serve(
+        self, name: str, uid: str, claim_secret: str | None, ip: str, sock: socket.socket
+    ) -> str:
         import uvicorn
 
         from ..devsandbox import build_app
 
-        ip, sock = self._bind_pod_port()
+        # What the devsandbox process would read from its environment.
+        app = build_app(claim_secret or None)
+        requests = self.app_requests.setdefault(name, deque(maxlen=_KEPT))
+
+        async def witnessed(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                agent = dict(scope["headers"]).get(b"user-agent", b"")
+                at = self.clock.monotonic()
+                requests.append((scope["path"], agent.decode(errors="replace"), at))
+            await app(scope, receive, send)
+
         config = uvicorn.Config(
-            # What the devsandbox process would read from its environment.
-            build_app(claim_secret or None),
+            witnessed,
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -402,9 +557,11 @@ class Cluster:
 
     def _stop_pod(self, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
-        task = self._starting.pop(uid, None)
-        if task is not None:
-            task.cancel()
+        self._app_up.discard(uid)
+        for tasks in (self._starting, self._probing):
+            task = tasks.pop(uid, None)
+            if task is not None:
+                task.cancel()
         if uid in self._servers:
             self.tasks.start(self._stop_server(uid), f"stop {pod['metadata']['name']}")
 
@@ -520,3 +677,5 @@ class Cluster:
         # All at once: each uvicorn shutdown polls every 0.1 s, so one after another
         # took 30 s for 300 pods, far past a SIGTERM's grace.
         await asyncio.gather(*(self._stop_server(uid) for uid in list(self._servers)))
+        if self._http is not None:
+            await self._http.aclose()

@@ -8,6 +8,7 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 from aiohttp import web
 
 from ..aiotasks import TaskGroup
+from ..clock import Clock
 from .cluster import Cluster
 from .faults import CallRecord, Faults
 from .server import ApiServer
@@ -55,6 +57,8 @@ class KubeSim:
         startup_delay: float = 0.5,
         termination_delay: float = 0.1,
         workload: bool = False,
+        app_delay: float | Callable[[], float] = 0.0,
+        clock: Clock | None = None,
         faults: Faults | None = None,
         token: str | None = "kubesim-token",
         users: dict[str, str] | None = None,
@@ -85,6 +89,8 @@ class KubeSim:
             startup_delay=startup_delay,
             termination_delay=termination_delay,
             workload=workload,
+            app_delay=app_delay,
+            clock=clock,
         )
         self.calls: list[CallRecord] = []
         self.max_pods_seen = 0
@@ -174,6 +180,19 @@ class KubeSim:
     def exit_container(self, name: str, exit_code: int = 1, namespace: str | None = None) -> Obj:
         return self.cluster.exit_container(namespace or self.namespace, name, exit_code)
 
+    def app_down(self, name: str, namespace: str | None = None) -> None:
+        """A pod's app stops answering, its container still running (workload only)."""
+        self.cluster.app_down(name, namespace or self.namespace)
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Per pod, on kubesim's clock (monotonic): when its app first answered, and
+        the requests it received (path, User-Agent, when)."""
+        cluster = self.cluster
+        return {
+            name: {"answered": at, "requests": list(cluster.app_requests.get(name, ()))}
+            for name, at in cluster.app_answered.items()
+        }
+
     def create_configmap(
         self, name: str, data: dict[str, str] | None = None, namespace: str | None = None
     ) -> Obj:
@@ -256,6 +275,8 @@ class KubeSim:
     def _admin_action(self, method: str, action: str, body: dict[str, Any]) -> Any:
         if action == "stats" and method == "GET":
             return self.stats()
+        if action == "apps" and method == "GET":
+            return self.apps()
         if action == "calls" and method == "GET":
             return [c.__dict__ for c in self.calls]
         if action == "users" and method == "POST":
@@ -286,6 +307,10 @@ class KubeSim:
             message = str(body.get("message", "The node was low on resource: ephemeral-storage."))
             ns = body.get("namespace") or self.namespace
             return self.cluster.evict_for_pressure(ns, name, message)
+        if action.startswith("pods/") and action.endswith("/app-down") and method == "POST":
+            name = action.removeprefix("pods/").removesuffix("/app-down")
+            self.app_down(name, body.get("namespace"))
+            return {"app_down": name}
         if action == "configmaps" and method == "POST":
             return self.create_configmap(body["name"], body.get("data"), body.get("namespace"))
         raise ApiError(404, "NotFound", f"no kubesim admin action {method} {action}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
-from ..backends.base import Backend
+from ..backends.base import Backend, HurriesForWaiters
 from ..clock import Clock
 from ..errors import (
     DecisionFailed,
@@ -92,6 +92,10 @@ class Rounds(EffectCalls):
         self._pod_rows_due = float("inf")
         # Watchers (the console) learn of each committed round here.
         self.changes = ChangeFeed()
+        # A backend that can see a pod serve sooner while sessions wait is told how
+        # many do, after each round (only when the number changes).
+        self._hurries = backend if isinstance(backend, HurriesForWaiters) else None
+        self._told_waiting = -1
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -109,6 +113,8 @@ class Rounds(EffectCalls):
         self._pod_rows_due = float("inf")
         await self._commit(pool.take_outbox(), force=True)
         self.changes.rebuilt()
+        self._told_waiting = -1
+        self._tell_waiting(pool)
         log.info(
             "recovered %d live sessions and %d pods (%d pods in the backend)",
             len(pool.live_by_thread),
@@ -210,6 +216,12 @@ class Rounds(EffectCalls):
                 command.future.set_result(result)
         self.observer.round_committed(len(commands))
         self.changes.committed(outbox.dirty_sessions)
+        self._tell_waiting(pool)
+
+    def _tell_waiting(self, pool: Pool) -> None:
+        if self._hurries is not None and len(pool.waiting) != self._told_waiting:
+            self._told_waiting = len(pool.waiting)
+            self._hurries.sessions_waiting(self._told_waiting)
 
     async def _decision_failed(self, commands: list[Command]) -> None:
         """A decision raised: the pool is half-changed, so nothing of this round may be
