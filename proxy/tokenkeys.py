@@ -5,6 +5,11 @@
 until the controller answers, then every ``REFRESH`` seconds, so a changed
 ``SANDBOX_TOKEN_SECRET`` reaches every proxy within a minute. Asking adds no trust: the
 controller already decides where every session's traffic goes.
+
+A token naming a key id the proxy has not learnt (a controller signing with a new
+secret since the last refresh) makes it ask at once (``learn``), so a rotation never
+turns a valid token away for a minute; at most once per ``ON_DEMAND_GAP``, and every
+request waiting shares the one call, so made-up key ids cannot flood the controller.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ class TokenKeyFetcher:
     # A few keys of 43 characters each: anything longer is not the controller's answer.
     MAX_ANSWER = 16 * 1024
     DEADLINE = 10.0
+    # Made-up key ids cost the controller at most one call this often.
+    ON_DEMAND_GAP = 1.0
+    ON_DEMAND_DEADLINE = 2.0
 
     def __init__(
         self,
@@ -44,6 +52,26 @@ class TokenKeyFetcher:
         self._verifier = verifier
         self._clock = clock
         self._failing = False
+        self._asked_at: float | None = None  # the last on-demand ask (monotonic)
+        self._asking: asyncio.Task[bool] | None = None
+
+    async def learn(self, kid: str) -> None:
+        """Ask the controller now for a key id no key has, unless asked just now."""
+        if self._verifier.knows(kid):
+            return
+        if self._asking is None:
+            now = self._clock.monotonic()
+            if self._asked_at is not None and now - self._asked_at < self.ON_DEMAND_GAP:
+                return
+            self._asked_at = now
+            self._asking = asyncio.ensure_future(self.fetch(self.ON_DEMAND_DEADLINE))
+            self._asking.add_done_callback(self._asked)
+        await asyncio.shield(self._asking)
+
+    def _asked(self, task: asyncio.Task[bool]) -> None:
+        self._asking = None
+        if not task.cancelled() and task.result():
+            log.info("learnt the token verify keys on demand (a token named a new key)")
 
     async def run(self) -> None:
         attempt = 0

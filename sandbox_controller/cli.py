@@ -146,10 +146,10 @@ async def _main(command: str, settings: Settings) -> None:
 
 
 def _require_api_token(settings: Settings) -> None:
-    if settings.api_token is None and not is_loopback(settings.host):
+    if not settings.accepted_api_tokens and not is_loopback(settings.host):
         raise ConfigError(
             f"SANDBOX_API_TOKEN: required when the API listens on {settings.host} "
-            "(not loopback only)"
+            "(not loopback only); or SANDBOX_API_TOKENS"
         )
 
 

@@ -26,7 +26,6 @@ from .config import Settings
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import EndReason, PoolStatus
-from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
@@ -127,7 +126,8 @@ class Controller:
     def verify_keys(self) -> tuple[str, ...]:
         """The public keys that verify the session tokens this controller signs: all a
         proxy needs (GET /internal/token-keys), and nothing that signs."""
-        return (public_key(self.token_secret),)
+        previous = self.settings.verifying_token_secrets
+        return tuple(dict.fromkeys(public_key(s) for s in (self.token_secret, *previous)))
 
     @property
     def is_leader(self) -> bool:
@@ -166,9 +166,10 @@ class Controller:
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
+        hook_keys = self.settings.hook_keys(self.token_secret)
         if self.settings.hooks and self.hooks is None:
             self.hooks = SandboxHooks(
-                hook_key(self.token_secret),
+                hook_keys,
                 timeout=self.settings.hook_timeout,
                 release_timeout=self.settings.release_timeout,
             )
@@ -177,7 +178,7 @@ class Controller:
                 self.settings,
                 stop_on_close=self._stop_sandboxes_on_exit,
                 write_guard=self.write_guard,
-                claim_key=hook_key(self.token_secret) if self.settings.hooks else None,
+                claim_key=hook_keys[0] if self.settings.hooks else None,
             )
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")

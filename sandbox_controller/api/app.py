@@ -15,6 +15,7 @@ from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
 from ..model import Outcome, PoolStatus, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
+from .auth import ANONYMOUS, authenticated_caller
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
@@ -65,22 +66,30 @@ def create_app(controller: Controller) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY, larger={("POST", "/sessions"): SESSION_BODY_MAX}
     )
     install_error_handlers(app)
-    api_token = settings.api_token
-    # /internal/* (the proxies' calls) takes the proxies' own credential; the API token
+    api_tokens = settings.accepted_api_tokens
+    # /internal/* (the proxies' calls) takes the proxies' own credential; the API tokens
     # too, for proxies configured the old way. The proxies' credential opens nothing else.
-    internal_tokens = tuple(t for t in (settings.proxy_token, api_token) if t is not None)
+    internal_tokens = tuple(
+        t for t in (settings.proxy_token, *(a.token for a in api_tokens)) if t is not None
+    )
     # Outside the body limit: a body is not read at all from a client without a token
     # (with no API token, on loopback, the session API is open to all: nothing to check).
     app.add_middleware(
-        TokenBeforeBody, tokens=internal_tokens if api_token else (), own_auth="/console"
+        TokenBeforeBody, tokens=internal_tokens if api_tokens else (), own_auth="/console"
     )
     # Outermost: a control character never reaches routing, validation or the store.
     app.add_middleware(RefuseBadBytes)
 
     # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
     async def authorize(request: Request) -> None:
-        if api_token is not None and not bearer_in(_authorization(request), (api_token,)):
+        # request.state.caller: who called (auth.Caller), for logs and the audit trail.
+        if not api_tokens:
+            request.state.caller = ANONYMOUS
+            return
+        caller = authenticated_caller(_authorization(request), api_tokens)
+        if caller is None:
             raise Unauthorized()
+        request.state.caller = caller
 
     async def authorize_internal(request: Request) -> None:
         if internal_tokens and not bearer_in(_authorization(request), internal_tokens):
