@@ -8,7 +8,8 @@ controller already decides where every session's traffic goes.
 
 A token naming a key id the proxy has not learnt (a controller signing with a new
 secret since the last refresh) makes it ask at once (``learn``), so a rotation never
-turns a valid token away for a minute; at most once per ``ON_DEMAND_GAP``, and every
+turns a valid token away for a minute. At most once per ``ON_DEMAND_GAP``: a request
+that comes sooner waits for the next call (never a 401 for a real new key), and every
 request waiting shares the one call, so made-up key ids cannot flood the controller.
 """
 
@@ -56,14 +57,18 @@ class TokenKeyFetcher:
         self._asking: asyncio.Task[bool] | None = None
 
     async def learn(self, kid: str) -> None:
-        """Ask the controller now for a key id no key has, unless asked just now."""
+        """Ask the controller for a key id no key has: now, or once ON_DEMAND_GAP has
+        passed since the last such call."""
         if self._verifier.knows(kid):
             return
+        if self._asking is None and self._asked_at is not None:
+            wait = self._asked_at + self.ON_DEMAND_GAP - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+                if self._verifier.knows(kid):
+                    return
         if self._asking is None:
-            now = self._clock.monotonic()
-            if self._asked_at is not None and now - self._asked_at < self.ON_DEMAND_GAP:
-                return
-            self._asked_at = now
+            self._asked_at = self._clock.monotonic()
             self._asking = asyncio.ensure_future(self.fetch(self.ON_DEMAND_DEADLINE))
             self._asking.add_done_callback(self._asked)
         await asyncio.shield(self._asking)
