@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # before this setting existed). Previous ones authenticate the hooks of older pods.
     hook_secret: str | None = None
     hook_secret_previous: str = ""
+    # Kubernetes user names (a service account: system:serviceaccount:<ns>:<name>),
+    # comma-separated, whose own cluster tokens open the API, checked by TokenReview
+    # (backends/kube_token_review.py). Empty: off.
+    token_review_users: str = ""
     # Long enough for a working day; GET /sessions/{id} hands out a fresh one.
     token_ttl: Duration = 43200.0
     # The base of connect.url. Unset, it follows the proxy's own host and port (the

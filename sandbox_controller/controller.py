@@ -17,12 +17,14 @@ import logging
 import os
 import secrets
 import socket
+from typing import TYPE_CHECKING
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
+from .credentials import split_list
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import EndReason, PoolStatus
@@ -31,6 +33,9 @@ from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
 from .tokens import public_key
+
+if TYPE_CHECKING:
+    from .backends.kube_token_review import TokenReviewer
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,8 @@ class Controller:
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
         self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
+        # In-cluster API callers (SANDBOX_TOKEN_REVIEW_USERS), made at start-up.
+        self.token_reviewer: TokenReviewer | None = None
         self.lease = LeaseTerm(
             settings.leader_lease_ttl,
             settings.lease_margin,
@@ -167,6 +174,13 @@ class Controller:
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
         hook_keys = self.settings.hook_keys(self.token_secret)
+        users = split_list(self.settings.token_review_users)
+        if users and self.token_reviewer is None:
+            from .backends.kube_config import load_api_client
+            from .backends.kube_token_review import TokenReviewer
+
+            api = await load_api_client(self.settings.kubeconfig)
+            self.token_reviewer = TokenReviewer(api, users, self.clock)
         if self.settings.hooks and self.hooks is None:
             self.hooks = SandboxHooks(
                 hook_keys,
@@ -210,6 +224,8 @@ class Controller:
             await self._backend.close()
         if self.hooks is not None:
             await self.hooks.close()
+        if self.token_reviewer is not None:
+            await self.token_reviewer.close()
         await self.store.close()
 
     # ------------------------------------------------------------ leadership
