@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.deploy.deploytools import Render, find
+from tests.deploy.deploytools import Render, container_env, find
 
 ROTATION = {
     "apiTokens": {"value": "backend-2027:the-next-api-token-value"},
@@ -59,3 +59,17 @@ def test_a_changed_secret_value_rolls_the_controller(render: Render) -> None:
     before = checksum(ROTATION)
     assert checksum({**ROTATION, "tokenSecretPrevious": {"value": "x" * 32}}) != before
     assert checksum(dict(ROTATION)) == before
+
+
+def test_token_review_users_set_the_setting_and_bind_auth_delegator_only_then(
+    render: Render,
+) -> None:
+    plain = render({})
+    assert not {d["kind"] for d in plain} & {"ClusterRoleBinding"}
+    users = ["system:serviceaccount:editors:backend", "system:serviceaccount:editors:ci"]
+    docs = render({"agentSandbox": {"controller": {"tokenReviewUsers": users}}})
+    env = container_env(find(docs, "Deployment", "-controller"))
+    assert env["SANDBOX_TOKEN_REVIEW_USERS"] == ",".join(users)
+    binding = find(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+    assert [s["kind"] for s in binding["subjects"]] == ["ServiceAccount"]
