@@ -32,7 +32,7 @@ from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
-from .tokens import public_key
+from .tokens import public_key, secret_key_id
 
 if TYPE_CHECKING:
     from .backends.kube_token_review import TokenReviewer
@@ -174,6 +174,14 @@ class Controller:
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
         hook_keys = self.settings.hook_keys(self.token_secret)
+        previous = [secret_key_id(s) for s in self.settings.verifying_token_secrets]
+        # Which key signs, and which still verify: what an operator checks in a rotation.
+        log.info(
+            "session tokens signed with key %s%s; %d hook key(s)",
+            secret_key_id(self.token_secret),
+            f", also verifying {', '.join(previous)}" if previous else "",
+            len(hook_keys),
+        )
         users = split_list(self.settings.token_review_users)
         if users and self.token_reviewer is None:
             from .backends.kube_config import load_api_client
