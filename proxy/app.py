@@ -19,13 +19,14 @@ from sandbox_controller.aiotasks import TaskGroup
 from sandbox_controller.clock import Clock, SystemClock
 from sandbox_controller.config import ConfigError, Settings
 from sandbox_controller.serving import KEEP_ALIVE_SECONDS
-from sandbox_controller.tokens import TokenClaims, public_key
+from sandbox_controller.tokens import TokenClaims, public_key, token_key_id
 
 from .activity import ActivityReporter
 from .admin import build_admin
 from .auth import (
     SAFE_METHODS,
     Carrier,
+    Credentials,
     Verifier,
     authenticate,
     check_origin,
@@ -131,6 +132,7 @@ class ProxyApp:
         head = HeadLimits(settings.max_header_bytes, settings.header_read_timeout)
         self.pool = UpstreamPool(connect_timeout, head=head)
         self.routes: RouteCache
+        self._keys: TokenKeyFetcher | None = None
         self.activity: ActivityReporter
 
     # lifecycle -------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class ProxyApp:
             # until one succeeds, tokens get 503 and /readyz says not ready.
             await keys.fetch(deadline=2.0)
             self._tasks.start(keys.run(), "token-keys")
+            self._keys = keys
         self.started = True
 
     async def close_websockets(self, wait: float = 5.0) -> None:
@@ -272,6 +275,7 @@ class ProxyApp:
         token leaves the address bar, the history and later Referer headers."""
         headers = scope["headers"]
         creds = find_credentials(headers, scope["query_string"])
+        await self._learn_keys(creds)
         claims = authenticate(self.verifier, creds, target.session_id, self.clock.now())
         websocket = scope["type"] == "websocket"
         if creds.token is None:
@@ -309,6 +313,17 @@ class ProxyApp:
         # the session, and its answer (not ours) decides where traffic goes.
         self.routes.invalidate(session_id)
         self.pool.drop(address)
+
+    async def _learn_keys(self, creds: Credentials) -> None:
+        """A token signed by a key this proxy has not learnt yet (the controller's secret
+        rotated since the last refresh): ask the controller for its keys first."""
+        if self._keys is None or not self.verifier.ready:
+            return
+        for token in [creds.token] if creds.token is not None else creds.cookies:
+            kid = token_key_id(token)
+            if kid is not None and not self.verifier.knows(kid):
+                await self._keys.learn(kid)
+                return
 
     def _cookie(self, scope: Scope, token: str, claims: TokenClaims) -> Header:
         now = self.clock.now()

@@ -16,7 +16,13 @@ from urllib.parse import quote, unquote_plus
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sandbox_controller.tokens import TokenClaims, TokenError, load_public_key, verify_token
+from sandbox_controller.tokens import (
+    TokenClaims,
+    TokenError,
+    key_id,
+    load_public_key,
+    verify_token,
+)
 
 from .errors import controller_unavailable, forbidden, origin_mismatch, unauthorized
 
@@ -143,6 +149,7 @@ class Verifier:
     def __init__(self, keys: Sequence[str] = ()) -> None:
         self._keys: tuple[str, ...] = ()
         self._loaded: list[Ed25519PublicKey] = []
+        self._kids: frozenset[str] = frozenset()
         self._valid: dict[str, TokenClaims] = {}
         if keys:
             self.set_keys(keys)
@@ -157,8 +164,13 @@ class Verifier:
         if tuple(keys) == self._keys:
             return
         self._loaded = [load_public_key(k) for k in keys]
+        self._kids = frozenset(key_id(k) for k in self._loaded)
         self._keys = tuple(keys)
         self._valid.clear()
+
+    def knows(self, kid: str) -> bool:
+        """Whether one of the keys has this key id (tokens.key_id)."""
+        return kid in self._kids
 
     def verify(self, token: str, now: float) -> TokenClaims:
         claims = self._valid.get(token)

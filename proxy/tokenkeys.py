@@ -5,6 +5,12 @@
 until the controller answers, then every ``REFRESH`` seconds, so a changed
 ``SANDBOX_TOKEN_SECRET`` reaches every proxy within a minute. Asking adds no trust: the
 controller already decides where every session's traffic goes.
+
+A token naming a key id the proxy has not learnt (a controller signing with a new
+secret since the last refresh) makes it ask at once (``learn``), so a rotation never
+turns a valid token away for a minute. At most once per ``ON_DEMAND_GAP``: a request
+that comes sooner waits for the next call (never a 401 for a real new key), and every
+request waiting shares the one call, so made-up key ids cannot flood the controller.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class TokenKeyFetcher:
     # A few keys of 43 characters each: anything longer is not the controller's answer.
     MAX_ANSWER = 16 * 1024
     DEADLINE = 10.0
+    # Made-up key ids cost the controller at most one call this often.
+    ON_DEMAND_GAP = 1.0
+    ON_DEMAND_DEADLINE = 2.0
 
     def __init__(
         self,
@@ -44,6 +53,30 @@ class TokenKeyFetcher:
         self._verifier = verifier
         self._clock = clock
         self._failing = False
+        self._asked_at: float | None = None  # the last on-demand ask (monotonic)
+        self._asking: asyncio.Task[bool] | None = None
+
+    async def learn(self, kid: str) -> None:
+        """Ask the controller for a key id no key has: now, or once ON_DEMAND_GAP has
+        passed since the last such call."""
+        if self._verifier.knows(kid):
+            return
+        if self._asking is None and self._asked_at is not None:
+            wait = self._asked_at + self.ON_DEMAND_GAP - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+                if self._verifier.knows(kid):
+                    return
+        if self._asking is None:
+            self._asked_at = self._clock.monotonic()
+            self._asking = asyncio.ensure_future(self.fetch(self.ON_DEMAND_DEADLINE))
+            self._asking.add_done_callback(self._asked)
+        await asyncio.shield(self._asking)
+
+    def _asked(self, task: asyncio.Task[bool]) -> None:
+        self._asking = None
+        if not task.cancelled() and task.result():
+            log.info("learnt the token verify keys on demand (a token named a new key)")
 
     async def run(self) -> None:
         attempt = 0

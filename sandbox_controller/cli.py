@@ -146,10 +146,11 @@ async def _main(command: str, settings: Settings) -> None:
 
 
 def _require_api_token(settings: Settings) -> None:
-    if settings.api_token is None and not is_loopback(settings.host):
+    callers = settings.accepted_api_tokens or settings.token_review_users
+    if not callers and not is_loopback(settings.host):
         raise ConfigError(
             f"SANDBOX_API_TOKEN: required when the API listens on {settings.host} "
-            "(not loopback only)"
+            "(not loopback only); or SANDBOX_API_TOKENS"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .credentials import ApiToken, api_tokens, hook_keys, parse_api_tokens, split_list
 from .durations import parse_duration
 from .model import Limits, PrewarmPolicy, PrewarmSettings
 from .quantities import byte_size, parse_quantity
@@ -82,6 +83,22 @@ class Settings(BaseSettings):
     # The proxies' credential: opens /internal/* (routes, activity, the token verify
     # key) and nothing else. Unset: /internal/* takes the API token (the old way).
     proxy_token: str | None = None
+    # More API tokens, all accepted alongside api_token: comma-separated, each `token` or
+    # `id:token` (the id names the caller in logs and audit; else a fingerprint does).
+    # Two at once is how a token rotates: add the new one, move callers, drop the old.
+    api_tokens: str = ""
+    # Secrets that signed session tokens before token_secret: comma-separated, they only
+    # verify. Keep one for token_ttl after it stopped signing, then drop it.
+    token_secret_previous: str = ""
+    # Keys the sandboxes' claim secrets (the hooks' credential), apart from token_secret
+    # so that rotating one leaves the other alone. Unset: token_secret keys them (as
+    # before this setting existed). Previous ones authenticate the hooks of older pods.
+    hook_secret: str | None = None
+    hook_secret_previous: str = ""
+    # Kubernetes user names (a service account: system:serviceaccount:<ns>:<name>),
+    # comma-separated, whose own cluster tokens open the API, checked by TokenReview
+    # (backends/kube_token_review.py). Empty: off.
+    token_review_users: str = ""
     # Long enough for a working day; GET /sessions/{id} hands out a fresh one.
     token_ttl: Duration = 43200.0
     # The base of connect.url. Unset, it follows the proxy's own host and port (the
@@ -203,6 +220,26 @@ class Settings(BaseSettings):
         return max(1.0, self.leader_lease_ttl / 4)
 
     @property
+    def accepted_api_tokens(self) -> tuple[ApiToken, ...]:
+        """SANDBOX_API_TOKEN and every SANDBOX_API_TOKENS entry (credentials.py)."""
+        return api_tokens(self.api_token, self.api_tokens)
+
+    @property
+    def verifying_token_secrets(self) -> tuple[bytes, ...]:
+        """SANDBOX_TOKEN_SECRET_PREVIOUS's secrets: they verify, and sign nothing."""
+        return tuple(s.encode() for s in split_list(self.token_secret_previous))
+
+    def hook_keys(self, token_secret: bytes) -> tuple[bytes, ...]:
+        """The claim-secret keys, current first (``token_secret``: the one in use, which
+        the controller makes up when none is set)."""
+        return hook_keys(
+            self.hook_secret.encode() if self.hook_secret else None,
+            tuple(s.encode() for s in split_list(self.hook_secret_previous)),
+            token_secret,
+            self.verifying_token_secrets,
+        )
+
+    @property
     def proxy_url(self) -> str:
         """Where editors reach the proxy: the base of every session's connect.url."""
         return self.proxy_public_url or f"http://{self.proxy_host}:{self.proxy_port}"
@@ -280,7 +317,13 @@ class Settings(BaseSettings):
             max_concurrent_creates=self.max_concurrent_creates,
         )
 
-    @field_validator("api_token", "token_secret", "proxy_token", mode="before")
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens(cls, value: str) -> str:
+        parse_api_tokens(value)  # ValueError names what is wrong, never a token
+        return value
+
+    @field_validator("api_token", "token_secret", "proxy_token", "hook_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
@@ -445,7 +488,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 # Secret settings, and what none of them may be outside `dev`.
-SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token")
+SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token", "hook_secret")
+# Comma-separated lists of secrets, each entry held to the same test.
+SECRET_LIST_SETTINGS = ("token_secret_previous", "hook_secret_previous")
 MIN_SECRET_BYTES = 16
 # Values from the repository's own examples (the Compose .env.example of old, the README,
 # the chart) and the usual stand-ins, compared in lower case.
@@ -478,7 +523,15 @@ def check_secrets(settings: Settings) -> None:
                 f"SANDBOX_{name.upper()}: {why}; set a random value, e.g. "
                 "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
-    if settings.proxy_token is not None and settings.proxy_token == settings.api_token:
+    listed = {name: split_list(getattr(settings, name)) for name in SECRET_LIST_SETTINGS}
+    listed["api_tokens"] = tuple(t.token for t in parse_api_tokens(settings.api_tokens))
+    for name, values in listed.items():
+        for i, value in enumerate(values, 1):
+            why = weak_secret(value)
+            if why is not None:
+                raise ConfigError(f"SANDBOX_{name.upper()}: entry {i} {why}")
+    api = {t.token for t in settings.accepted_api_tokens}
+    if settings.proxy_token is not None and settings.proxy_token in api:
         raise ConfigError(
             "SANDBOX_PROXY_TOKEN: must differ from SANDBOX_API_TOKEN (it opens /internal/* only)"
         )

@@ -17,21 +17,25 @@ import logging
 import os
 import secrets
 import socket
+from typing import TYPE_CHECKING
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
+from .credentials import split_list
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import EndReason, PoolStatus
-from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
-from .tokens import public_key
+from .tokens import public_key, secret_key_id
+
+if TYPE_CHECKING:
+    from .backends.kube_token_review import TokenReviewer
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ class Controller:
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
         self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
+        # In-cluster API callers (SANDBOX_TOKEN_REVIEW_USERS), made at start-up.
+        self.token_reviewer: TokenReviewer | None = None
         self.lease = LeaseTerm(
             settings.leader_lease_ttl,
             settings.lease_margin,
@@ -127,7 +133,8 @@ class Controller:
     def verify_keys(self) -> tuple[str, ...]:
         """The public keys that verify the session tokens this controller signs: all a
         proxy needs (GET /internal/token-keys), and nothing that signs."""
-        return (public_key(self.token_secret),)
+        previous = self.settings.verifying_token_secrets
+        return tuple(dict.fromkeys(public_key(s) for s in (self.token_secret, *previous)))
 
     @property
     def is_leader(self) -> bool:
@@ -166,9 +173,25 @@ class Controller:
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
+        hook_keys = self.settings.hook_keys(self.token_secret)
+        previous = [secret_key_id(s) for s in self.settings.verifying_token_secrets]
+        # Which key signs, and which still verify: what an operator checks in a rotation.
+        log.info(
+            "session tokens signed with key %s%s; %d hook key(s)",
+            secret_key_id(self.token_secret),
+            f", also verifying {', '.join(previous)}" if previous else "",
+            len(hook_keys),
+        )
+        users = split_list(self.settings.token_review_users)
+        if users and self.token_reviewer is None:
+            from .backends.kube_config import load_api_client
+            from .backends.kube_token_review import TokenReviewer
+
+            api = await load_api_client(self.settings.kubeconfig)
+            self.token_reviewer = TokenReviewer(api, users, self.clock)
         if self.settings.hooks and self.hooks is None:
             self.hooks = SandboxHooks(
-                hook_key(self.token_secret),
+                hook_keys,
                 timeout=self.settings.hook_timeout,
                 release_timeout=self.settings.release_timeout,
             )
@@ -177,7 +200,7 @@ class Controller:
                 self.settings,
                 stop_on_close=self._stop_sandboxes_on_exit,
                 write_guard=self.write_guard,
-                claim_key=hook_key(self.token_secret) if self.settings.hooks else None,
+                claim_key=hook_keys[0] if self.settings.hooks else None,
             )
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
@@ -209,6 +232,8 @@ class Controller:
             await self._backend.close()
         if self.hooks is not None:
             await self.hooks.close()
+        if self.token_reviewer is not None:
+            await self.token_reviewer.close()
         await self.store.close()
 
     # ------------------------------------------------------------ leadership

@@ -12,7 +12,11 @@ image"), each behind ``Authorization: Bearer <the pod's claim secret>``:
 A sandbox that implements none of them answers 404 (or 405/501) and works as before.
 The secret is derived per pod from the controller's key and the pod's create id
 (sandbox_contract.py ``claim_secret``), so no other pod, and nobody without the key, can
-claim a pod. ``env`` and ``files`` travel only in the claim call: never stored, never
+claim a pod. The controller may hold several keys (SANDBOX_HOOK_SECRET and the previous
+ones, credentials.hook_keys): a pod answering 401 is asked again with the next, and the
+key it took is remembered for its later calls. A status hook refusing them all is
+"unknown", kept alive, counted and logged: after a rotation gone wrong, a busy
+sandbox is never ended as idle for want of a credential. ``env`` and ``files`` travel only in the claim call: never stored, never
 logged (this module logs names and outcomes, not bodies).
 
 What a sandbox answers is hostile input (bounded.py): each call has one total deadline
@@ -107,13 +111,18 @@ class SandboxHooks:
 
     def __init__(
         self,
-        key: bytes,
+        keys: bytes | Sequence[bytes],
         *,
         timeout: float = 2.0,
         release_timeout: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._key = key
+        # The current key first (new pods get their secret from it), then previous ones.
+        self._keys: tuple[bytes, ...] = (keys,) if isinstance(keys, bytes) else tuple(keys)
+        if not self._keys:
+            raise ValueError("the hooks need a key")
+        # The key (its index) each pod last accepted, when not the current one.
+        self._key_of: OrderedDict[str, int] = OrderedDict()
         self.timeout = timeout
         self.release_timeout = release_timeout
         # No connection reuse across pods matters here: each pod is its own host.
@@ -121,7 +130,23 @@ class SandboxHooks:
         self._warned: OrderedDict[str, None] = OrderedDict()
 
     def secret(self, create_id: str) -> str:
-        return claim_secret(self._key, create_id)
+        """The claim secret this pod is asked with first."""
+        return claim_secret(self._keys[self._key_of.get(create_id, 0)], create_id)
+
+    def _secrets(self, create_id: str) -> list[tuple[int, str]]:
+        """Each key's claim secret for this pod, the one it last took first."""
+        first = self._key_of.get(create_id, 0)
+        order = [first, *(i for i in range(len(self._keys)) if i != first)]
+        return [(i, claim_secret(self._keys[i], create_id)) for i in order]
+
+    def _took(self, create_id: str, index: int) -> None:
+        if index == 0:
+            self._key_of.pop(create_id, None)
+            return
+        self._key_of[create_id] = index
+        self._key_of.move_to_end(create_id)
+        if len(self._key_of) > WARNED_PODS_MAX:
+            self._key_of.popitem(last=False)
 
     async def claim(
         self,
@@ -138,17 +163,26 @@ class SandboxHooks:
         )
 
     async def status(self, address: str, create_id: str) -> BusyAnswer:
-        """Never raises: whatever the sandbox does, an answer or "no answer"."""
+        """Never raises: whatever the sandbox does, an answer or "no answer"; a 401 to
+        every key is neither (``refused``: kept alive, see the module's docstring)."""
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._stream(
-                    "GET", address, STATUS_PATH, create_id, self.timeout
-                ) as response:
-                    if response.status_code in NOT_IMPLEMENTED:
-                        return BusyAnswer(False, "no status hook", answered=False)
-                    if response.status_code != 200:
-                        return BusyAnswer(False, f"HTTP {response.status_code}", answered=False)
-                    data = await read_json(response)
+                for index, secret in self._secrets(create_id):
+                    async with self._stream(
+                        "GET", address, STATUS_PATH, secret, self.timeout
+                    ) as response:
+                        if response.status_code == 401:
+                            continue
+                        self._took(create_id, index)
+                        if response.status_code in NOT_IMPLEMENTED:
+                            return BusyAnswer(False, "no status hook", answered=False)
+                        if response.status_code != 200:
+                            words = f"HTTP {response.status_code}"
+                            return BusyAnswer(False, words, answered=False)
+                        data = await read_json(response)
+                        break
+                else:
+                    return self._refused(create_id, address)
         except (AnswerRefused, TimeoutError, httpx.TimeoutException) as exc:
             words = _refusal_words(exc)
             self._warn_once(create_id, address, "status", words, "no answer")
@@ -174,22 +208,30 @@ class SandboxHooks:
     async def close(self) -> None:
         await self._client.aclose()
 
+    def _refused(self, create_id: str, address: str) -> BusyAnswer:
+        if self._first_time(create_id):
+            log.warning(
+                "sandbox at %s refused every claim secret the controller holds (HTTP 401) "
+                "on its status hook; its session is kept alive, and this is not logged "
+                "again for this pod (was the hook secret rotated without keeping the old "
+                "one in SANDBOX_HOOK_SECRET_PREVIOUS?)",
+                address,
+            )
+        return BusyAnswer(True, "claim secret refused (HTTP 401)", answered=False, refused=True)
+
     def _stream(
         self,
         method: str,
         address: str,
         path: str,
-        create_id: str,
+        secret: str,
         timeout: float,
         body: dict[str, Any] | None = None,
     ) -> AbstractAsyncContextManager[httpx.Response]:
         # Raw bytes are read (bounded.read_capped): ask for them unencoded.
-        headers = {**self._auth(create_id), "accept-encoding": "identity"}
+        headers = {"authorization": f"Bearer {secret}", "accept-encoding": "identity"}
         url = f"http://{address}{path}"
         return self._client.stream(method, url, json=body, headers=headers, timeout=timeout)
-
-    def _auth(self, create_id: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.secret(create_id)}"}
 
     async def _call(
         self,
@@ -206,18 +248,24 @@ class SandboxHooks:
         success holding a connection; of a refusal, only the first bytes are read,
         for the quote (quoting.py)."""
         deadline = asyncio.get_running_loop().time() + timeout
+        keys = self._secrets(create_id)
         try:
             async with asyncio.timeout_at(deadline):
-                async with self._stream(
-                    "POST", address, path, create_id, timeout, body
-                ) as response:
-                    status = response.status_code
-                    if 200 <= status < 300:
-                        await read_capped(response, JSON_ANSWER_MAX)
-                        return HookResult(HookOutcome.ACCEPTED)
-                    if status in NOT_IMPLEMENTED:
-                        return HookResult(HookOutcome.NOT_IMPLEMENTED)
-                    raw = await _first_bytes(response, deadline)
+                for index, secret in keys:
+                    async with self._stream(
+                        "POST", address, path, secret, timeout, body
+                    ) as response:
+                        status = response.status_code
+                        if status == 401 and index != keys[-1][0]:
+                            continue  # made with another key: ask with the next
+                        if 200 <= status < 300:
+                            self._took(create_id, index)
+                            await read_capped(response, JSON_ANSWER_MAX)
+                            return HookResult(HookOutcome.ACCEPTED)
+                        if status in NOT_IMPLEMENTED:
+                            return HookResult(HookOutcome.NOT_IMPLEMENTED)
+                        raw = await _first_bytes(response, deadline)
+                        break
         except (AnswerRefused, TimeoutError, httpx.TimeoutException) as exc:
             words = _refusal_words(exc)
             self._warn_once(create_id, address, hook, words, "a failure")
@@ -232,11 +280,8 @@ class SandboxHooks:
         self, create_id: str, address: str, hook: str, words: str, counted_as: str
     ) -> None:
         """A sandbox broke a bound: said once per pod, however often it is asked."""
-        if create_id in self._warned:
+        if not self._first_time(create_id):
             return
-        self._warned[create_id] = None
-        if len(self._warned) > WARNED_PODS_MAX:
-            self._warned.popitem(last=False)
         log.warning(
             "sandbox at %s broke the bounds of its %s hook (%s); counted as %s, "
             "and not logged again for this pod",
@@ -245,6 +290,15 @@ class SandboxHooks:
             words,
             counted_as,
         )
+
+    def _first_time(self, create_id: str) -> bool:
+        """Whether this pod has not been warned about yet (it has now)."""
+        if create_id in self._warned:
+            return False
+        self._warned[create_id] = None
+        if len(self._warned) > WARNED_PODS_MAX:
+            self._warned.popitem(last=False)
+        return True
 
 
 async def _first_bytes(response: httpx.Response, deadline: float) -> bytes:

@@ -139,11 +139,12 @@ class ControllerMetrics:
         self.status_checks = Counter(
             "sandbox_status_checks",
             "Sandbox status hook calls before an idle timeout or a reclaim, by answer "
-            "(busy keeps the session; not_busy and no_answer let it end)",
+            "(busy keeps the session; not_busy and no_answer let it end; unauthorized, "
+            "a 401 to every claim secret, keeps it)",
             ["answer"],
             registry=self.registry,
         )
-        for answer in ("busy", "not_busy", "no_answer"):
+        for answer in ("busy", "not_busy", "no_answer", "unauthorized"):
             self.status_checks.labels(answer)
         self.backend_errors = Counter(
             "sandbox_backend_errors",

@@ -90,13 +90,18 @@ class ActivitySource(enum.StrEnum):
 class BusyAnswer:
     """A sandbox status hook's answer (hooks.py asks; the pool decides on it).
     ``answered`` is False when the sandbox did not answer (or has no status hook):
-    that counts as not busy, so a hung sandbox still ends."""
+    that counts as not busy, so a hung sandbox still ends. ``refused``: the sandbox
+    refused every claim secret the controller holds (HTTP 401, a hook-secret rotation
+    gone wrong): unknown, so it counts as busy and the session is kept, never ended."""
 
     busy: bool
     detail: str
     answered: bool
+    refused: bool = False
 
     def describe(self) -> str:
+        if self.refused:
+            return f"unknown ({self.detail})"
         if not self.answered:
             return f"no answer ({self.detail})" if self.detail else "no answer"
         state = "busy" if self.busy else "not busy"

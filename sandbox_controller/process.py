@@ -140,11 +140,15 @@ class DevProcess:
             }
         )
         assert settings.token_secret is not None
-        # The proxy gets what a separate one would: its credential and the verify key.
-        proxy_settings = settings.model_copy(update={"token_secret": None, "api_token": None})
+        # The proxy gets what a separate one would: its credential and the verify keys
+        # (the previous secrets' too, as GET /internal/token-keys answers them).
+        proxy_settings = settings.model_copy(
+            update={"token_secret": None, "api_token": None, "api_tokens": ""}
+        )
+        secrets_in_use = (settings.token_secret.encode(), *settings.verifying_token_secrets)
         try:
             self.proxy = ProxyProcess(
-                proxy_settings, verify_keys=[public_key(settings.token_secret.encode())]
+                proxy_settings, verify_keys=[public_key(s) for s in secrets_in_use]
             )
             await self.proxy.startup()
         except BaseException:

@@ -81,3 +81,7 @@ _.activity_at
 _.rows_html
 _.oldest_idle_id
 _.cap_y
+
+# The audit trail's reader of the authenticated caller (api/auth.py): issue 25's audit
+# events name the caller by it, wired when that part merges.
+_.caller_id

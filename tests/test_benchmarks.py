@@ -22,6 +22,7 @@ import pytest
         "benchmarks.docker_bench",
         "benchmarks.console_clients",
         "benchmarks.budget_bench",
+        "benchmarks.token_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

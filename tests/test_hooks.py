@@ -314,3 +314,51 @@ def test_depth_is_counted_outside_strings_only() -> None:
         loads_json(b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(AnswerRefused):
         loads_json(b"1" * 10_000)  # past int's digit limit: a ValueError inside
+
+
+ROTATED = hook_key(b"the-hook-secret-after-the-rotation")
+
+
+async def test_a_pod_made_before_a_hook_rotation_answers_to_the_previous_key(
+    hooks: SandboxHooks, devsandbox: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # devsandbox got its secret from KEY; the controller now signs new pods with ROTATED.
+    rotated = SandboxHooks((ROTATED, KEY), timeout=0.5, release_timeout=0.5)
+    try:
+        assert rotated.secret(CREATE_ID) != hooks.secret(CREATE_ID)
+        assert (await rotated.claim(devsandbox, CREATE_ID, SESSION, PAYLOAD)).ok
+        # The key it took is asked first from now on.
+        assert rotated.secret(CREATE_ID) == hooks.secret(CREATE_ID)
+        await set_busy(devsandbox, True, "rotating")
+        answer = await rotated.status(devsandbox, CREATE_ID)
+        assert answer == BusyAnswer(True, "rotating", answered=True)
+        assert (await rotated.release(devsandbox, CREATE_ID, "sess-1", "deleted")).ok
+    finally:
+        await rotated.close()
+    assert "refused every claim secret" not in caplog.text
+
+
+async def test_a_status_hook_refusing_every_key_keeps_the_session_and_says_so(
+    devsandbox: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hook secret rotated without keeping the old one: 401 is no "not busy".
+    await set_busy(devsandbox, True, "compiling")
+    lost = SandboxHooks(ROTATED, timeout=0.5, release_timeout=0.5)
+    try:
+        for _ in range(2):
+            answer = await lost.status(devsandbox, CREATE_ID)
+            assert answer.busy and answer.refused and not answer.answered
+            assert answer.describe() == "unknown (claim secret refused (HTTP 401))"
+        claim = await lost.claim(devsandbox, CREATE_ID, SESSION, PAYLOAD)
+        assert claim.outcome is HookOutcome.FAILED and claim.status == 401
+    finally:
+        await lost.close()
+    assert caplog.text.count("refused every claim secret") == 1  # once per pod
+
+
+async def set_busy(address: str, busy: bool, detail: str) -> None:
+    async with httpx.AsyncClient() as sandbox:
+        response = await sandbox.post(
+            f"http://{address}/_sandbox/busy", json={"busy": busy, "detail": detail}
+        )
+        response.raise_for_status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from sandbox_controller.config import load_settings
 from sandbox_controller.process import ControllerProcess, DevProcess
 from sandbox_controller.serving import serve
+from sandbox_controller.tokens import issue_token
 
 from .conftest import sandbox_processes
 
@@ -76,6 +78,7 @@ async def test_dev_serves_on_the_ports_it_bound_and_stops_every_sandbox(tmp_path
         state_dir=str(tmp_path / "state"),
         api_token="dev-token",
         token_secret="dev-secret",
+        token_secret_previous="dev-secret-before",
         prewarm_pool_size=1,
         log_level="warning",
     )
@@ -100,6 +103,10 @@ async def test_dev_serves_on_the_ports_it_bound_and_stops_every_sandbox(tmp_path
                 connect["url"] + "healthz", headers={"Authorization": f"Bearer {connect['token']}"}
             )
             assert through.status_code == 200
+            # A token of the previous secret still opens it (a rotation under dev).
+            before = issue_token(b"dev-secret-before", created.json()["id"], time.time() + 60)
+            old = await http.get(connect["url"] + "healthz", headers={"x-sandbox-token": before})
+            assert old.status_code == 200, old.text
         pod = created.json()["pod"]
         assert sandbox_processes(pod)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -15,6 +16,7 @@ from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
 from ..model import Outcome, PoolStatus, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
+from .auth import ANONYMOUS, Caller, authenticated_caller
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
@@ -65,22 +67,46 @@ def create_app(controller: Controller) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY, larger={("POST", "/sessions"): SESSION_BODY_MAX}
     )
     install_error_handlers(app)
-    api_token = settings.api_token
-    # /internal/* (the proxies' calls) takes the proxies' own credential; the API token
+    api_tokens = settings.accepted_api_tokens
+    # /internal/* (the proxies' calls) takes the proxies' own credential; the API tokens
     # too, for proxies configured the old way. The proxies' credential opens nothing else.
-    internal_tokens = tuple(t for t in (settings.proxy_token, api_token) if t is not None)
+    internal_tokens = tuple(
+        t for t in (settings.proxy_token, *(a.token for a in api_tokens)) if t is not None
+    )
     # Outside the body limit: a body is not read at all from a client without a token
     # (with no API token, on loopback, the session API is open to all: nothing to check).
+    reviewing = bool(settings.token_review_users)
+
+    async def reviewed(token: str) -> Caller | None:
+        # An in-cluster caller's own Kubernetes token (SANDBOX_TOKEN_REVIEW_USERS).
+        reviewer = ctl.token_reviewer
+        user = await reviewer.review(token) if reviewer is not None else None
+        return None if user is None else Caller(user)
+
     app.add_middleware(
-        TokenBeforeBody, tokens=internal_tokens if api_token else (), own_auth="/console"
+        TokenBeforeBody,
+        tokens=internal_tokens if api_tokens or reviewing else (),
+        own_auth="/console",
+        review=(lambda t: _is_caller(reviewed(t))) if reviewing else None,
     )
     # Outermost: a control character never reaches routing, validation or the store.
     app.add_middleware(RefuseBadBytes)
 
     # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
     async def authorize(request: Request) -> None:
-        if api_token is not None and not bearer_in(_authorization(request), (api_token,)):
+        # request.state.caller: who called (auth.Caller), for logs and the audit trail.
+        if not api_tokens and not reviewing:
+            request.state.caller = ANONYMOUS
+            return
+        authorization = _authorization(request)
+        caller = authenticated_caller(authorization, api_tokens)
+        if caller is None and reviewing:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                caller = await reviewed(token)
+        if caller is None:
             raise Unauthorized()
+        request.state.caller = caller
 
     async def authorize_internal(request: Request) -> None:
         if internal_tokens and not bearer_in(_authorization(request), internal_tokens):
@@ -294,3 +320,7 @@ def _timestamp(value: datetime | None) -> float | None:
         return value.timestamp()
     except OverflowError:  # a zone offset pushed it out of datetime's years 1..9999
         return float("-inf") if value.year < 5000 else float("inf")
+
+
+async def _is_caller(found: Awaitable[Caller | None]) -> bool:
+    return await found is not None

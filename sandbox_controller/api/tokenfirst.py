@@ -12,6 +12,7 @@ endpoints open to all (probes, metrics) take no body.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,9 +39,18 @@ class TokenBeforeBody:
     """``tokens``: every bearer token some route accepts (the API token, the proxies'
     credential); which route takes which is the routes' own check."""
 
-    def __init__(self, app: ASGIApp, tokens: tuple[str, ...], own_auth: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: tuple[str, ...],
+        own_auth: str,
+        review: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.app = app
         self.tokens = tokens
+        # A token none of ``tokens`` is may still be an in-cluster caller's, which the
+        # API server vouches for (TokenReview, kept briefly): asked before the body.
+        self.review = review
         # Pages under this prefix sign in with a cookie and check it (and a CSRF token)
         # themselves: the console (console/access.py). Their bodies are small forms,
         # still held to the body limit and the edge's minimum rate.
@@ -51,12 +61,20 @@ class TokenBeforeBody:
             await self.app(scope, receive, send)
             return
         authorization = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
-        if bearer_in(authorization.decode("latin-1"), self.tokens):
+        if bearer_in(authorization.decode("latin-1"), self.tokens) or await self._reviewed(
+            authorization.decode("latin-1")
+        ):
             await self.app(scope, receive, send)
         elif has_body(scope["headers"]):
             await error_response(problem(Unauthorized()))(scope, receive, send)
         else:
             await self.app(scope, receive, _close_after_401(send))
+
+    async def _reviewed(self, authorization: str) -> bool:
+        scheme, _, token = authorization.partition(" ")
+        if self.review is None or scheme.lower() != "bearer" or not token:
+            return False
+        return await self.review(token)
 
 
 def _close_after_401(send: Send) -> Send:

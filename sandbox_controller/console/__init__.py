@@ -26,7 +26,9 @@ class Console:
     def __init__(self, app: FastAPI, controller: Controller) -> None:
         settings = controller.settings
         self._controller = controller
-        self.access = Access(settings.api_token, settings.console_token)
+        self.access = Access(
+            [t.token for t in settings.accepted_api_tokens], settings.console_token
+        )
         self.hub = Hub(controller)
         templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),

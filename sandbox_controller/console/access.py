@@ -13,6 +13,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 COOKIE = "sandbox_console"
@@ -38,11 +39,15 @@ class Visitor:
 
 
 class Access:
-    def __init__(self, api_token: str | None, console_token: str | None) -> None:
-        self._tokens = {Role.OPERATOR: api_token, Role.VIEWER: console_token}
+    def __init__(self, api_tokens: Sequence[str], console_token: str | None) -> None:
+        # Operators sign in with any accepted API token (SANDBOX_API_TOKEN, _TOKENS).
+        self._tokens: dict[Role, tuple[str, ...]] = {
+            Role.OPERATOR: tuple(api_tokens),
+            Role.VIEWER: (console_token,) if console_token else (),
+        }
         # No API token (an API on loopback only, as the API itself allows): the
         # console is open too, to operators, and forms still carry a CSRF token.
-        self.open = api_token is None
+        self.open = not api_tokens
         self._secret = b""
 
     def keyed(self, token_secret: bytes) -> None:
@@ -50,17 +55,20 @@ class Access:
         self._secret = token_secret or secrets.token_bytes(32)
 
     def _key(self, role: Role) -> bytes:
-        token = self._tokens[role] or ""
+        # The role's tokens key its cookies: dropping a token signs its holders out.
+        token = ",".join(self._tokens[role])
         return hmac.new(self._secret, f"console:{role}:{token}".encode(), hashlib.sha256).digest()
 
     def _mac(self, role: Role, text: str) -> str:
         return hmac.new(self._key(role), text.encode(), hashlib.sha256).hexdigest()
 
     def role_for_token(self, given: str) -> Role | None:
-        for role, token in self._tokens.items():
-            if token and secrets.compare_digest(given.encode(), token.encode()):
-                return role
-        return None
+        found = None
+        for role, tokens in self._tokens.items():
+            for token in tokens:
+                if secrets.compare_digest(given.encode(), token.encode()):
+                    found = role
+        return found
 
     def cookie(self, role: Role, now: float) -> str:
         body = f"{role}.{int(now) + COOKIE_TTL}.{secrets.token_hex(8)}"
@@ -80,7 +88,7 @@ class Access:
             expiry = int(expires)
         except ValueError:
             return None
-        if self._tokens[role] is None or expiry < now:
+        if not self._tokens[role] or expiry < now:
             return None
         if not secrets.compare_digest(mac.encode(), self._mac(role, body).encode()):
             return None

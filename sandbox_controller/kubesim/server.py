@@ -71,6 +71,9 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
 def flag(value: str | None) -> bool:
     """Booleans in query strings as Go's strconv.ParseBool reads them."""
     return value in ("1", "t", "T", "true", "TRUE", "True")
@@ -116,6 +119,8 @@ def classify(request: web.Request) -> tuple[str, str]:
     path = request.path
     if path.startswith("/_kubesim"):
         return "admin", ""
+    if path.rstrip("/") == TOKEN_REVIEWS:
+        return "create", "tokenreviews"
     if not _is_resource_path(path):
         return "discovery", ""
     try:
@@ -198,6 +203,8 @@ class ApiServer:
             return _json(api_groups())
         if path == "/apis/policy":
             return _json(policy_group())
+        if path == TOKEN_REVIEWS and request.method == "POST":
+            return _json(self._review(await self._body(request), request[RECORD].user), 201)
         if path == "/api/v1":
             return _json(api_resources())
         if path == "/apis/policy/v1":
@@ -229,6 +236,30 @@ class ApiServer:
         if request.method == "DELETE":
             return await self._delete(request, resource, ns, name)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+
+    def _review(self, body: Any, reviewer: str) -> Obj:
+        """A TokenReview, as the API server answers it: the token is authenticated if it
+        is one of kubesim's users' (the user name is what it was registered as). Only a
+        known caller may ask (RBAC's create on tokenreviews, here: any known user)."""
+        if not reviewer:
+            raise ApiError(403, "Forbidden", "tokenreviews is forbidden: unknown user")
+        spec = body.get("spec") if isinstance(body, dict) else None
+        token = spec.get("token") if isinstance(spec, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ApiError(422, "Invalid", "TokenReview.spec.token: Required value")
+        user = self.sim.users.get(token, "")
+        status: Obj = {"authenticated": bool(user)}
+        if user:
+            status["user"] = {"username": user, "uid": f"uid-{user}", "groups": []}
+        else:
+            status["error"] = "invalid bearer token"
+        return {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": {"token": token},
+            "status": status,
+        }
 
     @staticmethod
     async def _body(request: web.Request) -> Any:

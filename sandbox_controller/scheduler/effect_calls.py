@@ -174,7 +174,11 @@ class EffectCalls:
         # Bounded there as a whole (a deadline, a size cap), and never raises.
         answer = await self.hooks.status(check.address, check.create_id)
         kind: StatusAnswer = "busy" if answer.busy else "not_busy"
-        self.observer.status_answered(kind if answer.answered else "no_answer")
+        if answer.refused:
+            kind = "unauthorized"
+        elif not answer.answered:
+            kind = "no_answer"
+        self.observer.status_answered(kind)
         return answer
 
     async def _check_busy(self, check: StatusCheck) -> None:

@@ -29,7 +29,7 @@ class SchedulerStore(Protocol):
 
 BackendOperation = Literal["create", "delete", "label"]
 # What a sandbox's status hook said: busy, not busy, or nothing usable in time.
-StatusAnswer = Literal["busy", "not_busy", "no_answer"]
+StatusAnswer = Literal["busy", "not_busy", "no_answer", "unauthorized"]
 
 
 class LoopObserver(Protocol):

@@ -161,7 +161,9 @@ def test_a_kept_token_is_still_refused_once_it_expires() -> None:
 def test_only_tokens_that_verified_are_kept_and_the_store_is_bounded() -> None:
     verifier = Verifier([public_key(SECRET.encode())])
     now = time.time()
-    forged = issue_token(b"not-the-secret", "sess-a", now + 60)
+    # Signed by another key but naming ours: the signature is what fails.
+    ours = issue_token(SECRET.encode(), "sess-a", now + 60).split(".")[0]
+    forged = ours + "." + issue_token(b"not-the-secret", "sess-a", now + 60).partition(".")[2]
     for _ in range(2):  # a refusal is not remembered as anything else
         with pytest.raises(TokenError, match="signature"):
             verifier.verify(forged, now)

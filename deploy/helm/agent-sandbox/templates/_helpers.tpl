@@ -175,12 +175,22 @@ process, crash dump or `kubectl describe` could show them.
         path: {{ .name | lower }}
 {{- end }}
 
+{{/* The secret values given in values (not generated ones, not existing Secrets): their
+checksum on the controller's pod template rolls it when one changes. */}}
+{{- define "agent-sandbox.secretValues" -}}
+{{- $a := .Values.agentSandbox }}
+{{- list $a.apiToken $a.apiTokens $a.tokenSecret $a.tokenSecretPrevious $a.hookSecret $a.hookSecretPrevious $a.proxyToken | toJson }}
+{{- end }}
+
 {{- define "agent-sandbox.secretsDir" -}}/var/run/secrets/agent-sandbox{{- end }}
 
 {{- define "agent-sandbox.chartSecretNeeded" -}}
 {{- $a := .Values.agentSandbox }}
 {{- $console := $a.console.readOnlyToken }}
 {{- if or (not $a.apiToken.existingSecret) (not $a.tokenSecret.existingSecret) (not $a.proxyToken.existingSecret) (and $a.database.url (not $a.database.existingSecret)) (and $console.value (not $console.existingSecret)) }}true{{ end }}
+{{- range $cfg := list $a.apiTokens $a.tokenSecretPrevious $a.hookSecret $a.hookSecretPrevious }}
+{{- if and $cfg.value (not $cfg.existingSecret) }}true{{ end }}
+{{- end }}
 {{- end }}
 
 {{/* The console has a read-only token (a value, or a Secret of the operator's). */}}
