@@ -135,10 +135,15 @@ def create_app(controller: Controller) -> FastAPI:
         )
         try:
             opened = await leading().open_session(
-                body.user_id, body.thread_id, body.wait_seconds, payload
+                body.user_id,
+                body.thread_id,
+                body.wait_seconds,
+                payload,
+                org_id=body.org_id or "",
+                plan=body.plan,
             )
         except SandboxError as exc:
-            ctl.metrics.requests.labels(exc.outcome.value).inc()
+            ctl.metrics.refused(exc)
             raise
         outcome = opened.outcome
         ctl.metrics.requests.labels(outcome.value).inc()
