@@ -51,7 +51,9 @@ def parse_plans(text: str) -> tuple[Plan, ...]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PlanError(f"not YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PlanError(f"not YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     try:
         parsed = _PlansFile.model_validate(document if document is not None else {})
     except ValidationError as exc:
