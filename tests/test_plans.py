@@ -78,5 +78,5 @@ def test_a_bad_plans_file_stops_the_start_with_one_line_naming_it(
 
 
 def test_a_missing_plans_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="SANDBOX_PLANS_FILE: cannot read .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"SANDBOX_PLANS_FILE: cannot read .*nope\.yaml"):
         load_settings(plans_file=str(tmp_path / "nope.yaml"))

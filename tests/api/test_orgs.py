@@ -179,3 +179,16 @@ async def test_many_concurrent_requests_across_orgs_keep_every_plan(
     listed = (await ctl.client.get("/sessions")).json()["sessions"]
     live = [s for s in listed if s["state"] != "ended"]
     assert sorted(s["id"] for s in live) == sorted(s["id"] for m in made.values() for s in m)
+
+
+async def test_the_openapi_document_names_the_plans_the_api_takes(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    ctl = await start_controller(prewarm_pool_size=0, plans_file=plans_file(tmp_path))
+    document = (await ctl.client.get("/openapi.json")).json()
+    plan = document["components"]["schemas"]["CreateSession"]["properties"]["plan"]
+    assert plan["anyOf"] == [{"type": "string", "enum": ["starter", "scale"]}, {"type": "null"}]
+    org = document["components"]["schemas"]["CreateSession"]["properties"]["org_id"]
+    assert {"type": "null"} in org["anyOf"]
+    session = document["components"]["schemas"]["SessionBody"]["properties"]
+    assert {"org_id", "plan"} <= set(session)
