@@ -1,6 +1,6 @@
 """Random sequences of requests, platform events and clock jumps against
 docs/architecture.md invariants 1-4 and 15 (the controller's half: no routed pod deleted
-before its lease ends), and with orgs on plans invariant 18, checked after every step."""
+before its lease ends), and with orgs on plans invariant 24, checked after every step."""
 
 from __future__ import annotations
 
