@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 # Sessions in one activity report from a proxy to the controller: the API refuses more
 # (its body limit is sized for it), and the proxy splits a larger batch.
@@ -269,10 +270,15 @@ class Limits:
     def reclaim_after(self) -> float:
         return self.idle_after + self.activity_lag
 
+    @cached_property
+    def default_plan(self) -> Plan:
+        """What a session without a plan is held to: the deployment's limits."""
+        return Plan("", self.max_sessions_per_user)
+
     def plan(self, name: str | None) -> Plan | None:
         """The plan of this name (None: the deployment's defaults), or None if unknown."""
         if name is None:
-            return Plan("", self.max_sessions_per_user)
+            return self.default_plan
         found = next((p for p in self.plans if p.name == name), None)
         if found is None or found.max_sessions_per_user is not None:
             return found

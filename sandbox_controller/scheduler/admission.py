@@ -23,7 +23,6 @@ from ..model import (
     EndReason,
     Limits,
     Outcome,
-    Plan,
     PodState,
     Provisioning,
     Session,
@@ -79,10 +78,11 @@ class Admission:
         if terms is None:
             self._refuse(request_id, Outcome.ERROR, unknown_plan(pool.limits, plan or ""))
             return
-        refusal = self._org_rate(org_id, terms, now)
-        if refusal is not None:
-            self._refuse(request_id, Outcome.ORG_RATE, refusal)
-            return
+        if org_id and terms.sessions_per_minute is not None:
+            refusal = self._org_rate(org_id, terms.name, terms.sessions_per_minute, now)
+            if refusal is not None:
+                self._refuse(request_id, Outcome.ORG_RATE, refusal)
+                return
 
         reclaimed: Session | None = None
         live = pool.live_by_user.get((org_id, user_id), ())
@@ -130,8 +130,9 @@ class Admission:
             pool.hold_payload(session.id, request_id)
         session.reply_deadline = now + wait_seconds
         pod = pool.inventory.oldest_fresh_idle()
-        if pod is not None and self.may_take_warm(session):
-            self.took_warm(session)
+        if pod is not None and (not org_id or self.may_take_warm(session)):
+            if org_id:
+                self.took_warm(session)
             pool.lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
                 # A claim in flight: answered when the hook accepts, or at the reply
@@ -150,14 +151,13 @@ class Admission:
 
     # ------------------------------------------------------------ orgs (orgs.py)
 
-    def _org_rate(self, org_id: str, terms: Plan, now: float) -> OrgRateLimited | None:
-        per_minute = terms.sessions_per_minute
-        if not org_id or per_minute is None:
-            return None
+    def _org_rate(
+        self, org_id: str, plan: str, per_minute: int, now: float
+    ) -> OrgRateLimited | None:
         retry_after = self.pool.orgs.rate_retry_after(org_id, per_minute, now)
         if retry_after is None:
             return None
-        return OrgRateLimited(org_id, terms.name, per_minute, retry_after)
+        return OrgRateLimited(org_id, plan, per_minute, retry_after)
 
     def _org_retry_after(self, session_ids: Iterable[str], now: float) -> float:
         """When the first of the org's sessions could end on its own (idle timeout or
