@@ -191,3 +191,17 @@ def test_pods_counted_per_org_are_its_live_sessions() -> None:
     h.pool.end_session(a, EndReason.DELETED, h.now)
     assert "acme" not in h.pool.live_by_org
     assert h.pool.counts[PodState.TERMINATING] == 1
+
+
+def test_with_hooks_the_sandboxes_asked_before_a_reclaim_at_the_org_cap_are_the_users_own() -> None:
+    limits = limits_with(plans=(TEAM,), prewarm_pool_size=5, hooks=True)
+    h = Harness(limits, accept_claims=True)
+    h.tick()
+    h.fill_pool(claimable=True)
+    ann = h.session_of(h.open("ann", "t1", org="acme", plan="team"))
+    h.open("bob", "t1", org="acme", plan="team")
+    h.advance(h.pool.limits.reclaim_after + 1)
+    checks = h.pool.reclaim_checks("ann", "t2", h.now, org_id="acme", plan="team")
+    assert [c.session_id for c in checks] == [ann]  # the org is at its cap: ann's own
+    assert h.pool.reclaim_checks("cyd", "t1", h.now, org_id="acme", plan="team") == []
+    assert h.pool.reclaim_checks("ann", "t2", h.now, org_id="globex", plan="team") == []
