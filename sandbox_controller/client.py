@@ -77,6 +77,8 @@ class Session:
     activity_source: str | None = None  # of the last activity: handover|proxy|touch|busy
     activity_detail: str | None = None  # what it said (a busy sandbox's detail)
     end_detail: EndDetail | None = None  # once ended
+    org_id: str | None = None  # as given at open
+    plan: str | None = None  # the plan it was admitted under (None: the defaults)
 
     @property
     def ready(self) -> bool:
@@ -112,6 +114,8 @@ class Session:
             )
             if ended
             else None,
+            org_id=body.get("org_id"),
+            plan=body.get("plan"),
         )
 
 
@@ -166,6 +170,18 @@ class UserSessionLimitError(SandboxAPIError):
     code = ErrorCode.USER_SESSION_LIMIT
 
 
+class UnknownPlanError(SandboxAPIError):
+    code = ErrorCode.UNKNOWN_PLAN
+
+
+class OrgSessionLimitError(SandboxAPIError):
+    code = ErrorCode.ORG_SESSION_LIMIT
+
+
+class OrgRateLimitedError(SandboxAPIError):
+    code = ErrorCode.ORG_RATE_LIMITED
+
+
 class CapacityExhaustedError(SandboxAPIError):
     code = ErrorCode.CAPACITY_EXHAUSTED
 
@@ -213,6 +229,9 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         ClaimLimitExceededError,
         HooksDisabledError,
         UserSessionLimitError,
+        UnknownPlanError,
+        OrgSessionLimitError,
+        OrgRateLimitedError,
         CapacityExhaustedError,
         NotLeaderError,
         StoreUnavailableError,
@@ -296,6 +315,8 @@ class AsyncSandboxClient:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         files: Mapping[str, str] | None = None,
+        org_id: str | None = None,
+        plan: str | None = None,
     ) -> Opened:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
         provisioning; raises the error for the code when it gives up.
@@ -314,6 +335,10 @@ class AsyncSandboxClient:
                 "thread_id": thread_id,
                 "wait_seconds": min(wait_seconds, left),
             }
+            if org_id is not None:
+                body["org_id"] = org_id
+            if plan is not None:
+                body["plan"] = plan
             if env:
                 body["env"] = dict(env)
             if metadata:
@@ -424,6 +449,8 @@ class SandboxClient:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         files: Mapping[str, str] | None = None,
+        org_id: str | None = None,
+        plan: str | None = None,
     ) -> Opened:
         return self._run(
             self._async.open_session(
@@ -434,6 +461,8 @@ class SandboxClient:
                 env=env,
                 metadata=metadata,
                 files=files,
+                org_id=org_id,
+                plan=plan,
             )
         )
 

@@ -13,12 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .credentials import ApiToken, api_tokens, hook_keys, parse_api_tokens, split_list
 from .durations import parse_duration
-from .model import Limits, PrewarmPolicy, PrewarmSettings
+from .model import Limits, Plan, PrewarmPolicy, PrewarmSettings
+from .plans import PlanError, load_plans
 from .quantities import byte_size, parse_quantity
 from .sandbox_contract import ENV_CLAIM_SECRET
 
@@ -65,6 +73,9 @@ class Settings(BaseSettings):
     prewarm_target_warm_hit_rate: float = Field(0.99, gt=0.0, lt=1.0)
     max_total_jobs: int = Field(50, ge=1)
     max_sessions_per_user: int = Field(5, ge=1)
+    # A YAML file of named plans (plans.py; README "Orgs and plans"); none: every
+    # session has the deployment's limits above.
+    plans_file: str | None = None
     idle_timeout: Duration = 9000.0
     # Idle (reclaimable) comes well before the timeout: a builder who stepped away for
     # five minutes can lose a session to their own new thread, but not to the clock.
@@ -213,6 +224,18 @@ class Settings(BaseSettings):
     docker_reserved_memory: Bytes = Field(2**30, ge=0)
     docker_user: str = "10001:10001"
 
+    # The plans read from plans_file, once, when the settings are made.
+    _plans: tuple[Plan, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _load_plans(self) -> Settings:
+        if self.plans_file:
+            try:
+                self._plans = load_plans(self.plans_file)
+            except PlanError as exc:
+                raise ValueError(f"SANDBOX_PLANS_FILE: {exc}") from None
+        return self
+
     @property
     def lease_margin(self) -> float:
         if self.leader_lease_margin is not None:
@@ -283,6 +306,7 @@ class Settings(BaseSettings):
             hooks=self.hooks,
             hook_timeout=self.hook_timeout,
             max_claim_attempts=self.max_claim_attempts,
+            plans=self._plans,
         )
 
     def kube_options(self) -> KubeOptions:

@@ -36,6 +36,41 @@ class CapacityExhausted(SandboxError):
         self.retry_after = retry_after
 
 
+class UnknownPlan(SandboxError):
+    """POST /sessions named a plan that SANDBOX_PLANS_FILE does not define."""
+
+    def __init__(self, plan: str, known: tuple[str, ...]) -> None:
+        super().__init__(plan, known)
+        self.plan = plan
+        self.known = known
+
+
+class OrgSessionLimit(SandboxError):
+    """The org holds its plan's ``limit`` live sessions and the user has none idle."""
+
+    outcome = Outcome.ORG_LIMIT
+
+    def __init__(self, org_id: str, plan: str, limit: int, retry_after: float) -> None:
+        super().__init__(org_id, plan, limit, retry_after)
+        self.org_id = org_id
+        self.plan = plan
+        self.limit = limit
+        self.retry_after = retry_after  # when the first of them could time out
+
+
+class OrgRateLimited(SandboxError):
+    """The org opened its plan's ``per_minute`` new sessions in the last 60 seconds."""
+
+    outcome = Outcome.ORG_RATE
+
+    def __init__(self, org_id: str, plan: str, per_minute: int, retry_after: float) -> None:
+        super().__init__(org_id, plan, per_minute, retry_after)
+        self.org_id = org_id
+        self.plan = plan
+        self.per_minute = per_minute
+        self.retry_after = retry_after  # when the oldest of them leaves the window
+
+
 class ThreadOwnedByOtherUser(SandboxError):
     def __init__(self, thread_id: str) -> None:
         super().__init__(thread_id)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .errors import OrgRateLimited, OrgSessionLimit, SandboxError
 from .model import ConditionType, EndReason, Outcome, PodState, PoolStatus, SessionActivity
 
 ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -167,7 +168,31 @@ class ControllerMetrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=self.registry,
         )
+        # Refusals by an org's plan (README "Orgs and plans"), by plan: a bounded label,
+        # where an org id would not be.
+        self.org_limit_refusals = Counter(
+            "sandbox_org_limit_refusals",
+            "POST /sessions refused 429 org_session_limit: the org holds its plan's "
+            "maxPodsPerOrg live sessions, by plan",
+            ["plan"],
+            registry=self.registry,
+        )
+        self.org_rate_refusals = Counter(
+            "sandbox_org_rate_refusals",
+            "POST /sessions refused 429 org_rate_limited: the org opened its plan's "
+            "sessionsPerMinute in the last minute, by plan",
+            ["plan"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(status, is_leader))
+
+    def refused(self, error: SandboxError) -> None:
+        """A POST /sessions refused with this domain error."""
+        self.requests.labels(error.outcome.value).inc()
+        if isinstance(error, OrgSessionLimit):
+            self.org_limit_refusals.labels(error.plan).inc()
+        elif isinstance(error, OrgRateLimited):
+            self.org_rate_refusals.labels(error.plan).inc()
 
     # -- the scheduler loop's observer (scheduler/ports.py LoopObserver)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 # Sessions in one activity report from a proxy to the controller: the API refuses more
 # (its body limit is sized for it), and the proxy splits a larger batch.
@@ -49,6 +50,8 @@ class Outcome(enum.StrEnum):
     USER_LIMIT = "user_limit"
     CAPACITY = "capacity"
     ERROR = "error"
+    ORG_LIMIT = "org_limit"  # the org holds its plan's max_pods_per_org live sessions
+    ORG_RATE = "org_rate"  # the org opened its plan's sessions_per_minute in the last minute
 
 
 @dataclass
@@ -167,6 +170,10 @@ class Session:
     # What the last activity said, when it says something (a busy sandbox's detail).
     activity_detail: str | None = None
     end_detail: EndDetail | None = None
+    # The org it belongs to ('' for none) and the plan it was admitted under (None: the
+    # deployment's defaults), both as the caller named them (README "Orgs and plans").
+    org_id: str = ""
+    plan: str | None = None
     # created_at and last_active_at on this process's monotonic clock, which the
     # session's deadlines run on (in memory, not stored; set by the pool, and from the
     # stored wall times when loaded: scheduler/pool.py).
@@ -180,6 +187,20 @@ class Session:
     def is_idle(self, now: float, idle_after: float) -> bool:
         """Reclaimable: ready, and quiet for at least idle_after (``now`` monotonic)."""
         return self.state is SessionState.READY and now - self.active_mono >= idle_after
+
+
+# What a user's limit and a thread's live session are keyed by: a user id names a user
+# within an org (the org '' when there is none), and a thread id a thread of that user.
+UserKey = tuple[str, str]  # (org_id, user_id)
+ThreadKey = tuple[str, str, str]  # (org_id, user_id, thread_id)
+
+
+def user_key(session: Session) -> UserKey:
+    return (session.org_id, session.user_id)
+
+
+def thread_key(session: Session) -> ThreadKey:
+    return (session.org_id, session.user_id, session.thread_id)
 
 
 class PrewarmPolicy(enum.StrEnum):
@@ -213,6 +234,27 @@ class PrewarmTarget:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What one plan allows (plans.py reads them from SANDBOX_PLANS_FILE). None: the
+    deployment's own limit (max_sessions_per_user) or no org limit of that kind. The
+    org-wide ones bind only sessions that name an org."""
+
+    name: str
+    max_sessions_per_user: int | None = None
+    # Live sessions (each holds or awaits one pod) of one org at most.
+    max_pods_per_org: int | None = None
+    # The share of the warm pool an org may take while it refills (scheduler/orgs.py).
+    warm_share: float = 1.0
+    # New sessions of one org in any 60 seconds at most.
+    sessions_per_minute: int | None = None
+
+    @property
+    def shares_warm_pool(self) -> bool:
+        """Whether the warm-share rule applies (a share of 1 takes what is there)."""
+        return self.warm_share < 1.0
+
+
+@dataclass(frozen=True)
 class Limits:
     """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
 
@@ -238,10 +280,26 @@ class Limits:
     hook_timeout: float = 2.0
     # Pods a session's claim may cost at most (claiming.py), whatever the failures.
     max_claim_attempts: int = 3
+    # The named plans (SANDBOX_PLANS_FILE); a session without a plan has the defaults.
+    plans: tuple[Plan, ...] = ()
 
     @property
     def reclaim_after(self) -> float:
         return self.idle_after + self.activity_lag
+
+    @cached_property
+    def default_plan(self) -> Plan:
+        """What a session without a plan is held to: the deployment's limits."""
+        return Plan("", self.max_sessions_per_user)
+
+    def plan(self, name: str | None) -> Plan | None:
+        """The plan of this name (None: the deployment's defaults), or None if unknown."""
+        if name is None:
+            return self.default_plan
+        found = next((p for p in self.plans if p.name == name), None)
+        if found is None or found.max_sessions_per_user is not None:
+            return found
+        return replace(found, max_sessions_per_user=self.max_sessions_per_user)
 
 
 class SessionActivity(enum.StrEnum):

@@ -23,6 +23,9 @@ class ErrorCode(enum.StrEnum):
     SESSION_ENDED = "session_ended"
     THREAD_OWNED_BY_OTHER_USER = "thread_owned_by_other_user"
     USER_SESSION_LIMIT = "user_session_limit"
+    UNKNOWN_PLAN = "unknown_plan"
+    ORG_SESSION_LIMIT = "org_session_limit"
+    ORG_RATE_LIMITED = "org_rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"
     NOT_LEADER = "not_leader"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -45,6 +48,9 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.SESSION_ENDED: 410,
     ErrorCode.THREAD_OWNED_BY_OTHER_USER: 409,
     ErrorCode.USER_SESSION_LIMIT: 429,
+    ErrorCode.UNKNOWN_PLAN: 422,
+    ErrorCode.ORG_SESSION_LIMIT: 429,
+    ErrorCode.ORG_RATE_LIMITED: 429,
     ErrorCode.CAPACITY_EXHAUSTED: 503,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,

@@ -10,11 +10,14 @@ from sandbox_controller.api.errors import HooksDisabled, Unauthorized, error_res
 from sandbox_controller.errors import (
     CapacityExhausted,
     NotLeader,
+    OrgRateLimited,
+    OrgSessionLimit,
     SandboxError,
     SessionEnded,
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UnknownPlan,
     UserSessionLimit,
 )
 from sandbox_controller.model import EndReason
@@ -24,6 +27,9 @@ DOMAIN_ERRORS: list[SandboxError] = [
     UserSessionLimit(live=5, limit=5, retry_after=3.0),
     CapacityExhausted(max_total_jobs=50, retry_after=2.0),
     ThreadOwnedByOtherUser(thread_id="t"),
+    UnknownPlan(plan="gold", known=("starter",)),
+    OrgSessionLimit(org_id="acme", plan="starter", limit=2, retry_after=60.0),
+    OrgRateLimited(org_id="acme", plan="starter", per_minute=3, retry_after=20.0),
     SessionNotFound(session_id="s"),
     SessionEnded(session_id="s", reason=EndReason.DELETED),
     NotLeader(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -161,10 +161,15 @@ def create_app(controller: Controller) -> FastAPI:
         )
         try:
             opened = await leading().open_session(
-                body.user_id, body.thread_id, body.wait_seconds, payload
+                body.user_id,
+                body.thread_id,
+                body.wait_seconds,
+                payload,
+                org_id=body.org_id or "",
+                plan=body.plan,
             )
         except SandboxError as exc:
-            ctl.metrics.requests.labels(exc.outcome.value).inc()
+            ctl.metrics.refused(exc)
             raise
         outcome = opened.outcome
         ctl.metrics.requests.labels(outcome.value).inc()
@@ -304,7 +309,23 @@ def create_app(controller: Controller) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    state_the_plans(app, tuple(plan.name for plan in settings.limits().plans))
     return app
+
+
+def state_the_plans(app: FastAPI, names: tuple[str, ...]) -> None:
+    """The OpenAPI document names this deployment's plans, the only ones POST /sessions
+    takes (any other is 422 unknown_plan), as it names every other rule it keeps."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            body = build()["components"]["schemas"]["CreateSession"]
+            named = [{"type": "string", "enum": list(names)}] if names else []
+            body["properties"]["plan"]["anyOf"] = [*named, {"type": "null"}]
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _authorization(request: Request) -> str:

@@ -18,11 +18,14 @@ from ..errors import (
     CapacityExhausted,
     DecisionFailed,
     NotLeader,
+    OrgRateLimited,
+    OrgSessionLimit,
     SandboxError,
     SessionEnded,
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UnknownPlan,
     UserSessionLimit,
 )
 from ..wire_errors import STATUS, ErrorCode
@@ -79,6 +82,25 @@ def problem(exc: SandboxError) -> Problem:
                 ErrorCode.CAPACITY_EXHAUSTED,
                 f"all {exc.max_total_jobs} sandbox pods (maxTotalJobs) are in use "
                 "and none freed in time",
+                exc.retry_after,
+            )
+        case UnknownPlan():
+            known = ", ".join(exc.known) or "none: SANDBOX_PLANS_FILE is not set"
+            return Problem.of(
+                ErrorCode.UNKNOWN_PLAN, f"plan {exc.plan!r} is not defined (plans: {known})"
+            )
+        case OrgSessionLimit():
+            return Problem.of(
+                ErrorCode.ORG_SESSION_LIMIT,
+                f"org {exc.org_id} has {exc.limit} live sessions, the limit of plan "
+                f"{exc.plan}, and this user has none idle",
+                exc.retry_after,
+            )
+        case OrgRateLimited():
+            return Problem.of(
+                ErrorCode.ORG_RATE_LIMITED,
+                f"org {exc.org_id} opened {exc.per_minute} sessions in the last minute, "
+                f"the rate of plan {exc.plan}",
                 exc.retry_after,
             )
         case ThreadOwnedByOtherUser():

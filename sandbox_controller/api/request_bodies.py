@@ -26,6 +26,8 @@ from .badbytes import unstorable
 # which no UTF-8 text can hold, is refused too but left out of it.
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 ID_MAX = 253
+# Longer than any plan's name (plans.py); the name itself is checked against the plans.
+PLAN_NAME_MAX = 63
 
 
 def _check_id(value: str) -> str:
@@ -144,6 +146,16 @@ class CreateSession(BaseModel):
     user_id: Id
     thread_id: Id
     wait_seconds: float = Field(30.0, ge=0, le=120)
+    org_id: Id | None = Field(
+        None,
+        description="the org the user belongs to; a thread id is unique per org and user, "
+        "and the plan's org limits bind the org (README 'Orgs and plans')",
+    )
+    plan: Annotated[str, StringConstraints(max_length=PLAN_NAME_MAX)] | None = Field(
+        None,
+        description="a plan of SANDBOX_PLANS_FILE; none: the deployment's limits "
+        "(unknown: 422 unknown_plan)",
+    )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,
         max_length=METADATA_MAX_KEYS,

@@ -190,6 +190,10 @@ class SessionBody(BaseModel):
     connect: ConnectBody | None
     reclaimed_session_id: str | None
     metadata: dict[str, str] = Field(description="the caller's metadata, as given at creation")
+    org_id: str | None = Field(description="its org, as given at creation (null: none)")
+    plan: str | None = Field(
+        description="the plan it was admitted under (null: the deployment's limits)"
+    )
     last_activity: LastActivity
     end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
     detail: str | None = Field(
@@ -369,6 +373,8 @@ def session_json(
         "connect": None,
         "reclaimed_session_id": session.reclaimed_session_id,
         "metadata": dict(session.metadata),
+        "org_id": session.org_id or None,
+        "plan": session.plan,
         "last_activity": {
             "at": iso(session.last_active_at),
             "source": session.activity_source.value if session.activity_source else None,

@@ -1,6 +1,6 @@
 """Admission and reclaim: who gets a session when a builder opens a thread, who is
-refused (the user's limit, no capacity in time, a thread of another user), which of a
-user's idle sessions is reclaimed to make room, and what each caller is told.
+refused (the user's limit, the org's plan, no capacity in time), which of a user's idle
+sessions is reclaimed to make room, and what each caller is told.
 
 Pure decisions on the pool's shared state (core.py), ``now`` passed in; the answers
 go to the outbox, for the loop to deliver once the round is committed.
@@ -11,9 +11,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
+from ..errors import (
+    CapacityExhausted,
+    OrgRateLimited,
+    OrgSessionLimit,
+    SandboxError,
+    UnknownPlan,
+    UserSessionLimit,
+)
 from ..model import (
     EndReason,
+    Limits,
     Outcome,
     PodState,
     Provisioning,
@@ -27,6 +35,10 @@ from .effects import Answer
 
 # When a caller refused for capacity may try again.
 CAPACITY_RETRY_AFTER = 5.0
+
+
+def unknown_plan(limits: Limits, name: str) -> UnknownPlan:
+    return UnknownPlan(name, tuple(p.name for p in limits.plans))
 
 
 class Admission:
@@ -46,35 +58,58 @@ class Admission:
         wait_seconds: float,
         now: float,
         metadata: dict[str, str] | None = None,
+        *,
+        org_id: str = "",
+        plan: str | None = None,
     ) -> None:
         """A builder opened an agent thread. The answer arrives via the outbox. A retry
-        for a thread with a live session gets that session; its metadata is not changed."""
+        for a thread with a live session gets that session; its metadata (and plan) is
+        not changed. A thread is one user's within one org: another user's thread of
+        the same id is another thread."""
         pool = self.pool
-        existing_id = pool.live_by_thread.get(thread_id)
+        existing_id = pool.live_by_thread.get((org_id, user_id, thread_id))
         if existing_id is not None:
             existing = pool.sessions[existing_id]
-            if existing.user_id != user_id:
-                self._refuse(request_id, Outcome.ERROR, ThreadOwnedByOtherUser(thread_id))
-                return
             existing.requests.append(request_id)
             if existing.reply_deadline is None:
                 self._answer(request_id, Outcome.EXISTING, existing.id)
             return
+        terms = pool.limits.plan(plan)
+        if terms is None:
+            self._refuse(request_id, Outcome.ERROR, unknown_plan(pool.limits, plan or ""))
+            return
+        if org_id and terms.sessions_per_minute is not None:
+            refusal = self._org_rate(org_id, terms.name, terms.sessions_per_minute, now)
+            if refusal is not None:
+                self._refuse(request_id, Outcome.ORG_RATE, refusal)
+                return
 
         reclaimed: Session | None = None
-        live = pool.live_by_user.get(user_id, ())
-        if len(live) >= pool.limits.max_sessions_per_user:
+        live = pool.live_by_user.get((org_id, user_id), ())
+        user_limit = terms.max_sessions_per_user or pool.limits.max_sessions_per_user
+        org_limit = terms.max_pods_per_org if org_id else None
+        at_org_limit = org_limit is not None and len(pool.live_by_org.get(org_id, ())) >= org_limit
+        if len(live) >= user_limit or at_org_limit:
+            # Reclaim stays per user: only this user's own oldest idle session makes
+            # room, for their own limit or their org's.
             reclaimed = self.oldest_idle(live, now)
             if reclaimed is None:
-                limit = pool.limits.max_sessions_per_user
-                retry_after = self._user_retry_after(live, now)
-                error = UserSessionLimit(limit, len(live), retry_after)
-                self._refuse(request_id, Outcome.USER_LIMIT, error)
+                error: SandboxError
+                if len(live) >= user_limit:
+                    retry_after = self._user_retry_after(live, now)
+                    error = UserSessionLimit(user_limit, len(live), retry_after)
+                else:
+                    assert org_limit is not None
+                    retry_after = self._org_retry_after(pool.live_by_org[org_id], now)
+                    error = OrgSessionLimit(org_id, terms.name, org_limit, retry_after)
+                self._refuse(request_id, error.outcome, error)
                 return
             answer = pool.recent_busy_answer(reclaimed.id, now)  # loop.py asked just before
             pool.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
 
         pool.prewarm.arrival(now)
+        if org_id:
+            pool.orgs.started(org_id, now)
         session = Session(
             id=self._new_id(),
             user_id=user_id,
@@ -85,6 +120,8 @@ class Admission:
             requests=[request_id],
             reclaimed_session_id=reclaimed.id if reclaimed else None,
             metadata=dict(metadata or {}),
+            org_id=org_id,
+            plan=plan,
             created_mono=now,
             active_mono=now,
         )
@@ -93,7 +130,9 @@ class Admission:
             pool.hold_payload(session.id, request_id)
         session.reply_deadline = now + wait_seconds
         pod = pool.inventory.oldest_fresh_idle()
-        if pod is not None:
+        if pod is not None and (not org_id or self.may_take_warm(session)):
+            if org_id:
+                self.took_warm(session)
             pool.lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
                 # A claim in flight: answered when the hook accepts, or at the reply
@@ -109,6 +148,43 @@ class Admission:
             self.reply_due(session.id, now)
         else:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session.id)
+
+    # ------------------------------------------------------------ orgs (orgs.py)
+
+    def _org_rate(
+        self, org_id: str, plan: str, per_minute: int, now: float
+    ) -> OrgRateLimited | None:
+        retry_after = self.pool.orgs.rate_retry_after(org_id, per_minute, now)
+        if retry_after is None:
+            return None
+        return OrgRateLimited(org_id, plan, per_minute, retry_after)
+
+    def _org_retry_after(self, session_ids: Iterable[str], now: float) -> float:
+        """When the first of the org's sessions could end on its own (idle timeout or
+        lifetime), at the earliest."""
+        limits = self.pool.limits
+        ends = []
+        for sid in session_ids:
+            session = self.pool.sessions[sid]
+            ends.append(session.active_mono + limits.idle_timeout)
+            if limits.max_lifetime > 0:
+                ends.append(session.created_mono + limits.max_lifetime)
+        return max(1.0, min(ends, default=now) - now)
+
+    def may_take_warm(self, session: Session) -> bool:
+        """Whether this session may have a warm pod now: always, unless its org is past
+        its plan's share of the warm pool while the pool refills (orgs.py)."""
+        if not session.org_id:
+            return True
+        terms = self.pool.limits.plan(session.plan)
+        if terms is None or not terms.shares_warm_pool:
+            return True
+        target = self.pool.prewarm.current.target
+        return self.pool.orgs.may_take_warm(session.org_id, terms.warm_share, target)
+
+    def took_warm(self, session: Session) -> None:
+        if session.org_id:
+            self.pool.orgs.took_warm(session.org_id)
 
     def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
         """The least recently active idle session among these, if any (never an active one)."""
@@ -139,6 +215,13 @@ class Admission:
             self.answer_session(session, Outcome.COLD)  # provisioning: claiming
         elif self._covered(session_id):
             self.answer_session(session, Outcome.COLD)
+        elif (pod := pool.inventory.oldest_fresh_idle()) is not None:
+            # Held back from the warm pool by its org's share, and no new pod can come
+            # in time: a warm pod rather than a refusal while pods stand idle.
+            self.took_warm(session)
+            pool.lease(pod, session, now, warm=False)
+            if session.reply_deadline is not None:  # its claim is in flight
+                self.answer_session(session, Outcome.COLD)
         else:
             self._refuse_capacity(session)
 

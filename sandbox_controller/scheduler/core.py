@@ -21,10 +21,13 @@ from ..model import (
     PodState,
     PoolCondition,
     Session,
+    ThreadKey,
+    UserKey,
 )
 from .deadlines import Deadlines
 from .effects import Outbox
 from .inventory import PodInventory
+from .orgs import OrgLedger
 from .prewarm import Prewarm
 
 
@@ -43,10 +46,16 @@ class PoolCore(Protocol):
         """Provisioning sessions with no pod yet, first come first served."""
 
     @property
-    def live_by_user(self) -> defaultdict[str, set[str]]: ...
+    def live_by_user(self) -> defaultdict[UserKey, set[str]]: ...
 
     @property
-    def live_by_thread(self) -> dict[str, str]: ...
+    def live_by_thread(self) -> dict[ThreadKey, str]: ...
+
+    @property
+    def live_by_org(self) -> defaultdict[str, set[str]]: ...
+
+    @property
+    def orgs(self) -> OrgLedger: ...
 
     @property
     def inventory(self) -> PodInventory: ...
@@ -126,6 +135,12 @@ class PoolCore(Protocol):
 
     def reply_due(self, session_id: str, now: float) -> None:
         """admission.py: the caller's wait may be over."""
+
+    def may_take_warm(self, session: Session) -> bool:
+        """admission.py: its org is within its share of the warm pool (orgs.py)."""
+
+    def took_warm(self, session: Session) -> None:
+        """admission.py: it took a warm pod (counted against its org's share)."""
 
     def claiming_session(self, session_id: str) -> bool:
         """claiming.py: a claim is in flight for this session."""

@@ -10,7 +10,16 @@ session: unanswered means not busy, and a hung sandbox still ends.
 
 from __future__ import annotations
 
-from ..model import ActivitySource, BusyAnswer, EndReason, Limits, Pod, Session, SessionState
+from ..model import (
+    ActivitySource,
+    BusyAnswer,
+    EndReason,
+    Limits,
+    Plan,
+    Pod,
+    Session,
+    SessionState,
+)
 from .core import PoolCore
 from .deadlines import DeadlineKind
 from .effects import StatusCheck
@@ -83,16 +92,26 @@ class Idling:
         self.pool = pool
         self.busy = BusyChecks(pool.limits)
 
-    def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
+    def reclaim_checks(
+        self,
+        user_id: str,
+        thread_id: str,
+        now: float,
+        *,
+        org_id: str = "",
+        plan: str | None = None,
+    ) -> list[StatusCheck]:
         """Which sandboxes to ask before a new thread of this user is opened: those of
         its sessions a reclaim could pick, counting those that turn idle while the
         answers come (so none is reclaimed unasked). Read-only."""
         pool = self.pool
-        live = pool.live_by_user.get(user_id, ())
+        live = pool.live_by_user.get((org_id, user_id), ())
+        terms = pool.limits.plan(plan)
         if (
             not pool.limits.hooks
-            or thread_id in pool.live_by_thread
-            or len(live) < pool.limits.max_sessions_per_user
+            or terms is None
+            or (org_id, user_id, thread_id) in pool.live_by_thread
+            or not _at_a_limit(pool, terms, org_id, len(live))
         ):
             return []
         by = now + self.busy.wait
@@ -143,3 +162,11 @@ class Idling:
                 pool.outbox.status_checks.append(StatusCheck(session.id, *target))
             return
         pool.end_session(session.id, EndReason.IDLE_TIMEOUT, now, answer)
+
+
+def _at_a_limit(pool: PoolCore, terms: Plan, org_id: str, live: int) -> bool:
+    """The user at their plan's limit, or their org at its cap: a reclaim may follow."""
+    if live >= (terms.max_sessions_per_user or pool.limits.max_sessions_per_user):
+        return True
+    cap = terms.max_pods_per_org
+    return bool(org_id) and cap is not None and len(pool.live_by_org.get(org_id, ())) >= cap

@@ -254,15 +254,12 @@ class PodLifecycle:
         pool = self.pool
         for name in list(pool.inventory.stale_idle):
             self.delete(pool.pods[name], now)
-        while pool.waiting and pool.idle:
-            session = pool.sessions[next(iter(pool.waiting))]
-            pod = pool.inventory.oldest_fresh_idle()
-            if pod is None:
-                break
-            pool.lease(pod, session, now, warm=False)
+        self._hand_idle_to_waiters(now)
 
         limits = pool.limits
         target = self._prewarm_target(now)
+        if len(pool.idle) >= target:
+            pool.orgs.pool_full()  # the warm-share counts start again (orgs.py)
         coming = pool.counts[PodState.PENDING] + self.creates_in_flight
         wanted = len(pool.waiting) + target - len(pool.idle) - coming
         room = limits.max_total_jobs - pool.total_pods
@@ -280,6 +277,22 @@ class PodLifecycle:
         if count > 0:
             self.creates_in_flight += count
             pool.outbox.creates += count
+
+    def _hand_idle_to_waiters(self, now: float) -> None:
+        """Idle pods go to waiting sessions, first come first, skipping those whose org
+        is past its share of the warm pool (they wait for a new pod)."""
+        pool = self.pool
+        if not pool.waiting or not pool.idle:
+            return
+        for session_id in list(pool.waiting):
+            session = pool.sessions[session_id]
+            if not pool.may_take_warm(session):
+                continue
+            pod = pool.inventory.oldest_fresh_idle()
+            if pod is None:
+                return
+            pool.took_warm(session)
+            pool.lease(pod, session, now, warm=False)
 
     def _prewarm_target(self, now: float) -> int:
         """The warm pool's size now (prewarm.py); idle pods beyond it are let go, and

@@ -27,6 +27,7 @@ from ..model import (
     SessionState,
     SessionView,
 )
+from .admission import unknown_plan
 from .effect_calls import Command, busy_command
 from .effects import Outbox
 from .lifecycle import ROUTE_LEASE
@@ -103,17 +104,33 @@ class Scheduler(Rounds):
         thread_id: str,
         wait_seconds: float,
         payload: ClaimPayload | None = None,
+        *,
+        org_id: str = "",
+        plan: str | None = None,
     ) -> Opened:
-        """A session for this thread, new or the one it has; refusals are raised
-        (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...). The
-        payload's metadata is stored with a new session; its env and files go to the
-        sandbox's claim hook only, and are never sent for a thread that has a session."""
-        request_id = self._leading_pool().next_request_id()
+        """A session for this thread of this org's user, new or the one it has;
+        refusals are raised (UnknownPlan, UserSessionLimit, OrgSessionLimit,
+        OrgRateLimited, CapacityExhausted, ...). The payload's metadata is stored with
+        a new session; its env and files go to the sandbox's claim hook only, and are
+        never sent for a thread that has a session."""
+        pool = self._leading_pool()
+        if pool.limits.plan(plan) is None:
+            raise unknown_plan(pool.limits, plan or "")
+        request_id = pool.next_request_id()
         metadata = dict(payload.metadata) if payload else {}
-        await self._ask_before_reclaim(user_id, thread_id)
+        await self._ask_before_reclaim(user_id, thread_id, org_id, plan)
 
         def apply(pool: Pool, now: float) -> None:
-            pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
+            pool.open_session(
+                request_id,
+                user_id,
+                thread_id,
+                wait_seconds,
+                now,
+                metadata,
+                org_id=org_id,
+                plan=plan,
+            )
 
         self._submit(apply)  # applied in a later round, so registering after is safe
         if payload is not None and (payload.env or payload.files):
@@ -126,16 +143,20 @@ class Scheduler(Rounds):
             if not self.running:
                 self._payloads.pop(request_id, None)
 
-    async def _ask_before_reclaim(self, user_id: str, thread_id: str) -> None:
-        """At the user's limit, ask the sandboxes a reclaim could pick whether they are
-        busy (concurrently, each bounded by hook_timeout), and feed the answers in
-        before the open: a busy one counts as active and is not reclaimed; the pool
-        records the answer of the one it reclaims. Read-only until then, so the open
-        itself stays one synchronous decision (the limit and a single reclaim hold for
-        any number of concurrent opens, as without hooks)."""
+    async def _ask_before_reclaim(
+        self, user_id: str, thread_id: str, org_id: str, plan: str | None
+    ) -> None:
+        """At the user's limit (or their org's), ask the sandboxes a reclaim could pick
+        whether they are busy (concurrently, each bounded by hook_timeout), and feed the
+        answers in before the open: a busy one counts as active and is not reclaimed;
+        the pool records the answer of the one it reclaims. Read-only until then, so the
+        open itself stays one synchronous decision (the limit and a single reclaim hold
+        for any number of concurrent opens, as without hooks)."""
         if self.hooks is None:
             return
-        checks = self._leading_pool().reclaim_checks(user_id, thread_id, self.clock.monotonic())
+        now = self.clock.monotonic()
+        pool = self._leading_pool()
+        checks = pool.reclaim_checks(user_id, thread_id, now, org_id=org_id, plan=plan)
         if not checks:
             return
         # Shielded: the calls are shared, and one caller giving up must not cancel them.

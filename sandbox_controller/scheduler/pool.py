@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..backends.base import ErrorKind, PodStatus, assigned_labels
 from ..model import (
@@ -33,6 +34,10 @@ from ..model import (
     Provisioning,
     Session,
     SessionState,
+    ThreadKey,
+    UserKey,
+    thread_key,
+    user_key,
 )
 from .admission import Admission
 from .claiming import NO_ANSWER, ClaimFailure, Claiming
@@ -42,8 +47,11 @@ from .idling import Idling
 from .inventory import PodInventory
 from .lifecycle import ROUTE_LEASE as ROUTE_LEASE  # where its users always found it
 from .lifecycle import PodLifecycle
+from .orgs import OrgLedger
 from .prewarm import Prewarm
 from .views import PoolViews
+
+K = TypeVar("K")
 
 
 def new_session_id() -> str:
@@ -62,8 +70,12 @@ class Pool(PoolViews):
         self.inventory = PodInventory(template_hash)
         self.sessions: dict[str, Session] = {}  # live ones, plus ended ones not yet pruned
         self.waiting: OrderedDict[str, None] = OrderedDict()  # provisioning sessions, FCFS
-        self.live_by_user: defaultdict[str, set[str]] = defaultdict(set)
-        self.live_by_thread: dict[str, str] = {}
+        # Live sessions by (org, user), by (org, user, thread) and by org: a thread id is
+        # unique per org and user, and so is a user's limit (README "Orgs and plans").
+        self.live_by_user: defaultdict[UserKey, set[str]] = defaultdict(set)
+        self.live_by_thread: dict[ThreadKey, str] = {}
+        self.live_by_org: defaultdict[str, set[str]] = defaultdict(set)
+        self.orgs = OrgLedger()
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
@@ -107,17 +119,15 @@ class Pool(PoolViews):
 
     def track_live(self, session: Session) -> None:
         self.sessions[session.id] = session
-        self.live_by_user[session.user_id].add(session.id)
-        self.live_by_thread[session.thread_id] = session.id
+        self.live_by_user[user_key(session)].add(session.id)
+        self.live_by_thread[thread_key(session)] = session.id
+        self.live_by_org[session.org_id].add(session.id)
 
     def untrack_live(self, session: Session) -> None:
-        user_sessions = self.live_by_user.get(session.user_id)
-        if user_sessions is not None:
-            user_sessions.discard(session.id)
-            if not user_sessions:
-                del self.live_by_user[session.user_id]
-        if self.live_by_thread.get(session.thread_id) == session.id:
-            del self.live_by_thread[session.thread_id]
+        _discard(self.live_by_user, user_key(session), session.id)
+        _discard(self.live_by_org, session.org_id, session.id)
+        if self.live_by_thread.get(thread_key(session)) == session.id:
+            del self.live_by_thread[thread_key(session)]
         self.waiting.pop(session.id, None)
 
     def watch_session_deadlines(self, session: Session) -> None:
@@ -236,9 +246,14 @@ class Pool(PoolViews):
         wait_seconds: float,
         now: float,
         metadata: dict[str, str] | None = None,
+        *,
+        org_id: str = "",
+        plan: str | None = None,
     ) -> None:
         """A builder opened an agent thread (admission.py); answered via the outbox."""
-        self.admission.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
+        self.admission.open_session(
+            request_id, user_id, thread_id, wait_seconds, now, metadata, org_id=org_id, plan=plan
+        )
 
     def lease_route(self, session_id: str, now: float) -> Pod | None:
         return self.lifecycle.lease_route(session_id, now)
@@ -253,8 +268,16 @@ class Pool(PoolViews):
     ) -> None:
         self.claiming.answered(session_id, attempt, accepted, now, failure)
 
-    def reclaim_checks(self, user_id: str, thread_id: str, now: float) -> list[StatusCheck]:
-        return self.idling.reclaim_checks(user_id, thread_id, now)
+    def reclaim_checks(
+        self,
+        user_id: str,
+        thread_id: str,
+        now: float,
+        *,
+        org_id: str = "",
+        plan: str | None = None,
+    ) -> list[StatusCheck]:
+        return self.idling.reclaim_checks(user_id, thread_id, now, org_id=org_id, plan=plan)
 
     def busy_answer(self, session_id: str, answer: BusyAnswer, now: float) -> None:
         self.idling.busy_answer(session_id, answer, now)
@@ -285,6 +308,12 @@ class Pool(PoolViews):
 
     def reply_due(self, session_id: str, now: float) -> None:
         self.admission.reply_due(session_id, now)
+
+    def may_take_warm(self, session: Session) -> bool:
+        return self.admission.may_take_warm(session)
+
+    def took_warm(self, session: Session) -> None:
+        self.admission.took_warm(session)
 
     def claiming_session(self, session_id: str) -> bool:
         return session_id in self.claims
@@ -347,3 +376,11 @@ class Pool(PoolViews):
 
 def _wake_up(key: str, now: float) -> None:
     pass
+
+
+def _discard(index: dict[K, set[str]], key: K, session_id: str) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.discard(session_id)
+        if not ids:
+            del index[key]

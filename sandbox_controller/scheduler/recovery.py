@@ -80,6 +80,8 @@ def restore(
         if not session.live:
             continue
         pool.restore_session(session)
+        if session.org_id:  # its org's rate window, as far as the store knows it
+            pool.orgs.restored(session.org_id, session.created_mono, now)
         if session.state is SessionState.READY and session.pod_name not in adopted:
             pool.end_session(session.id, EndReason.POD_FAILED, now)
 

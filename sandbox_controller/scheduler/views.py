@@ -15,6 +15,7 @@ from ..model import (
     Session,
     SessionActivity,
     SessionState,
+    ThreadKey,
 )
 from .claiming import Claiming, Claims
 from .idling import BusyChecks, Idling
@@ -30,7 +31,7 @@ class PoolViews:
     inventory: PodInventory
     sessions: dict[str, Session]
     waiting: OrderedDict[str, None]
-    live_by_thread: dict[str, str]
+    live_by_thread: dict[ThreadKey, str]
     prewarm: Prewarm
     lifecycle: PodLifecycle
     claiming: Claiming

@@ -81,6 +81,7 @@ FLAGS = {
     "idle_after": "idle_after",
     "max_lifetime": "max_lifetime",
     "startup_timeout": "startup_timeout",
+    "plans": "plans_file",
 }
 
 
@@ -118,6 +119,9 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--idle-after", metavar="DURATION")
     group.add_argument("--max-lifetime", metavar="DURATION")
     group.add_argument("--startup-timeout", metavar="DURATION")
+    group.add_argument(
+        "--plans", metavar="FILE", help="the plans a trace's plan column names (SANDBOX_PLANS_FILE)"
+    )
     parser.add_argument(
         "--startup",
         type=_startup,
@@ -141,14 +145,21 @@ def limits_from(args: argparse.Namespace) -> Limits:
         raise UsageError(str(exc)) from None
 
 
-def load_trace(path: Path) -> list[TraceEvent]:
+def load_trace(path: Path, limits: Limits) -> list[TraceEvent]:
+    """The trace, checked; every plan it names must be one of ``limits``' plans."""
     try:
         with path.open(newline="") if str(path) != "-" else _stdin() as source:
-            return read_trace(source)
+            events = read_trace(source)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except TraceError as exc:
         raise UsageError(f"{path}: {exc}") from None
+    unknown = sorted({e.plan for e in events if e.plan and limits.plan(e.plan) is None})
+    if unknown:
+        raise UsageError(
+            f"{path}: plan {unknown[0]!r} is not in the plans file (--plans or SANDBOX_PLANS_FILE)"
+        )
+    return events
 
 
 def _stdin() -> TextIO:
@@ -203,7 +214,7 @@ def simulate_main(argv: list[str]) -> int:
     try:
         args = simulate_parser().parse_args(argv)
         limits = limits_from(args)
-        events = load_trace(args.trace)
+        events = load_trace(args.trace, limits)
         runs = sweep_limits(args.sweep, limits) if args.sweep else []
         if args.sweep and limits.prewarm.policy is PrewarmPolicy.STATIC:
             runs.append(

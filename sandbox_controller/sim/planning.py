@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
         limits = limits_from(args)
-        events = load_trace(args.trace)
+        events = load_trace(args.trace, limits)
         target = limits.prewarm.target_warm_hit_rate
         rec = recommend(
             events,

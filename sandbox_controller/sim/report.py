@@ -49,6 +49,14 @@ def figures(result: Result) -> dict[str, Any]:
     }
 
 
+def _org_refusals(result: Result) -> str:
+    """The refusals by an org's plan, when the trace had any (README "Orgs and plans")."""
+    limit, rate = result.requests[Outcome.ORG_LIMIT], result.requests[Outcome.ORG_RATE]
+    if not limit and not rate:
+        return ""
+    return f", {limit} x 429 org_session_limit, {rate} x 429 org_rate_limited"
+
+
 def summary(result: Result) -> str:
     f = figures(result)
     return "\n".join(
@@ -60,7 +68,7 @@ def summary(result: Result) -> str:
             f"Wait for a sandbox:   p50 {f['wait_p50']:.1f}s  p95 {f['wait_p95']:.1f}s  "
             f"p99 {f['wait_p99']:.1f}s",
             f"Refused:              {f['refused_429']} x 429 user_session_limit, "
-            f"{f['refused_503']} x 503 capacity_exhausted",
+            f"{f['refused_503']} x 503 capacity_exhausted" + _org_refusals(result),
             f"Ended by policy:      {f['reclaims']} reclaimed, {f['idle_timeouts']} idle timeouts",
             f"Peak pods:            {f['peak_pods']}",
             f"Pod-hours:            {f['assigned_pod_hours']:.1f} assigned, "

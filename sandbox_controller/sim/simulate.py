@@ -213,9 +213,17 @@ class Simulation:
             if event.kind is EventKind.OPEN:
                 request_id = pool.next_request_id()
                 self._asked_at[request_id] = now
-                pool.open_session(request_id, event.user, event.thread, event.wait_seconds, now)
+                pool.open_session(
+                    request_id,
+                    event.user,
+                    event.thread,
+                    event.wait_seconds,
+                    now,
+                    org_id=event.org,
+                    plan=event.plan or None,
+                )
                 return
-            session_id = pool.live_by_thread.get(event.thread)
+            session_id = pool.live_by_thread.get((event.org, event.user, event.thread))
             if session_id is None:
                 return  # refused, or already ended by the controller
             if event.kind is EventKind.ACTIVITY:
@@ -239,7 +247,7 @@ class Simulation:
                 self._cold_since[answer.session_id] = asked
             elif answer.outcome is Outcome.CAPACITY:
                 result.refusals.append((now, 503))
-            elif answer.outcome is Outcome.USER_LIMIT:
+            elif answer.outcome in (Outcome.USER_LIMIT, Outcome.ORG_LIMIT, Outcome.ORG_RATE):
                 result.refusals.append((now, 429))
         for name in out.labels:
             session_id = pool.pods[name].session_id if name in pool.pods else None

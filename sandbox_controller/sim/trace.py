@@ -14,6 +14,11 @@ A trace is CSV with a header and one row per session event, in time order::
   (the editor closed the thread) is replayed: timeouts and reclaims are the simulated
   controller's own decisions, made again from the activity.
 
+A trace of many orgs has two more columns, ``org`` and ``plan`` (header
+``time,event,user,thread,value,org,plan``): the org of the thread ('' for none) and, on
+``open``, the plan it was opened under ('' for the deployment's defaults). A thread is
+then one user's within one org, as in the controller (README "Orgs and plans").
+
 The simulator (simulate.py) replays it through the real scheduler.
 """
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 HEADER = ("time", "event", "user", "thread", "value")
+TENANT_HEADER = (*HEADER, "org", "plan")
 DEFAULT_WAIT = 30.0
 DAY = 86400.0
 
@@ -49,6 +55,8 @@ class TraceEvent:
     user: str
     thread: str
     value: str = ""
+    org: str = ""
+    plan: str = ""
 
     @property
     def wait_seconds(self) -> float:
@@ -56,36 +64,40 @@ class TraceEvent:
 
 
 def write_trace(events: Iterable[TraceEvent], out: TextIO) -> int:
+    """The trace as CSV; with the org and plan columns only if some event has them."""
+    events = list(events)
+    tenants = any(e.org or e.plan for e in events)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADER)
-    count = 0
+    writer.writerow(TENANT_HEADER if tenants else HEADER)
     for event in events:
-        writer.writerow(
-            (f"{event.time:.3f}", event.kind.value, event.user, event.thread, event.value)
-        )
-        count += 1
-    return count
+        row = [f"{event.time:.3f}", event.kind.value, event.user, event.thread, event.value]
+        writer.writerow([*row, event.org, event.plan] if tenants else row)
+    return len(events)
 
 
 def read_trace(source: TextIO) -> list[TraceEvent]:
     """Every event of a trace, checked, in time order."""
     reader = csv.reader(source)
     header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != HEADER:
-        raise TraceError(f"line 1: expected the header {','.join(HEADER)}")
+    columns = tuple(h.strip() for h in header) if header is not None else ()
+    if columns not in (HEADER, TENANT_HEADER):
+        raise TraceError(
+            f"line 1: expected the header {','.join(HEADER)} or {','.join(TENANT_HEADER)}"
+        )
     events = []
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        events.append(_parse_row(row, line))
+        events.append(_parse_row(row, line, len(columns)))
     events.sort(key=lambda e: e.time)  # stable: same-time events keep their order
     return events
 
 
-def _parse_row(row: list[str], line: int) -> TraceEvent:
-    if len(row) != len(HEADER):
-        raise TraceError(f"line {line}: expected {len(HEADER)} fields, got {len(row)}")
-    time_text, kind_text, user, thread, value = (field.strip() for field in row)
+def _parse_row(row: list[str], line: int, width: int) -> TraceEvent:
+    if len(row) != width:
+        raise TraceError(f"line {line}: expected {width} fields, got {len(row)}")
+    time_text, kind_text, user, thread, value, *tenancy = (field.strip() for field in row)
+    org, plan = tenancy if tenancy else ("", "")
     try:
         time = float(time_text)
     except ValueError:
@@ -106,7 +118,7 @@ def _parse_row(row: list[str], line: int) -> TraceEvent:
             wait = -1.0
         if not 0 <= wait <= 120:
             raise TraceError(f"line {line}: wait_seconds {value!r} must be 0..120")
-    return TraceEvent(time, kind, user, thread, value)
+    return TraceEvent(time, kind, user, thread, value, org, plan)
 
 
 # ------------------------------------------------------------------ synthesis

@@ -117,6 +117,8 @@ def _session_row(s: Session) -> dict[str, Any]:
         "activity_source": s.activity_source.value if s.activity_source else None,
         "activity_detail": s.activity_detail,
         "end_detail": json.dumps(s.end_detail.as_dict()) if s.end_detail else None,
+        "org_id": s.org_id,
+        "plan": s.plan,
     }
 
 
@@ -137,6 +139,8 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         activity_source=ActivitySource(m["activity_source"]) if m["activity_source"] else None,
         activity_detail=m["activity_detail"],
         end_detail=EndDetail.from_dict(json.loads(m["end_detail"])) if m["end_detail"] else None,
+        org_id=m["org_id"],
+        plan=m["plan"],
     )
 
 

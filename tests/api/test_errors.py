@@ -12,11 +12,14 @@ from sandbox_controller.errors import (
     CapacityExhausted,
     DecisionFailed,
     NotLeader,
+    OrgRateLimited,
+    OrgSessionLimit,
     SandboxError,
     SessionEnded,
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UnknownPlan,
     UserSessionLimit,
 )
 from sandbox_controller.model import EndReason
@@ -31,6 +34,9 @@ CASES: list[tuple[SandboxError, int, str, str | None, str]] = [
     ),  # rounded up
     (CapacityExhausted(max_total_jobs=50, retry_after=5.0), 503, "capacity_exhausted", "5", "50"),
     (ThreadOwnedByOtherUser("t-1"), 409, "thread_owned_by_other_user", None, "t-1"),
+    (UnknownPlan("gold", ("starter",)), 422, "unknown_plan", None, "starter"),
+    (OrgSessionLimit("acme", "starter", 2, 59.5), 429, "org_session_limit", "60", "acme"),
+    (OrgRateLimited("acme", "starter", 3, 20.0), 429, "org_rate_limited", "20", "starter"),
     (SessionNotFound("s-1"), 404, "session_not_found", None, "s-1"),
     (SessionEnded("s-2", EndReason.IDLE_TIMEOUT), 410, "session_ended", None, "idle_timeout"),
     (NotLeader(), 503, "not_leader", "1", "leader"),

@@ -115,9 +115,11 @@ class Harness:
 
     # -- requests
 
-    def open(self, user: str, thread: str, wait: float = 30.0) -> int:
+    def open(
+        self, user: str, thread: str, wait: float = 30.0, *, org: str = "", plan: str | None = None
+    ) -> int:
         rid = self.pool.next_request_id()
-        self.pool.open_session(rid, user, thread, wait, self.now)
+        self.pool.open_session(rid, user, thread, wait, self.now, org_id=org, plan=plan)
         self.tick()
         return rid
 

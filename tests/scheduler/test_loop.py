@@ -21,7 +21,7 @@ from sandbox_controller.errors import (
     NotLeader,
     SessionNotFound,
     StoreUnavailable,
-    ThreadOwnedByOtherUser,
+    UnknownPlan,
     UserSessionLimit,
 )
 from sandbox_controller.model import (
@@ -238,9 +238,9 @@ async def test_refusals_are_raised_as_errors_that_carry_their_data(world: World)
         await world.scheduler.open_session("ann", "t3", 0)
     assert (limit.value.limit, limit.value.live) == (2, 2)
     assert limit.value.retry_after == pytest.approx(LIMITS.reclaim_after)
-    with pytest.raises(ThreadOwnedByOtherUser) as taken:
-        await world.scheduler.open_session("bob", "t1", 0)
-    assert taken.value.thread_id == "t1"
+    with pytest.raises(UnknownPlan) as unknown:
+        await world.scheduler.open_session("bob", "t1", 0, plan="gold")
+    assert (unknown.value.plan, unknown.value.known) == ("gold", ())
 
 
 async def test_callers_get_copies_and_data_not_the_pools_objects(world: World) -> None:

@@ -90,7 +90,7 @@ def test_sixth_thread_with_all_five_active_is_refused() -> None:
     assert isinstance(answer.error, UserSessionLimit)
     assert (answer.error.limit, answer.error.live) == (5, 5)
     assert answer.error.retry_after > 0
-    assert len(h.pool.live_by_user["alice"]) == 5
+    assert len(h.pool.live_by_user["", "alice"]) == 5
 
 
 def test_reclaim_takes_the_least_recently_active_idle_session_then_the_oldest() -> None:
@@ -116,7 +116,7 @@ def test_reclaim_takes_the_least_recently_active_idle_session_then_the_oldest() 
     # Least recently active first, though sids[0] was created earlier.
     assert answer.reclaimed_session_id == sids[1]
     assert h.pool.sessions[sids[1]].end_reason is EndReason.RECLAIMED
-    assert len(h.pool.live_by_user["alice"]) == 5
+    assert len(h.pool.live_by_user["", "alice"]) == 5
 
     h.fill_pool()
     answer = h.answer(h.open("alice", "t-newer"))
@@ -222,7 +222,7 @@ def test_a_refused_request_leaves_no_session_behind() -> None:
     h.fill_pool()
     rid = h.open("u", "t2", wait=0)
     assert h.outcome(rid) is Outcome.CAPACITY
-    assert "t2" not in h.pool.live_by_thread
+    assert ("", "u", "t2") not in h.pool.live_by_thread
     assert all(s.thread_id != "t2" for s in h.pool.sessions.values())
 
 
@@ -236,7 +236,7 @@ def test_a_request_refused_at_the_cap_does_not_count_toward_the_users_limit() ->
     h.tick()
     outcomes = [h.outcome(r) for r in rids]
     assert outcomes == [Outcome.COLD] * 4 + [Outcome.CAPACITY] * 3
-    assert len(h.pool.live_by_user["u"]) == 4
+    assert len(h.pool.live_by_user["", "u"]) == 4
 
 
 def test_same_thread_twice_returns_the_same_session() -> None:
@@ -249,7 +249,10 @@ def test_same_thread_twice_returns_the_same_session() -> None:
     assert h.session_of(first) == h.session_of(second)
     third = h.open("u", "t1")
     assert h.outcome(third) is Outcome.EXISTING and h.session_of(third) == h.session_of(first)
-    assert h.outcome(h.open("someone-else", "t1")) is Outcome.ERROR
+    # A thread id is one user's: another user's "t1" is a thread of their own.
+    other = h.open("someone-else", "t1", wait=30)
+    h.fill_pool()
+    assert h.outcome(other) is Outcome.COLD and h.session_of(other) != h.session_of(first)
 
 
 @pytest.mark.parametrize("how", ["failed", "vanished"])

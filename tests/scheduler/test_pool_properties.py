@@ -1,6 +1,6 @@
 """Random sequences of requests, platform events and clock jumps against
 docs/architecture.md invariants 1-4 and 15 (the controller's half: no routed pod deleted
-before its lease ends), checked after every step."""
+before its lease ends), and with orgs on plans invariant 24, checked after every step."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
-from sandbox_controller.model import ActivitySource, BusyAnswer, EndReason, PodState, SessionState
+from sandbox_controller.model import (
+    ActivitySource,
+    BusyAnswer,
+    EndReason,
+    Plan,
+    PodState,
+    SessionState,
+)
 from sandbox_controller.scheduler.claiming import NO_ANSWER, ClaimFailure
 from sandbox_controller.scheduler.effects import ClaimCall
 from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
+from sandbox_controller.scheduler.orgs import RATE_WINDOW
 from sandbox_controller.scheduler.pool import Pool
 from sandbox_controller.scheduler.recovery import restore
 
@@ -390,3 +398,60 @@ TestHookedPoolInvariants = HookedPoolMachine.TestCase
 TestHookedPoolInvariants.settings = settings(
     max_examples=100, stateful_step_count=50, deadline=None
 )
+
+
+# Two orgs on two plans, beside sessions of no org (the deployment's defaults).
+TEAM = Plan(
+    "team", max_sessions_per_user=1, max_pods_per_org=3, warm_share=0.5, sessions_per_minute=4
+)
+PRO = Plan("pro", max_sessions_per_user=3, max_pods_per_org=5)
+ORG_PLANS = {"acme": TEAM, "globex": PRO}
+
+
+class OrgPoolMachine(PoolMachine):
+    """The same invariants with two orgs on two plans, with hooks on (so reclaims ask
+    first), and each org within its plan: its live sessions, its users' sessions and
+    its new sessions per minute."""
+
+    limits = replace(LIMITS, hooks=True, hook_timeout=2.0, plans=(TEAM, PRO))
+
+    @rule(
+        user=USERS,
+        thread=THREADS,
+        wait=st.sampled_from([0.0, 5.0, 60.0]),
+        org=st.sampled_from(sorted(ORG_PLANS)),
+    )
+    def open_org_session(self, user: str, thread: str, wait: float, org: str) -> None:
+        plan = ORG_PLANS[org].name
+        rid = self.pool.next_request_id()
+        self.pool.open_session(rid, user, thread, wait, self.now, org_id=org, plan=plan)
+        self.settle()
+
+    @rule(seconds=st.sampled_from([10.0, 30.0]))
+    def a_little_time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self.settle()
+
+    @invariant()
+    def no_user_above_the_limit(self) -> None:
+        for (org, user), sessions in self.pool.live_by_user.items():
+            plan = ORG_PLANS.get(org)
+            limit = plan.max_sessions_per_user if plan else LIMITS.max_sessions_per_user
+            assert len(sessions) <= (limit or 0), (org, user)
+
+    @invariant()
+    def no_org_above_its_caps(self) -> None:
+        for org, plan in ORG_PLANS.items():
+            live = [s for s in self.pool.sessions.values() if s.live and s.org_id == org]
+            assert len(live) == len(self.pool.live_by_org.get(org, ()))
+            assert len(live) <= (plan.max_pods_per_org or 0), org
+            started = [
+                s
+                for s in self.pool.sessions.values()
+                if s.org_id == org and s.created_mono > self.now - RATE_WINDOW
+            ]
+            assert len(started) <= (plan.sessions_per_minute or len(started)), org
+
+
+TestOrgPoolInvariants = OrgPoolMachine.TestCase
+TestOrgPoolInvariants.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)

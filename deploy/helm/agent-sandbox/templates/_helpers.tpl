@@ -198,3 +198,21 @@ checksum on the controller's pod template rolls it when one changes. */}}
 {{- $t := .Values.agentSandbox.console.readOnlyToken }}
 {{- if or $t.value $t.existingSecret }}true{{ end }}
 {{- end }}
+
+{{- define "agent-sandbox.plansName" -}}
+{{- printf "%s-plans" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* agentSandbox.plans as the controller's SANDBOX_PLANS_FILE (plans.py): snake_case keys. */}}
+{{- define "agent-sandbox.plansFile" -}}
+{{- $keys := dict "name" "name" "maxSessionsPerUser" "max_sessions_per_user" "maxPodsPerOrg" "max_pods_per_org" "warmShare" "warm_share" "sessionsPerMinute" "sessions_per_minute" }}
+{{- $plans := list }}
+{{- range .Values.agentSandbox.plans }}
+{{- $plan := dict }}
+{{- range $key, $value := . }}
+{{- $_ := set $plan (get $keys $key) $value }}
+{{- end }}
+{{- $plans = append $plans $plan }}
+{{- end }}
+{{- toYaml (dict "plans" $plans) }}
+{{- end }}
