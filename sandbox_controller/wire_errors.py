@@ -24,6 +24,8 @@ class ErrorCode(enum.StrEnum):
     THREAD_OWNED_BY_OTHER_USER = "thread_owned_by_other_user"
     USER_SESSION_LIMIT = "user_session_limit"
     CAPACITY_EXHAUSTED = "capacity_exhausted"
+    UNKNOWN_TEMPLATE = "unknown_template"
+    RESOURCES_OUT_OF_BOUNDS = "resources_out_of_bounds"
     NOT_LEADER = "not_leader"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -46,6 +48,8 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.THREAD_OWNED_BY_OTHER_USER: 409,
     ErrorCode.USER_SESSION_LIMIT: 429,
     ErrorCode.CAPACITY_EXHAUSTED: 503,
+    ErrorCode.UNKNOWN_TEMPLATE: 422,
+    ErrorCode.RESOURCES_OUT_OF_BOUNDS: 422,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,

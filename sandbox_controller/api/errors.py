@@ -18,11 +18,13 @@ from ..errors import (
     CapacityExhausted,
     DecisionFailed,
     NotLeader,
+    ResourcesOutOfBounds,
     SandboxError,
     SessionEnded,
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UnknownTemplate,
     UserSessionLimit,
 )
 from ..wire_errors import STATUS, ErrorCode
@@ -85,6 +87,15 @@ def problem(exc: SandboxError) -> Problem:
             return Problem.of(
                 ErrorCode.THREAD_OWNED_BY_OTHER_USER,
                 f"thread {exc.thread_id} belongs to another user",
+            )
+        case UnknownTemplate():
+            known = ", ".join(exc.known)
+            return Problem.of(
+                ErrorCode.UNKNOWN_TEMPLATE, f"no template {exc.template!r} (known: {known})"
+            )
+        case ResourcesOutOfBounds():
+            return Problem.of(
+                ErrorCode.RESOURCES_OUT_OF_BOUNDS, f"template {exc.template}: {exc.reason}"
             )
         case SessionNotFound():
             return Problem.of(ErrorCode.SESSION_NOT_FOUND, f"no session {exc.session_id}")

@@ -9,6 +9,7 @@ go to the outbox, for the loop to deliver once the round is committed.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
@@ -19,6 +20,7 @@ from ..model import (
     Provisioning,
     Session,
     SessionState,
+    Shape,
     WaitReason,
 )
 from .core import PoolCore
@@ -46,6 +48,7 @@ class Admission:
         wait_seconds: float,
         now: float,
         metadata: dict[str, str] | None = None,
+        shape: Shape | None = None,
     ) -> None:
         """A builder opened an agent thread. The answer arrives via the outbox. A retry
         for a thread with a live session gets that session; its metadata is not changed."""
@@ -74,7 +77,10 @@ class Admission:
             answer = pool.recent_busy_answer(reclaimed.id, now)  # loop.py asked just before
             pool.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
 
-        pool.prewarm.arrival(now)
+        shape = shape or Shape(pool.limits.default_template)
+        prewarm = pool.prewarms.get(shape.template)
+        if prewarm is not None and shape.resources is None:
+            prewarm.arrival(now)  # demand for its warm pool (another size is served cold)
         session = Session(
             id=self._new_id(),
             user_id=user_id,
@@ -87,12 +93,14 @@ class Admission:
             metadata=dict(metadata or {}),
             created_mono=now,
             active_mono=now,
+            template=shape.template,
+            resources=shape.resources,
         )
         pool.track_live(session)
         if pool.limits.hooks:
             pool.hold_payload(session.id, request_id)
         session.reply_deadline = now + wait_seconds
-        pod = pool.inventory.oldest_fresh_idle()
+        pod = pool.inventory.oldest_fresh_idle(shape)
         if pod is not None:
             pool.lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
@@ -147,9 +155,16 @@ class Admission:
         it, or the cap leaves room to create one (the create window only delays it)."""
         pool = self.pool
         room = max(0, pool.limits.max_total_jobs - pool.total_pods)
-        coming = pool.counts[PodState.PENDING] + pool.creates_in_flight + room
-        for position, waiting_id in enumerate(pool.waiting):
-            if position >= coming:
+        coming: Counter[Shape] = Counter(pool.lifecycle_in_flight)
+        for shape, counts in pool.inventory.shape_counts.items():
+            coming[shape] += counts[PodState.PENDING]
+        for waiting_id in pool.waiting:
+            shape = pool.sessions[waiting_id].shape
+            if coming[shape] > 0:
+                coming[shape] -= 1  # a pod of its shape on its way reaches it
+            elif room > 0:
+                room -= 1  # the cap leaves room to create one
+            else:
                 return False
             if waiting_id == session_id:
                 return True
