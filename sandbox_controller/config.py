@@ -6,9 +6,11 @@ backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -20,6 +22,7 @@ from .durations import parse_duration
 from .model import Limits, PrewarmPolicy, PrewarmSettings
 from .quantities import byte_size, parse_quantity
 from .sandbox_contract import ENV_CLAIM_SECRET
+from .templates import Template, TemplateError, default_templates, load_templates
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -46,6 +49,10 @@ Cpus = Annotated[float, BeforeValidator(parse_cpus)]
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+# A metadata key becomes the label agent-sandbox/meta-<key>: a label name of at most 63.
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,56}[A-Za-z0-9])?")
 
 
 class ConfigError(Exception):
@@ -155,6 +162,12 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     pod_template_path: str | None = None
     pod_template_configmap: str | None = None
+
+    # Named sandbox templates (templates.py); unset: one, "default", from these settings.
+    templates_file: str | None = None
+    # Metadata keys (comma-separated) whose values label a session's pod on Kubernetes
+    # and Docker, for cost attribution: allow-listed, since labels are not secret.
+    pod_label_metadata_keys: str = ""
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
 
@@ -211,6 +224,25 @@ class Settings(BaseSettings):
         return f"{scheme}://{session_id}.{self.proxy_session_domain}{suffix}/"
 
     def limits(self) -> Limits:
+        base = self._base_limits()
+        return dataclasses.replace(
+            base,
+            templates=tuple(t.limits for t in self.templates(base)),
+            label_metadata_keys=self.label_metadata_keys,
+        )
+
+    def templates(self, base: Limits | None = None) -> tuple[Template, ...]:
+        """The sandbox templates, the default first (templates.py)."""
+        base = base or self._base_limits()
+        if self.templates_file is None:
+            return default_templates(base)
+        return load_templates(self.templates_file, base)
+
+    @property
+    def label_metadata_keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.pod_label_metadata_keys.split(",") if k.strip())
+
+    def _base_limits(self) -> Limits:
         return Limits(
             prewarm_pool_size=self.prewarm_pool_size,
             max_total_jobs=self.max_total_jobs,
@@ -242,6 +274,7 @@ class Settings(BaseSettings):
             qps=self.kube_qps,
             burst=self.kube_burst,
             max_concurrent_creates=self.max_concurrent_creates,
+            templates=self.templates(),
         )
 
     def docker_options(self) -> DockerOptions:
@@ -258,6 +291,7 @@ class Settings(BaseSettings):
             workspace_size=self.docker_workspace_size,
             user=self.docker_user,
             max_concurrent_creates=self.max_concurrent_creates,
+            templates=self.templates(),
         )
 
     @field_validator("api_token", "token_secret", "proxy_token", mode="before")
@@ -319,6 +353,16 @@ class Settings(BaseSettings):
             )
         if self.store_timeout <= 0:
             raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
+        for key in self.label_metadata_keys:
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"SANDBOX_POD_LABEL_METADATA_KEYS: {key!r} cannot name a label "
+                    "(letters, digits, -, _ and ., at most 58 characters)"
+                )
+        try:
+            self.templates()
+        except TemplateError as exc:
+            raise ValueError(f"SANDBOX_TEMPLATES_FILE: {exc}") from None
         return self
 
 
@@ -337,6 +381,7 @@ class KubeOptions:
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2
     retry_cap: float = 10.0
+    templates: tuple[Template, ...] = ()  # (): one, the pod template as it is
 
 
 @dataclass(frozen=True)
@@ -359,6 +404,7 @@ class DockerOptions:
     stop_grace: float = 5.0
     retry_base: float = 0.2
     retry_cap: float = 10.0
+    templates: tuple[Template, ...] = ()  # (): one, these settings' own
 
 
 def load_settings(**overrides: object) -> Settings:

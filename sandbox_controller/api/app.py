@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
-from ..model import Outcome, PoolStatus, SessionQuery, SessionView
+from ..model import Outcome, PoolStatus, Resources, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
@@ -134,8 +134,14 @@ def create_app(controller: Controller) -> FastAPI:
             files=tuple(ClaimFile(f.path, f.content) for f in body.files),
         )
         try:
+            resources = body.resources
             opened = await leading().open_session(
-                body.user_id, body.thread_id, body.wait_seconds, payload
+                body.user_id,
+                body.thread_id,
+                body.wait_seconds,
+                payload,
+                template=body.template,
+                resources=Resources(resources.cpu, resources.memory) if resources else None,
             )
         except SandboxError as exc:
             ctl.metrics.requests.labels(exc.outcome.value).inc()

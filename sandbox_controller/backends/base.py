@@ -33,6 +33,10 @@ LABEL_MEMORY = "agent-sandbox/memory"
 # Cost attribution: the session's org, and allow-listed metadata keys (labels.py).
 LABEL_ORG = "agent-sandbox/org"
 LABEL_META_PREFIX = "agent-sandbox/meta-"
+# A sandbox's environment names its template, and its resources when its own.
+ENV_TEMPLATE = "AGENT_SANDBOX_TEMPLATE"
+ENV_CPU = "AGENT_SANDBOX_CPU"
+ENV_MEMORY = "AGENT_SANDBOX_MEMORY"
 # One per create call, so a retry can find the pod a lost answer was about.
 LABEL_CREATE_ID = "agent-sandbox/create-id"
 # On the controller's own pod while it leads: the controller Service selects it.
@@ -73,6 +77,17 @@ def pool_labels(shape: Shape | None = None) -> dict[str, str]:
             if shape.resources.memory:
                 labels[LABEL_MEMORY] = shape.resources.memory
     return labels
+
+
+def shape_env(shape: Shape) -> dict[str, str]:
+    """What a sandbox is told of its own shape, in its environment."""
+    env = {ENV_TEMPLATE: shape.template}
+    if shape.resources is not None:
+        if shape.resources.cpu:
+            env[ENV_CPU] = shape.resources.cpu
+        if shape.resources.memory:
+            env[ENV_MEMORY] = shape.resources.memory
+    return env
 
 
 def shape_of(labels: Mapping[str, str], default_template: str = DEFAULT_TEMPLATE) -> Shape:
@@ -220,7 +235,7 @@ class Backend(Protocol):
     template_hash: str
     """Hash of the (default) pod template in force; pods with another hash are from an
     old one."""
-    template_hashes: Mapping[str, str]
+    template_hashes: dict[str, str]
     """The hash of each template by name (one entry, the default, without templates)."""
 
     async def start(self) -> None:

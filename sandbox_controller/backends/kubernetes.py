@@ -28,12 +28,15 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
+from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import claim_env
+from ..templates import Template
 from .base import (
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_LEADER,
     LABEL_MANAGED_BY,
+    LABEL_TEMPLATE,
     MANAGED_BY,
     BackendError,
     ErrorKind,
@@ -41,12 +44,21 @@ from .base import (
     PodStatus,
     WriteGuard,
     no_guard,
+    shape_env,
+    shape_of,
 )
 from .expectations import CreateExpectations
 from .kit import EventFeed
 from .kube_cache import Obj, PodCache, resource_version
 from .kube_config import load_api_client, resolve_namespace
-from .kube_template import build_pod, load_template, pod_port, template_hash
+from .kube_template import (
+    build_pod,
+    for_template,
+    load_template,
+    pod_port,
+    template_hash,
+    with_resources,
+)
 from .ratelimit import TokenBucket, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -115,7 +127,14 @@ class KubernetesBackend:
         self.core = k8s.CoreV1Api(api)
         self.namespace = resolve_namespace(options.namespace, options.kubeconfig)
         self.template: Obj = load_template(options.template_path)
-        self.template_hash = template_hash(self.template)
+        # Each template's pod template (templates.py), the default first; its hash
+        # changes only when that template does, so only its pods roll.
+        templates = options.templates or default_templates_for_kube()
+        self.default_template = templates[0].name
+        self.templates = {t.name: for_template(self.template, t) for t in templates}
+        self.template_hashes = {name: template_hash(t) for name, t in self.templates.items()}
+        self.template = self.templates[self.default_template]
+        self.template_hash = self.template_hashes[self.default_template]
         self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
         self.write_guard = write_guard
@@ -255,7 +274,16 @@ class KubernetesBackend:
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
         env = claim_env(self.claim_key, create_id)
-        body = build_pod(self.template, labels, self.template_hash, self._owner, env)
+        shape = shape_of(labels, self.default_template)
+        template = self.templates.get(shape.template)
+        if template is None:
+            raise BackendError(f"no template {shape.template}", kind=ErrorKind.PERMANENT)
+        labels[LABEL_TEMPLATE] = shape.template
+        env.update(shape_env(shape))
+        hash_ = self.template_hashes[shape.template]
+        body = build_pod(template, labels, hash_, self._owner, env)
+        if shape.resources is not None:
+            with_resources(body, shape.resources)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
             # No await from here on: the watch cannot slip in between these lines.
@@ -473,3 +501,8 @@ def _error(status: int, raw: bytes, retry_after: str | None) -> KubeError:
     except (ValueError, AttributeError):
         pass
     return KubeError(status, message, parse_retry_after(retry_after))
+
+
+def default_templates_for_kube() -> tuple[Template, ...]:
+    """No templates: one, the pod template as it is."""
+    return (Template(DEFAULT_TEMPLATE, TemplateLimits(DEFAULT_TEMPLATE)),)

@@ -347,8 +347,8 @@ class PodLifecycle:
                 for name in list(idle):
                     self.delete(self.pool.pods[name], now)
         for name, have in warm.items():
-            idle = inventory.idle_by_shape.get(Shape(name))
-            for pod_name in list(idle or ())[: max(0, have - wanted[name])]:
+            own = inventory.idle_by_shape.get(Shape(name))
+            for pod_name in list(own or ())[: max(0, have - wanted[name])]:
                 self.delete(self.pool.pods[pod_name], now)
 
     def _prewarm_targets(self, now: float) -> dict[str, int]:

@@ -21,12 +21,14 @@ from ..model import (
     Opened,
     PoolStatus,
     Provisioning,
+    Resources,
     Route,
     Session,
     SessionQuery,
     SessionState,
     SessionView,
 )
+from ..templates import resolve_shape
 from .effect_calls import Command, busy_command
 from .effects import Outbox
 from .lifecycle import ROUTE_LEASE
@@ -103,17 +105,25 @@ class Scheduler(Rounds):
         thread_id: str,
         wait_seconds: float,
         payload: ClaimPayload | None = None,
+        *,
+        template: str | None = None,
+        resources: Resources | None = None,
     ) -> Opened:
         """A session for this thread, new or the one it has; refusals are raised
         (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...). The
         payload's metadata is stored with a new session; its env and files go to the
         sandbox's claim hook only, and are never sent for a thread that has a session."""
+        # Checked first: an unknown template or resources out of its bounds are refused
+        # before anything is queued (templates.py).
+        shape = resolve_shape(self.limits, template, resources)
         request_id = self._leading_pool().next_request_id()
         metadata = dict(payload.metadata) if payload else {}
         await self._ask_before_reclaim(user_id, thread_id)
 
         def apply(pool: Pool, now: float) -> None:
-            pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
+            pool.open_session(
+                request_id, user_id, thread_id, wait_seconds, now, metadata, shape=shape
+            )
 
         self._submit(apply)  # applied in a later round, so registering after is safe
         if payload is not None and (payload.env or payload.files):

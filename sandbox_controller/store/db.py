@@ -30,11 +30,13 @@ from sqlalchemy.engine import Connection
 from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock
 from ..model import (
+    DEFAULT_TEMPLATE,
     ActivitySource,
     EndDetail,
     EndReason,
     Pod,
     PodState,
+    Resources,
     Session,
     SessionPage,
     SessionQuery,
@@ -117,7 +119,21 @@ def _session_row(s: Session) -> dict[str, Any]:
         "activity_source": s.activity_source.value if s.activity_source else None,
         "activity_detail": s.activity_detail,
         "end_detail": json.dumps(s.end_detail.as_dict()) if s.end_detail else None,
+        "template": s.template,
+        "resources": _resources_text(s.resources),
     }
+
+
+def _resources_text(resources: Resources | None) -> str | None:
+    return json.dumps(resources.as_dict()) if resources else None
+
+
+def _resources_of(text: str | None) -> Resources | None:
+    """A row's resources (NULL: the template's own)."""
+    if not text:
+        return None
+    data = json.loads(text)
+    return Resources(data.get("cpu"), data.get("memory"))
 
 
 def session_from_row(row: sa.Row[Any]) -> Session:
@@ -137,6 +153,8 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         activity_source=ActivitySource(m["activity_source"]) if m["activity_source"] else None,
         activity_detail=m["activity_detail"],
         end_detail=EndDetail.from_dict(json.loads(m["end_detail"])) if m["end_detail"] else None,
+        template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
+        resources=_resources_of(m["resources"]),
     )
 
 
@@ -149,6 +167,8 @@ def _pod_row(p: Pod) -> dict[str, Any]:
         "ready_at": p.ready_at,
         "template_hash": p.template_hash,
         "address": p.address,
+        "template": p.template,
+        "resources": _resources_text(p.resources),
     }
 
 
@@ -162,6 +182,8 @@ def pod_from_row(row: sa.Row[Any]) -> Pod:
         ready_at=m["ready_at"],
         address=m["address"],
         session_id=m["session_id"],
+        template=m["template"] or DEFAULT_TEMPLATE,
+        resources=_resources_of(m["resources"]),
     )
 
 

@@ -5,6 +5,7 @@ there. Everything else the pool does is the real thing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandbox_controller.model import Outcome, Session
 from sandbox_controller.scheduler.pool import Pool
@@ -49,11 +50,14 @@ class Faults:
                 wait_seconds: float,
                 now: float,
                 metadata: dict[str, str] | None = None,
+                **kwargs: Any,
             ) -> None:
                 if thread_id in faults.open_threads:
                     faults.fired(faults.open_threads, thread_id)
                     raise DecisionBug(f"opening {thread_id}")
-                super().open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
+                super().open_session(
+                    request_id, user_id, thread_id, wait_seconds, now, metadata, **kwargs
+                )
 
             def hand_over(self, session: Session, now: float, outcome: Outcome) -> None:
                 super().hand_over(session, now, outcome)
