@@ -35,9 +35,9 @@ TEMPLATES = """
 CAP = 5
 
 
-def made_as(platform: Platform, pod: str, sim: Any = None) -> tuple[str, int, int]:
+def made_as(on: Platform, pod: str, sim: Any = None) -> tuple[str, int, int]:
     """(template, CPU millis, memory bytes) of a pod, as its platform made it."""
-    if platform.name == "local":
+    if on.name == "local":
         (pid,) = sandbox_processes(pod)
         env = dict(
             line.split("=", 1)
@@ -49,7 +49,7 @@ def made_as(platform: Platform, pod: str, sim: Any = None) -> tuple[str, int, in
             cpu_millis(env.get("AGENT_SANDBOX_CPU", "0")),
             memory_bytes(env.get("AGENT_SANDBOX_MEMORY", "0")),
         )
-    if platform.name == "kubernetes":
+    if on.name == "kubernetes":
         obj = sim.store.get("pods", NAMESPACE, pod)
         requests = obj["spec"]["containers"][0]["resources"]["requests"]
         return (
