@@ -225,9 +225,12 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         base = self._base_limits()
+        # Without a templates file, none: the one default template follows the fields
+        # (prewarm_pool_size, prewarm) of these limits, as a sweep changes them.
+        templates = () if self.templates_file is None else self.templates(base)
         return dataclasses.replace(
             base,
-            templates=tuple(t.limits for t in self.templates(base)),
+            templates=tuple(t.limits for t in templates),
             label_metadata_keys=self.label_metadata_keys,
         )
 

@@ -14,6 +14,10 @@ A trace is CSV with a header and one row per session event, in time order::
   (the editor closed the thread) is replayed: timeouts and reclaims are the simulated
   controller's own decisions, made again from the activity.
 
+A sixth column, ``template``, is optional (a header that names it): the
+sandbox template an ``open`` asks for (empty: the default one). A trace without it is
+read, and written, as before templates.
+
 The simulator (simulate.py) replays it through the real scheduler.
 """
 
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 HEADER = ("time", "event", "user", "thread", "value")
+TEMPLATE_HEADER = (*HEADER, "template")
 DEFAULT_WAIT = 30.0
 DAY = 86400.0
 
@@ -49,6 +54,7 @@ class TraceEvent:
     user: str
     thread: str
     value: str = ""
+    template: str = ""  # open: the template asked for ("": the default one)
 
     @property
     def wait_seconds(self) -> float:
@@ -56,13 +62,14 @@ class TraceEvent:
 
 
 def write_trace(events: Iterable[TraceEvent], out: TextIO) -> int:
+    events = list(events)
+    templated = any(e.template for e in events)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADER)
+    writer.writerow(TEMPLATE_HEADER if templated else HEADER)
     count = 0
     for event in events:
-        writer.writerow(
-            (f"{event.time:.3f}", event.kind.value, event.user, event.thread, event.value)
-        )
+        row = [f"{event.time:.3f}", event.kind.value, event.user, event.thread, event.value]
+        writer.writerow([*row, event.template] if templated else row)
         count += 1
     return count
 
@@ -71,21 +78,23 @@ def read_trace(source: TextIO) -> list[TraceEvent]:
     """Every event of a trace, checked, in time order."""
     reader = csv.reader(source)
     header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != HEADER:
-        raise TraceError(f"line 1: expected the header {','.join(HEADER)}")
+    columns = tuple(h.strip() for h in header) if header is not None else ()
+    if columns not in (HEADER, TEMPLATE_HEADER):
+        raise TraceError(f"line 1: expected the header {','.join(HEADER)}[,template]")
     events = []
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        events.append(_parse_row(row, line))
+        events.append(_parse_row(row, line, len(columns)))
     events.sort(key=lambda e: e.time)  # stable: same-time events keep their order
     return events
 
 
-def _parse_row(row: list[str], line: int) -> TraceEvent:
-    if len(row) != len(HEADER):
-        raise TraceError(f"line {line}: expected {len(HEADER)} fields, got {len(row)}")
-    time_text, kind_text, user, thread, value = (field.strip() for field in row)
+def _parse_row(row: list[str], line: int, width: int = len(HEADER)) -> TraceEvent:
+    if len(row) != width:
+        raise TraceError(f"line {line}: expected {width} fields, got {len(row)}")
+    time_text, kind_text, user, thread, value, *rest = (field.strip() for field in row)
+    template = rest[0] if rest else ""
     try:
         time = float(time_text)
     except ValueError:
@@ -106,7 +115,7 @@ def _parse_row(row: list[str], line: int) -> TraceEvent:
             wait = -1.0
         if not 0 <= wait <= 120:
             raise TraceError(f"line {line}: wait_seconds {value!r} must be 0..120")
-    return TraceEvent(time, kind, user, thread, value)
+    return TraceEvent(time, kind, user, thread, value, template)
 
 
 # ------------------------------------------------------------------ synthesis
