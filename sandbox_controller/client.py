@@ -187,6 +187,14 @@ class ThreadOwnedByOtherUserError(SandboxAPIError):
     code = ErrorCode.THREAD_OWNED_BY_OTHER_USER
 
 
+class UnknownTemplateError(SandboxAPIError):
+    code = ErrorCode.UNKNOWN_TEMPLATE
+
+
+class ResourcesOutOfBoundsError(SandboxAPIError):
+    code = ErrorCode.RESOURCES_OUT_OF_BOUNDS
+
+
 class NotReadyError(SandboxAPIError):
     """Client-side: the session was still provisioning when ``ready_within`` ran out.
     The session is live; open it again (same thread) to keep waiting, or delete it."""
@@ -216,6 +224,8 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         SessionNotFoundError,
         SessionEndedError,
         ThreadOwnedByOtherUserError,
+        UnknownTemplateError,
+        ResourcesOutOfBoundsError,
     )
 }
 RETRIED = frozenset({429, 503})
@@ -293,6 +303,8 @@ class AsyncSandboxClient:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         files: Mapping[str, str] | None = None,
+        template: str | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> Opened:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
         provisioning; raises the error for the code when it gives up.
@@ -317,6 +329,10 @@ class AsyncSandboxClient:
                 body["metadata"] = dict(metadata)
             if files:
                 body["files"] = [{"path": p, "content": c} for p, c in files.items()]
+            if template is not None:
+                body["template"] = template
+            if resources:
+                body["resources"] = dict(resources)
             try:
                 response = await self._call("POST", "/sessions", json=body)
                 break
@@ -421,6 +437,8 @@ class SandboxClient:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         files: Mapping[str, str] | None = None,
+        template: str | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> Opened:
         return self._run(
             self._async.open_session(
@@ -431,6 +449,8 @@ class SandboxClient:
                 env=env,
                 metadata=metadata,
                 files=files,
+                template=template,
+                resources=resources,
             )
         )
 

@@ -136,3 +136,45 @@ async def test_two_templates_share_one_cap(platform: Platform, tmp_path: Path) -
     assert len(platform.pods()) <= CAP
     metrics = (await ctl.client.get("/metrics")).text
     assert 'sandbox_template_pods{state="assigned",template="large"} 1.0' in metrics
+
+
+async def test_a_sessions_pod_is_labelled_for_cost_attribution(
+    platform: Platform,  # noqa: F811
+) -> None:
+    ctl = await platform.controller(pod_label_metadata_keys="team,cost-center")
+    await ctl.wait_idle_pods(1)
+    opened = await ctl.client.post(
+        "/sessions",
+        json={
+            "user_id": "ann",
+            "thread_id": "t1",
+            "metadata": {"team": "data science/ml", "secret": "not a label"},
+        },
+    )
+    assert opened.status_code == 201, opened.text
+    pod = opened.json()["pod"]
+    if platform.name == "kubernetes":
+
+        def labels() -> dict[str, str]:
+            found: dict[str, str] = platform.sim.store.get("pods", NAMESPACE, pod)["metadata"][
+                "labels"
+            ]
+            return found
+
+    elif platform.name == "local":
+
+        def labels() -> dict[str, str]:
+            found: dict[str, str] = ctl.sandboxes()[pod]["labels"]
+            return found
+
+    else:  # Docker fixes labels at creation: a pool container shows its template only
+        data = json.loads(docker("inspect", pod))[0]
+        assert data["Config"]["Labels"][LABEL_TEMPLATE] == "default"
+        return
+
+    async def labelled() -> bool:
+        return labels().get("agent-sandbox/meta-team") == "data_science_ml"
+
+    await eventually(labelled, within=30, what="the attribution labels")
+    assert labels()[LABEL_TEMPLATE] == "default"
+    assert not any("secret" in key for key in labels())  # only allow-listed keys
