@@ -83,10 +83,6 @@ class PodInventory:
         idle = self.idle_by_shape.get(wanted)
         return self.pods[next(iter(idle))] if idle else None
 
-    def fresh_idle(self, shape: Shape) -> int:
-        idle = self.idle_by_shape.get(shape)
-        return len(idle) if idle else 0
-
     def _enter(self, pod: Pod) -> None:
         if pod.state is PodState.IDLE:
             self.idle[pod.name] = None
