@@ -328,6 +328,10 @@ class PodLifecycle:
         needs: list[Shape] = []
         for session_id in pool.waiting:
             shape = pool.sessions[session_id].shape
+            if shape.template not in pool.inventory.hashes:
+                # Its template was removed while it waited (a restart with another
+                # file): no pod can be made for it; its start-up timeout ends it.
+                continue
             if supply[shape] > 0:
                 supply[shape] -= 1
             else:

@@ -133,3 +133,13 @@ def test_refills_go_to_the_proportionally_emptiest_pool_first() -> None:
     assert refill_order({"a": 0, "b": 0}, {"a": 2, "b": 2}, 3) == ["a", "b", "a"]
     assert refill_order({"a": 1, "b": 0}, {"a": 2, "b": 4}, 2) == ["b", "b"]
     assert refill_order({"a": 2}, {"a": 2}, 5) == []
+
+
+def test_a_session_of_a_removed_template_blocks_no_other_template() -> None:
+    h = two_templates()
+    waiting = h.open("u1", "t1", wait=30.0, shape=Shape("gone"))
+    assert h.answer(waiting) is None
+    assert h.pool.outbox.create_shapes == [] and h.complete_creates() == []
+    rid = h.open("u2", "t2", shape=Shape("node"))
+    assert h.outcome(rid) is Outcome.WARM
+    assert [h.pool.pods[n].template for n in h.complete_creates()] == ["node"]
