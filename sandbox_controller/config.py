@@ -315,7 +315,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
 
-    @field_validator("docker_runtime", "docker_url", mode="before")
+    @field_validator("docker_runtime", "docker_url", "templates_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
