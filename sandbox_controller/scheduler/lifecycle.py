@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..backends.base import ErrorKind, PodPhase, PodStatus, shape_of
+from ..backends.base import ErrorKind, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState, Shape
 from .conditions import DELETE_RETRY, CreateThrottle
 from .core import PoolCore
@@ -195,7 +195,8 @@ class PodLifecycle:
         it, still counting the create as in flight until it returns (the count errs
         high, never low). Otherwise nobody accounts for it: delete it."""
         if len(self._seen_early) < self.creates_in_flight and status.session_hash is None:
-            shape = shape_of(status.labels, self.pool.limits.default_template)
+            template = status.template or self.pool.limits.default_template
+            shape = Shape(template, status.resources)
             self.add(self._new_pod(status.name, now, shape))
             self._seen_early.add(status.name)
             self.pod_observed(status, now)
