@@ -1,10 +1,12 @@
 -- wrk script: every request opens a session for a new user and thread.
--- args: <run tag> [requests per thread]. Each wrk thread gets its own prefix so ids
--- never collide; with a request count, a thread stops after that many responses.
+-- args: <run tag> [requests per thread] [templates, comma-separated]. Each wrk thread
+-- gets its own prefix so ids never collide; with a request count, a thread stops after
+-- that many responses; with templates, requests name them in turn.
 local threads = {}
 local counter = 0
 local answered = 0
 local prefix = ""
+local templates = {}
 
 function setup(thread)
   thread:set("tid", #threads + 1)
@@ -14,6 +16,9 @@ end
 function init(args)
   prefix = (args[1] or "run") .. "-" .. tostring(tid) .. "-"
   wrk.headers["Content-Type"] = "application/json"
+  for name in string.gmatch(args[3] or "", "[^,]+") do
+    table.insert(templates, name)
+  end
   local limit = tonumber(args[2] or "0")
   if limit > 0 then
     -- Defined only when needed: a response() callback costs wrk a parse per response.
@@ -31,7 +36,12 @@ end
 function request()
   counter = counter + 1
   local id = prefix .. counter
-  local body = '{"user_id":"u' .. id .. '","thread_id":"t' .. id .. '","wait_seconds":0}'
+  local template = ""
+  if #templates > 0 then
+    template = ',"template":"' .. templates[counter % #templates + 1] .. '"'
+  end
+  local body = '{"user_id":"u' .. id .. '","thread_id":"t' .. id .. '","wait_seconds":0'
+    .. template .. '}'
   return wrk.format("POST", wrk.path, wrk.headers, body)
 end
 

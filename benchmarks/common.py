@@ -30,7 +30,13 @@ def free_port() -> int:
 
 
 def run_wrk(
-    base: str, path: str, conns: int, seconds: float, tag: str, requests: int = 0
+    base: str,
+    path: str,
+    conns: int,
+    seconds: float,
+    tag: str,
+    requests: int = 0,
+    templates: str = "",
 ) -> dict[str, Any]:
     """wrk with claims.lua: new sessions for new users and threads, for ``seconds`` or,
     with ``requests``, until each wrk thread has had that many answers."""
@@ -51,6 +57,7 @@ def run_wrk(
         "--",
         tag,
         str(requests),
+        templates,
     ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as wrk:
         assert wrk.stdout is not None

@@ -3,7 +3,7 @@
     python benchmarks/kube_bench.py [--pool 3700] [--claims 3600] [--serial 1000]
                                     [--concurrency 50] [--refill 300]
                                     [--refill-qps 20:40,100:200]
-                                    [--database sqlite|postgres]
+                                    [--database sqlite|postgres] [--templates 3]
 
 Two parts, each with kubesim and the controller (``sandbox-controller serve``,
 SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is its own:
@@ -14,6 +14,8 @@ SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is it
    for the refill, so the pool refills while claims are served, as in production.
    Reports claim latency (client-side and the controller's own histogram), controller
    RSS, and Kubernetes API calls per session from kubesim's call record.
+   With --templates N, part 1 runs again with the same pool split into N templates'
+   warm pools (claims name them in turn), and the two are compared.
 2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
    (qps:burst), against the bound the limit sets: (API calls made - burst) / qps.
 
@@ -67,6 +69,7 @@ def start_controller(
     qps: float,
     burst: int,
     creates: int,
+    templates_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -89,6 +92,8 @@ def start_controller(
         "SANDBOX_PORT": str(port),
         "SANDBOX_LOG_LEVEL": "warning",
     }
+    if templates_file is not None:
+        env["SANDBOX_TEMPLATES_FILE"] = templates_file
     return subprocess.Popen(
         [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
     )
@@ -147,7 +152,16 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float:
     return float("inf")
 
 
-async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def templates_file(tmp: Path, count: int, pool: int) -> tuple[str, str]:
+    """``count`` templates of equal warm pools summing to ``pool``, and their names."""
+    names = [f"t{i}" for i in range(count)]
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "templates.yaml"
+    path.write_text("".join(f"- name: {n}\n  prewarm: {{size: {pool // count}}}\n" for n in names))
+    return str(path), ",".join(names)
+
+
+async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -> dict[str, Any]:
     # Room for every claim's replacement, and for the claims wrk still has in flight
     # when it stops counting (at most one per connection).
     max_total = args.pool + args.claims + args.concurrency
@@ -155,6 +169,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sim = Kubesim(tmp, nodes=nodes, node_cpu="128", node_memory="512Gi", startup_delay=0.05)
     database = fresh_database(args.database, tmp)
     port = free_port()
+    path, names = templates_file(tmp, templates, args.pool) if templates > 1 else (None, "")
     ctl = start_controller(
         sim.kubeconfig,
         database,
@@ -164,6 +179,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         qps=args.qps,
         burst=args.burst,
         creates=args.creates,
+        templates_file=path,
     )
     result: dict[str, Any] = {}
     try:
@@ -182,11 +198,11 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # Both phases by wrk, as in claim_bench.py, so the load generator's own
             # overhead stays out of the numbers. One at a time first: the latency of a
             # warm claim itself, no queueing.
-            serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial)
+            serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial, names)
             # Then the rest from --concurrency connections at once (wrk's two threads
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
-            loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share)
+            loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share, names)
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
@@ -314,6 +330,32 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         f"| refill of the {warm['sessions']:.0f} claimed pods after the claims | {warm['refill_s']:.1f} s |",
         f"| most pods kubesim ever held | {warm['max_pods_seen']} "
         f"(maxTotalJobs {args.pool + args.claims + args.concurrency}) |",
+    ]
+    many = warm.get("templates")
+    if many:
+        ratio = many["serial_p99_ms"] / warm["serial_p99_ms"]
+        lines += [
+            "",
+            f"## Warm claims with {args.templates} templates vs one (the same run)",
+            "",
+            f"The same pool of {args.pool}, split evenly into {args.templates} templates' "
+            "warm pools under the one maxTotalJobs; claims name the templates in turn.",
+            "",
+            f"| measure | one template | {args.templates} templates | ratio |",
+            "|---|---|---|---|",
+            f"| warm claim p50, one at a time | {warm['serial_p50_ms']:.1f} ms | "
+            f"{many['serial_p50_ms']:.1f} ms | "
+            f"{many['serial_p50_ms'] / warm['serial_p50_ms']:.2f} |",
+            f"| warm claim p99, one at a time | {warm['serial_p99_ms']:.1f} ms | "
+            f"{many['serial_p99_ms']:.1f} ms | {ratio:.2f} |",
+            f"| claim p99 at concurrency {args.concurrency} | {warm['p99_ms']:.1f} ms | "
+            f"{many['p99_ms']:.1f} ms | {many['p99_ms'] / warm['p99_ms']:.2f} |",
+            f"| claims served warm | {warm['warm']:.0f} of {warm['sessions']:.0f} | "
+            f"{many['warm']:.0f} of {many['sessions']:.0f} | |",
+            f"| pool of {args.pool} from zero to ready | {warm['fill_s']:.1f} s | "
+            f"{many['fill_s']:.1f} s | |",
+        ]
+    lines += [
         "",
         f"## Refill of a {args.refill}-pod pool from zero, by client rate limit",
         "",
@@ -349,7 +391,16 @@ def main() -> None:
     parser.add_argument("--refill-qps", default="20:40,100:200", help="qps:burst,...")
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--skip-claims", action="store_true")
+    parser.add_argument(
+        "--templates",
+        type=int,
+        default=1,
+        help="also run part 1 with this many templates (the same pool in all, split "
+        "evenly; claims name them in turn) and compare warm-claim latency",
+    )
     args = parser.parse_args()
+    if args.templates > 1:
+        args.pool -= args.pool % args.templates  # an even split: the same pool in both
     if not 1 <= args.serial <= args.claims:
         parser.error("--serial must be between 1 and --claims")
 
@@ -357,6 +408,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmpdir:
             tmp = Path(tmpdir)
             warm = {} if args.skip_claims else await warm_claims(args, tmp / "warm")
+            if args.templates > 1 and not args.skip_claims:
+                many = await warm_claims(args, tmp / "templates", args.templates)
+                print(json.dumps(many, indent=1), file=sys.stderr)
+                warm["templates"] = many
             refills = []
             for i, spec in enumerate(args.refill_qps.split(",")):
                 qps, burst = spec.split(":")

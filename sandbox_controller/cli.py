@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         "trace", help="export a trace of real sessions, or synthesize one", add_help=False
     )
     sub.add_parser("simulate", help="replay a trace through the real scheduler", add_help=False)
+    sub.add_parser(
+        "usage", help="pod-seconds per org and template (CSV), from the store", add_help=False
+    )
     return parser
 
 
@@ -237,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         from .plan import main as plan_main
 
         return plan_main(rest)
+    if args.command == "usage":
+        from .usage import usage_main
+
+        return usage_main(rest)
     if args.command == "simulate" and _wants_pictures(rest) and not _has_matplotlib():
         print(MATPLOTLIB_MISSING, file=sys.stderr)
         return 2

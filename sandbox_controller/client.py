@@ -206,6 +206,14 @@ class ThreadOwnedByOtherUserError(SandboxAPIError):
     code = ErrorCode.THREAD_OWNED_BY_OTHER_USER
 
 
+class UnknownTemplateError(SandboxAPIError):
+    code = ErrorCode.UNKNOWN_TEMPLATE
+
+
+class ResourcesOutOfBoundsError(SandboxAPIError):
+    code = ErrorCode.RESOURCES_OUT_OF_BOUNDS
+
+
 class NotReadyError(SandboxAPIError):
     """Client-side: the session was still provisioning when ``ready_within`` ran out.
     The session is live; open it again (same thread) to keep waiting, or delete it."""
@@ -238,6 +246,8 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         SessionNotFoundError,
         SessionEndedError,
         ThreadOwnedByOtherUserError,
+        UnknownTemplateError,
+        ResourcesOutOfBoundsError,
     )
 }
 RETRIED = frozenset({429, 503})
@@ -317,6 +327,8 @@ class AsyncSandboxClient:
         files: Mapping[str, str] | None = None,
         org_id: str | None = None,
         plan: str | None = None,
+        template: str | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> Opened:
         """The thread's session, ready. Retries 429/503 after Retry-After, polls while
         provisioning; raises the error for the code when it gives up.
@@ -345,6 +357,10 @@ class AsyncSandboxClient:
                 body["metadata"] = dict(metadata)
             if files:
                 body["files"] = [{"path": p, "content": c} for p, c in files.items()]
+            if template is not None:
+                body["template"] = template
+            if resources:
+                body["resources"] = dict(resources)
             try:
                 response = await self._call("POST", "/sessions", json=body)
                 break
@@ -451,6 +467,8 @@ class SandboxClient:
         files: Mapping[str, str] | None = None,
         org_id: str | None = None,
         plan: str | None = None,
+        template: str | None = None,
+        resources: Mapping[str, str] | None = None,
     ) -> Opened:
         return self._run(
             self._async.open_session(
@@ -463,6 +481,8 @@ class SandboxClient:
                 files=files,
                 org_id=org_id,
                 plan=plan,
+                template=template,
+                resources=resources,
             )
         )
 

@@ -6,9 +6,11 @@ backend's ``KubeOptions`` are derived from ``Settings``, never given defaults of
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -29,6 +31,7 @@ from .model import Limits, Plan, PrewarmPolicy, PrewarmSettings
 from .plans import PlanError, load_plans
 from .quantities import byte_size, parse_quantity
 from .sandbox_contract import ENV_CLAIM_SECRET
+from .templates import Template, TemplateError, default_templates, load_templates
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -55,6 +58,10 @@ Cpus = Annotated[float, BeforeValidator(parse_cpus)]
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+# A metadata key becomes the label agent-sandbox/meta-<key>: a label name of at most 63.
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,56}[A-Za-z0-9])?")
 
 
 class ConfigError(Exception):
@@ -192,6 +199,12 @@ class Settings(BaseSettings):
     kubeconfig: str | None = None
     pod_template_path: str | None = None
     pod_template_configmap: str | None = None
+
+    # Named sandbox templates (templates.py); unset: one, "default", from these settings.
+    templates_file: str | None = None
+    # Metadata keys (comma-separated) whose values label a session's pod on Kubernetes
+    # and Docker, for cost attribution: allow-listed, since labels are not secret.
+    pod_label_metadata_keys: str = ""
     kube_qps: float = Field(20.0, gt=0)
     kube_burst: int = Field(40, ge=1)
     # The PodDisruptionBudget over assigned sandbox pods (the chart's) whose
@@ -286,6 +299,28 @@ class Settings(BaseSettings):
         return f"{scheme}://{session_id}.{self.proxy_session_domain}{suffix}/"
 
     def limits(self) -> Limits:
+        base = self._base_limits()
+        # Without a templates file, none: the one default template follows the fields
+        # (prewarm_pool_size, prewarm) of these limits, as a sweep changes them.
+        templates = () if self.templates_file is None else self.templates(base)
+        return dataclasses.replace(
+            base,
+            templates=tuple(t.limits for t in templates),
+            label_metadata_keys=self.label_metadata_keys,
+        )
+
+    def templates(self, base: Limits | None = None) -> tuple[Template, ...]:
+        """The sandbox templates, the default first (templates.py)."""
+        base = base or self._base_limits()
+        if self.templates_file is None:
+            return default_templates(base)
+        return load_templates(self.templates_file, base)
+
+    @property
+    def label_metadata_keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.pod_label_metadata_keys.split(",") if k.strip())
+
+    def _base_limits(self) -> Limits:
         return Limits(
             prewarm_pool_size=self.prewarm_pool_size,
             max_total_jobs=self.max_total_jobs,
@@ -323,6 +358,7 @@ class Settings(BaseSettings):
             rootfs_size_limit=self.rootfs_size_limit,
             direct_readiness=self.kube_direct_readiness,
             readiness_interval=self.kube_readiness_interval,
+            templates=self.templates(),
         )
 
     def docker_options(self) -> DockerOptions:
@@ -339,6 +375,7 @@ class Settings(BaseSettings):
             workspace_size=min(self.tmp_dir_size_limit, self.docker_memory),
             user=self.docker_user,
             max_concurrent_creates=self.max_concurrent_creates,
+            templates=self.templates(),
         )
 
     @field_validator("api_tokens")
@@ -365,7 +402,9 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (not {value!r})")
         return value.lower()
 
-    @field_validator("docker_runtime", "docker_url", "kube_disruption_budget", mode="before")
+    @field_validator(
+        "docker_runtime", "docker_url", "kube_disruption_budget", "templates_file", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -408,6 +447,16 @@ class Settings(BaseSettings):
             raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
         if self.kube_readiness_interval < 0.01:
             raise ValueError("SANDBOX_KUBE_READINESS_INTERVAL must be at least 10ms")
+        for key in self.label_metadata_keys:
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"SANDBOX_POD_LABEL_METADATA_KEYS: {key!r} cannot name a label "
+                    "(letters, digits, -, _ and ., at most 58 characters)"
+                )
+        try:
+            self.templates()
+        except TemplateError as exc:
+            raise ValueError(f"SANDBOX_TEMPLATES_FILE: {exc}") from None
         return self
 
 
@@ -435,6 +484,7 @@ class KubeOptions:
     # seconds. Not operator settings: tests shorten them to fail over quickly.
     retry_base: float = 0.2
     retry_cap: float = 10.0
+    templates: tuple[Template, ...] = ()  # (): one, the pod template as it is
 
 
 @dataclass(frozen=True)
@@ -457,6 +507,7 @@ class DockerOptions:
     stop_grace: float = 5.0
     retry_base: float = 0.2
     retry_cap: float = 10.0
+    templates: tuple[Template, ...] = ()  # (): one, these settings' own
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -78,6 +78,7 @@ async def make_backend(
 
     return LocalBackend(
         settings.state_dir,
+        templates=settings.templates(),
         stop_on_close=stop_on_close,
         write_guard=write_guard,
         claim_key=claim_key,

@@ -77,6 +77,22 @@ class ThreadOwnedByOtherUser(SandboxError):
         self.thread_id = thread_id
 
 
+class UnknownTemplate(SandboxError):
+    def __init__(self, template: str, known: tuple[str, ...]) -> None:
+        super().__init__(template)
+        self.template = template
+        self.known = known
+
+
+class ResourcesOutOfBounds(SandboxError):
+    """A session asked for more (or for something other) than its template allows."""
+
+    def __init__(self, template: str, reason: str) -> None:
+        super().__init__(reason)
+        self.template = template
+        self.reason = reason
+
+
 class SessionNotFound(SandboxError):
     def __init__(self, session_id: str) -> None:
         super().__init__(session_id)

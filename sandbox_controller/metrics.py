@@ -61,6 +61,22 @@ class _PoolCollector(Collector):
             "1 while the pool condition holds (GET /pool conditions), by type",
             labels=["type"],
         )
+        # Each template's part (the families above stay totals, for existing dashboards).
+        template_pods = GaugeMetricFamily(
+            "sandbox_template_pods",
+            "Sandbox pods by template and state",
+            labels=["template", "state"],
+        )
+        template_target = GaugeMetricFamily(
+            "sandbox_template_prewarm_target",
+            "Warm pods each template's prewarm policy wants now",
+            labels=["template"],
+        )
+        template_waiters = GaugeMetricFamily(
+            "sandbox_template_waiters",
+            "Session requests waiting for a pod, by template",
+            labels=["template"],
+        )
         leader = GaugeMetricFamily("sandbox_is_leader", "1 on the replica that schedules")
         leader.add_metric([], 1.0 if self._is_leader() else 0.0)
         if status is not None:
@@ -80,6 +96,11 @@ class _PoolCollector(Collector):
             holding = {c.type for c in status.conditions}
             for kind in ConditionType:
                 condition.add_metric([kind.value], 1.0 if kind in holding else 0.0)
+            for part in status.templates:
+                for state in PodState:
+                    template_pods.add_metric([part.name, state.value], part.pods[state])
+                template_target.add_metric([part.name], part.prewarm.target)
+                template_waiters.add_metric([part.name], part.waiters)
         yield from (
             pods,
             creating,
@@ -92,6 +113,9 @@ class _PoolCollector(Collector):
             prewarm_target,
             per_user,
             condition,
+            template_pods,
+            template_target,
+            template_waiters,
         )
         yield leader
 

@@ -54,6 +54,31 @@ class Outcome(enum.StrEnum):
     ORG_RATE = "org_rate"  # the org opened its plan's sessions_per_minute in the last minute
 
 
+# The template a deployment without SANDBOX_TEMPLATES_FILE runs (and a stored row with
+# no template names: NULL, from before templates).
+DEFAULT_TEMPLATE = "default"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU and memory as Kubernetes quantities (``500m``, ``2Gi``); None: not set."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a pod is made as: its template, and resources when they are not the
+    template's own (None). Warm pods are kept, and handed out, per shape."""
+
+    template: str = DEFAULT_TEMPLATE
+    resources: Resources | None = None
+
+
 @dataclass
 class Pod:
     name: str
@@ -78,6 +103,12 @@ class Pod:
     # created_at on this process's monotonic clock, which its start-up deadline runs
     # on (in memory, not stored; set by the pool: scheduler/pool.py).
     created_mono: float = field(default=0.0, compare=False)
+    template: str = DEFAULT_TEMPLATE
+    resources: Resources | None = None  # None: the template's own
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.template, self.resources)
 
 
 class ActivitySource(enum.StrEnum):
@@ -179,6 +210,12 @@ class Session:
     # stored wall times when loaded: scheduler/pool.py).
     created_mono: float = field(default=0.0, compare=False)
     active_mono: float = field(default=0.0, compare=False)
+    template: str = DEFAULT_TEMPLATE
+    resources: Resources | None = None  # None: the template's own
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.template, self.resources)
 
     @property
     def live(self) -> bool:
@@ -255,6 +292,18 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class TemplateLimits:
+    """What the scheduler knows of one template: its warm pool's policy, and the
+    resources a session may ask for (templates.py reads the rest, for the backends)."""
+
+    name: str
+    prewarm_pool_size: int = 1
+    prewarm: PrewarmSettings = PrewarmSettings()
+    resources: Resources = Resources()  # its pods' own
+    max_resources: Resources = Resources()  # the most a session may ask (None: its own)
+
+
+@dataclass(frozen=True)
 class Limits:
     """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
 
@@ -282,6 +331,21 @@ class Limits:
     max_claim_attempts: int = 3
     # The named plans (SANDBOX_PLANS_FILE); a session without a plan has the defaults.
     plans: tuple[Plan, ...] = ()
+    # The templates, the default first (templates.py). Empty: one template, named
+    # DEFAULT_TEMPLATE, with prewarm_pool_size and prewarm above.
+    templates: tuple[TemplateLimits, ...] = ()
+    # Metadata keys whose values label a session's pod (cost attribution).
+    label_metadata_keys: tuple[str, ...] = ()
+
+    @property
+    def all_templates(self) -> tuple[TemplateLimits, ...]:
+        if self.templates:
+            return self.templates
+        return (TemplateLimits(DEFAULT_TEMPLATE, self.prewarm_pool_size, self.prewarm),)
+
+    @property
+    def default_template(self) -> str:
+        return self.all_templates[0].name
 
     @property
     def reclaim_after(self) -> float:
@@ -373,6 +437,18 @@ class Route:
 
 
 @dataclass(frozen=True)
+class TemplateStatus:
+    """One template's part of the pool: GET /pool's ``templates`` and the metrics'
+    ``template`` label."""
+
+    name: str
+    pods: Mapping[PodState, int]
+    creating: int
+    waiters: int
+    prewarm: PrewarmTarget
+
+
+@dataclass(frozen=True)
 class PoolStatus:
     """The pool at one moment: what GET /pool and the metrics collector both show."""
 
@@ -385,6 +461,7 @@ class PoolStatus:
     limits: Limits
     prewarm: PrewarmTarget | None = None  # None: no pool (a standby)
     conditions: tuple[PoolCondition, ...] = ()
+    templates: tuple[TemplateStatus, ...] = ()  # each template's part, the default first
 
     @classmethod
     def empty(cls, limits: Limits) -> PoolStatus:

@@ -27,6 +27,8 @@ class ErrorCode(enum.StrEnum):
     ORG_SESSION_LIMIT = "org_session_limit"
     ORG_RATE_LIMITED = "org_rate_limited"
     CAPACITY_EXHAUSTED = "capacity_exhausted"
+    UNKNOWN_TEMPLATE = "unknown_template"
+    RESOURCES_OUT_OF_BOUNDS = "resources_out_of_bounds"
     NOT_LEADER = "not_leader"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -52,6 +54,8 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.ORG_SESSION_LIMIT: 429,
     ErrorCode.ORG_RATE_LIMITED: 429,
     ErrorCode.CAPACITY_EXHAUSTED: 503,
+    ErrorCode.UNKNOWN_TEMPLATE: 422,
+    ErrorCode.RESOURCES_OUT_OF_BOUNDS: 422,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
-from ..model import Outcome, PoolStatus, SessionQuery, SessionView
+from ..model import Outcome, PoolStatus, Resources, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .auth import ANONYMOUS, Caller, authenticated_caller
 from .badbytes import RefuseBadBytes
@@ -160,6 +160,7 @@ def create_app(controller: Controller) -> FastAPI:
             files=tuple(ClaimFile(f.path, f.content) for f in body.files),
         )
         try:
+            resources = body.resources
             opened = await leading().open_session(
                 body.user_id,
                 body.thread_id,
@@ -167,6 +168,8 @@ def create_app(controller: Controller) -> FastAPI:
                 payload,
                 org_id=body.org_id or "",
                 plan=body.plan,
+                template=body.template,
+                resources=Resources(resources.cpu, resources.memory) if resources else None,
             )
         except SandboxError as exc:
             ctl.metrics.refused(exc)

@@ -20,12 +20,14 @@ from ..errors import (
     NotLeader,
     OrgRateLimited,
     OrgSessionLimit,
+    ResourcesOutOfBounds,
     SandboxError,
     SessionEnded,
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
     UnknownPlan,
+    UnknownTemplate,
     UserSessionLimit,
 )
 from ..wire_errors import STATUS, ErrorCode
@@ -107,6 +109,15 @@ def problem(exc: SandboxError) -> Problem:
             return Problem.of(
                 ErrorCode.THREAD_OWNED_BY_OTHER_USER,
                 f"thread {exc.thread_id} belongs to another user",
+            )
+        case UnknownTemplate():
+            known = ", ".join(exc.known)
+            return Problem.of(
+                ErrorCode.UNKNOWN_TEMPLATE, f"no template {exc.template!r} (known: {known})"
+            )
+        case ResourcesOutOfBounds():
+            return Problem.of(
+                ErrorCode.RESOURCES_OUT_OF_BOUNDS, f"template {exc.template}: {exc.reason}"
             )
         case SessionNotFound():
             return Problem.of(ErrorCode.SESSION_NOT_FOUND, f"no session {exc.session_id}")

@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..model import ACTIVITY_BATCH_MAX
+from ..templates import parse_resources
 from ..wire_errors import ErrorCode
 from .badbytes import unstorable
 
@@ -60,6 +61,9 @@ FILES_TOTAL_MAX = 256 * 1024  # contents
 # The code of a 422 for a payload over one of these limits.
 LIMIT_CODE = ErrorCode.CLAIM_LIMIT_EXCEEDED.value
 
+# A template's name (templates.py: a DNS label) and a Kubernetes quantity (2, 500m, 4Gi).
+TEMPLATE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Stored and shown: printable, as ids are (no C0/C1 control character).
 _PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"
@@ -140,6 +144,23 @@ class ClaimFileBody(BaseModel):
     ]
 
 
+class ResourcesBody(BaseModel):
+    """CPU and memory as Kubernetes quantities, within the template's maxResources."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    cpu: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, examples=["2"])
+    memory: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN, examples=["4Gi"])
+
+    @model_validator(mode="after")
+    def _amounts(self) -> ResourcesBody:
+        try:
+            parse_resources(self.model_dump())
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -155,6 +176,17 @@ class CreateSession(BaseModel):
         None,
         description="a plan of SANDBOX_PLANS_FILE; none: the deployment's limits "
         "(unknown: 422 unknown_plan)",
+    )
+    template: str | None = Field(
+        None,
+        max_length=63,
+        pattern=TEMPLATE_PATTERN,
+        description="the sandbox template (absent: the default one); unknown: 422 unknown_template",
+    )
+    resources: ResourcesBody | None = Field(
+        None,
+        description="resources of its own, within the template's maxResources (else 422 "
+        "resources_out_of_bounds); other than the template's own, it is served cold",
     )
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict,

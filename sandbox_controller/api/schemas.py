@@ -23,6 +23,7 @@ from ..model import (
     SessionState,
     WaitReason,
 )
+from ..templates import describe
 from ..tokens import issue_token
 from .request_bodies import (
     ENV_MAX_KEYS,
@@ -194,10 +195,16 @@ class SessionBody(BaseModel):
     plan: str | None = Field(
         description="the plan it was admitted under (null: the deployment's limits)"
     )
+    template: str = Field(description="the sandbox template it runs")
+    resources: dict[str, str] | None = Field(
+        description="the resources it asked for (cpu, memory); null: its template's own"
+    )
     last_activity: LastActivity
     end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
     detail: str | None = Field(
-        None, description="provisioning only: why the sandbox is not ready yet"
+        None,
+        description="provisioning: why the sandbox is not ready yet; a session with "
+        "resources of its own also says it is served cold",
     )
 
 
@@ -217,6 +224,20 @@ class PoolConditionBody(BaseModel):
     since: str = Field(description="when it began: the first refusal since the last success")
 
 
+class PrewarmBody(BaseModel):
+    policy: Literal["static", "adaptive"]
+    target: int
+    reason: str
+
+
+class TemplatePoolBody(BaseModel):
+    name: str
+    pods: PodCounts
+    creating: int
+    waiters: int
+    prewarm: PrewarmBody
+
+
 class PoolBody(BaseModel):
     pods: PodCounts
     creating: int
@@ -228,6 +249,10 @@ class PoolBody(BaseModel):
     conditions: list[PoolConditionBody] = Field(
         description="what keeps the pool from filling; empty when nothing does. A "
         "condition clears by itself on the first successful create"
+    )
+    templates: list[TemplatePoolBody] = Field(
+        description="each template's pods, creates, waiting sessions and warm pool target "
+        "(the default first); the totals above are their sums"
     )
     leader: bool
 
@@ -324,6 +349,20 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
             {"type": c.type.value, "message": c.message, "since": iso(c.since)}
             for c in status.conditions
         ],
+        "templates": [
+            {
+                "name": t.name,
+                "pods": {state.value: t.pods[state] for state in PodState},
+                "creating": t.creating,
+                "waiters": t.waiters,
+                "prewarm": {
+                    "policy": t.prewarm.policy.value,
+                    "target": t.prewarm.target,
+                    "reason": t.prewarm.reason,
+                },
+            }
+            for t in status.templates
+        ],
         "leader": leader,
     }
 
@@ -375,6 +414,8 @@ def session_json(
         "metadata": dict(session.metadata),
         "org_id": session.org_id or None,
         "plan": session.plan,
+        "template": session.template,
+        "resources": session.resources.as_dict() if session.resources else None,
         "last_activity": {
             "at": iso(session.last_active_at),
             "source": session.activity_source.value if session.activity_source else None,
@@ -389,4 +430,10 @@ def session_json(
         }
     if session.state is SessionState.PROVISIONING:
         body["detail"] = wait_detail(detail)
+    if session.resources is not None and session.state is not SessionState.ENDED:
+        cold = (
+            f"served cold: resources of its own ({describe(session.resources)}), "
+            f"not template {session.template}'s"
+        )
+        body["detail"] = f"{body['detail']}; {cold}" if body.get("detail") else cold
     return body

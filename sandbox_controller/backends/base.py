@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from ..model import DEFAULT_TEMPLATE, Resources, Shape
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 # Set by the pod template (the chart: the release); narrows which pods are ours.
@@ -22,6 +25,18 @@ MANAGED_BY = "agent-sandbox-controller"
 LABEL_STATE = "agent-sandbox/state"
 LABEL_SESSION = "agent-sandbox/session"
 LABEL_TEMPLATE_HASH = "agent-sandbox/template-hash"
+# The template a pod is made from, and the resources when not the template's own (so a
+# cost tool can attribute a pod; and so a restarted controller knows its shape).
+LABEL_TEMPLATE = "agent-sandbox/template"
+LABEL_CPU = "agent-sandbox/cpu"
+LABEL_MEMORY = "agent-sandbox/memory"
+# Cost attribution: the session's org, and allow-listed metadata keys (labels.py).
+LABEL_ORG = "agent-sandbox/org"
+LABEL_META_PREFIX = "agent-sandbox/meta-"
+# A sandbox's environment names its template, and its resources when its own.
+ENV_TEMPLATE = "AGENT_SANDBOX_TEMPLATE"
+ENV_CPU = "AGENT_SANDBOX_CPU"
+ENV_MEMORY = "AGENT_SANDBOX_MEMORY"
 # One per create call, so a retry can find the pod a lost answer was about.
 LABEL_CREATE_ID = "agent-sandbox/create-id"
 # On the controller's own pod while it leads: the controller Service selects it.
@@ -50,14 +65,66 @@ class LabelState(enum.StrEnum):
     ASSIGNED = "assigned"
 
 
-def pool_labels() -> dict[str, str]:
-    """The labels of a new pod made for the warm pool."""
-    return {LABEL_STATE: LabelState.POOL.value}
+def pool_labels(shape: Shape | None = None) -> dict[str, str]:
+    """The labels of a new pod made for the warm pool, in ``shape`` (None: the default
+    template's own). A backend makes the pod in the shape they say (``shape_of``)."""
+    labels = {LABEL_STATE: LabelState.POOL.value}
+    if shape is not None:
+        labels[LABEL_TEMPLATE] = shape.template
+        if shape.resources is not None:
+            if shape.resources.cpu:
+                labels[LABEL_CPU] = shape.resources.cpu
+            if shape.resources.memory:
+                labels[LABEL_MEMORY] = shape.resources.memory
+    return labels
+
+
+def shape_env(shape: Shape) -> dict[str, str]:
+    """What a sandbox is told of its own shape, in its environment."""
+    env = {ENV_TEMPLATE: shape.template}
+    if shape.resources is not None:
+        if shape.resources.cpu:
+            env[ENV_CPU] = shape.resources.cpu
+        if shape.resources.memory:
+            env[ENV_MEMORY] = shape.resources.memory
+    return env
+
+
+def shape_of(labels: Mapping[str, str], default_template: str = DEFAULT_TEMPLATE) -> Shape:
+    """The shape a pod's labels say it was made in (no template label: the default)."""
+    cpu, memory = labels.get(LABEL_CPU) or None, labels.get(LABEL_MEMORY) or None
+    resources = Resources(cpu, memory) if cpu or memory else None
+    return Shape(labels.get(LABEL_TEMPLATE) or default_template, resources)
 
 
 def assigned_labels(session_id: str) -> dict[str, str]:
     """The labels a pod gets when it is given to ``session_id``."""
     return {LABEL_STATE: LabelState.ASSIGNED.value, LABEL_SESSION: session_label(session_id)}
+
+
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def label_value(value: str) -> str:
+    """``value`` made a valid label value: characters outside ``[A-Za-z0-9_.-]`` become
+    ``_``, at most 63 characters, starting and ending with a letter or digit ('' if
+    nothing is left)."""
+    cleaned = _LABEL_VALUE_BAD.sub("_", value)[:63]
+    return cleaned.strip("_.-")
+
+
+def attribution_labels(
+    metadata: Mapping[str, str], keys: tuple[str, ...], org: str = ""
+) -> dict[str, str]:
+    """Cost attribution on a session's pod: its org (if any) and the allow-listed
+    metadata keys, values made valid label values (an empty result is left out)."""
+    labels = {}
+    if org and (value := label_value(org)):
+        labels[LABEL_ORG] = value
+    for key in keys:
+        if key in metadata and (value := label_value(metadata[key])):
+            labels[LABEL_META_PREFIX + key] = value
+    return labels
 
 
 def _label_state(value: str | None) -> LabelState | None:
@@ -133,6 +200,8 @@ class PodStatus:
     label_state: LabelState | None = field(init=False)
     session_hash: str | None = field(init=False)  # session_label() of its session
     template_hash: str | None = field(init=False)
+    template: str | None = field(init=False)  # None: no label (the default template)
+    resources: Resources | None = field(init=False)  # None: the template's own
     create_id: str | None = field(init=False)  # its claim secret derives from it
 
     def __post_init__(self) -> None:
@@ -142,6 +211,8 @@ class PodStatus:
             "session_hash": labels.get(LABEL_SESSION) or None,
             "template_hash": labels.get(LABEL_TEMPLATE_HASH) or None,
             "create_id": labels.get(LABEL_CREATE_ID) or None,
+            "template": labels.get(LABEL_TEMPLATE) or None,
+            "resources": shape_of(labels).resources,
         }
         for name, value in decoded.items():
             object.__setattr__(self, name, value)
@@ -175,7 +246,10 @@ class HurriesForWaiters(Protocol):
 
 class Backend(Protocol):
     template_hash: str
-    """Hash of the pod template in force; pods with another hash are from an old one."""
+    """Hash of the (default) pod template in force; pods with another hash are from an
+    old one."""
+    template_hashes: dict[str, str]
+    """The hash of each template by name (one entry, the default, without templates)."""
 
     async def start(self) -> None:
         """Begin following the pods: a fresh list (resync() is complete and current
@@ -187,7 +261,8 @@ class Backend(Protocol):
         taken. A standby keeps no backlog; the next start() lists afresh."""
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
-        """Create one sandbox pod and return its name (it starts out pending)."""
+        """Create one sandbox pod and return its name (it starts out pending), in the
+        shape its labels say (``shape_of``: the template, and its resources if set)."""
 
     async def delete_pod(self, name: str) -> None:
         """Delete a pod; deleting one that is already gone is not an error."""

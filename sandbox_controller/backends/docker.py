@@ -40,9 +40,12 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
+from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import ENV_POD_NAME, claim_env
+from ..templates import Template
 from .base import (
     LABEL_CREATE_ID,
+    LABEL_TEMPLATE,
     BackendError,
     ErrorKind,
     PodEvent,
@@ -51,6 +54,8 @@ from .base import (
     WriteGuard,
     new_pod_name,
     no_guard,
+    shape_env,
+    shape_of,
 )
 from .docker_events import CONNECTION_ERRORS, follow_events
 from .docker_room import HostRoom
@@ -63,6 +68,7 @@ from .docker_spec import (
     label_filters,
     network_spec,
     observe,
+    sized,
     template_hash,
     timestamp,
 )
@@ -107,6 +113,7 @@ class DockerBackend(HostRoom):
         image_id: str,
         host: Host,
         *,
+        image_ids: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         stop_on_close: bool = False,
@@ -121,8 +128,28 @@ class DockerBackend(HostRoom):
         self.host = host
         self.clock: Clock = clock or SystemClock()
         self.write_guard = write_guard
-        self.spec = container_spec(options, image_id)
-        self.template_hash = template_hash(self.spec)
+        # Each template's container (image, CPU, memory, env), the default first; the
+        # image ids by image name (connect() inspects each template's image).
+        ids = dict(image_ids or {options.image: image_id})
+        templates = options.templates or (
+            Template(DEFAULT_TEMPLATE, TemplateLimits(DEFAULT_TEMPLATE)),
+        )
+        self.default_template = templates[0].name
+        self.templates = {t.name: t for t in templates}
+        self.specs = {
+            t.name: container_spec(
+                sized(options, t.resources), ids[t.docker_image or options.image]
+            )
+            for t in templates
+        }
+        self.template_hashes = {
+            name: template_hash({**spec, "Env": sorted(self.templates[name].env.items())})
+            if self.templates[name].env
+            else template_hash(spec)
+            for name, spec in self.specs.items()
+        }
+        self.spec = self.specs[self.default_template]
+        self.template_hash = self.template_hashes[self.default_template]
         self.backoff = Backoff(options.retry_base, options.retry_cap)
         self._owns_docker = False
         self._filters = label_filters(options)
@@ -155,25 +182,15 @@ class DockerBackend(HostRoom):
         except (ValueError, AssertionError):  # aiodocker's way of saying no socket found
             raise _no_daemon(options.url) from None
         try:
-            try:
-                image = await docker.images.inspect(options.image)
-            except aiodocker.DockerError as exc:
-                if exc.status == NO_DAEMON:
-                    raise _no_daemon(options.url) from None
-                if exc.status != 404:
-                    raise
-                raise BackendError(
-                    f"sandbox image {options.image} is not on the Docker host "
-                    "(build or pull it: see deploy/docker/devsandbox.Dockerfile)",
-                    retryable=False,
-                    kind=ErrorKind.PERMANENT,
-                ) from None
+            images = [options.image] + [t.docker_image for t in options.templates if t.docker_image]
+            image_ids = {name: await _image_id(docker, options, name) for name in images}
             host = Host.from_info(await docker.system.info(), options.reserved_memory)
             backend = cls(
                 docker,
                 options,
-                str(image["Id"]),
+                image_ids[options.image],
                 host,
+                image_ids=image_ids,
                 clock=clock,
                 write_guard=write_guard,
                 stop_on_close=stop_on_close,
@@ -241,17 +258,28 @@ class DockerBackend(HostRoom):
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
         create_id = uuid.uuid4().hex
+        shape = shape_of(labels, self.default_template)
+        template = self.templates.get(shape.template)
+        if template is None:
+            raise BackendError(f"no template {shape.template}", kind=ErrorKind.PERMANENT)
         all_labels = {
             **labels,
-            **base_labels(self.options, self.template_hash),
+            **base_labels(self.options, self.template_hashes[shape.template]),
+            LABEL_TEMPLATE: shape.template,
             LABEL_CREATE_ID: create_id,
         }
+        spec = self.specs[shape.template]
+        options = sized(self.options, template.resources)
+        if shape.resources is not None:
+            options = sized(options, shape.resources)
+            spec = container_spec(options, spec["Image"])
+        env = {**template.env, **shape_env(shape)}
         async with self._create_slots:
-            name, container_id = await self._create(all_labels)
+            name, container_id = await self._create(all_labels, spec, env)
             entry = self._containers.get(name)
             if entry is None:  # else the event stream saw it first
                 entry = SandboxContainer(
-                    name, container_id, time.time(), all_labels, self.options.memory
+                    name, container_id, time.time(), all_labels, options.memory
                 )
                 self._containers[name] = entry
             async with self._admit:
@@ -264,11 +292,17 @@ class DockerBackend(HostRoom):
                     self._wait_for_room(entry, held_back=True)
         return name
 
-    async def _create(self, labels: dict[str, str]) -> tuple[str, str]:
+    async def _create(
+        self, labels: dict[str, str], spec: Obj, own_env: Mapping[str, str]
+    ) -> tuple[str, str]:
         for attempt in range(NAME_ATTEMPTS):
             name = new_pod_name(8)  # Docker names are host-wide: a longer draw
-            env = {ENV_POD_NAME: name, **claim_env(self.claim_key, labels[LABEL_CREATE_ID])}
-            config = {**self.spec, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()]}
+            env = {
+                **own_env,
+                ENV_POD_NAME: name,
+                **claim_env(self.claim_key, labels[LABEL_CREATE_ID]),
+            }
+            config = {**spec, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()]}
             self.write_guard()
             try:
                 container = await self.docker.containers.create(config, name=name)
@@ -480,3 +514,21 @@ class DockerBackend(HostRoom):
             self._forget(name)
             return
         await self._refresh(name)
+
+
+async def _image_id(docker: aiodocker.Docker, options: DockerOptions, image: str) -> str:
+    """The id of a sandbox image on the host (the backend never pulls)."""
+    try:
+        found = await docker.images.inspect(image)
+    except aiodocker.DockerError as exc:
+        if exc.status == NO_DAEMON:
+            raise _no_daemon(options.url) from None
+        if exc.status != 404:
+            raise
+        raise BackendError(
+            f"sandbox image {image} is not on the Docker host "
+            "(build or pull it: see deploy/docker/devsandbox.Dockerfile)",
+            retryable=False,
+            kind=ErrorKind.PERMANENT,
+        ) from None
+    return str(found["Id"])

@@ -4,6 +4,7 @@ each container. No I/O here."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -13,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from ..config import DockerOptions
+from ..model import Resources
+from ..quantities import cpu_millis, memory_bytes
 from ..sandbox_contract import POD_PORT
 from .base import (
     LABEL_INSTANCE,
@@ -99,6 +102,13 @@ def network_spec(network: str) -> Obj:
         "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
         "Options": {"com.docker.network.bridge.name": bridge_name(network)},
     }
+
+
+def sized(options: DockerOptions, resources: Resources) -> DockerOptions:
+    """The options with a template's or a session's CPU and memory in place."""
+    cpus = cpu_millis(resources.cpu) / 1000 if resources.cpu else options.cpus
+    memory = memory_bytes(resources.memory) if resources.memory else options.memory
+    return dataclasses.replace(options, cpus=cpus, memory=memory)
 
 
 def template_hash(spec: Obj) -> str:

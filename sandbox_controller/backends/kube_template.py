@@ -11,7 +11,9 @@ from typing import Any
 
 import yaml
 
+from ..model import Resources
 from ..sandbox_contract import HEALTH_PATH, POD_PORT
+from ..templates import Template
 from .base import LABEL_MANAGED_BY, LABEL_TEMPLATE_HASH, MANAGED_BY, POD_NAME_PREFIX
 
 Obj = dict[str, Any]
@@ -148,3 +150,33 @@ def build_pod(
             kept = [e for e in container.get("env") or [] if e.get("name") not in env]
             container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
     return pod
+
+
+def for_template(base: Obj, template: Template) -> Obj:
+    """A template's pod template: its own file, else the base one, with its image,
+    resources and env on the first container. A template that sets none of these is
+    the base itself (same hash: adding templates rolls no pod)."""
+    pod = load_template(template.pod_template) if template.pod_template else copy.deepcopy(base)
+    container = pod["spec"]["containers"][0]
+    if template.image:
+        container["image"] = template.image
+    with_resources(pod, template.resources)
+    if template.env:
+        kept = [e for e in container.get("env") or [] if e.get("name") not in template.env]
+        container["env"] = kept + [{"name": k, "value": v} for k, v in template.env.items()]
+    return pod
+
+
+def with_resources(pod: Obj, resources: Resources) -> None:
+    """Set the first container's requests (and its limits, where the template limits
+    that resource) to ``resources``."""
+    container = pod["spec"]["containers"][0]
+    wanted = resources.as_dict()
+    if not wanted:
+        return
+    spec = container.setdefault("resources", {})
+    spec.setdefault("requests", {}).update(wanted)
+    limits = spec.get("limits") or {}
+    for kind, value in wanted.items():
+        if kind in limits:
+            limits[kind] = value

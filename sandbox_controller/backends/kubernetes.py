@@ -28,13 +28,16 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
+from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import claim_env
+from ..templates import Template
 from .base import (
     LABEL_CREATE_ID,
     LABEL_INSTANCE,
     LABEL_LEADER,
     LABEL_MANAGED_BY,
     LABEL_STATE,
+    LABEL_TEMPLATE,
     MANAGED_BY,
     BackendError,
     ErrorKind,
@@ -44,6 +47,8 @@ from .base import (
     PodStatus,
     WriteGuard,
     no_guard,
+    shape_env,
+    shape_of,
 )
 from .expectations import CreateExpectations
 from .kit import EventFeed
@@ -55,9 +60,11 @@ from .kube_template import (
     ASSIGNED_ANNOTATIONS,
     build_pod,
     default_template,
+    for_template,
     load_template,
     pod_port,
     template_hash,
+    with_resources,
 )
 from .ratelimit import TokenBucket, parse_retry_after
 
@@ -138,7 +145,14 @@ class KubernetesBackend:
             if options.template_path
             else default_template(options.tmp_dir_size_limit, options.rootfs_size_limit)
         )
-        self.template_hash = template_hash(self.template)
+        # Each template's pod template (templates.py), the default first; its hash
+        # changes only when that template does, so only its pods roll.
+        templates = options.templates or default_templates_for_kube()
+        self.default_template = templates[0].name
+        self.templates = {t.name: for_template(self.template, t) for t in templates}
+        self.template_hashes = {name: template_hash(t) for name, t in self.templates.items()}
+        self.template = self.templates[self.default_template]
+        self.template_hash = self.template_hashes[self.default_template]
         self.template_configmap = options.template_configmap
         self.clock = clock or SystemClock()
         self.write_guard = write_guard
@@ -309,7 +323,16 @@ class KubernetesBackend:
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
         env = claim_env(self.claim_key, create_id)
-        body = build_pod(self.template, labels, self.template_hash, self._owner, env)
+        shape = shape_of(labels, self.default_template)
+        template = self.templates.get(shape.template)
+        if template is None:
+            raise BackendError(f"no template {shape.template}", kind=ErrorKind.PERMANENT)
+        labels[LABEL_TEMPLATE] = shape.template
+        env.update(shape_env(shape))
+        hash_ = self.template_hashes[shape.template]
+        body = build_pod(template, labels, hash_, self._owner, env)
+        if shape.resources is not None:
+            with_resources(body, shape.resources)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
             # No await from here on: the watch cannot slip in between these lines.
@@ -578,3 +601,8 @@ def _error(status: int, raw: bytes, retry_after: str | None) -> KubeError:
     except (ValueError, AttributeError):
         pass
     return KubeError(status, message, parse_retry_after(retry_after))
+
+
+def default_templates_for_kube() -> tuple[Template, ...]:
+    """No templates: one, the pod template as it is."""
+    return (Template(DEFAULT_TEMPLATE, TemplateLimits(DEFAULT_TEMPLATE)),)

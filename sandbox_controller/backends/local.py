@@ -33,10 +33,13 @@ from .. import __version__
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
+from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import claim_env
+from ..templates import Template
 from .base import (
     LABEL_CREATE_ID,
     LABEL_MANAGED_BY,
+    LABEL_TEMPLATE,
     LABEL_TEMPLATE_HASH,
     MANAGED_BY,
     BackendError,
@@ -47,6 +50,8 @@ from .base import (
     WriteGuard,
     new_pod_name,
     no_guard,
+    shape_env,
+    shape_of,
 )
 from .kit import EventFeed
 from .probing import wait_until_serving
@@ -106,6 +111,7 @@ class LocalBackend:
         write_guard: WriteGuard = no_guard,
         claim_key: bytes | None = None,
         sandbox_args: tuple[str, ...] = (),
+        templates: tuple[Template, ...] = (),
     ) -> None:
         self.state_dir = Path(state_dir) / "pods"
         # Each sandbox's claim secret derives from it (sandbox_contract); None: the
@@ -118,7 +124,13 @@ class LocalBackend:
         self.python = python
         self.clock: Clock = clock or SystemClock()
         self._closing = asyncio.Event()
-        self.template_hash = hashlib.sha256(f"devsandbox:{__version__}".encode()).hexdigest()[:10]
+        # Each template's devsandbox arguments and env; without templates, one default.
+        self.templates = {t.name: t for t in templates} or {
+            DEFAULT_TEMPLATE: Template(DEFAULT_TEMPLATE, TemplateLimits(DEFAULT_TEMPLATE))
+        }
+        self.default_template = next(iter(self.templates))
+        self.template_hashes = {name: _local_hash(t) for name, t in self.templates.items()}
+        self.template_hash = self.template_hashes[self.default_template]
         self._procs: dict[str, _Process] = {}
         self._feed = EventFeed()  # open while this process leads: start() to stop()
         self._tasks = TaskGroup("local-backend")
@@ -153,16 +165,23 @@ class LocalBackend:
     # ------------------------------------------------------------ protocol
 
     async def create_pod(self, labels: Mapping[str, str]) -> str:
+        shape = shape_of(labels, self.default_template)
+        template = self.templates.get(shape.template)
+        if template is None:
+            raise BackendError(f"no template {shape.template}", kind=ErrorKind.PERMANENT)
         self.write_guard()
         name = new_pod_name(5)
         create_id = uuid.uuid4().hex
         all_labels = {
             **labels,
             LABEL_MANAGED_BY: MANAGED_BY,
-            LABEL_TEMPLATE_HASH: self.template_hash,
+            LABEL_TEMPLATE: shape.template,
+            LABEL_TEMPLATE_HASH: self.template_hashes[shape.template],
             LABEL_CREATE_ID: create_id,
         }
         env = sandbox_environment(os.environ)
+        env.update(template.env)
+        env.update(shape_env(shape))
         env.update(claim_env(self.claim_key, create_id))
         log_file = open(self.state_dir / f"{name}.log", "ab")
         try:
@@ -175,6 +194,7 @@ class LocalBackend:
                 "--name",
                 name,
                 *self.sandbox_args,
+                *template.local_args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -346,3 +366,13 @@ def _is_our_process(pid: int, name: str) -> bool:
     except OSError:
         return False
     return b"sandbox_controller.devsandbox" in cmdline and name.encode() in cmdline
+
+
+def _local_hash(template: Template) -> str:
+    """The devsandbox version, and the template's own arguments and env if it has any
+    (a template of none hashes as before templates: an upgrade rolls no process)."""
+    base = f"devsandbox:{__version__}"
+    if template.local_args or template.env:
+        own = {"args": list(template.local_args), "env": dict(template.env)}
+        base += json.dumps(own, sort_keys=True)
+    return hashlib.sha256(base.encode()).hexdigest()[:10]

@@ -9,6 +9,7 @@ go to the outbox, for the loop to deliver once the round is committed.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from ..errors import (
@@ -27,6 +28,7 @@ from ..model import (
     Provisioning,
     Session,
     SessionState,
+    Shape,
     WaitReason,
 )
 from .core import PoolCore
@@ -61,6 +63,7 @@ class Admission:
         *,
         org_id: str = "",
         plan: str | None = None,
+        shape: Shape | None = None,
     ) -> None:
         """A builder opened an agent thread. The answer arrives via the outbox. A retry
         for a thread with a live session gets that session; its metadata (and plan) is
@@ -107,9 +110,12 @@ class Admission:
             answer = pool.recent_busy_answer(reclaimed.id, now)  # loop.py asked just before
             pool.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
 
-        pool.prewarm.arrival(now)
         if org_id:
             pool.orgs.started(org_id, now)
+        shape = shape or Shape(pool.limits.default_template)
+        prewarm = pool.prewarms.get(shape.template)
+        if prewarm is not None and shape.resources is None:
+            prewarm.arrival(now)  # demand for its warm pool (another size is served cold)
         session = Session(
             id=self._new_id(),
             user_id=user_id,
@@ -124,12 +130,14 @@ class Admission:
             plan=plan,
             created_mono=now,
             active_mono=now,
+            template=shape.template,
+            resources=shape.resources,
         )
         pool.track_live(session)
         if pool.limits.hooks:
             pool.hold_payload(session.id, request_id)
         session.reply_deadline = now + wait_seconds
-        pod = pool.inventory.oldest_fresh_idle()
+        pod = pool.inventory.oldest_fresh_idle(shape)
         if pod is not None and (not org_id or self.may_take_warm(session)):
             if org_id:
                 self.took_warm(session)
@@ -179,12 +187,15 @@ class Admission:
         terms = self.pool.limits.plan(session.plan)
         if terms is None or not terms.shares_warm_pool:
             return True
-        target = self.pool.prewarm.current.target
-        return self.pool.orgs.may_take_warm(session.org_id, terms.warm_share, target)
+        prewarm = self.pool.prewarms.get(session.template)
+        target = prewarm.current.target if prewarm is not None else 0
+        return self.pool.orgs.may_take_warm(
+            session.template, session.org_id, terms.warm_share, target
+        )
 
     def took_warm(self, session: Session) -> None:
         if session.org_id:
-            self.pool.orgs.took_warm(session.org_id)
+            self.pool.orgs.took_warm(session.template, session.org_id)
 
     def oldest_idle(self, session_ids: Iterable[str], now: float) -> Session | None:
         """The least recently active idle session among these, if any (never an active one)."""
@@ -215,7 +226,7 @@ class Admission:
             self.answer_session(session, Outcome.COLD)  # provisioning: claiming
         elif self._covered(session_id):
             self.answer_session(session, Outcome.COLD)
-        elif (pod := pool.inventory.oldest_fresh_idle()) is not None:
+        elif (pod := pool.inventory.oldest_fresh_idle(session.shape)) is not None:
             # Held back from the warm pool by its org's share, and no new pod can come
             # in time: a warm pod rather than a refusal while pods stand idle.
             self.took_warm(session)
@@ -230,9 +241,16 @@ class Admission:
         it, or the cap leaves room to create one (the create window only delays it)."""
         pool = self.pool
         room = max(0, pool.limits.max_total_jobs - pool.total_pods)
-        coming = pool.counts[PodState.PENDING] + pool.creates_in_flight + room
-        for position, waiting_id in enumerate(pool.waiting):
-            if position >= coming:
+        coming: Counter[Shape] = Counter(pool.lifecycle_in_flight)
+        for shape, counts in pool.inventory.shape_counts.items():
+            coming[shape] += counts[PodState.PENDING]
+        for waiting_id in pool.waiting:
+            shape = pool.sessions[waiting_id].shape
+            if coming[shape] > 0:
+                coming[shape] -= 1  # a pod of its shape on its way reaches it
+            elif room > 0:
+                room -= 1  # the cap leaves room to create one
+            else:
                 return False
             if waiting_id == session_id:
                 return True

@@ -203,7 +203,7 @@ class Claiming:
         if rejected is not None:
             pool.end_session(session.id, EndReason.CLAIM_REJECTED, now, claim_answer=rejected)
             return
-        pod = pool.inventory.oldest_fresh_idle()
+        pod = pool.inventory.oldest_fresh_idle(session.shape)
         if pod is not None:
             pool.lease(pod, session, now, warm=claim.warm)
             return

@@ -8,7 +8,7 @@ the whole of what one policy can reach of the others.
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Protocol
 
 from ..model import (
@@ -21,6 +21,7 @@ from ..model import (
     PodState,
     PoolCondition,
     Session,
+    Shape,
     ThreadKey,
     UserKey,
 )
@@ -68,6 +69,13 @@ class PoolCore(Protocol):
 
     @property
     def prewarm(self) -> Prewarm: ...
+
+    @property
+    def prewarms(self) -> dict[str, Prewarm]: ...
+
+    @property
+    def lifecycle_in_flight(self) -> Counter[Shape]:
+        """Creates in flight, by shape."""
 
     @property
     def pods(self) -> dict[str, Pod]: ...

@@ -15,7 +15,7 @@ from typing import Any
 from ..aiotasks import TaskGroup
 from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
 from ..hooks import ClaimPayload, HookResult, SandboxHooks
-from ..model import BusyAnswer
+from ..model import BusyAnswer, Shape
 from ..sandbox_contract import HOOK_NOT_IMPLEMENTED
 from .claiming import NO_ANSWER, ClaimFailure
 from .conditions import kind_of
@@ -67,8 +67,8 @@ class EffectCalls:
     def _start_effects(self, outbox: Outbox) -> None:
         self._handed_out.update(outbox.labels)
         self._handed_out.update(call.pod_name for call in outbox.claims)
-        for _ in range(outbox.creates):
-            self._effects.start(self._create(), "create")
+        for shape in outbox.create_shapes:
+            self._effects.start(self._create(shape), "create")
         for name in outbox.deletes:
             release = outbox.releases.get(name)
             self._effects.start(self._delete(name, release), f"delete:{name}")
@@ -100,23 +100,23 @@ class EffectCalls:
         log.info("%s waits until the leader lease is confirmed again", name)
         self._held.append((call, name))
 
-    async def _create(self) -> None:
+    async def _create(self, shape: Shape) -> None:
         try:
             # "pool" until assigned: readiness shows in the pod's own status, and a
             # second patch when it turns ready would cost an API call per pod.
-            name = await self.backend.create_pod(pool_labels())
+            name = await self.backend.create_pod(pool_labels(shape))
         except LeaseLost:
-            self._hold(self._create, "create")
+            self._hold(lambda: self._create(shape), "create")
             return
         except Exception as exc:
             kind, message = kind_of(exc), str(exc)
             log.warning("creating a sandbox pod failed (%s): %s", kind, message)
             self.observer.backend_failed("create", kind)
             self._queue.put_nowait(
-                Command(lambda pool, now: pool.create_failed(now, kind, message))
+                Command(lambda pool, now: pool.create_failed(now, kind, message, shape))
             )
             return
-        self._queue.put_nowait(Command(lambda pool, now: pool.pod_created(name, now)))
+        self._queue.put_nowait(Command(lambda pool, now: pool.pod_created(name, now, shape)))
 
     async def _delete(self, name: str, release: Release | None = None) -> None:
         if release is not None:

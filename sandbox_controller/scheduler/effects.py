@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SandboxError
-from ..model import EndReason, Outcome
+from ..model import EndReason, Outcome, Shape
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Answer:
 @dataclass
 class Outbox:
     answers: list[Answer] = field(default_factory=list)
-    creates: int = 0
+    # A pod to create for each, in its shape (template and resources).
+    create_shapes: list[Shape] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     # The release hook to call before the delete of these pods (those that served).
     releases: dict[str, Release] = field(default_factory=dict)
@@ -76,3 +77,7 @@ class Outbox:
     claims: list[ClaimCall] = field(default_factory=list)
     claim_failures: int = 0
     payloads_done: list[int] = field(default_factory=list)
+
+    @property
+    def creates(self) -> int:
+        return len(self.create_shapes)

@@ -8,13 +8,16 @@ create and delete go to the outbox for the loop to carry out.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..backends.base import ErrorKind, PodPhase, PodStatus
-from ..model import EndReason, Pod, PodState, SessionState
+from ..model import EndReason, Pod, PodState, Session, SessionState, Shape
 from .conditions import DELETE_RETRY, CreateThrottle
 from .core import PoolCore
 from .deadlines import DeadlineKind
 from .effects import Release
 from .idling import hook_target
+from .shares import refill_order, warm_shares
 
 # How long a route handed to a proxy may be used (proxy/routes.py keeps to it). A pod
 # that was routed to is deleted no sooner than its lease ends: until then it holds its
@@ -28,6 +31,7 @@ class PodLifecycle:
     def __init__(self, pool: PoolCore) -> None:
         self.pool = pool
         self.creates_in_flight = 0
+        self.in_flight: Counter[Shape] = Counter()  # the same, by shape
         # Pods the watch showed before their create call returned (see _stray_pod).
         self._seen_early: set[str] = set()
         # Failed creates back off, by kind; a refused one holds a condition (conditions.py).
@@ -113,19 +117,35 @@ class PodLifecycle:
 
     # ------------------------------------------------------------ pod events
 
-    def pod_created(self, name: str, now: float) -> None:
+    def _landed(self, shape: Shape | None) -> Shape:
+        """A create in flight returned: which shape it was (None: the caller does not
+        say, as a one-shape test harness; the first shape in flight, else the default)."""
         # max(): after a rebuild from the store, creates started before it may return.
         self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        if shape is None:
+            shape = next(iter(self.in_flight), Shape(self.pool.limits.default_template))
+        if self.in_flight[shape] > 1:
+            self.in_flight[shape] -= 1
+        else:
+            self.in_flight.pop(shape, None)
+        return shape
+
+    def pod_created(self, name: str, now: float, shape: Shape | None = None) -> None:
+        shape = self._landed(shape)
         self.create_throttle.succeeded()
         if name in self._seen_early:
             self._seen_early.discard(name)
         elif name not in self.pool.pods:
-            self.add(self._new_pod(name, now))
+            self.add(self._new_pod(name, now, shape))
 
     def create_failed(
-        self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
+        self,
+        now: float,
+        kind: ErrorKind = ErrorKind.TEMPORARY,
+        message: str = "",
+        shape: Shape | None = None,
     ) -> None:
-        self.creates_in_flight = max(0, self.creates_in_flight - 1)
+        self._landed(shape)
         while len(self._seen_early) > self.creates_in_flight:
             self._seen_early.pop()  # a stray after all; it stays a pool pod
         retry_at = self.create_throttle.failed(kind, message, now)
@@ -180,14 +200,19 @@ class PodLifecycle:
         it, still counting the create as in flight until it returns (the count errs
         high, never low). Otherwise nobody accounts for it: delete it."""
         if len(self._seen_early) < self.creates_in_flight and status.session_hash is None:
-            self.add(self._new_pod(status.name, now))
+            template = status.template or self.pool.limits.default_template
+            shape = Shape(template, status.resources)
+            self.add(self._new_pod(status.name, now, shape))
             self._seen_early.add(status.name)
             self.pod_observed(status, now)
             return
         self.pool.outbox.deletes.append(status.name)
 
-    def _new_pod(self, name: str, now: float) -> Pod:
-        pod = Pod(name, PodState.PENDING, self.pool.wall(now), self.pool.template_hash)
+    def _new_pod(self, name: str, now: float, shape: Shape) -> Pod:
+        inventory = self.pool.inventory
+        template_hash = inventory.hashes.get(shape.template, inventory.template_hash)
+        pod = Pod(name, PodState.PENDING, self.pool.wall(now), template_hash)
+        pod.template, pod.resources = shape.template, shape.resources
         pod.created_mono = now
         return pod
 
@@ -196,14 +221,24 @@ class PodLifecycle:
         pod.detail = None
         self.pool.inventory.set_unschedulable(pod, False)
         self.pool.outbox.startup_seconds.append(now - pod.created_mono)
-        self.pool.prewarm.pod_started(now - pod.created_mono)
-        if pod.template_hash != self.pool.template_hash:
+        prewarm = self.pool.prewarms.get(pod.template)
+        if prewarm is not None:
+            prewarm.pod_started(now - pod.created_mono)
+        if not self.pool.inventory.fresh(pod):
             self.delete(pod, now)
             return
         self.set_state(pod, PodState.IDLE)
-        if self.pool.waiting:
-            session = self.pool.sessions[next(iter(self.pool.waiting))]
+        session = self._first_waiting(pod.shape)
+        if session is not None:
             self.pool.lease(pod, session, now, warm=False)
+
+    def _first_waiting(self, shape: Shape) -> Session | None:
+        """The session waiting longest for a pod of this shape."""
+        for session_id in self.pool.waiting:
+            session = self.pool.sessions[session_id]
+            if session.shape == shape:
+                return session
+        return None
 
     def _pod_lost(self, pod: Pod, now: float, eviction: str | None = None) -> None:
         # The platform is deleting an evicted pod whatever we do: its release hook and
@@ -250,21 +285,31 @@ class PodLifecycle:
 
     def reconcile(self, now: float) -> None:
         """Replace idle pods of an old template, hand ready pods to waiters, and create
-        what demand needs, within the cap and the create window."""
+        what demand needs (waiting sessions first, then each template's warm pool, the
+        cap shared as shares.py says), within the cap and the create window."""
         pool = self.pool
         for name in list(pool.inventory.stale_idle):
             self.delete(pool.pods[name], now)
         self._hand_idle_to_waiters(now)
 
         limits = pool.limits
-        target = self._prewarm_target(now)
-        if len(pool.idle) >= target:
-            pool.orgs.pool_full()  # the warm-share counts start again (orgs.py)
-        coming = pool.counts[PodState.PENDING] + self.creates_in_flight
-        wanted = len(pool.waiting) + target - len(pool.idle) - coming
+        targets = self._prewarm_targets(now)
+        for name, target in targets.items():
+            if len(pool.inventory.idle_by_shape.get(Shape(name)) or ()) >= target:
+                pool.orgs.pool_full(name)  # the warm-share counts start again (orgs.py)
+        needs, warm = self._demand(targets)
         room = limits.max_total_jobs - pool.total_pods
-        self.cap_blocked = wanted > 0 and room <= 0 and bool(pool.waiting)
-        if wanted <= 0 or room <= 0:
+        self.cap_blocked = bool(needs) and room <= 0
+        # Pods being deleted are on their way out: counting them would shrink the
+        # shares again after each give-up, and one give-up would cascade.
+        held = pool.total_pods - pool.counts[PodState.TERMINATING] - sum(warm.values())
+        budget = limits.max_total_jobs - held - len(needs)
+        wanted = warm_shares(budget, targets)
+        if room <= 0:
+            if needs or any(warm[t] < wanted[t] for t in targets):
+                self._give_up_excess(warm, wanted, now)
+            return
+        if not needs and all(warm[t] >= targets[t] for t in targets):
             return
         if self.create_throttle.blocked(now):
             return
@@ -273,36 +318,89 @@ class PodLifecycle:
             return
         window = self.create_throttle.window(limits.max_concurrent_creates)
         window -= self.creates_in_flight
-        count = min(wanted, room, window)
-        if count > 0:
-            self.creates_in_flight += count
-            pool.outbox.creates += count
+        count = min(room, window)
+        if count <= 0:
+            return
+        shapes = needs[:count]
+        refills = refill_order(warm, wanted, count - len(shapes))
+        shapes += [Shape(name) for name in refills]
+        for shape in shapes:
+            self.creates_in_flight += 1
+            self.in_flight[shape] += 1
+            pool.outbox.create_shapes.append(shape)
 
     def _hand_idle_to_waiters(self, now: float) -> None:
-        """Idle pods go to waiting sessions, first come first, skipping those whose org
-        is past its share of the warm pool (they wait for a new pod)."""
+        """Idle pods of their shape go to waiting sessions, first come first, skipping
+        those whose org is past its share of the warm pool (they wait for a new pod)."""
         pool = self.pool
-        if not pool.waiting or not pool.idle:
+        if not pool.waiting or not pool.inventory.idle_by_shape:
             return
         for session_id in list(pool.waiting):
             session = pool.sessions[session_id]
             if not pool.may_take_warm(session):
                 continue
-            pod = pool.inventory.oldest_fresh_idle()
-            if pod is None:
-                return
-            pool.took_warm(session)
-            pool.lease(pod, session, now, warm=False)
+            pod = pool.inventory.oldest_fresh_idle(session.shape)
+            if pod is not None:
+                pool.took_warm(session)
+                pool.lease(pod, session, now, warm=False)
 
-    def _prewarm_target(self, now: float) -> int:
-        """The warm pool's size now (prewarm.py); idle pods beyond it are let go, and
-        a deadline wakes the pool when the target may next change on its own."""
+    def _demand(self, targets: dict[str, int]) -> tuple[list[Shape], dict[str, int]]:
+        """The shapes waiting sessions still need created (first come, first served),
+        and each template's warm pods (idle or coming, of its own shape) beyond what
+        the waiting sessions will take. A session held back by its org's warm share
+        takes no idle pod: only a coming one, else a new one."""
         pool = self.pool
-        prewarm = pool.prewarm
-        target = prewarm.decide(now).target
-        for _ in range(prewarm.excess_idle(len(pool.idle), len(pool.waiting), now)):
-            self.delete(pool.pods[next(iter(pool.idle))], now)  # the oldest first
-        due = prewarm.wake_at(now)
-        if due is not None:
-            pool.deadlines.push(due, DeadlineKind.PREWARM, "")
-        return target
+        coming: Counter[Shape] = Counter()
+        for shape, counts in pool.inventory.shape_counts.items():
+            coming[shape] = counts[PodState.PENDING]
+        coming.update(self.in_flight)
+        idle = Counter({shape: len(pods) for shape, pods in pool.inventory.idle_by_shape.items()})
+        needs: list[Shape] = []
+        for session_id in pool.waiting:
+            session = pool.sessions[session_id]
+            shape = session.shape
+            if shape.template not in pool.inventory.hashes:
+                # Its template was removed while it waited (a restart with another
+                # file): no pod can be made for it; its start-up timeout ends it.
+                continue
+            if idle[shape] > 0 and pool.may_take_warm(session):
+                idle[shape] -= 1
+            elif coming[shape] > 0:
+                coming[shape] -= 1
+            else:
+                needs.append(shape)
+        warm = {name: idle[Shape(name)] + coming[Shape(name)] for name in targets}
+        return needs, warm
+
+    def _give_up_excess(self, warm: dict[str, int], wanted: dict[str, int], now: float) -> None:
+        """At the cap, with a waiting session or a short warm pool: delete idle pods
+        nobody's share holds (of another size than their template's own), then idle
+        pods of templates above their share, oldest first; the room goes to the rest."""
+        inventory = self.pool.inventory
+        for shape, idle in list(inventory.idle_by_shape.items()):
+            if shape.resources is not None and not any(
+                self.pool.sessions[sid].shape == shape for sid in self.pool.waiting
+            ):
+                for name in list(idle):
+                    self.delete(self.pool.pods[name], now)
+        for name, have in warm.items():
+            own = inventory.idle_by_shape.get(Shape(name))
+            for pod_name in list(own or ())[: max(0, have - wanted[name])]:
+                self.delete(self.pool.pods[pod_name], now)
+
+    def _prewarm_targets(self, now: float) -> dict[str, int]:
+        """Each template's warm pool size now (prewarm.py); idle pods beyond it are let
+        go, and a deadline wakes the pool when a target may next change on its own."""
+        pool = self.pool
+        targets: dict[str, int] = {}
+        waiting = Counter(pool.sessions[sid].template for sid in pool.waiting)
+        for name, prewarm in pool.prewarms.items():
+            targets[name] = prewarm.decide(now).target
+            idle = pool.inventory.idle_by_shape.get(Shape(name))
+            excess = prewarm.excess_idle(len(idle or ()), waiting[name], now)
+            for pod_name in list(idle or ())[:excess]:
+                self.delete(pool.pods[pod_name], now)  # the oldest first
+            due = prewarm.wake_at(now)
+            if due is not None:
+                pool.deadlines.push(due, DeadlineKind.PREWARM, "")
+        return targets

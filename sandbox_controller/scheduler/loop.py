@@ -21,12 +21,14 @@ from ..model import (
     Opened,
     PoolStatus,
     Provisioning,
+    Resources,
     Route,
     Session,
     SessionQuery,
     SessionState,
     SessionView,
 )
+from ..templates import resolve_shape
 from .admission import unknown_plan
 from .effect_calls import Command, busy_command
 from .effects import Outbox
@@ -107,15 +109,20 @@ class Scheduler(Rounds):
         *,
         org_id: str = "",
         plan: str | None = None,
+        template: str | None = None,
+        resources: Resources | None = None,
     ) -> Opened:
         """A session for this thread of this org's user, new or the one it has;
-        refusals are raised (UnknownPlan, UserSessionLimit, OrgSessionLimit,
-        OrgRateLimited, CapacityExhausted, ...). The payload's metadata is stored with
-        a new session; its env and files go to the sandbox's claim hook only, and are
-        never sent for a thread that has a session."""
+        refusals are raised (UnknownPlan, UnknownTemplate, ResourcesOutOfBounds,
+        UserSessionLimit, OrgSessionLimit, OrgRateLimited, CapacityExhausted, ...). The
+        payload's metadata is stored with a new session; its env and files go to the
+        sandbox's claim hook only, and are never sent for a thread that has a session."""
         pool = self._leading_pool()
         if pool.limits.plan(plan) is None:
             raise unknown_plan(pool.limits, plan or "")
+        # Checked first: an unknown template or resources out of its bounds are refused
+        # before anything is queued (templates.py).
+        shape = resolve_shape(self.limits, template, resources)
         request_id = pool.next_request_id()
         metadata = dict(payload.metadata) if payload else {}
         await self._ask_before_reclaim(user_id, thread_id, org_id, plan)
@@ -130,6 +137,7 @@ class Scheduler(Rounds):
                 metadata,
                 org_id=org_id,
                 plan=plan,
+                shape=shape,
             )
 
         self._submit(apply)  # applied in a later round, so registering after is safe

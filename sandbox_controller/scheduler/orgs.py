@@ -14,7 +14,7 @@
   org cannot drain the warm pool that the others' next sessions count on. Once the pool
   is full again, every org starts from zero. The counts start from zero after a
   takeover, too. Per template, the same rule runs on each template's pool and target
-  (the counts keyed by template and org).
+  (the counts are keyed by template and org).
 
 Pure: ``now`` is given, on the scheduler's monotonic clock.
 """
@@ -40,7 +40,8 @@ def warm_quota(share: float, target: int) -> int:
 class OrgLedger:
     def __init__(self) -> None:
         self._starts: dict[str, list[float]] = {}
-        self._warm_taken: Counter[str] = Counter()
+        # Per (template, org): each template's warm pool has its own target and refill.
+        self._warm_taken: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------ rate
 
@@ -71,11 +72,13 @@ class OrgLedger:
 
     # ------------------------------------------------------------ warm share
 
-    def may_take_warm(self, org_id: str, share: float, target: int) -> bool:
-        return self._warm_taken[org_id] < warm_quota(share, target)
+    def may_take_warm(self, template: str, org_id: str, share: float, target: int) -> bool:
+        return self._warm_taken[template, org_id] < warm_quota(share, target)
 
-    def took_warm(self, org_id: str) -> None:
-        self._warm_taken[org_id] += 1
+    def took_warm(self, template: str, org_id: str) -> None:
+        self._warm_taken[template, org_id] += 1
 
-    def pool_full(self) -> None:
-        self._warm_taken.clear()
+    def pool_full(self, template: str) -> None:
+        """That template's warm pool is full again: its orgs start from zero."""
+        for key in [k for k in self._warm_taken if k[0] == template]:
+            del self._warm_taken[key]

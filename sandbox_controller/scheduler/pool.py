@@ -16,12 +16,13 @@ What it shows of itself (counts, ``status``) is in views.py.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from ..backends.base import ErrorKind, PodStatus, assigned_labels
+from ..backends.base import ErrorKind, PodStatus, assigned_labels, attribution_labels
 from ..model import (
     ActivitySource,
     BusyAnswer,
@@ -34,6 +35,7 @@ from ..model import (
     Provisioning,
     Session,
     SessionState,
+    Shape,
     ThreadKey,
     UserKey,
     thread_key,
@@ -65,9 +67,14 @@ class Pool(PoolViews):
         template_hash: str,
         *,
         new_id: Callable[[], str] = new_session_id,
+        template_hashes: Mapping[str, str] | None = None,
     ) -> None:
         self.limits = limits
-        self.inventory = PodInventory(template_hash)
+        templates = limits.all_templates
+        hashes = template_hashes or {}
+        self.inventory = PodInventory(
+            template_hash, {t.name: hashes.get(t.name, template_hash) for t in templates}
+        )
         self.sessions: dict[str, Session] = {}  # live ones, plus ended ones not yet pruned
         self.waiting: OrderedDict[str, None] = OrderedDict()  # provisioning sessions, FCFS
         # Live sessions by (org, user), by (org, user, thread) and by org: a thread id is
@@ -79,7 +86,17 @@ class Pool(PoolViews):
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
-        self.prewarm = Prewarm(limits)
+        # Each template's warm pool policy (the default's first); ``prewarm`` is the
+        # default template's, as before templates.
+        self.prewarms = {
+            t.name: Prewarm(
+                dataclasses.replace(
+                    limits, prewarm_pool_size=t.prewarm_pool_size, prewarm=t.prewarm
+                )
+            )
+            for t in templates
+        }
+        self.prewarm = self.prewarms[templates[0].name]
         self.admission = Admission(self, new_id)
         self.lifecycle = PodLifecycle(self)
         self.claiming = Claiming(self)
@@ -151,7 +168,12 @@ class Pool(PoolViews):
         session.pod_name = pod.name
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
-        self.outbox.labels[pod.name] = assigned_labels(session.id)
+        org = getattr(session, "org_id", "")  # issue 24's orgs fill it (tenancy)
+        keys = self.limits.label_metadata_keys
+        self.outbox.labels[pod.name] = {
+            **assigned_labels(session.id),
+            **attribution_labels(session.metadata, keys, org),
+        }
         if self.limits.hooks and pod.create_id and pod.address:
             self.claiming.start(pod, session, now, warm=warm)
         else:
@@ -249,10 +271,20 @@ class Pool(PoolViews):
         *,
         org_id: str = "",
         plan: str | None = None,
+        shape: Shape | None = None,
     ) -> None:
-        """A builder opened an agent thread (admission.py); answered via the outbox."""
+        """A builder opened an agent thread (admission.py); answered via the outbox.
+        ``shape``: its template and resources (None: the default template's own)."""
         self.admission.open_session(
-            request_id, user_id, thread_id, wait_seconds, now, metadata, org_id=org_id, plan=plan
+            request_id,
+            user_id,
+            thread_id,
+            wait_seconds,
+            now,
+            metadata,
+            org_id=org_id,
+            plan=plan,
+            shape=shape,
         )
 
     def lease_route(self, session_id: str, now: float) -> Pod | None:
@@ -284,13 +316,17 @@ class Pool(PoolViews):
 
     # ------------------------------------------------------------ dispatch: pod events
 
-    def pod_created(self, name: str, now: float) -> None:
-        self.lifecycle.pod_created(name, now)
+    def pod_created(self, name: str, now: float, shape: Shape | None = None) -> None:
+        self.lifecycle.pod_created(name, now, shape)
 
     def create_failed(
-        self, now: float, kind: ErrorKind = ErrorKind.TEMPORARY, message: str = ""
+        self,
+        now: float,
+        kind: ErrorKind = ErrorKind.TEMPORARY,
+        message: str = "",
+        shape: Shape | None = None,
     ) -> None:
-        self.lifecycle.create_failed(now, kind, message)
+        self.lifecycle.create_failed(now, kind, message, shape)
 
     def delete_failed(self, name: str, now: float) -> None:
         self.lifecycle.delete_failed(name, now)
@@ -346,6 +382,8 @@ class Pool(PoolViews):
 
     def restore_session(self, session: Session) -> None:
         """Take back a live session from the store (at start-up)."""
+        if not session.template:
+            session.template = self.limits.default_template  # a row from before templates
         session.created_mono = self.from_wall(session.created_at)
         session.active_mono = self.from_wall(session.last_active_at)
         self.track_live(session)

@@ -53,6 +53,11 @@ def restore(
         created_at = row.created_at if row else status.created_at
         template = row.template_hash if row else status.template_hash or ""
         pod = Pod(status.name, PodState.TERMINATING, created_at, template, address=status.address)
+        if row is not None:
+            pod.template, pod.resources = row.template, row.resources
+        else:
+            pod.template = status.template or pool.limits.default_template
+            pod.resources = status.resources
         pod.created_mono = pool.from_wall(created_at)
         pod.create_id = status.create_id
         given = status.name in handed_out or bool(row and row.session_id)
@@ -66,7 +71,7 @@ def restore(
             session is None
             and healthy
             and not given
-            and _fresh_pool_pod(status, row, pool.template_hash)
+            and _fresh_pool_pod(status, row, pool.inventory.hashes.get(pod.template))
         ):
             ready = status.phase is PodPhase.READY
             pod.state = PodState.IDLE if ready else PodState.PENDING
@@ -86,7 +91,7 @@ def restore(
             pool.end_session(session.id, EndReason.POD_FAILED, now)
 
 
-def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str) -> bool:
+def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str | None) -> bool:
     """Never given to a session, by its row or, with no row yet, by its labels."""
     if row is not None:
         return row.session_id is None and row.state in (PodState.PENDING, PodState.IDLE)

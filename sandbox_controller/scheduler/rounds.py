@@ -101,7 +101,12 @@ class Rounds(EffectCalls):
         sessions, pod_rows = await self.store.load()
         backend_pods = await self.backend.resync()
         now = self.clock.monotonic()
-        pool = self.pool_type(self.limits, self.backend.template_hash)
+        pool = self.pool_type(
+            self.limits,
+            self.backend.template_hash,
+            # A backend made before templates (a test's fake) knows one hash.
+            template_hashes=getattr(self.backend, "template_hashes", None),
+        )
         pool.wall_offset = self.clock.now() - now
         # The rebuilt pool knows of no claim in flight: their env and files are lost.
         self._payloads.clear()

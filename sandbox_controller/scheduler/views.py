@@ -4,7 +4,7 @@ its policies own; no decision is taken here."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from ..model import (
     Limits,
@@ -15,6 +15,8 @@ from ..model import (
     Session,
     SessionActivity,
     SessionState,
+    Shape,
+    TemplateStatus,
     ThreadKey,
 )
 from .claiming import Claiming, Claims
@@ -33,6 +35,7 @@ class PoolViews:
     waiting: OrderedDict[str, None]
     live_by_thread: dict[ThreadKey, str]
     prewarm: Prewarm
+    prewarms: dict[str, Prewarm]
     lifecycle: PodLifecycle
     claiming: Claiming
     idling: Idling
@@ -52,6 +55,10 @@ class PoolViews:
     @property
     def template_hash(self) -> str:
         return self.inventory.template_hash
+
+    @property
+    def lifecycle_in_flight(self) -> Counter[Shape]:
+        return self.lifecycle.in_flight
 
     @property
     def creates_in_flight(self) -> int:
@@ -108,4 +115,22 @@ class PoolViews:
             limits=self.limits,
             prewarm=self.prewarm.current,
             conditions=self.lifecycle.create_throttle.conditions,
+            templates=self.template_status(),
+        )
+
+    def template_status(self) -> tuple[TemplateStatus, ...]:
+        """Each template's pods, creates, waiting sessions and warm target."""
+        creating: Counter[str] = Counter()
+        for shape, count in self.lifecycle.in_flight.items():
+            creating[shape.template] += count
+        waiters = Counter(self.sessions[sid].template for sid in self.waiting)
+        return tuple(
+            TemplateStatus(
+                name,
+                self.inventory.template_counts(name),
+                creating[name],
+                waiters[name],
+                prewarm.current,
+            )
+            for name, prewarm in self.prewarms.items()
         )

@@ -227,7 +227,7 @@ def simulate_main(argv: list[str]) -> int:
         elapsed = time.perf_counter() - started
     except _Exit as exc:
         return exc.code
-    except UsageError as exc:
+    except (UsageError, TraceError) as exc:
         print(f"sandbox-controller simulate: error: {exc}", file=sys.stderr)
         return 2
     from .page import write_html

@@ -47,7 +47,8 @@ def session_events(
     for row in rows:
         user, thread = user_of(row["user_id"]), thread_of(row["thread_id"])
         created = row["created_at"] - start
-        events.append(TraceEvent(created, EventKind.OPEN, user, thread))
+        template = row.get("template") or ""
+        events.append(TraceEvent(created, EventKind.OPEN, user, thread, "", template))
         last = row["last_active_at"] - start
         ended = row["ended_at"] - start if row["ended_at"] is not None else None
         if last > created and (ended is None or last < ended):

@@ -23,7 +23,7 @@ from .advice import (
 )
 from .cli import Parser, UsageError, _Exit, add_limit_flags, limits_from, load_trace
 from .simulate import Result, Startup, simulate
-from .trace import TraceEvent
+from .trace import TraceError, TraceEvent
 
 UNCAPPED = 100_000  # "no cap" while sizing the pool: the cap is chosen afterwards
 MAX_STATIC = 100
@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
         )
     except _Exit as exc:
         return exc.code
-    except UsageError as exc:
+    except (UsageError, TraceError) as exc:
         print(f"sandbox-controller plan: error: {exc}", file=sys.stderr)
         return 2
     print(render(rec, len(events), args.trace))

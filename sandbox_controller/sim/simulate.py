@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from ..backends.base import PodPhase, PodStatus
 from ..durations import parse_duration
-from ..model import ActivitySource, EndReason, Limits, Outcome, PodState
+from ..model import ActivitySource, EndReason, Limits, Outcome, PodState, Shape
 from ..scheduler.pool import Pool
-from .trace import EventKind, TraceEvent
+from .trace import EventKind, TraceError, TraceEvent
 
 _Z99 = 2.3263478740  # the standard normal's 99th percentile
 
@@ -213,6 +213,7 @@ class Simulation:
             if event.kind is EventKind.OPEN:
                 request_id = pool.next_request_id()
                 self._asked_at[request_id] = now
+                shape = Shape(event.template) if event.template else None
                 pool.open_session(
                     request_id,
                     event.user,
@@ -221,6 +222,7 @@ class Simulation:
                     now,
                     org_id=event.org,
                     plan=event.plan or None,
+                    shape=shape,
                 )
                 return
             session_id = pool.live_by_thread.get((event.org, event.user, event.thread))
@@ -288,4 +290,11 @@ def simulate(
     platform: Platform | None = None,
     until: float | None = None,
 ) -> Result:
+    known = {t.name for t in limits.all_templates}
+    for event in events:
+        if event.template and event.template not in known:
+            raise TraceError(
+                f"the trace asks for template {event.template!r}, not one of "
+                f"{', '.join(sorted(known))} (SANDBOX_TEMPLATES_FILE)"
+            )
     return Simulation(limits, startup, platform=platform, seed=seed).run(events, until)

@@ -18,6 +18,9 @@ A trace of many orgs has two more columns, ``org`` and ``plan`` (header
 ``time,event,user,thread,value,org,plan``): the org of the thread ('' for none) and, on
 ``open``, the plan it was opened under ('' for the deployment's defaults). A thread is
 then one user's within one org, as in the controller (README "Orgs and plans").
+A ``template`` column, after those or alone, is optional too: the sandbox template an
+``open`` asks for (empty: the default one). A trace without these columns is read, and
+written, as before orgs and templates.
 
 The simulator (simulate.py) replays it through the real scheduler.
 """
@@ -33,7 +36,15 @@ from dataclasses import dataclass
 from typing import TextIO
 
 HEADER = ("time", "event", "user", "thread", "value")
-TENANT_HEADER = (*HEADER, "org", "plan")
+TENANT_COLUMNS = ("org", "plan")
+TEMPLATE_COLUMNS = ("template",)
+# Every header a trace may have: the five columns, then orgs', then templates'.
+HEADERS = (
+    HEADER,
+    (*HEADER, *TENANT_COLUMNS),
+    (*HEADER, *TEMPLATE_COLUMNS),
+    (*HEADER, *TENANT_COLUMNS, *TEMPLATE_COLUMNS),
+)
 DEFAULT_WAIT = 30.0
 DAY = 86400.0
 
@@ -57,6 +68,7 @@ class TraceEvent:
     value: str = ""
     org: str = ""
     plan: str = ""
+    template: str = ""  # open: the template asked for ("": the default one)
 
     @property
     def wait_seconds(self) -> float:
@@ -64,14 +76,25 @@ class TraceEvent:
 
 
 def write_trace(events: Iterable[TraceEvent], out: TextIO) -> int:
-    """The trace as CSV; with the org and plan columns only if some event has them."""
+    """The trace as CSV; with the org and plan columns, and the template column, only
+    if some event has them."""
     events = list(events)
     tenants = any(e.org or e.plan for e in events)
+    templated = any(e.template for e in events)
+    header = (
+        *HEADER,
+        *(TENANT_COLUMNS if tenants else ()),
+        *(TEMPLATE_COLUMNS if templated else ()),
+    )
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(TENANT_HEADER if tenants else HEADER)
+    writer.writerow(header)
     for event in events:
         row = [f"{event.time:.3f}", event.kind.value, event.user, event.thread, event.value]
-        writer.writerow([*row, event.org, event.plan] if tenants else row)
+        if tenants:
+            row += [event.org, event.plan]
+        if templated:
+            row.append(event.template)
+        writer.writerow(row)
     return len(events)
 
 
@@ -80,24 +103,23 @@ def read_trace(source: TextIO) -> list[TraceEvent]:
     reader = csv.reader(source)
     header = next(reader, None)
     columns = tuple(h.strip() for h in header) if header is not None else ()
-    if columns not in (HEADER, TENANT_HEADER):
-        raise TraceError(
-            f"line 1: expected the header {','.join(HEADER)} or {','.join(TENANT_HEADER)}"
-        )
+    if columns not in HEADERS:
+        raise TraceError(f"line 1: expected the header {','.join(HEADER)}[,org,plan][,template]")
     events = []
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        events.append(_parse_row(row, line, len(columns)))
+        events.append(_parse_row(row, line, columns))
     events.sort(key=lambda e: e.time)  # stable: same-time events keep their order
     return events
 
 
-def _parse_row(row: list[str], line: int, width: int) -> TraceEvent:
-    if len(row) != width:
-        raise TraceError(f"line {line}: expected {width} fields, got {len(row)}")
-    time_text, kind_text, user, thread, value, *tenancy = (field.strip() for field in row)
-    org, plan = tenancy if tenancy else ("", "")
+def _parse_row(row: list[str], line: int, columns: tuple[str, ...] = HEADER) -> TraceEvent:
+    if len(row) != len(columns):
+        raise TraceError(f"line {line}: expected {len(columns)} fields, got {len(row)}")
+    time_text, kind_text, user, thread, value, *rest = (field.strip() for field in row)
+    extra = dict(zip(columns[len(HEADER) :], rest, strict=True))
+    org, plan, template = extra.get("org", ""), extra.get("plan", ""), extra.get("template", "")
     try:
         time = float(time_text)
     except ValueError:
@@ -118,7 +140,7 @@ def _parse_row(row: list[str], line: int, width: int) -> TraceEvent:
             wait = -1.0
         if not 0 <= wait <= 120:
             raise TraceError(f"line {line}: wait_seconds {value!r} must be 0..120")
-    return TraceEvent(time, kind, user, thread, value, org, plan)
+    return TraceEvent(time, kind, user, thread, value, org, plan, template)
 
 
 # ------------------------------------------------------------------ synthesis

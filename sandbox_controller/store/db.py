@@ -30,11 +30,13 @@ from sqlalchemy.engine import Connection
 from ..aiotime import Backoff, sleep_or_stop
 from ..clock import Clock
 from ..model import (
+    DEFAULT_TEMPLATE,
     ActivitySource,
     EndDetail,
     EndReason,
     Pod,
     PodState,
+    Resources,
     Session,
     SessionPage,
     SessionQuery,
@@ -119,7 +121,21 @@ def _session_row(s: Session) -> dict[str, Any]:
         "end_detail": json.dumps(s.end_detail.as_dict()) if s.end_detail else None,
         "org_id": s.org_id,
         "plan": s.plan,
+        "template": s.template,
+        "resources": _resources_text(s.resources),
     }
+
+
+def _resources_text(resources: Resources | None) -> str | None:
+    return json.dumps(resources.as_dict()) if resources else None
+
+
+def _resources_of(text: str | None) -> Resources | None:
+    """A row's resources (NULL: the template's own)."""
+    if not text:
+        return None
+    data = json.loads(text)
+    return Resources(data.get("cpu"), data.get("memory"))
 
 
 def session_from_row(row: sa.Row[Any]) -> Session:
@@ -141,6 +157,8 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         end_detail=EndDetail.from_dict(json.loads(m["end_detail"])) if m["end_detail"] else None,
         org_id=m["org_id"],
         plan=m["plan"],
+        template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
+        resources=_resources_of(m["resources"]),
     )
 
 
@@ -153,6 +171,8 @@ def _pod_row(p: Pod) -> dict[str, Any]:
         "ready_at": p.ready_at,
         "template_hash": p.template_hash,
         "address": p.address,
+        "template": p.template,
+        "resources": _resources_text(p.resources),
     }
 
 
@@ -166,6 +186,8 @@ def pod_from_row(row: sa.Row[Any]) -> Pod:
         ready_at=m["ready_at"],
         address=m["address"],
         session_id=m["session_id"],
+        template=m["template"] or DEFAULT_TEMPLATE,
+        resources=_resources_of(m["resources"]),
     )
 
 

@@ -32,6 +32,7 @@ class Platform:
     start: Callable[..., Any]  # (**overrides) -> RunningController
     pods: Callable[[], set[str]]  # sandbox pods that exist, as the platform says
     kill: Callable[[str], None]  # the pod's sandbox dies, from outside
+    sim: Any = None  # kubernetes: the KubeSim, to read pods from outside
 
     async def controller(self, **overrides: Any) -> RunningController:
         ctl: RunningController = await self.start(**overrides)
@@ -75,6 +76,7 @@ async def platform(
                 lambda **o: kube.controller(sim, **o),
                 lambda: {p["metadata"]["name"] for p in live_pods(sim)},
                 lambda pod: sim.exit_container(pod, 137, namespace=NAMESPACE) and None,
+                sim,
             )
         finally:
             await kube.close()

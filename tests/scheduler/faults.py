@@ -50,13 +50,13 @@ class Faults:
                 wait_seconds: float,
                 now: float,
                 metadata: dict[str, str] | None = None,
-                **tenancy: Any,
+                **kwargs: Any,
             ) -> None:
                 if thread_id in faults.open_threads:
                     faults.fired(faults.open_threads, thread_id)
                     raise DecisionBug(f"opening {thread_id}")
                 super().open_session(
-                    request_id, user_id, thread_id, wait_seconds, now, metadata, **tenancy
+                    request_id, user_id, thread_id, wait_seconds, now, metadata, **kwargs
                 )
 
             def hand_over(self, session: Session, now: float, outcome: Outcome) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from sandbox_controller.config import Settings
-from sandbox_controller.model import Limits, Outcome, PodState, SessionState
+from sandbox_controller.model import Limits, Outcome, PodState, SessionState, Shape
 from sandbox_controller.scheduler.effects import Answer, ClaimCall, Release, StatusCheck
 from sandbox_controller.scheduler.pool import Pool
 
@@ -25,12 +25,17 @@ def limits_with(**overrides: Any) -> Limits:
 
 class Harness:
     def __init__(
-        self, limits: Limits | None = None, now: float = 1000.0, *, accept_claims: bool = False
+        self,
+        limits: Limits | None = None,
+        now: float = 1000.0,
+        *,
+        accept_claims: bool = False,
+        template_hashes: dict[str, str] | None = None,
     ) -> None:
         self.now = now
         # Every sandbox's claim hook accepts at once (for tests about what comes after).
         self.accept_claims = accept_claims
-        self.pool = Pool(limits or limits_with(), TEMPLATE)
+        self.pool = Pool(limits or limits_with(), TEMPLATE, template_hashes=template_hashes)
         self.answers: dict[int, Answer] = {}
         self.deleted: list[str] = []
         self.created: list[str] = []
@@ -116,10 +121,19 @@ class Harness:
     # -- requests
 
     def open(
-        self, user: str, thread: str, wait: float = 30.0, *, org: str = "", plan: str | None = None
+        self,
+        user: str,
+        thread: str,
+        wait: float = 30.0,
+        shape: Shape | None = None,
+        *,
+        org: str = "",
+        plan: str | None = None,
     ) -> int:
         rid = self.pool.next_request_id()
-        self.pool.open_session(rid, user, thread, wait, self.now, org_id=org, plan=plan)
+        self.pool.open_session(
+            rid, user, thread, wait, self.now, org_id=org, plan=plan, shape=shape
+        )
         self.tick()
         return rid
 

@@ -68,8 +68,9 @@ class LoopMachine(RuleBasedStateMachine):
         class ReplayablePool(exploding):  # type: ignore[misc,valid-type]
             # Deterministic ids, shared by every rebuild: hypothesis replays draws
             # (and set orders) that depend on them.
-            def __init__(self, limits: Limits, template_hash: str) -> None:
-                super().__init__(limits, template_hash, new_id=lambda: f"s{next(ids):04d}")
+            def __init__(self, limits: Limits, template_hash: str, **kwargs: Any) -> None:
+                kwargs["new_id"] = lambda: f"s{next(ids):04d}"
+                super().__init__(limits, template_hash, **kwargs)
 
         self.scheduler.pool_type = ReplayablePool
         self.callers: list[asyncio.Task[Opened]] = []

@@ -18,7 +18,10 @@ from sandbox_controller.model import (
     EndReason,
     Plan,
     PodState,
+    Resources,
     SessionState,
+    Shape,
+    TemplateLimits,
 )
 from sandbox_controller.scheduler.claiming import NO_ANSWER, ClaimFailure
 from sandbox_controller.scheduler.effects import ClaimCall
@@ -26,6 +29,7 @@ from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 from sandbox_controller.scheduler.orgs import RATE_WINDOW
 from sandbox_controller.scheduler.pool import Pool
 from sandbox_controller.scheduler.recovery import restore
+from sandbox_controller.scheduler.shares import warm_shares
 
 from .harness import limits_with
 
@@ -52,14 +56,14 @@ class PoolMachine(RuleBasedStateMachine):
         ids = itertools.count(1)
         # Deterministic ids: hypothesis replays draws that depend on them.
         self.new_id = lambda: f"s{next(ids):04d}"
-        self.pool = Pool(self.limits, "tmpl", new_id=self.new_id)
+        self.templates = 0
+        self.pool = self.new_pool()
         self.platform: set[str] = set()  # pods that exist on the pretend platform
         self.creates_sent = 0
         self.deletes_sent: set[str] = set()
         self.served_by: dict[str, str] = {}  # pod -> the one session it ever served
         self.leased_until: dict[str, float] = {}  # pod -> the end of its last route lease
         self.names = 0
-        self.templates = 0
         self.claim_calls: list[ClaimCall] = []  # claim hooks asked for, not answered yet
         # Pods each session's claims went to, in this controller's term (a restarted one
         # knows no claim in flight, and delivers no env or files: it starts over).
@@ -68,6 +72,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.settle()
 
     # -- plumbing
+
+    def new_pool(self) -> Pool:
+        """A controller's pool; each restart brings a new pod template."""
+        return Pool(self.limits, f"tmpl-{self.templates}", new_id=self.new_id)
 
     def settle(self) -> None:
         self.pool.tick(self.now)
@@ -200,7 +208,7 @@ class PoolMachine(RuleBasedStateMachine):
             statuses.append(
                 PodStatus(name, phase, labels=labels, address="x:1" if serving else None)
             )
-        self.pool = Pool(self.limits, f"tmpl-{self.templates}", new_id=self.new_id)
+        self.pool = self.new_pool()
         self.claimed_pods.clear()
         self.refusals.clear()
         restore(self.pool, sessions, rows, statuses, self.now)
@@ -300,7 +308,7 @@ class PoolMachine(RuleBasedStateMachine):
         pods = self.pool.pods
         stuck = {n for n in self.pods_in(PodState.PENDING) if pods[n].unschedulable}
         assert self.pool.inventory.unschedulable == stuck
-        stale = {n for n in self.pool.idle if pods[n].template_hash != self.pool.template_hash}
+        stale = {n for n in self.pool.idle if not self.pool.inventory.fresh(pods[n])}
         assert self.pool.inventory.stale_idle <= stale
         for sid in self.pool.waiting:
             assert self.pool.sessions[sid].state is SessionState.PROVISIONING
@@ -455,3 +463,65 @@ class OrgPoolMachine(PoolMachine):
 
 TestOrgPoolInvariants = OrgPoolMachine.TestCase
 TestOrgPoolInvariants.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+
+
+class TemplatedPoolMachine(PoolMachine):
+    """The same with two templates, each with its own warm pool under the one cap, and
+    sessions of both (some asking resources of their own); an upgrade changes the
+    first template only. Beyond every invariant above: when the cap binds, no
+    template holds more warm pods than its share (shares.py) while another is short."""
+
+    limits = replace(
+        LIMITS,
+        templates=(
+            TemplateLimits("py", 3, max_resources=Resources("4", "8Gi")),
+            TemplateLimits("node", 2),
+        ),
+    )
+
+    def new_pool(self) -> Pool:
+        hashes = {"py": f"py-{self.templates}", "node": "node-0"}
+        return Pool(self.limits, "unused", new_id=self.new_id, template_hashes=hashes)
+
+    @rule(
+        user=USERS,
+        thread=THREADS,
+        wait=st.sampled_from([0.0, 5.0, 60.0]),
+        shape=st.sampled_from([Shape("py"), Shape("node"), Shape("py", Resources("2"))]),
+    )
+    def open_templated(self, user: str, thread: str, wait: float, shape: Shape) -> None:
+        self.pool.open_session(
+            self.pool.next_request_id(), user, thread, wait, self.now, shape=shape
+        )
+        self.settle()
+
+    @invariant()
+    def no_template_starves_another(self) -> None:
+        pool = self.pool
+        if pool.waiting or pool.total_pods < self.limits.max_total_jobs:
+            return  # the cap does not bind, or real demand comes first
+        warm = {}
+        for t in self.limits.templates:
+            own = Shape(t.name)
+            idle = len(pool.inventory.idle_by_shape.get(own) or ())
+            pending = sum(
+                1 for p in pool.pods.values() if p.state is PodState.PENDING and p.shape == own
+            )
+            warm[t.name] = idle + pending + pool.lifecycle.in_flight[own]
+        held = pool.total_pods - pool.counts[PodState.TERMINATING] - sum(warm.values())
+        budget = self.limits.max_total_jobs - held
+        targets = {name: prewarm.current.target for name, prewarm in pool.prewarms.items()}
+        shares = warm_shares(budget, targets)
+        short = [name for name, have in warm.items() if have < shares[name]]
+        if short:
+            for name, have in warm.items():
+                assert have <= shares[name], (
+                    f"{name} holds {have} warm pods, above its share {shares[name]} of "
+                    f"{budget}, while {short} are short"
+                )
+
+
+TestTemplatedPoolInvariants = TemplatedPoolMachine.TestCase
+TestTemplatedPoolInvariants.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
