@@ -331,13 +331,15 @@ class PodLifecycle:
 
     def _hand_idle_to_waiters(self, now: float) -> None:
         """Idle pods of their shape go to waiting sessions, first come first, skipping
-        those whose org is past its share of the warm pool (they wait for a new pod)."""
+        those whose org is past its share of the warm pool (they wait for a new pod),
+        unless the cap is reached: no new pod could come but by deleting an idle one."""
         pool = self.pool
         if not pool.waiting or not pool.inventory.idle_by_shape:
             return
+        at_cap = pool.total_pods >= pool.limits.max_total_jobs
         for session_id in list(pool.waiting):
             session = pool.sessions[session_id]
-            if not pool.may_take_warm(session):
+            if not at_cap and not pool.may_take_warm(session):
                 continue
             pod = pool.inventory.oldest_fresh_idle(session.shape)
             if pod is not None:
