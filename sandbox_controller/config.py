@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .durations import parse_duration
-from .model import Limits, PrewarmPolicy, PrewarmSettings
+from .model import Limits, PrewarmPolicy, PrewarmSettings, RecoveryGuard
 from .quantities import byte_size, parse_quantity
 from .sandbox_contract import ENV_CLAIM_SECRET
 
@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     # What the sandbox gets to flush its work before its pod is deleted.
     release_timeout: Duration = 2.0
 
+    # A rebuild that finds pods serving sessions the store does not know (a restored
+    # older backup, the wrong database) deletes them only when they are this few: more
+    # than this fraction of the pods AND more than this many are held for an operator
+    # (scheduler/orphans.py). A crash leaves a handful; a wrong database, the fleet.
+    recovery_max_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    recovery_max_pods: int = Field(5, ge=0)
+    # The operator has looked: the next start deletes whatever orphans it finds. Unset
+    # it afterwards, or the guard stays off for every start.
+    recovery_confirm: bool = False
+
     # The operator console at /console (sandbox_controller/console/). Signing in takes
     # the API token, or this read-only one, whose holder can look but not end sessions.
     console: bool = True
@@ -231,6 +241,9 @@ class Settings(BaseSettings):
             hooks=self.hooks,
             hook_timeout=self.hook_timeout,
             max_claim_attempts=self.max_claim_attempts,
+            recovery=RecoveryGuard(
+                self.recovery_max_fraction, self.recovery_max_pods, self.recovery_confirm
+            ),
         )
 
     def kube_options(self) -> KubeOptions:

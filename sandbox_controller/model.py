@@ -196,6 +196,24 @@ class PrewarmTarget:
 
 
 @dataclass(frozen=True)
+class RecoveryGuard:
+    """How many pods that served a session the store does not know (orphans) a rebuild
+    deletes on its own. More than ``max_fraction`` of the pods it finds AND more than
+    ``max_pods`` are held for an operator instead: that many is what a restored old
+    backup or the wrong database looks like, not a crash (scheduler/orphans.py)."""
+
+    max_fraction: float = 0.2
+    max_pods: int = 5
+    # SANDBOX_RECOVERY_CONFIRM: the operator has looked; delete whatever is found.
+    confirmed: bool = False
+
+    def holds(self, orphans: int, pods: int) -> bool:
+        if self.confirmed:
+            return False
+        return orphans > self.max_pods and orphans > self.max_fraction * pods
+
+
+@dataclass(frozen=True)
 class Limits:
     """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
 
@@ -221,6 +239,8 @@ class Limits:
     hook_timeout: float = 2.0
     # Pods a session's claim may cost at most (claiming.py), whatever the failures.
     max_claim_attempts: int = 3
+    # How many unmatched pods a rebuild may delete without an operator (orphans.py).
+    recovery: RecoveryGuard = RecoveryGuard()
 
     @property
     def reclaim_after(self) -> float:
@@ -250,6 +270,9 @@ class ConditionType(enum.StrEnum):
     """What is wrong with the pool, as GET /pool and sandbox_pool_condition name it."""
 
     CREATE_REJECTED = "CreateRejected"  # the platform refuses to create sandboxes
+    # A rebuild found more pods that served sessions the store does not know than it
+    # may delete on its own (scheduler/orphans.py): they are held for an operator.
+    RECOVERY_HELD = "RecoveryHeld"
 
 
 @dataclass(frozen=True)
@@ -310,6 +333,7 @@ class PoolStatus:
     limits: Limits
     prewarm: PrewarmTarget | None = None  # None: no pool (a standby)
     conditions: tuple[PoolCondition, ...] = ()
+    held_pods: int = 0  # orphans a rebuild holds until an operator confirms (orphans.py)
 
     @classmethod
     def empty(cls, limits: Limits) -> PoolStatus:

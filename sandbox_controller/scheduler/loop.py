@@ -165,6 +165,22 @@ class Scheduler(Rounds):
 
         return await self._call(apply)
 
+    async def confirm_recovery(self) -> list[str]:
+        """An operator confirms: the pods recovery holds (orphans.py) are deleted, as any
+        pod that served is. Their names; none when nothing is held."""
+
+        def apply(pool: Pool, now: float) -> list[str]:
+            names = pool.release_orphans(now)
+            self._confirmed_orphans.update(names)
+            return names
+
+        names = await self._call(apply)
+        if names:
+            log.warning(
+                "recovery confirmed: deleting %d held pods: %s", len(names), " ".join(names)
+            )
+        return names
+
     async def touch(self, session_id: str) -> None:
         """Activity on a live session (an agent at work); persisted with the next round,
         not awaited."""

@@ -42,6 +42,7 @@ from .idling import Idling
 from .inventory import PodInventory
 from .lifecycle import ROUTE_LEASE as ROUTE_LEASE  # where its users always found it
 from .lifecycle import PodLifecycle
+from .orphans import Orphans
 from .prewarm import Prewarm
 from .views import PoolViews
 
@@ -72,6 +73,7 @@ class Pool(PoolViews):
         self.lifecycle = PodLifecycle(self)
         self.claiming = Claiming(self)
         self.idling = Idling(self)
+        self.orphans = Orphans()  # pods a rebuild holds for an operator (orphans.py)
         # Which policy acts when a deadline of each kind comes (the wake-ups only wake:
         # the tick's reconcile does the rest).
         self._on_deadline: dict[DeadlineKind, Callable[[str, float], None]] = {
@@ -270,10 +272,19 @@ class Pool(PoolViews):
         self.lifecycle.delete_failed(name, now)
 
     def pod_observed(self, status: PodStatus, now: float) -> None:
-        self.lifecycle.pod_observed(status, now)
+        if not self.orphans.observed(status):
+            self.lifecycle.pod_observed(status, now)
 
     def pod_gone(self, name: str, now: float) -> None:
-        self.lifecycle.pod_gone(name, now)
+        if not self.orphans.gone(name):
+            self.lifecycle.pod_gone(name, now)
+
+    def release_orphans(self, now: float) -> list[str]:
+        """An operator confirmed: the held pods go, as any pod that served does."""
+        pods = self.orphans.release()
+        for pod in pods:
+            self.lifecycle.restore(pod)
+        return sorted(pod.name for pod in pods)
 
     # ------------------------------------------------------------ dispatch: across policies
 

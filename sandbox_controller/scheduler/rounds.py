@@ -92,6 +92,8 @@ class Rounds(EffectCalls):
         self._pod_rows_due = float("inf")
         # Watchers (the console) learn of each committed round here.
         self.changes = ChangeFeed()
+        # Orphans an operator let go this term: a rebuild does not hold them again.
+        self._confirmed_orphans: set[str] = set()
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -101,7 +103,9 @@ class Rounds(EffectCalls):
         pool.wall_offset = self.clock.now() - now
         # The rebuilt pool knows of no claim in flight: their env and files are lost.
         self._payloads.clear()
-        restore(pool, sessions, pod_rows, backend_pods, now, self._handed_out)
+        restore(
+            pool, sessions, pod_rows, backend_pods, now, self._handed_out, self._confirmed_orphans
+        )
         self._handed_out = {name for name in self._handed_out if name in pool.pods}
         pool.tick(now)
         self._pool = pool
@@ -115,6 +119,15 @@ class Rounds(EffectCalls):
             len(pool.pods),
             len(backend_pods),
         )
+        if pool.orphans.held:
+            log.warning(
+                "holding %d of %d pods that served sessions the store does not know (a "
+                "database older than the cluster?); nothing is deleted until an operator "
+                "runs `sandbox-controller recover --confirm`. Would delete: %s",
+                len(pool.orphans.held),
+                len(backend_pods),
+                " ".join(sorted(pool.orphans.held)),
+            )
 
     # ------------------------------------------------------------ the loop
 
