@@ -187,6 +187,12 @@ class ThreadOwnedByOtherUserError(SandboxAPIError):
     code = ErrorCode.THREAD_OWNED_BY_OTHER_USER
 
 
+class UserBeingDeletedError(SandboxAPIError):
+    """The user's data is being deleted (DELETE /users/{id}); no session meanwhile."""
+
+    code = ErrorCode.USER_BEING_DELETED
+
+
 class NotReadyError(SandboxAPIError):
     """Client-side: the session was still provisioning when ``ready_within`` ran out.
     The session is live; open it again (same thread) to keep waiting, or delete it."""

@@ -285,6 +285,17 @@ class PoolCondition:
 
 
 @dataclass(frozen=True)
+class UserDeletion:
+    """What DELETE /users/{id} did: sessions ended now, rows purged (ended sessions,
+    those just ended included), and pods that go with the sessions ended now."""
+
+    user_id: str
+    sessions_ended: int
+    sessions_purged: int
+    pods_deleted: int
+
+
+@dataclass(frozen=True)
 class Provisioning:
     reason: WaitReason
     pod_detail: str | None = None  # POD_REPORTS: from the pod's conditions and events

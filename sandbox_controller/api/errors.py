@@ -23,6 +23,7 @@ from ..errors import (
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UserBeingDeleted,
     UserSessionLimit,
 )
 from ..wire_errors import STATUS, ErrorCode
@@ -85,6 +86,11 @@ def problem(exc: SandboxError) -> Problem:
             return Problem.of(
                 ErrorCode.THREAD_OWNED_BY_OTHER_USER,
                 f"thread {exc.thread_id} belongs to another user",
+            )
+        case UserBeingDeleted():
+            return Problem.of(
+                ErrorCode.USER_BEING_DELETED,
+                f"user {exc.user_id} is being deleted; no session is opened meanwhile",
             )
         case SessionNotFound():
             return Problem.of(ErrorCode.SESSION_NOT_FOUND, f"no session {exc.session_id}")

@@ -200,7 +200,9 @@ class PodCounts(BaseModel):
 class PoolConditionBody(BaseModel):
     type: ConditionType = Field(
         description="CreateRejected: the platform refuses to create sandbox pods (RBAC, "
-        "an invalid template, a missing image); creates back off up to 5 minutes"
+        "an invalid template, a missing image); creates back off up to 5 minutes. "
+        "RecoveryHeld: a restart found pods serving sessions the store does not know "
+        "(an older database?) and holds them until `sandbox-controller recover --confirm`"
     )
     message: str = Field(description="the latest refusal, in the platform's words")
     since: str = Field(description="when it began: the first refusal since the last success")

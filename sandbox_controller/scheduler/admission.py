@@ -11,7 +11,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
+from ..errors import (
+    CapacityExhausted,
+    SandboxError,
+    ThreadOwnedByOtherUser,
+    UserBeingDeleted,
+    UserSessionLimit,
+)
 from ..model import (
     EndReason,
     Outcome,
@@ -50,6 +56,10 @@ class Admission:
         """A builder opened an agent thread. The answer arrives via the outbox. A retry
         for a thread with a live session gets that session; its metadata is not changed."""
         pool = self.pool
+        if user_id in pool.deleting_users:
+            # DELETE /users/{id} ended their sessions; none may start until it answers.
+            self._refuse(request_id, Outcome.ERROR, UserBeingDeleted(user_id))
+            return
         existing_id = pool.live_by_thread.get(thread_id)
         if existing_id is not None:
             existing = pool.sessions[existing_id]

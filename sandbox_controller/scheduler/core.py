@@ -49,6 +49,10 @@ class PoolCore(Protocol):
     def live_by_thread(self) -> dict[str, str]: ...
 
     @property
+    def deleting_users(self) -> set[str]:
+        """Users whose deletion is under way: no session opens for them."""
+
+    @property
     def inventory(self) -> PodInventory: ...
 
     @property

@@ -65,6 +65,7 @@ class Pool(PoolViews):
         self.waiting: OrderedDict[str, None] = OrderedDict()  # provisioning sessions, FCFS
         self.live_by_user: defaultdict[str, set[str]] = defaultdict(set)
         self.live_by_thread: dict[str, str] = {}
+        self.deleting_users: set[str] = set()  # DELETE /users/{id} under way
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
@@ -214,6 +215,31 @@ class Pool(PoolViews):
             session.activity_source, session.activity_detail = source, detail
             self.outbox.dirty_sessions.add(session_id)
         return True
+
+    def end_user(self, user_id: str, now: float) -> tuple[int, int]:
+        """DELETE /users/{id}: no session opens for the user until ``forget_user``, and
+        every live one ends (``deleted``: release hook, then its pod deleted). How many
+        sessions ended, and how many pods go with them."""
+        self.deleting_users.add(user_id)
+        ended = pods = 0
+        for sid in sorted(self.live_by_user.get(user_id, ())):
+            pod_name = self.sessions[sid].pod_name
+            if self.end_session(sid, EndReason.DELETED, now):
+                ended += 1
+                pods += pod_name is not None and pod_name in self.pods
+        return ended, pods
+
+    def forget_user(self, user_id: str) -> None:
+        """The user's ended sessions kept in memory go (before their rows are purged:
+        then no later round can write one back)."""
+        for sid in [sid for sid, s in self.sessions.items() if s.user_id == user_id]:
+            if not self.sessions[sid].live:
+                del self.sessions[sid]
+                self.outbox.dirty_sessions.discard(sid)
+
+    def allow_user(self, user_id: str) -> None:
+        """The deletion is over: sessions may open for the user again."""
+        self.deleting_users.discard(user_id)
 
     def _lifetime_due(self, session_id: str, now: float) -> None:
         session = self.sessions.get(session_id)
