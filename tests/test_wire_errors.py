@@ -15,6 +15,7 @@ from sandbox_controller.errors import (
     SessionNotFound,
     StoreUnavailable,
     ThreadOwnedByOtherUser,
+    UserBeingDeleted,
     UserSessionLimit,
 )
 from sandbox_controller.model import EndReason
@@ -24,6 +25,7 @@ DOMAIN_ERRORS: list[SandboxError] = [
     UserSessionLimit(live=5, limit=5, retry_after=3.0),
     CapacityExhausted(max_total_jobs=50, retry_after=2.0),
     ThreadOwnedByOtherUser(thread_id="t"),
+    UserBeingDeleted(user_id="u"),
     SessionNotFound(session_id="s"),
     SessionEnded(session_id="s", reason=EndReason.DELETED),
     NotLeader(),
