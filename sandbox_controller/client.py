@@ -222,6 +222,7 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         SessionNotFoundError,
         SessionEndedError,
         ThreadOwnedByOtherUserError,
+        UserBeingDeletedError,
     )
 }
 RETRIED = frozenset({429, 503})

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.errors import UserBeingDeleted
-from sandbox_controller.model import EndReason, Opened, SessionState
+from sandbox_controller.model import EndReason, Opened
 from sandbox_controller.scheduler.loop import Scheduler
 from sandbox_controller.store import Store
 
