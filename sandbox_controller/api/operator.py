@@ -54,7 +54,10 @@ class RecoveryConfirmedBody(BaseModel):
 def add_operator_routes(api: APIRouter, leading: Callable[[], Scheduler], clock: Clock) -> None:
     @api.delete(
         "/users/{user_id}",
-        responses={200: {"model": UserDeletedBody}, **errors(401, 422, 503)},
+        responses={
+            200: {"model": UserDeletedBody},
+            **errors(401, 404, 422, 503, why={404: "a path holding a control character"}),
+        },
     )
     async def delete_user(
         user_id: Annotated[Id, Path(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)],

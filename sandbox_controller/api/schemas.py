@@ -250,7 +250,8 @@ _WHY = {
     400: "the body is not text (invalid UTF-8)",
     401: "missing or wrong bearer token",
     404: "no such session (or a path holding a control character)",
-    409: "the thread belongs to another user",
+    409: "the thread belongs to another user, or the user is being deleted "
+    "(user_being_deleted: DELETE /users/{user_id} is under way)",
     410: "the session has ended",
     413: "the body is over the size limit",
     422: "a bad body, query or parameter",
