@@ -20,6 +20,7 @@ import pytest
         "benchmarks.sim_bench",
         "benchmarks.docker_bench",
         "benchmarks.console_clients",
+        "benchmarks.recovery_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:
