@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # older backup, the wrong database) deletes them only when they are this few: more
     # than this fraction of the pods AND more than this many are held for an operator
     # (scheduler/orphans.py). A crash leaves a handful; a wrong database, the fleet.
-    recovery_max_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    recovery_max_delete: float = Field(0.2, ge=0.0, le=1.0)
     recovery_max_pods: int = Field(5, ge=0)
     # The operator has looked: the next start deletes whatever orphans it finds. Unset
     # it afterwards, or the guard stays off for every start.
@@ -242,7 +242,7 @@ class Settings(BaseSettings):
             hook_timeout=self.hook_timeout,
             max_claim_attempts=self.max_claim_attempts,
             recovery=RecoveryGuard(
-                self.recovery_max_fraction, self.recovery_max_pods, self.recovery_confirm
+                self.recovery_max_delete, self.recovery_max_pods, self.recovery_confirm
             ),
         )
 

@@ -9,7 +9,7 @@ a session for it. Its session was committed before its label was set (invariant 
 a store that does not know it has lost that commit: a database restored from an older
 backup, or a controller pointed at the wrong database. Deleting orphans then deletes
 live sandboxes that users are working in, so a rebuild that finds many of them holds
-them instead (model.RecoveryGuard, SANDBOX_RECOVERY_MAX_FRACTION and _MAX_PODS).
+them instead (model.RecoveryGuard, SANDBOX_RECOVERY_MAX_DELETE and _MAX_PODS).
 
 Held pods are neither deleted nor handed out. They count against maxTotalJobs (they
 exist: invariant 1), the pool shows the ``RecoveryHeld`` condition, and the loop logs
