@@ -1,6 +1,6 @@
 """sandbox-controller: a warm pool of sandbox pods for AI-agent sessions.
 
-Commands: dev, serve, proxy, migrate, plan, trace, simulate. Settings come from
+Commands: dev, serve, proxy, migrate, recover, plan, trace, simulate. Settings come from
 SANDBOX_* environment variables (see the README); a few have flags too.
 """
 
@@ -59,14 +59,25 @@ def _settings(**overrides: Any) -> Settings:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-async def _migrate(settings: Settings) -> None:
-    from .store import Store
+class BadRevision(Exception):
+    """migrate --to named a revision this version does not know."""
+
+
+async def _migrate(settings: Settings, to: str = "head") -> None:
+    from .store import Store, UnknownRevision
 
     store = Store.open(settings.database_url)
     try:
-        await store.migrate()
+        before = await store.revision()
+        try:
+            await store.migrate(to)
+        except UnknownRevision as exc:
+            raise BadRevision(str(exc)) from None
+        after = await store.revision()
     finally:
         await store.close()
+    if before != after:
+        log.info("migrated the database from revision %s to %s", before, after)
 
 
 class DatabaseUnusable(Exception):
@@ -120,11 +131,11 @@ def _first_line(exc: BaseException) -> str:
     return words[0] if words else type(exc).__name__
 
 
-async def _main(command: str, settings: Settings) -> None:
+async def _main(command: str, settings: Settings, migrate_to: str = "head") -> None:
     if command in ("dev", "serve", "migrate"):
         await check_database(settings.database_url)
     if command == "migrate":
-        await _migrate(settings)
+        await _migrate(settings, migrate_to)
         return
     # Imported here: `migrate` and `plan` need neither the app nor the proxy.
     from .process import ControllerProcess, DevProcess
@@ -190,11 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
         "(the same as the controller's); it gets the key that verifies session tokens from "
         "the controller, and holds no secret that signs them.",
     )
-    sub.add_parser(
+    migrate = sub.add_parser(
         "migrate",
-        help="apply database migrations and exit",
-        description="Apply the database migrations to SANDBOX_DATABASE_URL and exit.",
+        help="apply database migrations (or roll back) and exit",
+        description="Apply the database migrations to SANDBOX_DATABASE_URL and exit. "
+        "With --to REV, migrate up or down to that revision (a rollback before running "
+        "an older version: stop the controllers first; see README, Backup and restore).",
     )
+    migrate.add_argument(
+        "--to", default="head", metavar="REV", help="target revision (e.g. 0002; default head)"
+    )
+    recover = sub.add_parser(
+        "recover",
+        help="show, or confirm, the pods a restart holds instead of deleting",
+        description="Ask the running leader (SANDBOX_CONTROLLER_URL, SANDBOX_API_TOKEN) "
+        "which pods its recovery holds: pods serving sessions its database does not know "
+        "(condition RecoveryHeld). With --confirm, delete them.",
+    )
+    recover.add_argument(
+        "--confirm", action="store_true", help="delete the held pods (their sessions are lost)"
+    )
+    recover.add_argument("--url", help="the controller's API (SANDBOX_CONTROLLER_URL)")
     sub.add_parser(
         "plan", help="capacity arithmetic: pods, CPU and memory for a peak", add_help=False
     )
@@ -254,6 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         return (trace_main if args.command == "trace" else simulate_main)(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "recover":
+        from .recover import recover
+
+        try:
+            settings = _settings()
+        except ConfigError as exc:
+            print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
+            return 2
+        url = args.url or settings.controller_url
+        return recover(url, settings.api_token, confirm=args.confirm)
     try:
         if args.command == "dev":
             settings = _dev_credentials(
@@ -287,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox-controller: port {taken[1]} on {taken[0]} is taken", file=sys.stderr)
         return 1
     try:
-        uvloop.run(_main(args.command, settings))
+        uvloop.run(_main(args.command, settings, getattr(args, "to", "head")))
     except KeyboardInterrupt:
         pass
+    except BadRevision as exc:
+        print(f"sandbox-controller: migrate: {exc}", file=sys.stderr)
+        return 2
     except DatabaseUnusable as exc:
         print(f"sandbox-controller: {exc}", file=sys.stderr)
         return 1

@@ -214,6 +214,12 @@ class ResourcesOutOfBoundsError(SandboxAPIError):
     code = ErrorCode.RESOURCES_OUT_OF_BOUNDS
 
 
+class UserBeingDeletedError(SandboxAPIError):
+    """The user's data is being deleted (DELETE /users/{id}); no session meanwhile."""
+
+    code = ErrorCode.USER_BEING_DELETED
+
+
 class NotReadyError(SandboxAPIError):
     """Client-side: the session was still provisioning when ``ready_within`` ran out.
     The session is live; open it again (same thread) to keep waiting, or delete it."""
@@ -248,6 +254,7 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         ThreadOwnedByOtherUserError,
         UnknownTemplateError,
         ResourcesOutOfBoundsError,
+        UserBeingDeletedError,
     )
 }
 RETRIED = frozenset({429, 503})

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .credentials import ApiToken, api_tokens, hook_keys, parse_api_tokens, split_list
 from .durations import parse_duration
-from .model import Limits, Plan, PrewarmPolicy, PrewarmSettings
+from .model import Limits, Plan, PrewarmPolicy, PrewarmSettings, RecoveryGuard
 from .plans import PlanError, load_plans
 from .quantities import byte_size, parse_quantity
 from .sandbox_contract import ENV_CLAIM_SECRET
@@ -160,6 +160,16 @@ class Settings(BaseSettings):
     max_claim_attempts: int = Field(3, ge=1)
     # What the sandbox gets to flush its work before its pod is deleted.
     release_timeout: Duration = 2.0
+
+    # A rebuild that finds pods serving sessions the store does not know (a restored
+    # older backup, the wrong database) deletes them only when they are this few: more
+    # than this fraction of the pods AND more than this many are held for an operator
+    # (scheduler/orphans.py). A crash leaves a handful; a wrong database, the fleet.
+    recovery_max_delete: float = Field(0.2, ge=0.0, le=1.0)
+    recovery_max_pods: int = Field(5, ge=0)
+    # The operator has looked: the next start deletes whatever orphans it finds. Unset
+    # it afterwards, or the guard stays off for every start.
+    recovery_confirm: bool = False
 
     # The operator console at /console (sandbox_controller/console/). Signing in takes
     # the API token, or this read-only one, whose holder can look but not end sessions.
@@ -342,6 +352,9 @@ class Settings(BaseSettings):
             hook_timeout=self.hook_timeout,
             max_claim_attempts=self.max_claim_attempts,
             plans=self._plans,
+            recovery=RecoveryGuard(
+                self.recovery_max_delete, self.recovery_max_pods, self.recovery_confirm
+            ),
         )
 
     def kube_options(self) -> KubeOptions:

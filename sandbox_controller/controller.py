@@ -172,6 +172,11 @@ class Controller:
             # Fine for one process (dev); a separate proxy needs the same secret.
             self.token_secret = secrets.token_bytes(32)
             log.warning("SANDBOX_TOKEN_SECRET is not set; using a random one for this process")
+        if self.settings.recovery_confirm:
+            log.warning(
+                "SANDBOX_RECOVERY_CONFIRM is set: pods serving sessions the store does not "
+                "know will be deleted without holding; unset it once this start is done"
+            )
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
         hook_keys = self.settings.hook_keys(self.token_secret)

@@ -106,6 +106,14 @@ class SessionEnded(SandboxError):
         self.reason = reason
 
 
+class UserBeingDeleted(SandboxError):
+    """A session was asked for a user whose deletion (DELETE /users/{id}) is under way."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.user_id = user_id
+
+
 class NotLeader(SandboxError):
     """This replica does not schedule: a standby, starting, stopping, or deposed."""
 

@@ -77,6 +77,11 @@ class _PoolCollector(Collector):
             "Session requests waiting for a pod, by template",
             labels=["template"],
         )
+        held = GaugeMetricFamily(
+            "sandbox_recovery_held_pods",
+            "Pods that served sessions the store does not know, held until an operator "
+            "confirms (sandbox-controller recover --confirm)",
+        )
         leader = GaugeMetricFamily("sandbox_is_leader", "1 on the replica that schedules")
         leader.add_metric([], 1.0 if self._is_leader() else 0.0)
         if status is not None:
@@ -93,6 +98,7 @@ class _PoolCollector(Collector):
             if status.prewarm is not None:
                 prewarm_target.add_metric([], status.prewarm.target)
             per_user.add_metric([], status.limits.max_sessions_per_user)
+            held.add_metric([], status.held_pods)
             holding = {c.type for c in status.conditions}
             for kind in ConditionType:
                 condition.add_metric([kind.value], 1.0 if kind in holding else 0.0)
@@ -116,6 +122,7 @@ class _PoolCollector(Collector):
             template_pods,
             template_target,
             template_waiters,
+            held,
         )
         yield leader
 

@@ -304,6 +304,24 @@ class TemplateLimits:
 
 
 @dataclass(frozen=True)
+class RecoveryGuard:
+    """How many pods that served a session the store does not know (orphans) a rebuild
+    deletes on its own. More than ``max_fraction`` of the pods it finds AND more than
+    ``max_pods`` are held for an operator instead: that many is what a restored old
+    backup or the wrong database looks like, not a crash (scheduler/orphans.py)."""
+
+    max_fraction: float = 0.2
+    max_pods: int = 5
+    # SANDBOX_RECOVERY_CONFIRM: the operator has looked; delete whatever is found.
+    confirmed: bool = False
+
+    def holds(self, orphans: int, pods: int) -> bool:
+        if self.confirmed:
+            return False
+        return orphans > self.max_pods and orphans > self.max_fraction * pods
+
+
+@dataclass(frozen=True)
 class Limits:
     """The scheduler's limits; built by ``Settings.limits()``, where the defaults live."""
 
@@ -347,6 +365,9 @@ class Limits:
     def default_template(self) -> str:
         return self.all_templates[0].name
 
+    # How many unmatched pods a rebuild may delete without an operator (orphans.py).
+    recovery: RecoveryGuard = RecoveryGuard()
+
     @property
     def reclaim_after(self) -> float:
         return self.idle_after + self.activity_lag
@@ -389,6 +410,9 @@ class ConditionType(enum.StrEnum):
     """What is wrong with the pool, as GET /pool and sandbox_pool_condition name it."""
 
     CREATE_REJECTED = "CreateRejected"  # the platform refuses to create sandboxes
+    # A rebuild found more pods that served sessions the store does not know than it
+    # may delete on its own (scheduler/orphans.py): they are held for an operator.
+    RECOVERY_HELD = "RecoveryHeld"
 
 
 @dataclass(frozen=True)
@@ -398,6 +422,17 @@ class PoolCondition:
     type: ConditionType
     message: str  # the latest refusal, in the platform's words
     since: float  # when it began: the first refusal since the last success
+
+
+@dataclass(frozen=True)
+class UserDeletion:
+    """What DELETE /users/{id} did: sessions ended now, rows purged (ended sessions,
+    those just ended included), and pods that go with the sessions ended now."""
+
+    user_id: str
+    sessions_ended: int
+    sessions_purged: int
+    pods_deleted: int
 
 
 @dataclass(frozen=True)
@@ -462,6 +497,7 @@ class PoolStatus:
     prewarm: PrewarmTarget | None = None  # None: no pool (a standby)
     conditions: tuple[PoolCondition, ...] = ()
     templates: tuple[TemplateStatus, ...] = ()  # each template's part, the default first
+    held_pods: int = 0  # orphans a rebuild holds until an operator confirms (orphans.py)
 
     @classmethod
     def empty(cls, limits: Limits) -> PoolStatus:

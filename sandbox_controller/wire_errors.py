@@ -22,6 +22,7 @@ class ErrorCode(enum.StrEnum):
     SESSION_NOT_FOUND = "session_not_found"
     SESSION_ENDED = "session_ended"
     THREAD_OWNED_BY_OTHER_USER = "thread_owned_by_other_user"
+    USER_BEING_DELETED = "user_being_deleted"
     USER_SESSION_LIMIT = "user_session_limit"
     UNKNOWN_PLAN = "unknown_plan"
     ORG_SESSION_LIMIT = "org_session_limit"
@@ -49,6 +50,7 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.SESSION_NOT_FOUND: 404,
     ErrorCode.SESSION_ENDED: 410,
     ErrorCode.THREAD_OWNED_BY_OTHER_USER: 409,
+    ErrorCode.USER_BEING_DELETED: 409,
     ErrorCode.USER_SESSION_LIMIT: 429,
     ErrorCode.UNKNOWN_PLAN: 422,
     ErrorCode.ORG_SESSION_LIMIT: 429,

@@ -66,6 +66,7 @@ _.SandboxClient
 # (api/schemas.py): the handlers build that JSON by hand.
 _.assigned
 _.last_activity
+_.deleted_pods  # api/operator.py RecoveryConfirmedBody
 # asyncio calls a protocol's flow-control callbacks (proxy/websocket.py's relay sides).
 _.pause_writing
 _.resume_writing

@@ -23,6 +23,7 @@ import pytest
         "benchmarks.console_clients",
         "benchmarks.budget_bench",
         "benchmarks.token_bench",
+        "benchmarks.recovery_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

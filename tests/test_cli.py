@@ -183,6 +183,33 @@ def test_migrate_at_the_default_level_shows_no_alembic_chatter(tmp_path: Path) -
     assert (tmp_path / "s.db").exists()
 
 
+def test_migrate_to_rolls_the_schema_back_and_forward(tmp_path: Path) -> None:
+    import sqlite3
+
+    env = {**os.environ, "SANDBOX_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/s.db"}
+
+    def migrate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sandbox_controller.cli", "migrate", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def revision() -> str:
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            return str(db.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+    assert migrate().returncode == 0
+    assert revision() == "0003"
+    assert migrate("--to", "0002").returncode == 0
+    assert revision() == "0002"
+    unknown = migrate("--to", "0042")
+    assert unknown.returncode == 2
+    assert "no revision '0042'" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert revision() == "0002"
+    assert migrate().returncode == 0
+    assert revision() == "0003"
+
+
 # ------------------------------------------------------------------ dev's credentials
 
 

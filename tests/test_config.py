@@ -45,6 +45,17 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.max_concurrent_creates == 3 and s.backend == "local"
     assert s.database_url == "sqlite+aiosqlite:///./sandbox.db"
     assert s.proxy_public_url is None and s.proxy_url == "http://127.0.0.1:8081"
+    guard = s.limits().recovery  # the restore guard: 20% of the pods and more than 5
+    assert (guard.max_fraction, guard.max_pods, guard.confirmed) == (0.2, 5, False)
+
+
+def test_the_recovery_guard_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_RECOVERY_MAX_DELETE", "0.5")
+    monkeypatch.setenv("SANDBOX_RECOVERY_MAX_PODS", "12")
+    monkeypatch.setenv("SANDBOX_RECOVERY_CONFIRM", "true")
+    guard = load_settings().limits().recovery
+    assert (guard.max_fraction, guard.max_pods, guard.confirmed) == (0.5, 12, True)
+    assert not guard.holds(1000, 1000)  # confirmed: nothing is held
 
 
 @pytest.mark.parametrize(
@@ -55,6 +66,8 @@ def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SANDBOX_PREWARM_POOL_SIZE", "five", "SANDBOX_PREWARM_POOL_SIZE"),
         ("SANDBOX_PREWARM_POOL_SIZE", "80", "must not exceed SANDBOX_MAX_TOTAL_JOBS"),
         ("SANDBOX_BACKEND", "nomad", "SANDBOX_BACKEND"),
+        ("SANDBOX_RECOVERY_MAX_DELETE", "1.5", "SANDBOX_RECOVERY_MAX_DELETE"),
+        ("SANDBOX_RECOVERY_MAX_PODS", "-1", "SANDBOX_RECOVERY_MAX_PODS"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(

@@ -18,6 +18,7 @@ from sandbox_controller.errors import (
     StoreUnavailable,
     ThreadOwnedByOtherUser,
     UnknownPlan,
+    UserBeingDeleted,
     UserSessionLimit,
 )
 from sandbox_controller.model import EndReason
@@ -30,6 +31,7 @@ DOMAIN_ERRORS: list[SandboxError] = [
     UnknownPlan(plan="gold", known=("starter",)),
     OrgSessionLimit(org_id="acme", plan="starter", limit=2, retry_after=60.0),
     OrgRateLimited(org_id="acme", plan="starter", per_minute=3, retry_after=20.0),
+    UserBeingDeleted(user_id="u"),
     SessionNotFound(session_id="s"),
     SessionEnded(session_id="s", reason=EndReason.DELETED),
     NotLeader(),

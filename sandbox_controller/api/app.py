@@ -29,6 +29,7 @@ from .listing import (
     decode_cursor,
     encode_cursor,
 )
+from .operator import add_operator_routes
 from .schemas import (
     ID_MAX,
     ID_SCHEMA,
@@ -233,6 +234,8 @@ def create_app(controller: Controller) -> FastAPI:
     async def touch_session(session_id: str) -> Response:
         await leading().touch(session_id)
         return Response(status_code=204)
+
+    add_operator_routes(api, leading, ctl.clock)
 
     @api.get("/pool", responses={200: {"model": PoolBody}, **errors(401, 422)})
     async def pool() -> Response:

@@ -28,6 +28,7 @@ from ..errors import (
     ThreadOwnedByOtherUser,
     UnknownPlan,
     UnknownTemplate,
+    UserBeingDeleted,
     UserSessionLimit,
 )
 from ..wire_errors import STATUS, ErrorCode
@@ -118,6 +119,11 @@ def problem(exc: SandboxError) -> Problem:
         case ResourcesOutOfBounds():
             return Problem.of(
                 ErrorCode.RESOURCES_OUT_OF_BOUNDS, f"template {exc.template}: {exc.reason}"
+            )
+        case UserBeingDeleted():
+            return Problem.of(
+                ErrorCode.USER_BEING_DELETED,
+                f"user {exc.user_id} is being deleted; no session is opened meanwhile",
             )
         case SessionNotFound():
             return Problem.of(ErrorCode.SESSION_NOT_FOUND, f"no session {exc.session_id}")

@@ -218,7 +218,9 @@ class PodCounts(BaseModel):
 class PoolConditionBody(BaseModel):
     type: ConditionType = Field(
         description="CreateRejected: the platform refuses to create sandbox pods (RBAC, "
-        "an invalid template, a missing image); creates back off up to 5 minutes"
+        "an invalid template, a missing image); creates back off up to 5 minutes. "
+        "RecoveryHeld: a restart found pods serving sessions the store does not know "
+        "(an older database?) and holds them until `sandbox-controller recover --confirm`"
     )
     message: str = Field(description="the latest refusal, in the platform's words")
     since: str = Field(description="when it began: the first refusal since the last success")
@@ -284,7 +286,8 @@ _WHY = {
     400: "the body is not text (invalid UTF-8)",
     401: "missing or wrong bearer token",
     404: "no such session (or a path holding a control character)",
-    409: "the thread belongs to another user",
+    409: "the thread belongs to another user, or the user is being deleted "
+    "(user_being_deleted: DELETE /users/{user_id} is under way)",
     410: "the session has ended",
     413: "the body is over the size limit",
     422: "a bad body, query or parameter",

@@ -18,6 +18,7 @@ from ..errors import (
     OrgSessionLimit,
     SandboxError,
     UnknownPlan,
+    UserBeingDeleted,
     UserSessionLimit,
 )
 from ..model import (
@@ -70,6 +71,10 @@ class Admission:
         not changed. A thread is one user's within one org: another user's thread of
         the same id is another thread."""
         pool = self.pool
+        if user_id in pool.deleting_users:
+            # DELETE /users/{id} ended their sessions; none may start until it answers.
+            self._refuse(request_id, Outcome.ERROR, UserBeingDeleted(user_id))
+            return
         existing_id = pool.live_by_thread.get((org_id, user_id, thread_id))
         if existing_id is not None:
             existing = pool.sessions[existing_id]

@@ -59,6 +59,10 @@ class PoolCore(Protocol):
     def orgs(self) -> OrgLedger: ...
 
     @property
+    def deleting_users(self) -> set[str]:
+        """Users whose deletion is under way: no session opens for them."""
+
+    @property
     def inventory(self) -> PodInventory: ...
 
     @property

@@ -8,11 +8,12 @@ a domain error (errors.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import NotLeader, SessionEnded, SessionNotFound, StoreUnavailable
+from ..errors import NotLeader, SandboxError, SessionEnded, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimPayload
 from ..model import (
     ActivitySource,
@@ -27,6 +28,7 @@ from ..model import (
     SessionQuery,
     SessionState,
     SessionView,
+    UserDeletion,
 )
 from ..templates import resolve_shape
 from .admission import unknown_plan
@@ -193,6 +195,43 @@ class Scheduler(Rounds):
             return sum(pool.end_session(sid, reason, now) for sid in live)
 
         return await self._call(apply)
+
+    async def delete_user(self, user_id: str) -> UserDeletion:
+        """End the user's live sessions (``deleted``, as DELETE /sessions/{id} does: the
+        release hook, then each pod deleted) and purge every row of theirs, ended ones
+        included. Idempotent: a user with nothing left gets zero counts.
+
+        Opens for the user are refused (UserBeingDeleted) from the round that ends
+        their sessions until this returns, so a session opened concurrently is either
+        ended here or refused: none of the user's is live when the caller hears back."""
+        ended, pods = await self._call(lambda pool, now: pool.end_user(user_id, now))
+        try:
+            # Forgotten in memory first, then purged: no later round can write one back.
+            await self._call(lambda pool, now: pool.forget_user(user_id))
+            purged = await self.store.purge_user(user_id)
+            # Suspension archives (not built yet) are deleted here, before the rows
+            # that name them are gone for good.
+        finally:
+            # Not awaited: applied in a later round than this caller's answer.
+            with contextlib.suppress(SandboxError):
+                self._submit(lambda pool, now: pool.allow_user(user_id))
+        return UserDeletion(user_id, ended, purged, pods)
+
+    async def confirm_recovery(self) -> list[str]:
+        """An operator confirms: the pods recovery holds (orphans.py) are deleted, as any
+        pod that served is. Their names; none when nothing is held."""
+
+        def apply(pool: Pool, now: float) -> list[str]:
+            names = pool.release_orphans(now)
+            self._confirmed_orphans.update(names)
+            return names
+
+        names = await self._call(apply)
+        if names:
+            log.warning(
+                "recovery confirmed: deleting %d held pods: %s", len(names), " ".join(names)
+            )
+        return names
 
     async def touch(self, session_id: str) -> None:
         """Activity on a live session (an agent at work); persisted with the next round,

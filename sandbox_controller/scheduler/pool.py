@@ -50,6 +50,7 @@ from .inventory import PodInventory
 from .lifecycle import ROUTE_LEASE as ROUTE_LEASE  # where its users always found it
 from .lifecycle import PodLifecycle
 from .orgs import OrgLedger
+from .orphans import Orphans
 from .prewarm import Prewarm
 from .views import PoolViews
 
@@ -83,6 +84,7 @@ class Pool(PoolViews):
         self.live_by_thread: dict[ThreadKey, str] = {}
         self.live_by_org: defaultdict[str, set[str]] = defaultdict(set)
         self.orgs = OrgLedger()
+        self.deleting_users: set[str] = set()  # DELETE /users/{id} under way
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
@@ -101,6 +103,7 @@ class Pool(PoolViews):
         self.lifecycle = PodLifecycle(self)
         self.claiming = Claiming(self)
         self.idling = Idling(self)
+        self.orphans = Orphans()  # pods a rebuild holds for an operator (orphans.py)
         # Which policy acts when a deadline of each kind comes (the wake-ups only wake:
         # the tick's reconcile does the rest).
         self._on_deadline: dict[DeadlineKind, Callable[[str, float], None]] = {
@@ -248,6 +251,35 @@ class Pool(PoolViews):
             self.outbox.dirty_sessions.add(session_id)
         return True
 
+    def end_user(self, user_id: str, now: float) -> tuple[int, int]:
+        """DELETE /users/{id}: no session opens for the user until ``forget_user``, and
+        every live one ends (``deleted``: release hook, then its pod deleted). How many
+        sessions ended, and how many pods go with them."""
+        self.deleting_users.add(user_id)
+        ended = pods = 0
+        # Across orgs: a user id names one person wherever they work (README).
+        live = (
+            sid for (_, user), sids in self.live_by_user.items() if user == user_id for sid in sids
+        )
+        for sid in sorted(live):
+            pod_name = self.sessions[sid].pod_name
+            if self.end_session(sid, EndReason.DELETED, now):
+                ended += 1
+                pods += pod_name is not None and pod_name in self.pods
+        return ended, pods
+
+    def forget_user(self, user_id: str) -> None:
+        """The user's ended sessions kept in memory go (before their rows are purged:
+        then no later round can write one back)."""
+        for sid in [sid for sid, s in self.sessions.items() if s.user_id == user_id]:
+            if not self.sessions[sid].live:
+                del self.sessions[sid]
+                self.outbox.dirty_sessions.discard(sid)
+
+    def allow_user(self, user_id: str) -> None:
+        """The deletion is over: sessions may open for the user again."""
+        self.deleting_users.discard(user_id)
+
     def _lifetime_due(self, session_id: str, now: float) -> None:
         session = self.sessions.get(session_id)
         if session is not None and session.live:
@@ -332,10 +364,19 @@ class Pool(PoolViews):
         self.lifecycle.delete_failed(name, now)
 
     def pod_observed(self, status: PodStatus, now: float) -> None:
-        self.lifecycle.pod_observed(status, now)
+        if not self.orphans.observed(status):
+            self.lifecycle.pod_observed(status, now)
 
     def pod_gone(self, name: str, now: float, eviction: str | None = None) -> None:
-        self.lifecycle.pod_gone(name, now, eviction)
+        if not self.orphans.gone(name):
+            self.lifecycle.pod_gone(name, now, eviction)
+
+    def release_orphans(self, now: float) -> list[str]:
+        """An operator confirmed: the held pods go, as any pod that served does."""
+        pods = self.orphans.release()
+        for pod in pods:
+            self.lifecycle.restore(pod)
+        return sorted(pod.name for pod in pods)
 
     # ------------------------------------------------------------ dispatch: across policies
 

@@ -26,6 +26,9 @@ class SchedulerStore(Protocol):
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         """Commit one round in one transaction, or raise (store.Deposed: fenced off)."""
 
+    async def purge_user(self, user_id: str) -> int:
+        """Delete the user's ended sessions; how many rows went."""
+
 
 BackendOperation = Literal["create", "delete", "label"]
 # What a sandbox's status hook said: busy, not busy, or nothing usable in time.

@@ -25,12 +25,19 @@ Deadlines run on this process's monotonic clock, which means nothing to another
 process: across a restart or a takeover the stored wall times are the only truth. A
 stored time becomes a monotonic one as ``mono_now + (stored - wall_now)``
 (Pool.from_wall), so a deadline is as far off as the wall clock now says.
+
+A pod that served a session the store cannot name (an orphan: orphans.py) is deleted
+like the rest, unless there are so many that the store itself is the likelier fault
+(an older backup, the wrong database): then they are all held until an operator
+confirms (model.RecoveryGuard). ``confirmed`` names pods an operator already let go
+in this term, so a rebuild after a failed commit does not hold them again.
 """
 
 from __future__ import annotations
 
 from ..backends.base import LabelState, PodPhase, PodStatus
 from ..model import EndReason, Pod, PodState, Session, SessionState
+from .orphans import is_orphan
 from .pool import ROUTE_LEASE, Pool
 
 
@@ -41,10 +48,12 @@ def restore(
     backend_pods: list[PodStatus],
     now: float,
     handed_out: frozenset[str] | set[str] = frozenset(),
+    confirmed: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     rows = {p.name: p for p in pod_rows}
     holder = {s.pod_name: s for s in sessions if s.pod_name and s.live}
     adopted: set[str] = set()
+    orphans: list[Pod] = []
 
     for status in backend_pods:
         row = rows.get(status.name)
@@ -76,7 +85,20 @@ def restore(
             ready = status.phase is PodPhase.READY
             pod.state = PodState.IDLE if ready else PodState.PENDING
             pod.ready_at = (row.ready_at if row else pool.wall(now)) if ready else None
+        elif (
+            healthy
+            and status.name not in confirmed
+            and is_orphan(status, row, status.name in handed_out)
+        ):
+            orphans.append(pod)
+            continue
         pool.restore_pod(pod)
+
+    if pool.limits.recovery.holds(len(orphans), len(backend_pods)):
+        pool.orphans.hold(orphans, len(backend_pods), pool.wall(now))
+    else:
+        for pod in orphans:
+            pool.restore_pod(pod)
 
     for name in rows.keys() - {p.name for p in backend_pods}:
         pool.outbox.forgotten_pods.add(name)
@@ -93,6 +115,10 @@ def restore(
 
 def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str | None) -> bool:
     """Never given to a session, by its row or, with no row yet, by its labels."""
+    if status.label_state is LabelState.ASSIGNED or status.session_hash is not None:
+        # Given to a session, whatever an older row says (a restored backup's row may
+        # still call it warm): it must never serve another (invariant 3).
+        return False
     if row is not None:
         return row.session_id is None and row.state in (PodState.PENDING, PodState.IDLE)
     return (

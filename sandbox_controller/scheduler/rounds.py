@@ -96,6 +96,8 @@ class Rounds(EffectCalls):
         # many do, after each round (only when the number changes).
         self._hurries = backend if isinstance(backend, HurriesForWaiters) else None
         self._told_waiting = -1
+        # Orphans an operator let go this term: a rebuild does not hold them again.
+        self._confirmed_orphans: set[str] = set()
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -110,7 +112,9 @@ class Rounds(EffectCalls):
         pool.wall_offset = self.clock.now() - now
         # The rebuilt pool knows of no claim in flight: their env and files are lost.
         self._payloads.clear()
-        restore(pool, sessions, pod_rows, backend_pods, now, self._handed_out)
+        restore(
+            pool, sessions, pod_rows, backend_pods, now, self._handed_out, self._confirmed_orphans
+        )
         self._handed_out = {name for name in self._handed_out if name in pool.pods}
         pool.tick(now)
         self._pool = pool
@@ -126,6 +130,15 @@ class Rounds(EffectCalls):
             len(pool.pods),
             len(backend_pods),
         )
+        if pool.orphans.held:
+            log.warning(
+                "holding %d of %d pods that served sessions the store does not know (a "
+                "database older than the cluster?); nothing is deleted until an operator "
+                "runs `sandbox-controller recover --confirm`. Would delete: %s",
+                len(pool.orphans.held),
+                len(backend_pods),
+                " ".join(sorted(pool.orphans.held)),
+            )
 
     # ------------------------------------------------------------ the loop
 

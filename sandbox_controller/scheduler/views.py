@@ -23,6 +23,7 @@ from .claiming import Claiming, Claims
 from .idling import BusyChecks, Idling
 from .inventory import PodInventory
 from .lifecycle import PodLifecycle
+from .orphans import Orphans
 from .prewarm import Prewarm
 
 
@@ -39,6 +40,7 @@ class PoolViews:
     lifecycle: PodLifecycle
     claiming: Claiming
     idling: Idling
+    orphans: Orphans
 
     @property
     def pods(self) -> dict[str, Pod]:
@@ -66,8 +68,9 @@ class PoolViews:
 
     @property
     def total_pods(self) -> int:
-        """Pods that exist or are being created: the number the cap applies to."""
-        return len(self.inventory) + self.creates_in_flight
+        """Pods that exist or are being created: the number the cap applies to (held
+        orphans exist too)."""
+        return len(self.inventory) + len(self.orphans.held) + self.creates_in_flight
 
     @property
     def unschedulable(self) -> bool:
@@ -114,7 +117,8 @@ class PoolViews:
             sessions=sessions,
             limits=self.limits,
             prewarm=self.prewarm.current,
-            conditions=self.lifecycle.create_throttle.conditions,
+            conditions=self.lifecycle.create_throttle.conditions + self.orphans.conditions,
+            held_pods=len(self.orphans.held),
             templates=self.template_status(),
         )
 

@@ -1,5 +1,5 @@
 """The durable record: sessions, pods and the leader lease, in PostgreSQL or SQLite."""
 
-from .db import Batch, Deposed, Fence, LeaseHolder, SchemaState, Store
+from .db import Batch, Deposed, Fence, LeaseHolder, SchemaState, Store, UnknownRevision
 
-__all__ = ["Batch", "Deposed", "Fence", "LeaseHolder", "SchemaState", "Store"]
+__all__ = ["Batch", "Deposed", "Fence", "LeaseHolder", "SchemaState", "Store", "UnknownRevision"]

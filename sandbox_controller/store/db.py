@@ -219,17 +219,23 @@ class Store:
 
     # ------------------------------------------------------------ schema
 
-    async def migrate(self) -> None:
-        """Apply Alembic migrations up to head (idempotent). Without the store's
-        timeouts: a migration may rightly take longer than any one statement should."""
+    async def migrate(self, to: str = "head") -> None:
+        """Apply Alembic migrations up to head (idempotent), or up or down to the
+        revision ``to`` (a rollback: ``sandbox-controller migrate --to 0002``). Without
+        the store's timeouts: a migration may rightly take longer than any one
+        statement should."""
         if self._url is None or self.dialect == "sqlite":
-            await self.run(_upgrade)  # SQLite: one connection, the store's own
+            await self.run(_migrate_to, to)  # SQLite: one connection, the store's own
             return
         engine = open_engine(self._url)
         try:
-            await engine.run(_upgrade)
+            await engine.run(_migrate_to, to)
         finally:
             await engine.close()
+
+    async def revision(self) -> str | None:
+        """The database's schema revision (None: an empty database)."""
+        return await self.run(_current_revision)
 
     async def schema(self) -> SchemaState:
         """Whether the database's schema is one this version knows (see SchemaState)."""
@@ -329,6 +335,17 @@ class Store:
         )
         return await self.run(lambda conn: int(conn.execute(statement).rowcount))
 
+    async def purge_user(self, user_id: str) -> int:
+        """Delete the user's ended sessions (DELETE /users/{id}); how many rows went.
+        Live rows stay: the scheduler ends them first, and no live row may vanish
+        under the pool that holds it."""
+        statement = (
+            sa.delete(sessions)
+            .where(sessions.c.user_id == user_id)
+            .where(sessions.c.state == "ended")
+        )
+        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
+
     # ------------------------------------------------------------ leader lease
 
     async def acquire_lease(self, holder: str, ttl: float, now: float) -> int | None:
@@ -419,11 +436,33 @@ def _schema_state(connection: Connection) -> SchemaState:
     return SchemaState.CURRENT if current == heads else SchemaState.BEHIND
 
 
-def _upgrade(connection: Connection) -> None:
+class UnknownRevision(ValueError):
+    """``migrate --to`` named a revision this version does not know."""
+
+
+def _migrate_to(connection: Connection, target: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    known, _ = _revisions()
+    if target == "head":
+        command.upgrade(config, "head")
+        return
+    if target not in known and target != "base":
+        raise UnknownRevision(f"no revision {target!r}; known: {', '.join(sorted(known))}")
+    current = _current_revision(connection)
+    script = ScriptDirectory(str(MIGRATIONS))
+    below = {r.revision for r in script.walk_revisions("base", current)} if current else set()
+    if target == "base" or (target in below and target != current):
+        command.downgrade(config, target)  # each migration's downgrade(), newest first
+    else:
+        command.upgrade(config, target)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    if not sa.inspect(connection).has_table(_VERSION_TABLE):
+        return None
+    return connection.execute(sa.text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalar()
 
 
 async def wait_for_database(

@@ -64,6 +64,12 @@ class FakeStore:
         ended = [replace(s, requests=[]) for s in self.sessions.values() if not s.live]
         return sorted(ended, key=lambda s: s.ended_at or 0.0, reverse=True)[:limit]
 
+    async def purge_user(self, user_id: str) -> int:
+        gone = [sid for sid, s in self.sessions.items() if s.user_id == user_id and not s.live]
+        for sid in gone:
+            del self.sessions[sid]
+        return len(gone)
+
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         self.write_started.set()
         if self.gate is not None:

@@ -227,3 +227,52 @@ async def test_a_thread_id_is_unique_per_org_and_user_not_per_deployment(store: 
     with pytest.raises(sa.exc.IntegrityError):
         rows[:] = [("org-1", "u1", "d")]
         await store.run(write)
+
+
+async def test_migrate_rolls_back_to_0002_and_forward_again_keeping_sessions(store: Store) -> None:
+    """``sandbox-controller migrate --to 0002``: each migration's downgrade runs, the
+    previous version's schema is back (its code reads it), and the way up works again."""
+    await store.write(Batch(sessions=[session("kept", "t1")]), None)
+
+    def columns(conn: sa.Connection) -> set[str]:
+        return {c["name"] for c in sa.inspect(conn).get_columns("sessions")}
+
+    await store.migrate("0002")
+    assert await store.revision() == "0002"
+    assert "org_id" not in await store.run(columns)  # 0003's column is gone
+    await store.migrate("0002")  # idempotent
+    assert await store.revision() == "0002"
+    kept = await store.run(
+        lambda c: c.execute(sa.text("SELECT thread_id FROM sessions WHERE id = 'kept'")).scalar()
+    )
+    assert kept == "t1"
+
+    await store.migrate("0003")
+    assert await store.revision() == "0003"
+    assert "org_id" in await store.run(columns)
+    assert (await store.get_session("kept")) is not None
+    await test_the_migrations_build_exactly_the_schema_the_code_declares(store)
+
+
+async def test_migrate_to_a_revision_it_does_not_know_changes_nothing(store: Store) -> None:
+    from sandbox_controller.store import UnknownRevision
+
+    with pytest.raises(UnknownRevision):
+        await store.migrate("0099")
+    assert await store.revision() == "0003"
+
+
+async def test_purging_a_user_deletes_their_ended_rows_only(store: Store) -> None:
+    gone = session("gone", "t1")
+    gone.state, gone.end_reason, gone.ended_at = SessionState.ENDED, EndReason.DELETED, 10.0
+    other = session("other", "t2")
+    other.user_id = "someone-else"
+    other.state, other.end_reason, other.ended_at = SessionState.ENDED, EndReason.DELETED, 10.0
+    live = session("live", "t3")
+    await store.write(Batch(sessions=[gone, other, live]), None)
+
+    assert await store.purge_user("user") == 1
+    assert await store.get_session("gone") is None
+    assert await store.get_session("other") is not None
+    assert await store.get_session("live") is not None  # the scheduler ends it first
+    assert await store.purge_user("user") == 0
