@@ -126,6 +126,22 @@ class Settings(BaseSettings):
     # What the sandbox gets to flush its work before its pod is deleted.
     release_timeout: Duration = 2.0
 
+    # The audit log (audit.py): JSON lines on the sandbox_controller.audit logger, and
+    # also appended to this file when set (by a thread of its own: the loop never waits).
+    audit_log_file: str | None = None
+    # Lifecycle webhooks (webhooks.py): a signed POST here when a session ends. Unset: none.
+    webhook_url: str | None = None
+    # The HMAC-SHA256 key of the X-Sandbox-Signature header (required with a URL).
+    webhook_secret: str | None = None
+    # Deliveries waiting beyond this many are dropped (counted), never waited for.
+    webhook_queue_max: int = Field(1000, ge=1)
+    # Attempts per delivery (backoff 1 s doubling to 60 s between them), each bounded.
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_timeout: Duration = 5.0
+    # OpenTelemetry traces (tracing.py) go to this OTLP/HTTP endpoint, e.g.
+    # http://collector:4318; unset, OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off.
+    otlp_endpoint: str | None = None
+
     # The operator console at /console (sandbox_controller/console/). Signing in takes
     # the API token, or this read-only one, whose holder can look but not end sessions.
     console: bool = True
@@ -264,6 +280,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "audit_log_file", "webhook_url", "webhook_secret", "otlp_endpoint", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("console_token", mode="before")
@@ -414,7 +437,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 # Secret settings, and what none of them may be outside `dev`.
-SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token")
+SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token", "webhook_secret")
 MIN_SECRET_BYTES = 16
 # Values from the repository's own examples (the Compose .env.example of old, the README,
 # the chart) and the usual stand-ins, compared in lower case.
@@ -447,6 +470,8 @@ def check_secrets(settings: Settings) -> None:
                 f"SANDBOX_{name.upper()}: {why}; set a random value, e.g. "
                 "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+    if settings.webhook_url is not None and settings.webhook_secret is None:
+        raise ConfigError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_WEBHOOK_URL (it signs)")
     if settings.proxy_token is not None and settings.proxy_token == settings.api_token:
         raise ConfigError(
             "SANDBOX_PROXY_TOKEN: must differ from SANDBOX_API_TOKEN (it opens /internal/* only)"

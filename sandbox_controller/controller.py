@@ -20,18 +20,20 @@ import socket
 
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
+from .audit import AuditFile, emit
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
-from .model import EndReason, PoolStatus
+from .model import AuditEvent, EndReason, PoolStatus
 from .sandbox_contract import hook_key
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
 from .tokens import public_key
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,18 @@ class Controller:
         # The lease as last seen while standing by (who leads, until when); None leading.
         self.leader_seen: LeaseHolder | None = None
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
+        self.audit_file = AuditFile(settings.audit_log_file) if settings.audit_log_file else None
+        self.webhooks: Webhooks | None = None
+        if settings.webhook_url and settings.webhook_secret:
+            self.webhooks = Webhooks(
+                settings.webhook_url,
+                settings.webhook_secret.encode(),
+                self.clock,
+                queue_max=settings.webhook_queue_max,
+                max_attempts=settings.webhook_max_attempts,
+                timeout=settings.webhook_timeout,
+                observe=self.metrics.webhook,
+            )
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
         # Set by step_down: a process on its way out never takes the lease again (its
@@ -157,9 +171,20 @@ class Controller:
         if not self.lease.usable(self.clock.monotonic()):
             raise LeaseLost()
 
+    def record(self, event: AuditEvent) -> None:
+        """Where the leader's scheduler sends each committed state change: the audit
+        log and, for the webhooks' events, the webhook queue. Neither waits."""
+        emit(event)
+        if self.webhooks is not None:
+            self.webhooks.offer(event)
+
     # ------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
+        if self.audit_file is not None:
+            self.audit_file.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if not self.token_secret:
             # Fine for one process (dev); a separate proxy needs the same secret.
             self.token_secret = secrets.token_bytes(32)
@@ -210,6 +235,10 @@ class Controller:
         if self.hooks is not None:
             await self.hooks.close()
         await self.store.close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        if self.audit_file is not None:
+            self.audit_file.stop()
 
     # ------------------------------------------------------------ leadership
 
@@ -283,6 +312,7 @@ class Controller:
                 observer=self.metrics,
                 fence=Fence(self.holder, epoch),
                 hooks=self.hooks,
+                audit=self.record,
             )
             await scheduler.start()
         except Exception:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..audit import caller_of
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
@@ -124,7 +125,7 @@ def create_app(controller: Controller) -> FastAPI:
             **errors(400, 401, 409, 413, 422, 429, 503),
         },
     )
-    async def open_session(body: CreateSession) -> Response:
+    async def open_session(body: CreateSession, request: Request) -> Response:
         started = time.perf_counter()
         if (body.env or body.files) and not settings.hooks:
             raise HooksDisabled()
@@ -135,7 +136,7 @@ def create_app(controller: Controller) -> FastAPI:
         )
         try:
             opened = await leading().open_session(
-                body.user_id, body.thread_id, body.wait_seconds, payload
+                body.user_id, body.thread_id, body.wait_seconds, payload, caller(request)
             )
         except SandboxError as exc:
             ctl.metrics.requests.labels(exc.outcome.value).inc()
@@ -187,8 +188,8 @@ def create_app(controller: Controller) -> FastAPI:
         return JSONResponse({"sessions": bodies, "next_cursor": next_cursor})
 
     @api.delete("/sessions/{session_id}", status_code=204, responses=errors(401, 404, 422, 503))
-    async def delete_session(session_id: str) -> Response:
-        await leading().end_session(session_id)
+    async def delete_session(session_id: str, request: Request) -> Response:
+        await leading().end_session(session_id, caller(request))
         return Response(status_code=204)
 
     @api.post(
@@ -283,6 +284,12 @@ def create_app(controller: Controller) -> FastAPI:
 
 def _authorization(request: Request) -> str:
     return request.headers.get("authorization", "")
+
+
+def caller(request: Request) -> str:
+    """Who makes this request, by token id (the audit log's caller): the id the
+    authentication put on the request state, else the id of its bearer token."""
+    return caller_of(getattr(request.state, "caller_id", None), _authorization(request))
 
 
 def _timestamp(value: datetime | None) -> float | None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from ..errors import CapacityExhausted, SandboxError, ThreadOwnedByOtherUser, UserSessionLimit
 from ..model import (
+    AuditAction,
     EndReason,
     Outcome,
     PodState,
@@ -87,6 +88,7 @@ class Admission:
             metadata=dict(metadata or {}),
             created_mono=now,
             active_mono=now,
+            opened_by=pool.caller,
         )
         pool.track_live(session)
         if pool.limits.hooks:
@@ -136,9 +138,9 @@ class Admission:
         if session.reply_deadline > now:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session_id)
         elif pool.claiming_session(session_id):
-            self.answer_session(session, Outcome.COLD)  # provisioning: claiming
+            self.answer_session(session, Outcome.COLD, now)  # provisioning: claiming
         elif self._covered(session_id):
-            self.answer_session(session, Outcome.COLD)
+            self.answer_session(session, Outcome.COLD, now)
         else:
             self._refuse_capacity(session)
 
@@ -191,9 +193,12 @@ class Admission:
     def _refuse(self, request_id: int, outcome: Outcome, error: SandboxError) -> None:
         self.pool.outbox.answers.append(Answer(request_id, outcome, error=error))
 
-    def answer_session(self, session: Session, outcome: Outcome) -> None:
-        """Answer everyone who asked for this thread: the first creates, the rest retry."""
+    def answer_session(self, session: Session, outcome: Outcome, now: float) -> None:
+        """Answer everyone who asked for this thread: the first creates, the rest retry.
+        The open is audited now, when its caller is given the session."""
         session.reply_deadline = None
+        opener, session.opened_by = session.opened_by, ""
+        self.pool.audit(AuditAction.OPEN, session, now, reason=outcome.value, caller=opener)
         for i, request_id in enumerate(session.requests):
             self._answer(
                 request_id,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..aiotasks import TaskGroup
+from ..audit import AuditSink, emit
 from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
 from ..hooks import ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer
@@ -34,6 +35,9 @@ class Command:
 
     apply: Callable[[Pool, float], Any]
     future: asyncio.Future[Any] | None = None
+    # Who asked (a token id, "console:operator"): the audit log's caller of what it
+    # changes. None: the controller's own doing (a pod event, a hook's answer).
+    caller: str | None = None
 
 
 class EffectCalls:
@@ -41,9 +45,15 @@ class EffectCalls:
     as commands on ``_queue``; the payloads the claim calls carry are kept here."""
 
     def __init__(
-        self, backend: Backend, hooks: SandboxHooks | None, observer: LoopObserver
+        self,
+        backend: Backend,
+        hooks: SandboxHooks | None,
+        observer: LoopObserver,
+        audit: AuditSink = emit,
     ) -> None:
         self.backend = backend
+        # Where each committed state change goes (the audit log, the webhooks).
+        self.audit = audit
         # Calls the sandbox contract's hooks; None when limits.hooks is off.
         self.hooks = hooks
         self.observer = observer
@@ -84,6 +94,8 @@ class EffectCalls:
             self._effects.start(self._claim(call), f"claim:{call.pod_name}")
         for _ in range(outbox.claim_failures):
             self.observer.claim_hook_failed()
+        for event in outbox.audit:
+            self.audit(event)  # a log line queued, a webhook queued: never a wait
 
     # ------------------------------------------------------------ backend effects
 

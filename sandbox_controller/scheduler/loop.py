@@ -86,15 +86,18 @@ class Scheduler(Rounds):
         return self._pool
 
     def _submit(
-        self, apply: Callable[[Pool, float], Any], future: asyncio.Future[Any] | None = None
+        self,
+        apply: Callable[[Pool, float], Any],
+        future: asyncio.Future[Any] | None = None,
+        caller: str | None = None,
     ) -> None:
         self._leading_pool()
-        self._queue.put_nowait(Command(apply, future))
+        self._queue.put_nowait(Command(apply, future, caller))
 
-    async def _call(self, apply: Callable[[Pool, float], T]) -> T:
+    async def _call(self, apply: Callable[[Pool, float], T], caller: str | None = None) -> T:
         """Submit and wait until the round that applied it has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(apply, future)
+        self._submit(apply, future, caller)
         return await future
 
     async def open_session(
@@ -103,11 +106,13 @@ class Scheduler(Rounds):
         thread_id: str,
         wait_seconds: float,
         payload: ClaimPayload | None = None,
+        caller: str | None = None,
     ) -> Opened:
         """A session for this thread, new or the one it has; refusals are raised
         (UserSessionLimit, CapacityExhausted, ThreadOwnedByOtherUser, ...). The
         payload's metadata is stored with a new session; its env and files go to the
-        sandbox's claim hook only, and are never sent for a thread that has a session."""
+        sandbox's claim hook only, and are never sent for a thread that has a session.
+        ``caller``: who asks (a token id), for the audit log."""
         request_id = self._leading_pool().next_request_id()
         metadata = dict(payload.metadata) if payload else {}
         await self._ask_before_reclaim(user_id, thread_id)
@@ -115,7 +120,7 @@ class Scheduler(Rounds):
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
 
-        self._submit(apply)  # applied in a later round, so registering after is safe
+        self._submit(apply, caller=caller)  # applied in a later round: registering after is safe
         if payload is not None and (payload.env or payload.files):
             self._payloads[request_id] = ClaimPayload(env=payload.env, files=payload.files)
         answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
@@ -146,14 +151,16 @@ class Scheduler(Rounds):
                 answer = BusyAnswer(False, "no answer", answered=False)
             self._submit(busy_command(check, answer))
 
-    async def end_session(self, session_id: str) -> None:
-        """End a session on request (reason ``deleted``); idempotent for ended ones."""
+    async def end_session(self, session_id: str, caller: str | None = None) -> None:
+        """End a session on request (reason ``deleted``); idempotent for ended ones.
+        ``caller``: who asks (a token id, "console:operator"), for the audit log."""
 
         def apply(pool: Pool, now: float) -> bool:
             pool.end_session(session_id, EndReason.DELETED, now)
             return session_id in pool.sessions
 
-        if not await self._call(apply) and await self.store.get_session(session_id) is None:
+        ended = await self._call(apply, caller)
+        if not ended and await self.store.get_session(session_id) is None:
             raise SessionNotFound(session_id)
 
     async def end_all_sessions(self, reason: EndReason) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
+from ..audit import AuditSink, emit
 from ..backends.base import Backend
 from ..clock import Clock
 from ..errors import (
@@ -31,7 +32,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..hooks import SandboxHooks
-from ..model import Limits, Opened, Outcome, Session, SessionState
+from ..model import CONTROLLER_CALLER, Limits, Opened, Outcome, Session, SessionState
 from ..store import Batch, Deposed, Fence
 from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
@@ -70,8 +71,9 @@ class Rounds(EffectCalls):
         observer: LoopObserver | None = None,
         fence: Fence | None = None,
         hooks: SandboxHooks | None = None,
+        audit: AuditSink = emit,
     ) -> None:
-        super().__init__(backend, hooks, observer or NoObserver())
+        super().__init__(backend, hooks, observer or NoObserver(), audit)
         self.limits = limits
         self.store = store
         self.clock = clock
@@ -182,12 +184,17 @@ class Rounds(EffectCalls):
         # one stepped since the last round.
         pool.wall_offset = self.clock.now() - now
         try:
-            results = [command.apply(pool, now) for command in commands]
+            results = []
+            for command in commands:
+                pool.caller = command.caller or CONTROLLER_CALLER
+                results.append(command.apply(pool, now))
+            pool.caller = CONTROLLER_CALLER
             pool.tick(now)
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
         except Exception:
+            pool.caller = CONTROLLER_CALLER
             await self._decision_failed(commands)
             return
         outbox = pool.take_outbox()
