@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 
+from . import tracing
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
 from .audit import AuditFile, emit
@@ -181,6 +182,7 @@ class Controller:
     # ------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
+        tracing.start(self.settings, "sandbox-controller")
         if self.audit_file is not None:
             self.audit_file.start()
         if self.webhooks is not None:
@@ -239,6 +241,7 @@ class Controller:
             await self.webhooks.stop()
         if self.audit_file is not None:
             self.audit_file.stop()
+        tracing.stop()
 
     # ------------------------------------------------------------ leadership
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import tracing
 from ..audit import caller_of
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
@@ -135,9 +136,10 @@ def create_app(controller: Controller) -> FastAPI:
             files=tuple(ClaimFile(f.path, f.content) for f in body.files),
         )
         try:
-            opened = await leading().open_session(
-                body.user_id, body.thread_id, body.wait_seconds, payload, caller(request)
-            )
+            with tracing.server_span("POST /sessions", request.headers):
+                opened = await leading().open_session(
+                    body.user_id, body.thread_id, body.wait_seconds, payload, caller(request)
+                )
         except SandboxError as exc:
             ctl.metrics.requests.labels(exc.outcome.value).inc()
             raise
@@ -214,8 +216,9 @@ def create_app(controller: Controller) -> FastAPI:
         "/internal/routes/{session_id}",
         responses={200: {"model": RouteBody}, **errors(401, 404, 422, 503)},
     )
-    async def route(session_id: str) -> Response:
-        found = await leading().route(session_id)
+    async def route(session_id: str, request: Request) -> Response:
+        with tracing.server_span("GET /internal/routes", request.headers):
+            found = await leading().route(session_id)
         return JSONResponse(
             {
                 "session_id": found.session_id,

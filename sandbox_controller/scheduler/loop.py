@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from .. import tracing
 from ..errors import NotLeader, SessionEnded, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimPayload
 from ..model import (
@@ -116,11 +117,16 @@ class Scheduler(Rounds):
         request_id = self._leading_pool().next_request_id()
         metadata = dict(payload.metadata) if payload else {}
         await self._ask_before_reclaim(user_id, thread_id)
+        self._leading_pool()  # still leading after the status calls
 
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(request_id, user_id, thread_id, wait_seconds, now, metadata)
 
-        self._submit(apply, caller=caller)  # applied in a later round: registering after is safe
+        trace = tracing.context_now()  # the API's span: the round and its calls join it
+        if trace is not None:
+            self._traces[request_id] = trace
+        # Applied in a later round: registering the answer after is safe.
+        self._queue.put_nowait(Command(apply, None, caller, trace))
         if payload is not None and (payload.env or payload.files):
             self._payloads[request_id] = ClaimPayload(env=payload.env, files=payload.files)
         answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
@@ -128,6 +134,7 @@ class Scheduler(Rounds):
         try:
             return await answer
         finally:
+            self._traces.pop(request_id, None)
             if not self.running:
                 self._payloads.pop(request_id, None)
 
