@@ -47,7 +47,7 @@ class AuditAction(enum.StrEnum):
     RECLAIM = "reclaim"  # ended to make room for the same user's new session
     IDLE_TIMEOUT = "idle_timeout"
     DELETE = "delete"  # ended on request (DELETE /sessions/{id}, the console)
-    ADMIN = "admin"  # an operator's action on more than one session (audit.emit_audit)
+    # An admin action outside the rounds takes a name of its own (audit.emit_audit).
 
 
 _ENDING_ACTIONS = {

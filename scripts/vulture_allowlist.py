@@ -81,3 +81,8 @@ _.activity_at
 _.rows_html
 _.oldest_idle_id
 _.cap_y
+
+# Webhook types reserved for session suspension (README "Webhooks"): receivers may
+# code against them now; nothing sends them until suspension exists.
+_.SESSION_SUSPENDED
+_.SESSION_RESUMED
