@@ -21,7 +21,7 @@ import socket
 from . import tracing
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
-from .audit import AuditFile, emit
+from .audit import AuditLog
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
@@ -115,7 +115,7 @@ class Controller:
         # The lease as last seen while standing by (who leads, until when); None leading.
         self.leader_seen: LeaseHolder | None = None
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
-        self.audit_file = AuditFile(settings.audit_log_file) if settings.audit_log_file else None
+        self.audit_log = AuditLog(settings.audit_log_file)
         self.webhooks: Webhooks | None = None
         if settings.webhook_url and settings.webhook_secret:
             self.webhooks = Webhooks(
@@ -175,7 +175,7 @@ class Controller:
     def record(self, event: AuditEvent) -> None:
         """Where the leader's scheduler sends each committed state change: the audit
         log and, for the webhooks' events, the webhook queue. Neither waits."""
-        emit(event)
+        self.audit_log.record(event)
         if self.webhooks is not None:
             self.webhooks.offer(event)
 
@@ -183,8 +183,7 @@ class Controller:
 
     async def startup(self) -> None:
         tracing.start(self.settings, "sandbox-controller")
-        if self.audit_file is not None:
-            self.audit_file.start()
+        self.audit_log.start()
         if self.webhooks is not None:
             self.webhooks.start()
         if not self.token_secret:
@@ -239,8 +238,7 @@ class Controller:
         await self.store.close()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        if self.audit_file is not None:
-            self.audit_file.stop()
+        self.audit_log.stop()
         tracing.stop()
 
     # ------------------------------------------------------------ leadership

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from .. import tracing
 from ..aiotasks import TaskGroup
-from ..audit import AuditSink, emit
+from ..audit import AuditSink, send
 from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
 from ..hooks import ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer
@@ -56,7 +56,7 @@ class EffectCalls:
         backend: Backend,
         hooks: SandboxHooks | None,
         observer: LoopObserver,
-        audit: AuditSink = emit,
+        audit: AuditSink = send,
     ) -> None:
         self.backend = backend
         # Where each committed state change goes (the audit log, the webhooks).

@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from .. import tracing
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
-from ..audit import AuditSink, emit
+from ..audit import AuditSink, send
 from ..backends.base import Backend
 from ..clock import Clock
 from ..errors import (
@@ -74,7 +74,7 @@ class Rounds(EffectCalls):
         observer: LoopObserver | None = None,
         fence: Fence | None = None,
         hooks: SandboxHooks | None = None,
-        audit: AuditSink = emit,
+        audit: AuditSink = send,
     ) -> None:
         super().__init__(backend, hooks, observer or NoObserver(), audit)
         self.limits = limits
