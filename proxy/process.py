@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from sandbox_controller import tracing
 from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
 from sandbox_controller.serving import EdgeLimits, Listener, bind
@@ -58,6 +59,7 @@ class ProxyProcess:
             server_header=False,
             date_header=False,  # the pod's Date passes through; two would be wrong
         )
+        tracing.start(self.settings, "sandbox-proxy")
         await self.app.startup()
         await self._listener.start()
         log.info("proxy listening on %s:%s", self.settings.proxy_host, self.port)
@@ -73,3 +75,4 @@ class ProxyProcess:
             await self.app.close_websockets(wait=min(5.0, self.drain_timeout))
             await self._listener.drain()
         await self.app.aclose()
+        tracing.stop()

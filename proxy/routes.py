@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
+from opentelemetry.trace import SpanKind
 
+from sandbox_controller import tracing
 from sandbox_controller.clock import Clock
 
 from .errors import ProxyError, controller_unavailable, ended, not_found, provisioning
@@ -139,7 +141,12 @@ class RouteCache:
         url = self._base + quote(session_id, safe="")
         asked_at = self._clock.monotonic()  # the lease started no earlier than this
         try:
-            resp = await self._client.get(url, headers=self._headers)
+            with tracing.span("proxy.route_lookup", kind=SpanKind.CLIENT, session_id=session_id):
+                headers = self._headers
+                if tracing.enabled():  # the controller's span continues this trace
+                    headers = dict(headers)
+                    tracing.inject(headers)
+                resp = await self._client.get(url, headers=headers)
         except httpx.HTTPError as exc:
             log.warning("route lookup for %s failed: %s", session_id, exc)
             raise controller_unavailable() from None

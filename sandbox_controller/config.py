@@ -170,6 +170,21 @@ class Settings(BaseSettings):
     # The operator has looked: the next start deletes whatever orphans it finds. Unset
     # it afterwards, or the guard stays off for every start.
     recovery_confirm: bool = False
+    # The audit log (audit.py): JSON lines on the sandbox_controller.audit logger, and
+    # also appended to this file when set (by a thread of its own: the loop never waits).
+    audit_log_file: str | None = None
+    # Lifecycle webhooks (webhooks.py): a signed POST here when a session ends. Unset: none.
+    webhook_url: str | None = None
+    # The HMAC-SHA256 key of the X-Sandbox-Signature header (required with a URL).
+    webhook_secret: str | None = None
+    # Deliveries waiting beyond this many are dropped (counted), never waited for.
+    webhook_queue_max: int = Field(1000, ge=1)
+    # Attempts per delivery (backoff 1 s doubling to 60 s between them), each bounded.
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_timeout: Duration = 5.0
+    # OpenTelemetry traces (tracing.py) go to this OTLP/HTTP endpoint, e.g.
+    # http://collector:4318; unset, OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off.
+    otlp_endpoint: str | None = None
 
     # The operator console at /console (sandbox_controller/console/). Signing in takes
     # the API token, or this read-only one, whose holder can look but not end sessions.
@@ -403,6 +418,13 @@ class Settings(BaseSettings):
         # `SANDBOX_API_TOKEN=` in a manifest means "not set", never "the empty token".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator(
+        "audit_log_file", "webhook_url", "webhook_secret", "otlp_endpoint", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("console_token", mode="before")
     @classmethod
     def _console_token(cls, value: object) -> object:
@@ -576,7 +598,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 # Secret settings, and what none of them may be outside `dev`.
-SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token", "hook_secret")
+SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token", "hook_secret", "webhook_secret")
 # Comma-separated lists of secrets, each entry held to the same test.
 SECRET_LIST_SETTINGS = ("token_secret_previous", "hook_secret_previous")
 MIN_SECRET_BYTES = 16
@@ -611,6 +633,8 @@ def check_secrets(settings: Settings) -> None:
                 f"SANDBOX_{name.upper()}: {why}; set a random value, e.g. "
                 "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
+    if settings.webhook_url is not None and settings.webhook_secret is None:
+        raise ConfigError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_WEBHOOK_URL (it signs)")
     listed = {name: split_list(getattr(settings, name)) for name in SECRET_LIST_SETTINGS}
     listed["api_tokens"] = tuple(t.token for t in parse_api_tokens(settings.api_tokens))
     for name, values in listed.items():

@@ -19,20 +19,23 @@ import secrets
 import socket
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .aiotasks import TaskGroup
 from .aiotime import sleep_or_stop
+from .audit import AuditLog
 from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .credentials import split_list
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
-from .model import EndReason, PoolStatus
+from .model import AuditEvent, EndReason, PoolStatus
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
 from .tokens import public_key, secret_key_id
+from .webhooks import Webhooks
 
 if TYPE_CHECKING:
     from .backends.kube_token_review import TokenReviewer
@@ -119,6 +122,18 @@ class Controller:
         # The lease as last seen while standing by (who leads, until when); None leading.
         self.leader_seen: LeaseHolder | None = None
         self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
+        self.audit_log = AuditLog(settings.audit_log_file)
+        self.webhooks: Webhooks | None = None
+        if settings.webhook_url and settings.webhook_secret:
+            self.webhooks = Webhooks(
+                settings.webhook_url,
+                settings.webhook_secret.encode(),
+                self.clock,
+                queue_max=settings.webhook_queue_max,
+                max_attempts=settings.webhook_max_attempts,
+                timeout=settings.webhook_timeout,
+                observe=self.metrics.webhook,
+            )
         self._tasks = TaskGroup("controller")
         self._stopping = asyncio.Event()
         # Set by step_down: a process on its way out never takes the lease again (its
@@ -165,9 +180,20 @@ class Controller:
         if not self.lease.usable(self.clock.monotonic()):
             raise LeaseLost()
 
+    def record(self, event: AuditEvent) -> None:
+        """Where the leader's scheduler sends each committed state change: the audit
+        log and, for the webhooks' events, the webhook queue. Neither waits."""
+        self.audit_log.record(event)
+        if self.webhooks is not None:
+            self.webhooks.offer(event)
+
     # ------------------------------------------------------------ lifecycle
 
     async def startup(self) -> None:
+        tracing.start(self.settings, "sandbox-controller")
+        self.audit_log.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if not self.token_secret:
             # Fine for one process (dev); a separate proxy needs the same secret.
             self.token_secret = secrets.token_bytes(32)
@@ -241,6 +267,10 @@ class Controller:
         if self.token_reviewer is not None:
             await self.token_reviewer.close()
         await self.store.close()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        self.audit_log.stop()
+        tracing.stop()
 
     # ------------------------------------------------------------ leadership
 
@@ -314,6 +344,7 @@ class Controller:
                 observer=self.metrics,
                 fence=Fence(self.holder, epoch),
                 hooks=self.hooks,
+                audit=self.record,
             )
             await scheduler.start()
         except Exception:

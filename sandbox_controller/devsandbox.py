@@ -198,6 +198,8 @@ class ContractState:
     busy: bool = False
     detail: str = ""
     written: list[str] = field(default_factory=list)
+    # The W3C trace context the claim call carried (the controller's tracing on).
+    traceparent: str | None = None
 
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
@@ -272,6 +274,7 @@ def contract_routes(state: ContractState) -> list[Route]:
             # the filesystem: the payload's fault, so a refusal, not a server error.
             return _problem(422, "invalid_request", f"files: cannot write: {exc.strerror or exc}")
         state.claim = received
+        state.traceparent = request.headers.get("traceparent")
         return Response(status_code=204)
 
     async def claimed(request: Request) -> Response:
@@ -282,6 +285,7 @@ def contract_routes(state: ContractState) -> list[Route]:
                 **state.claim.model_dump(),
                 "released": state.released,
                 "workdir": state.workdir and str(state.workdir),
+                "traceparent": state.traceparent,
             }
         )
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from . import tracing
 from .bounded import JSON_ANSWER_MAX, AnswerRefused, read_capped, read_json
 from .model import BusyAnswer
 from .quoting import ANSWER_READ_MAX, quote
@@ -230,6 +231,7 @@ class SandboxHooks:
     ) -> AbstractAsyncContextManager[httpx.Response]:
         # Raw bytes are read (bounded.read_capped): ask for them unencoded.
         headers = {"authorization": f"Bearer {secret}", "accept-encoding": "identity"}
+        tracing.inject(headers)  # W3C traceparent of the span calling, when tracing is on
         url = f"http://{address}{path}"
         return self._client.stream(method, url, json=body, headers=headers, timeout=timeout)
 

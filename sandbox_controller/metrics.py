@@ -168,6 +168,15 @@ class ControllerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "sandbox_webhook_deliveries",
+            "Webhook attempts and deliveries by outcome: delivered, failed (one attempt), "
+            "given_up (every attempt failed), dropped (the queue was full)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "given_up", "dropped"):
+            self.webhook_deliveries.labels(result)
         self.status_checks = Counter(
             "sandbox_status_checks",
             "Sandbox status hook calls before an idle timeout or a reclaim, by answer "
@@ -244,6 +253,9 @@ class ControllerMetrics:
 
     def status_answered(self, answer: str) -> None:
         self.status_checks.labels(answer).inc()
+
+    def webhook(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome).inc()
 
     def session_ended(self, reason: EndReason) -> None:
         self.sessions_ended.labels(reason.value).inc()

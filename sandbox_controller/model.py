@@ -41,6 +41,49 @@ class EndReason(enum.StrEnum):
     EVICTED = "evicted"
 
 
+class AuditAction(enum.StrEnum):
+    """What an audit event records (README "Audit log"). An ending is one event whose
+    action says what kind of ending it was; ``reason`` gives the end reason."""
+
+    OPEN = "open"  # a caller was given a new session
+    CLAIM = "claim"  # the session got its sandbox (and, with hooks, the sandbox took it)
+    END = "end"  # ended for another reason (max_lifetime, pod_failed, ...)
+    RECLAIM = "reclaim"  # ended to make room for the same user's new session
+    IDLE_TIMEOUT = "idle_timeout"
+    DELETE = "delete"  # ended on request (DELETE /sessions/{id}, the console)
+    # An admin action outside the rounds takes a name of its own (audit.emit_audit).
+
+
+_ENDING_ACTIONS = {
+    EndReason.DELETED: AuditAction.DELETE,
+    EndReason.IDLE_TIMEOUT: AuditAction.IDLE_TIMEOUT,
+    EndReason.RECLAIMED: AuditAction.RECLAIM,
+}
+
+
+def ending_action(reason: EndReason) -> AuditAction:
+    return _ENDING_ACTIONS.get(reason, AuditAction.END)
+
+
+# The caller of what the controller decided on its own (timeouts, failures, claims).
+CONTROLLER_CALLER = "controller"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One state change, for the audit log and the webhooks. Names and ids only: never
+    a token, env, file or metadata value. ``at`` is wall time (unix seconds)."""
+
+    action: str  # an AuditAction value, or an admin action's own name
+    caller: str  # a token id, "controller", or "console:<role>"
+    at: float
+    session_id: str | None = None
+    user_id: str | None = None
+    org_id: str | None = None
+    reason: str | None = None
+    pod: str | None = None
+
+
 class Outcome(enum.StrEnum):
     """How a POST /sessions ended; the label of sandbox_session_requests_total."""
 
@@ -216,6 +259,9 @@ class Session:
     @property
     def shape(self) -> Shape:
         return Shape(self.template, self.resources)
+
+    # Who opened it (the audit log's caller), until its open is answered: in memory only.
+    opened_by: str = field(default="", compare=False)
 
     @property
     def live(self) -> bool:

@@ -86,3 +86,8 @@ _.cap_y
 # The audit trail's reader of the authenticated caller (api/auth.py): issue 25's audit
 # events name the caller by it, wired when that part merges.
 _.caller_id
+
+# Webhook types reserved for session suspension (README "Webhooks"): receivers may
+# code against them now; nothing sends them until suspension exists.
+_.SESSION_SUSPENDED
+_.SESSION_RESUMED

@@ -11,12 +11,14 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import tracing
+from ..audit import caller_of
 from ..controller import Controller
 from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
 from ..model import Outcome, PoolStatus, Resources, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
-from .auth import ANONYMOUS, Caller, authenticated_caller
+from .auth import ANONYMOUS, Caller, authenticated_caller, caller_id
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
@@ -151,7 +153,7 @@ def create_app(controller: Controller) -> FastAPI:
             **errors(400, 401, 409, 413, 422, 429, 503),
         },
     )
-    async def open_session(body: CreateSession) -> Response:
+    async def open_session(body: CreateSession, request: Request) -> Response:
         started = time.perf_counter()
         if (body.env or body.files) and not settings.hooks:
             raise HooksDisabled()
@@ -162,16 +164,18 @@ def create_app(controller: Controller) -> FastAPI:
         )
         try:
             resources = body.resources
-            opened = await leading().open_session(
-                body.user_id,
-                body.thread_id,
-                body.wait_seconds,
-                payload,
-                org_id=body.org_id or "",
-                plan=body.plan,
-                template=body.template,
-                resources=Resources(resources.cpu, resources.memory) if resources else None,
-            )
+            with tracing.server_span("POST /sessions", request.headers):
+                opened = await leading().open_session(
+                    body.user_id,
+                    body.thread_id,
+                    body.wait_seconds,
+                    payload,
+                    caller(request),
+                    org_id=body.org_id or "",
+                    plan=body.plan,
+                    template=body.template,
+                    resources=Resources(resources.cpu, resources.memory) if resources else None,
+                )
         except SandboxError as exc:
             ctl.metrics.refused(exc)
             raise
@@ -222,8 +226,8 @@ def create_app(controller: Controller) -> FastAPI:
         return JSONResponse({"sessions": bodies, "next_cursor": next_cursor})
 
     @api.delete("/sessions/{session_id}", status_code=204, responses=errors(401, 404, 422, 503))
-    async def delete_session(session_id: str) -> Response:
-        await leading().end_session(session_id)
+    async def delete_session(session_id: str, request: Request) -> Response:
+        await leading().end_session(session_id, caller(request))
         return Response(status_code=204)
 
     @api.post(
@@ -250,8 +254,9 @@ def create_app(controller: Controller) -> FastAPI:
         "/internal/routes/{session_id}",
         responses={200: {"model": RouteBody}, **errors(401, 404, 422, 503)},
     )
-    async def route(session_id: str) -> Response:
-        found = await leading().route(session_id)
+    async def route(session_id: str, request: Request) -> Response:
+        with tracing.server_span("GET /internal/routes", request.headers):
+            found = await leading().route(session_id)
         return JSONResponse(
             {
                 "session_id": found.session_id,
@@ -336,6 +341,12 @@ def state_the_plans(app: FastAPI, names: tuple[str, ...]) -> None:
 
 def _authorization(request: Request) -> str:
     return request.headers.get("authorization", "")
+
+
+def caller(request: Request) -> str:
+    """Who makes this request, by token id (the audit log's caller): the id the
+    authentication put on the request state, else the id of its bearer token."""
+    return caller_of(caller_id(request), _authorization(request))
 
 
 def _timestamp(value: datetime | None) -> float | None:

@@ -1,37 +1,32 @@
 """Operator endpoints that change more than one session: deleting a user's data
 (``DELETE /users/{user_id}``) and confirming what a recovery held
 (``POST /admin/recovery/confirm``). Both take the API token, as every operator call,
-and both leave one JSON audit line on the ``sandbox_controller.audit`` logger."""
+and both leave one audit event (audit.py: ``user_deleted``, ``recovery_confirmed``), its
+counts in ``reason``."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ..audit import caller_of, emit_audit
 from ..clock import Clock
 from ..scheduler.loop import Scheduler
+from .auth import caller_id
 from .request_bodies import ID_MAX, ID_SCHEMA, Id
 from .schemas import errors
 
-audit_log = logging.getLogger("sandbox_controller.audit")
 
-# Who called: one API token today, so one caller id. (With several tokens, the id of
-# the token that authenticated the request.)
-API_CALLER = "api_token"
-
-
-def audit(event: str, caller: str, at: float, **fields: Any) -> None:
-    """One audit event, one JSON line. The one place these endpoints emit from: point it
-    at the controller's audit emitter when there is one."""
-    record = {"event": event, "caller": caller, "time": _iso(at), **fields}
-    audit_log.info(json.dumps(record, sort_keys=True))
+def audit(action: str, request: Request, at: float, **counts: int) -> None:
+    """One audit event for this operator call, by the caller's token id."""
+    caller = caller_of(caller_id(request), request.headers.get("authorization", ""))
+    reason = " ".join(f"{k}={v}" for k, v in counts.items())
+    user_id = request.path_params.get("user_id")
+    emit_audit(action, caller=caller, at=at, user_id=user_id, reason=reason)
 
 
 class UserDeletedBody(BaseModel):
@@ -61,6 +56,7 @@ def add_operator_routes(api: APIRouter, leading: Callable[[], Scheduler], clock:
     )
     async def delete_user(
         user_id: Annotated[Id, Path(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)],
+        request: Request,
     ) -> Response:
         """End every session of the user (their sandboxes deleted after the release
         hook) and delete every row of theirs, ended sessions included, in every org.
@@ -72,20 +68,16 @@ def add_operator_routes(api: APIRouter, leading: Callable[[], Scheduler], clock:
             "sessions_purged": done.sessions_purged,
             "pods_deleted": done.pods_deleted,
         }
-        audit("user_deleted", API_CALLER, clock.now(), user_id=user_id, **counts)
+        audit("user_deleted", request, clock.now(), **counts)
         return JSONResponse({"user_id": user_id, **counts})
 
     @api.post(
         "/admin/recovery/confirm",
         responses={200: {"model": RecoveryConfirmedBody}, **errors(401, 503)},
     )
-    async def confirm_recovery() -> Response:
+    async def confirm_recovery(request: Request) -> Response:
         """Delete the pods a recovery holds (GET /pool condition RecoveryHeld): pods
         that served sessions the store does not know. None held: an empty list."""
         names = await leading().confirm_recovery()
-        audit("recovery_confirmed", API_CALLER, clock.now(), deleted_pods=len(names))
+        audit("recovery_confirmed", request, clock.now(), deleted_pods=len(names))
         return JSONResponse({"deleted_pods": names})
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")

@@ -262,7 +262,7 @@ def router(ctl: Controller, access: Access, hub: Hub, templates: jinja2.Environm
             if s is None:
                 return standby()
             try:
-                await s.end_session(session_id)
+                await s.end_session(session_id, f"console:{who.role}")
             except SandboxError as exc:
                 raise Refused(404, f"Could not end the session ({type(exc).__name__}).") from exc
         except Refused as exc:

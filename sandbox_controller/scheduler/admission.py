@@ -22,6 +22,7 @@ from ..errors import (
     UserSessionLimit,
 )
 from ..model import (
+    AuditAction,
     EndReason,
     Limits,
     Outcome,
@@ -137,6 +138,7 @@ class Admission:
             active_mono=now,
             template=shape.template,
             resources=shape.resources,
+            opened_by=pool.caller,
         )
         pool.track_live(session)
         if pool.limits.hooks:
@@ -228,16 +230,16 @@ class Admission:
         if session.reply_deadline > now:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session_id)
         elif pool.claiming_session(session_id):
-            self.answer_session(session, Outcome.COLD)  # provisioning: claiming
+            self.answer_session(session, Outcome.COLD, now)  # provisioning: claiming
         elif self._covered(session_id):
-            self.answer_session(session, Outcome.COLD)
+            self.answer_session(session, Outcome.COLD, now)
         elif (pod := pool.inventory.oldest_fresh_idle(session.shape)) is not None:
             # Held back from the warm pool by its org's share, and no new pod can come
             # in time: a warm pod rather than a refusal while pods stand idle.
             self.took_warm(session)
             pool.lease(pod, session, now, warm=False)
             if session.reply_deadline is not None:  # its claim is in flight
-                self.answer_session(session, Outcome.COLD)
+                self.answer_session(session, Outcome.COLD, now)
         else:
             self._refuse_capacity(session)
 
@@ -297,9 +299,12 @@ class Admission:
     def _refuse(self, request_id: int, outcome: Outcome, error: SandboxError) -> None:
         self.pool.outbox.answers.append(Answer(request_id, outcome, error=error))
 
-    def answer_session(self, session: Session, outcome: Outcome) -> None:
-        """Answer everyone who asked for this thread: the first creates, the rest retry."""
+    def answer_session(self, session: Session, outcome: Outcome, now: float) -> None:
+        """Answer everyone who asked for this thread: the first creates, the rest retry.
+        The open is audited now, when its caller is given the session."""
         session.reply_deadline = None
+        opener, session.opened_by = session.opened_by, ""
+        self.pool.audit(AuditAction.OPEN, session, now, reason=outcome.value, caller=opener)
         for i, request_id in enumerate(session.requests):
             self._answer(
                 request_id,

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ..model import (
     ActivitySource,
+    AuditAction,
     BusyAnswer,
     EndReason,
     Limits,
@@ -112,6 +113,21 @@ class PoolCore(Protocol):
 
     def wall(self, now: float) -> float:
         """The wall time (stored and shown) of the monotonic ``now``."""
+
+    @property
+    def caller(self) -> str:
+        """Who asked for the command being applied (the audit log's caller)."""
+
+    def audit(
+        self,
+        action: AuditAction,
+        session: Session,
+        now: float,
+        *,
+        reason: str | None = None,
+        caller: str | None = None,
+    ) -> None:
+        """Record a state change of this session for the audit log."""
 
     # ------------------------------------------------------------ sessions (pool.py)
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
+
+from .. import tracing
 from ..aiotasks import TaskGroup
+from ..audit import AuditSink, send
 from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_labels
 from ..hooks import ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer, Shape
@@ -25,6 +30,7 @@ from .ports import LoopObserver, StatusAnswer
 
 # The loop's parts log as the loop: one logger for operators to tune.
 log = logging.getLogger("sandbox_controller.scheduler.loop")
+EMPTY: Mapping[str, Context] = {}
 
 
 @dataclass
@@ -34,6 +40,11 @@ class Command:
 
     apply: Callable[[Pool, float], Any]
     future: asyncio.Future[Any] | None = None
+    # Who asked (a token id, "console:operator"): the audit log's caller of what it
+    # changes. None: the controller's own doing (a pod event, a hook's answer).
+    caller: str | None = None
+    # The trace of the request it serves (tracing.py), when tracing is on.
+    trace: Context | None = None
 
 
 class EffectCalls:
@@ -41,9 +52,15 @@ class EffectCalls:
     as commands on ``_queue``; the payloads the claim calls carry are kept here."""
 
     def __init__(
-        self, backend: Backend, hooks: SandboxHooks | None, observer: LoopObserver
+        self,
+        backend: Backend,
+        hooks: SandboxHooks | None,
+        observer: LoopObserver,
+        audit: AuditSink = send,
     ) -> None:
         self.backend = backend
+        # Where each committed state change goes (the audit log, the webhooks).
+        self.audit = audit
         # Calls the sandbox contract's hooks; None when limits.hooks is off.
         self.hooks = hooks
         self.observer = observer
@@ -61,10 +78,14 @@ class EffectCalls:
         # call started), until they are forgotten: a rebuild must not take one for a
         # fresh pool pod, whatever its row and labels say yet (recovery.py).
         self._handed_out: set[str] = set()
+        # Trace contexts of the POST /sessions calls not yet answered, by request id:
+        # empty unless tracing is on (tracing.py).
+        self._traces: dict[int, Context] = {}
         # Status calls in flight, by session: concurrent opens of one user share them.
         self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
 
-    def _start_effects(self, outbox: Outbox) -> None:
+    def _start_effects(self, outbox: Outbox, traces: Mapping[str, Context] = EMPTY) -> None:
+        """Start the round's calls; ``traces``: the trace each pod's calls join."""
         self._handed_out.update(outbox.labels)
         self._handed_out.update(call.pod_name for call in outbox.claims)
         for shape in outbox.create_shapes:
@@ -75,15 +96,18 @@ class EffectCalls:
         for check in outbox.status_checks:
             self._effects.start(self._check_busy(check), f"status:{check.session_id}")
         for name, labels in outbox.labels.items():
-            self._effects.start(self._label(name, labels), f"label:{name}")
+            self._effects.start(self._label(name, labels, traces.get(name)), f"label:{name}")
         for seconds in outbox.startup_seconds:
             self.observer.pod_started(seconds)
         for reason in outbox.ended:
             self.observer.session_ended(reason)
         for call in outbox.claims:
-            self._effects.start(self._claim(call), f"claim:{call.pod_name}")
+            claim = self._claim(call, traces.get(call.pod_name))
+            self._effects.start(claim, f"claim:{call.pod_name}")
         for _ in range(outbox.claim_failures):
             self.observer.claim_hook_failed()
+        for event in outbox.audit:
+            self.audit(event)  # a log line queued, a webhook queued: never a wait
 
     # ------------------------------------------------------------ backend effects
 
@@ -130,7 +154,7 @@ class EffectCalls:
             self.observer.backend_failed("delete", kind_of(exc))
             self._queue.put_nowait(Command(lambda pool, now: pool.delete_failed(name, now)))
 
-    async def _claim(self, call: ClaimCall) -> None:
+    async def _claim(self, call: ClaimCall, trace: Context | None = None) -> None:
         """Deliver the session to its pod's claim hook; the answer goes back to the pool
         as a command. No write guard: a hook call is no Kubernetes write, and the
         round that decided it committed under this leader's fence."""
@@ -143,7 +167,9 @@ class EffectCalls:
                 files=held.files if held else (),
             )
             session = (call.session_id, call.user_id, call.thread_id)
-            result = await self.hooks.claim(call.address, call.create_id, session, payload)
+            # The hook's request carries this span's traceparent (hooks.py).
+            with tracing.span("sandbox.claim", trace, kind=SpanKind.CLIENT, pod=call.pod_name):
+                result = await self.hooks.claim(call.address, call.create_id, session, payload)
             accepted, failure = result.ok, claim_failure(result)
             if not accepted:
                 log.warning(
@@ -204,9 +230,10 @@ class EffectCalls:
         if not result.ok:
             log.info("pod %s: release hook failed (%s); deleting it anyway", name, result.detail)
 
-    async def _label(self, name: str, labels: dict[str, str]) -> None:
+    async def _label(self, name: str, labels: dict[str, str], trace: Context | None = None) -> None:
         try:
-            await self.backend.set_labels(name, labels)
+            with tracing.span("backend.set_labels", trace, pod=name):
+                await self.backend.set_labels(name, labels)
         except LeaseLost:
             self._hold(lambda: self._label(name, labels), f"label:{name}")
         except BackendError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SandboxError
-from ..model import EndReason, Outcome, Shape
+from ..model import AuditEvent, EndReason, Outcome, Shape
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class Outbox:
     claims: list[ClaimCall] = field(default_factory=list)
     claim_failures: int = 0
     payloads_done: list[int] = field(default_factory=list)
+    # State changes for the audit log and the webhooks, sent once the round commits.
+    audit: list[AuditEvent] = field(default_factory=list)
 
     @property
     def creates(self) -> int:

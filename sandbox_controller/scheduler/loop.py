@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from .. import tracing
 from ..errors import NotLeader, SandboxError, SessionEnded, SessionNotFound, StoreUnavailable
 from ..hooks import ClaimPayload
 from ..model import (
@@ -91,15 +92,18 @@ class Scheduler(Rounds):
         return self._pool
 
     def _submit(
-        self, apply: Callable[[Pool, float], Any], future: asyncio.Future[Any] | None = None
+        self,
+        apply: Callable[[Pool, float], Any],
+        future: asyncio.Future[Any] | None = None,
+        caller: str | None = None,
     ) -> None:
         self._leading_pool()
-        self._queue.put_nowait(Command(apply, future))
+        self._queue.put_nowait(Command(apply, future, caller))
 
-    async def _call(self, apply: Callable[[Pool, float], T]) -> T:
+    async def _call(self, apply: Callable[[Pool, float], T], caller: str | None = None) -> T:
         """Submit and wait until the round that applied it has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(apply, future)
+        self._submit(apply, future, caller)
         return await future
 
     async def open_session(
@@ -108,6 +112,7 @@ class Scheduler(Rounds):
         thread_id: str,
         wait_seconds: float,
         payload: ClaimPayload | None = None,
+        caller: str | None = None,
         *,
         org_id: str = "",
         plan: str | None = None,
@@ -118,7 +123,8 @@ class Scheduler(Rounds):
         refusals are raised (UnknownPlan, UnknownTemplate, ResourcesOutOfBounds,
         UserSessionLimit, OrgSessionLimit, OrgRateLimited, CapacityExhausted, ...). The
         payload's metadata is stored with a new session; its env and files go to the
-        sandbox's claim hook only, and are never sent for a thread that has a session."""
+        sandbox's claim hook only, and are never sent for a thread that has a session.
+        ``caller``: who asks (a token id), for the audit log."""
         pool = self._leading_pool()
         if pool.limits.plan(plan) is None:
             raise unknown_plan(pool.limits, plan or "")
@@ -128,6 +134,7 @@ class Scheduler(Rounds):
         request_id = pool.next_request_id()
         metadata = dict(payload.metadata) if payload else {}
         await self._ask_before_reclaim(user_id, thread_id, org_id, plan)
+        self._leading_pool()  # still leading after the status calls
 
         def apply(pool: Pool, now: float) -> None:
             pool.open_session(
@@ -142,7 +149,11 @@ class Scheduler(Rounds):
                 shape=shape,
             )
 
-        self._submit(apply)  # applied in a later round, so registering after is safe
+        trace = tracing.context_now()  # the API's span: the round and its calls join it
+        if trace is not None:
+            self._traces[request_id] = trace
+        # Applied in a later round: registering the answer after is safe.
+        self._queue.put_nowait(Command(apply, None, caller, trace))
         if payload is not None and (payload.env or payload.files):
             self._payloads[request_id] = ClaimPayload(env=payload.env, files=payload.files)
         answer: asyncio.Future[Opened] = asyncio.get_running_loop().create_future()
@@ -150,6 +161,7 @@ class Scheduler(Rounds):
         try:
             return await answer
         finally:
+            self._traces.pop(request_id, None)
             if not self.running:
                 self._payloads.pop(request_id, None)
 
@@ -177,14 +189,16 @@ class Scheduler(Rounds):
                 answer = BusyAnswer(False, "no answer", answered=False)
             self._submit(busy_command(check, answer))
 
-    async def end_session(self, session_id: str) -> None:
-        """End a session on request (reason ``deleted``); idempotent for ended ones."""
+    async def end_session(self, session_id: str, caller: str | None = None) -> None:
+        """End a session on request (reason ``deleted``); idempotent for ended ones.
+        ``caller``: who asks (a token id, "console:operator"), for the audit log."""
 
         def apply(pool: Pool, now: float) -> bool:
             pool.end_session(session_id, EndReason.DELETED, now)
             return session_id in pool.sessions
 
-        if not await self._call(apply) and await self.store.get_session(session_id) is None:
+        ended = await self._call(apply, caller)
+        if not ended and await self.store.get_session(session_id) is None:
             raise SessionNotFound(session_id)
 
     async def end_all_sessions(self, reason: EndReason) -> int:

@@ -24,7 +24,10 @@ from typing import TypeVar
 
 from ..backends.base import ErrorKind, PodStatus, assigned_labels, attribution_labels
 from ..model import (
+    CONTROLLER_CALLER,
     ActivitySource,
+    AuditAction,
+    AuditEvent,
     BusyAnswer,
     EndDetail,
     EndReason,
@@ -38,6 +41,7 @@ from ..model import (
     Shape,
     ThreadKey,
     UserKey,
+    ending_action,
     thread_key,
     user_key,
 )
@@ -88,6 +92,9 @@ class Pool(PoolViews):
         self.deadlines = Deadlines()
         self.outbox = Outbox()
         self.wall_offset = 0.0  # wall minus monotonic time, set each round (rounds.py)
+        # Who asked for the command being applied (the audit log's caller), set by the
+        # loop around each command; the pool's own decisions are the controller's.
+        self.caller = CONTROLLER_CALLER
         # Each template's warm pool policy (the default's first); ``prewarm`` is the
         # default template's, as before templates.
         self.prewarms = {
@@ -134,6 +141,29 @@ class Pool(PoolViews):
 
     def from_wall(self, at: float) -> float:
         return at - self.wall_offset  # stored times: the only truth across a restart
+
+    def audit(
+        self,
+        action: AuditAction,
+        session: Session,
+        now: float,
+        *,
+        reason: str | None = None,
+        caller: str | None = None,
+    ) -> None:
+        """Record a state change of this session for the audit log (sent on commit)."""
+        event = AuditEvent(
+            action=action.value,
+            caller=caller or self.caller,
+            at=self.wall(now),
+            session_id=session.id,
+            user_id=session.user_id,
+            # Sessions may carry an org (a newer schema); read it where it exists.
+            org_id=getattr(session, "org_id", None),
+            reason=reason,
+            pod=session.pod_name,
+        )
+        self.outbox.audit.append(event)
 
     # ------------------------------------------------------------ sessions
 
@@ -191,7 +221,8 @@ class Pool(PoolViews):
         self.outbox.dirty_sessions.add(session.id)
         self.watch_session_deadlines(session)
         if session.reply_deadline is not None:
-            self.admission.answer_session(session, outcome)
+            self.admission.answer_session(session, outcome, now)
+        self.audit(AuditAction.CLAIM, session, now, reason=outcome.value)
         self.claiming.release_payload(session.id)
 
     def end_session(
@@ -230,7 +261,8 @@ class Pool(PoolViews):
         if session.reply_deadline is not None:
             # Ended before its caller heard back (a start-up timeout shorter than the
             # wait): the caller learns the ending, not a silent drop.
-            self.admission.answer_session(session, Outcome.COLD)
+            self.admission.answer_session(session, Outcome.COLD, now)
+        self.audit(ending_action(reason), session, now, reason=reason.value)
         if session.pod_name is not None:
             pod = self.pods.get(session.pod_name)
             if pod is not None:

@@ -19,8 +19,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from opentelemetry.context import Context
+
+from .. import tracing
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff, sleep_or_stop
+from ..audit import AuditSink, send
 from ..backends.base import Backend, HurriesForWaiters
 from ..clock import Clock
 from ..errors import (
@@ -31,7 +35,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..hooks import SandboxHooks
-from ..model import Limits, Opened, Outcome, Session, SessionState
+from ..model import CONTROLLER_CALLER, Limits, Opened, Outcome, Session, SessionState
 from ..store import Batch, Deposed, Fence
 from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
@@ -70,8 +74,9 @@ class Rounds(EffectCalls):
         observer: LoopObserver | None = None,
         fence: Fence | None = None,
         hooks: SandboxHooks | None = None,
+        audit: AuditSink = send,
     ) -> None:
-        super().__init__(backend, hooks, observer or NoObserver())
+        super().__init__(backend, hooks, observer or NoObserver(), audit)
         self.limits = limits
         self.store = store
         self.clock = clock
@@ -206,12 +211,21 @@ class Rounds(EffectCalls):
         # one stepped since the last round.
         pool.wall_offset = self.clock.now() - now
         try:
-            results = [command.apply(pool, now) for command in commands]
+            results = []
+            for command in commands:
+                pool.caller = command.caller or CONTROLLER_CALLER
+                if command.trace is None:
+                    results.append(command.apply(pool, now))
+                    continue
+                with tracing.span("scheduler.decide", command.trace):
+                    results.append(command.apply(pool, now))
+            pool.caller = CONTROLLER_CALLER
             pool.tick(now)
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
         except Exception:
+            pool.caller = CONTROLLER_CALLER
             await self._decision_failed(commands)
             return
         outbox = pool.take_outbox()
@@ -295,10 +309,17 @@ class Rounds(EffectCalls):
         self._handed_out -= outbox.forgotten_pods
         if self._pod_rows or self._forgotten_rows:
             self._pod_rows_due = min(self._pod_rows_due, self.clock.monotonic() + POD_ROWS_DELAY)
+        # The trace each pod's calls join, and the traces this commit serves (the first
+        # is the commit span's parent, the rest are linked): none unless tracing is on.
+        pod_traces, commit_traces = self._round_traces(outbox) if self._traces else ({}, [])
         if batch.sessions or force or self.clock.monotonic() >= self._pod_rows_due:
             batch.pods = [pool.pods[n] for n in self._pod_rows if n in pool.pods]
             batch.forgotten_pods = sorted(self._forgotten_rows)
-            if batch:
+            if batch and commit_traces:
+                parent, *linked = commit_traces
+                with tracing.span("store.write", parent, links=linked):
+                    await self.store.write(batch, self.fence)
+            elif batch:
                 await self.store.write(batch, self.fence)
             self._pod_rows, self._forgotten_rows = set(), set()
             self._pod_rows_due = float("inf")
@@ -311,7 +332,28 @@ class Rounds(EffectCalls):
                 _resolve(future, pool, answer)
         for request_id in outbox.payloads_done:
             self._payloads.pop(request_id, None)
-        self._start_effects(outbox)
+        self._start_effects(outbox, pod_traces)
+
+    def _round_traces(self, outbox: Outbox) -> tuple[dict[str, Context], list[Context]]:
+        """Which traced requests this round serves: by the pods it claims or hands out,
+        and in order, for the commit's span."""
+        pool = self._pool
+        assert pool is not None
+        pods: dict[str, Context] = {}
+        served: dict[int, Context] = {}
+        for call in outbox.claims:
+            trace = self._traces.get(call.request_id) if call.request_id is not None else None
+            if trace is not None:
+                pods[call.pod_name] = served[call.request_id or 0] = trace
+        for answer in outbox.answers:
+            trace = self._traces.get(answer.request_id)
+            if trace is None:
+                continue
+            served[answer.request_id] = trace
+            session = pool.sessions.get(answer.session_id or "")
+            if session is not None and session.pod_name is not None:
+                pods.setdefault(session.pod_name, trace)
+        return pods, list(served.values())
 
     async def _recover_after_failure(
         self, refuse: Callable[[], SandboxError] = StoreUnavailable

@@ -9,7 +9,9 @@ import logging
 import httpx
 import pytest
 
-from ..conftest import ControllerFactory
+from sandbox_controller.audit import token_id
+
+from ..conftest import API_TOKEN, ControllerFactory
 from ..eventually import eventually
 from .test_idling import witness_deletes
 
@@ -48,9 +50,9 @@ async def test_deleting_a_user_ends_their_sandboxes_after_release_and_purges_the
 
     [line] = [r.getMessage() for r in caplog.records if r.name == "sandbox_controller.audit"]
     event = json.loads(line)
-    assert event["event"] == "user_deleted" and event["user_id"] == "alice"
-    assert event["caller"] == "api_token" and event["time"].endswith("Z")
-    assert (event["sessions_ended"], event["sessions_purged"], event["pods_deleted"]) == (1, 2, 1)
+    assert event["action"] == "user_deleted" and event["user_id"] == "alice"
+    assert event["caller"] == token_id(API_TOKEN)  # the token's id, never the token
+    assert event["reason"] == "sessions_ended=1 sessions_purged=2 pods_deleted=1"
 
     again = await ctl.client.delete("/users/alice")
     assert again.status_code == 200

@@ -5,6 +5,7 @@ before its lease ends), and with orgs on plans invariant 24, checked after every
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import replace
 
 from hypothesis import settings
@@ -14,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sandbox_controller.backends.base import LABEL_CREATE_ID, LABEL_SESSION, PodPhase, PodStatus
 from sandbox_controller.model import (
     ActivitySource,
+    AuditEvent,
     BusyAnswer,
     EndReason,
     Plan,
@@ -22,6 +24,7 @@ from sandbox_controller.model import (
     SessionState,
     Shape,
     TemplateLimits,
+    ending_action,
 )
 from sandbox_controller.scheduler.claiming import NO_ANSWER, ClaimFailure
 from sandbox_controller.scheduler.effects import ClaimCall
@@ -69,6 +72,7 @@ class PoolMachine(RuleBasedStateMachine):
         # knows no claim in flight, and delivers no env or files: it starts over).
         self.claimed_pods: dict[str, list[str]] = {}
         self.refusals: dict[str, int] = {}
+        self.audit: list[AuditEvent] = []  # every audit event the pool asked for
         self.settle()
 
     # -- plumbing
@@ -83,6 +87,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.creates_sent += out.creates
         self.deletes_sent.update(out.deletes)
         self.claim_calls.extend(out.claims)
+        self.audit.extend(out.audit)
         for call in out.claims:
             self.claimed_pods.setdefault(call.session_id, []).append(call.pod_name)
         for name in out.deletes:
@@ -275,6 +280,21 @@ class PoolMachine(RuleBasedStateMachine):
                 given_up = self.refusals.get(sid, 0) >= 2
                 assert given_up or len(pods) == self.limits.max_claim_attempts
                 assert session.end_detail is not None and session.end_detail.claim_answer
+
+    @invariant()
+    def each_change_is_audited_once(self) -> None:
+        seen: Counter[tuple[str | None, str]] = Counter()
+        for event in self.audit:
+            kind = "end" if event.action not in ("open", "claim") else event.action
+            seen[event.session_id, kind] += 1
+            assert event.caller == "controller"  # no command here names a caller
+        assert max(seen.values(), default=0) <= 1, "a session audited twice for one change"
+        for session in self.pool.sessions.values():
+            if session.state is SessionState.ENDED:
+                [ending] = [e for e in self.audit if e.session_id == session.id and e.reason == session.end_reason]  # fmt: skip
+                assert ending.action == ending_action(EndReason(session.end_reason)).value
+            if session.state is SessionState.READY:
+                assert seen[session.id, "claim"] == 1, "ready without a claim event"
 
     @invariant()
     def pods_never_exceed_the_cap(self) -> None:
