@@ -159,7 +159,7 @@ class Pool(PoolViews):
             session_id=session.id,
             user_id=session.user_id,
             # Sessions may carry an org (a newer schema); read it where it exists.
-            org_id=getattr(session, "org_id", None),
+            org_id=session.org_id or None,
             reason=reason,
             pod=session.pod_name,
         )
@@ -201,7 +201,7 @@ class Pool(PoolViews):
         session.pod_name = pod.name
         self.waiting.pop(session.id, None)
         self.outbox.dirty_sessions.add(session.id)
-        org = getattr(session, "org_id", "")  # issue 24's orgs fill it (tenancy)
+        org = session.org_id
         keys = self.limits.label_metadata_keys
         self.outbox.labels[pod.name] = {
             **assigned_labels(session.id),

@@ -48,8 +48,10 @@ async def test_deleting_a_user_ends_their_sandboxes_after_release_and_purges_the
     kept = (await ctl.client.get(f"/sessions/{bob['id']}")).json()
     assert kept["state"] == "ready"
 
-    [line] = [r.getMessage() for r in caplog.records if r.name == "sandbox_controller.audit"]
-    event = json.loads(line)
+    audited = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "sandbox_controller.audit"
+    ]
+    [event] = [e for e in audited if e["action"] == "user_deleted"]
     assert event["action"] == "user_deleted" and event["user_id"] == "alice"
     assert event["caller"] == token_id(API_TOKEN)  # the token's id, never the token
     assert event["reason"] == "sessions_ended=1 sessions_purged=2 pods_deleted=1"
