@@ -1,7 +1,8 @@
 """The controller on the Kubernetes backend at scale, against kubesim.
 
     python benchmarks/kube_bench.py [--pool 3700] [--claims 3600] [--serial 1000]
-                                    [--concurrency 50] [--refill 300]
+                                    [--concurrency 50] [--max-total N] [--noop 5]
+                                    [--restart] [--refill 300]
                                     [--refill-qps 20:40,100:200]
                                     [--database sqlite|postgres]
 
@@ -14,6 +15,14 @@ SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is it
    for the refill, so the pool refills while claims are served, as in production.
    Reports claim latency (client-side and the controller's own histogram), controller
    RSS, and Kubernetes API calls per session from kubesim's call record.
+   With --noop, the controller runs as benchmarks/bench_app.py (the same app plus
+   /bench/noop), and the same --concurrency connections first hit /bench/noop for
+   --noop seconds: the HTTP ceiling of claim_bench.py, at this pool size.
+   With --restart, the controller is then SIGKILLed and started again on the same
+   database and kubesim: the time from its start to its first warm claim answered
+   (list, rebuild, lease), and how much of it the killed leader's lease still had.
+   With --noop and BENCH_PROFILE=DIR, pyinstrument profiles the controller during the
+   one-at-a-time and the loaded claims (DIR/serial.txt, DIR/loaded.txt).
 2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
    (qps:burst), against the bound the limit sets: (API calls made - burst) / qps.
 
@@ -67,6 +76,7 @@ def start_controller(
     qps: float,
     burst: int,
     creates: int,
+    bench_app: bool = False,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -89,15 +99,56 @@ def start_controller(
         "SANDBOX_PORT": str(port),
         "SANDBOX_LOG_LEVEL": "warning",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
-    )
+    command = [sys.executable, "-m", "sandbox_controller.cli", "serve"]
+    if bench_app:  # the same app plus /bench/noop, served as claim_bench.py serves it
+        command = [
+            *(sys.executable, "-m", "uvicorn", "--factory", "benchmarks.bench_app:build"),
+            *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
+            *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
+        ]
+    return subprocess.Popen(command, env=env, cwd=ROOT)
+
+
+def lease_left(database: str) -> float:
+    """Seconds the leader lease still has (PostgreSQL only; 0 elsewhere)."""
+    if not database.startswith("postgresql"):
+        return 0.0
+    name = database.rsplit("/", 1)[1]
+    query = "SELECT max(expires_at) - extract(epoch from clock_timestamp()) FROM leader_lease"
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", name, "-Atc", query],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return max(0.0, float(out or 0))
+
+
+async def first_warm_claim(base: str, timeout: float = 120) -> float:
+    """Seconds until POST /sessions answers 201 ready (a new user each try, every 20 ms):
+    refused connections and 503 not_leader until the new controller leads."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as client:
+        for attempt in range(1_000_000):
+            if time.monotonic() - started > timeout:
+                break
+            body = {"user_id": f"restart-{attempt}", "thread_id": "t", "wait_seconds": 0}
+            try:
+                r = await client.post("/sessions", json=body)
+                if r.status_code == 201 and r.json().get("status") == "ready":
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.02)
+    raise TimeoutError("the restarted controller never served a warm claim")
 
 
 async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
     try:
         body: dict[str, Any] = (await client.get("/pool")).json()
-        return body
+        return body if "pods" in body else None  # a 503 while the store is away
     except (httpx.HTTPError, ValueError):
         return None
 
@@ -150,7 +201,7 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float:
 async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     # Room for every claim's replacement, and for the claims wrk still has in flight
     # when it stops counting (at most one per connection).
-    max_total = args.pool + args.claims + args.concurrency
+    max_total = args.max_total or args.pool + args.claims + args.concurrency
     nodes = max_total // 100 + 2
     sim = Kubesim(tmp, nodes=nodes, node_cpu="128", node_memory="512Gi", startup_delay=0.05)
     database = fresh_database(args.database, tmp)
@@ -164,8 +215,9 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         qps=args.qps,
         burst=args.burst,
         creates=args.creates,
+        bench_app=bool(args.noop),
     )
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"max_total": max_total}
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
@@ -182,11 +234,22 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # Both phases by wrk, as in claim_bench.py, so the load generator's own
             # overhead stays out of the numbers. One at a time first: the latency of a
             # warm claim itself, no queueing.
+            profiling = bool(args.noop and os.environ.get("BENCH_PROFILE"))
+            if profiling:
+                await client.post("/bench/profile/start")
             serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial)
+            if profiling:
+                await client.post("/bench/profile/stop", params={"name": "serial"})
             # Then the rest from --concurrency connections at once (wrk's two threads
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
+            if args.noop:  # the HTTP ceiling, from the same connections
+                result["noop"] = run_wrk(base, "/bench/noop", args.concurrency, args.noop, "noop")
+            if profiling:
+                await client.post("/bench/profile/start")
             loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share)
+            if profiling:
+                await client.post("/bench/profile/stop", params={"name": "loaded"})
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
@@ -196,6 +259,24 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
             after = api_calls(sim.stats())
             stats = sim.stats()
+            if args.restart:
+                result["restart_pool"] = (await pool_status(client) or {}).get("pods")
+                result["lease_left_s"] = lease_left(database)
+                ctl.kill()  # SIGKILL: no hand-over, the lease runs out on its own
+                ctl.wait()
+                ctl = start_controller(
+                    sim.kubeconfig,
+                    database,
+                    port,
+                    pool=args.pool,
+                    max_total=max_total,
+                    qps=args.qps,
+                    burst=args.burst,
+                    creates=args.creates,
+                    bench_app=bool(args.noop),
+                )
+                result["restart_s"] = await first_warm_claim(base)
+                result["restart_rss_mib"] = rss_mib(ctl.pid)[0]
     finally:
         stop(ctl)
         sim.stop()
@@ -313,7 +394,24 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         f"{warm['calls_per_session']:.2f} ({', '.join(f'{k}: {v}' for k, v in warm['calls'].items())}) |",
         f"| refill of the {warm['sessions']:.0f} claimed pods after the claims | {warm['refill_s']:.1f} s |",
         f"| most pods kubesim ever held | {warm['max_pods_seen']} "
-        f"(maxTotalJobs {args.pool + args.claims + args.concurrency}) |",
+        f"(maxTotalJobs {warm['max_total']}) |",
+    ]
+    if "noop" in warm:
+        noop = warm["noop"]
+        lines.append(
+            f"| /bench/noop at concurrency {args.concurrency} (the HTTP ceiling, same app) | "
+            f"{noop['rps']:.0f} req/s, p50 {noop['p50_us'] / 1000:.1f} ms; claims reach "
+            f"{warm['claims_per_s'] / noop['rps']:.0%} of it |"
+        )
+    if "restart_s" in warm:
+        lines.append(
+            f"| SIGKILL, restart to the first warm claim (list, rebuild, lease) | "
+            f"{warm['restart_s']:.2f} s, of which the killed leader's lease still held "
+            f"{warm['lease_left_s']:.2f} s; after it ran out: "
+            f"{max(0.0, warm['restart_s'] - warm['lease_left_s']):.2f} s "
+            f"(pods then: {warm['restart_pool']}; RSS {warm['restart_rss_mib']:.0f} MiB) |"
+        )
+    lines += [
         "",
         f"## Refill of a {args.refill}-pod pool from zero, by client rate limit",
         "",
@@ -349,7 +447,21 @@ def main() -> None:
     parser.add_argument("--refill-qps", default="20:40,100:200", help="qps:burst,...")
     parser.add_argument("--database", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--skip-claims", action="store_true")
+    parser.add_argument(
+        "--max-total", type=int, default=0, help="maxTotalJobs (default pool + claims + conns)"
+    )
+    parser.add_argument(
+        "--noop", type=float, default=0, help="seconds of /bench/noop at --concurrency (0: off)"
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="SIGKILL the controller, time its restart"
+    )
+    parser.add_argument(
+        "--lease-ttl", default="", help="SANDBOX_LEADER_LEASE_TTL (default: the controller's)"
+    )
     args = parser.parse_args()
+    if args.lease_ttl:  # start_controller passes the environment on
+        os.environ["SANDBOX_LEADER_LEASE_TTL"] = args.lease_ttl
     if not 1 <= args.serial <= args.claims:
         parser.error("--serial must be between 1 and --claims")
 
