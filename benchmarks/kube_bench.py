@@ -61,6 +61,9 @@ from benchmarks.common import (
 )
 from benchmarks.common import fresh_database as _fresh_database
 
+# The controller's code: this tree, or --code (a baseline worktree, run by this bench).
+CODE = ROOT
+
 
 def fresh_database(kind: str, tmp: Path) -> str:
     return _fresh_database(kind, tmp, prefix="kube_bench")
@@ -80,7 +83,7 @@ def start_controller(
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(CODE),
         "SANDBOX_DATABASE_URL": database,
         "SANDBOX_BACKEND": "kubernetes",
         "SANDBOX_KUBECONFIG": kubeconfig,
@@ -106,7 +109,7 @@ def start_controller(
             *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
             *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
         ]
-    return subprocess.Popen(command, env=env, cwd=ROOT)
+    return subprocess.Popen(command, env=env, cwd=CODE)
 
 
 def lease_left(database: str) -> float:
@@ -253,7 +256,9 @@ async def warm_claims(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
-            result["refill_s"] = await wait_idle(client, args.pool, timeout=900)
+            assigned = ((await pool_status(client)) or {"pods": {}})["pods"].get("assigned", 0)
+            refilled = min(args.pool, max_total - assigned)  # within maxTotalJobs
+            result["refill_s"] = await wait_idle(client, refilled, timeout=900)
             metrics = (await client.get("/metrics")).text
             rss, hwm = rss_mib(ctl.pid)
             result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
@@ -365,7 +370,7 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         "# Kubernetes backend at scale (kubesim)",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Database: {args.database}; kubesim and the controller each in their own process; "
+        f"Controller code: {CODE}. Database: {args.database}; kubesim and the controller each in their own process; "
         f"{os.cpu_count()} CPUs shared with the load generator.",
         "",
         f"## Warm claims: pool of {args.pool}, {args.claims} claims at concurrency "
@@ -457,9 +462,15 @@ def main() -> None:
         "--restart", action="store_true", help="SIGKILL the controller, time its restart"
     )
     parser.add_argument(
+        "--code", default="", help="run the controller from this tree (a baseline worktree)"
+    )
+    parser.add_argument(
         "--lease-ttl", default="", help="SANDBOX_LEADER_LEASE_TTL (default: the controller's)"
     )
     args = parser.parse_args()
+    if args.code:
+        global CODE
+        CODE = Path(args.code).resolve()
     if args.lease_ttl:  # start_controller passes the environment on
         os.environ["SANDBOX_LEADER_LEASE_TTL"] = args.lease_ttl
     if not 1 <= args.serial <= args.claims:
