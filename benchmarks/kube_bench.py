@@ -130,22 +130,27 @@ def lease_left(database: str) -> float:
 async def first_warm_claim(base: str, timeout: float = 120) -> float:
     """Seconds until POST /sessions answers 201 ready (a new user each try, every 20 ms):
     refused connections and 503 not_leader until the new controller leads."""
-    started = time.monotonic()
+    started, last = time.monotonic(), "no answer"
     async with httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
     ) as client:
         for attempt in range(1_000_000):
             if time.monotonic() - started > timeout:
                 break
-            body = {"user_id": f"restart-{attempt}", "thread_id": "t", "wait_seconds": 0}
+            body = {
+                "user_id": f"restart-{attempt}",
+                "thread_id": f"restart-{attempt}",
+                "wait_seconds": 0,
+            }
             try:
                 r = await client.post("/sessions", json=body)
-                if r.status_code == 201 and r.json().get("status") == "ready":
+                if r.status_code == 201 and r.json().get("state") == "ready":
                     return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             await asyncio.sleep(0.02)
-    raise TimeoutError("the restarted controller never served a warm claim")
+    raise TimeoutError(f"the restarted controller never served a warm claim: {last}")
 
 
 async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
