@@ -2,6 +2,8 @@
 
 ``/bench/noop`` validates the same body and answers: the cost of HTTP + FastAPI alone.
 ``/bench/insert`` also inserts one row and commits: the cost of one durable write.
+With BENCH_PROFILE=DIR, ``/bench/profile/start`` and ``/bench/profile/stop?name=N``
+take a pyinstrument profile of what happens in between, written to DIR/N.txt.
 Run by uvicorn as a factory: ``uvicorn --factory benchmarks.bench_app:build``. uvicorn's
 CLI runs the app's lifespan, so the app gets one here that starts and stops the
 controller, as ControllerProcess does around serving it.
@@ -9,9 +11,11 @@ controller, as ControllerProcess does around serving it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -66,5 +70,24 @@ def build() -> FastAPI:
         # The store's own path to the database; claim_bench.py created the table.
         await store.run(lambda conn: conn.execute(bench_rows.insert().values(**row)))
         return JSONResponse({"user_id": body.user_id, "thread_id": body.thread_id}, 201)
+
+    if profile := os.environ.get("BENCH_PROFILE"):
+        # A pyinstrument window around one phase of a benchmark (kube_bench.py): the
+        # phase's own cost, not the whole run's (a whole run takes GBs of samples).
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+        @app.post("/bench/profile/start", status_code=204)
+        async def profile_start() -> Response:
+            profiler.reset()
+            profiler.start()
+            return Response(status_code=204)
+
+        @app.post("/bench/profile/stop", status_code=204)
+        async def profile_stop(name: str) -> Response:
+            profiler.stop()
+            Path(profile, f"{name}.txt").write_text(profiler.output_text(show_all=False))
+            return Response(status_code=204)
 
     return app

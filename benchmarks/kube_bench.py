@@ -1,7 +1,8 @@
 """The controller on the Kubernetes backend at scale, against kubesim.
 
     python benchmarks/kube_bench.py [--pool 3700] [--claims 3600] [--serial 1000]
-                                    [--concurrency 50] [--refill 300]
+                                    [--concurrency 50] [--max-total N] [--noop 5]
+                                    [--restart] [--refill 300]
                                     [--refill-qps 20:40,100:200]
                                     [--database sqlite|postgres] [--templates 3]
 
@@ -16,6 +17,14 @@ SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is it
    RSS, and Kubernetes API calls per session from kubesim's call record.
    With --templates N, part 1 runs again with the same pool split into N templates'
    warm pools (claims name them in turn), and the two are compared.
+   With --noop, the controller runs as benchmarks/bench_app.py (the same app plus
+   /bench/noop), and the same --concurrency connections first hit /bench/noop for
+   --noop seconds: the HTTP ceiling of claim_bench.py, at this pool size.
+   With --restart, the controller is then SIGKILLed and started again on the same
+   database and kubesim: the time from its start to its first warm claim answered
+   (list, rebuild, lease), and how much of it the killed leader's lease still had.
+   With --noop and BENCH_PROFILE=DIR, pyinstrument profiles the controller during the
+   one-at-a-time and the loaded claims (DIR/serial.txt, DIR/loaded.txt).
 2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
    (qps:burst), against the bound the limit sets: (API calls made - burst) / qps.
 
@@ -54,6 +63,9 @@ from benchmarks.common import (
 )
 from benchmarks.common import fresh_database as _fresh_database
 
+# The controller's code: this tree, or --code (a baseline worktree, run by this bench).
+CODE = ROOT
+
 
 def fresh_database(kind: str, tmp: Path) -> str:
     return _fresh_database(kind, tmp, prefix="kube_bench")
@@ -70,10 +82,11 @@ def start_controller(
     burst: int,
     creates: int,
     templates_file: str | None = None,
+    bench_app: bool = False,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(CODE),
         "SANDBOX_DATABASE_URL": database,
         "SANDBOX_BACKEND": "kubernetes",
         "SANDBOX_KUBECONFIG": kubeconfig,
@@ -94,15 +107,61 @@ def start_controller(
     }
     if templates_file is not None:
         env["SANDBOX_TEMPLATES_FILE"] = templates_file
-    return subprocess.Popen(
-        [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
-    )
+    command = [sys.executable, "-m", "sandbox_controller.cli", "serve"]
+    if bench_app:  # the same app plus /bench/noop, served as claim_bench.py serves it
+        command = [
+            *(sys.executable, "-m", "uvicorn", "--factory", "benchmarks.bench_app:build"),
+            *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
+            *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
+        ]
+    return subprocess.Popen(command, env=env, cwd=CODE)
+
+
+def lease_left(database: str) -> float:
+    """Seconds the leader lease still has (PostgreSQL only; 0 elsewhere)."""
+    if not database.startswith("postgresql"):
+        return 0.0
+    name = database.rsplit("/", 1)[1]
+    query = "SELECT max(expires_at) - extract(epoch from clock_timestamp()) FROM leader_lease"
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", name, "-Atc", query],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return max(0.0, float(out or 0))
+
+
+async def first_warm_claim(base: str, timeout: float = 120) -> float:
+    """Seconds until POST /sessions answers 201 ready (a new user each try, every 20 ms):
+    refused connections and 503 not_leader until the new controller leads."""
+    started, last = time.monotonic(), "no answer"
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as client:
+        for attempt in range(1_000_000):
+            if time.monotonic() - started > timeout:
+                break
+            body = {
+                "user_id": f"restart-{attempt}",
+                "thread_id": f"restart-{attempt}",
+                "wait_seconds": 0,
+            }
+            try:
+                r = await client.post("/sessions", json=body)
+                if r.status_code == 201 and r.json().get("state") == "ready":
+                    return time.monotonic() - started
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.02)
+    raise TimeoutError(f"the restarted controller never served a warm claim: {last}")
 
 
 async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
     try:
         body: dict[str, Any] = (await client.get("/pool")).json()
-        return body
+        return body if "pods" in body else None  # a 503 while the store is away
     except (httpx.HTTPError, ValueError):
         return None
 
@@ -164,7 +223,7 @@ def templates_file(tmp: Path, count: int, pool: int) -> tuple[str, str]:
 async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -> dict[str, Any]:
     # Room for every claim's replacement, and for the claims wrk still has in flight
     # when it stops counting (at most one per connection).
-    max_total = args.pool + args.claims + args.concurrency
+    max_total = args.max_total or args.pool + args.claims + args.concurrency
     nodes = max_total // 100 + 2
     sim = Kubesim(tmp, nodes=nodes, node_cpu="128", node_memory="512Gi", startup_delay=0.05)
     database = fresh_database(args.database, tmp)
@@ -180,8 +239,9 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
         burst=args.burst,
         creates=args.creates,
         templates_file=path,
+        bench_app=bool(args.noop),
     )
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"max_total": max_total}
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}",
@@ -198,20 +258,51 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             # Both phases by wrk, as in claim_bench.py, so the load generator's own
             # overhead stays out of the numbers. One at a time first: the latency of a
             # warm claim itself, no queueing.
+            profiling = bool(args.noop and os.environ.get("BENCH_PROFILE"))
+            if profiling:
+                await client.post("/bench/profile/start")
             serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial, names)
+            if profiling:
+                await client.post("/bench/profile/stop", params={"name": "serial"})
             # Then the rest from --concurrency connections at once (wrk's two threads
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
+            if args.noop:  # the HTTP ceiling, from the same connections
+                result["noop"] = run_wrk(base, "/bench/noop", args.concurrency, args.noop, "noop")
+            if profiling:
+                await client.post("/bench/profile/start")
             loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share, names)
+            if profiling:
+                await client.post("/bench/profile/stop", params={"name": "loaded"})
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
-            result["refill_s"] = await wait_idle(client, args.pool, timeout=900)
+            assigned = ((await pool_status(client)) or {"pods": {}})["pods"].get("assigned", 0)
+            refilled = min(args.pool, max_total - assigned)  # within maxTotalJobs
+            result["refill_s"] = await wait_idle(client, refilled, timeout=900)
             metrics = (await client.get("/metrics")).text
             rss, hwm = rss_mib(ctl.pid)
             result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
             after = api_calls(sim.stats())
             stats = sim.stats()
+            if args.restart:
+                result["restart_pool"] = (await pool_status(client) or {}).get("pods")
+                result["lease_left_s"] = lease_left(database)
+                ctl.kill()  # SIGKILL: no hand-over, the lease runs out on its own
+                ctl.wait()
+                ctl = start_controller(
+                    sim.kubeconfig,
+                    database,
+                    port,
+                    pool=args.pool,
+                    max_total=max_total,
+                    qps=args.qps,
+                    burst=args.burst,
+                    creates=args.creates,
+                    bench_app=bool(args.noop),
+                )
+                result["restart_s"] = await first_warm_claim(base)
+                result["restart_rss_mib"] = rss_mib(ctl.pid)[0]
     finally:
         stop(ctl)
         sim.stop()
@@ -300,7 +391,7 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         "# Kubernetes backend at scale (kubesim)",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Database: {args.database}; kubesim and the controller each in their own process; "
+        f"Controller code: {CODE}. Database: {args.database}; kubesim and the controller each in their own process; "
         f"{os.cpu_count()} CPUs shared with the load generator.",
         "",
         f"## Warm claims: pool of {args.pool}, {args.claims} claims at concurrency "
@@ -329,8 +420,23 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         f"{warm['calls_per_session']:.2f} ({', '.join(f'{k}: {v}' for k, v in warm['calls'].items())}) |",
         f"| refill of the {warm['sessions']:.0f} claimed pods after the claims | {warm['refill_s']:.1f} s |",
         f"| most pods kubesim ever held | {warm['max_pods_seen']} "
-        f"(maxTotalJobs {args.pool + args.claims + args.concurrency}) |",
+        f"(maxTotalJobs {warm['max_total']}) |",
     ]
+    if "noop" in warm:
+        noop = warm["noop"]
+        lines.append(
+            f"| /bench/noop at concurrency {args.concurrency} (the HTTP ceiling, same app) | "
+            f"{noop['rps']:.0f} req/s, p50 {noop['p50_us'] / 1000:.1f} ms; claims reach "
+            f"{warm['claims_per_s'] / noop['rps']:.0%} of it |"
+        )
+    if "restart_s" in warm:
+        lines.append(
+            f"| SIGKILL, restart to the first warm claim (list, rebuild, lease) | "
+            f"{warm['restart_s']:.2f} s, of which the killed leader's lease still held "
+            f"{warm['lease_left_s']:.2f} s; after it ran out: "
+            f"{max(0.0, warm['restart_s'] - warm['lease_left_s']):.2f} s "
+            f"(pods then: {warm['restart_pool']}; RSS {warm['restart_rss_mib']:.0f} MiB) |"
+        )
     many = warm.get("templates")
     if many:
         ratio = many["serial_p99_ms"] / warm["serial_p99_ms"]
@@ -398,9 +504,29 @@ def main() -> None:
         help="also run part 1 with this many templates (the same pool in all, split "
         "evenly; claims name them in turn) and compare warm-claim latency",
     )
+    parser.add_argument(
+        "--max-total", type=int, default=0, help="maxTotalJobs (default pool + claims + conns)"
+    )
+    parser.add_argument(
+        "--noop", type=float, default=0, help="seconds of /bench/noop at --concurrency (0: off)"
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="SIGKILL the controller, time its restart"
+    )
+    parser.add_argument(
+        "--code", default="", help="run the controller from this tree (a baseline worktree)"
+    )
+    parser.add_argument(
+        "--lease-ttl", default="", help="SANDBOX_LEADER_LEASE_TTL (default: the controller's)"
+    )
     args = parser.parse_args()
     if args.templates > 1:
         args.pool -= args.pool % args.templates  # an even split: the same pool in both
+    if args.code:
+        global CODE
+        CODE = Path(args.code).resolve()
+    if args.lease_ttl:  # start_controller passes the environment on
+        os.environ["SANDBOX_LEADER_LEASE_TTL"] = args.lease_ttl
     if not 1 <= args.serial <= args.claims:
         parser.error("--serial must be between 1 and --claims")
 

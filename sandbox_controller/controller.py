@@ -483,9 +483,9 @@ class Controller:
 
     # ------------------------------------------------------------ status
 
-    def pool_snapshot(self) -> PoolStatus | None:
+    def pool_snapshot(self, *, sessions_by_activity: bool = True) -> PoolStatus | None:
         """The pool now, as GET /pool and the metrics show it; None unless leading."""
         scheduler = self.scheduler
         if scheduler is None or not scheduler.running:
             return None
-        return scheduler.snapshot(self.clock.monotonic())
+        return scheduler.snapshot(self.clock.monotonic(), sessions_by_activity=sessions_by_activity)

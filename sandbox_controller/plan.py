@@ -7,6 +7,7 @@ must fit ``peak editors + prewarm`` sandbox pods, and ``maxTotalJobs`` must allo
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
@@ -64,6 +65,39 @@ def plan(
         pods=pods,
         cpu=pods * cpu,
         memory_gib=pods * memory_gib,
+    )
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Placeholder pods (agentSandbox.headroom.pods) that keep room for the sessions
+    arriving while a node is added: each new session takes a warm pod, whose
+    replacement takes a placeholder's room at once; the evicted placeholder is what
+    makes the autoscaler add a node, and it has until the placeholders run out."""
+
+    arrivals_per_minute: Decimal
+    node_add_seconds: int
+    pods: int
+
+
+def headroom(arrivals_per_minute: Decimal, node_add_seconds: int) -> Headroom:
+    """Enough placeholders for the new sessions of one node add at the busiest rate."""
+    pods = math.ceil(arrivals_per_minute * node_add_seconds / 60)
+    return Headroom(arrivals_per_minute, node_add_seconds, pods)
+
+
+def headroom_lines(p: Plan, h: Headroom) -> str:
+    total = p.pods + h.pods
+    return "\n".join(
+        [
+            f"Headroom:             {h.pods} placeholder pods ({_num(h.arrivals_per_minute)} "
+            f"new sessions/min x {h.node_add_seconds} s to add a node)",
+            f"Helm:                 agentSandbox.headroom.pods: {h.pods}",
+            f"Room held at peak:    {total} pods ({p.pods} sandbox + {h.pods} placeholder): "
+            f"{_num(total * p.cpu_per_pod)} CPU cores, "
+            f"{_num(total * p.memory_gib_per_pod)} GiB",
+            "Placeholders are not sandboxes: maxTotalJobs does not count them.",
+        ]
     )
 
 
@@ -228,6 +262,16 @@ def _positive_quantity(text: str) -> Decimal:
     return value
 
 
+def _rate(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def _memory_gib(text: str) -> Decimal:
     """A plain number is GiB (``2``, ``1.5``); with a unit it is bytes (``2Gi``, ``2048Mi``)."""
     value = _positive_quantity(text)
@@ -293,6 +337,20 @@ def _parser() -> _Parser:
         help="memory no sandbox may take (SANDBOX_DOCKER_RESERVED_MEMORY; default 1)",
     )
     parser.add_argument(
+        "--arrivals-per-minute",
+        type=_rate,
+        metavar="R",
+        help="new sessions per minute at the busiest moment: also print the headroom "
+        "(agentSandbox.headroom.pods) that keeps them off a node add",
+    )
+    parser.add_argument(
+        "--node-add-seconds",
+        type=_count(1),
+        default=120,
+        metavar="S",
+        help="how long your autoscaler takes to add a ready node (default 120)",
+    )
+    parser.add_argument(
         "--template",
         type=Path,
         metavar="FILE",
@@ -323,6 +381,9 @@ def main(argv: list[str]) -> int:
         memory = template_memory if template_memory is not None else memory
     result = plan(args.peak_editors, args.prewarm, args.max_total_jobs, cpu, memory)
     print(render(result))
+    if args.arrivals_per_minute is not None:
+        print()
+        print(headroom_lines(result, headroom(args.arrivals_per_minute, args.node_add_seconds)))
     if args.docker:
         try:
             host = docker_host(args.docker_url, int(args.reserved_memory_gib * _GIB))

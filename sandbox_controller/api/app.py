@@ -243,7 +243,9 @@ def create_app(controller: Controller) -> FastAPI:
 
     @api.get("/pool", responses={200: {"model": PoolBody}, **errors(401, 422)})
     async def pool() -> Response:
-        status = ctl.pool_snapshot() or PoolStatus.empty(ctl.settings.limits())
+        # GET /pool shows no sessions: no pass over them (it is polled).
+        status = ctl.pool_snapshot(sessions_by_activity=False)
+        status = status or PoolStatus.empty(ctl.settings.limits())
         return JSONResponse(pool_json(status, leader=ctl.is_leader))
 
     @internal.get("/internal/token-keys", responses={200: {"model": TokenKeysBody}, **errors(401)})

@@ -158,7 +158,9 @@ class Hub:
             if not scheduler.running:
                 return
             now = self._ctl.clock.now()
-            status = scheduler.snapshot(now)
+            # Every tick: the feed shows pods, never sessions by activity (a pass over
+            # every live session, 5,000 at scale, for nothing).
+            status = scheduler.snapshot(now, sessions_by_activity=False)
             if now >= self._next_sample:
                 self._next_sample = now + SAMPLE_EVERY
                 self._sample(status)

@@ -352,9 +352,11 @@ class Scheduler(Rounds):
     def _view(pool: Pool, session: Session) -> SessionView:
         return SessionView(session_copy(session), pool.provisioning(session.id))
 
-    def snapshot(self, now: float) -> PoolStatus:
-        """The pool at ``now``, a time of this clock's monotonic part."""
-        return self._leading_pool().status(now)
+    def snapshot(self, now: float, *, sessions_by_activity: bool = True) -> PoolStatus:
+        """The pool at ``now``, a time of this clock's monotonic part. Without
+        ``sessions_by_activity``, ``sessions`` counts none (a pass over every live
+        session spared: the console's feed and GET /pool do not show them)."""
+        return self._leading_pool().status(now, sessions_by_activity=sessions_by_activity)
 
     async def settle(self) -> None:
         """Return once every command queued so far has been applied and committed."""

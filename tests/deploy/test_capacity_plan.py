@@ -135,3 +135,37 @@ def test_without_a_session_domain_there_is_no_dns_advice(
 ) -> None:
     _, out, _ = run(capsys, "--peak-editors", "20")
     assert "DNS" not in out
+
+
+def test_headroom_covers_the_sessions_of_one_node_add(capsys: pytest.CaptureFixture[str]) -> None:
+    # The seed's 20 editors + 5 warm; 2 new sessions a minute while a node takes 2 minutes.
+    code, out, _ = run(capsys, "--peak-editors", "20", "--arrivals-per-minute", "2")
+    assert code == 0
+    assert "25 pods (20 editors + 5 warm)" in out
+    assert "agentSandbox.headroom.pods: 4" in out
+    assert "29 pods (25 sandbox + 4 placeholder): 29 CPU cores, 58 GiB" in out
+    # A slower autoscaler needs more; a fraction of a pod is a whole one.
+    code, out, _ = run(
+        capsys, "--peak-editors", "20", "--arrivals-per-minute", "2.5", "--node-add-seconds", "300"
+    )
+    assert code == 0 and "agentSandbox.headroom.pods: 13" in out
+
+
+def test_no_headroom_lines_without_an_arrival_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--peak-editors", "20")
+    assert code == 0 and "Headroom" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--arrivals-per-minute", "-1"],
+        ["--arrivals-per-minute", "nan"],
+        ["--arrivals-per-minute", "many"],
+        ["--arrivals-per-minute", "2", "--node-add-seconds", "0"],
+    ],
+)
+def test_bad_headroom_arguments_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, out, err = run(capsys, "--peak-editors", "20", *argv)
+    assert code == 2
+    assert "error" in err and not out

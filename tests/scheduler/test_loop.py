@@ -28,6 +28,7 @@ from sandbox_controller.model import (
     EndReason,
     Outcome,
     PodState,
+    SessionActivity,
     SessionQuery,
     SessionState,
     WaitReason,
@@ -339,3 +340,20 @@ async def test_a_takeover_keeps_a_warm_pod_whose_old_pending_event_is_still_queu
         assert scheduler.snapshot(clock.now()).pods[PodState.IDLE] == 1
     finally:
         await scheduler.stop()
+
+
+async def test_a_snapshot_without_sessions_by_activity_still_counts_the_pods(world: World) -> None:
+    # The console's feed and GET /pool take it every tick: no pass over the sessions.
+    await world.warm()
+    await world.scheduler.open_session("ann", "t1", 0)
+    await world.quiesce()
+    full = world.scheduler.snapshot(world.clock.monotonic())
+    light = world.scheduler.snapshot(world.clock.monotonic(), sessions_by_activity=False)
+    assert full.sessions[SessionActivity.ACTIVE] == 1  # what the metrics show
+    assert sum(light.sessions.values()) == 0
+    assert light.pods == full.pods and light.pods[PodState.ASSIGNED] == 1
+    assert (light.waiters, light.creating, light.cap_reached) == (
+        full.waiters,
+        full.creating,
+        full.cap_reached,
+    )
