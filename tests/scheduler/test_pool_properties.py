@@ -545,3 +545,35 @@ TestTemplatedPoolInvariants = TemplatedPoolMachine.TestCase
 TestTemplatedPoolInvariants.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None
 )
+
+
+class TenantsAndTemplatesPoolMachine(TemplatedPoolMachine, OrgPoolMachine):
+    """Issue 24 whole: two templates, two orgs on two plans and sessions of no org,
+    under one cap, with hooks on. Every invariant of both machines holds at once: the
+    cap, each org's caps and rate, each user's plan limit, and no template's warm pool
+    above its share while another is short."""
+
+    limits = replace(OrgPoolMachine.limits, templates=TemplatedPoolMachine.limits.templates)
+
+    @rule(
+        user=USERS,
+        thread=THREADS,
+        wait=st.sampled_from([0.0, 5.0, 60.0]),
+        org=st.sampled_from(sorted(ORG_PLANS)),
+        shape=st.sampled_from([Shape("py"), Shape("node"), Shape("py", Resources("2"))]),
+    )
+    def open_org_templated(
+        self, user: str, thread: str, wait: float, org: str, shape: Shape
+    ) -> None:
+        rid = self.pool.next_request_id()
+        plan = ORG_PLANS[org].name
+        self.pool.open_session(
+            rid, user, thread, wait, self.now, org_id=org, plan=plan, shape=shape
+        )
+        self.settle()
+
+
+TestTenantsAndTemplatesPoolInvariants = TenantsAndTemplatesPoolMachine.TestCase
+TestTenantsAndTemplatesPoolInvariants.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None
+)
