@@ -47,20 +47,28 @@ from .quantities import cpu_millis, memory_bytes
 
 # A template's name is a label value and a metric label: a DNS label.
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# The file's keys as DESIGN names them (snake_case); the chart's values spell the
+# compound ones in camelCase, as Helm values do, and either spelling is read.
 _KEYS = frozenset(
     {
         "name",
         "default",
         "image",
-        "podTemplate",
-        "dockerImage",
-        "localArgs",
+        "pod_template",
+        "docker_image",
+        "args",
         "resources",
-        "maxResources",
+        "max_resources",
         "env",
         "prewarm",
     }
 )
+_CAMEL = {
+    "podTemplate": "pod_template",
+    "dockerImage": "docker_image",
+    "localArgs": "args",
+    "maxResources": "max_resources",
+}
 _PREWARM_KEYS = frozenset({"policy", "size", "min", "max"})
 
 
@@ -119,6 +127,10 @@ def _template(entry: object, index: int, base: Limits) -> tuple[Template, bool]:
     where = f"templates[{index}]"
     if not isinstance(entry, dict):
         raise TemplateError(f"{where}: expected a mapping")
+    both = sorted(camel for camel, snake in _CAMEL.items() if camel in entry and snake in entry)
+    if both:
+        raise TemplateError(f"{where}: {both[0]} and {_CAMEL[both[0]]} are one key: give one")
+    entry = {_CAMEL.get(key, key): value for key, value in entry.items()}
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
         raise TemplateError(f"{where}: unknown keys {', '.join(unknown)}")
@@ -127,11 +139,11 @@ def _template(entry: object, index: int, base: Limits) -> tuple[Template, bool]:
         raise TemplateError(f"{where}: name must be a DNS label (a-z, 0-9, -), got {name!r}")
     where = f"template {name}"
     resources = _resources(entry.get("resources"), f"{where}: resources")
-    max_resources = _resources(entry.get("maxResources"), f"{where}: maxResources")
+    max_resources = _resources(entry.get("max_resources"), f"{where}: max_resources")
     for kind in ("cpu", "memory"):
         own, most = getattr(resources, kind), getattr(max_resources, kind)
         if own and most and _amount(kind, most) < _amount(kind, own):
-            raise TemplateError(f"{where}: maxResources.{kind} is below resources.{kind}")
+            raise TemplateError(f"{where}: max_resources.{kind} is below resources.{kind}")
     size, prewarm = _prewarm(entry.get("prewarm"), where, base)
     limits = TemplateLimits(name, size, prewarm, resources, max_resources)
     env = entry.get("env") or {}
@@ -139,15 +151,15 @@ def _template(entry: object, index: int, base: Limits) -> tuple[Template, bool]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise TemplateError(f"{where}: env must map names to strings")
-    args = entry.get("localArgs") or []
+    args = entry.get("args") or []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise TemplateError(f"{where}: localArgs must be a list of strings")
+        raise TemplateError(f"{where}: args must be a list of strings")
     template = Template(
         name,
         limits,
         image=_text(entry.get("image"), f"{where}: image"),
-        pod_template=_text(entry.get("podTemplate"), f"{where}: podTemplate"),
-        docker_image=_text(entry.get("dockerImage"), f"{where}: dockerImage"),
+        pod_template=_text(entry.get("pod_template"), f"{where}: pod_template"),
+        docker_image=_text(entry.get("docker_image"), f"{where}: docker_image"),
         local_args=tuple(args),
         env=dict(env),
     )

@@ -28,7 +28,8 @@ from .sim.export import pseudonymiser
 from .store import Store
 from .store.tables import sessions
 
-HEADER = ("org_id", "template", "sessions", "pod_seconds")
+# DESIGN's columns first (org, template, pod_seconds), then how many sessions they were.
+HEADER = ("org", "template", "pod_seconds", "sessions")
 
 
 def pod_seconds(
@@ -56,7 +57,7 @@ def write_csv(
     writer = csv.writer(out)
     writer.writerow(HEADER)
     for (org, template), (count, seconds) in sorted(totals.items()):
-        writer.writerow((org_of(org) if org else "", template, count, f"{seconds:.0f}"))
+        writer.writerow((org_of(org) if org else "", template, f"{seconds:.0f}", count))
 
 
 async def load_rows(database_url: str, start: float) -> list[dict[str, Any]]:

@@ -44,6 +44,20 @@ def test_a_file_gives_named_templates_the_default_first(tmp_path: Path) -> None:
     assert node_t.image == "registry.example/node:1" and node_t.env == {"LANG": "C.UTF-8"}
 
 
+def test_the_file_takes_the_design_spelling_of_each_key(tmp_path: Path) -> None:
+    """DESIGN's keys are snake_case (max_resources, pod_template, args); the chart's
+    camelCase spelling of the same keys is read too."""
+    settings = settings_with(
+        tmp_path,
+        "templates:\n  - name: py\n    resources: {cpu: 500m}\n"
+        "    max_resources: {cpu: '2'}\n    args: [--workspace, /w]\n"
+        "    pod_template: /etc/py-pod.yaml\n",
+    )
+    (py,) = settings.templates()  # type: ignore[attr-defined]
+    assert py.limits.max_resources == Resources("2")
+    assert py.local_args == ("--workspace", "/w") and py.pod_template == "/etc/py-pod.yaml"
+
+
 def test_without_a_file_there_is_one_default_template_of_the_settings() -> None:
     limits = load_settings(prewarm_pool_size=3).limits()
     assert limits.templates == ()
@@ -61,6 +75,8 @@ def test_without_a_file_there_is_one_default_template_of_the_settings() -> None:
         ("- name: a\n  resources: {cpu: lots}\n", "quantity"),
         ("- name: a\n  resources: {cpu: '2'}\n  maxResources: {cpu: '1'}\n", "below"),
         ("- name: a\n  prewarm: {policy: eager}\n", "static or adaptive"),
+        ("- name: a\n  args: [1]\n", "args must be a list of strings"),
+        ("- name: a\n  maxResources: {cpu: '1'}\n  max_resources: {cpu: '1'}\n", "one key"),
         ("[]\n", "non-empty list"),
     ],
 )

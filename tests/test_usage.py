@@ -55,9 +55,7 @@ def test_usage_sums_pod_seconds_per_org_and_template(tmp_path: Path) -> None:
     out = tmp_path / "usage.csv"
     assert main(["usage", "--since", "7d", "--database-url", url, "-o", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    got = {
-        (r["org_id"], r["template"]): (int(r["sessions"]), float(r["pod_seconds"])) for r in rows
-    }
+    got = {(r["org"], r["template"]): (int(r["sessions"]), float(r["pod_seconds"])) for r in rows}
     assert set(got) == {("acme", "py"), ("acme", "node"), ("globex", "py")}
     assert got[("acme", "py")] == (1, 1800)
     assert got[("acme", "node")][0] == 1 and 600 <= got[("acme", "node")][1] <= 700
@@ -69,7 +67,7 @@ def test_usage_pseudonymizes_org_ids(tmp_path: Path, capsys: pytest.CaptureFixtu
     asyncio.run(fill(url, time.time()))
     assert main(["usage", "--database-url", url, "--pseudonymize"]) == 0
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    orgs = {r["org_id"] for r in rows}
+    orgs = {r["org"] for r in rows}
     assert "acme" not in orgs and "globex" not in orgs
     assert len(orgs) == 2 and all(o.startswith("o-") for o in orgs)
 

@@ -233,7 +233,6 @@ class PrewarmBody(BaseModel):
 
 
 class TemplatePoolBody(BaseModel):
-    name: str
     pods: PodCounts
     creating: int
     waiters: int
@@ -252,9 +251,9 @@ class PoolBody(BaseModel):
         description="what keeps the pool from filling; empty when nothing does. A "
         "condition clears by itself on the first successful create"
     )
-    templates: list[TemplatePoolBody] = Field(
-        description="each template's pods, creates, waiting sessions and warm pool target "
-        "(the default first); the totals above are their sums"
+    templates: dict[str, TemplatePoolBody] = Field(
+        description="each template's pods, creates, waiting sessions and warm pool target, "
+        "by name (the default first); the totals above are their sums"
     )
     leader: bool
 
@@ -352,9 +351,8 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
             {"type": c.type.value, "message": c.message, "since": iso(c.since)}
             for c in status.conditions
         ],
-        "templates": [
-            {
-                "name": t.name,
+        "templates": {
+            t.name: {
                 "pods": {state.value: t.pods[state] for state in PodState},
                 "creating": t.creating,
                 "waiters": t.waiters,
@@ -365,7 +363,7 @@ def pool_json(status: PoolStatus, *, leader: bool) -> dict[str, Any]:
                 },
             }
             for t in status.templates
-        ],
+        },
         "leader": leader,
     }
 

@@ -103,6 +103,9 @@ def test_no_do_not_evict_annotation_on_a_warm_pod(render: Render) -> None:
 def test_priority_class_is_rendered_when_set(render: Render) -> None:
     assert "priorityClassName" not in pod_template(render())["spec"]
     assert pod_template(render(DISK))["spec"]["priorityClassName"] == "sandbox-live"
+    # DESIGN's spelling, agentSandbox.job.priorityClassName, wins over the older one.
+    both = agent(priorityClassName="old", job={"priorityClassName": "sandbox-live"})
+    assert pod_template(render(both))["spec"]["priorityClassName"] == "sandbox-live"
 
 
 def mounts(pod: dict[str, Any]) -> dict[str, str]:

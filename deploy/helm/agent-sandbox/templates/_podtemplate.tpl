@@ -51,7 +51,7 @@ spec:
   automountServiceAccountToken: false
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ $job.terminationGracePeriodSeconds }}
-  {{- with .Values.agentSandbox.priorityClassName }}
+  {{- with (.Values.agentSandbox.job.priorityClassName | default .Values.agentSandbox.priorityClassName) }}
   priorityClassName: {{ . }}
   {{- end }}
   {{- with $job.runtimeClassName }}
