@@ -105,7 +105,15 @@ class Controller:
         self._stop_sandboxes_on_exit = stop_sandboxes_on_exit and settings.backend != "kubernetes"
         self.clock: Clock = clock or SystemClock()
         self.store = store or Store.open(settings.database_url, settings.store_timeout)
-        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        # In a pod (SANDBOX_POD_NAME), the holder starts with the pod's name: a container
+        # restarts only after its last process is gone, so a lease an earlier process of
+        # this pod holds is a dead one's, taken over at once rather than at its TTL (a
+        # new epoch fences it all the same). Elsewhere no process can know that.
+        self.pod_holder_prefix = f"{settings.pod_name}/" if settings.pod_name else None
+        self.holder = (
+            f"{self.pod_holder_prefix or socket.gethostname() + '-'}"
+            f"{os.getpid()}-{secrets.token_hex(3)}"
+        )
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
         self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
@@ -309,7 +317,10 @@ class Controller:
         the moment the query was sent, never from its answer."""
         sent = self.clock.monotonic()
         epoch = await self.store.acquire_lease(
-            self.holder, self.settings.leader_lease_ttl, self.clock.now()
+            self.holder,
+            self.settings.leader_lease_ttl,
+            self.clock.now(),
+            succeeds=self.pod_holder_prefix,
         )
         self._store_answered()
         if epoch is not None:

@@ -130,7 +130,7 @@ def _template(entry: object, index: int, base: Limits) -> tuple[Template, bool]:
     both = sorted(camel for camel, snake in _CAMEL.items() if camel in entry and snake in entry)
     if both:
         raise TemplateError(f"{where}: {both[0]} and {_CAMEL[both[0]]} are one key: give one")
-    entry = {_CAMEL.get(key, key): value for key, value in entry.items()}
+    entry = {_CAMEL.get(str(key), str(key)): value for key, value in entry.items()}
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
         raise TemplateError(f"{where}: unknown keys {', '.join(unknown)}")

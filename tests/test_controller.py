@@ -118,3 +118,25 @@ async def test_a_leader_that_stepped_down_never_takes_the_lease_back(
         await outside.close()
     assert not leader.controller.is_leader
     assert held is not None and held.expires_at == 0.0  # still released: free to take
+
+
+async def test_a_restarted_pod_leads_at_once_and_another_pod_waits_for_the_ttl(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    """A controller killed without releasing its lease (SIGKILL, OOM) restarts in the
+    same pod: its container restarts only after the old process is gone, so the new
+    process takes the lease at once (a new epoch) instead of waiting out the TTL. A
+    replica in another pod still waits: it cannot know the holder is dead."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/sandbox.db"
+    store = Store.open(url)
+    await store.migrate()
+    dead = await store.acquire_lease("ctl-0/1-dead", 3600.0, time.time())  # held an hour
+    assert dead is not None
+
+    other_pod = await start_controller(database_url=url, pod_name="ctl-1")
+    assert not other_pod.controller.is_leader
+    same_pod = await start_controller(database_url=url, pod_name="ctl-0")
+    assert same_pod.controller.is_leader
+    held = await store.lease_holder()
+    await store.close()
+    assert held is not None and held.holder.startswith("ctl-0/") and held.epoch == dead + 1

@@ -348,9 +348,13 @@ class Store:
 
     # ------------------------------------------------------------ leader lease
 
-    async def acquire_lease(self, holder: str, ttl: float, now: float) -> int | None:
-        """Take or renew the lease; the epoch grows each time it changes hands."""
-        return await self.run(_acquire_lease, holder, ttl, now)
+    async def acquire_lease(
+        self, holder: str, ttl: float, now: float, *, succeeds: str | None = None
+    ) -> int | None:
+        """Take or renew the lease; the epoch grows each time it changes hands.
+        ``succeeds``: a holder prefix whose every holder is known dead (this pod's
+        earlier processes): a lease one of them still holds is taken at once."""
+        return await self.run(_acquire_lease, holder, ttl, now, succeeds)
 
     async def lease_holder(self) -> LeaseHolder | None:
         """The lease as the database has it (None if never taken): for a standby to say
@@ -383,7 +387,9 @@ def _upsert(insert: Any, table: sa.Table, key: str) -> sa.Executable:
     return cast(sa.Executable, stmt.on_conflict_do_update(index_elements=[key], set_=update))
 
 
-def _acquire_lease(conn: Connection, holder: str, ttl: float, now: float) -> int | None:
+def _acquire_lease(
+    conn: Connection, holder: str, ttl: float, now: float, succeeds: str | None = None
+) -> int | None:
     row = conn.execute(sa.select(leader_lease).where(leader_lease.c.name == LEASE_NAME)).first()
     if row is None:
         try:
@@ -399,8 +405,8 @@ def _acquire_lease(conn: Connection, holder: str, ttl: float, now: float) -> int
     m = row._mapping
     if m["holder"] == holder:
         epoch = int(m["epoch"])
-    elif m["expires_at"] <= now:
-        epoch = int(m["epoch"]) + 1
+    elif m["expires_at"] <= now or (succeeds is not None and m["holder"].startswith(succeeds)):
+        epoch = int(m["epoch"]) + 1  # a new epoch fences whatever the last holder sent
     else:
         return None
     # Conditional on what we read, so two standbys cannot both take over.

@@ -141,6 +141,22 @@ async def test_a_deposed_leader_cannot_write(store: Store) -> None:
     assert [s.id for s in (await store.load())[0]] == ["ok"]
 
 
+async def test_a_restarted_pod_takes_its_dead_process_lease_at_once_with_a_new_epoch(
+    store: Store,
+) -> None:
+    first = await store.acquire_lease("ctl-0/7-aaa", 10, 1000.0, succeeds="ctl-0/")
+    assert first is not None
+    # Another pod, even one whose name begins the same, waits for the TTL.
+    assert await store.acquire_lease("ctl-1/7-bbb", 10, 1001.0, succeeds="ctl-1/") is None
+    assert await store.acquire_lease("ctl-00/7-ccc", 10, 1001.0, succeeds="ctl-00/") is None
+    # The same pod's next process (its container restarted) takes over at once...
+    second = await store.acquire_lease("ctl-0/7-ddd", 10, 1001.0, succeeds="ctl-0/")
+    assert second == first + 1
+    # ...and whatever the dead process had in flight is fenced by the new epoch.
+    with pytest.raises(Deposed):
+        await store.write(Batch(sessions=[session("late", "t")]), Fence("ctl-0/7-aaa", first))
+
+
 async def test_the_lease_is_renewed_by_its_holder_and_released(store: Store) -> None:
     epoch = await store.acquire_lease("me", 10, 1000.0)
     assert await store.acquire_lease("me", 10, 1008.0) == epoch  # renewal keeps the epoch
