@@ -71,6 +71,11 @@ def fresh_database(kind: str, tmp: Path) -> str:
     return _fresh_database(kind, tmp, prefix="kube_bench")
 
 
+# With --restart the controller runs as one pod's container (SANDBOX_POD_NAME), so the
+# SIGKILL and restart are a container restart in that pod, as on Kubernetes.
+RESTART_POD = "kube-bench-controller"
+
+
 def start_controller(
     kubeconfig: str,
     database: str,
@@ -83,6 +88,7 @@ def start_controller(
     creates: int,
     templates_file: str | None = None,
     bench_app: bool = False,
+    pod_name: str | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -107,6 +113,8 @@ def start_controller(
     }
     if templates_file is not None:
         env["SANDBOX_TEMPLATES_FILE"] = templates_file
+    if pod_name is not None:  # as the chart sets it: a restart is the same pod's
+        env["SANDBOX_POD_NAME"] = pod_name
     command = [sys.executable, "-m", "sandbox_controller.cli", "serve"]
     if bench_app:  # the same app plus /bench/noop, served as claim_bench.py serves it
         command = [
@@ -240,6 +248,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
         creates=args.creates,
         templates_file=path,
         bench_app=bool(args.noop),
+        pod_name=RESTART_POD if args.restart else None,
     )
     result: dict[str, Any] = {"max_total": max_total}
     try:
@@ -300,6 +309,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                     burst=args.burst,
                     creates=args.creates,
                     bench_app=bool(args.noop),
+                    pod_name=RESTART_POD,
                 )
                 result["restart_s"] = await first_warm_claim(base)
                 result["restart_rss_mib"] = rss_mib(ctl.pid)[0]
