@@ -117,7 +117,9 @@ def test_placeholders_hold_a_sandboxs_room_where_a_sandbox_would_land(render: Re
     spec = pod_spec(deployment)
     [placeholder] = spec["containers"]
     assert placeholder["resources"] == sandbox["containers"][0]["resources"]
-    assert placeholder["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    requests = placeholder["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("1", "2Gi")
+    assert requests["ephemeral-storage"] == "2Gi"  # the sandbox's disk too (rootfsSizeLimit)
     for key in ("nodeSelector", "tolerations", "affinity", "runtimeClassName"):
         assert spec[key] == sandbox[key], key
     assert placeholder["image"] == sandbox["containers"][0]["image"]
