@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.common import TOKEN, Kubesim, free_port, run_wrk, stop
-from benchmarks.kube_bench import api_calls, start_controller, wait_idle, wait_leader
+from benchmarks.common import TOKEN, Kubesim, free_port, run_wrk, stop, wait_leader
+from benchmarks.kube_bench import api_calls, start_controller, wait_idle
 
 BUDGET = "sandboxes"
 

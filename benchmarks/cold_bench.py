@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
-from benchmarks.common import ROOT, TOKEN, TOKEN_SECRET, free_port, stop
+from benchmarks.common import ROOT, TOKEN, TOKEN_SECRET, free_port, stop, wait_leader
 from sandbox_controller.kubesim.probes import KUBE_PROBE_AGENT
 from sandbox_controller.sandbox_contract import HEALTH_PATH
 
@@ -110,18 +110,6 @@ def start_controller(
     return subprocess.Popen(
         [sys.executable, "-m", "sandbox_controller.cli", "serve"], env=env, cwd=ROOT
     )
-
-
-async def wait_leader(client: httpx.AsyncClient, timeout: float = 60) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the controller never became ready")
 
 
 async def claims(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -175,3 +176,16 @@ class Kubesim:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+async def wait_leader(client: httpx.AsyncClient, timeout: float = 60) -> None:
+    """Return once the controller at ``client``'s base URL leads (GET /readyz 200)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the controller never became ready")

@@ -60,6 +60,7 @@ from benchmarks.common import (
     rss_mib,
     run_wrk,
     stop,
+    wait_leader,
 )
 from benchmarks.common import fresh_database as _fresh_database
 
@@ -183,18 +184,6 @@ async def wait_idle(client: httpx.AsyncClient, idle: int, timeout: float) -> flo
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     raise TimeoutError(f"the pool never reached {idle} idle pods")
-
-
-async def wait_leader(client: httpx.AsyncClient, timeout: float = 60) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.02)
-    raise TimeoutError("the controller never became ready")
 
 
 def api_calls(stats: dict[str, Any]) -> Counter[str]:
