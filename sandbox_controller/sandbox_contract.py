@@ -19,6 +19,9 @@ HOOK_PREFIX = "/_sandbox/"
 CLAIM_PATH = HOOK_PREFIX + "claim"
 STATUS_PATH = HOOK_PREFIX + "status"
 RELEASE_PATH = HOOK_PREFIX + "release"
+# Suspend and resume: the sandbox answers a tar stream of what it keeps, and takes it back.
+SNAPSHOT_PATH = HOOK_PREFIX + "snapshot"
+RESTORE_PATH = HOOK_PREFIX + "restore"
 # Answers that mean "this sandbox does not implement the hook": it works as before.
 HOOK_NOT_IMPLEMENTED = frozenset({404, 405, 501})
 
@@ -28,6 +31,7 @@ ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"
 ENV_POD_NAME = "SANDBOX_POD_NAME"
 
 _HOOK_KEY_CONTEXT = b"agent-sandbox claim secrets"
+_EGRESS_CONTEXT = b"agent-sandbox egress credential:"
 
 
 def hook_key(token_secret: bytes) -> bytes:
@@ -49,3 +53,10 @@ def claim_env(key: bytes | None, create_id: str) -> dict[str, str]:
     if key is None:
         return {}
     return {ENV_CLAIM_SECRET: claim_secret(key, create_id)}
+
+
+def egress_credential(key: bytes, create_id: str) -> str:
+    """The password the pod made by create ``create_id`` gives the egress proxy (its
+    ``Proxy-Authorization`` user is the create id). Derived like the claim secret, under
+    another label, so that neither tells the other."""
+    return hmac.new(key, _EGRESS_CONTEXT + create_id.encode(), hashlib.sha256).hexdigest()

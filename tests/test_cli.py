@@ -199,7 +199,7 @@ def test_migrate_to_rolls_the_schema_back_and_forward(tmp_path: Path) -> None:
             return str(db.execute("SELECT version_num FROM alembic_version").fetchone()[0])
 
     assert migrate().returncode == 0
-    assert revision() == "0003"
+    assert revision() == "0005"
     assert migrate("--to", "0002").returncode == 0
     assert revision() == "0002"
     unknown = migrate("--to", "0042")
@@ -207,7 +207,7 @@ def test_migrate_to_rolls_the_schema_back_and_forward(tmp_path: Path) -> None:
     assert "no revision '0042'" in unknown.stderr and "Traceback" not in unknown.stderr
     assert revision() == "0002"
     assert migrate().returncode == 0
-    assert revision() == "0003"
+    assert revision() == "0005"
 
 
 # ------------------------------------------------------------------ dev's credentials

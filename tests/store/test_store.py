@@ -36,7 +36,7 @@ async def test_migrations_apply_from_empty_and_are_idempotent(store: Store) -> N
         lambda c: c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     )
     assert {"sessions", "pods", "leader_lease"} <= set(tables)
-    assert version == "0003"
+    assert version == "0005"
 
 
 async def test_a_database_of_the_previous_version_upgrades_with_its_sessions(
@@ -266,6 +266,9 @@ async def test_migrate_rolls_back_to_0002_and_forward_again_keeping_sessions(sto
     await store.migrate("0003")
     assert await store.revision() == "0003"
     assert "org_id" in await store.run(columns)
+    await store.migrate()
+    assert await store.revision() == "0005"
+    assert {"egress_allow", "snapshot_key"} <= await store.run(columns)
     assert (await store.get_session("kept")) is not None
     await test_the_migrations_build_exactly_the_schema_the_code_declares(store)
 
@@ -275,7 +278,7 @@ async def test_migrate_to_a_revision_it_does_not_know_changes_nothing(store: Sto
 
     with pytest.raises(UnknownRevision):
         await store.migrate("0099")
-    assert await store.revision() == "0003"
+    assert await store.revision() == "0005"
 
 
 async def test_purging_a_user_deletes_their_ended_rows_only(store: Store) -> None:
