@@ -186,6 +186,50 @@ class Settings(BaseSettings):
     # http://collector:4318; unset, OTEL_EXPORTER_OTLP_ENDPOINT; neither: tracing off.
     otlp_endpoint: str | None = None
 
+    # Egress (issue 19; proxy/egress/). off: sandboxes reach what their network lets them
+    # (the local backend can only advise through env); audit: public addresses allowed,
+    # what enforce would refuse is logged; enforce: only the lists below.
+    egress: Literal["off", "audit", "enforce"] = "off"
+    # Comma-separated host patterns every sandbox may reach (`*.` wildcards, `:port`).
+    egress_allow: str = ""
+    # Patterns a caller may grant one session (POST /sessions egress.allow, PATCH).
+    egress_grantable: str = ""
+    # Always refused besides the built-in private ranges (the cluster's pod/service CIDRs).
+    egress_deny_cidrs: str = ""
+    # Where the egress proxy listens, and the URL sandboxes are given as HTTP(S)_PROXY
+    # (unset: http://{egress_proxy_host}:{egress_proxy_port}).
+    egress_proxy_host: str = "127.0.0.1"
+    egress_proxy_port: int = Field(3128, ge=0, le=65535)
+    egress_proxy_url: str | None = None
+    # Comma-separated NO_PROXY entries sandboxes are given besides loopback.
+    egress_no_proxy: str = ""
+    # The DNS server the egress proxy resolves through ("ip" or "ip:port"); unset: the
+    # system's resolver.
+    egress_resolver: str | None = None
+    # The deployment CA that signs intercepted hosts' certificates (PEM files); unset:
+    # generated on first start (see README, "Control what sandboxes reach").
+    egress_ca_cert_file: str | None = None
+    egress_ca_key_file: str | None = None
+    # Secrets the deployment gives every sandbox (a YAML/JSON list shaped like POST
+    # /sessions secrets), swapped in at the edge like a session's own.
+    egress_secrets_file: str | None = None
+
+    # Suspend and resume (issue 20). At the idle timeout: end the session, or snapshot
+    # it to the store and give its pod back.
+    idle_action: Literal["end", "suspend"] = "end"
+    # Where archives live: file:///path or s3://bucket/prefix (unset: suspension off).
+    snapshot_store: str | None = None
+    snapshot_max_bytes: Bytes = 1024**3
+    snapshot_retention: Duration = 7 * 86400.0
+    snapshot_timeout: Duration = 300.0
+    # The S3 store's endpoint, region and credentials (unset: the SDK's own chain).
+    snapshot_s3_endpoint_url: str | None = None
+    snapshot_s3_region: str | None = None
+    snapshot_s3_access_key_id: str | None = None
+    snapshot_s3_secret_access_key: str | None = None
+    # How long the proxy holds a request to a suspended session while it resumes.
+    proxy_resume_wait: Duration = 30.0
+
     # The operator console at /console (sandbox_controller/console/). Signing in takes
     # the API token, or this read-only one, whose holder can look but not end sessions.
     console: bool = True
@@ -419,7 +463,21 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "audit_log_file", "webhook_url", "webhook_secret", "otlp_endpoint", mode="before"
+        "audit_log_file",
+        "webhook_url",
+        "webhook_secret",
+        "otlp_endpoint",
+        "egress_proxy_url",
+        "egress_resolver",
+        "egress_ca_cert_file",
+        "egress_ca_key_file",
+        "egress_secrets_file",
+        "snapshot_store",
+        "snapshot_s3_endpoint_url",
+        "snapshot_s3_region",
+        "snapshot_s3_access_key_id",
+        "snapshot_s3_secret_access_key",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -598,7 +656,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 # Secret settings, and what none of them may be outside `dev`.
-SECRET_SETTINGS = ("api_token", "token_secret", "proxy_token", "hook_secret", "webhook_secret")
+SECRET_SETTINGS = (
+    "api_token",
+    "token_secret",
+    "proxy_token",
+    "hook_secret",
+    "webhook_secret",
+)
 # Comma-separated lists of secrets, each entry held to the same test.
 SECRET_LIST_SETTINGS = ("token_secret_previous", "hook_secret_previous")
 MIN_SECRET_BYTES = 16

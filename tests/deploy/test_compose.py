@@ -38,7 +38,7 @@ def read_env(path: Path) -> tuple[dict[str, str], set[str]]:
         if line and not line.startswith("#") and "=" in line:
             name, _, value = line.partition("=")
             values[name] = value
-    return values, set(re.findall(r"\b(SANDBOX_[A-Z_]+)=", path.read_text()))
+    return values, set(re.findall(r"\b(SANDBOX_[A-Z0-9_]+)=", path.read_text()))
 
 
 def test_env_example_names_every_setting_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
