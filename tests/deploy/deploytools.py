@@ -40,7 +40,16 @@ PROXY_METRICS = frozenset(
         "sandbox_proxy_websockets_open",
     }
 )
-DESIGN_METRICS = CONTROLLER_METRICS | PROXY_METRICS
+# Issue 19: the egress proxy's own /metrics (its own job).
+EGRESS_METRICS = frozenset(
+    {
+        "sandbox_egress_connections_total",
+        "sandbox_egress_bytes_total",
+        "sandbox_egress_secret_swaps_total",
+        "sandbox_egress_leak_attempts_total",
+    }
+)
+DESIGN_METRICS = CONTROLLER_METRICS | PROXY_METRICS | EGRESS_METRICS
 HISTOGRAMS = frozenset(
     {
         "sandbox_session_assign_seconds",

@@ -66,7 +66,9 @@ def test_the_proxy_and_controller_accept_only_their_callers(render: Render) -> N
     assert controller["podSelector"]["matchLabels"].items() <= controller_labels.items()
     [ingress] = controller["ingress"]
     assert selects(ingress["from"][0], proxy_labels)
-    assert ingress["from"][1:] == [{"podSelector": {}}]  # the editor backend's, configurable
+    # The egress proxy, for /internal/egress/* (egress is on by default).
+    assert selects(ingress["from"][1], labels_of(docs, "-egress"))
+    assert ingress["from"][2:] == [{"podSelector": {}}]  # the editor backend's, configurable
     ports = {p["port"] for rule in controller["egress"] for p in rule["ports"]}
     assert ports == {53, 443, 6443, 5432, 8080}
 

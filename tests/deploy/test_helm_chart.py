@@ -13,6 +13,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from sandbox_controller.egress_ca import generate_ca
 from tests.deploy.deploytools import (
     CHART,
     NAMESPACE,
@@ -31,6 +32,8 @@ K8S_VERSIONS = ["1.31.0", kubernetes_validate.latest_version()]
 # checks them structurally instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
+# A certificate for the given-CA scenario (its key is never needed by the chart).
+EGRESS_CA_PEM = generate_ca()[0].decode()
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "existing-secrets": agent(
@@ -64,6 +67,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     ),
     "ingress": agent(
         proxy={"ingress": {"enabled": True, "host": "sbx.example.com", "tlsSecretName": "tls"}}
+    ),
+    "egress-off": agent(egress={"mode": "off"}),
+    "egress-audit-own-ca": agent(
+        egress={
+            "mode": "audit",
+            "ca": {"existingSecret": "my-ca", "certificate": EGRESS_CA_PEM},
+            "secrets": {"existingSecret": "registry-tokens"},
+        }
     ),
     "console": agent(
         console={
@@ -368,8 +379,10 @@ def test_pod_template_change_restarts_the_controller(render: Render) -> None:
     assert checksum({}) != checksum(SCENARIOS["hardened-sandbox"])
 
 
-def test_network_policy_isolates_sandboxes_by_default(render: Render) -> None:
-    docs = render()
+def test_network_policy_isolates_sandboxes_with_egress_off(render: Render) -> None:
+    # Egress off: today's policy (the public internet minus private ranges). With egress
+    # on (the default) sandboxes reach only DNS and the egress proxy: test_helm_egress.py.
+    docs = render(agent(egress={"mode": "off"}))
     policy = find(docs, "NetworkPolicy", "-sandbox")
     spec = policy["spec"]
     assert spec["podSelector"] == {
@@ -432,7 +445,7 @@ def test_labels_follow_the_kubernetes_conventions(render: Render) -> None:
 
 
 def secret_data(docs: list[dict[str, Any]]) -> dict[str, str]:
-    secret = find(docs, "Secret")
+    secret = find(docs, "Secret", "-agent-sandbox")
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
@@ -470,7 +483,10 @@ def test_given_tokens_and_database_url_are_stored(render: Render) -> None:
 
 def test_existing_secrets_are_referenced_and_none_is_created(render: Render) -> None:
     docs = render(SCENARIOS["existing-secrets"])
-    assert "Secret" not in {d["kind"] for d in docs}
+    # Only the egress CA's own Secret (test_helm_egress.py) is the chart's.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [
+        "rel-agent-sandbox-egress-ca"
+    ]
     files = secret_files(find(docs, "Deployment", "-controller"))
     assert files["sandbox_database_url"] == ("pg", "uri")
     assert files["sandbox_api_token"] == ("api", "api-token")

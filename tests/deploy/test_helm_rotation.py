@@ -36,7 +36,7 @@ def test_rotation_settings_are_files_only_when_given(render: Render) -> None:
         "sandbox_hook_secret",
     } <= secret_files(docs)
     assert "sandbox_hook_secret_previous" not in secret_files(docs)
-    data = find(docs, "Secret")["data"]
+    data = find(docs, "Secret", "-agent-sandbox")["data"]
     assert base64.b64decode(data["api-tokens"]) == b"backend-2027:the-next-api-token-value"
     assert base64.b64decode(data["hook-secret"]) == b"the-hook-secret-of-this-release"
 
@@ -48,7 +48,7 @@ def test_an_existing_secret_is_mounted_and_not_copied(render: Render) -> None:
     assert {"name": "hooks-2026", "items": [
         {"key": "hook-secret-previous", "path": "sandbox_hook_secret_previous"}
     ]} in sources  # fmt: skip
-    assert "hook-secret-previous" not in find(docs, "Secret")["data"]
+    assert "hook-secret-previous" not in find(docs, "Secret", "-agent-sandbox")["data"]
 
 
 def test_a_changed_secret_value_rolls_the_controller(render: Render) -> None:

@@ -33,6 +33,9 @@ ALERTS = {
     "AgentSandboxCreateRejected",
     "AgentSandboxNoLeader",
     "AgentSandboxProxyErrors",
+    # Egress on (the chart's default): a surge of denials, any leak attempt.
+    "AgentSandboxEgressDenialSurge",
+    "AgentSandboxEgressLeakAttempt",
 }
 
 
@@ -71,6 +74,7 @@ def test_service_monitor_scrapes_controller_and_proxy(render: Render) -> None:
     services = [d for d in docs if d["kind"] == "Service"]
     assert sorted(s["metadata"]["name"] for s in services if selected(s["metadata"]["labels"])) == [
         "rel-agent-sandbox-controller",
+        "rel-agent-sandbox-egress",
         "rel-agent-sandbox-proxy",
     ]
     [endpoint] = monitor["spec"]["endpoints"]
@@ -104,7 +108,7 @@ def test_alerts_select_this_release(render: Render) -> None:
     for expr in rule_expressions(render(MONITORING)):
         for selector in re.findall(r"sandbox_[a-z_]+\{([^}]*)\}", expr):
             assert f'namespace="{NAMESPACE}"' in selector
-            assert re.search(r'job="rel-agent-sandbox-(controller|proxy)"', selector)
+            assert re.search(r'job="rel-agent-sandbox-(controller|proxy|egress)"', selector)
 
 
 def test_rules_use_only_design_metrics(render: Render) -> None:

@@ -216,3 +216,79 @@ checksum on the controller's pod template rolls it when one changes. */}}
 {{- end }}
 {{- toYaml (dict "plans" $plans) }}
 {{- end }}
+
+{{/* Egress (README "Control what sandboxes reach"): non-empty when the mode is not off. */}}
+{{- define "agent-sandbox.egressOn" -}}
+{{- if ne .Values.agentSandbox.egress.mode "off" }}true{{ end }}
+{{- end }}
+
+{{- define "agent-sandbox.egressName" -}}
+{{- printf "%s-egress" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret (tls.crt, tls.key) and the ConfigMap (ca.pem, for sandboxes) of the egress CA. */}}
+{{- define "agent-sandbox.egressCaName" -}}
+{{- printf "%s-egress-ca" (include "agent-sandbox.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* SANDBOX_EGRESS_PROXY_URL: what sandboxes get as HTTP(S)_PROXY (with their credentials). */}}
+{{- define "agent-sandbox.egressUrl" -}}
+{{- printf "http://%s.%s.svc:%d" (include "agent-sandbox.egressName" .) .Release.Namespace (int .Values.agentSandbox.egress.port) }}
+{{- end }}
+
+{{/* The egress settings the controller and the egress proxy share (SANDBOX_EGRESS_*). */}}
+{{- define "agent-sandbox.egressEnv" -}}
+{{- $e := .Values.agentSandbox.egress }}
+- name: SANDBOX_EGRESS
+  value: {{ $e.mode | quote }}
+{{- if include "agent-sandbox.egressOn" . }}
+- name: SANDBOX_EGRESS_ALLOW
+  value: {{ join "," $e.allow | quote }}
+- name: SANDBOX_EGRESS_GRANTABLE
+  value: {{ join "," $e.grantable | quote }}
+- name: SANDBOX_EGRESS_DENY_CIDRS
+  value: {{ join "," $e.denyCidrs | quote }}
+- name: SANDBOX_EGRESS_PROXY_URL
+  value: {{ include "agent-sandbox.egressUrl" . | quote }}
+- name: SANDBOX_EGRESS_PROXY_PORT
+  value: {{ $e.port | int | quote }}
+{{- with $e.noProxy }}
+- name: SANDBOX_EGRESS_NO_PROXY
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $e.resolver }}
+- name: SANDBOX_EGRESS_RESOLVER
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The egress CA's certificate and key, decided once per render so the Secret and the
+ConfigMap agree: the user's Secret (its certificate from values, else read with lookup),
+else the release's own Secret (lookup; kept across upgrades), else a new genCA.
+Returns a dict {"cert", "key"} as JSON; key is empty for a user's Secret.
+*/}}
+{{- define "agent-sandbox.egressCa" -}}
+{{- $ca := .Values.agentSandbox.egress.ca }}
+{{- if $ca.existingSecret }}
+{{- $cert := $ca.certificate }}
+{{- if not $cert }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace $ca.existingSecret }}
+{{- $cert = dig "data" "tls.crt" "" $found | b64dec }}
+{{- end }}
+{{- if not $cert }}
+{{- fail (printf "agentSandbox.egress.ca.existingSecret %q cannot be read here (helm template, --dry-run, or no such Secret): set agentSandbox.egress.ca.certificate to its tls.crt (PEM)" $ca.existingSecret) }}
+{{- end }}
+{{- dict "cert" $cert "key" "" | toJson }}
+{{- else }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "agent-sandbox.egressCaName" .) }}
+{{- $data := dig "data" (dict) $found }}
+{{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") }}
+{{- dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) | toJson }}
+{{- else }}
+{{- $new := genCA "agent-sandbox egress CA" 3650 }}
+{{- dict "cert" $new.Cert "key" $new.Key | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
