@@ -296,6 +296,9 @@ class Settings(BaseSettings):
     docker_runtime: str | None = None
     # Sandboxes attach to it; the egress guard keeps them off private ranges from it.
     docker_network: str = "agent-sandbox"
+    # With SANDBOX_EGRESS not off, sandboxes attach to this network instead: an internal
+    # one (no route out, made so if missing), where the egress proxy is the only way out.
+    docker_egress_network: str = "agent-sandbox-egress"
     # Publish each sandbox's port on 127.0.0.1 (an ephemeral port) and route to that:
     # for a controller and proxy on the host itself rather than on the network.
     docker_publish: bool = False
@@ -440,7 +443,8 @@ class Settings(BaseSettings):
             cpus=self.docker_cpus,
             memory=self.docker_memory,
             runtime=self.docker_runtime,
-            network=self.docker_network,
+            network=self.docker_egress_network if self.egress != "off" else self.docker_network,
+            internal=self.egress != "off",
             publish=self.docker_publish,
             instance=self.docker_instance,
             reserved_memory=self.docker_reserved_memory,
@@ -601,6 +605,8 @@ class DockerOptions:
     retry_base: float = 0.2
     retry_cap: float = 10.0
     templates: tuple[Template, ...] = ()  # (): one, these settings' own
+    # The network must be internal (no route out): SANDBOX_EGRESS is not off.
+    internal: bool = False
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -249,6 +249,10 @@ def user_refusal(user: Any, configured: str) -> str | None:
 
 def check_network(document: Any, policy: Policy) -> dict[str, Any]:
     expected = network_spec(policy.network)
+    # Its internal form too (egress on): it only takes the route out away.
+    internal = network_spec(policy.network, internal=True)
+    if _same(document, internal):
+        return internal
     if not _same(document, expected):
         raise Refused(f"only the sandbox network may be created: {json.dumps(expected)}")
     return expected

@@ -165,3 +165,13 @@ def test_secrets_come_from_files_in_the_secrets_dir(
     settings = load_settings()
     assert settings.token_secret == "from-a-file"
     assert settings.api_token == "from-the-env"  # the environment wins
+
+
+def test_with_egress_on_docker_sandboxes_join_the_internal_network() -> None:
+    off = load_settings(backend="docker").docker_options()
+    assert (off.network, off.internal) == ("agent-sandbox", False)
+    for mode in ("audit", "enforce"):
+        on = load_settings(backend="docker", egress=mode).docker_options()
+        assert (on.network, on.internal) == ("agent-sandbox-egress", True)
+    named = load_settings(backend="docker", egress="enforce", docker_egress_network="sbx-out")
+    assert named.docker_options().network == "sbx-out"

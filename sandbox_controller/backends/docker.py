@@ -207,15 +207,39 @@ class DockerBackend(HostRoom):
         """The dedicated network, made here when the operator (or Compose) has not."""
         network = self.options.network
         if network in ("bridge", "host", "none"):
+            if self.options.internal:
+                raise BackendError(
+                    f"egress is on but sandboxes would join Docker's {network!r} network, "
+                    "which has a route out: set SANDBOX_DOCKER_EGRESS_NETWORK to a name of "
+                    "its own",
+                    retryable=False,
+                    kind=ErrorKind.PERMANENT,
+                )
             return
         try:
-            await self.docker.networks.get(network)
-            return
+            # Inspected by name: the socket proxy passes only the sandbox network's.
+            named = aiodocker.networks.DockerNetwork(self.docker, network)  # type: ignore[no-untyped-call]
+            found = await named.show()
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
+        else:
+            self._refuse_a_route_out(bool(found.get("Internal")))
+            return
         with contextlib.suppress(aiodocker.DockerError):  # made meanwhile: fine
-            await self.docker.networks.create(network_spec(network))
+            await self.docker.networks.create(network_spec(network, self.options.internal))
+
+    def _refuse_a_route_out(self, internal: bool) -> None:
+        # An existing network keeps its shape (Docker cannot make it internal later): a
+        # sandbox on one with a route out would bypass the egress proxy, so refuse.
+        if self.options.internal and not internal:
+            raise BackendError(
+                f"egress is on but the Docker network {self.options.network!r} is not "
+                "internal (it has a route out): remove it (docker network rm) or name "
+                "another in SANDBOX_DOCKER_EGRESS_NETWORK",
+                retryable=False,
+                kind=ErrorKind.PERMANENT,
+            )
 
     # -- the protocol ------------------------------------------------------------------
 

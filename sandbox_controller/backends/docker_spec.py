@@ -93,15 +93,19 @@ def create_template(network: str, user: str, runtime: str | None) -> Obj:
     return {**container_spec(options, ""), "Labels": {}, "Env": []}
 
 
-def network_spec(network: str) -> Obj:
+def network_spec(network: str, internal: bool = False) -> Obj:
     """The sandbox network, made by the backend when it is missing; the socket proxy
-    creates no network of another shape."""
-    return {
+    creates no network of another shape. Internal (egress on): Docker gives it no route
+    out, so a sandbox reaches only what is on it, the egress proxy among them."""
+    spec: Obj = {
         "Name": network,
         "Driver": "bridge",
         "Labels": {LABEL_MANAGED_BY: MANAGED_BY},
         "Options": {"com.docker.network.bridge.name": bridge_name(network)},
     }
+    if internal:
+        spec["Internal"] = True
+    return spec
 
 
 def sized(options: DockerOptions, resources: Resources) -> DockerOptions:
