@@ -299,6 +299,9 @@ class Settings(BaseSettings):
     # With SANDBOX_EGRESS not off, sandboxes attach to this network instead: an internal
     # one (no route out, made so if missing), where the egress proxy is the only way out.
     docker_egress_network: str = "agent-sandbox-egress"
+    # Its subnet, e.g. 10.89.253.0/24 (unset: Docker picks one). Fixed, the host's address
+    # on it (the first) is known ahead: Compose's egress proxy listens there.
+    docker_egress_subnet: str | None = None
     # Publish each sandbox's port on 127.0.0.1 (an ephemeral port) and route to that:
     # for a controller and proxy on the host itself rather than on the network.
     docker_publish: bool = False
@@ -445,6 +448,7 @@ class Settings(BaseSettings):
             runtime=self.docker_runtime,
             network=self.docker_egress_network if self.egress != "off" else self.docker_network,
             internal=self.egress != "off",
+            subnet=self.docker_egress_subnet if self.egress != "off" else None,
             publish=self.docker_publish,
             instance=self.docker_instance,
             reserved_memory=self.docker_reserved_memory,
@@ -607,6 +611,7 @@ class DockerOptions:
     templates: tuple[Template, ...] = ()  # (): one, these settings' own
     # The network must be internal (no route out): SANDBOX_EGRESS is not off.
     internal: bool = False
+    subnet: str | None = None  # of the network, when the backend makes it
 
 
 def load_settings(**overrides: object) -> Settings:

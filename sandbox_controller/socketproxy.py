@@ -206,10 +206,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user", default="10001:10001")
     parser.add_argument("--image", default="agent-sandbox/devsandbox:dev")
     parser.add_argument("--runtime", default="", help="empty: Docker's default runtime")
+    # SANDBOX_EGRESS not off: sandboxes are on the internal egress network instead.
+    parser.add_argument("--egress", default="off", choices=["off", "audit", "enforce"])
+    parser.add_argument("--egress-network", default="agent-sandbox-egress")
+    parser.add_argument("--egress-subnet", default="", help="empty: Docker picks one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    egress = args.egress != "off"
     try:
-        policy = Policy(args.instance, args.user, args.network, args.image, args.runtime or None)
+        policy = Policy(
+            args.instance,
+            args.user,
+            args.egress_network if egress else args.network,
+            args.image,
+            args.runtime or None,
+            internal=egress,
+            subnet=(args.egress_subnet or None) if egress else None,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     app = make_app(args.upstream, policy)

@@ -51,6 +51,9 @@ class Policy:
     network: str
     image: str
     runtime: str | None = None
+    # The network is the internal egress network (SANDBOX_EGRESS not off), of this subnet.
+    internal: bool = False
+    subnet: str | None = None
 
     def __post_init__(self) -> None:
         if self.network in ("bridge", "host", "none", "default") or ":" in self.network:
@@ -248,11 +251,7 @@ def user_refusal(user: Any, configured: str) -> str | None:
 
 
 def check_network(document: Any, policy: Policy) -> dict[str, Any]:
-    expected = network_spec(policy.network)
-    # Its internal form too (egress on): it only takes the route out away.
-    internal = network_spec(policy.network, internal=True)
-    if _same(document, internal):
-        return internal
+    expected = network_spec(policy.network, policy.internal, policy.subnet)
     if not _same(document, expected):
         raise Refused(f"only the sandbox network may be created: {json.dumps(expected)}")
     return expected

@@ -40,6 +40,7 @@ fi
 
 instance=$(setting SANDBOX_DOCKER_INSTANCE agent-sandbox)
 network=$(setting SANDBOX_DOCKER_NETWORK agent-sandbox)
+egress_network=$(setting SANDBOX_DOCKER_EGRESS_NETWORK agent-sandbox-egress)
 guard_image=$(setting EGRESS_GUARD_IMAGE agent-sandbox/egress-guard:latest)
 
 # The controller first, so it makes no sandbox while they go; the guard last.
@@ -52,13 +53,16 @@ fi
 echo "compose-down: removed $(printf '%s' "$sandboxes" | grep -c . || true) sandboxes of $instance" >&2
 # The guard removes its chains when it stops (SIGTERM).
 "${compose[@]}" "$@" down -v --remove-orphans
-if docker network inspect "$network" >/dev/null 2>&1; then
-    docker network rm "$network" >/dev/null
-    echo "compose-down: removed the network $network" >&2
-fi
+for net in "$network" "$egress_network"; do
+    if docker network inspect "$net" >/dev/null 2>&1; then
+        docker network rm "$net" >/dev/null
+        echo "compose-down: removed the network $net" >&2
+    fi
+done
 # Again by hand, in case the guard was killed before it could (idempotent).
 if docker image inspect "$guard_image" >/dev/null 2>&1; then
     docker run --rm --network host --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_RAW \
-        "$guard_image" --stack "$instance" --down --network "$network" >/dev/null 2>&1 || true
+        "$guard_image" --stack "$instance" --down --network "$network" \
+        --network "$egress_network" >/dev/null 2>&1 || true
 fi
 echo "compose-down: stack $instance is gone" >&2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -22,6 +23,7 @@ from sandbox_controller.backends.docker_spec import (
 from sandbox_controller.socketproxy import make_app
 from sandbox_controller.socketproxy_policy import (
     Policy,
+    Refused,
     allowed,
     check_create,
     check_network,
@@ -29,7 +31,15 @@ from sandbox_controller.socketproxy_policy import (
     encode,
 )
 
-from .dockerhost import NETWORK, containers, new_instance, options, remove_all, require_docker
+from .dockerhost import (
+    NETWORK,
+    containers,
+    docker,
+    new_instance,
+    options,
+    remove_all,
+    require_docker,
+)
 from .eventually import eventually
 
 
@@ -113,3 +123,52 @@ async def test_the_backend_works_through_the_proxy_and_nothing_else_does() -> No
         finally:
             await backend.close()
             remove_all(instance)
+
+
+def test_with_egress_on_only_the_internal_network_may_be_created() -> None:
+    # A compromised controller must not give sandboxes a network with a route out.
+    policy = Policy(
+        "test-x", "10001:10001", "sbx-out", "img", internal=True, subnet="10.250.1.0/24"
+    )
+    internal = network_spec("sbx-out", internal=True, subnet="10.250.1.0/24")
+    assert check_network(decode(encode(internal)), policy) == internal
+    for routed in (network_spec("sbx-out"), network_spec("sbx-out", subnet="10.250.1.0/24")):
+        with pytest.raises(Refused):
+            check_network(decode(encode(routed)), policy)
+
+
+@pytest.mark.docker
+async def test_with_egress_on_the_backend_makes_its_internal_network_through_the_proxy() -> None:
+    image, instance = require_docker(), new_instance()
+    network = f"sbx-egress-{instance}"
+    bits = uuid.uuid4().int
+    subnet = f"10.{200 + bits % 50}.{(bits >> 8) % 256}.0/24"
+    policy = Policy(instance, "10001:10001", network, image, internal=True, subnet=subnet)
+    async with serving_proxy(policy) as base:
+        url = base.replace("http://", "tcp://")
+        backend = await DockerBackend.connect(
+            options(
+                image,
+                instance,
+                url=url,
+                publish=False,
+                network=network,
+                internal=True,
+                subnet=subnet,
+            )
+        )
+        try:
+            made = json.loads(docker("network", "inspect", network))[0]
+            assert made["Internal"] is True
+            assert made["IPAM"]["Config"][0]["Subnet"] == subnet
+            await backend.start()
+            await backend.create_pod({LABEL_STATE: "pool"})
+
+            async def ready() -> bool:
+                return any(p.phase is PodPhase.READY for p in await backend.resync())
+
+            await eventually(ready, within=30, what="a sandbox ready on the internal network")
+        finally:
+            await backend.close()
+            remove_all(instance)
+            docker("network", "rm", network, check=False)

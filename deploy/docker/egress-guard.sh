@@ -10,13 +10,15 @@
 # made *to* a sandbox (the proxy, the controller's probes and hooks) pass; so does the
 # public internet.
 #
-#   egress-guard.sh [--stack NAME] [--watch SECONDS] (BRIDGE | --network NAME)...
+#   egress-guard.sh [--stack NAME] [--watch SECONDS] [--allow-port PORT]... (BRIDGE | --network NAME)...
 #   egress-guard.sh [--stack NAME] --down (BRIDGE | --network NAME)...
 #
 # Each stack owns its chains (SBX-<hash of NAME>-…), so two stacks on one host never
 # flush each other's rules. With --watch it keeps its rules in place (dockerd recreates
 # DOCKER-USER when it restarts; the host's addresses may change) and removes them when
 # it is stopped (SIGTERM: `docker compose down`); --down removes them at once.
+# --allow-port lets sandboxes open TCP connections to that port of the host: the egress
+# proxy's, which listens on the host's address on the internal egress network (issue 19).
 # --network names a network the controller created (its bridge is named by
 # backends/docker_spec.py's bridge_name()). Needs root, or NET_ADMIN in the host's
 # network namespace (the Compose file's egress-guard service).
@@ -26,11 +28,13 @@ watch=0
 down=false
 stack=default
 bridges=
+ports=
 while [ "$#" -gt 0 ]; do
     case $1 in
         --watch) watch=$2; shift 2 ;;
         --stack) stack=$2; shift 2 ;;
         --down) down=true; shift ;;
+        --allow-port) ports="$ports $2"; shift 2 ;;
         # The bridge the controller gives a network it creates (backends/docker_spec.py).
         --network) bridges="$bridges sbx-$(printf %s "$2" | sha256sum | cut -c1-10)"; shift 2 ;;
         --print) printf '%s\n' $bridges; exit 0 ;;
@@ -98,6 +102,9 @@ apply() {
     done
     $ipt -D "$EGRESS" 2  # the catch-all of fill(): the public internet passes
     fill "$ipt" "$HOST"
+    for port in $ports; do  # after the ESTABLISHED rule, before the catch-all REJECT
+        $ipt -I "$HOST" 2 -p tcp --dport "$port" -j RETURN
+    done
     [ -z "$ip6t" ] || fill "$ip6t" "$HOST"
     for bridge in "$@"; do
         jump "$ipt" DOCKER-USER "$bridge" "$EGRESS"

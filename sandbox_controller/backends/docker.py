@@ -227,7 +227,9 @@ class DockerBackend(HostRoom):
             self._refuse_a_route_out(bool(found.get("Internal")))
             return
         with contextlib.suppress(aiodocker.DockerError):  # made meanwhile: fine
-            await self.docker.networks.create(network_spec(network, self.options.internal))
+            await self.docker.networks.create(
+                network_spec(network, self.options.internal, self.options.subnet)
+            )
 
     def _refuse_a_route_out(self, internal: bool) -> None:
         # An existing network keeps its shape (Docker cannot make it internal later): a

@@ -93,7 +93,7 @@ def create_template(network: str, user: str, runtime: str | None) -> Obj:
     return {**container_spec(options, ""), "Labels": {}, "Env": []}
 
 
-def network_spec(network: str, internal: bool = False) -> Obj:
+def network_spec(network: str, internal: bool = False, subnet: str | None = None) -> Obj:
     """The sandbox network, made by the backend when it is missing; the socket proxy
     creates no network of another shape. Internal (egress on): Docker gives it no route
     out, so a sandbox reaches only what is on it, the egress proxy among them."""
@@ -105,6 +105,8 @@ def network_spec(network: str, internal: bool = False) -> Obj:
     }
     if internal:
         spec["Internal"] = True
+    if subnet:
+        spec["IPAM"] = {"Config": [{"Subnet": subnet}]}
     return spec
 
 

@@ -6,6 +6,7 @@ same Compose specification; ``docker compose`` is used instead where it exists."
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -94,14 +95,23 @@ def test_the_compose_file_is_valid_and_keeps_the_socket_behind_the_proxy(
     )
     assert done.returncode == 0, done.stderr
     services: dict[str, Any] = yaml.safe_load(done.stdout)["services"]
-    assert set(services) == {"postgres", "socket-proxy", "egress-guard", "controller", "proxy"}
+    assert set(services) == {
+        "postgres",
+        "socket-proxy",
+        "egress-guard",
+        "controller",
+        "proxy",
+        "egress-ca",
+        "egress",
+    }
     for name, service in services.items():
-        assert service["restart"] == "unless-stopped", name
+        # egress-ca makes the CA once and exits: restarting it would loop.
+        assert service["restart"] == ("no" if name == "egress-ca" else "unless-stopped"), name
         mounts = json.dumps(service.get("volumes", []))
         assert ("docker.sock" in mounts and "/var/run" in mounts) == (name == "socket-proxy")
-    for name in ("postgres", "socket-proxy", "controller", "proxy"):
+    for name in ("postgres", "socket-proxy", "controller", "proxy", "egress"):
         assert services[name]["healthcheck"]["test"], name
-    for name in ("socket-proxy", "controller", "proxy"):
+    for name in ("socket-proxy", "controller", "proxy", "egress", "egress-ca"):
         assert services[name]["read_only"] and services[name]["cap_drop"] == ["ALL"]
     assert services["controller"]["environment"]["SANDBOX_DOCKER_URL"].startswith("unix://")
     # The proxy gets its own credential and no other secret: no env_file (the .env holds
@@ -119,6 +129,54 @@ def test_the_compose_file_is_valid_and_keeps_the_socket_behind_the_proxy(
     assert services["controller"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_egress_is_enforced_and_the_egress_service_is_the_only_way_out(
+    tmp_path: Path,
+) -> None:
+    env = tmp_path / ".env"
+    values, _ = read_env(ENV_EXAMPLE)
+    chosen = generated_secrets()
+    env.write_text("".join(f"{k}={v}\n" for k, v in {**values, **chosen}.items()))
+    done = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE), "--env-file", str(env), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SANDBOX_ENV_FILE": str(env)},
+    )
+    assert done.returncode == 0, done.stderr
+    services: dict[str, Any] = yaml.safe_load(done.stdout)["services"]
+    egress = services["egress"]
+    assert egress["command"] == ["egress-proxy"]
+    assert egress["environment"]["SANDBOX_EGRESS"] == "enforce"
+    assert "pypi.org" in egress["environment"]["SANDBOX_EGRESS_ALLOW"].split(",")
+    # It listens on the host's address on the sandboxes' internal network, which the
+    # controller makes with that subnet, and the guard opens that one port to them.
+    subnet, host = values["SANDBOX_DOCKER_EGRESS_SUBNET"], values["SANDBOX_EGRESS_PROXY_HOST"]
+    assert ipaddress.ip_address(host) == next(ipaddress.ip_network(subnet).hosts())
+    assert values["SANDBOX_EGRESS_PROXY_URL"] == f"http://{host}:3128"
+    assert egress["environment"]["SANDBOX_EGRESS_PROXY_HOST"] == host
+    proxy_args = services["socket-proxy"]["command"]
+    assert "--egress=enforce" in proxy_args and f"--egress-subnet={subnet}" in proxy_args
+    guard = services["egress-guard"]["command"]
+    assert guard[guard.index("--allow-port") + 1] == "3128"
+    assert values["SANDBOX_DOCKER_EGRESS_NETWORK"] in guard
+    # Its own credential, the CA; no other secret.
+    assert "env_file" not in egress
+    held = json.dumps(egress)
+    for name in ("SANDBOX_API_TOKEN", "SANDBOX_TOKEN_SECRET", "POSTGRES_PASSWORD"):
+        assert name not in held and chosen[name] not in held, name
+    # The CA is made once, before either process reads it.
+    for name in ("egress", "controller"):
+        depends = services[name]["depends_on"]["egress-ca"]
+        assert depends["condition"] == "service_completed_successfully", name
+    assert "egress-ca:/var/lib/agent-sandbox-egress-ca:ro" in json.dumps(
+        services["controller"]["volumes"]
+    ) or any(
+        v.get("source") == "egress-ca" and v.get("read_only")
+        for v in services["controller"]["volumes"]
+        if isinstance(v, dict)
+    )
+
+
 def test_the_compose_file_refuses_to_run_with_the_secrets_left_unset(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     shutil.copy(ENV_EXAMPLE, env)
@@ -129,6 +187,19 @@ def test_the_compose_file_refuses_to_run_with_the_secrets_left_unset(tmp_path: P
         env={**os.environ, "SANDBOX_ENV_FILE": str(env)},
     )
     assert done.returncode != 0 and "in .env" in done.stderr, done.stderr
+
+
+def egress_network(instance: str) -> dict[str, str]:
+    """An internal network of the stack's own, on a /24 no other run picks."""
+    bits = uuid.uuid4().int
+    subnet = f"10.{200 + bits % 50}.{(bits >> 8) % 256}.0/24"
+    host = subnet.replace(".0/24", ".1")
+    return {
+        "SANDBOX_DOCKER_EGRESS_NETWORK": f"{instance}-egress",
+        "SANDBOX_DOCKER_EGRESS_SUBNET": subnet,
+        "SANDBOX_EGRESS_PROXY_HOST": host,
+        "SANDBOX_EGRESS_PROXY_URL": f"http://{host}:3128",
+    }
 
 
 def stack_env(tmp_path: Path, instance: str, **overrides: str) -> Path:
@@ -150,6 +221,8 @@ def stack_env(tmp_path: Path, instance: str, **overrides: str) -> Path:
             "SANDBOX_CONTROLLER_URL": f"http://127.0.0.1:{api}",
             "SANDBOX_PROXY_PUBLIC_URL": f"http://127.0.0.1:{proxy}",
             "SANDBOX_DOCKER_NETWORK": "agent-sandbox-compose-test",
+            # The egress network, its subnet and the egress proxy's address: the stack's own.
+            **egress_network(instance),
             "SANDBOX_DOCKER_INSTANCE": instance,
             "SANDBOX_DOCKER_MEMORY": "256Mi",
             "SANDBOX_DOCKER_CPUS": "0.5",
@@ -179,6 +252,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
         (tmp_path / "compose.log").write_text(logs.stdout + logs.stderr)
         subprocess.run([*command, "down", "-v", "-t", "5"], capture_output=True, timeout=120)
         remove_all(instance)
+        docker("network", "rm", values["SANDBOX_DOCKER_EGRESS_NETWORK"], check=False)
 
 
 def curl(*args: str) -> str:
@@ -223,6 +297,22 @@ async def test_the_stack_comes_up_and_serves_the_readme_curl_flow(
     # The sandbox is a container of this stack's controller, on the sandbox network.
     labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", session["pod"]))
     assert labels["app.kubernetes.io/instance"] == env["SANDBOX_DOCKER_INSTANCE"]
+    # Egress on (.env.example): the sandbox is on the stack's internal network alone, and
+    # the CA was made once, by egress-ca, before the controller started.
+    egress_net = env["SANDBOX_DOCKER_EGRESS_NETWORK"]
+    networks = json.loads(
+        docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", session["pod"])
+    )
+    assert list(networks) == [egress_net]
+    made = json.loads(docker("network", "inspect", egress_net))[0]
+    assert made["Internal"] is True
+    assert made["IPAM"]["Config"][0]["Subnet"] == env["SANDBOX_DOCKER_EGRESS_SUBNET"]
+    one_shot = docker(
+        "ps", "-a", "--format", "{{.Status}}",
+        "--filter", f"label=com.docker.compose.project={env['SANDBOX_DOCKER_INSTANCE']}",
+        "--filter", "label=com.docker.compose.service=egress-ca",
+    )  # fmt: skip
+    assert one_shot.startswith("Exited (0)"), one_shot
     curl("-X", "DELETE", "-H", token, f"{api}/sessions/{session['id']}")
     ended = json.loads(curl("-H", token, f"{api}/sessions/{session['id']}"))
     assert ended["state"] == "ended"

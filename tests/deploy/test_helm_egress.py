@@ -61,6 +61,9 @@ def test_egress_is_enforced_by_default_with_its_own_deployment(render: Render) -
         assert set(e["SANDBOX_EGRESS_ALLOW"].split(",")) == REGISTRIES
         assert e["SANDBOX_EGRESS_GRANTABLE"] == ""
         assert e["SANDBOX_EGRESS_PROXY_URL"] == url
+    # The controller names the CA's ConfigMap, which its sandbox pods mount.
+    assert controller_env["SANDBOX_EGRESS_CA_CONFIGMAP"] == "rel-agent-sandbox-egress-ca"
+    assert "SANDBOX_EGRESS_CA_CONFIGMAP" not in env
     assert env["SANDBOX_EGRESS_PROXY_HOST"] == "0.0.0.0"
     assert env["SANDBOX_CONTROLLER_URL"] == "http://rel-agent-sandbox-controller:8080"
 
