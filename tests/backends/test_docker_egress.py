@@ -17,8 +17,17 @@ import pytest
 
 from sandbox_controller.backends.base import BackendError, PodPhase
 from sandbox_controller.backends.docker import DockerBackend
+from sandbox_controller.backends.docker_spec import bridge_name
 
-from ..dockerhost import docker, inspect, new_instance, options, remove_all, require_docker
+from ..dockerhost import (
+    REPO,
+    docker,
+    inspect,
+    new_instance,
+    options,
+    remove_all,
+    require_docker,
+)
 from ..eventually import eventually
 
 pytestmark = pytest.mark.docker
@@ -227,3 +236,56 @@ async def test_an_existing_network_with_a_route_out_is_refused() -> None:
             )
     finally:
         docker("network", "rm", network, check=False)
+
+
+async def test_the_compose_layout_a_host_proxy_on_the_gateway_is_the_one_way_out(
+    internal_backend: DockerBackend, outside: Outside
+) -> None:
+    """As deploy/compose runs it: the egress proxy is a process in the host's network
+    namespace on the host's address of the internal network, and the egress guard lets
+    sandboxes open that one port of the host. Here a relay process stands in for it."""
+    backend = internal_backend
+    network = backend.options.network
+    gateway = inspect(network)["IPAM"]["Config"][0]["Gateway"]
+    name = await backend.create_pod({})
+
+    async def ready() -> bool:
+        found = next((p for p in await backend.resync() if p.name == name), None)
+        return found is not None and found.phase is PodPhase.READY
+
+    await eventually(ready, within=60, what=f"{name} ready")
+    guard = [
+        "sh", str(REPO / "deploy/docker/egress-guard.sh"),
+        "--stack", f"e3-{uuid.uuid4().hex[:8]}", "--allow-port", "3128", bridge_name(network),
+    ]  # fmt: skip
+    run(*guard)
+    relay = subprocess.Popen(
+        ["python3", "-c", RELAY.replace('"0.0.0.0"', repr(gateway)), "3128",
+         outside.address, str(outside.port)],
+    )  # fmt: skip
+    # Another service of the host, on every address (an sshd, a database, an API).
+    other = subprocess.Popen(
+        ["python3", "-m", "http.server", "3129", "--bind", "0.0.0.0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        through: list[str] = []
+
+        def relayed() -> bool:
+            through.append(probe(name, gateway, 3128))
+            return "hello from outside" in through[-1]
+
+        await eventually(relayed, within=30, what="the request through the host's proxy port")
+        print(f"through the host's egress port: {through[-1]}")
+        direct = probe(name, outside.address, outside.port)
+        host_service = probe(name, gateway, 3129)
+        print(f"direct: {direct}; the host's other port: {host_service}")
+        assert direct.startswith("refused"), direct
+        assert host_service.startswith("refused"), host_service
+    finally:
+        relay.terminate()
+        other.terminate()
+        relay.wait(10)
+        other.wait(10)
+        subprocess.run([*guard[:4], "--down", bridge_name(network)], capture_output=True)
