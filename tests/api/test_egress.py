@@ -326,8 +326,9 @@ async def test_secrets_reach_only_the_egress_proxy(
     listed = await ctl.client.get("/sessions")
     egress = await ctl.client.get(f"/sessions/{session['id']}/egress")
     stored = await database_dump(url)
+    metrics = (await ctl.client.get("/metrics")).text
     assert "GITHUB_TOKEN" in stored  # the row is there, its value sealed
-    for text in (fetched.text, listed.text, egress.text, stored, json.dumps(env)):
+    for text in (fetched.text, listed.text, egress.text, stored, metrics, json.dumps(env)):
         assert value not in text and registry_value not in text
 
     # What a new leader holds: nothing in memory; it opens what the store has sealed.
