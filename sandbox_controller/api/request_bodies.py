@@ -352,6 +352,13 @@ class CreateSession(BaseModel):
                 "secrets: values total {total} characters, over {limit}",
                 {"total": secrets_total, "limit": SECRETS_TOTAL_MAX},
             )
+        if len(self.env) + len(self.secrets) > ENV_MAX_KEYS:
+            # Each secret is a variable of the claim's env (its placeholder).
+            raise PydanticCustomError(
+                LIMIT_CODE,
+                "env and secrets: {count} variables, over {limit}",
+                {"count": len(self.env) + len(self.secrets), "limit": ENV_MAX_KEYS},
+            )
         names = [s.name for s in self.secrets]
         taken = sorted({n for n in names if names.count(n) > 1 or n in self.env})
         if taken:

@@ -202,6 +202,16 @@ async def test_secret_bodies_are_checked(start_controller: ControllerFactory) ->
     assert (await refused({**good, "value": "x" * 9000}))["code"] == "claim_limit_exceeded"
     named = await refused(good, env={"TOKEN": "hunter2-too"})
     assert "env name" in named["message"]
+    crowded = await ctl.client.post(
+        "/sessions",
+        json={
+            "user_id": "u",
+            "thread_id": "t",
+            "env": {f"E{i}": "x" for i in range(64)},
+            "secrets": [good],
+        },
+    )
+    assert crowded.json()["error"]["code"] == "claim_limit_exceeded"
     many = await ctl.client.post(
         "/sessions",
         json={
@@ -350,3 +360,18 @@ async def test_secrets_reach_only_the_egress_proxy(
     await ctl.stop()
     assert value not in caplog.text and registry_value not in caplog.text
     assert "sandbox_controller.scheduler.loop" in {r.name for r in caplog.records}
+
+
+async def test_a_standby_sends_the_egress_proxy_to_the_leader(
+    start_controller: ControllerFactory,
+) -> None:
+    leader = await start_controller(prewarm_pool_size=1, **EGRESS)
+    standby = await start_controller(prewarm_pool_size=1, **EGRESS)
+    assert leader.controller.is_leader and not standby.controller.is_leader
+    await leader.wait_idle_pods(1)
+    [pod] = leader.sandboxes()
+    create_id = create_id_of(leader, pod)
+    assert (await authorize(leader, create_id)).status_code == 200
+    refused = await authorize(standby, create_id)
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "not_leader"
