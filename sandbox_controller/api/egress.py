@@ -10,7 +10,7 @@ not_leader (503, Retry-After), as for every leader-only call.
 
 from __future__ import annotations
 
-import secrets as random
+import hmac
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -217,6 +217,6 @@ def _key_of(keys: tuple[bytes, ...], user: str, password: str) -> bytes | None:
     found = None
     given = password.encode()
     for key in keys:
-        if random.compare_digest(egress_credential(key, user).encode(), given):
+        if hmac.compare_digest(egress_credential(key, user).encode(), given):
             found = found or key
     return found

@@ -37,14 +37,14 @@ from ..model import (
     Pod,
     PodState,
     Resources,
-    SecretRef,
     Session,
     SessionPage,
     SessionQuery,
     SessionState,
 )
+from . import egress
 from .engines import Engine, open_engine
-from .tables import egress_denials, leader_lease, pods, session_secrets, sessions
+from .tables import leader_lease, pods, session_secrets, sessions
 
 T = TypeVar("T")
 
@@ -257,7 +257,7 @@ class Store:
             live = conn.execute(sa.select(sessions).where(sessions.c.state != "ended"))
             pod_rows = conn.execute(sa.select(pods))
             found = [session_from_row(r) for r in live]
-            refs = _secret_refs(conn, {s.id for s in found})
+            refs = egress.secret_refs(conn, {s.id for s in found})
             for session in found:
                 session.secrets = refs.get(session.id, ())
             return found, [pod_from_row(r) for r in pod_rows]
@@ -266,45 +266,15 @@ class Store:
 
     async def session_secrets(self, session_id: str) -> list[dict[str, Any]]:
         """A session's egress secret rows (values sealed), in name order."""
-        query = (
-            sa.select(session_secrets)
-            .where(session_secrets.c.session_id == session_id)
-            .order_by(session_secrets.c.name)
-        )
-        return await self.run(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+        return await self.run(egress.secret_rows, session_id)
 
     async def record_denials(self, rows: list[dict[str, Any]], keep: int) -> None:
-        """Append the egress proxy's denials, then keep only each session's last
-        ``keep`` (one statement per session in the batch)."""
-
-        def record(conn: Connection) -> None:
-            conn.execute(sa.insert(egress_denials), rows)
-            for session_id in {r["session_id"] for r in rows}:
-                newest = (
-                    sa.select(egress_denials.c.id)
-                    .where(egress_denials.c.session_id == session_id)
-                    .order_by(egress_denials.c.id.desc())
-                    .limit(keep)
-                )
-                conn.execute(
-                    sa.delete(egress_denials)
-                    .where(egress_denials.c.session_id == session_id)
-                    .where(egress_denials.c.id.not_in(newest.scalar_subquery()))
-                )
-
-        await self.run(record)
+        """Append the egress proxy's denials; keep only each session's last ``keep``."""
+        await self.run(egress.record_denials, rows, keep)
 
     async def denials(self, session_id: str, limit: int) -> list[dict[str, Any]]:
         """A session's last denials, oldest first."""
-        query = (
-            sa.select(egress_denials.c.at, egress_denials.c.host, egress_denials.c.port)
-            .add_columns(egress_denials.c.reason)
-            .where(egress_denials.c.session_id == session_id)
-            .order_by(egress_denials.c.id.desc())
-            .limit(limit)
-        )
-        rows = await self.run(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
-        return rows[::-1]
+        return await self.run(egress.denials, session_id, limit)
 
     async def get_session(self, session_id: str) -> Session | None:
         query = sa.select(sessions).where(sessions.c.id == session_id)
@@ -388,14 +358,14 @@ class Store:
 
     async def delete_ended_before(self, cutoff: float) -> int:
         old = (sessions.c.state == "ended") & (sessions.c.ended_at < cutoff)
-        return await self.run(_delete_sessions, old)
+        return await self.run(egress.delete_sessions, old)
 
     async def purge_user(self, user_id: str) -> int:
         """Delete the user's ended sessions (DELETE /users/{id}); how many rows went.
         Live rows stay: the scheduler ends them first, and no live row may vanish
         under the pool that holds it."""
         theirs = (sessions.c.user_id == user_id) & (sessions.c.state == "ended")
-        return await self.run(_delete_sessions, theirs)
+        return await self.run(egress.delete_sessions, theirs)
 
     # ------------------------------------------------------------ leader lease
 
@@ -430,27 +400,6 @@ class Store:
             .values(expires_at=0.0)
         )
         await self.run(lambda conn: conn.execute(statement))
-
-
-def _secret_refs(conn: Connection, ids: set[str]) -> dict[str, tuple[SecretRef, ...]]:
-    """The secrets (names, hosts, headers: no value) of these sessions."""
-    if not ids:
-        return {}
-    c = session_secrets.c
-    query = sa.select(c.session_id, c.name, c.hosts, c.header).order_by(c.session_id, c.name)
-    found: dict[str, list[SecretRef]] = {}
-    for row in conn.execute(query):
-        if row.session_id in ids:
-            ref = SecretRef(row.name, tuple(json.loads(row.hosts)), row.header)
-            found.setdefault(row.session_id, []).append(ref)
-    return {sid: tuple(refs) for sid, refs in found.items()}
-
-
-def _delete_sessions(conn: Connection, which: sa.ColumnElement[bool]) -> int:
-    """Delete ended sessions and what is kept beside them (their egress denials)."""
-    ids = sa.select(sessions.c.id).where(which).scalar_subquery()
-    conn.execute(sa.delete(egress_denials).where(egress_denials.c.session_id.in_(ids)))
-    return int(conn.execute(sa.delete(sessions).where(which)).rowcount)
 
 
 def _upsert(insert: Any, table: sa.Table, key: str) -> sa.Executable:
