@@ -1,6 +1,6 @@
 """sandbox-controller: a warm pool of sandbox pods for AI-agent sessions.
 
-Commands: dev, serve, proxy, migrate, recover, plan, trace, simulate. Settings come from
+Commands: dev, serve, proxy, egress-proxy, migrate, recover, plan, trace, simulate. Settings come from
 SANDBOX_* environment variables (see the README); a few have flags too.
 """
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sandbox_controller")
 
 # The commands that log (and warn) through the process's log handler.
-_SERVERS = ("dev", "serve", "proxy", "migrate")
+_SERVERS = ("dev", "serve", "proxy", "egress-proxy", "migrate")
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -147,6 +147,10 @@ async def _main(command: str, settings: Settings, migrate_to: str = "head") -> N
         process = DevProcess(settings)
     elif command == "serve":
         process = ControllerProcess(settings)
+    elif command == "egress-proxy":
+        from proxy.egress.process import EgressProxyProcess
+
+        process = EgressProxyProcess(settings)
     else:
         from proxy import ProxyProcess
 
@@ -200,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="The proxy alone. Needs SANDBOX_CONTROLLER_URL and SANDBOX_PROXY_TOKEN "
         "(the same as the controller's); it gets the key that verifies session tokens from "
         "the controller, and holds no secret that signs them.",
+    )
+    sub.add_parser(
+        "egress-proxy",
+        help="the egress proxy alone: sandboxes' outbound HTTP(S), policy and secrets",
+        description="The egress proxy (SANDBOX_EGRESS_PROXY_HOST/_PORT; 3128). Needs "
+        "SANDBOX_CONTROLLER_URL and SANDBOX_PROXY_TOKEN: it asks the controller who each "
+        "sandbox is and what it may reach. Serves /healthz and /metrics on the same port.",
     )
     migrate = sub.add_parser(
         "migrate",
@@ -305,12 +316,17 @@ def main(argv: list[str] | None = None) -> int:
                     "SANDBOX_TOKEN_SECRET: required by serve: it signs the session tokens "
                     "the proxies verify"
                 )
+        if args.command == "egress-proxy" and not (settings.proxy_token or settings.api_token):
+            raise ConfigError(
+                "SANDBOX_PROXY_TOKEN: required by the egress proxy to ask the controller "
+                "who a sandbox is and what it may reach"
+            )
         if args.command == "proxy" and not (settings.proxy_token or settings.token_secret):
             raise ConfigError(
                 "SANDBOX_PROXY_TOKEN: required by the proxy to ask the controller for routes "
                 "and the token verify key"
             )
-        if args.command in ("serve", "proxy"):
+        if args.command in ("serve", "proxy", "egress-proxy"):
             check_secrets(settings)  # `dev` takes anything: it is one user's own machine
     except ConfigError as exc:
         print(f"sandbox-controller: configuration error: {exc}", file=sys.stderr)
@@ -350,7 +366,10 @@ def _listens(command: str, settings: Settings) -> list[tuple[str, int]]:
     """The addresses this command will listen on."""
     api = (settings.host, settings.port)
     proxy = (settings.proxy_host, settings.proxy_port)
-    return {"dev": [api, proxy], "serve": [api], "proxy": [proxy]}.get(command, [])
+    egress = (settings.egress_proxy_host, settings.egress_proxy_port)
+    return {"dev": [api, proxy], "serve": [api], "proxy": [proxy], "egress-proxy": [egress]}.get(
+        command, []
+    )
 
 
 def _free(host: str, port: int) -> bool:

@@ -41,6 +41,17 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
         echo "test.sh: dockerd or debootstrap is missing; install Debian's 'docker.io' and 'debootstrap'" >&2
     fi
 fi
+# The egress proxy's tests build a fake internet with Debian's dnsmasq as its resolver;
+# benchmarks/egress_bench.py compares the proxy with Debian's squid.
+if ! command -v dnsmasq >/dev/null 2>&1 || ! command -v squid >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            dnsmasq squid iproute2 curl >/dev/null
+    else
+        echo "test.sh: dnsmasq or squid is missing; install Debian's 'dnsmasq' and 'squid'" >&2
+    fi
+fi
 bash scripts/start-dockerd.sh || echo "test.sh: no Docker daemon; docker tests will fail in CI" >&2
 if docker info >/dev/null 2>&1; then
     # Cached under /var/cache/agent-sandbox: minutes the first time, seconds after.

@@ -42,8 +42,9 @@ from ..model import (
     SessionQuery,
     SessionState,
 )
+from . import egress
 from .engines import Engine, open_engine
-from .tables import leader_lease, pods, sessions
+from .tables import leader_lease, pods, session_secrets, sessions
 
 T = TypeVar("T")
 
@@ -98,9 +99,13 @@ class Batch:
     sessions: list[Session] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     forgotten_pods: list[str] = field(default_factory=list)
+    # New sessions' egress secrets, sealed (session_secrets rows), written with the
+    # session's first row; a session that ends with secrets loses them in its ending's
+    # transaction.
+    secrets: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.sessions or self.pods or self.forgotten_pods)
+        return bool(self.sessions or self.pods or self.forgotten_pods or self.secrets)
 
 
 def _session_row(s: Session) -> dict[str, Any]:
@@ -123,6 +128,7 @@ def _session_row(s: Session) -> dict[str, Any]:
         "plan": s.plan,
         "template": s.template,
         "resources": _resources_text(s.resources),
+        "egress_allow": json.dumps(list(s.egress_allow)) if s.egress_allow else None,
     }
 
 
@@ -159,6 +165,7 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         plan=m["plan"],
         template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
         resources=_resources_of(m["resources"]),
+        egress_allow=tuple(json.loads(m["egress_allow"])) if m["egress_allow"] else (),
     )
 
 
@@ -249,9 +256,25 @@ class Store:
         def load(conn: Connection) -> tuple[list[Session], list[Pod]]:
             live = conn.execute(sa.select(sessions).where(sessions.c.state != "ended"))
             pod_rows = conn.execute(sa.select(pods))
-            return [session_from_row(r) for r in live], [pod_from_row(r) for r in pod_rows]
+            found = [session_from_row(r) for r in live]
+            refs = egress.secret_refs(conn, {s.id for s in found})
+            for session in found:
+                session.secrets = refs.get(session.id, ())
+            return found, [pod_from_row(r) for r in pod_rows]
 
         return await self.run(load)
+
+    async def session_secrets(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's egress secret rows (values sealed), in name order."""
+        return await self.run(egress.secret_rows, session_id)
+
+    async def record_denials(self, rows: list[dict[str, Any]], keep: int) -> None:
+        """Append the egress proxy's denials; keep only each session's last ``keep``."""
+        await self.run(egress.record_denials, rows, keep)
+
+    async def denials(self, session_id: str, limit: int) -> list[dict[str, Any]]:
+        """A session's last denials, oldest first."""
+        return await self.run(egress.denials, session_id, limit)
 
     async def get_session(self, session_id: str) -> Session | None:
         query = sa.select(sessions).where(sessions.c.id == session_id)
@@ -326,25 +349,23 @@ class Store:
             conn.execute(self._upsert_pods, [_pod_row(p) for p in batch.pods])
         if batch.forgotten_pods:
             conn.execute(sa.delete(pods).where(pods.c.name.in_(batch.forgotten_pods)))
+        if batch.secrets:
+            conn.execute(sa.insert(session_secrets), batch.secrets)
+        # A secret lives no longer than its session: gone in the transaction that ends it.
+        ended = [s.id for s in batch.sessions if s.secrets and s.state is SessionState.ENDED]
+        if ended:
+            conn.execute(sa.delete(session_secrets).where(session_secrets.c.session_id.in_(ended)))
 
     async def delete_ended_before(self, cutoff: float) -> int:
-        statement = (
-            sa.delete(sessions)
-            .where(sessions.c.state == "ended")
-            .where(sessions.c.ended_at < cutoff)
-        )
-        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
+        old = (sessions.c.state == "ended") & (sessions.c.ended_at < cutoff)
+        return await self.run(egress.delete_sessions, old)
 
     async def purge_user(self, user_id: str) -> int:
         """Delete the user's ended sessions (DELETE /users/{id}); how many rows went.
         Live rows stay: the scheduler ends them first, and no live row may vanish
         under the pool that holds it."""
-        statement = (
-            sa.delete(sessions)
-            .where(sessions.c.user_id == user_id)
-            .where(sessions.c.state == "ended")
-        )
-        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
+        theirs = (sessions.c.user_id == user_id) & (sessions.c.state == "ended")
+        return await self.run(egress.delete_sessions, theirs)
 
     # ------------------------------------------------------------ leader lease
 

@@ -24,7 +24,8 @@ from sandbox_controller.backends.base import (
     PodStatus,
 )
 from sandbox_controller.backends.docker import DockerBackend
-from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET, claim_secret
+from sandbox_controller.egress_env import PROXY_VARIABLES, SandboxEgress
+from sandbox_controller.sandbox_contract import ENV_CLAIM_SECRET, claim_secret, egress_credential
 
 from ..dockerhost import (
     MIB,
@@ -353,3 +354,23 @@ async def test_a_sandbox_cannot_reach_the_host_private_ranges_or_other_sandboxes
         }
     finally:
         server.close()
+
+
+async def test_with_egress_on_each_sandbox_gets_its_proxy_env(instance: str) -> None:
+    key = b"the controller's key"
+    egress = SandboxEgress(key, "http://egress:3128", ("internal.example",))
+    backend = await DockerBackend.connect(
+        options(require_docker(), instance), claim_key=key, egress=egress
+    )
+    try:
+        await backend.start()
+        name = await backend.create_pod({LABEL_STATE: "pool"})
+        info = inspect(name)
+        create_id = info["Config"]["Labels"][LABEL_CREATE_ID]
+        env = dict(item.split("=", 1) for item in info["Config"]["Env"])
+        password = egress_credential(key, create_id)
+        for variable in PROXY_VARIABLES:
+            assert env[variable] == f"http://{create_id}:{password}@egress:3128"
+        assert env["NO_PROXY"] == "localhost,127.0.0.1,::1,internal.example"
+    finally:
+        await backend.close()
