@@ -21,6 +21,7 @@ from sandbox_controller.egress_policy import (
     parse_ip,
 )
 
+from . import tunnel
 from .common import (
     AUTHENTICATE,
     CONNECT_TIMEOUT,
@@ -39,7 +40,6 @@ from .heads import BadHead, Head, end_to_end, error_response, parse_head, read_h
 from .intercept_session import intercept
 from .resolve import ResolveFailed
 from .swap import secrets_for
-from .tunnel import splice
 
 log = logging.getLogger("proxy.egress")
 
@@ -170,12 +170,16 @@ class Connection:
             )
             await intercept(self.server, self.client, upstream, credentials, record)
             return False
-        upstream = await self._dial(decision, record)
+        try:
+            relay = await tunnel.dial(decision.addresses, record.port, CONNECT_TIMEOUT)
+        except OSError as exc:
+            record.reason = "connect_failed"
+            raise Refusal(502, "connect_failed", f"cannot reach {record.host}: {exc}") from exc
         record.status = 200
         self.client[1].write(ESTABLISHED)
-        await splice(
+        await tunnel.splice(
             self.client,
-            upstream,
+            relay,
             counter(self.server, record, "up"),
             counter(self.server, record, "down"),
         )

@@ -18,7 +18,6 @@ import aiodns.error
 
 from sandbox_controller.egress_policy import IPAddress
 
-
 MAX_TTL = 300.0
 CACHE_MAX = 10_000
 

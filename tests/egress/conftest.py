@@ -195,10 +195,16 @@ def world() -> Iterator[World]:
     finally:
         if proxy is not None:
             proxy.terminate()
-            proxy.wait(10)
+            try:
+                proxy.wait(15)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
         net.close()
         http.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("EGRESS_KEEP"):
+            print(tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="package", autouse=True)
