@@ -214,6 +214,12 @@ class ResourcesOutOfBoundsError(SandboxAPIError):
     code = ErrorCode.RESOURCES_OUT_OF_BOUNDS
 
 
+class EgressNotGrantableError(SandboxAPIError):
+    """An egress grant outside the deployment's SANDBOX_EGRESS_GRANTABLE."""
+
+    code = ErrorCode.EGRESS_NOT_GRANTABLE
+
+
 class UserBeingDeletedError(SandboxAPIError):
     """The user's data is being deleted (DELETE /users/{id}); no session meanwhile."""
 
@@ -254,6 +260,7 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         ThreadOwnedByOtherUserError,
         UnknownTemplateError,
         ResourcesOutOfBoundsError,
+        EgressNotGrantableError,
         UserBeingDeletedError,
     )
 }

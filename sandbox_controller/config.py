@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .credentials import ApiToken, api_tokens, hook_keys, parse_api_tokens, split_list
 from .durations import parse_duration
+from .egress_settings import EgressLists, parse_egress_lists
 from .model import Limits, Plan, PrewarmPolicy, PrewarmSettings, RecoveryGuard
 from .plans import PlanError, load_plans
 from .quantities import byte_size, parse_quantity
@@ -213,6 +214,10 @@ class Settings(BaseSettings):
     # Secrets the deployment gives every sandbox (a YAML/JSON list shaped like POST
     # /sessions secrets), swapped in at the edge like a session's own.
     egress_secrets_file: str | None = None
+    # Kubernetes: the ConfigMap holding the deployment CA's certificate (ca.pem) that
+    # each sandbox pod's init container adds to its CA bundle (the chart's
+    # <release>-egress-ca); unset: sandboxes get no bundle from the controller.
+    egress_ca_configmap: str | None = None
 
     # Suspend and resume (issue 20). At the idle timeout: end the session, or snapshot
     # it to the store and give its pod back.
@@ -308,6 +313,31 @@ class Settings(BaseSettings):
 
     # The plans read from plans_file, once, when the settings are made.
     _plans: tuple[Plan, ...] = PrivateAttr(default=())
+    # The egress lists and secrets, parsed once (egress_policy.py, egress_secrets.py).
+    _egress: EgressLists = PrivateAttr(default_factory=lambda: EgressLists())
+
+    @model_validator(mode="after")
+    def _parse_egress(self) -> Settings:
+        self._egress = parse_egress_lists(
+            allow_text=self.egress_allow,
+            grantable_text=self.egress_grantable,
+            deny_text=self.egress_deny_cidrs,
+            no_proxy_text=self.egress_no_proxy,
+            proxy_url=self.egress_proxy_url,
+            secrets_file=self.egress_secrets_file,
+        )
+        return self
+
+    @property
+    def egress_lists(self) -> EgressLists:
+        """The deployment's egress allow list, grantable patterns, deny CIDRs and
+        secrets, parsed (each bad entry was a ConfigError naming its variable)."""
+        return self._egress
+
+    @property
+    def egress_proxy_address(self) -> str:
+        """The egress proxy's URL as sandboxes are given it (without credentials)."""
+        return self.egress_proxy_url or f"http://{self.egress_proxy_host}:{self.egress_proxy_port}"
 
     @model_validator(mode="after")
     def _load_plans(self) -> Settings:

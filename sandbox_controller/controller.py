@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import tracing
@@ -27,6 +28,8 @@ from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .credentials import split_list
+from .egress_env import KUBE_BUNDLE, SandboxEgress
+from .egress_secrets import Sealer
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
 from .model import AuditEvent, EndReason, PoolStatus
@@ -56,6 +59,7 @@ async def make_backend(
     stop_on_close: bool = False,
     write_guard: WriteGuard = no_guard,
     claim_key: bytes | None = None,
+    egress: SandboxEgress | None = None,
 ) -> Backend:
     """The backend SANDBOX_BACKEND names. ``stop_on_close``: ``dev`` stops the local
     processes or containers it ran as it exits; pods in a cluster, and the containers of
@@ -65,7 +69,7 @@ async def make_backend(
         from .backends.kubernetes import KubernetesBackend
 
         backend: Backend = await KubernetesBackend.connect(
-            settings.kube_options(), write_guard=write_guard, claim_key=claim_key
+            settings.kube_options(), write_guard=write_guard, claim_key=claim_key, egress=egress
         )
         return backend
     if settings.backend == "docker":
@@ -76,6 +80,7 @@ async def make_backend(
             write_guard=write_guard,
             stop_on_close=stop_on_close,
             claim_key=claim_key,
+            egress=egress,
         )
     from .backends.local import LocalBackend
 
@@ -85,7 +90,35 @@ async def make_backend(
         stop_on_close=stop_on_close,
         write_guard=write_guard,
         claim_key=claim_key,
+        egress=egress,
     )
+
+
+def sandbox_egress(settings: Settings, key: bytes) -> SandboxEgress | None:
+    """Every sandbox's egress env (egress_env.py), or None with egress off. The CA
+    bundle: on Kubernetes the pod's own (its init container builds it from the CA's
+    ConfigMap); on the local backend the one ``dev`` writes (egress_bundle_path)."""
+    if settings.egress == "off":
+        return None
+    lists = settings.egress_lists
+    bundle: str | None = None
+    if settings.backend == "kubernetes" and settings.egress_ca_configmap:
+        bundle = KUBE_BUNDLE
+    elif settings.backend == "local" and egress_bundle_path(settings).exists():
+        bundle = str(egress_bundle_path(settings))
+    return SandboxEgress(
+        key,
+        settings.egress_proxy_address,
+        lists.no_proxy,
+        bundle,
+        lists.secrets,
+        settings.egress_ca_configmap if settings.backend == "kubernetes" else None,
+    )
+
+
+def egress_bundle_path(settings: Settings) -> Path:
+    """Where ``dev`` writes the local sandboxes' CA bundle (system roots + the CA)."""
+    return Path(settings.state_dir) / "egress" / "bundle.pem"
 
 
 class Controller:
@@ -117,6 +150,10 @@ class Controller:
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
         self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
+        # Egress (issue 19): the keys that derive sandboxes' proxy credentials (the hook
+        # keys, current first) and what seals their secrets; made at start-up.
+        self.egress_keys: tuple[bytes, ...] = ()
+        self.sealer: Sealer | None = None
         # In-cluster API callers (SANDBOX_TOKEN_REVIEW_USERS), made at start-up.
         self.token_reviewer: TokenReviewer | None = None
         self.lease = LeaseTerm(
@@ -214,6 +251,8 @@ class Controller:
         await wait_for_database(self.store, self.clock, self._stopping, timeout=60.0)
         self.store_ok = True
         hook_keys = self.settings.hook_keys(self.token_secret)
+        self.egress_keys = hook_keys
+        self.sealer = Sealer([self.token_secret, *self.settings.verifying_token_secrets])
         previous = [secret_key_id(s) for s in self.settings.verifying_token_secrets]
         # Which key signs, and which still verify: what an operator checks in a rotation.
         log.info(
@@ -241,6 +280,7 @@ class Controller:
                 stop_on_close=self._stop_sandboxes_on_exit,
                 write_guard=self.write_guard,
                 claim_key=hook_keys[0] if self.settings.hooks else None,
+                egress=sandbox_egress(self.settings, hook_keys[0]),
             )
         await self._try_to_lead()
         self._tasks.start(self._lease_loop(), "lease")
@@ -357,6 +397,7 @@ class Controller:
                 hooks=self.hooks,
                 audit=self.record,
             )
+            scheduler.egress.sealer = self.sealer
             await scheduler.start()
         except Exception:
             log.exception("could not start leading; releasing the lease")

@@ -27,7 +27,6 @@ from typing import Literal
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["off", "audit", "enforce"]
-MODES: tuple[Mode, ...] = ("off", "audit", "enforce")
 DecisionKind = Literal["allowed", "denied", "audit_denied"]
 
 # Deny reasons (EGRESS.md seam 3): log lines, denial records, GET /sessions/{id}/egress.

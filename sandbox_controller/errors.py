@@ -106,6 +106,25 @@ class SessionEnded(SandboxError):
         self.reason = reason
 
 
+class EgressNotGrantable(SandboxError):
+    """A grant (POST /sessions egress.allow, PATCH .../egress) outside
+    SANDBOX_EGRESS_GRANTABLE."""
+
+    def __init__(self, pattern: str, grantable: tuple[str, ...]) -> None:
+        super().__init__(pattern, grantable)
+        self.pattern = pattern
+        self.grantable = grantable
+
+
+class InvalidEgress(SandboxError):
+    """Egress secrets the deployment cannot take: egress off (no proxy swaps them), no
+    hooks (no claim carries the placeholders), or a name another secret or env has."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class UserBeingDeleted(SandboxError):
     """A session was asked for a user whose deletion (DELETE /users/{id}) is under way."""
 

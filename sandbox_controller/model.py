@@ -223,6 +223,16 @@ class EndDetail:
         )
 
 
+@dataclass(frozen=True)
+class SecretRef:
+    """What the controller shows and keeps in memory of a session's egress secret: never
+    its value, nor its placeholder (both only in the store, the value sealed)."""
+
+    name: str
+    hosts: tuple[str, ...]
+    header: str
+
+
 @dataclass
 class Session:
     id: str
@@ -255,6 +265,10 @@ class Session:
     active_mono: float = field(default=0.0, compare=False)
     template: str = DEFAULT_TEMPLATE
     resources: Resources | None = None  # None: the template's own
+    # Egress host patterns granted beyond the deployment's list (POST, PATCH .../egress),
+    # and its secrets by name (egress_secrets.py; stored apart, sealed).
+    egress_allow: tuple[str, ...] = ()
+    secrets: tuple[SecretRef, ...] = ()
 
     @property
     def shape(self) -> Shape:

@@ -9,7 +9,10 @@ import asyncio
 import logging
 import secrets
 import socket
+import ssl
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy import ProxyProcess
 
@@ -22,6 +25,9 @@ from .controller import Controller
 from .serving import EdgeLimits, Listener, bind
 from .tokens import public_key
 
+if TYPE_CHECKING:
+    from proxy.egress.process import EgressProxyProcess
+
 log = logging.getLogger(__name__)
 
 LOCAL_BACKEND_NOTE = (
@@ -29,7 +35,8 @@ LOCAL_BACKEND_NOTE = (
     "code only. A sandbox gets none of this server's secrets in its environment, but it\n"
     "can read your files (this server's state directory and its credentials included)\n"
     "and other processes' /proc/*/environ. Use SANDBOX_BACKEND=docker for code you do\n"
-    "not trust (README: Run on one VM with Docker Compose)."
+    "not trust (README: Run on one VM with Docker Compose). With SANDBOX_EGRESS on, the\n"
+    "egress proxy's policy is advice here: a local sandbox can ignore HTTP_PROXY."
 )
 
 
@@ -125,6 +132,8 @@ class DevProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proxy: ProxyProcess | None = None
+        # With egress on, the egress proxy too: sandboxes reach the web through it.
+        self.egress: EgressProxyProcess | None = None
         self.controller: ControllerProcess | None = None
 
     async def startup(self) -> None:
@@ -156,13 +165,26 @@ class DevProcess:
             raise
         # The port the proxy really bound (with --proxy-port 0), for connect.url.
         settings = settings.model_copy(update={"proxy_port": self.proxy.port})
+        if settings.egress != "off":
+            try:
+                settings = await self._start_egress(settings)
+            except BaseException:
+                await self.proxy.shutdown()
+                api_sock.close()
+                raise
         self.controller = ControllerProcess(settings, sock=api_sock, stop_sandboxes_on_exit=True)
         await self.controller.startup()
+        egress_line = (
+            f"  egress proxy    {settings.egress_proxy_address} ({settings.egress})\n"
+            if self.egress is not None
+            else ""
+        )
         # The one place dev speaks to its user rather than to the log.
         print(
             f"agent-sandbox-controller dev\n"
             f"  controller API  http://{settings.host}:{api_port}\n"
             f"  proxy           http://{settings.proxy_host}:{self.proxy.port}\n"
+            f"{egress_line}"
             f"  connect URLs    {settings.proxy_url}/s/<session>/\n"
             f"  API token       {settings.api_token}\n"
             f"  console         http://{settings.host}:{api_port}/console\n"
@@ -183,17 +205,42 @@ class DevProcess:
         if settings.backend == "local":
             print(LOCAL_BACKEND_NOTE, flush=True)
 
+    async def _start_egress(self, settings: Settings) -> Settings:
+        """The egress proxy, and the CA bundle local sandboxes are pointed at (the
+        system's roots and the deployment CA, which signs intercepted secret hosts);
+        the settings with the port it bound, for the sandboxes' HTTP_PROXY."""
+        from proxy.egress.intercept import ca_paths
+        from proxy.egress.process import EgressProxyProcess
+
+        from .controller import egress_bundle_path
+        from .egress_ca import bundle
+
+        cert, _ = ca_paths(settings)
+        path = egress_bundle_path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        paths = ssl.get_default_verify_paths()
+        system = Path(paths.cafile or paths.openssl_cafile)
+        path.write_bytes(bundle(system, cert) if system.is_file() else cert.read_bytes())
+        self.egress = EgressProxyProcess(settings)
+        await self.egress.startup()
+        return settings.model_copy(update={"egress_proxy_port": self.egress.port})
+
     async def run(self, stop: asyncio.Event) -> None:
         assert self.proxy is not None and self.controller is not None
-        # If either fails, the other is cancelled and the error surfaces here.
+        # If one fails, the others are cancelled and the error surfaces here.
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.proxy.run(stop), name="dev:proxy")
+            if self.egress is not None:
+                tasks.create_task(self.egress.run(stop), name="dev:egress")
             tasks.create_task(self.controller.run(stop), name="dev:controller")
 
     async def shutdown(self) -> None:
         try:
             if self.proxy is not None:
                 await self.proxy.shutdown()
+            # Before the controller: its last denials reach a controller still up.
+            if self.egress is not None:
+                await self.egress.shutdown()
         finally:
             if self.controller is not None:
                 await self.controller.shutdown()

@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     CAPACITY_EXHAUSTED = "capacity_exhausted"
     UNKNOWN_TEMPLATE = "unknown_template"
     RESOURCES_OUT_OF_BOUNDS = "resources_out_of_bounds"
+    EGRESS_NOT_GRANTABLE = "egress_not_grantable"
     NOT_LEADER = "not_leader"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -58,6 +59,7 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CAPACITY_EXHAUSTED: 503,
     ErrorCode.UNKNOWN_TEMPLATE: 422,
     ErrorCode.RESOURCES_OUT_OF_BOUNDS: 422,
+    ErrorCode.EGRESS_NOT_GRANTABLE: 422,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,

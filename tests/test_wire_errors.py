@@ -9,6 +9,8 @@ from sandbox_controller import client
 from sandbox_controller.api.errors import HooksDisabled, Unauthorized, error_response, problem
 from sandbox_controller.errors import (
     CapacityExhausted,
+    EgressNotGrantable,
+    InvalidEgress,
     NotLeader,
     OrgRateLimited,
     OrgSessionLimit,
@@ -38,6 +40,8 @@ DOMAIN_ERRORS: list[SandboxError] = [
     StoreUnavailable(),
     Unauthorized(),
     HooksDisabled(),
+    EgressNotGrantable(pattern="api.github.com", grantable=("*.gitlab.com",)),
+    InvalidEgress("secrets need the egress proxy"),
 ]
 
 

@@ -21,6 +21,7 @@ from ..scheduler.loop import Scheduler
 from .auth import ANONYMOUS, Caller, authenticated_caller, caller_id
 from .badbytes import RefuseBadBytes
 from .bodylimit import BodySizeLimit
+from .egress import add_egress_routes, check_grants, session_secrets
 from .errors import HooksDisabled, Unauthorized, install_error_handlers
 from .listing import (
     CURSOR_PATTERN,
@@ -128,6 +129,8 @@ def create_app(controller: Controller) -> FastAPI:
             raise NotLeader()
         return scheduler
 
+    deployment_egress = settings.egress_lists.allow_text
+
     def view_json(view: SessionView, now: float) -> dict[str, object]:
         return session_json(
             view.session,
@@ -136,6 +139,8 @@ def create_app(controller: Controller) -> FastAPI:
             token_ttl=settings.token_ttl,
             now=now,
             detail=view.detail,
+            egress_mode=settings.egress,
+            egress_allow=deployment_egress,
         )
 
     async def find(session_id: str) -> SessionView:
@@ -157,9 +162,14 @@ def create_app(controller: Controller) -> FastAPI:
         started = time.perf_counter()
         if (body.env or body.files) and not settings.hooks:
             raise HooksDisabled()
+        grants = body.egress.grants if body.egress else ()
+        check_grants(grants, ctl)
+        held = session_secrets(body.secrets, ctl)
+        # The sandbox's env gets each secret's placeholder, never its value.
+        env = {**body.env, **{s.name: s.placeholder for s in held}}
         payload = ClaimPayload(
             metadata=body.metadata,
-            env=body.env,
+            env=env,
             files=tuple(ClaimFile(f.path, f.content) for f in body.files),
         )
         try:
@@ -175,6 +185,8 @@ def create_app(controller: Controller) -> FastAPI:
                     plan=body.plan,
                     template=body.template,
                     resources=Resources(resources.cpu, resources.memory) if resources else None,
+                    egress_allow=grants,
+                    secrets=held,
                 )
         except SandboxError as exc:
             ctl.metrics.refused(exc)
@@ -240,6 +252,7 @@ def create_app(controller: Controller) -> FastAPI:
         return Response(status_code=204)
 
     add_operator_routes(api, leading, ctl.clock)
+    add_egress_routes(api, internal, leading, ctl)
 
     @api.get("/pool", responses={200: {"model": PoolBody}, **errors(401, 422)})
     async def pool() -> Response:

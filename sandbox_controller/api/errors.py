@@ -17,6 +17,8 @@ from starlette.routing import Match
 from ..errors import (
     CapacityExhausted,
     DecisionFailed,
+    EgressNotGrantable,
+    InvalidEgress,
     NotLeader,
     OrgRateLimited,
     OrgSessionLimit,
@@ -51,7 +53,7 @@ class HooksDisabled(SandboxError):
 
 # Validation errors about a claim's sizes (request_bodies.py) get a code of their own.
 _SIZE_ERRORS = frozenset({"string_too_long", "too_long", LIMIT_CODE})
-_CLAIM_FIELDS = frozenset({"env", "metadata", "files"})
+_CLAIM_FIELDS = frozenset({"env", "metadata", "files", "secrets"})
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,14 @@ def problem(exc: SandboxError) -> Problem:
                 "nothing of it was changed; see the controller log",
                 request_id=exc.request_id,
             )
+        case EgressNotGrantable():
+            known = ", ".join(exc.grantable) or "none: SANDBOX_EGRESS_GRANTABLE is empty"
+            return Problem.of(
+                ErrorCode.EGRESS_NOT_GRANTABLE,
+                f"{exc.pattern!r} is not within a grantable pattern ({known})",
+            )
+        case InvalidEgress():
+            return Problem.of(ErrorCode.INVALID_REQUEST, exc.message)
         case HooksDisabled():
             return Problem.of(
                 ErrorCode.HOOKS_DISABLED,

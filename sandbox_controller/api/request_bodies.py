@@ -16,6 +16,24 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..egress_policy import MAX_PATTERN, PatternError, parse_pattern
+from ..egress_secrets import (
+    DEFAULT_FORMAT,
+    DEFAULT_HEADER,
+    FORMAT_MAX,
+    HEADER_NAME_MAX,
+    HEADER_NAME_PATTERN,
+    HEADER_TEXT_PATTERN,
+    SECRET_HOSTS_MAX,
+    SECRET_NAME_MAX,
+    SECRET_NAME_PATTERN,
+    SECRET_VALUE_MAX,
+    SECRETS_MAX,
+    SECRETS_TOTAL_MAX,
+    SecretError,
+    SecretSpec,
+    check_secret,
+)
 from ..model import ACTIVITY_BATCH_MAX
 from ..templates import parse_resources
 from ..wire_errors import ErrorCode
@@ -161,6 +179,86 @@ class ResourcesBody(BaseModel):
         return self
 
 
+def _check_pattern(value: str) -> str:
+    try:
+        return str(parse_pattern(value))
+    except PatternError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# An egress grant: a host pattern (egress_policy.py), kept in its canonical form.
+HostPatternText = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_PATTERN), AfterValidator(_check_pattern)
+]
+EGRESS_GRANTS_MAX = 64
+
+
+class EgressBody(BaseModel):
+    """Host patterns granted to this session beyond the deployment's egress list, each
+    within SANDBOX_EGRESS_GRANTABLE (else 422 egress_not_grantable)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    allow: list[HostPatternText] = Field(
+        default_factory=list,
+        max_length=EGRESS_GRANTS_MAX,
+        description="host, *.suffix (any depth, not the bare suffix) or an IP literal, "
+        "with an optional :port (none: 80 and 443)",
+        examples=[["api.github.com", "*.githubusercontent.com"]],
+    )
+
+    @property
+    def grants(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.allow))
+
+
+class SecretBody(BaseModel):
+    """A secret the sandbox never holds: its env gets a placeholder under ``name``, and
+    the egress proxy puts ``format`` (``{value}`` replaced) into ``header`` on requests
+    to ``hosts`` only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=SECRET_NAME_MAX, pattern=SECRET_NAME_PATTERN),
+    ]
+    value: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=SECRET_VALUE_MAX, pattern=HEADER_TEXT_PATTERN),
+    ] = Field(description="secret: sealed at rest, never shown, never in the sandbox")
+    hosts: list[HostPatternText] = Field(min_length=1, max_length=SECRET_HOSTS_MAX)
+    header: Annotated[
+        str, StringConstraints(max_length=HEADER_NAME_MAX, pattern=HEADER_NAME_PATTERN)
+    ] = DEFAULT_HEADER
+    format: Annotated[
+        str, StringConstraints(max_length=FORMAT_MAX, pattern=HEADER_TEXT_PATTERN)
+    ] = Field(DEFAULT_FORMAT, description="must contain {value}")
+
+    @model_validator(mode="after")
+    def _check(self) -> SecretBody:
+        try:
+            check_secret(self.spec())
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def spec(self) -> SecretSpec:
+        return SecretSpec(self.name, self.value, tuple(self.hosts), self.header, self.format)
+
+
+class EgressPatch(BaseModel):
+    """PATCH /sessions/{id}/egress: the session's grants, replaced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    allow: list[HostPatternText] = Field(max_length=EGRESS_GRANTS_MAX)
+
+    @property
+    def grants(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.allow))
+
+
 class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -219,6 +317,17 @@ class CreateSession(BaseModel):
         ),
         json_schema_extra={"uniqueItems": True},
     )
+    egress: EgressBody | None = Field(
+        None,
+        description="egress granted beyond the deployment's list (README 'Control "
+        "what sandboxes reach'); a retry for a thread with a session changes nothing",
+    )
+    secrets: list[SecretBody] = Field(
+        default_factory=list,
+        max_length=SECRETS_MAX,
+        description=f"secrets swapped in at the egress proxy; values total at most "
+        f"{SECRETS_TOTAL_MAX} characters; each name once, and none an env name",
+    )
 
     @model_validator(mode="after")
     def _totals(self) -> CreateSession:
@@ -235,6 +344,21 @@ class CreateSession(BaseModel):
                 LIMIT_CODE,
                 "files: contents total {total} characters, over {limit}",
                 {"total": files_total, "limit": FILES_TOTAL_MAX},
+            )
+        secrets_total = sum(len(s.value) for s in self.secrets)
+        if secrets_total > SECRETS_TOTAL_MAX:
+            raise PydanticCustomError(
+                LIMIT_CODE,
+                "secrets: values total {total} characters, over {limit}",
+                {"total": secrets_total, "limit": SECRETS_TOTAL_MAX},
+            )
+        names = [s.name for s in self.secrets]
+        taken = sorted({n for n in names if names.count(n) > 1 or n in self.env})
+        if taken:
+            raise PydanticCustomError(
+                "secret_name_taken",
+                "secrets: {names}: each name once, and none an env name",
+                {"names": ", ".join(taken)},
             )
         conflict = path_conflict([f.path for f in self.files])
         if conflict is not None:

@@ -7,6 +7,7 @@ their users have always found them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -165,6 +166,23 @@ class EndDetailBody(BaseModel):
     )
 
 
+class SessionEgressBody(BaseModel):
+    mode: Literal["off", "audit", "enforce"]
+    allow: list[str] = Field(
+        description="what its sandbox may reach: the deployment's list, then its grants"
+    )
+    granted: list[str] = Field(description="its grants (POST egress.allow, PATCH .../egress)")
+
+
+class SecretRefBody(BaseModel):
+    """A secret by name: never its value (nor its placeholder, which only its sandbox's
+    env holds)."""
+
+    name: str
+    hosts: list[str]
+    header: str
+
+
 class SessionBody(BaseModel):
     id: str
     user_id: str
@@ -201,6 +219,10 @@ class SessionBody(BaseModel):
     )
     last_activity: LastActivity
     end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
+    egress: SessionEgressBody
+    secrets: list[SecretRefBody] = Field(
+        description="its egress secrets by name (none once it has ended: they are deleted)"
+    )
     detail: str | None = Field(
         None,
         description="provisioning: why the sandbox is not ready yet; a session with "
@@ -391,6 +413,16 @@ def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
     }
 
 
+def egress_json(session: Session, mode: str, deployment: Sequence[str]) -> dict[str, Any]:
+    """A session's egress: its effective list (the deployment's, then its grants)."""
+    granted = list(session.egress_allow)
+    return {
+        "mode": mode,
+        "allow": list(dict.fromkeys([*deployment, *granted])),
+        "granted": granted,
+    }
+
+
 def session_json(
     session: Session,
     *,
@@ -399,7 +431,10 @@ def session_json(
     token_ttl: float,
     now: float,
     detail: Provisioning | None = None,
+    egress_mode: str = "off",
+    egress_allow: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """``egress_allow``: the deployment's egress list (the session's grants follow)."""
     body: dict[str, Any] = {
         "id": session.id,
         "user_id": session.user_id,
@@ -423,6 +458,11 @@ def session_json(
             "detail": session.activity_detail,
         },
         "end_detail": end_detail_json(session.end_detail),
+        "egress": egress_json(session, egress_mode, egress_allow),
+        "secrets": [
+            {"name": s.name, "hosts": list(s.hosts), "header": s.header}
+            for s in (session.secrets if session.live else ())
+        ],
     }
     if session.state is not SessionState.ENDED:
         body["connect"] = {

@@ -40,6 +40,7 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
+from ..egress_env import SandboxEgress
 from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import ENV_POD_NAME, claim_env
 from ..templates import Template
@@ -118,11 +119,14 @@ class DockerBackend(HostRoom):
         write_guard: WriteGuard = no_guard,
         stop_on_close: bool = False,
         claim_key: bytes | None = None,
+        egress: SandboxEgress | None = None,
     ) -> None:
         self.docker = docker
         # Each sandbox's claim secret derives from it and the create id (claim_env);
         # None: sandboxes get none, and refuse claims.
         self.claim_key = claim_key
+        # With egress on: each sandbox's proxy env (egress_env.py).
+        self.egress = egress
         self.stop_on_close = stop_on_close
         self.options = options
         self.host = host
@@ -174,6 +178,7 @@ class DockerBackend(HostRoom):
         write_guard: WriteGuard = no_guard,
         stop_on_close: bool = False,
         claim_key: bytes | None = None,
+        egress: SandboxEgress | None = None,
     ) -> DockerBackend:
         """A backend with a Docker client of its own: the image must be on the host, and
         the host's size comes from ``docker info``."""
@@ -195,6 +200,7 @@ class DockerBackend(HostRoom):
                 write_guard=write_guard,
                 stop_on_close=stop_on_close,
                 claim_key=claim_key,
+                egress=egress,
             )
             await backend._ensure_network()
         except BaseException:
@@ -301,6 +307,7 @@ class DockerBackend(HostRoom):
                 **own_env,
                 ENV_POD_NAME: name,
                 **claim_env(self.claim_key, labels[LABEL_CREATE_ID]),
+                **(self.egress.env(labels[LABEL_CREATE_ID]) if self.egress else {}),
             }
             config = {**spec, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()]}
             self.write_guard()

@@ -28,6 +28,7 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import KubeOptions
+from ..egress_env import SandboxEgress, with_egress_bundle
 from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import claim_env
 from ..templates import Template
@@ -127,8 +128,11 @@ class KubernetesBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         claim_key: bytes | None = None,
+        egress: SandboxEgress | None = None,
     ) -> None:
         self.api = api
+        # With egress on: each pod's proxy env, and its CA bundle (egress_env.py).
+        self.egress = egress
         # Each pod's claim secret derives from it and the pod's create id; None: none.
         self.claim_key = claim_key
         self.core = k8s.CoreV1Api(api)
@@ -150,7 +154,11 @@ class KubernetesBackend:
         templates = options.templates or default_templates_for_kube()
         self.default_template = templates[0].name
         self.templates = {t.name: for_template(self.template, t) for t in templates}
-        self.template_hashes = {name: template_hash(t) for name, t in self.templates.items()}
+        # Egress on or off, or its proxy moved: a pod of the other kind rolls.
+        marks = {"egress": egress.fingerprint()} if egress is not None else {}
+        self.template_hashes = {
+            name: template_hash({**t, **marks}) for name, t in self.templates.items()
+        }
         self.template = self.templates[self.default_template]
         self.template_hash = self.template_hashes[self.default_template]
         self.template_configmap = options.template_configmap
@@ -191,10 +199,13 @@ class KubernetesBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         claim_key: bytes | None = None,
+        egress: SandboxEgress | None = None,
     ) -> KubernetesBackend:
         """A backend with an API client of its own (closed with the backend)."""
         api = await load_api_client(options.kubeconfig)
-        backend = cls(api, options, clock=clock, write_guard=write_guard, claim_key=claim_key)
+        backend = cls(
+            api, options, clock=clock, write_guard=write_guard, claim_key=claim_key, egress=egress
+        )
         backend._owns_api = True
         return backend
 
@@ -323,6 +334,8 @@ class KubernetesBackend:
         create_id = uuid.uuid4().hex
         labels = {**labels, LABEL_CREATE_ID: create_id}
         env = claim_env(self.claim_key, create_id)
+        if self.egress is not None:
+            env.update(self.egress.env(create_id))
         shape = shape_of(labels, self.default_template)
         template = self.templates.get(shape.template)
         if template is None:
@@ -333,6 +346,8 @@ class KubernetesBackend:
         body = build_pod(template, labels, hash_, self._owner, env)
         if shape.resources is not None:
             with_resources(body, shape.resources)
+        if self.egress is not None and self.egress.ca_configmap:
+            with_egress_bundle(body, self.egress.ca_configmap)
         async with self._create_slots:
             pod = await self._create_with_fresh_name(body)
             # No await from here on: the watch cannot slip in between these lines.

@@ -33,6 +33,7 @@ from .. import __version__
 from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
+from ..egress_env import SandboxEgress
 from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import claim_env
 from ..templates import Template
@@ -110,6 +111,7 @@ class LocalBackend:
         clock: Clock | None = None,
         write_guard: WriteGuard = no_guard,
         claim_key: bytes | None = None,
+        egress: SandboxEgress | None = None,
         sandbox_args: tuple[str, ...] = (),
         templates: tuple[Template, ...] = (),
     ) -> None:
@@ -117,6 +119,9 @@ class LocalBackend:
         # Each sandbox's claim secret derives from it (sandbox_contract); None: the
         # sandboxes get none, and their hooks refuse every call.
         self.claim_key = claim_key
+        # With egress on: each sandbox's proxy env (egress_env.py). Advice only here: a
+        # local process can ignore HTTP_PROXY and connect directly (README).
+        self.egress = egress
         self.sandbox_args = sandbox_args  # more devsandbox flags (tests: --no-hooks)
         self.write_guard = write_guard
         self.stop_on_close = stop_on_close
@@ -183,6 +188,8 @@ class LocalBackend:
         env.update(template.env)
         env.update(shape_env(shape))
         env.update(claim_env(self.claim_key, create_id))
+        if self.egress is not None:
+            env.update(self.egress.env(create_id))
         log_file = open(self.state_dir / f"{name}.log", "ab")
         try:
             proc = await asyncio.create_subprocess_exec(

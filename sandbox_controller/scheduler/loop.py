@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from .. import tracing
@@ -21,6 +22,7 @@ from ..model import (
     BusyAnswer,
     EndReason,
     Opened,
+    Pod,
     PoolStatus,
     Provisioning,
     Resources,
@@ -35,6 +37,7 @@ from ..templates import resolve_shape
 from .admission import unknown_plan
 from .effect_calls import Command, busy_command
 from .effects import Outbox
+from .egress import OpenSecret
 from .lifecycle import ROUTE_LEASE
 from .pool import Pool
 from .rounds import Rounds, session_copy
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 # A stop lets the round in progress finish (its commit, its answers) this long, and
 # gives its last write of pod rows as long.
 STOP_GRACE = 2.0
+# The egress denials kept per session (GET /sessions/{id}/egress shows them).
+DENIALS_KEPT = 100
 
 T = TypeVar("T")
 
@@ -118,12 +123,16 @@ class Scheduler(Rounds):
         plan: str | None = None,
         template: str | None = None,
         resources: Resources | None = None,
+        egress_allow: tuple[str, ...] = (),
+        secrets: tuple[OpenSecret, ...] = (),
     ) -> Opened:
         """A session for this thread of this org's user, new or the one it has;
         refusals are raised (UnknownPlan, UnknownTemplate, ResourcesOutOfBounds,
         UserSessionLimit, OrgSessionLimit, OrgRateLimited, CapacityExhausted, ...). The
         payload's metadata is stored with a new session; its env and files go to the
         sandbox's claim hook only, and are never sent for a thread that has a session.
+        ``egress_allow`` (grants) and ``secrets`` are a new session's; a retry for a
+        thread with a session changes neither (PATCH .../egress changes grants).
         ``caller``: who asks (a token id), for the audit log."""
         pool = self._leading_pool()
         if pool.limits.plan(plan) is None:
@@ -137,6 +146,8 @@ class Scheduler(Rounds):
         self._leading_pool()  # still leading after the status calls
 
         def apply(pool: Pool, now: float) -> None:
+            thread = (org_id, user_id, thread_id)
+            before = pool.live_by_thread.get(thread)
             pool.open_session(
                 request_id,
                 user_id,
@@ -148,6 +159,11 @@ class Scheduler(Rounds):
                 plan=plan,
                 shape=shape,
             )
+            sid = pool.live_by_thread.get(thread)
+            if (egress_allow or secrets) and sid is not None and sid != before:  # a new one
+                session = pool.sessions[sid]
+                session.egress_allow = egress_allow
+                self.egress.opened(session, secrets)
 
         trace = tracing.context_now()  # the API's span: the round and its calls join it
         if trace is not None:
@@ -291,6 +307,58 @@ class Scheduler(Rounds):
         if stored is None:
             raise SessionNotFound(session_id)
         return Route(session_id, stored.state)
+
+    # ------------------------------------------------------------ egress
+
+    async def set_egress(self, session_id: str, allow: tuple[str, ...]) -> Session:
+        """Replace a live session's egress grants (PATCH /sessions/{id}/egress); the
+        egress proxy sees them at its next authorize (its answers live a second)."""
+
+        def apply(pool: Pool, now: float) -> Session | None:
+            session = pool.sessions.get(session_id)
+            if session is None or not session.live:
+                return session_copy(session) if session is not None else None
+            session.egress_allow = allow
+            pool.outbox.dirty_sessions.add(session_id)
+            return session_copy(session)
+
+        found = await self._call(apply)
+        if found is None:
+            found = await self.store.get_session(session_id)
+            if found is None:
+                raise SessionNotFound(session_id)
+        if not found.live:
+            raise SessionEnded(session_id, found.end_reason)
+        return found
+
+    def egress_pod(self, create_id: str) -> tuple[Pod | None, Session | None]:
+        """The pod made by ``create_id`` (None: not in the pool, so gone) and the
+        session it serves, if any (possibly ended): copies, read at once."""
+        pool = self._leading_pool()
+        pod = self.egress.pod_of(create_id, pool.pods)
+        if pod is None:
+            return None, None
+        session = pool.sessions.get(pod.session_id) if pod.session_id else None
+        return replace(pod), session_copy(session) if session is not None else None
+
+    def known_sessions(self, ids: Iterable[str]) -> set[str]:
+        """Which of these sessions the pool holds (live, or lately ended)."""
+        sessions = self._leading_pool().sessions
+        return {sid for sid in ids if sid in sessions}
+
+    async def egress_secrets(self, session_id: str) -> tuple[OpenSecret, ...]:
+        """A live session's secrets with their values (for the egress proxy only)."""
+        known = self.egress.known(session_id)
+        if known is not None:
+            return known
+        rows = await self.store.session_secrets(session_id)
+        return self.egress.opened_rows(session_id, rows)
+
+    async def record_denials(self, rows: list[dict[str, Any]]) -> None:
+        await self.store.record_denials(rows, DENIALS_KEPT)
+
+    async def denials(self, session_id: str) -> list[dict[str, Any]]:
+        return await self.store.denials(session_id, DENIALS_KEPT)
 
     async def view(self, session_id: str) -> SessionView | None:
         pool = self._leading_pool()

@@ -4,7 +4,7 @@ scheduler depends on no metrics library and its tests can use in-memory fakes.""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..backends.base import ErrorKind
 from ..model import EndReason, Pod, Session, SessionPage, SessionQuery
@@ -28,6 +28,13 @@ class SchedulerStore(Protocol):
 
     async def purge_user(self, user_id: str) -> int:
         """Delete the user's ended sessions; how many rows went."""
+
+    async def session_secrets(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's egress secret rows, values sealed."""
+
+    async def record_denials(self, rows: list[dict[str, Any]], keep: int) -> None: ...
+
+    async def denials(self, session_id: str, limit: int) -> list[dict[str, Any]]: ...
 
 
 BackendOperation = Literal["create", "delete", "label"]

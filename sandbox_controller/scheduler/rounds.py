@@ -40,6 +40,7 @@ from ..store import Batch, Deposed, Fence
 from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
 from .effects import Answer, Outbox
+from .egress import EgressBook
 from .pool import Pool
 from .ports import LoopObserver, NoObserver, SchedulerStore
 from .recovery import restore
@@ -103,6 +104,8 @@ class Rounds(EffectCalls):
         self._told_waiting = -1
         # Orphans an operator let go this term: a rebuild does not hold them again.
         self._confirmed_orphans: set[str] = set()
+        # Sessions' egress secrets and the create-id index (scheduler/egress.py).
+        self.egress = EgressBook()
 
     async def _recover(self) -> None:
         sessions, pod_rows = await self.store.load()
@@ -115,8 +118,10 @@ class Rounds(EffectCalls):
             template_hashes=getattr(self.backend, "template_hashes", None),
         )
         pool.wall_offset = self.clock.now() - now
-        # The rebuilt pool knows of no claim in flight: their env and files are lost.
+        # The rebuilt pool knows of no claim in flight: their env and files are lost,
+        # and so are the secrets of sessions never committed.
         self._payloads.clear()
+        self.egress.clear()
         restore(
             pool, sessions, pod_rows, backend_pods, now, self._handed_out, self._confirmed_orphans
         )
@@ -224,6 +229,7 @@ class Rounds(EffectCalls):
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_EVERY
                 pool.prune_ended(pool.wall(now) - ENDED_IN_MEMORY)
+                self.egress.forget(pool.sessions)
         except Exception:
             pool.caller = CONTROLLER_CALLER
             await self._decision_failed(commands)
@@ -304,6 +310,8 @@ class Rounds(EffectCalls):
                 pool.outbox.dirty_sessions.add(sid)  # not promised to anyone yet
                 continue
             batch.sessions.append(session)
+        # A new session's secrets go with its first row, sealed.
+        self.egress.seal_into(batch, pool.sessions)
         self._pod_rows |= outbox.dirty_pods
         self._forgotten_rows |= outbox.forgotten_pods
         self._handed_out -= outbox.forgotten_pods

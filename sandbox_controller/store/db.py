@@ -37,13 +37,14 @@ from ..model import (
     Pod,
     PodState,
     Resources,
+    SecretRef,
     Session,
     SessionPage,
     SessionQuery,
     SessionState,
 )
 from .engines import Engine, open_engine
-from .tables import leader_lease, pods, sessions
+from .tables import egress_denials, leader_lease, pods, session_secrets, sessions
 
 T = TypeVar("T")
 
@@ -98,9 +99,13 @@ class Batch:
     sessions: list[Session] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     forgotten_pods: list[str] = field(default_factory=list)
+    # New sessions' egress secrets, sealed (session_secrets rows), written with the
+    # session's first row; a session that ends with secrets loses them in its ending's
+    # transaction.
+    secrets: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.sessions or self.pods or self.forgotten_pods)
+        return bool(self.sessions or self.pods or self.forgotten_pods or self.secrets)
 
 
 def _session_row(s: Session) -> dict[str, Any]:
@@ -123,6 +128,7 @@ def _session_row(s: Session) -> dict[str, Any]:
         "plan": s.plan,
         "template": s.template,
         "resources": _resources_text(s.resources),
+        "egress_allow": json.dumps(list(s.egress_allow)) if s.egress_allow else None,
     }
 
 
@@ -159,6 +165,7 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         plan=m["plan"],
         template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
         resources=_resources_of(m["resources"]),
+        egress_allow=tuple(json.loads(m["egress_allow"])) if m["egress_allow"] else (),
     )
 
 
@@ -249,9 +256,55 @@ class Store:
         def load(conn: Connection) -> tuple[list[Session], list[Pod]]:
             live = conn.execute(sa.select(sessions).where(sessions.c.state != "ended"))
             pod_rows = conn.execute(sa.select(pods))
-            return [session_from_row(r) for r in live], [pod_from_row(r) for r in pod_rows]
+            found = [session_from_row(r) for r in live]
+            refs = _secret_refs(conn, {s.id for s in found})
+            for session in found:
+                session.secrets = refs.get(session.id, ())
+            return found, [pod_from_row(r) for r in pod_rows]
 
         return await self.run(load)
+
+    async def session_secrets(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's egress secret rows (values sealed), in name order."""
+        query = (
+            sa.select(session_secrets)
+            .where(session_secrets.c.session_id == session_id)
+            .order_by(session_secrets.c.name)
+        )
+        return await self.run(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+
+    async def record_denials(self, rows: list[dict[str, Any]], keep: int) -> None:
+        """Append the egress proxy's denials, then keep only each session's last
+        ``keep`` (one statement per session in the batch)."""
+
+        def record(conn: Connection) -> None:
+            conn.execute(sa.insert(egress_denials), rows)
+            for session_id in {r["session_id"] for r in rows}:
+                newest = (
+                    sa.select(egress_denials.c.id)
+                    .where(egress_denials.c.session_id == session_id)
+                    .order_by(egress_denials.c.id.desc())
+                    .limit(keep)
+                )
+                conn.execute(
+                    sa.delete(egress_denials)
+                    .where(egress_denials.c.session_id == session_id)
+                    .where(egress_denials.c.id.not_in(newest.scalar_subquery()))
+                )
+
+        await self.run(record)
+
+    async def denials(self, session_id: str, limit: int) -> list[dict[str, Any]]:
+        """A session's last denials, oldest first."""
+        query = (
+            sa.select(egress_denials.c.at, egress_denials.c.host, egress_denials.c.port)
+            .add_columns(egress_denials.c.reason)
+            .where(egress_denials.c.session_id == session_id)
+            .order_by(egress_denials.c.id.desc())
+            .limit(limit)
+        )
+        rows = await self.run(lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+        return rows[::-1]
 
     async def get_session(self, session_id: str) -> Session | None:
         query = sa.select(sessions).where(sessions.c.id == session_id)
@@ -326,25 +379,23 @@ class Store:
             conn.execute(self._upsert_pods, [_pod_row(p) for p in batch.pods])
         if batch.forgotten_pods:
             conn.execute(sa.delete(pods).where(pods.c.name.in_(batch.forgotten_pods)))
+        if batch.secrets:
+            conn.execute(sa.insert(session_secrets), batch.secrets)
+        # A secret lives no longer than its session: gone in the transaction that ends it.
+        ended = [s.id for s in batch.sessions if s.secrets and s.state is SessionState.ENDED]
+        if ended:
+            conn.execute(sa.delete(session_secrets).where(session_secrets.c.session_id.in_(ended)))
 
     async def delete_ended_before(self, cutoff: float) -> int:
-        statement = (
-            sa.delete(sessions)
-            .where(sessions.c.state == "ended")
-            .where(sessions.c.ended_at < cutoff)
-        )
-        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
+        old = (sessions.c.state == "ended") & (sessions.c.ended_at < cutoff)
+        return await self.run(_delete_sessions, old)
 
     async def purge_user(self, user_id: str) -> int:
         """Delete the user's ended sessions (DELETE /users/{id}); how many rows went.
         Live rows stay: the scheduler ends them first, and no live row may vanish
         under the pool that holds it."""
-        statement = (
-            sa.delete(sessions)
-            .where(sessions.c.user_id == user_id)
-            .where(sessions.c.state == "ended")
-        )
-        return await self.run(lambda conn: int(conn.execute(statement).rowcount))
+        theirs = (sessions.c.user_id == user_id) & (sessions.c.state == "ended")
+        return await self.run(_delete_sessions, theirs)
 
     # ------------------------------------------------------------ leader lease
 
@@ -379,6 +430,27 @@ class Store:
             .values(expires_at=0.0)
         )
         await self.run(lambda conn: conn.execute(statement))
+
+
+def _secret_refs(conn: Connection, ids: set[str]) -> dict[str, tuple[SecretRef, ...]]:
+    """The secrets (names, hosts, headers: no value) of these sessions."""
+    if not ids:
+        return {}
+    c = session_secrets.c
+    query = sa.select(c.session_id, c.name, c.hosts, c.header).order_by(c.session_id, c.name)
+    found: dict[str, list[SecretRef]] = {}
+    for row in conn.execute(query):
+        if row.session_id in ids:
+            ref = SecretRef(row.name, tuple(json.loads(row.hosts)), row.header)
+            found.setdefault(row.session_id, []).append(ref)
+    return {sid: tuple(refs) for sid, refs in found.items()}
+
+
+def _delete_sessions(conn: Connection, which: sa.ColumnElement[bool]) -> int:
+    """Delete ended sessions and what is kept beside them (their egress denials)."""
+    ids = sa.select(sessions.c.id).where(which).scalar_subquery()
+    conn.execute(sa.delete(egress_denials).where(egress_denials.c.session_id.in_(ids)))
+    return int(conn.execute(sa.delete(sessions).where(which)).rowcount)
 
 
 def _upsert(insert: Any, table: sa.Table, key: str) -> sa.Executable:
