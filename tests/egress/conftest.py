@@ -90,6 +90,7 @@ class World:
     proxy_log: Path
     names: dict[str, str]
     deploy_key: Path
+    static: Path  # served as files by the origin (paths other than /)
 
     def received(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -203,10 +204,12 @@ def world() -> Iterator[World]:
         }
         net.dns(records)
         record = tmp / "received.jsonl"
+        static = tmp / "static"
+        static.mkdir()
         net.run(
             sys.executable, str(Path(__file__).with_name("upstream_server.py")),
             "--cert", str(ca.server_cert), "--key", str(ca.server_key), "--record", str(record),
-            ready=b"ready",
+            "--static", str(static), ready=b"ready",
         )  # fmt: skip
         deploy_cert, deploy_key = ensure_ca(tmp / "deploy-ca")
         bundle = tmp / "bundle.pem"
@@ -216,7 +219,17 @@ def world() -> Iterator[World]:
             net, controller.url, PROXY_TOKEN, ca.cert, (deploy_cert, deploy_key), log_path
         )
         yield World(
-            net, ca, deploy_cert, bundle, record, controller, port, log_path, names, deploy_key
+            net,
+            ca,
+            deploy_cert,
+            bundle,
+            record,
+            controller,
+            port,
+            log_path,
+            names,
+            deploy_key,
+            static,
         )
     finally:
         if proxy is not None:
