@@ -138,18 +138,32 @@ async def connect_latency(target: Target, ip: str, n: int) -> list[float]:
     return times
 
 
+class Sink(asyncio.Protocol):
+    """Counts what arrives: a stream reader would be the bottleneck (about 80 MB/s here,
+    where a protocol takes 350+)."""
+
+    def __init__(self, want: int) -> None:
+        self.want, self.got = want, 0
+        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.started = time.perf_counter()
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got >= self.want and not self.done.done():
+            self.done.set_result(time.perf_counter() - self.started)
+
+
 async def bulk(target: Target, ip: str, mib: int) -> float:
+    """MB/s through one tunnel, timed from its first byte to ``mib`` MiB."""
     reader, writer = await open_tunnel(target, "bulk.test", ip, 9000, limit=1 << 20)
-    want, got = mib << 20, 0
-    t0 = time.perf_counter()
-    while got < want:
-        data = await reader.read(1 << 20)
-        if not data:
-            raise RuntimeError("bulk source closed")
-        got += len(data)
-    elapsed = time.perf_counter() - t0
-    writer.close()
-    return got / elapsed / 1e6
+    sink = Sink(mib << 20)
+    buffered = bytes(reader._buffer)  # type: ignore[attr-defined]
+    writer.transport.set_protocol(sink)
+    sink.data_received(buffered)
+    writer.transport.resume_reading()
+    elapsed = await sink.done
+    writer.transport.abort()
+    return sink.got / elapsed / 1e6
 
 
 async def for_seconds(
