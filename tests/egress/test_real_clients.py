@@ -1,6 +1,7 @@
 """Real clients through the egress proxy as a sandbox runs them: pip downloading from a
 package index on a secret's host (its index URL carrying the placeholder, swapped in
-at the edge inside Basic credentials), and git cloning over HTTPS through a tunnel."""
+at the edge inside Basic credentials), npm installing from a registry there (its token the
+placeholder), and git cloning over HTTPS through a tunnel."""
 
 from __future__ import annotations
 
@@ -107,3 +108,64 @@ def test_git_clone_over_https_through_a_tunnel(world: World, tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "clone" / "README").read_text() == "through the egress proxy\n"
     assert "host=allowed.test port=443 kind=tunnel decision=allowed" in world.proxy_log.read_text()
+
+
+def _npm_package(world: World) -> None:
+    """A registry on api.secret.test as static files: the packument and its tarball."""
+    import io
+    import json
+    import tarfile
+
+    root = world.static / "demo-npm"
+    (root / "-").mkdir(parents=True, exist_ok=True)
+    manifest = json.dumps({"name": "demo-npm", "version": "1.0.0", "main": "index.js"}).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("package/package.json", manifest), ("package/index.js", b"1;\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tgz = buf.getvalue()
+    (root / "-" / "demo-npm-1.0.0.tgz").write_bytes(tgz)
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+    packument = {
+        "name": "demo-npm",
+        "dist-tags": {"latest": "1.0.0"},
+        "versions": {
+            "1.0.0": {
+                "name": "demo-npm",
+                "version": "1.0.0",
+                "dist": {
+                    "tarball": "https://api.secret.test/demo-npm/-/demo-npm-1.0.0.tgz",
+                    "integrity": integrity,
+                    "shasum": hashlib.sha1(tgz).hexdigest(),
+                },
+            }
+        },
+    }
+    (root / "index.html").write_text(json.dumps(packument))
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm")
+def test_npm_install_from_a_registry_on_a_secret_host(world: World, tmp_path: Path) -> None:
+    _npm_package(world)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "p", "version": "1.0.0"}')
+    npmrc = tmp_path / "npmrc"
+    # The token npm sends as "Authorization: Bearer ...": the sandbox holds the placeholder.
+    npmrc.write_text(f"//api.secret.test/:_authToken={PLACEHOLDER}\n")
+    before = len(world.received())
+    env = _client_env(world) | {"NODE_EXTRA_CA_CERTS": str(world.bundle)}
+    out = subprocess.run(
+        [
+            "npm", "install", "--no-audit", "--no-fund", "--userconfig", str(npmrc),
+            "--cache", str(tmp_path / "cache"), "--registry", "https://api.secret.test/",
+            "--cafile", str(world.bundle), "demo-npm",
+        ],
+        capture_output=True, text=True, env=env, cwd=project, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (project / "node_modules" / "demo-npm" / "index.js").exists()
+    sent = [dict((k.lower(), v) for k, v in e["headers"]) for e in world.received()[before:]]
+    assert sent and all(h.get("authorization") == f"Bearer {SECRET_VALUE}" for h in sent)
