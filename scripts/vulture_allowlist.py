@@ -91,3 +91,7 @@ _.caller_id
 # code against them now; nothing sends them until suspension exists.
 _.SESSION_SUSPENDED
 _.SESSION_RESUMED
+
+# proxy/__init__.py's module __getattr__ (PEP 562): Python calls it for `from proxy import
+# ProxyProcess`, so the egress proxy's process never loads the editor proxy's stack.
+_.__getattr__

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 from sandbox_controller.config import load_settings
 from sandbox_controller.serving import configure_logging, serve, stop_on_signals, tune_gc
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides["egress_proxy_port"] = args.port
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    # One line per controller call is noise (the connection's own line says what matters).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -21,6 +21,7 @@ from sandbox_controller.egress_policy import (
     parse_ip,
 )
 
+from . import tunnel
 from .common import (
     AUTHENTICATE,
     CONNECT_TIMEOUT,
@@ -39,7 +40,6 @@ from .heads import BadHead, Head, end_to_end, error_response, parse_head, read_h
 from .intercept_session import intercept
 from .resolve import ResolveFailed
 from .swap import secrets_for
-from .tunnel import splice
 
 log = logging.getLogger("proxy.egress")
 
@@ -49,6 +49,9 @@ class Connection:
         self.server = server
         self.client = client
         self.upstream: tuple[tuple[str, int], Streams] | None = None  # plain-HTTP reuse
+        # The last decision made on this connection, reused while the controller's answer
+        # it was made under is the cached one (so for at most that answer's ttl).
+        self._last: tuple[Grant, tuple[str, int], Decision] | None = None
 
     async def serve(self) -> None:
         first = True
@@ -119,6 +122,13 @@ class Connection:
 
     async def _admit(self, grant: Grant, record: Record) -> Decision:
         record.session = grant.session_id
+        key = (record.host, record.port)
+        last = self._last
+        if last is not None and last[0] is grant and last[1] == key:
+            decision = last[2]
+            record.decision, record.reason = decision.decision, decision.reason
+            self.server.admitted(record, grant.session_id, decision)
+            return decision
         by_name = decide_name(grant.mode, grant.allow, record.host, record.port)
         decision = by_name
         if by_name.allowed:
@@ -134,6 +144,7 @@ class Connection:
             status = 502 if decision.reason == RESOLVE_FAILED else 403
             raise Refusal(status, decision.reason or "not_allowed", "egress denied")
         self.server.admitted(record, grant.session_id, decision)
+        self._last = (grant, key, decision)
         return decision
 
     async def _dial(self, decision: Decision, record: Record, **tls: object) -> Streams:
@@ -170,12 +181,16 @@ class Connection:
             )
             await intercept(self.server, self.client, upstream, credentials, record)
             return False
-        upstream = await self._dial(decision, record)
+        try:
+            relay = await tunnel.dial(decision.addresses, record.port, CONNECT_TIMEOUT)
+        except OSError as exc:
+            record.reason = "connect_failed"
+            raise Refusal(502, "connect_failed", f"cannot reach {record.host}: {exc}") from exc
         record.status = 200
         self.client[1].write(ESTABLISHED)
-        await splice(
+        await tunnel.splice(
             self.client,
-            upstream,
+            relay,
             counter(self.server, record, "up"),
             counter(self.server, record, "down"),
         )

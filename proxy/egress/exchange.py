@@ -67,10 +67,8 @@ async def exchange(
         # Answered here: the body is streamed on at once, whatever upstream would say.
         c_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     head = serialise((method, target, "HTTP/1.1"), out)
-    u_writer.write(head)
-    up(len(head))
     try:
-        await relay_body(c_reader, u_writer, framing, up)
+        await relay_body(c_reader, u_writer, framing, up, head)
         response = await _response_head(u_reader)
     except (ConnectionError, asyncio.IncompleteReadError) as exc:
         raise UpstreamBroken(f"upstream closed: {exc}", started=False) from exc
@@ -84,10 +82,8 @@ async def exchange(
     if not client_keep:
         resp_headers.append(("Connection", "close"))
     head = serialise(("HTTP/1.1", response.first[1], response.first[2]), resp_headers)
-    c_writer.write(head)
-    down(len(head))
     try:
-        await relay_body(u_reader, c_writer, resp_framing, down)
+        await relay_body(u_reader, c_writer, resp_framing, down, head)
     except (asyncio.IncompleteReadError, BadHead) as exc:
         raise UpstreamBroken(f"upstream body cut: {exc}", started=True) from exc
     return Outcome(client_keep, upstream_keep, status)

@@ -135,8 +135,11 @@ async def relay_body(
     writer: asyncio.StreamWriter,
     framing: tuple[str, int],
     count: Callable[[int], None],
+    head: bytes = b"",
 ) -> None:
-    """Relay one body as it arrives (chunked framing passed through as it came)."""
+    """Relay one body as it arrives (chunked framing passed through as it came).
+    ``head``, if given, goes out in the same write as the body's first piece: one
+    syscall fewer per small response, which is most of them."""
     kind, left = framing
     if kind == "length":
         while left:
@@ -144,10 +147,12 @@ async def relay_body(
             if not data:
                 raise asyncio.IncompleteReadError(b"", left)
             left -= len(data)
-            await _send(writer, data, count)
+            await _send(writer, head + data if head else data, count)
+            head = b""
     elif kind == "close":
         while data := await reader.read(CHUNK):
-            await _send(writer, data, count)
+            await _send(writer, head + data if head else data, count)
+            head = b""
     elif kind == "chunked":
         while True:
             line = await reader.readuntil(b"\r\n")
@@ -156,14 +161,17 @@ async def relay_body(
                 size = int(size_text, 16)
             except ValueError as exc:
                 raise BadHead(400, "bad chunk size") from exc
-            await _send(writer, line, count)
             if size == 0:
+                await _send(writer, head + line, count)
                 while True:  # trailers, up to the blank line
                     trailer = await reader.readuntil(b"\r\n")
                     await _send(writer, trailer, count)
                     if trailer == b"\r\n":
                         return
-            await relay_body(reader, writer, ("length", size + 2), count)
+            await relay_body(reader, writer, ("length", size + 2), count, head + line)
+            head = b""
+    if head:
+        await _send(writer, head, count)
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes, count: Callable[[int], None]) -> None:

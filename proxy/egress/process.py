@@ -12,7 +12,6 @@ from sandbox_controller.clock import Clock, SystemClock
 from sandbox_controller.config import Settings
 from sandbox_controller.serving import bind
 
-from ..app import controller_credential
 from .controller import ControllerClient
 from .intercept import Interceptor, ca_paths
 from .metrics import EgressMetrics
@@ -33,7 +32,10 @@ class EgressProxyProcess:
         self.drain_timeout = drain_timeout
         self.metrics = EgressMetrics()
         self.controller = ControllerClient(
-            settings.controller_url, controller_credential(settings), self.clock
+            settings.controller_url,
+            # The editor proxy's credential for /internal/* (proxy/app.py's rule).
+            settings.proxy_token or settings.api_token,
+            self.clock,
         )
         self.resolver = Resolver(settings.egress_resolver)
         self._server: asyncio.Server | None = None

@@ -1,17 +1,25 @@
 """Name resolution, once per connection: the addresses returned are the ones checked and
 the only ones dialled, so a name that changes its answer (DNS rebinding) cannot slip a
-private address in between the check and the connect."""
+private address in between the check and the connect.
+
+Answers from SANDBOX_EGRESS_RESOLVER are kept for their TTL (at most MAX_TTL), as squid
+and every stub resolver do: a cached answer is checked again on every use, so keeping
+it lets nothing through that a fresh query would not."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+import time
 
 import aiodns
 import aiodns.error
 
 from sandbox_controller.egress_policy import IPAddress
+
+MAX_TTL = 300.0
+CACHE_MAX = 10_000
 
 
 class ResolveFailed(Exception):
@@ -26,6 +34,7 @@ class Resolver:
         self._server = server
         self._timeout = timeout
         self._dns: aiodns.DNSResolver | None = None  # made in the loop: pycares needs it
+        self._cache: dict[str, tuple[float, list[IPAddress]]] = {}
 
     def _channel(self) -> aiodns.DNSResolver:
         if self._dns is None:
@@ -40,29 +49,46 @@ class Resolver:
         return self._dns
 
     async def resolve(self, host: str) -> list[IPAddress]:
+        now = time.monotonic()
+        cached = self._cache.get(host)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        ttl = 0.0
         try:
             async with asyncio.timeout(self._timeout):
-                found = await (self._ares(host) if self._server else self._system(host))
+                if self._server:
+                    found, ttl = await self._ares(host)
+                else:
+                    found = await self._system(host)
         except (TimeoutError, OSError) as exc:
             raise ResolveFailed(str(exc)) from exc
         if not found:
             raise ResolveFailed(f"{host}: no address")
         # Order kept (the resolver's preference), duplicates dropped.
-        return list(dict.fromkeys(found))
+        found = list(dict.fromkeys(found))
+        if ttl > 0:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[host] = (now + min(ttl, MAX_TTL), found)
+        return found
 
-    async def _ares(self, host: str) -> list[IPAddress]:
+    async def _ares(self, host: str) -> tuple[list[IPAddress], float]:
+        """The A and AAAA answers, and the shortest TTL among them."""
         dns = self._channel()
         answers = await asyncio.gather(
             dns.query(host, "A"), dns.query(host, "AAAA"), return_exceptions=True
         )
         found: list[IPAddress] = []
+        ttls: list[float] = []
         for answer in answers:
             if isinstance(answer, aiodns.error.DNSError):
                 continue
             if isinstance(answer, BaseException):
                 raise answer
-            found.extend(ipaddress.ip_address(record.host) for record in answer)
-        return found
+            for record in answer:
+                found.append(ipaddress.ip_address(record.host))
+                ttls.append(float(record.ttl))
+        return found, min(ttls, default=0.0)
 
     async def _system(self, host: str) -> list[IPAddress]:
         try:

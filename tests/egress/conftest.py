@@ -89,6 +89,8 @@ class World:
     proxy_port: int
     proxy_log: Path
     names: dict[str, str]
+    deploy_key: Path
+    static: Path  # served as files by the origin (paths other than /)
 
     def received(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -96,12 +98,17 @@ class World:
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
     def curl(
-        self, url: str, *args: str, user: str | None = "pod-a", password: str = "pw-a"
+        self,
+        url: str,
+        *args: str,
+        user: str | None = "pod-a",
+        password: str = "pw-a",
+        port: int | None = None,
     ) -> tuple[int, str, str]:
         """(status the client saw, its body, curl's stderr) for ``url`` through the proxy;
         for an https URL whose CONNECT was refused, the CONNECT's status."""
         cmd = [
-            "curl", "-sS", "--max-time", "20", "--proxy", f"http://127.0.0.1:{self.proxy_port}",
+            "curl", "-sS", "--max-time", "20", "--proxy", f"http://127.0.0.1:{port or self.proxy_port}",
             "--cacert", str(self.bundle), "-o", "-", "-w", "\n%{http_code} %{http_connect}",
             "--noproxy", "", url, *args,
         ]  # fmt: skip
@@ -128,6 +135,43 @@ def answer(
         "secrets": secrets or [],
         "ttl": 1.0,
     }
+
+
+def start_egress_proxy(
+    net: FakeNet, controller_url: str, token: str, trust: Path, ca: tuple[Path, Path], log: Path
+) -> tuple[subprocess.Popen[str], int]:
+    """``python -m proxy.egress`` resolving through the namespace's dnsmasq, trusting
+    ``trust`` for upstream certificates (as a system store would), logging to ``log``."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(__file__).parents[2]),
+        "SANDBOX_CONTROLLER_URL": controller_url,
+        "SANDBOX_PROXY_TOKEN": token,
+        "SANDBOX_EGRESS_RESOLVER": net.resolver,
+        "SANDBOX_EGRESS_CA_CERT_FILE": str(ca[0]),
+        "SANDBOX_EGRESS_CA_KEY_FILE": str(ca[1]),
+        "SANDBOX_STATE_DIR": str(log.parent / "state"),
+        "SANDBOX_LOG_LEVEL": "debug",
+        "SANDBOX_MAX_HEADER_BYTES": "8192",
+        "SSL_CERT_FILE": str(trust),
+    }
+    with open(log, "w") as log_file:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "proxy.egress", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
+        )  # fmt: skip
+    assert proxy.stdout is not None
+    line = proxy.stdout.readline()
+    assert line.startswith("listening "), log.read_text()
+    return proxy, int(line.rsplit(":", 1)[1])
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="package")
@@ -160,45 +204,42 @@ def world() -> Iterator[World]:
         }
         net.dns(records)
         record = tmp / "received.jsonl"
+        static = tmp / "static"
+        static.mkdir()
         net.run(
             sys.executable, str(Path(__file__).with_name("upstream_server.py")),
             "--cert", str(ca.server_cert), "--key", str(ca.server_key), "--record", str(record),
-            ready=b"ready",
+            "--static", str(static), ready=b"ready",
         )  # fmt: skip
         deploy_cert, deploy_key = ensure_ca(tmp / "deploy-ca")
         bundle = tmp / "bundle.pem"
         bundle.write_bytes(ca.cert.read_bytes() + deploy_cert.read_bytes())
         log_path = tmp / "proxy.log"
-        env = {
-            "PATH": os.environ["PATH"],
-            "PYTHONPATH": str(Path(__file__).parents[2]),
-            "SANDBOX_CONTROLLER_URL": controller.url,
-            "SANDBOX_PROXY_TOKEN": PROXY_TOKEN,
-            "SANDBOX_EGRESS_RESOLVER": net.resolver,
-            "SANDBOX_EGRESS_CA_CERT_FILE": str(deploy_cert),
-            "SANDBOX_EGRESS_CA_KEY_FILE": str(deploy_key),
-            "SANDBOX_STATE_DIR": str(tmp / "state"),
-            "SANDBOX_LOG_LEVEL": "debug",
-            "SANDBOX_MAX_HEADER_BYTES": "8192",
-            "SSL_CERT_FILE": str(ca.cert),  # how the proxy trusts the fake internet
-        }
-        with open(log_path, "w") as log_file:
-            proxy = subprocess.Popen(
-                [sys.executable, "-m", "proxy.egress", "--port", "0"],
-                stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
-            )  # fmt: skip
-        assert proxy.stdout is not None
-        line = proxy.stdout.readline()
-        assert line.startswith("listening "), log_path.read_text()
-        port = int(line.rsplit(":", 1)[1])
-        yield World(net, ca, deploy_cert, bundle, record, controller, port, log_path, names)
+        proxy, port = start_egress_proxy(
+            net, controller.url, PROXY_TOKEN, ca.cert, (deploy_cert, deploy_key), log_path
+        )
+        yield World(
+            net,
+            ca,
+            deploy_cert,
+            bundle,
+            record,
+            controller,
+            port,
+            log_path,
+            names,
+            deploy_key,
+            static,
+        )
     finally:
         if proxy is not None:
-            proxy.terminate()
-            proxy.wait(10)
+            stop_process(proxy)
         net.close()
         http.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("EGRESS_KEEP"):
+            print(tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -106,15 +106,16 @@ class FakeNet:
                 raise RuntimeError(f"{argv[0]} did not start: {line!r}")
         return proc
 
-    def dns(self, records: dict[str, list[str]]) -> None:
+    def dns(self, records: dict[str, list[str]], ttl: int = 0) -> None:
         """dnsmasq on the resolver address answering exactly ``records`` (more than one
-        address for a name: all are answered); any other name: NXDOMAIN."""
+        address for a name: all are answered) with ``ttl``; any other name: NXDOMAIN."""
         hosts = self.directory / "dns-hosts"
         hosts.write_text("".join(f"{a} {n}\n" for n, addrs in records.items() for a in addrs))
         self.run(
             "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
             "--no-hosts", f"--addn-hosts={hosts}", f"--listen-address={self.resolver}",
             "--bind-interfaces", "--user=root", "--cache-size=0", "--no-negcache",
+            f"--local-ttl={ttl}",
             f"--pid-file={self.directory / 'dnsmasq.pid'}", "--local=/test/",
         )  # fmt: skip
         deadline = time.monotonic() + 10

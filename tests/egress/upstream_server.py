@@ -10,11 +10,13 @@ import json
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     record_path = ""
+    static: Path | None = None  # files served as they are (a package index, a git repo)
     lock = threading.Lock()
 
     def _answer(self) -> None:
@@ -33,8 +35,17 @@ class Handler(BaseHTTPRequestHandler):
         out = json.dumps(
             {"local": entry["local"], "port": entry["port"], "host": self.headers.get("host")}
         ).encode()
+        ctype = "application/json"
+        path = self.path.split("?", 1)[0]
+        if self.static is not None and ".." not in path and path != "/":
+            found = self.static / path.lstrip("/")
+            if found.is_dir():
+                found = found / "index.html"
+            if found.is_file():  # else: the JSON answer
+                out = found.read_bytes()
+                ctype = "text/html" if found.suffix == ".html" else "application/octet-stream"
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
@@ -50,8 +61,10 @@ def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--record", required=True)
+    parser.add_argument("--static")
     args = parser.parse_args()
     Handler.record_path = args.record
+    Handler.static = Path(args.static) if args.static else None
     servers = [ThreadingHTTPServer(("0.0.0.0", 80), Handler)]
     for port in (443, 8443):
         server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
