@@ -91,3 +91,9 @@ _.caller_id
 # code against them now; nothing sends them until suspension exists.
 _.SESSION_SUSPENDED
 _.SESSION_RESUMED
+
+# io.BufferedWriter/BufferedReader call these on the raw files devsandbox's snapshot
+# hooks stream through (devsandbox_snapshot.py).
+_.writable
+_.readable
+_.readinto
