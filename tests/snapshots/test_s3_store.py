@@ -24,6 +24,7 @@ from sandbox_controller.snapshots import (
 )
 from sandbox_controller.snapshots.s3_store import PART_SIZE
 
+from ..eventually import eventually
 from ..s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server, s3_server
 from .sandboxes import SECRET, devsandbox
 from .test_hook_client import tree, write_workspace
@@ -77,6 +78,10 @@ async def pattern(size: int, piece: int = 65536) -> AsyncIterator[bytes]:
 
 async def collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
+
+
+async def _has_uploads(server: S3Server) -> bool:
+    return bool(await open_uploads(server))
 
 
 async def open_uploads(server: S3Server) -> list[object]:
@@ -148,8 +153,7 @@ async def test_a_snapshot_whose_store_dies_mid_upload_fails_store_unavailable(
     (tmp_path / "big.bin").write_bytes(await collect(pattern(4 * PART_SIZE)))
 
     async def kill_once_uploading() -> None:
-        while not await open_uploads(server):
-            await asyncio.sleep(0.01)
+        await eventually(lambda: _has_uploads(server), what="an upload under way", every=0.01)
         server.kill()
 
     async with devsandbox(tmp_path, "--snapshot-encoding", "identity") as address:
