@@ -1,7 +1,7 @@
 """Archives in a bucket of any S3-compatible store, through aiobotocore.
 
 An archive larger than one part goes up as a multipart upload of PART_SIZE parts, read
-from the sandbox into one reused buffer: a 500 MB archive holds one part in memory,
+from the sandbox into a buffer of one part: a 500 MB archive holds one part in memory,
 never the archive. A smaller one is a single PutObject. A put that fails, is too large
 or is cancelled aborts its upload, so no object (and no stored part) is left; an
 upload that a crash left open is aborted by ``keys()`` (the orphan sweep's call) once
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import io
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -105,8 +106,11 @@ class S3Store:
         meta: dict[str, Any] = {"ContentType": ARCHIVE_TYPE}
         if check_encoding(encoding) is not None:
             meta["Metadata"] = {"encoding": encoding}
-        part = bytearray(PART_SIZE)  # reused for every part: the only archive bytes held
-        filled = size = 0
+        # One part at a time, in a file-like body: botocore signs it by reading it and
+        # aiohttp sends it in small reads, so nothing copies the whole part again (a
+        # bytes body would be copied into the socket's buffer while it drains).
+        part = io.BytesIO()
+        size = 0
         upload: str | None = None
         parts: list[dict[str, Any]] = []
         done = False
@@ -118,24 +122,22 @@ class S3Store:
                     raise SnapshotTooLarge(max_bytes)
                 view = memoryview(chunk)
                 while view:
-                    taken = min(len(view), PART_SIZE - filled)
-                    part[filled : filled + taken] = view[:taken]
-                    filled += taken
+                    taken = part.write(view[: PART_SIZE - part.tell()])
                     view = view[taken:]
-                    if filled == PART_SIZE:
+                    if part.tell() == PART_SIZE:
                         if upload is None:
                             started = await s3.create_multipart_upload(
                                 Bucket=self.bucket, Key=name, **meta
                             )
                             upload = started["UploadId"]
                         parts.append(await self._part(s3, name, upload, len(parts) + 1, part))
-                        filled = 0
+                        part = io.BytesIO()
+            part.seek(0)
             if upload is None:
-                await s3.put_object(Bucket=self.bucket, Key=name, Body=bytes(part[:filled]), **meta)
+                await s3.put_object(Bucket=self.bucket, Key=name, Body=part, **meta)
             else:
-                if filled:
-                    last = bytes(part[:filled])
-                    parts.append(await self._part(s3, name, upload, len(parts) + 1, last))
+                if part.getbuffer().nbytes:
+                    parts.append(await self._part(s3, name, upload, len(parts) + 1, part))
                 await s3.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=name,
@@ -152,8 +154,9 @@ class S3Store:
         return size
 
     async def _part(
-        self, s3: Any, name: str, upload: str, number: int, body: bytes | bytearray
+        self, s3: Any, name: str, upload: str, number: int, body: io.BytesIO
     ) -> dict[str, Any]:
+        body.seek(0)
         answer = await s3.upload_part(
             Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=body
         )
