@@ -17,6 +17,7 @@ words plus, for an HTTP refusal, a printable quote of the sandbox's first bytes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import httpx
@@ -134,15 +135,22 @@ async def restore_snapshot(
             }
             if info.encoding is not None:
                 headers["content-encoding"] = info.encoding
-            async with http.stream(
-                "POST", url, content=store.get(key), headers=headers, timeout=timeout
-            ) as answer:
-                status = answer.status_code
-                if status in HOOK_NOT_IMPLEMENTED:
-                    detail = f"the sandbox has no restore hook (HTTP {status})"
-                    raise RestoreFailed("not_supported", detail)
-                if not 200 <= status < 300:
-                    raise RestoreFailed("hook_error", await _refusal(answer))
+            # Closed when the call ends, however: a sandbox may answer before it has
+            # read the whole body, and the store's download must not wait for the GC.
+            chunks = store.get(key)
+            try:
+                async with http.stream(
+                    "POST", url, content=chunks, headers=headers, timeout=timeout
+                ) as answer:
+                    status = answer.status_code
+                    if status in HOOK_NOT_IMPLEMENTED:
+                        detail = f"the sandbox has no restore hook (HTTP {status})"
+                        raise RestoreFailed("not_supported", detail)
+                    if not 200 <= status < 300:
+                        raise RestoreFailed("hook_error", await _refusal(answer))
+            finally:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
     except TimeoutError:
         raise RestoreFailed("timeout", f"the restore took over {timeout:g} s") from None
     except httpx.TimeoutException:
