@@ -9,7 +9,7 @@ the store, then streams the archive into a second devsandbox with an empty works
 and checks that the files came back byte for byte. The stores: FileStore in a scratch
 directory and S3Store on moto's server in its own process (tests/s3server.py), over HTTP.
 
-Memory: this process's RSS is sampled every 10 ms from a thread (and its kernel high-water
+Memory (each store in a fresh process): the RSS is sampled every 10 ms from a thread (and its kernel high-water
 mark, reset before each step), after a small warm-up round trip; growth is the peak
 over the RSS before the step. The baseline, in the same run: the same snapshot answer
 read whole before it is stored (``response.aread()``), what the streaming avoids.
@@ -25,6 +25,7 @@ import gc
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -295,7 +296,16 @@ def main() -> None:
     parser.add_argument("--stores", default="file,s3")
     parser.add_argument("--encoding", choices=["identity", "gzip"], default="identity")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    stores = args.stores.split(",")
+    if len(stores) == 1:
+        asyncio.run(run(args))
+        return
+    # Each store in a fresh process: memory one store's run freed must not hide the
+    # next one's growth.
+    for store in stores:
+        command = [sys.executable, __file__, *sys.argv[1:], "--stores", store]
+        subprocess.run(command, check=True)
 
 
 if __name__ == "__main__":
