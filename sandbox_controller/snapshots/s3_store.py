@@ -1,8 +1,8 @@
 """Archives in a bucket of any S3-compatible store, through aiobotocore.
 
 An archive larger than one part goes up as a multipart upload of PART_SIZE parts, read
-from the sandbox into a buffer of one part: a 500 MB archive holds one part in memory,
-never the archive. A smaller one is a single PutObject. A put that fails, is too large
+from the sandbox into one buffer of one part, reused and sent in place (PartBody): a
+500 MB archive holds one part in memory, never the archive. A smaller one is a single PutObject. A put that fails, is too large
 or is cancelled aborts its upload, so no object (and no stored part) is left; an
 upload that a crash left open is aborted by ``keys()`` (the orphan sweep's call) once
 older than STALE_UPLOAD_AGE. The encoding rides as object metadata.
@@ -106,11 +106,10 @@ class S3Store:
         meta: dict[str, Any] = {"ContentType": ARCHIVE_TYPE}
         if check_encoding(encoding) is not None:
             meta["Metadata"] = {"encoding": encoding}
-        # One part at a time, in a file-like body: botocore signs it by reading it and
-        # aiohttp sends it in small reads, so nothing copies the whole part again (a
-        # bytes body would be copied into the socket's buffer while it drains).
-        part = io.BytesIO()
-        size = 0
+        # One buffer of one part, filled in place and sent from where it lies: no
+        # copy of a part is made, and its memory is the same for every part.
+        buffer = bytearray(PART_SIZE)
+        filled = size = 0
         upload: str | None = None
         parts: list[dict[str, Any]] = []
         done = False
@@ -122,22 +121,25 @@ class S3Store:
                     raise SnapshotTooLarge(max_bytes)
                 view = memoryview(chunk)
                 while view:
-                    taken = part.write(view[: PART_SIZE - part.tell()])
+                    taken = min(len(view), PART_SIZE - filled)
+                    buffer[filled : filled + taken] = view[:taken]
+                    filled += taken
                     view = view[taken:]
-                    if part.tell() == PART_SIZE:
+                    if filled == PART_SIZE:
                         if upload is None:
                             started = await s3.create_multipart_upload(
                                 Bucket=self.bucket, Key=name, **meta
                             )
                             upload = started["UploadId"]
-                        parts.append(await self._part(s3, name, upload, len(parts) + 1, part))
-                        part = io.BytesIO()
-            part.seek(0)
+                        body = PartBody(memoryview(buffer))
+                        parts.append(await self._part(s3, name, upload, len(parts) + 1, body))
+                        filled = 0
+            last = PartBody(memoryview(buffer)[:filled])
             if upload is None:
-                await s3.put_object(Bucket=self.bucket, Key=name, Body=part, **meta)
+                await s3.put_object(Bucket=self.bucket, Key=name, Body=last, **meta)
             else:
-                if part.getbuffer().nbytes:
-                    parts.append(await self._part(s3, name, upload, len(parts) + 1, part))
+                if filled:
+                    parts.append(await self._part(s3, name, upload, len(parts) + 1, last))
                 await s3.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=name,
@@ -154,9 +156,8 @@ class S3Store:
         return size
 
     async def _part(
-        self, s3: Any, name: str, upload: str, number: int, body: io.BytesIO
+        self, s3: Any, name: str, upload: str, number: int, body: PartBody
     ) -> dict[str, Any]:
-        body.seek(0)
         answer = await s3.upload_part(
             Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number, Body=body
         )
@@ -230,6 +231,36 @@ class S3Store:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+
+
+class PartBody(io.RawIOBase):
+    """A part, read where it lies in the put's buffer. File-like, so that botocore signs
+    it by reading it and aiohttp sends it in small reads: a bytes body would be copied
+    again into the socket's buffer while it drains (8 MiB more per upload)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        size = max(0, min(len(target), len(self._view) - self._at))
+        target[:size] = self._view[self._at : self._at + size]
+        self._at += size
+        return size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
 
 
 def _code(exc: ClientError) -> str:
