@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -113,8 +113,12 @@ class S3Store:
         upload: str | None = None
         parts: list[dict[str, Any]] = []
         done = False
+        writing = f"cannot write {key} to the S3 store"
+        # Only the store's own calls are the store's failures: an error of the source
+        # (the sandbox's stream) passes through as it is.
         try:
-            s3 = await self._s3()
+            with _unavailable(writing):
+                s3 = await self._s3()
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
@@ -125,7 +129,9 @@ class S3Store:
                     buffer[filled : filled + taken] = view[:taken]
                     filled += taken
                     view = view[taken:]
-                    if filled == PART_SIZE:
+                    if filled < PART_SIZE:
+                        continue
+                    with _unavailable(writing):
                         if upload is None:
                             started = await s3.create_multipart_upload(
                                 Bucket=self.bucket, Key=name, **meta
@@ -133,22 +139,21 @@ class S3Store:
                             upload = started["UploadId"]
                         body = PartBody(memoryview(buffer))
                         parts.append(await self._part(s3, name, upload, len(parts) + 1, body))
-                        filled = 0
+                    filled = 0
             last = PartBody(memoryview(buffer)[:filled])
-            if upload is None:
-                await s3.put_object(Bucket=self.bucket, Key=name, Body=last, **meta)
-            else:
-                if filled:
-                    parts.append(await self._part(s3, name, upload, len(parts) + 1, last))
-                await s3.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=name,
-                    UploadId=upload,
-                    MultipartUpload={"Parts": parts},
-                )
+            with _unavailable(writing):
+                if upload is None:
+                    await s3.put_object(Bucket=self.bucket, Key=name, Body=last, **meta)
+                else:
+                    if filled:
+                        parts.append(await self._part(s3, name, upload, len(parts) + 1, last))
+                    await s3.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=name,
+                        UploadId=upload,
+                        MultipartUpload={"Parts": parts},
+                    )
             done = True
-        except _STORE_ERRORS as exc:
-            raise StoreUnavailable(f"cannot write {key} to the S3 store: {_words(exc)}") from None
         finally:
             if not done and upload is not None:
                 # Shielded: a cancelled put (the snapshot's deadline) still aborts.
@@ -261,6 +266,15 @@ class PartBody(io.RawIOBase):
 
     def tell(self) -> int:
         return self._at
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """The store's failures (down, slow, refusing) as StoreUnavailable, in our words."""
+    try:
+        yield
+    except _STORE_ERRORS as exc:
+        raise StoreUnavailable(f"{what}: {_words(exc)}") from None
 
 
 def _code(exc: ClientError) -> str:
