@@ -226,3 +226,14 @@ async def test_an_answer_that_is_not_an_allowed_archive_is_a_hook_error(
             await take_snapshot(http, address, SECRET, store, KEY, max_bytes=MAX, timeout=10)
     assert failed.value.reason == "hook_error"
     assert await store.keys() == []
+
+
+async def test_a_refusal_that_echoes_the_claim_secret_is_quoted_without_it(
+    http: httpx.AsyncClient, store: FileStore
+) -> None:
+    echo = f"bad request: Authorization: Bearer {SECRET}".encode()
+    async with tcp_server(answering(400, echo)) as address:
+        with pytest.raises(SnapshotFailed) as failed:
+            await take_snapshot(http, address, SECRET, store, KEY, max_bytes=MAX, timeout=10)
+    assert failed.value.detail.startswith("HTTP 400: bad request")
+    assert SECRET not in failed.value.detail
