@@ -95,3 +95,12 @@ _.SESSION_RESUMED
 # proxy/__init__.py's module __getattr__ (PEP 562): Python calls it for `from proxy import
 # ProxyProcess`, so the egress proxy's process never loads the editor proxy's stack.
 _.__getattr__
+# io.BufferedWriter/BufferedReader call these on the raw files devsandbox's snapshot
+# hooks stream through (devsandbox_snapshot.py); botocore and aiohttp read, seek and
+# measure an S3 part's body with them (snapshots/s3_store.py PartBody).
+_.writable
+_.readable
+_.readinto
+_.seekable
+_.seek
+_.tell
