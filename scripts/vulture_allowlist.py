@@ -74,8 +74,10 @@ _.resume_writing
 # answered with an HTTP status ends the handshake).
 _.handshake_complete
 # FastAPI calls a route handler through its decorator; this one's name is used nowhere
-# else, so vulture cannot see it (api/app.py, GET /internal/token-keys).
+# else, so vulture cannot see it (api/app.py, GET /internal/token-keys; POST
+# /internal/sessions/{id}/resume).
 _.token_keys
+_.internal_resume
 
 # The console's Jinja templates read these (sandbox_controller/console/templates).
 _.activity_at

@@ -41,6 +41,7 @@ from ..model import (
     SessionPage,
     SessionQuery,
     SessionState,
+    Snapshot,
 )
 from . import egress
 from .engines import Engine, open_engine
@@ -129,6 +130,12 @@ def _session_row(s: Session) -> dict[str, Any]:
         "template": s.template,
         "resources": _resources_text(s.resources),
         "egress_allow": json.dumps(list(s.egress_allow)) if s.egress_allow else None,
+        # The archive's record: written in the round that suspends the session, cleared
+        # in the one that resumes or ends it (scheduler/suspension.py).
+        "snapshot_key": s.snapshot.key if s.snapshot else None,
+        "snapshot_bytes": s.snapshot.bytes if s.snapshot else None,
+        "snapshot_taken_at": s.snapshot.taken_at if s.snapshot else None,
+        "snapshot_expires_at": s.snapshot.expires_at if s.snapshot else None,
     }
 
 
@@ -166,6 +173,18 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
         resources=_resources_of(m["resources"]),
         egress_allow=tuple(json.loads(m["egress_allow"])) if m["egress_allow"] else (),
+        snapshot=_snapshot_of(m),
+    )
+
+
+def _snapshot_of(m: Any) -> Snapshot | None:
+    if m["snapshot_key"] is None:
+        return None
+    return Snapshot(
+        m["snapshot_key"],
+        int(m["snapshot_bytes"] or 0),
+        float(m["snapshot_taken_at"] or 0.0),
+        float(m["snapshot_expires_at"] or 0.0),
     )
 
 
