@@ -409,6 +409,11 @@ class Settings(BaseSettings):
             ),
             hooks=self.hooks,
             hook_timeout=self.hook_timeout,
+            # Snapshots are taken through the hooks, with the pod's claim secret.
+            snapshots=bool(self.snapshot_store) and self.hooks,
+            idle_action=self.idle_action,
+            snapshot_timeout=self.snapshot_timeout,
+            snapshot_retention=self.snapshot_retention,
             max_claim_attempts=self.max_claim_attempts,
             plans=self._plans,
             recovery=RecoveryGuard(

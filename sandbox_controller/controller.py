@@ -32,6 +32,7 @@ from .metrics import ControllerMetrics
 from .model import AuditEvent, EndReason, PoolStatus
 from .scheduler.lease import LeaseTerm
 from .scheduler.loop import Scheduler
+from .snapshots import SnapshotStore, open_store
 from .store import Fence, LeaseHolder, SchemaState, Store
 from .store.db import wait_for_database
 from .tokens import public_key, secret_key_id
@@ -117,6 +118,8 @@ class Controller:
         self.token_secret = (settings.token_secret or "").encode()
         self.scheduler: Scheduler | None = None
         self.hooks: SandboxHooks | None = None  # made at start-up, with the token secret
+        # Where suspended sessions' archives live (SANDBOX_SNAPSHOT_STORE); None: off.
+        self.snapshot_store: SnapshotStore | None = open_store(settings)
         # In-cluster API callers (SANDBOX_TOKEN_REVIEW_USERS), made at start-up.
         self.token_reviewer: TokenReviewer | None = None
         self.lease = LeaseTerm(
@@ -272,6 +275,8 @@ class Controller:
             await self._backend.close()
         if self.hooks is not None:
             await self.hooks.close()
+        if self.snapshot_store is not None:
+            await self.snapshot_store.close()
         if self.token_reviewer is not None:
             await self.token_reviewer.close()
         await self.store.close()
@@ -356,6 +361,8 @@ class Controller:
                 fence=Fence(self.holder, epoch),
                 hooks=self.hooks,
                 audit=self.record,
+                snapshot_store=self.snapshot_store,
+                snapshot_max_bytes=self.settings.snapshot_max_bytes,
             )
             await scheduler.start()
         except Exception:

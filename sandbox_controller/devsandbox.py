@@ -11,7 +11,9 @@ the optional hooks under ``/_sandbox/``, each authenticated by the pod's claim s
 (env ``SANDBOX_CLAIM_SECRET``, sent as ``Authorization: Bearer <secret>``):
 ``POST /_sandbox/claim`` records the session it receives and writes its files under
 ``--workdir``; ``GET /_sandbox/claim`` shows what it received; ``GET /_sandbox/status``
-answers ``{"busy", "detail"}``; ``POST /_sandbox/release`` records the release. Tests
+answers ``{"busy", "detail"}``; ``POST /_sandbox/release`` records the release;
+``POST /_sandbox/snapshot`` and ``POST /_sandbox/restore`` stream the workspace out and
+back in (devsandbox_snapshot.py). Tests
 flip ``busy`` with ``POST /_sandbox/busy {"busy": true, "detail": "..."}`` (no secret:
 a sandbox saying it is busy is its own business).
 
@@ -49,6 +51,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .devsandbox_snapshot import Encoding, restore, snapshot_response
 from .sandbox_contract import (
     CLAIM_PATH,
     ENV_CLAIM_SECRET,
@@ -56,6 +59,8 @@ from .sandbox_contract import (
     HOOK_PREFIX,
     POD_PORT,
     RELEASE_PATH,
+    RESTORE_PATH,
+    SNAPSHOT_PATH,
     STATUS_PATH,
 )
 
@@ -200,6 +205,13 @@ class ContractState:
     written: list[str] = field(default_factory=list)
     # The W3C trace context the claim call carried (the controller's tracing on).
     traceparent: str | None = None
+    snapshot_encoding: Encoding = "gzip"
+
+    def ensure_workdir(self) -> Path:
+        """The workspace, made at the first hook that needs it (claim or restore)."""
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="devsandbox-"))
+        return self.workdir
 
 
 def _problem(status: int, code: str, message: str) -> JSONResponse:
@@ -258,9 +270,8 @@ def contract_routes(state: ContractState) -> list[Route]:
         if state.claim is not None:
             # A pod serves one session in its life (docs/architecture.md invariant 3).
             return _problem(409, "already_claimed", "this sandbox already serves a session")
-        if state.workdir is None:
-            state.workdir = Path(tempfile.mkdtemp(prefix="devsandbox-"))
-        targets = [_safe_path(state.workdir, f.path) for f in received.files]
+        workdir = state.ensure_workdir()
+        targets = [_safe_path(workdir, f.path) for f in received.files]
         if None in targets:
             return _problem(422, "invalid_request", "files: a path leaves the workspace")
         try:
@@ -296,6 +307,12 @@ def contract_routes(state: ContractState) -> list[Route]:
         state.released = True
         return Response(status_code=204)
 
+    async def snapshot(request: Request) -> Response:
+        return snapshot_response(state.workdir, state.snapshot_encoding)
+
+    async def restore_workspace(request: Request) -> Response:
+        return await restore(request, state.ensure_workdir())
+
     async def busy(request: Request) -> Response:
         try:
             switch: BusySwitch = await _parse(request, BusySwitch)
@@ -313,6 +330,8 @@ def contract_routes(state: ContractState) -> list[Route]:
         Route(CLAIM_PATH, _guarded(state, claimed), methods=["GET"]),
         Route(STATUS_PATH, _guarded(state, status)),
         Route(RELEASE_PATH, _guarded(state, release), methods=["POST"]),
+        Route(SNAPSHOT_PATH, _guarded(state, snapshot), methods=["POST"]),
+        Route(RESTORE_PATH, _guarded(state, restore_workspace), methods=["POST"]),
         Route(BUSY_PATH, busy, methods=["POST"]),
     ]
 
@@ -326,6 +345,8 @@ ENDPOINTS = (
     (f"POST {CLAIM_PATH}", "hook: the session this pod now serves (claim secret)"),
     (f"GET {STATUS_PATH}", 'hook: {"busy", "detail"} (claim secret)'),
     (f"POST {RELEASE_PATH}", "hook: the pod is about to be deleted (claim secret)"),
+    (f"POST {SNAPSHOT_PATH}", "hook: the workspace as a tar stream (claim secret)"),
+    (f"POST {RESTORE_PATH}", "hook: unpack such a stream into the workspace (claim secret)"),
     (f"POST {BUSY_PATH}", 'test switch: {"busy": true, "detail": "..."}'),
 )
 
@@ -356,10 +377,14 @@ def index_page(state: ContractState) -> str:
 
 
 def build_app(
-    claim_secret: str | None = None, workdir: Path | None = None, *, hooks: bool = True
+    claim_secret: str | None = None,
+    workdir: Path | None = None,
+    *,
+    hooks: bool = True,
+    snapshot_encoding: Encoding = "gzip",
 ) -> Starlette:
     """``hooks=False``: a sandbox that implements none of the contract's hooks (404)."""
-    state = ContractState(claim_secret=claim_secret, workdir=workdir)
+    state = ContractState(claim_secret, workdir, snapshot_encoding=snapshot_encoding)
     return Starlette(
         routes=[
             *(contract_routes(state) if hooks else []),
@@ -387,6 +412,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="serve none of the /_sandbox/ hooks, like a sandbox image that predates them",
     )
+    parser.add_argument(
+        "--snapshot-encoding",
+        choices=["gzip", "identity"],
+        default="gzip",
+        help="how the snapshot hook encodes the workspace's tar (identity: plain)",
+    )
     args = parser.parse_args(argv)
     # Empty means unset, as for the controller's own secrets.
     claim_secret = os.environ.get(ENV_CLAIM_SECRET) or None
@@ -400,7 +431,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     config = uvicorn.Config(
-        build_app(claim_secret, args.workdir, hooks=not args.no_hooks),
+        build_app(
+            claim_secret,
+            args.workdir,
+            hooks=not args.no_hooks,
+            snapshot_encoding=args.snapshot_encoding,
+        ),
         log_level="warning",
         access_log=False,
         lifespan="off",

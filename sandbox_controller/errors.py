@@ -130,3 +130,41 @@ class DecisionFailed(SandboxError):
     def __init__(self, request_id: str) -> None:
         super().__init__(request_id)
         self.request_id = request_id
+
+
+# When a caller whose resume failed may try again.
+RESTORE_RETRY_AFTER = 5.0
+
+
+class SessionRestoreFailed(SandboxError):
+    """A resume's restore (or the claim before it) failed: that pod is deleted, and the
+    session is suspended again with its archive."""
+
+    def __init__(self, session_id: str, detail: str, retry_after: float) -> None:
+        super().__init__(session_id, detail, retry_after)
+        self.session_id = session_id
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class SessionSuspended(SandboxError):
+    """The session is suspended (or suspending, or resuming): no sandbox to route to
+    until it is resumed (POST /internal/sessions/{id}/resume)."""
+
+    def __init__(self, session_id: str, state: str) -> None:
+        super().__init__(session_id, state)
+        self.session_id = session_id
+        self.state = state
+
+
+class SuspensionDisabled(SandboxError):
+    """A suspend was asked of a deployment with no snapshot store (or no hooks)."""
+
+
+class SessionNotReady(SandboxError):
+    """A suspend was asked of a session that has no sandbox yet (provisioning)."""
+
+    def __init__(self, session_id: str, state: str) -> None:
+        super().__init__(session_id, state)
+        self.session_id = session_id
+        self.state = state

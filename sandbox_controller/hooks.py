@@ -130,6 +130,11 @@ class SandboxHooks:
         self._client = httpx.AsyncClient(transport=transport, trust_env=False)
         self._warned: OrderedDict[str, None] = OrderedDict()
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The client the snapshot and restore calls stream through (snapshots/)."""
+        return self._client
+
     def secret(self, create_id: str) -> str:
         """The claim secret this pod is asked with first."""
         return claim_secret(self._keys[self._key_of.get(create_id, 0)], create_id)

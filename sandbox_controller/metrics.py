@@ -20,6 +20,20 @@ from .model import ConditionType, EndReason, Outcome, PodState, PoolStatus, Sess
 
 ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Archives from a few KB (an empty workspace) to the 1 GiB default limit.
+SNAPSHOT_BYTES_BUCKETS = tuple(float(2**n) for n in range(10, 31, 2))
+SUSPEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# How sandbox_snapshots_total counts: a suspend kept ("ok") or why not, and a resume.
+SNAPSHOT_OUTCOMES = (
+    "ok",
+    "not_supported",
+    "hook_error",
+    "timeout",
+    "too_large",
+    "store_unavailable",
+    "restore_failed",
+    "restored",
+)
 
 
 class _PoolCollector(Collector):
@@ -224,6 +238,34 @@ class ControllerMetrics:
             ["plan"],
             registry=self.registry,
         )
+        self.snapshots = Counter(
+            "sandbox_snapshots",
+            "Snapshots and restores by outcome: ok (suspended), not_supported, hook_error, "
+            "timeout, too_large, store_unavailable (not suspended: ended), restored "
+            "(resumed), restore_failed (suspended again)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for name in SNAPSHOT_OUTCOMES:
+            self.snapshots.labels(name)
+        self.snapshot_bytes = Histogram(
+            "sandbox_snapshot_bytes",
+            "Size of each archive kept",
+            buckets=SNAPSHOT_BYTES_BUCKETS,
+            registry=self.registry,
+        )
+        self.suspend_seconds = Histogram(
+            "sandbox_suspend_seconds",
+            "Time from a snapshot's start to the session suspended",
+            buckets=SUSPEND_BUCKETS,
+            registry=self.registry,
+        )
+        self.resume_seconds = Histogram(
+            "sandbox_resume_seconds",
+            "Time from a resume asked for to the session ready with its archive",
+            buckets=SUSPEND_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(status, is_leader))
 
     def refused(self, error: SandboxError) -> None:
@@ -253,6 +295,18 @@ class ControllerMetrics:
 
     def status_answered(self, answer: str) -> None:
         self.status_checks.labels(answer).inc()
+
+    def snapshot_outcome(self, outcome: str) -> None:
+        self.snapshots.labels(outcome).inc()
+
+    def snapshot_stored(self, size: int) -> None:
+        self.snapshot_bytes.observe(size)
+
+    def suspended(self, seconds: float) -> None:
+        self.suspend_seconds.observe(seconds)
+
+    def resumed(self, seconds: float) -> None:
+        self.resume_seconds.observe(seconds)
 
     def webhook(self, outcome: str) -> None:
         self.webhook_deliveries.labels(outcome).inc()

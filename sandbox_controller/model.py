@@ -20,9 +20,19 @@ class PodState(enum.StrEnum):
 
 
 class SessionState(enum.StrEnum):
-    PROVISIONING = "provisioning"
+    PROVISIONING = "provisioning"  # waiting for a sandbox (a resuming one: to restore)
     READY = "ready"
+    # Its sandbox's snapshot is being taken; it still holds its pod, which nobody is
+    # routed to meanwhile (scheduler/suspension.py).
+    SUSPENDING = "suspending"
+    SUSPENDED = "suspended"  # no pod; its archive kept in the snapshot store
     ENDED = "ended"
+
+
+# The states in which a session holds (or awaits) a pod of its own and counts toward its
+# user's limit and its org's: not a suspending one (on its way out, as an ended one whose
+# pod is still being deleted), nor a suspended one (docs/architecture.md invariant 26).
+SEATED_STATES = frozenset({SessionState.PROVISIONING, SessionState.READY})
 
 
 class EndReason(enum.StrEnum):
@@ -39,6 +49,8 @@ class EndReason(enum.StrEnum):
     # The platform evicted its pod (a drain through the Eviction API, node pressure, more
     # disk than its limits): not a crash. end_detail.eviction says who and why.
     EVICTED = "evicted"
+    # Suspended, and its archive was kept SANDBOX_SNAPSHOT_RETENTION without a resume.
+    SNAPSHOT_EXPIRED = "snapshot_expired"
 
 
 class AuditAction(enum.StrEnum):
@@ -51,6 +63,8 @@ class AuditAction(enum.StrEnum):
     RECLAIM = "reclaim"  # ended to make room for the same user's new session
     IDLE_TIMEOUT = "idle_timeout"
     DELETE = "delete"  # ended on request (DELETE /sessions/{id}, the console)
+    SUSPEND = "suspend"  # its snapshot was kept and its pod given back
+    RESUME = "resume"  # its archive was restored into a new pod: ready again
     # An admin action outside the rounds takes a name of its own (audit.emit_audit).
 
 
@@ -197,6 +211,9 @@ class EndDetail:
     claim_answer: str | None = None
     # evicted: the platform's words (the pod's DisruptionTarget condition or its status).
     eviction: str | None = None
+    # Why its snapshot was not kept, when ending it was to be a suspension instead
+    # ("hook_error: HTTP 500", "not_supported: the sandbox has no snapshot hook").
+    snapshot: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -205,6 +222,7 @@ class EndDetail:
             "busy_answer": self.busy_answer,
             "claim_answer": self.claim_answer,
             "eviction": self.eviction,
+            "snapshot": self.snapshot,
         }
 
     @classmethod
@@ -213,6 +231,7 @@ class EndDetail:
         answer = data.get("busy_answer")
         claim = data.get("claim_answer")
         eviction = data.get("eviction")
+        snapshot = data.get("snapshot")
         at = data.get("last_active_at")
         return cls(
             last_active_at=float(at) if isinstance(at, int | float) else 0.0,
@@ -220,7 +239,26 @@ class EndDetail:
             busy_answer=answer if isinstance(answer, str) else None,
             claim_answer=claim if isinstance(claim, str) else None,
             eviction=eviction if isinstance(eviction, str) else None,
+            snapshot=snapshot if isinstance(snapshot, str) else None,
         )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A suspended session's archive: where it is in the snapshot store, its size, and
+    when it was taken and expires (wall time). Stored with the session (the
+    ``snapshot_*`` columns), from the round that suspends it until the round that
+    resumes or ends it; the object itself is deleted only after that round."""
+
+    key: str
+    bytes: int
+    taken_at: float
+    expires_at: float
+
+
+def snapshot_key(session_id: str, taken_at: float) -> str:
+    """The archive's key in the store: one per snapshot taken, never reused."""
+    return f"{session_id}/{int(taken_at * 1000)}.tar"
 
 
 @dataclass
@@ -255,10 +293,27 @@ class Session:
     active_mono: float = field(default=0.0, compare=False)
     template: str = DEFAULT_TEMPLATE
     resources: Resources | None = None  # None: the template's own
+    # Its archive while suspended or resuming (stored); None otherwise.
+    snapshot: Snapshot | None = None
+    # Brought back from an archive (in memory: the answer to a resume says so).
+    resumed: bool = field(default=False, compare=False)
+    # When its resume began, on this process's monotonic clock: a resume's start-up
+    # timeout runs from it (in memory).
+    resume_mono: float = field(default=0.0, compare=False)
 
     @property
     def shape(self) -> Shape:
         return Shape(self.template, self.resources)
+
+    @property
+    def seated(self) -> bool:
+        """Holds or awaits a pod: counts toward its user's and its org's limits."""
+        return self.state in SEATED_STATES
+
+    @property
+    def resuming(self) -> bool:
+        """Waiting for a pod to restore its archive into (provisioning, with one)."""
+        return self.state is SessionState.PROVISIONING and self.snapshot is not None
 
     # Who opened it (the audit log's caller), until its open is answered: in memory only.
     opened_by: str = field(default="", compare=False)
@@ -400,6 +455,18 @@ class Limits:
     templates: tuple[TemplateLimits, ...] = ()
     # Metadata keys whose values label a session's pod (cost attribution).
     label_metadata_keys: tuple[str, ...] = ()
+    # Suspend and resume (scheduler/suspension.py). ``snapshots``: a snapshot store is
+    # configured and the hooks are on (snapshots are taken through them), so a session
+    # can be suspended; ``idle_action``: what the idle timeout and a reclaim do.
+    snapshots: bool = False
+    idle_action: str = "end"
+    snapshot_timeout: float = 300.0
+    snapshot_retention: float = 7 * 86400.0
+
+    @property
+    def suspends_idle(self) -> bool:
+        """The idle timeout and a reclaim suspend a session rather than end it."""
+        return self.snapshots and self.idle_action == "suspend"
 
     @property
     def all_templates(self) -> tuple[TemplateLimits, ...]:
@@ -439,6 +506,7 @@ class SessionActivity(enum.StrEnum):
     ACTIVE = "active"
     IDLE = "idle"  # ready and quiet for idle_after: reclaimable
     PROVISIONING = "provisioning"
+    SUSPENDED = "suspended"  # no pod, an archive kept
 
 
 class WaitReason(enum.StrEnum):
@@ -449,6 +517,7 @@ class WaitReason(enum.StrEnum):
     POD_STARTING = "pod_starting"
     NO_POD_YET = "no_pod_yet"
     CLAIMING = "claiming"  # it has its pod; the pod's claim hook has not answered yet
+    RESTORING = "restoring"  # resuming: its archive is being streamed into its new pod
     POOL_CONDITION = "pool_condition"  # the pool cannot fill (a PoolCondition holds)
 
 
@@ -515,6 +584,12 @@ class Route:
     state: SessionState
     address: str | None = None
     lease_seconds: float | None = None
+    resuming: bool = False  # provisioning to restore its archive
+
+    @property
+    def suspended(self) -> bool:
+        """No sandbox to route to until it is resumed (the proxy asks for that)."""
+        return self.resuming or self.state in (SessionState.SUSPENDING, SessionState.SUSPENDED)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ class ErrorCode(enum.StrEnum):
     RESOURCES_OUT_OF_BOUNDS = "resources_out_of_bounds"
     NOT_LEADER = "not_leader"
     STORE_UNAVAILABLE = "store_unavailable"
+    RESTORE_FAILED = "restore_failed"
+    SESSION_SUSPENDED = "session_suspended"
+    SUSPENSION_DISABLED = "suspension_disabled"
+    SESSION_NOT_READY = "session_not_ready"
     INTERNAL_ERROR = "internal_error"
     # Any other status the web framework raises (the status says which).
     HTTP_ERROR = "http_error"
@@ -60,5 +64,9 @@ STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.RESOURCES_OUT_OF_BOUNDS: 422,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.RESTORE_FAILED: 503,
+    ErrorCode.SESSION_SUSPENDED: 409,
+    ErrorCode.SUSPENSION_DISABLED: 422,
+    ErrorCode.SESSION_NOT_READY: 409,
     ErrorCode.INTERNAL_ERROR: 500,
 }

@@ -74,8 +74,10 @@ _.resume_writing
 # answered with an HTTP status ends the handshake).
 _.handshake_complete
 # FastAPI calls a route handler through its decorator; this one's name is used nowhere
-# else, so vulture cannot see it (api/app.py, GET /internal/token-keys).
+# else, so vulture cannot see it (api/app.py, GET /internal/token-keys; POST
+# /internal/sessions/{id}/resume).
 _.token_keys
+_.internal_resume
 
 # The console's Jinja templates read these (sandbox_controller/console/templates).
 _.activity_at
@@ -91,3 +93,9 @@ _.caller_id
 # code against them now; nothing sends them until suspension exists.
 _.SESSION_SUSPENDED
 _.SESSION_RESUMED
+
+# io.BufferedWriter/BufferedReader call these on the raw files devsandbox's snapshot
+# hooks stream through (devsandbox_snapshot.py).
+_.writable
+_.readable
+_.readinto

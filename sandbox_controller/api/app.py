@@ -14,9 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import tracing
 from ..audit import caller_of
 from ..controller import Controller
-from ..errors import NotLeader, SandboxError, SessionNotFound, StoreUnavailable
+from ..errors import NotLeader, SandboxError, SessionNotFound, SessionSuspended, StoreUnavailable
 from ..hooks import ClaimFile, ClaimPayload
-from ..model import Outcome, PoolStatus, Resources, SessionQuery, SessionView
+from ..model import Opened, Outcome, PoolStatus, Resources, SessionQuery, SessionView
 from ..scheduler.loop import Scheduler
 from .auth import ANONYMOUS, Caller, authenticated_caller, caller_id
 from .badbytes import RefuseBadBytes
@@ -32,6 +32,7 @@ from .listing import (
     encode_cursor,
 )
 from .operator import add_operator_routes
+from .request_bodies import ResumeSession
 from .schemas import (
     ID_MAX,
     ID_SCHEMA,
@@ -42,6 +43,7 @@ from .schemas import (
     Id,
     PoolBody,
     ReadyBody,
+    ResumeAccepted,
     RouteBody,
     SessionBody,
     TokenKeysBody,
@@ -179,15 +181,69 @@ def create_app(controller: Controller) -> FastAPI:
         except SandboxError as exc:
             ctl.metrics.refused(exc)
             raise
+        return opened_response(opened, started)
+
+    def opened_response(opened: Opened, started: float) -> Response:
+        """201 and a new session; 200 and the thread's session (a retry, or a resume:
+        ``resumed``, or provisioning with its ``snapshot`` while it is restored)."""
         outcome = opened.outcome
         ctl.metrics.requests.labels(outcome.value).inc()
         view = SessionView(opened.session, opened.detail)
+        session = opened.session
         if outcome is Outcome.EXISTING:
             return JSONResponse(view_json(view, ctl.clock.now()), status_code=200)
         ctl.metrics.assign_seconds.labels(outcome.value).observe(time.perf_counter() - started)
         body_json = view_json(view, ctl.clock.now())
         body_json["reclaimed_session_id"] = opened.reclaimed_session_id
-        return JSONResponse(body_json, status_code=201)
+        resumed = session.resumed or session.snapshot is not None
+        return JSONResponse(body_json, status_code=200 if resumed else 201)
+
+    async def resume(
+        session_id: str, body: ResumeSession | None, request: Request
+    ) -> tuple[Opened, float]:
+        started = time.perf_counter()
+        body = body or ResumeSession()
+        if (body.env or body.files) and not settings.hooks:
+            raise HooksDisabled()
+        payload = ClaimPayload(
+            env=body.env, files=tuple(ClaimFile(f.path, f.content) for f in body.files)
+        )
+        try:
+            opened = await leading().resume_session(
+                session_id, body.wait_seconds, payload, caller(request)
+            )
+        except SandboxError as exc:
+            ctl.metrics.refused(exc)
+            raise
+        return opened, started
+
+    @api.post(
+        "/sessions/{session_id}/resume",
+        responses={
+            200: {"model": SessionBody, "description": "ready (resumed), or provisioning"},
+            **errors(401, 404, 409, 410, 422, 429, 503),
+        },
+    )
+    async def resume_session(
+        session_id: str, request: Request, body: ResumeSession | None = None
+    ) -> Response:
+        """A suspended session's archive restored into a new sandbox, as POST /sessions
+        for its thread does; a session that is not suspended is answered as it is."""
+        opened, started = await resume(session_id, body, request)
+        response = opened_response(opened, started)
+        response.status_code = 200
+        return response
+
+    @api.post(
+        "/sessions/{session_id}/suspend",
+        status_code=202,
+        responses={202: {"model": SessionBody}, **errors(401, 404, 409, 410, 422, 503)},
+    )
+    async def suspend_session(session_id: str, request: Request) -> Response:
+        """Its snapshot is taken and its pod given back (202, suspending); if no archive
+        can be kept it ends (deleted), end_detail.snapshot saying why."""
+        view = await leading().suspend_session(session_id, caller(request))
+        return JSONResponse(view_json(view, ctl.clock.now()), status_code=202)
 
     @api.get(
         "/sessions/{session_id}",
@@ -199,7 +255,7 @@ def create_app(controller: Controller) -> FastAPI:
     @api.get("/sessions", responses={200: {"model": SessionList}, **errors(401, 422, 503)})
     async def list_sessions(
         user_id: Annotated[Id | None, Query(max_length=ID_MAX, json_schema_extra=ID_SCHEMA)] = None,
-        state: Literal["live", "provisioning", "ready", "ended"] | None = None,
+        state: Literal["live", "provisioning", "ready", "suspended", "ended"] | None = None,
         created_after: DateTime | None = None,
         created_before: DateTime | None = None,
         limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 100,
@@ -254,11 +310,14 @@ def create_app(controller: Controller) -> FastAPI:
 
     @internal.get(
         "/internal/routes/{session_id}",
-        responses={200: {"model": RouteBody}, **errors(401, 404, 422, 503)},
+        responses={200: {"model": RouteBody}, **errors(401, 404, 409, 422, 503)},
     )
     async def route(session_id: str, request: Request) -> Response:
         with tracing.server_span("GET /internal/routes", request.headers):
             found = await leading().route(session_id)
+        if found.suspended:
+            # The proxy resumes it (POST /internal/sessions/{id}/resume) and asks again.
+            raise SessionSuspended(session_id, "resuming" if found.resuming else found.state)
         return JSONResponse(
             {
                 "session_id": found.session_id,
@@ -269,6 +328,19 @@ def create_app(controller: Controller) -> FastAPI:
                 "lease_seconds": found.lease_seconds,
             }
         )
+
+    @internal.post(
+        "/internal/sessions/{session_id}/resume",
+        status_code=202,
+        responses={202: {"model": ResumeAccepted}, **errors(401, 404, 410, 422, 429, 503)},
+    )
+    async def internal_resume(session_id: str, request: Request) -> Response:
+        """The proxy's wake-up: the resume starts (or is under way, or done) and the
+        proxy polls the route; refusals as an open's (429/503 with Retry-After)."""
+        opened, _ = await resume(session_id, ResumeSession(wait_seconds=0.0), request)
+        state = opened.session.state
+        resuming = opened.session.snapshot is not None and state.value == "provisioning"
+        return JSONResponse({"state": "resuming" if resuming else state.value}, status_code=202)
 
     @internal.post("/internal/activity", status_code=204, responses=errors(400, 401, 413, 422, 503))
     async def activity(body: ActivityReport) -> Response:

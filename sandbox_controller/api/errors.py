@@ -24,7 +24,11 @@ from ..errors import (
     SandboxError,
     SessionEnded,
     SessionNotFound,
+    SessionNotReady,
+    SessionRestoreFailed,
+    SessionSuspended,
     StoreUnavailable,
+    SuspensionDisabled,
     ThreadOwnedByOtherUser,
     UnknownPlan,
     UnknownTemplate,
@@ -152,6 +156,30 @@ def problem(exc: SandboxError) -> Problem:
                 f"internal error in a scheduling decision (request id {exc.request_id}); "
                 "nothing of it was changed; see the controller log",
                 request_id=exc.request_id,
+            )
+        case SessionRestoreFailed():
+            return Problem.of(
+                ErrorCode.RESTORE_FAILED,
+                f"session {exc.session_id} could not be resumed ({exc.detail}); it stays "
+                "suspended with its archive: try again",
+                exc.retry_after,
+            )
+        case SessionSuspended():
+            return Problem.of(
+                ErrorCode.SESSION_SUSPENDED,
+                f"session {exc.session_id} is {exc.state}: resume it first "
+                "(POST /internal/sessions/{id}/resume)",
+            )
+        case SuspensionDisabled():
+            return Problem.of(
+                ErrorCode.SUSPENSION_DISABLED,
+                "suspension needs a snapshot store (SANDBOX_SNAPSHOT_STORE) and the "
+                "sandbox hooks (SANDBOX_HOOKS)",
+            )
+        case SessionNotReady():
+            return Problem.of(
+                ErrorCode.SESSION_NOT_READY,
+                f"session {exc.session_id} is {exc.state}: only a ready session can be suspended",
             )
         case HooksDisabled():
             return Problem.of(

@@ -11,11 +11,18 @@ from pydantic import BaseModel, BeforeValidator, Field
 from ..model import SessionState
 from .schemas import SessionBody
 
-# GET /sessions?state=...: one state, or "live" (provisioning and ready).
+# GET /sessions?state=...: one state, or "live" (every one but ended); "suspended"
+# includes those being suspended.
 LIST_STATES: dict[str, tuple[SessionState, ...]] = {
-    "live": (SessionState.PROVISIONING, SessionState.READY),
+    "live": (
+        SessionState.PROVISIONING,
+        SessionState.READY,
+        SessionState.SUSPENDING,
+        SessionState.SUSPENDED,
+    ),
     "provisioning": (SessionState.PROVISIONING,),
     "ready": (SessionState.READY,),
+    "suspended": (SessionState.SUSPENDING, SessionState.SUSPENDED),
     "ended": (SessionState.ENDED,),
 }
 LIST_LIMIT_MAX = 500

@@ -222,26 +222,45 @@ class CreateSession(BaseModel):
 
     @model_validator(mode="after")
     def _totals(self) -> CreateSession:
-        env_total = sum(len(k) + len(v) for k, v in self.env.items())
-        if env_total > ENV_TOTAL_MAX:
-            raise PydanticCustomError(
-                LIMIT_CODE,
-                "env: names and values total {total} characters, over {limit}",
-                {"total": env_total, "limit": ENV_TOTAL_MAX},
-            )
-        files_total = sum(len(f.content) for f in self.files)
-        if files_total > FILES_TOTAL_MAX:
-            raise PydanticCustomError(
-                LIMIT_CODE,
-                "files: contents total {total} characters, over {limit}",
-                {"total": files_total, "limit": FILES_TOTAL_MAX},
-            )
-        conflict = path_conflict([f.path for f in self.files])
-        if conflict is not None:
-            raise PydanticCustomError(
-                "file_path_conflict", "files: {conflict}", {"conflict": conflict}
-            )
+        check_claim_totals(self.env, self.files)
         return self
+
+
+class ResumeSession(BaseModel):
+    """POST /sessions/{id}/resume: how long to wait for it to be ready, and the env and
+    files its new sandbox's claim gets (none unless sent again: they are never kept)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    wait_seconds: float = Field(30.0, ge=0, le=120)
+    env: dict[EnvName, EnvValue] = CreateSession.model_fields["env"]  # type: ignore[assignment]
+    files: list[ClaimFileBody] = CreateSession.model_fields["files"]  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _totals(self) -> ResumeSession:
+        check_claim_totals(self.env, self.files)
+        return self
+
+
+def check_claim_totals(env: dict[str, str], files: list[ClaimFileBody]) -> None:
+    """The claim's env and files within their totals, each path once."""
+    env_total = sum(len(k) + len(v) for k, v in env.items())
+    if env_total > ENV_TOTAL_MAX:
+        raise PydanticCustomError(
+            LIMIT_CODE,
+            "env: names and values total {total} characters, over {limit}",
+            {"total": env_total, "limit": ENV_TOTAL_MAX},
+        )
+    files_total = sum(len(f.content) for f in files)
+    if files_total > FILES_TOTAL_MAX:
+        raise PydanticCustomError(
+            LIMIT_CODE,
+            "files: contents total {total} characters, over {limit}",
+            {"total": files_total, "limit": FILES_TOTAL_MAX},
+        )
+    conflict = path_conflict([f.path for f in files])
+    if conflict is not None:
+        raise PydanticCustomError("file_path_conflict", "files: {conflict}", {"conflict": conflict})
 
 
 def path_conflict(paths: list[str]) -> str | None:

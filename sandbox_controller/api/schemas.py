@@ -163,13 +163,26 @@ class EndDetailBody(BaseModel):
         "'EvictionByEvictionAPI: Eviction API: evicting' (a drain) or the kubelet's "
         "message for a pod over its ephemeral-storage limit",
     )
+    snapshot: str | None = Field(
+        None,
+        description="when it was to be suspended instead of ended: why no archive was "
+        "kept, e.g. 'not_supported: the sandbox has no snapshot hook (HTTP 404)'",
+    )
+
+
+class SnapshotBody(BaseModel):
+    bytes: int = Field(description="the archive's size")
+    taken_at: str
+    expires_at: str = Field(
+        description="then the session ends snapshot_expired (SANDBOX_SNAPSHOT_RETENTION)"
+    )
 
 
 class SessionBody(BaseModel):
     id: str
     user_id: str
     thread_id: str
-    state: Literal["provisioning", "ready", "ended"]
+    state: Literal["provisioning", "ready", "suspending", "suspended", "ended"]
     end_reason: (
         Literal[
             "deleted",
@@ -181,6 +194,7 @@ class SessionBody(BaseModel):
             "claim_rejected",
             "controller_stopped",
             "evicted",
+            "snapshot_expired",
         ]
         | None
     )
@@ -201,6 +215,12 @@ class SessionBody(BaseModel):
     )
     last_activity: LastActivity
     end_detail: EndDetailBody | None = Field(description="ended sessions only: why it ended")
+    snapshot: SnapshotBody | None = Field(
+        None, description="suspended (or resuming) sessions only: the archive kept"
+    )
+    resumed: bool = Field(
+        False, description="brought back from an archive into a new sandbox (a resume)"
+    )
     detail: str | None = Field(
         None,
         description="provisioning: why the sandbox is not ready yet; a session with "
@@ -263,6 +283,13 @@ class RouteBody(BaseModel):
     state: Literal["provisioning", "ready", "ended"]
     address: str | None
     lease_seconds: float | None
+
+
+class ResumeAccepted(BaseModel):
+    state: Literal["resuming", "ready", "provisioning", "suspending", "suspended"] = Field(
+        description="resuming: its archive is being restored into a new sandbox; ready: "
+        "it already was; suspending: resumed once its snapshot is kept"
+    )
 
 
 class TokenKeysBody(BaseModel):
@@ -331,6 +358,8 @@ def wait_detail(provisioning: Provisioning | None) -> str | None:
             return "waiting for a sandbox pod"
         case WaitReason.CLAIMING:
             return "handing the session to its sandbox (claim hook)"
+        case WaitReason.RESTORING:
+            return "resuming: restoring its archive into the sandbox (restore hook)"
         case WaitReason.POOL_CONDITION:
             condition = provisioning.condition
             return f"{condition.type}: {condition.message}" if condition else None
@@ -379,6 +408,17 @@ def prewarm_json(status: PoolStatus) -> dict[str, Any]:
     return {"policy": policy.value, "target": size, "reason": "standby: not scheduling"}
 
 
+def snapshot_json(session: Session) -> dict[str, Any] | None:
+    snapshot = session.snapshot
+    if snapshot is None:
+        return None
+    return {
+        "bytes": snapshot.bytes,
+        "taken_at": iso(snapshot.taken_at),
+        "expires_at": iso(snapshot.expires_at),
+    }
+
+
 def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
     if detail is None:
         return None
@@ -388,6 +428,7 @@ def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
         "busy_answer": detail.busy_answer,
         "claim_answer": detail.claim_answer,
         "eviction": detail.eviction,
+        "snapshot": detail.snapshot,
     }
 
 
@@ -423,6 +464,8 @@ def session_json(
             "detail": session.activity_detail,
         },
         "end_detail": end_detail_json(session.end_detail),
+        "snapshot": snapshot_json(session),
+        "resumed": session.resumed,
     }
     if session.state is not SessionState.ENDED:
         body["connect"] = {

@@ -17,15 +17,17 @@ from ..errors import (
     OrgRateLimited,
     OrgSessionLimit,
     SandboxError,
+    SessionEnded,
+    SessionNotFound,
     UnknownPlan,
     UserBeingDeleted,
     UserSessionLimit,
 )
 from ..model import (
     AuditAction,
-    EndReason,
     Limits,
     Outcome,
+    Plan,
     PodState,
     Provisioning,
     Session,
@@ -78,10 +80,7 @@ class Admission:
             return
         existing_id = pool.live_by_thread.get((org_id, user_id, thread_id))
         if existing_id is not None:
-            existing = pool.sessions[existing_id]
-            existing.requests.append(request_id)
-            if existing.reply_deadline is None:
-                self._answer(request_id, Outcome.EXISTING, existing.id)
+            self._ask_existing(pool.sessions[existing_id], request_id, wait_seconds, now)
             return
         terms = pool.limits.plan(plan)
         if terms is None:
@@ -93,28 +92,11 @@ class Admission:
                 self._refuse(request_id, Outcome.ORG_RATE, refusal)
                 return
 
-        reclaimed: Session | None = None
-        live = pool.live_by_user.get((org_id, user_id), ())
-        user_limit = terms.max_sessions_per_user or pool.limits.max_sessions_per_user
-        org_limit = terms.max_pods_per_org if org_id else None
-        at_org_limit = org_limit is not None and len(pool.live_by_org.get(org_id, ())) >= org_limit
-        if len(live) >= user_limit or at_org_limit:
-            # Reclaim stays per user: only this user's own oldest idle session makes
-            # room, for their own limit or their org's.
-            reclaimed = self.oldest_idle(live, now)
-            if reclaimed is None:
-                error: SandboxError
-                if len(live) >= user_limit:
-                    retry_after = self._user_retry_after(live, now)
-                    error = UserSessionLimit(user_limit, len(live), retry_after)
-                else:
-                    assert org_limit is not None
-                    retry_after = self._org_retry_after(pool.live_by_org[org_id], now)
-                    error = OrgSessionLimit(org_id, terms.name, org_limit, retry_after)
-                self._refuse(request_id, error.outcome, error)
-                return
-            answer = pool.recent_busy_answer(reclaimed.id, now)  # loop.py asked just before
-            pool.end_session(reclaimed.id, EndReason.RECLAIMED, now, answer)
+        room = self._make_room(user_id, org_id, terms, now)
+        if isinstance(room, SandboxError):
+            self._refuse(request_id, room.outcome, room)
+            return
+        reclaimed = room
 
         if org_id:
             pool.orgs.started(org_id, now)
@@ -141,12 +123,17 @@ class Admission:
             opened_by=pool.caller,
         )
         pool.track_live(session)
+        self._seat(session, request_id, wait_seconds, now)
+
+    def _seat(self, session: Session, request_id: int, wait_seconds: float, now: float) -> None:
+        """A seated session (new, or resuming) takes a warm pod of its shape, or waits."""
+        pool = self.pool
         if pool.limits.hooks:
             pool.hold_payload(session.id, request_id)
         session.reply_deadline = now + wait_seconds
-        pod = pool.inventory.oldest_fresh_idle(shape)
-        if pod is not None and (not org_id or self.may_take_warm(session)):
-            if org_id:
+        pod = pool.inventory.oldest_fresh_idle(session.shape)
+        if pod is not None and (not session.org_id or self.may_take_warm(session)):
+            if session.org_id:
                 self.took_warm(session)
             pool.lease(pod, session, now, warm=True)
             if session.state is SessionState.PROVISIONING:
@@ -163,6 +150,99 @@ class Admission:
             self.reply_due(session.id, now)
         else:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session.id)
+
+    def _make_room(
+        self, user_id: str, org_id: str, terms: Plan, now: float
+    ) -> Session | SandboxError | None:
+        """Whether one more session of this user fits their limit and their org's: the
+        session reclaimed to make room for it (None: none needed), or the refusal."""
+        pool = self.pool
+        live = pool.live_by_user.get((org_id, user_id), ())
+        user_limit = terms.max_sessions_per_user or pool.limits.max_sessions_per_user
+        org_limit = terms.max_pods_per_org if org_id else None
+        at_org_limit = org_limit is not None and len(pool.live_by_org.get(org_id, ())) >= org_limit
+        if len(live) < user_limit and not at_org_limit:
+            return None
+        # Reclaim stays per user: only this user's own oldest idle session makes room,
+        # for their own limit or their org's.
+        reclaimed = self.oldest_idle(live, now)
+        if reclaimed is None:
+            if len(live) >= user_limit:
+                retry_after = self._user_retry_after(live, now)
+                return UserSessionLimit(user_limit, len(live), retry_after)
+            assert org_limit is not None
+            retry_after = self._org_retry_after(pool.live_by_org[org_id], now)
+            return OrgSessionLimit(org_id, terms.name, org_limit, retry_after)
+        answer = pool.recent_busy_answer(reclaimed.id, now)  # loop.py asked just before
+        pool.reclaim(reclaimed, now, answer)  # suspended or ended: no longer seated
+        return reclaimed
+
+    # ------------------------------------------------------------ resuming
+
+    def _ask_existing(
+        self, session: Session, request_id: int, wait_seconds: float, now: float
+    ) -> None:
+        """An open (or a resume) for a thread with a live session: that session, resumed
+        first if it is suspended, once its snapshot is kept if it is being suspended."""
+        if session.state is SessionState.SUSPENDED:
+            session.requests = [request_id]
+            self._payload_for_resume(session, request_id)
+            self.resume(session, now, wait_seconds)
+            return
+        session.requests.append(request_id)
+        if session.state is SessionState.SUSPENDING:
+            # Answered once its snapshot is kept (then resumed) or not (then ended).
+            if session.reply_deadline is None:
+                session.reply_deadline = now + wait_seconds
+                self._payload_for_resume(session, request_id)
+        elif session.reply_deadline is None:
+            self._answer(request_id, Outcome.EXISTING, session.id)
+
+    def _payload_for_resume(self, session: Session, request_id: int) -> None:
+        # Env and files go to the new pod's claim only if this caller sent them again.
+        if self.pool.limits.hooks:
+            self.pool.hold_payload(session.id, request_id)
+
+    def resume(self, session: Session, now: float, wait_seconds: float | None = None) -> None:
+        """Seat a suspended session again, as an open: its user's limit and the cap
+        apply, with the same refusals (then it stays suspended). Its callers are in
+        ``session.requests``; the first one's wait decides (``wait_seconds``, else the
+        reply deadline a caller was given while it was being suspended)."""
+        pool = self.pool
+        requests, session.requests = list(session.requests), []
+        if wait_seconds is None:
+            wait_seconds = max(0.0, (session.reply_deadline or now) - now)
+        session.reply_deadline = None
+        terms = pool.limits.plan(session.plan) or pool.limits.default_plan
+        room = self._make_room(session.user_id, session.org_id, terms, now)
+        if isinstance(room, SandboxError):
+            for request_id in requests:
+                self._refuse(request_id, room.outcome, room)
+            pool.release_payload(session.id)
+            return
+        session.reclaimed_session_id = room.id if room else None
+        session.state = SessionState.PROVISIONING
+        session.resume_mono = now
+        session.opened_by = pool.caller
+        pool.seat(session)
+        pool.outbox.dirty_sessions.add(session.id)
+        session.requests = requests
+        self._seat(session, requests[0], wait_seconds, now)
+
+    def resume_session(
+        self, request_id: int, session_id: str, wait_seconds: float, now: float
+    ) -> None:
+        """POST /sessions/{id}/resume: as an open of its thread, by the session's id."""
+        session = self.pool.sessions.get(session_id)
+        if session is None or not session.live:
+            error: SandboxError = (
+                SessionEnded(session_id, session.end_reason)
+                if session is not None
+                else SessionNotFound(session_id)
+            )
+            self._refuse(request_id, Outcome.ERROR, error)
+            return
+        self._ask_existing(session, request_id, wait_seconds, now)
 
     # ------------------------------------------------------------ orgs (orgs.py)
 
@@ -227,6 +307,8 @@ class Admission:
         session = pool.sessions.get(session_id)
         if session is None or session.reply_deadline is None or not session.live:
             return
+        if session.state is not SessionState.PROVISIONING:
+            return  # suspending: answered once its snapshot is done (suspension.py)
         if session.reply_deadline > now:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session_id)
         elif pool.claiming_session(session_id):
@@ -241,7 +323,7 @@ class Admission:
             if session.reply_deadline is not None:  # its claim is in flight
                 self.answer_session(session, Outcome.COLD, now)
         else:
-            self._refuse_capacity(session)
+            self._refuse_capacity(session, now)
 
     def _covered(self, session_id: str) -> bool:
         """Whether this waiting session has a slot (FCFS): a pod on its way will reach
@@ -271,6 +353,8 @@ class Admission:
             return None
         if pool.claiming_session(session_id):
             return Provisioning(WaitReason.CLAIMING)
+        if pool.restoring(session_id):
+            return Provisioning(WaitReason.RESTORING)
         rejected = pool.create_rejected
         if rejected is not None:
             return Provisioning(WaitReason.POOL_CONDITION, condition=rejected)
@@ -315,14 +399,18 @@ class Admission:
         session.requests.clear()
         self.pool.outbox.dirty_sessions.add(session.id)
 
-    def _refuse_capacity(self, session: Session) -> None:
-        """No slot freed in time: the request fails and leaves no session behind."""
+    def _refuse_capacity(self, session: Session, now: float) -> None:
+        """No slot freed in time: the request fails and leaves no session behind (a
+        resuming one is suspended again, with its archive)."""
         pool = self.pool
         for request_id in session.requests:
             error = CapacityExhausted(pool.limits.max_total_jobs, CAPACITY_RETRY_AFTER)
             self._refuse(request_id, Outcome.CAPACITY, error)
         session.requests.clear()
         session.reply_deadline = None
+        if session.resuming:
+            pool.back_to_suspended(session, now)
+            return
         pool.untrack_live(session)
         pool.release_payload(session.id)
         del pool.sessions[session.id]

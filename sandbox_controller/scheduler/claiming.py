@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..model import EndReason, Outcome, Pod, PodState, Session
+from ..model import EndReason, Pod, PodState, Session
 from .core import PoolCore
 from .deadlines import DeadlineKind
 from .effects import ClaimCall
@@ -169,7 +169,7 @@ class Claiming:
         session = self.pool.sessions[session_id]  # live: ending a session drops its claim
         pod = self.pool.pods.get(claim.pod_name)
         if accepted and pod is not None and pod.state is PodState.ASSIGNED:
-            self.pool.hand_over(session, now, Outcome.WARM if claim.warm else Outcome.COLD)
+            self.pool.claimed(session, pod, now, warm=claim.warm)
         else:
             self._failed(session, claim, now, failure)
 
@@ -200,6 +200,9 @@ class Claiming:
         if pod is not None:
             pool.delete_pod(pod, now)
         rejected = self.claims.failed(session.id, failure)
+        if rejected is not None and session.resuming:
+            pool.resume_failed(session, now, f"claim_rejected: {rejected}")  # archive kept
+            return
         if rejected is not None:
             pool.end_session(session.id, EndReason.CLAIM_REJECTED, now, claim_answer=rejected)
             return

@@ -135,6 +135,12 @@ class PoolCore(Protocol):
 
     def untrack_live(self, session: Session) -> None: ...
 
+    def seat(self, session: Session) -> None:
+        """It counts toward its user's and org's limits (it holds or awaits a pod)."""
+
+    def unseat(self, session: Session) -> None:
+        """It counts toward no limit (suspending, suspended)."""
+
     def watch_session_deadlines(self, session: Session) -> None: ...
 
     def lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None: ...
@@ -150,7 +156,17 @@ class PoolCore(Protocol):
         *,
         claim_answer: str | None = None,
         eviction: str | None = None,
+        snapshot: str | None = None,
     ) -> bool: ...
+
+    def claimed(self, session: Session, pod: Pod, now: float, *, warm: bool) -> None:
+        """Its pod took the claim: ready, or, resuming, its archive restored first."""
+
+    def idle_out(self, session: Session, now: float, asked: BusyAnswer | None) -> None:
+        """Its idle timeout passed: suspended or ended (suspension.py)."""
+
+    def reclaim(self, session: Session, now: float, asked: BusyAnswer | None) -> None:
+        """Reclaimed for its user's new session: suspended or ended (suspension.py)."""
 
     def touch(
         self, session_id: str, at: float, source: ActivitySource, detail: str | None = None
@@ -175,6 +191,24 @@ class PoolCore(Protocol):
 
     def claim_pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
         """claiming.py: the pod being claimed for this session is lost."""
+
+    def drop_claim(self, session_id: str) -> None:
+        """claiming.py: the session's claim in flight, if any, is given up."""
+
+    def resume_waiting(self, session: Session, now: float) -> None:
+        """admission.py: resume a session asked for while it was being suspended."""
+
+    def resume_failed(self, session: Session, now: float, detail: str) -> None:
+        """suspension.py: its callers hear restore_failed; suspended again."""
+
+    def back_to_suspended(self, session: Session, now: float) -> None:
+        """suspension.py: a resume given up; its pod goes, its archive stays."""
+
+    def restore_pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
+        """suspension.py: the pod its archive was being restored into is lost."""
+
+    def restoring(self, session_id: str) -> bool:
+        """suspension.py: its archive is being restored into its pod."""
 
     def hold_payload(self, session_id: str, request_id: int) -> None:
         """claiming.py: this request's env and files go with the session's claims."""

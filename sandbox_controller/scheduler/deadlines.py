@@ -23,6 +23,9 @@ class DeadlineKind(enum.StrEnum):
     POD_STARTUP = "pod_startup"  # a pod not ready in time (lifecycle.py)
     POD_DELETE = "pod_delete"  # a delete to send, or to send again (lifecycle.py)
     CLAIM = "claim"  # a claim hook's fallback (claiming.py)
+    SNAPSHOT = "snapshot"  # a snapshot call's fallback (suspension.py)
+    RESTORE = "restore"  # a restore call's fallback (suspension.py)
+    ARCHIVE_EXPIRY = "archive_expiry"  # a suspended session's retention (suspension.py)
     # Wake-ups only: the tick's reconcile acts on them (create again, a new target).
     CREATE_BACKOFF = "create_backoff"
     PREWARM = "prewarm"

@@ -22,9 +22,16 @@ from ..backends.base import Backend, BackendError, LeaseLost, PodEvent, pool_lab
 from ..hooks import ClaimPayload, HookResult, SandboxHooks
 from ..model import BusyAnswer, Shape
 from ..sandbox_contract import HOOK_NOT_IMPLEMENTED
+from ..snapshots import (
+    RestoreFailed,
+    SnapshotFailed,
+    SnapshotStore,
+    restore_snapshot,
+    take_snapshot,
+)
 from .claiming import NO_ANSWER, ClaimFailure
 from .conditions import kind_of
-from .effects import ClaimCall, Outbox, Release, StatusCheck
+from .effects import ClaimCall, Outbox, Release, RestoreCall, SnapshotCall, StatusCheck
 from .pool import Pool
 from .ports import LoopObserver, StatusAnswer
 
@@ -83,6 +90,11 @@ class EffectCalls:
         self._traces: dict[int, Context] = {}
         # Status calls in flight, by session: concurrent opens of one user share them.
         self._status_calls: dict[str, asyncio.Task[BusyAnswer]] = {}
+        # Where suspended sessions' archives go (None: suspension off), the most one
+        # may hold, and how long one snapshot or restore call may take.
+        self.snapshot_store: SnapshotStore | None = None
+        self.snapshot_max_bytes = 1024**3
+        self.snapshot_timeout = 300.0
 
     def _start_effects(self, outbox: Outbox, traces: Mapping[str, Context] = EMPTY) -> None:
         """Start the round's calls; ``traces``: the trace each pod's calls join."""
@@ -108,6 +120,103 @@ class EffectCalls:
             self.observer.claim_hook_failed()
         for event in outbox.audit:
             self.audit(event)  # a log line queued, a webhook queued: never a wait
+        self._start_suspension_effects(outbox)
+
+    # ------------------------------------------------------------ suspend and resume
+
+    def _start_suspension_effects(self, outbox: Outbox) -> None:
+        for snapshot in outbox.snapshots:
+            self._effects.start(self._snapshot(snapshot), f"snapshot:{snapshot.session_id}")
+        for restore in outbox.restores:
+            self._effects.start(self._restore(restore), f"restore:{restore.session_id}")
+        for key in outbox.archive_deletes:
+            self._effects.start(self._delete_archive(key), f"archive-delete:{key}")
+        for outcome in outbox.snapshot_outcomes:
+            self.observer.snapshot_outcome(outcome)
+        for size in outbox.snapshot_bytes:
+            self.observer.snapshot_stored(size)
+        for seconds in outbox.suspend_seconds:
+            self.observer.suspended(seconds)
+        for seconds in outbox.resume_seconds:
+            self.observer.resumed(seconds)
+
+    async def _snapshot(self, call: SnapshotCall) -> None:
+        """Stream the pod's snapshot into the store; the size (or why not) goes back to
+        the pool, which records the archive in its next round."""
+        size: int | None = None
+        failure: tuple[str, str] | None = None
+        if self.hooks is None or self.snapshot_store is None:
+            failure = ("not_supported", "no snapshot store")
+        else:
+            try:
+                size = await take_snapshot(
+                    self.hooks.client,
+                    call.address,
+                    self.hooks.secret(call.create_id),
+                    self.snapshot_store,
+                    call.key,
+                    max_bytes=self.snapshot_max_bytes,
+                    timeout=self.snapshot_timeout,
+                )
+            except SnapshotFailed as exc:
+                failure = (exc.reason, exc.detail)
+            except Exception as exc:  # a bug of ours: the session still ends, said why
+                log.exception("snapshot of session %s failed", call.session_id)
+                failure = ("hook_error", type(exc).__name__)
+        if failure is not None:
+            log.warning(
+                "snapshot of session %s (pod %s) failed: %s: %s",
+                call.session_id,
+                call.pod_name,
+                *failure,
+            )
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.snapshot_taken(call.session_id, call.attempt, call.key, size, failure, now)
+
+        self._queue.put_nowait(Command(apply))
+
+    async def _restore(self, call: RestoreCall) -> None:
+        failure: tuple[str, str] | None = None
+        if self.hooks is None or self.snapshot_store is None:
+            failure = ("not_supported", "no snapshot store")
+        else:
+            try:
+                await restore_snapshot(
+                    self.hooks.client,
+                    call.address,
+                    self.hooks.secret(call.create_id),
+                    self.snapshot_store,
+                    call.key,
+                    timeout=self.snapshot_timeout,
+                )
+            except RestoreFailed as exc:
+                failure = (exc.reason, exc.detail)
+            except Exception as exc:
+                log.exception("restore of session %s failed", call.session_id)
+                failure = ("hook_error", type(exc).__name__)
+        if failure is not None:
+            log.warning(
+                "restore of session %s into pod %s failed: %s: %s",
+                call.session_id,
+                call.pod_name,
+                *failure,
+            )
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.restore_answered(call.session_id, call.attempt, failure, now)
+
+        self._queue.put_nowait(Command(apply))
+
+    async def _delete_archive(self, key: str) -> None:
+        """Its record is gone (committed): the object goes. A failure leaves an orphan
+        for the sweep, never a record without its object."""
+        if self.snapshot_store is None:
+            return
+        try:
+            await self.snapshot_store.delete(key)
+        except Exception as exc:
+            log.warning("deleting archive %s failed (the sweep retries): %s", key, exc)
 
     # ------------------------------------------------------------ backend effects
 

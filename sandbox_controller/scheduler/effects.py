@@ -26,6 +26,30 @@ class ClaimCall:
 
 
 @dataclass(frozen=True)
+class SnapshotCall:
+    """Take this session's snapshot into the store under ``key`` (suspension.py)."""
+
+    attempt: int
+    session_id: str
+    pod_name: str
+    address: str
+    create_id: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RestoreCall:
+    """Stream this session's archive into its new pod's restore hook (suspension.py)."""
+
+    attempt: int
+    session_id: str
+    pod_name: str
+    address: str
+    create_id: str
+    key: str
+
+
+@dataclass(frozen=True)
 class StatusCheck:
     """Ask this session's sandbox whether it is busy (GET /_sandbox/status)."""
 
@@ -79,6 +103,15 @@ class Outbox:
     payloads_done: list[int] = field(default_factory=list)
     # State changes for the audit log and the webhooks, sent once the round commits.
     audit: list[AuditEvent] = field(default_factory=list)
+    # Suspend and resume (suspension.py): hook calls to make, archives whose record this
+    # round removed (deleted from the store after the commit), and numbers to observe.
+    snapshots: list[SnapshotCall] = field(default_factory=list)
+    restores: list[RestoreCall] = field(default_factory=list)
+    archive_deletes: list[str] = field(default_factory=list)
+    snapshot_outcomes: list[str] = field(default_factory=list)
+    snapshot_bytes: list[int] = field(default_factory=list)
+    suspend_seconds: list[float] = field(default_factory=list)
+    resume_seconds: list[float] = field(default_factory=list)
 
     @property
     def creates(self) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from ..model import (
     ActivitySource,
     BusyAnswer,
-    EndReason,
     Limits,
     Plan,
     Pod,
@@ -110,7 +109,7 @@ class Idling:
         if (
             not pool.limits.hooks
             or terms is None
-            or (org_id, user_id, thread_id) in pool.live_by_thread
+            or _seated(pool, (org_id, user_id, thread_id))
             or not _at_a_limit(pool, terms, org_id, len(live))
         ):
             return []
@@ -161,7 +160,7 @@ class Idling:
                 pool.deadlines.push(due, DeadlineKind.BUSY_CHECK, session.id)
                 pool.outbox.status_checks.append(StatusCheck(session.id, *target))
             return
-        pool.end_session(session.id, EndReason.IDLE_TIMEOUT, now, answer)
+        pool.idle_out(session, now, answer)
 
 
 def _at_a_limit(pool: PoolCore, terms: Plan, org_id: str, live: int) -> bool:
@@ -170,3 +169,10 @@ def _at_a_limit(pool: PoolCore, terms: Plan, org_id: str, live: int) -> bool:
         return True
     cap = terms.max_pods_per_org
     return bool(org_id) and cap is not None and len(pool.live_by_org.get(org_id, ())) >= cap
+
+
+def _seated(pool: PoolCore, thread: tuple[str, str, str]) -> bool:
+    """The thread's session holds or awaits a pod (a suspended one would be resumed,
+    which may reclaim as an open does)."""
+    sid = pool.live_by_thread.get(thread)
+    return sid is not None and pool.sessions[sid].seated

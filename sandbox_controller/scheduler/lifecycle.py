@@ -83,11 +83,15 @@ class PodLifecycle:
         if not self.pool.limits.hooks or session is None or target is None:
             return
         reason = session.end_reason
-        if reason is None or reason is EndReason.POD_FAILED or pod.stopped:
+        if reason is EndReason.POD_FAILED or pod.stopped:
             # A failed or stopped pod would only make the delete wait out the deadline.
             # An evicted one still running (its grace period) hears of the end first.
             return
-        self._releases[pod.name] = Release(session.id, *target, reason.value)
+        if reason is not None:
+            self._releases[pod.name] = Release(session.id, *target, reason.value)
+        elif session.state is SessionState.SUSPENDED:
+            # Its snapshot is kept (or, resuming, its restore failed): it goes all the same.
+            self._releases[pod.name] = Release(session.id, *target, "suspended")
 
     def _send_delete(self, name: str) -> None:
         self.pool.outbox.deletes.append(name)
@@ -254,6 +258,13 @@ class PodLifecycle:
     ) -> None:
         # Never handed over: the session tries another pod, as on a failed claim.
         if self.pool.claim_pod_lost(session_id, pod.name, now):
+            return
+        # Being restored into: the session is suspended again, its archive kept.
+        if self.pool.restore_pod_lost(session_id, pod.name, now):
+            return
+        session = self.pool.sessions.get(session_id)
+        if session is not None and session.state is SessionState.SUSPENDING:
+            # Its snapshot call fails on its own (or comes back with the archive).
             return
         if eviction is None:
             self.pool.end_session(session_id, EndReason.POD_FAILED, now)

@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from .. import tracing
-from ..errors import NotLeader, SandboxError, SessionEnded, SessionNotFound, StoreUnavailable
+from ..aiotime import sleep_or_stop
+from ..errors import (
+    NotLeader,
+    SandboxError,
+    SessionEnded,
+    SessionNotFound,
+    SessionNotReady,
+    StoreUnavailable,
+    SuspensionDisabled,
+)
 from ..hooks import ClaimPayload
 from ..model import (
     ActivitySource,
@@ -44,6 +53,8 @@ log = logging.getLogger(__name__)
 # A stop lets the round in progress finish (its commit, its answers) this long, and
 # gives its last write of pod rows as long.
 STOP_GRACE = 2.0
+# How often archives no session owns are looked for (and once at the start of a term).
+SWEEP_EVERY = 3600.0
 
 T = TypeVar("T")
 
@@ -60,6 +71,8 @@ class Scheduler(Rounds):
         self.running = True
         self._tasks.start(self._feed_events(), "events")
         self._loop = self._tasks.start(self._run(), "loop")
+        if self.snapshot_store is not None:
+            self._tasks.start(self._sweep_archives(), "archive-sweep")
 
     async def stop(self) -> None:
         """Take no more work, let the round in progress finish (up to STOP_GRACE),
@@ -149,6 +162,17 @@ class Scheduler(Rounds):
                 shape=shape,
             )
 
+        return await self._request(request_id, apply, payload, caller)
+
+    async def _request(
+        self,
+        request_id: int,
+        apply: Callable[[Pool, float], None],
+        payload: ClaimPayload | None,
+        caller: str | None,
+    ) -> Opened:
+        """Queue an open (or a resume) and wait for its answer, given once the round that
+        decided it has committed; its env and files are held for its claim meanwhile."""
         trace = tracing.context_now()  # the API's span: the round and its calls join it
         if trace is not None:
             self._traces[request_id] = trace
@@ -189,6 +213,86 @@ class Scheduler(Rounds):
                 answer = BusyAnswer(False, "no answer", answered=False)
             self._submit(busy_command(check, answer))
 
+    async def resume_session(
+        self,
+        session_id: str,
+        wait_seconds: float,
+        payload: ClaimPayload | None = None,
+        caller: str | None = None,
+    ) -> Opened:
+        """Resume a suspended session (POST /sessions/{id}/resume, and the proxy's
+        internal resume): as an open of its thread would, with the same refusals, and
+        SessionRestoreFailed if its archive could not be restored (it stays suspended).
+        A session not suspended is answered as it is (EXISTING)."""
+        pool = self._leading_pool()
+        session = pool.sessions.get(session_id)
+        if session is None:
+            stored = await self.store.get_session(session_id)
+            if stored is None:
+                raise SessionNotFound(session_id)
+            raise SessionEnded(session_id, stored.end_reason)
+        await self._ask_before_reclaim(
+            session.user_id, session.thread_id, session.org_id, session.plan
+        )
+        self._leading_pool()
+        request_id = pool.next_request_id()
+
+        def apply(pool: Pool, now: float) -> None:
+            pool.resume(request_id, session_id, wait_seconds, now)
+
+        return await self._request(request_id, apply, payload, caller)
+
+    async def suspend_session(self, session_id: str, caller: str | None = None) -> SessionView:
+        """POST /sessions/{id}/suspend: a ready session's snapshot is taken and its pod
+        given back (it is ended ``deleted`` if no archive can be kept); a suspending or
+        suspended one is left as it is. The session as the round left it."""
+        if not self.limits.snapshots:
+            raise SuspensionDisabled()
+
+        def apply(pool: Pool, now: float) -> Session | None:
+            session = pool.suspend_session(session_id, now)
+            return session_copy(session) if session is not None else None
+
+        found = await self._call(apply, caller)
+        if found is None:
+            stored = await self.store.get_session(session_id)
+            if stored is None:
+                raise SessionNotFound(session_id)
+            raise SessionEnded(session_id, stored.end_reason)
+        if found.state is SessionState.PROVISIONING:
+            raise SessionNotReady(session_id, found.state.value)
+        return SessionView(found)
+
+    async def sweep_archives(self) -> list[str]:
+        """Delete the archives no session owns (a crash between an upload and its
+        record, a delete that failed); their keys."""
+        store = self.snapshot_store
+        if store is None:
+            return []
+        keys = await store.keys()
+        if not keys:
+            return []
+        # Listed first, then the pool's own: an archive listed is either recorded or
+        # about to be (a snapshot in flight) by then, or no session will ever own it.
+        known = await self._call(lambda pool, now: pool.archive_keys())
+        orphans = sorted(set(keys) - known)
+        for key in orphans:
+            await store.delete(key)
+        if orphans:
+            log.info("deleted %d archives no session owns", len(orphans))
+        return orphans
+
+    async def _sweep_archives(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                await self.sweep_archives()
+            except SandboxError:
+                pass  # not leading any more, or the store is down: the next term's sweep
+            except Exception as exc:
+                log.warning("sweeping archives no session owns failed: %s", exc)
+            if await sleep_or_stop(self.clock, SWEEP_EVERY, self._stopped):
+                return
+
     async def end_session(self, session_id: str, caller: str | None = None) -> None:
         """End a session on request (reason ``deleted``); idempotent for ended ones.
         ``caller``: who asks (a token id, "console:operator"), for the audit log."""
@@ -205,7 +309,12 @@ class Scheduler(Rounds):
         """End every live session with ``reason`` (their pods deleted); how many ended."""
 
         def apply(pool: Pool, now: float) -> int:
-            live = [sid for sid, session in pool.sessions.items() if session.live]
+            # A suspended session has no sandbox to lose: it stays, with its archive.
+            live = [
+                sid
+                for sid, session in pool.sessions.items()
+                if session.live and session.state is not SessionState.SUSPENDED
+            ]
             return sum(pool.end_session(sid, reason, now) for sid in live)
 
         return await self._call(apply)
@@ -222,9 +331,8 @@ class Scheduler(Rounds):
         try:
             # Forgotten in memory first, then purged: no later round can write one back.
             await self._call(lambda pool, now: pool.forget_user(user_id))
+            # Their archives went with the round that ended them (suspension.py).
             purged = await self.store.purge_user(user_id)
-            # Suspension archives (not built yet) are deleted here, before the rows
-            # that name them are gone for good.
         finally:
             # Not awaited: applied in a later round than this caller's answer.
             with contextlib.suppress(SandboxError):
@@ -281,7 +389,7 @@ class Scheduler(Rounds):
                 return None
             pod = pool.lease_route(session_id, now)
             if pod is None:
-                return Route(session_id, session.state)
+                return Route(session_id, session.state, resuming=session.resuming)
             return Route(session_id, session.state, pod.address, ROUTE_LEASE)
 
         route = await self._call(apply)

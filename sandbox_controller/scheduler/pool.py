@@ -56,6 +56,7 @@ from .lifecycle import PodLifecycle
 from .orgs import OrgLedger
 from .orphans import Orphans
 from .prewarm import Prewarm
+from .suspension import Suspension
 from .views import PoolViews
 
 K = TypeVar("K")
@@ -110,6 +111,7 @@ class Pool(PoolViews):
         self.lifecycle = PodLifecycle(self)
         self.claiming = Claiming(self)
         self.idling = Idling(self)
+        self.suspension = Suspension(self)
         self.orphans = Orphans()  # pods a rebuild holds for an operator (orphans.py)
         # Which policy acts when a deadline of each kind comes (the wake-ups only wake:
         # the tick's reconcile does the rest).
@@ -122,6 +124,9 @@ class Pool(PoolViews):
             DeadlineKind.POD_STARTUP: self.lifecycle.startup_due,
             DeadlineKind.POD_DELETE: self.lifecycle.delete_due,
             DeadlineKind.CLAIM: self.claiming.due,
+            DeadlineKind.SNAPSHOT: self.suspension.snapshot_due,
+            DeadlineKind.RESTORE: self.suspension.restore_due,
+            DeadlineKind.ARCHIVE_EXPIRY: self.suspension.expiry_due,
             DeadlineKind.CREATE_BACKOFF: _wake_up,
             DeadlineKind.PREWARM: _wake_up,
         }
@@ -169,13 +174,22 @@ class Pool(PoolViews):
 
     def track_live(self, session: Session) -> None:
         self.sessions[session.id] = session
-        self.live_by_user[user_key(session)].add(session.id)
         self.live_by_thread[thread_key(session)] = session.id
+        if session.seated:
+            self.seat(session)
+
+    def seat(self, session: Session) -> None:
+        """It holds or awaits a pod: it counts toward its user's and its org's limits."""
+        self.live_by_user[user_key(session)].add(session.id)
         self.live_by_org[session.org_id].add(session.id)
 
-    def untrack_live(self, session: Session) -> None:
+    def unseat(self, session: Session) -> None:
+        """Suspending or suspended: live (its thread's), but counted toward no limit."""
         _discard(self.live_by_user, user_key(session), session.id)
         _discard(self.live_by_org, session.org_id, session.id)
+
+    def untrack_live(self, session: Session) -> None:
+        self.unseat(session)
         if self.live_by_thread.get(thread_key(session)) == session.id:
             del self.live_by_thread[thread_key(session)]
         self.waiting.pop(session.id, None)
@@ -189,8 +203,15 @@ class Pool(PoolViews):
             due = session.created_mono + limits.max_lifetime
             self.deadlines.push(due, DeadlineKind.LIFETIME, session.id)
         if session.state is SessionState.PROVISIONING:
-            due = session.created_mono + limits.startup_timeout
+            due = self._startup_from(session) + limits.startup_timeout
             self.deadlines.push(due, DeadlineKind.SESSION_STARTUP, session.id)
+        if session.state is SessionState.SUSPENDED:
+            self.suspension.watch_expiry(session)
+
+    @staticmethod
+    def _startup_from(session: Session) -> float:
+        """A resume's start-up timeout runs from the resume, not the session's start."""
+        return session.resume_mono if session.resuming else session.created_mono
 
     def lease(self, pod: Pod, session: Session, now: float, *, warm: bool) -> None:
         """Give the pod to the session for good. It is handed over at once, or, when
@@ -209,6 +230,15 @@ class Pool(PoolViews):
         }
         if self.limits.hooks and pod.create_id and pod.address:
             self.claiming.start(pod, session, now, warm=warm)
+        elif session.resuming:
+            self.suspension.restore(session, pod, now, warm=warm)  # fails: no claim secret
+        else:
+            self.hand_over(session, now, Outcome.WARM if warm else Outcome.COLD)
+
+    def claimed(self, session: Session, pod: Pod, now: float, *, warm: bool) -> None:
+        """Its pod took the claim: ready, or, resuming, its archive is restored first."""
+        if session.resuming:
+            self.suspension.restore(session, pod, now, warm=warm)
         else:
             self.hand_over(session, now, Outcome.WARM if warm else Outcome.COLD)
 
@@ -234,11 +264,13 @@ class Pool(PoolViews):
         *,
         claim_answer: str | None = None,
         eviction: str | None = None,
+        snapshot: str | None = None,
     ) -> bool:
         """End a live session and give its pod back (by deleting it). False if not live.
         ``asked``: the status hook's answer that let it end; ``claim_answer``: why its
-        claim was given up; ``eviction``: the platform's words for its pod's eviction
-        (each recorded as why)."""
+        claim was given up; ``eviction``: the platform's words for its pod's eviction;
+        ``snapshot``: why it was not suspended instead (each recorded as why). Its
+        archive, if it has one, goes after this round (record first, then object)."""
         session = self.sessions.get(session_id)
         if session is None or not session.live:
             return False
@@ -251,7 +283,12 @@ class Pool(PoolViews):
             asked.describe() if asked else None,
             claim_answer,
             eviction,
+            snapshot,
         )
+        if session.snapshot is not None:
+            self.outbox.archive_deletes.append(session.snapshot.key)
+            session.snapshot = None
+        self.suspension.forget(session_id)
         self.busy.forget(session_id)
         self.untrack_live(session)
         self.claims.drop(session.id)  # a claim's late answer is ignored
@@ -290,9 +327,7 @@ class Pool(PoolViews):
         self.deleting_users.add(user_id)
         ended = pods = 0
         # Across orgs: a user id names one person wherever they work (README).
-        live = (
-            sid for (_, user), sids in self.live_by_user.items() if user == user_id for sid in sids
-        )
+        live = (sid for (_, user, _), sid in self.live_by_thread.items() if user == user_id)
         for sid in sorted(live):
             pod_name = self.sessions[sid].pod_name
             if self.end_session(sid, EndReason.DELETED, now):
@@ -319,8 +354,75 @@ class Pool(PoolViews):
 
     def _startup_due(self, session_id: str, now: float) -> None:
         session = self.sessions.get(session_id)
-        if session is not None and session.state is SessionState.PROVISIONING:
+        if session is None or session.state is not SessionState.PROVISIONING:
+            return
+        if not session.resuming:
             self.end_session(session_id, EndReason.STARTUP_TIMEOUT, now)
+        elif session.resume_mono + self.limits.startup_timeout <= now:  # not a stale one
+            self.suspension.resume_failed(session, now, "no sandbox in time (startup timeout)")
+
+    # ------------------------------------------------------------ suspend and resume
+
+    def idle_out(self, session: Session, now: float, asked: BusyAnswer | None) -> None:
+        """Its idle timeout passed (and it is not busy): suspended, or ended."""
+        if self.limits.suspends_idle:
+            self.suspension.suspend(session, EndReason.IDLE_TIMEOUT, now, asked)
+        else:
+            self.end_session(session.id, EndReason.IDLE_TIMEOUT, now, asked)
+
+    def reclaim(self, session: Session, now: float, asked: BusyAnswer | None) -> None:
+        """Reclaimed to make room for its user's new session: suspended, or ended."""
+        if self.limits.suspends_idle:
+            self.suspension.suspend(session, EndReason.RECLAIMED, now, asked)
+        else:
+            self.end_session(session.id, EndReason.RECLAIMED, now, asked)
+
+    def suspend_session(self, session_id: str, now: float) -> Session | None:
+        """POST /sessions/{id}/suspend: a ready session is suspended (ended ``deleted``
+        if no archive can be kept: the caller gives its pod back either way); any other
+        is left as it is. The session, or None if unknown."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.state is SessionState.READY and self.limits.snapshots:
+            self.suspension.suspend(session, EndReason.DELETED, now)
+        return session
+
+    def resume(self, request_id: int, session_id: str, wait_seconds: float, now: float) -> None:
+        """POST /sessions/{id}/resume: answered via the outbox, as an open is."""
+        self.admission.resume_session(request_id, session_id, wait_seconds, now)
+
+    def resume_waiting(self, session: Session, now: float) -> None:
+        self.admission.resume(session, now)
+
+    def resume_failed(self, session: Session, now: float, detail: str) -> None:
+        self.suspension.resume_failed(session, now, detail)
+
+    def back_to_suspended(self, session: Session, now: float) -> None:
+        self.suspension.back_to_suspended(session, now)
+
+    def snapshot_taken(
+        self,
+        session_id: str,
+        attempt: int,
+        key: str,
+        size: int | None,
+        failure: tuple[str, str] | None,
+        now: float,
+    ) -> None:
+        self.suspension.snapshot_taken(session_id, attempt, key, size, failure, now)
+
+    def restore_answered(
+        self, session_id: str, attempt: int, failure: tuple[str, str] | None, now: float
+    ) -> None:
+        self.suspension.restore_answered(session_id, attempt, failure, now)
+
+    def restore_pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
+        return self.suspension.restore_pod_lost(session_id, pod_name, now)
+
+    def restoring(self, session_id: str) -> bool:
+        return self.suspension.restoring(session_id)
+
+    def archive_keys(self) -> set[str]:
+        return self.suspension.keys()
 
     # ------------------------------------------------------------ dispatch: requests
 
@@ -430,6 +532,9 @@ class Pool(PoolViews):
     def claim_pod_lost(self, session_id: str, pod_name: str, now: float) -> bool:
         return self.claiming.pod_lost(session_id, pod_name, now)
 
+    def drop_claim(self, session_id: str) -> None:
+        self.claims.drop(session_id)
+
     def hold_payload(self, session_id: str, request_id: int) -> None:
         self.claims.hold_payload(session_id, request_id)
 
@@ -459,6 +564,8 @@ class Pool(PoolViews):
             session.template = self.limits.default_template  # a row from before templates
         session.created_mono = self.from_wall(session.created_at)
         session.active_mono = self.from_wall(session.last_active_at)
+        if session.state is SessionState.SUSPENDED:
+            session.pod_name = None
         self.track_live(session)
         if session.state is SessionState.PROVISIONING:
             # A claim in flight died with the previous leader (its pod is deleted, see

@@ -56,6 +56,18 @@ class LoopObserver(Protocol):
     def status_answered(self, answer: StatusAnswer) -> None:
         """A status hook call (before an idle timeout or a reclaim) came back so."""
 
+    def snapshot_outcome(self, outcome: str) -> None:
+        """A snapshot or restore ended so (sandbox_snapshots_total's outcomes)."""
+
+    def snapshot_stored(self, size: int) -> None:
+        """An archive of this many bytes was kept."""
+
+    def suspended(self, seconds: float) -> None:
+        """A session was suspended, this long after its snapshot began."""
+
+    def resumed(self, seconds: float) -> None:
+        """A session was resumed, this long after its resume was asked for."""
+
 
 class NoObserver:
     def round_committed(self, commands: int) -> None:
@@ -77,4 +89,16 @@ class NoObserver:
         pass
 
     def status_answered(self, answer: StatusAnswer) -> None:
+        pass
+
+    def snapshot_outcome(self, outcome: str) -> None:
+        pass
+
+    def snapshot_stored(self, size: int) -> None:
+        pass
+
+    def suspended(self, seconds: float) -> None:
+        pass
+
+    def resumed(self, seconds: float) -> None:
         pass

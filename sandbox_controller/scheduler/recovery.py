@@ -26,6 +26,9 @@ process: across a restart or a takeover the stored wall times are the only truth
 stored time becomes a monotonic one as ``mono_now + (stored - wall_now)``
 (Pool.from_wall), so a deadline is as far off as the wall clock now says.
 
+A session being suspended or resumed is taken back as suspension.py says (its
+docstring: which state survives a crash).
+
 A pod that served a session the store cannot name (an orphan: orphans.py) is deleted
 like the rest, unless there are so many that the store itself is the likelier fault
 (an older backup, the wrong database): then they are all held until an operator
@@ -51,6 +54,16 @@ def restore(
     confirmed: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     rows = {p.name: p for p in pod_rows}
+    for stored in sessions:
+        if stored.state is SessionState.SUSPENDING:
+            # Its snapshot died with the previous leader (an archive it may have left has
+            # no record: the sweep takes it). Ready again on its pod, if that is healthy;
+            # its idle timeout, long past, suspends it again.
+            stored.state = SessionState.READY
+        elif stored.resuming:
+            # A resume the previous leader began: finished here, on a new pod (the one it
+            # had, which may hold part of the archive, is deleted below).
+            stored.resume_mono = now
     holder = {s.pod_name: s for s in sessions if s.pod_name and s.live}
     adopted: set[str] = set()
     orphans: list[Pod] = []

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..hooks import SandboxHooks
 from ..model import CONTROLLER_CALLER, Limits, Opened, Outcome, Session, SessionState
+from ..snapshots import SnapshotStore
 from ..store import Batch, Deposed, Fence
 from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
@@ -75,9 +76,14 @@ class Rounds(EffectCalls):
         fence: Fence | None = None,
         hooks: SandboxHooks | None = None,
         audit: AuditSink = send,
+        snapshot_store: SnapshotStore | None = None,
+        snapshot_max_bytes: int = 1024**3,
     ) -> None:
         super().__init__(backend, hooks, observer or NoObserver(), audit)
         self.limits = limits
+        self.snapshot_store = snapshot_store
+        self.snapshot_max_bytes = snapshot_max_bytes
+        self.snapshot_timeout = limits.snapshot_timeout
         self.store = store
         self.clock = clock
         self.fence = fence
@@ -300,8 +306,10 @@ class Rounds(EffectCalls):
             session = pool.sessions.get(sid)
             if session is None:
                 continue
-            if session.reply_deadline is not None:
-                pool.outbox.dirty_sessions.add(sid)  # not promised to anyone yet
+            if session.reply_deadline is not None and session.snapshot is None:
+                # Not promised to anyone yet. (A resuming session is written: its row,
+                # and the archive it records, exist already.)
+                pool.outbox.dirty_sessions.add(sid)
                 continue
             batch.sessions.append(session)
         self._pod_rows |= outbox.dirty_pods

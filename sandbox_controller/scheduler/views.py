@@ -107,7 +107,9 @@ class PoolViews:
             session = self.sessions[sid]
             if session.state is SessionState.PROVISIONING:
                 sessions[SessionActivity.PROVISIONING] += 1
-            elif session.is_idle(now, idle_after):
+            elif session.state is SessionState.SUSPENDED:
+                sessions[SessionActivity.SUSPENDED] += 1
+            elif session.state is SessionState.SUSPENDING or session.is_idle(now, idle_after):
                 sessions[SessionActivity.IDLE] += 1
             else:
                 sessions[SessionActivity.ACTIVE] += 1

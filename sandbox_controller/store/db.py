@@ -41,6 +41,7 @@ from ..model import (
     SessionPage,
     SessionQuery,
     SessionState,
+    Snapshot,
 )
 from .engines import Engine, open_engine
 from .tables import leader_lease, pods, sessions
@@ -123,6 +124,12 @@ def _session_row(s: Session) -> dict[str, Any]:
         "plan": s.plan,
         "template": s.template,
         "resources": _resources_text(s.resources),
+        # The archive's record: written in the round that suspends the session, cleared
+        # in the one that resumes or ends it (scheduler/suspension.py).
+        "snapshot_key": s.snapshot.key if s.snapshot else None,
+        "snapshot_bytes": s.snapshot.bytes if s.snapshot else None,
+        "snapshot_taken_at": s.snapshot.taken_at if s.snapshot else None,
+        "snapshot_expires_at": s.snapshot.expires_at if s.snapshot else None,
     }
 
 
@@ -159,6 +166,18 @@ def session_from_row(row: sa.Row[Any]) -> Session:
         plan=m["plan"],
         template=m["template"] or DEFAULT_TEMPLATE,  # NULL: from before templates
         resources=_resources_of(m["resources"]),
+        snapshot=_snapshot_of(m),
+    )
+
+
+def _snapshot_of(m: Any) -> Snapshot | None:
+    if m["snapshot_key"] is None:
+        return None
+    return Snapshot(
+        m["snapshot_key"],
+        int(m["snapshot_bytes"] or 0),
+        float(m["snapshot_taken_at"] or 0.0),
+        float(m["snapshot_expires_at"] or 0.0),
     )
 
 

@@ -1,0 +1,49 @@
+"""Suspend and resume's archives: the stores (store.py, file_store.py, s3_store.py) and
+the snapshot/restore hooks client (hook_client.py). ``open_store`` builds the store
+the settings name, once, in the controller's startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..config import Settings
+from .file_store import FileStore
+from .hook_client import RestoreFailed, SnapshotFailed, restore_snapshot, take_snapshot
+from .store import (
+    ArchiveInfo,
+    ArchiveMissing,
+    SnapshotStore,
+    SnapshotTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "ArchiveInfo",
+    "ArchiveMissing",
+    "FileStore",
+    "RestoreFailed",
+    "SnapshotFailed",
+    "SnapshotStore",
+    "SnapshotTooLarge",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+    "restore_snapshot",
+    "take_snapshot",
+]
+
+
+def open_store(settings: Settings) -> SnapshotStore | None:
+    """The store ``SANDBOX_SNAPSHOT_STORE`` names; None when it is unset (suspension
+    off). ValueError for a location that is neither."""
+    location = settings.snapshot_store
+    if not location:
+        return None
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"a file store is on this machine: {location!r}")
+        return FileStore(Path(unquote(parts.path)))
+    raise ValueError(f"not a snapshot store: {location!r} (file:///path or s3://bucket/prefix)")
