@@ -324,6 +324,20 @@ def contract_routes(state: ContractState) -> list[Route]:
     async def index(request: Request) -> Response:
         return HTMLResponse(index_page(state))
 
+    async def workspace_file(request: Request) -> Response:
+        """The agent's own work: ``PUT /files/{path}`` writes a workspace file, ``GET``
+        reads it back (what a suspend must keep)."""
+        target = _safe_path(state.ensure_workdir(), request.path_params["path"])
+        if target is None:
+            return _problem(400, "bad_path", "the path leaves the workspace")
+        if request.method == "PUT":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(await request.body())
+            return Response(status_code=204)
+        if not target.is_file():
+            return _problem(404, "not_found", "no such file in the workspace")
+        return Response(target.read_bytes(), media_type="application/octet-stream")
+
     return [
         Route("/", index),
         Route(CLAIM_PATH, _guarded(state, claim), methods=["POST"]),
@@ -333,6 +347,7 @@ def contract_routes(state: ContractState) -> list[Route]:
         Route(SNAPSHOT_PATH, _guarded(state, snapshot), methods=["POST"]),
         Route(RESTORE_PATH, _guarded(state, restore_workspace), methods=["POST"]),
         Route(BUSY_PATH, busy, methods=["POST"]),
+        Route("/files/{path:path}", workspace_file, methods=["GET", "PUT"]),
     ]
 
 
@@ -342,6 +357,7 @@ ENDPOINTS = (
     ("GET /events?n=&interval=", "a Server-Sent Events stream"),
     ("WebSocket /ws", "echoes text and binary frames"),
     ("GET /headers", "the headers this sandbox was sent"),
+    ("PUT|GET /files/{path}", "write or read a file of the workspace"),
     (f"POST {CLAIM_PATH}", "hook: the session this pod now serves (claim secret)"),
     (f"GET {STATUS_PATH}", 'hook: {"busy", "detail"} (claim secret)'),
     (f"POST {RELEASE_PATH}", "hook: the pod is about to be deleted (claim secret)"),
