@@ -220,6 +220,25 @@ class UserBeingDeletedError(SandboxAPIError):
     code = ErrorCode.USER_BEING_DELETED
 
 
+class RestoreFailedError(SandboxAPIError):
+    """A resume's restore failed; the session stays suspended (retried after
+    Retry-After, as a 503)."""
+
+    code = ErrorCode.RESTORE_FAILED
+
+
+class SessionSuspendedError(SandboxAPIError):
+    code = ErrorCode.SESSION_SUSPENDED
+
+
+class SuspensionDisabledError(SandboxAPIError):
+    code = ErrorCode.SUSPENSION_DISABLED
+
+
+class SessionNotReadyError(SandboxAPIError):
+    code = ErrorCode.SESSION_NOT_READY
+
+
 class NotReadyError(SandboxAPIError):
     """Client-side: the session was still provisioning when ``ready_within`` ran out.
     The session is live; open it again (same thread) to keep waiting, or delete it."""
@@ -255,6 +274,10 @@ ERRORS: dict[str, type[SandboxAPIError]] = {
         UnknownTemplateError,
         ResourcesOutOfBoundsError,
         UserBeingDeletedError,
+        RestoreFailedError,
+        SessionSuspendedError,
+        SuspensionDisabledError,
+        SessionNotReadyError,
     )
 }
 RETRIED = frozenset({429, 503})

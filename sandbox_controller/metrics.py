@@ -103,7 +103,7 @@ class _PoolCollector(Collector):
                 pods.add_metric([state.value], status.pods[state])
             creating.add_metric([], status.creating)
             for activity in SessionActivity:
-                sessions.add_metric([activity.value], status.sessions[activity])
+                sessions.add_metric([activity.value], status.sessions.get(activity, 0))
             waiters.add_metric([], status.waiters)
             blocked.add_metric([], 1.0 if status.capacity_blocked else 0.0)
             cap_reached.add_metric([], 1.0 if status.cap_reached else 0.0)

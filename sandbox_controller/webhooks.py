@@ -41,8 +41,7 @@ RETRY_BACKOFF = Backoff(1.0, 60.0)
 
 
 class WebhookType(enum.StrEnum):
-    """The ``type`` of a delivery. Only ``session.ended`` is sent today; suspension
-    will send the other two, with the same body."""
+    """The ``type`` of a delivery; the three have the same body."""
 
     SESSION_ENDED = "session.ended"
     SESSION_SUSPENDED = "session.suspended"
@@ -58,6 +57,10 @@ def webhook_type(event: AuditEvent) -> WebhookType | None:
     """The webhook an audit event calls for, if any."""
     if event.action in _ENDINGS:
         return WebhookType.SESSION_ENDED
+    if event.action == AuditAction.SUSPEND:
+        return WebhookType.SESSION_SUSPENDED
+    if event.action == AuditAction.RESUME:
+        return WebhookType.SESSION_RESUMED
     return None
 
 

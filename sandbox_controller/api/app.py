@@ -221,7 +221,7 @@ def create_app(controller: Controller) -> FastAPI:
         "/sessions/{session_id}/resume",
         responses={
             200: {"model": SessionBody, "description": "ready (resumed), or provisioning"},
-            **errors(401, 404, 409, 410, 422, 429, 503),
+            **errors(400, 401, 404, 409, 410, 413, 422, 429, 503),
         },
     )
     async def resume_session(

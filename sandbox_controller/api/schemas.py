@@ -422,14 +422,16 @@ def snapshot_json(session: Session) -> dict[str, Any] | None:
 def end_detail_json(detail: EndDetail | None) -> dict[str, Any] | None:
     if detail is None:
         return None
-    return {
+    body: dict[str, Any] = {
         "last_active_at": iso(detail.last_active_at),
         "activity_source": detail.activity_source.value if detail.activity_source else None,
         "busy_answer": detail.busy_answer,
         "claim_answer": detail.claim_answer,
         "eviction": detail.eviction,
-        "snapshot": detail.snapshot,
     }
+    if detail.snapshot is not None:  # only where a suspension was tried
+        body["snapshot"] = detail.snapshot
+    return body
 
 
 def session_json(

@@ -189,14 +189,16 @@ class Admission:
             self._payload_for_resume(session, request_id)
             self.resume(session, now, wait_seconds)
             return
-        session.requests.append(request_id)
         if session.state is SessionState.SUSPENDING:
             # Answered once its snapshot is kept (then resumed) or not (then ended).
+            session.requests.append(request_id)
             if session.reply_deadline is None:
                 session.reply_deadline = now + wait_seconds
                 self._payload_for_resume(session, request_id)
         elif session.reply_deadline is None:
             self._answer(request_id, Outcome.EXISTING, session.id)
+        else:
+            session.requests.append(request_id)  # answered with the first caller
 
     def _payload_for_resume(self, session: Session, request_id: int) -> None:
         # Env and files go to the new pod's claim only if this caller sent them again.

@@ -145,3 +145,127 @@ async def test_an_idle_session_is_suspended_and_resumed_with_its_files_on_anothe
     assert 'sandbox_snapshots_total{outcome="restored"} 1.0' in metrics
     assert "sandbox_resume_seconds_count 1.0" in metrics
     assert 'sandbox_sessions{state="suspended"} 0.0' in metrics
+
+
+async def test_suspend_and_resume_on_request_and_the_proxys_wake_up(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path)
+    opened = await open_with_work(ctl, "bob", "t1")
+    sid = opened["id"]
+
+    asked = await ctl.client.post(f"/sessions/{sid}/suspend")
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["state"] in ("suspending", "suspended")
+    await until_state(ctl, sid, "suspended")
+    again = await ctl.client.post(f"/sessions/{sid}/suspend")  # idempotent
+    assert again.status_code == 202 and again.json()["state"] == "suspended"
+
+    # The proxy's view: no route while suspended, a resume on its credential, then the route.
+    route = await ctl.client.get(f"/internal/routes/{sid}")
+    assert route.status_code == 409, route.text
+    assert route.json()["error"]["code"] == "session_suspended"
+    woken = await ctl.client.post(f"/internal/sessions/{sid}/resume")
+    assert woken.status_code == 202, woken.text
+    assert woken.json()["state"] in ("resuming", "ready")
+
+    async def routed() -> bool:
+        return (await ctl.client.get(f"/internal/routes/{sid}")).status_code == 200
+
+    await eventually(routed, within=20, what="the resumed session's route")
+    ready = await session(ctl, sid)
+    assert ready["state"] == "ready" and ready["resumed"] is True
+    workdir = Path((await claimed(ctl, ready["pod"]))["workdir"])
+    assert (workdir / "src" / "main.py").exists()
+
+    # Resuming a ready session answers it as it is; the public resume does the same.
+    same = await ctl.client.post(f"/sessions/{sid}/resume", json={"wait_seconds": 5})
+    assert same.status_code == 200 and same.json()["pod"] == ready["pod"]
+
+    await ctl.client.post(f"/sessions/{sid}/suspend")
+    await until_state(ctl, sid, "suspended")
+    resumed = await ctl.client.post(f"/sessions/{sid}/resume", json={"wait_seconds": 30})
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["state"] == "ready" and resumed.json()["resumed"] is True
+
+
+async def test_suspended_sessions_count_toward_no_limit_and_reclaim_suspends(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path, max_sessions_per_user=1, max_total_jobs=2)
+    first = await open_with_work(ctl, "cat", "t1")
+    clock.advance(IDLE_AFTER + 10)  # idle, so reclaimable: reclaim suspends it
+    second = await ctl.open("cat", "t2")
+    assert second.status_code == 201, second.text
+    assert second.json()["reclaimed_session_id"] == first["id"]
+    reclaimed = await until_state(ctl, first["id"], "suspended")
+    assert reclaimed["end_reason"] is None and reclaimed["snapshot"]["bytes"] > 0
+
+    # At the limit with the second one active, the first cannot come back: 429, and it
+    # stays suspended with its archive.
+    refused = await ctl.open("cat", "t1")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "user_session_limit"
+    assert "Retry-After" in refused.headers
+    assert (await session(ctl, first["id"]))["state"] == "suspended"
+
+    # Once the second is idle, resuming the first reclaims (suspends) it in turn.
+    clock.advance(IDLE_AFTER + 10)
+    back = await ctl.open("cat", "t1")
+    assert back.status_code == 200, back.text
+    assert back.json()["resumed"] is True and back.json()["state"] == "ready"
+    assert back.json()["reclaimed_session_id"] == second.json()["id"]
+    await until_state(ctl, second.json()["id"], "suspended")
+
+
+async def test_deleting_or_expiring_a_suspended_session_deletes_its_archive(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path, snapshot_retention="2h")
+    kept = await open_with_work(ctl, "dan", "t1")
+    gone = await open_with_work(ctl, "dan", "t2")
+    for sid in (kept["id"], gone["id"]):
+        assert (await ctl.client.post(f"/sessions/{sid}/suspend")).status_code == 202
+        await until_state(ctl, sid, "suspended")
+    assert len(archives(tmp_path)) == 2
+
+    assert (await ctl.client.delete(f"/sessions/{gone['id']}")).status_code == 204
+    ended = await until_state(ctl, gone["id"], "ended")
+    assert ended["end_reason"] == "deleted" and ended["snapshot"] is None
+
+    async def one_left() -> bool:
+        return len(archives(tmp_path)) == 1
+
+    await eventually(one_left, within=20, what="the deleted session's archive to go")
+
+    clock.advance(2 * 3600 + 1)  # past SANDBOX_SNAPSHOT_RETENTION
+    expired = await until_state(ctl, kept["id"], "ended")
+    assert expired["end_reason"] == "snapshot_expired"
+
+    async def none_left() -> bool:
+        return archives(tmp_path) == []
+
+    await eventually(none_left, within=20, what="the expired archive to go")
+
+
+async def test_the_sweep_deletes_archives_no_session_owns(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path)
+    owned = await open_with_work(ctl, "eve", "t1")
+    await ctl.client.post(f"/sessions/{owned['id']}/suspend")
+    await until_state(ctl, owned["id"], "suspended")
+    stray = tmp_path / "archives" / "0123abcd" / "1.tar"  # a crash between upload and record
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"not owned")
+
+    scheduler = ctl.controller.scheduler
+    assert scheduler is not None
+    assert await scheduler.sweep_archives() == ["0123abcd/1.tar"]
+    assert archives(tmp_path) == sorted([key for key in archives(tmp_path)])
+    (left,) = archives(tmp_path)
+    assert left.startswith(owned["id"])
