@@ -64,8 +64,11 @@ from .sandbox_contract import (
     STATUS_PATH,
 )
 
-# A test switch, not a hook of the contract: no secret needed.
+# Test switches, not hooks of the contract: no secret needed.
 BUSY_PATH = HOOK_PREFIX + "busy"
+# Stall the snapshot or restore hook for some seconds, so a drill can time a fault in
+# the middle of one; GET says how many calls began.
+STALL_PATH = HOOK_PREFIX + "stall"
 
 
 async def healthz(request: Request) -> Response:
@@ -185,6 +188,13 @@ class Claim(BaseModel):
     files: list[ClaimedFile] = Field(default_factory=list)
 
 
+class StallSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot: float = Field(0.0, ge=0, le=600)
+    restore: float = Field(0.0, ge=0, le=600)
+
+
 class BusySwitch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,6 +216,8 @@ class ContractState:
     # The W3C trace context the claim call carried (the controller's tracing on).
     traceparent: str | None = None
     snapshot_encoding: Encoding = "gzip"
+    stall: StallSwitch = field(default_factory=StallSwitch)
+    calls: dict[str, int] = field(default_factory=lambda: {"snapshot": 0, "restore": 0})
 
     def ensure_workdir(self) -> Path:
         """The workspace, made at the first hook that needs it (claim or restore)."""
@@ -308,10 +320,22 @@ def contract_routes(state: ContractState) -> list[Route]:
         return Response(status_code=204)
 
     async def snapshot(request: Request) -> Response:
+        state.calls["snapshot"] += 1
+        await asyncio.sleep(state.stall.snapshot)
         return snapshot_response(state.workdir, state.snapshot_encoding)
 
     async def restore_workspace(request: Request) -> Response:
+        state.calls["restore"] += 1
+        await asyncio.sleep(state.stall.restore)
         return await restore(request, state.ensure_workdir())
+
+    async def stall(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                state.stall = await _parse(request, StallSwitch)
+            except _BadBody as exc:
+                return _problem(422, "invalid_request", str(exc))
+        return JSONResponse({**state.stall.model_dump(), "calls": state.calls})
 
     async def busy(request: Request) -> Response:
         try:
@@ -347,6 +371,7 @@ def contract_routes(state: ContractState) -> list[Route]:
         Route(SNAPSHOT_PATH, _guarded(state, snapshot), methods=["POST"]),
         Route(RESTORE_PATH, _guarded(state, restore_workspace), methods=["POST"]),
         Route(BUSY_PATH, busy, methods=["POST"]),
+        Route(STALL_PATH, stall, methods=["GET", "POST"]),
         Route("/files/{path:path}", workspace_file, methods=["GET", "PUT"]),
     ]
 
@@ -364,6 +389,7 @@ ENDPOINTS = (
     (f"POST {SNAPSHOT_PATH}", "hook: the workspace as a tar stream (claim secret)"),
     (f"POST {RESTORE_PATH}", "hook: unpack such a stream into the workspace (claim secret)"),
     (f"POST {BUSY_PATH}", 'test switch: {"busy": true, "detail": "..."}'),
+    (f"POST {STALL_PATH}", 'test switch: {"snapshot": seconds, "restore": seconds}'),
 )
 
 
