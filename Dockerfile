@@ -17,7 +17,10 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 # A numeric uid, so the kubelet can check runAsNonRoot without reading /etc/passwd.
 RUN groupadd --gid 10001 sandbox \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin sandbox
+       --shell /usr/sbin/nologin sandbox \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/agent-sandbox/snapshots
+# ^ the mount point of the snapshot store's volume (Compose): a new named volume takes
+# its owner from here, so the controller (uid 10001) can write its archives.
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080 8081

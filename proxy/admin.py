@@ -41,14 +41,27 @@ FORWARD_RESPONSES: dict[int, tuple[str, list[str]]] = {
     404: ("no such session", ["session_not_found"]),
     409: ("the session's sandbox is still starting", ["session_provisioning"]),
     410: ("the session has ended", ["session_ended"]),
+    429: (
+        "waking a suspended session: the controller refused the resume (per-user limit)",
+        ["user_session_limit"],
+    ),
     431: ("the request head is over the limit", ["header_too_large"]),
     502: (
         "the sandbox is unreachable, or its response head is over the limit or too slow",
         ["sandbox_unreachable", "upstream_head_too_large", "upstream_head_timeout"],
     ),
     503: (
-        "the controller cannot be asked, the proxy is draining or at its connection cap",
-        ["controller_unavailable", "draining", "too_many_connections"],
+        "the controller cannot be asked, the proxy is draining or at its connection cap; "
+        "or a suspended session could not be woken (cap, failed restore, the resume wait "
+        "passed); a browser tab gets a page that reloads itself",
+        [
+            "controller_unavailable",
+            "draining",
+            "too_many_connections",
+            "capacity_exhausted",
+            "restore_failed",
+            "resume_timeout",
+        ],
     ),
     504: ("timed out connecting to the sandbox", ["sandbox_timeout"]),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -44,6 +45,7 @@ from .paths import Target, host_target, parse_target
 from .routes import RouteCache
 from .tokenkeys import TokenKeyFetcher
 from .upstream import BadHead, DialTimeout, HeadLimits, UpstreamError, UpstreamPool
+from .wake import StillWaking, Waker, waking_page
 from .websocket import Relay, upstream_headers
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class ProxyApp:
         head = HeadLimits(settings.max_header_bytes, settings.header_read_timeout)
         self.pool = UpstreamPool(connect_timeout, head=head)
         self.routes: RouteCache
+        self.waker: Waker
         self._keys: TokenKeyFetcher | None = None
         self.activity: ActivityReporter
 
@@ -150,6 +153,15 @@ class ProxyApp:
         credential = controller_credential(s)
         self.routes = RouteCache(
             self._client, s.controller_url, credential, self.clock, self.metrics
+        )
+        self.waker = Waker(
+            self._client,
+            s.controller_url,
+            credential,
+            self.routes,
+            self.clock,
+            s.proxy_resume_wait,
+            self.metrics,
         )
         self.activity = ActivityReporter(
             self._client,
@@ -235,6 +247,12 @@ class ProxyApp:
         except ProxyError as err:
             status = err.status
             sent = await _send_error(send, err)
+        except StillWaking:
+            status = 503
+            headers, page = waking_page()
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": page})
+            sent = len(page)
         self.metrics.request(status)
         if access_log.isEnabledFor(logging.INFO):
             _log_access(scope, session_id, status, sent, time.perf_counter() - started)
@@ -286,13 +304,17 @@ class ProxyApp:
             if origin is not None or websocket or scope["method"] not in SAFE_METHODS:
                 check_origin(origin, self._own_origin(scope), self.allowed_origins)
         if creds.carrier is not Carrier.QUERY or creds.token is None:
-            return [], await self.routes.address(target.session_id)
+            return [], await self._address(scope, target.session_id)
         cookie = self._cookie(scope, creds.token, claims)
         if not websocket and scope["method"] in ("GET", "HEAD"):
             raw: bytes = scope.get("raw_path") or scope["path"].encode()
             query = strip_query_token(scope["query_string"])
             raise Redirect(same_host_location(raw, query), cookie)
-        return [cookie], await self.routes.address(target.session_id)
+        return [cookie], await self._address(scope, target.session_id)
+
+    async def _address(self, scope: Scope, session_id: str) -> str:
+        """The session's pod, woken first if it is suspended (wake.py)."""
+        return await self.waker.address(session_id, navigation=_is_navigation(scope))
 
     def _secure(self, scope: Scope) -> bool:
         return (
@@ -433,14 +455,33 @@ def _log_access(scope: Scope, session_id: str, status: int, sent: int, seconds: 
     )
 
 
+def _is_navigation(scope: Scope) -> bool:
+    """A browser loading a page in a tab (not a fetch, not an API client): worth a page
+    that says what it waits for rather than a long blank wait."""
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    mode = accept = b""
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-mode":
+            mode = value
+        elif name == b"accept":
+            accept = value
+    return mode == b"navigate" and b"text/html" in accept
+
+
+def _retry_after(err: ProxyError) -> list[Header]:
+    if err.retry_after is not None:
+        return [(b"retry-after", b"%d" % max(1, math.ceil(err.retry_after)))]
+    return [(b"retry-after", b"1")] if err.status == 503 else []
+
+
 async def _send_error(send: Send, err: ProxyError) -> int:
     body = err.body()
     headers = [_JSON, (b"content-length", b"%d" % len(body))]
     if err.status == 401:
         # A client without a token keeps no connection open.
         headers += [(b"www-authenticate", b"Bearer"), (b"connection", b"close")]
-    if err.status == 503:
-        headers.append((b"retry-after", b"1"))
+    headers += _retry_after(err)
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return len(body)
@@ -450,7 +491,7 @@ async def _deny(scope: Scope, send: Send, err: ProxyError) -> None:
     """Refuse an upgrade with a real HTTP status where the server allows it."""
     if "websocket.http.response" in scope.get("extensions", {}):
         body = err.body()
-        headers = [_JSON, (b"content-length", b"%d" % len(body))]
+        headers = [_JSON, (b"content-length", b"%d" % len(body)), *_retry_after(err)]
         await send(
             {"type": "websocket.http.response.start", "status": err.status, "headers": headers}
         )

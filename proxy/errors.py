@@ -6,11 +6,16 @@ import json
 
 
 class ProxyError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        # Seconds for Retry-After: a 429/503 passed on from the controller keeps its own;
+        # any other 503 says 1.
+        self.retry_after = retry_after
 
     def body(self) -> bytes:
         # The controller's shape and spelling (api/errors.py), so a client parses one.
@@ -36,6 +41,15 @@ def not_found(message: str = "no such session") -> ProxyError:
 
 def provisioning() -> ProxyError:
     return ProxyError(409, "session_provisioning", "the session's sandbox is not ready yet")
+
+
+def suspended() -> ProxyError:
+    return ProxyError(409, "session_suspended", "the session is suspended")
+
+
+def resume_timeout(seconds: float) -> ProxyError:
+    message = f"the session did not resume within {seconds:g} s; try again"
+    return ProxyError(503, "resume_timeout", message, retry_after=2.0)
 
 
 def ended() -> ProxyError:

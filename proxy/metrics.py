@@ -38,6 +38,13 @@ class ProxyMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self._wakes = Counter(
+            "sandbox_proxy_wakes",
+            "Wakes of suspended sessions started by traffic, by outcome (ready, or the "
+            "error code the waiting requests got).",
+            ["outcome"],
+            registry=self.registry,
+        )
         # labels() takes a lock and builds a key; the hot path reuses the children.
         self._by_code: dict[int, Counter] = {}
 
@@ -52,6 +59,9 @@ class ProxyMetrics:
 
     def activity_flush(self, outcome: str) -> None:
         self._activity_flushes.labels(outcome=outcome).inc()
+
+    def wake(self, outcome: str) -> None:
+        self._wakes.labels(outcome=outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -23,7 +23,14 @@ from opentelemetry.trace import SpanKind
 from sandbox_controller import tracing
 from sandbox_controller.clock import Clock
 
-from .errors import ProxyError, controller_unavailable, ended, not_found, provisioning
+from .errors import (
+    ProxyError,
+    controller_unavailable,
+    ended,
+    not_found,
+    provisioning,
+    suspended,
+)
 from .metrics import ProxyMetrics
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,9 @@ class RouteState(enum.StrEnum):
     PROVISIONING = "provisioning"
     ENDED = "ended"
     MISSING = "missing"
+    # The controller's 409 session_suspended (suspended or resuming): no pod to route to
+    # until a resume (wake.py) brings one.
+    SUSPENDED = "suspended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,8 @@ def _check(route: Route) -> str:
         raise not_found()
     if route.state is RouteState.ENDED:
         raise ended()
+    if route.state is RouteState.SUSPENDED:
+        raise suspended()
     raise provisioning()  # provisioning, or ready without an address yet
 
 
@@ -73,6 +85,7 @@ class RouteCache:
         RouteState.PROVISIONING: 0.5,
         RouteState.ENDED: 60.0,
         RouteState.MISSING: 1.0,
+        RouteState.SUSPENDED: 0.5,
     }
 
     def __init__(
@@ -153,6 +166,8 @@ class RouteCache:
         now = self._clock.monotonic()
         if resp.status_code == 404:
             return Route(RouteState.MISSING, None, now)
+        if resp.status_code == 409 and _error_code(resp) == "session_suspended":
+            return Route(RouteState.SUSPENDED, None, now)
         if resp.status_code != 200:
             log.warning("route lookup for %s: controller said %s", session_id, resp.status_code)
             raise controller_unavailable()
@@ -163,7 +178,7 @@ class RouteCache:
             lease = float(data.get("lease_seconds") or 0.0)
         except (ValueError, KeyError, TypeError):
             raise controller_unavailable() from None
-        if state is RouteState.MISSING:  # a 404 says that, never a body
+        if state in (RouteState.MISSING, RouteState.SUSPENDED):  # said by status, not body
             raise controller_unavailable()
         if state is not RouteState.READY:
             return Route(state, None, now)
@@ -173,3 +188,11 @@ class RouteCache:
         # No lease from the controller (an older one): the route serves for its TTL only.
         lease_until = asked_at + lease if lease > 0 else now + self.TTL[RouteState.READY]
         return Route(state, address, now, lease_until)
+
+
+def _error_code(resp: httpx.Response) -> str | None:
+    try:
+        code = resp.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None

@@ -304,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         return recover(url, settings.api_token, confirm=args.confirm)
     try:
         if args.command == "dev":
-            settings = _dev_credentials(
-                _settings(host=args.host, port=args.port, proxy_port=args.proxy_port)
+            settings = _dev_suspends(
+                _dev_credentials(
+                    _settings(host=args.host, port=args.port, proxy_port=args.proxy_port)
+                )
             )
         else:
             settings = _settings()
@@ -412,6 +414,17 @@ def _dev_credentials(settings: Settings) -> Settings:
             json.dump(stored, out)
     made = {name: getattr(settings, name) or stored[name] for name in new}
     return settings.model_copy(update=made)
+
+
+def _dev_suspends(settings: Settings) -> Settings:
+    """dev shows suspend and resume out of the box: an idle sandbox is suspended, its
+    archive in the state dir. Each of the two settings given in the environment wins."""
+    update: dict[str, str] = {}
+    if "idle_action" not in settings.model_fields_set:
+        update["idle_action"] = "suspend"
+    if settings.snapshot_store is None:
+        update["snapshot_store"] = (Path(settings.state_dir) / "snapshots").resolve().as_uri()
+    return settings.model_copy(update=update)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,11 @@ from .sandbox_contract import (
     STATUS_PATH,
 )
 
-# A test switch, not a hook of the contract: no secret needed.
+# Test switches, not hooks of the contract: no secret needed.
 BUSY_PATH = HOOK_PREFIX + "busy"
+# Stall the snapshot or restore hook for some seconds, so a drill can time a fault in
+# the middle of one; GET says how many calls began.
+STALL_PATH = HOOK_PREFIX + "stall"
 
 
 async def healthz(request: Request) -> Response:
@@ -185,6 +188,13 @@ class Claim(BaseModel):
     files: list[ClaimedFile] = Field(default_factory=list)
 
 
+class StallSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot: float = Field(0.0, ge=0, le=600)
+    restore: float = Field(0.0, ge=0, le=600)
+
+
 class BusySwitch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,6 +216,8 @@ class ContractState:
     # The W3C trace context the claim call carried (the controller's tracing on).
     traceparent: str | None = None
     snapshot_encoding: Encoding = "gzip"
+    stall: StallSwitch = field(default_factory=StallSwitch)
+    calls: dict[str, int] = field(default_factory=lambda: {"snapshot": 0, "restore": 0})
 
     def ensure_workdir(self) -> Path:
         """The workspace, made at the first hook that needs it (claim or restore)."""
@@ -308,10 +320,22 @@ def contract_routes(state: ContractState) -> list[Route]:
         return Response(status_code=204)
 
     async def snapshot(request: Request) -> Response:
+        state.calls["snapshot"] += 1
+        await asyncio.sleep(state.stall.snapshot)
         return snapshot_response(state.workdir, state.snapshot_encoding)
 
     async def restore_workspace(request: Request) -> Response:
+        state.calls["restore"] += 1
+        await asyncio.sleep(state.stall.restore)
         return await restore(request, state.ensure_workdir())
+
+    async def stall(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                state.stall = await _parse(request, StallSwitch)
+            except _BadBody as exc:
+                return _problem(422, "invalid_request", str(exc))
+        return JSONResponse({**state.stall.model_dump(), "calls": state.calls})
 
     async def busy(request: Request) -> Response:
         try:
@@ -324,6 +348,20 @@ def contract_routes(state: ContractState) -> list[Route]:
     async def index(request: Request) -> Response:
         return HTMLResponse(index_page(state))
 
+    async def workspace_file(request: Request) -> Response:
+        """The agent's own work: ``PUT /files/{path}`` writes a workspace file, ``GET``
+        reads it back (what a suspend must keep)."""
+        target = _safe_path(state.ensure_workdir(), request.path_params["path"])
+        if target is None:
+            return _problem(400, "bad_path", "the path leaves the workspace")
+        if request.method == "PUT":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(await request.body())
+            return Response(status_code=204)
+        if not target.is_file():
+            return _problem(404, "not_found", "no such file in the workspace")
+        return Response(target.read_bytes(), media_type="application/octet-stream")
+
     return [
         Route("/", index),
         Route(CLAIM_PATH, _guarded(state, claim), methods=["POST"]),
@@ -333,6 +371,8 @@ def contract_routes(state: ContractState) -> list[Route]:
         Route(SNAPSHOT_PATH, _guarded(state, snapshot), methods=["POST"]),
         Route(RESTORE_PATH, _guarded(state, restore_workspace), methods=["POST"]),
         Route(BUSY_PATH, busy, methods=["POST"]),
+        Route(STALL_PATH, stall, methods=["GET", "POST"]),
+        Route("/files/{path:path}", workspace_file, methods=["GET", "PUT"]),
     ]
 
 
@@ -342,12 +382,14 @@ ENDPOINTS = (
     ("GET /events?n=&interval=", "a Server-Sent Events stream"),
     ("WebSocket /ws", "echoes text and binary frames"),
     ("GET /headers", "the headers this sandbox was sent"),
+    ("PUT|GET /files/{path}", "write or read a file of the workspace"),
     (f"POST {CLAIM_PATH}", "hook: the session this pod now serves (claim secret)"),
     (f"GET {STATUS_PATH}", 'hook: {"busy", "detail"} (claim secret)'),
     (f"POST {RELEASE_PATH}", "hook: the pod is about to be deleted (claim secret)"),
     (f"POST {SNAPSHOT_PATH}", "hook: the workspace as a tar stream (claim secret)"),
     (f"POST {RESTORE_PATH}", "hook: unpack such a stream into the workspace (claim secret)"),
     (f"POST {BUSY_PATH}", 'test switch: {"busy": true, "detail": "..."}'),
+    (f"POST {STALL_PATH}", 'test switch: {"snapshot": seconds, "restore": seconds}'),
 )
 
 

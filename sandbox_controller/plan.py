@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import yaml
 
 from .backends.docker_spec import Host
-from .quantities import parse_quantity
+from .quantities import byte_size, parse_quantity
 
 _GIB = Decimal(1024**3)
 
@@ -174,6 +174,23 @@ def render(p: Plan) -> str:
     return "\n".join(lines)
 
 
+def snapshot_store_lines(suspended: int, archive_bytes: int) -> str:
+    """What suspended sessions take in the snapshot store: one archive each, of the
+    average size. They hold no pod, so they add nothing to the figures above."""
+    total = Decimal(suspended * archive_bytes) / _GIB
+    size = Decimal(archive_bytes) / Decimal(2**20)
+    return "\n".join(
+        [
+            f"Snapshot store:       {_num(total.quantize(Decimal('0.01')))} GiB "
+            f"({suspended} suspended sessions x {_num(size.quantize(Decimal('0.1')))} MiB "
+            "average archive)",
+            "Suspended sessions hold no pod: they count toward neither the cap nor a user's limit.",
+            "Size the PVC (agentSandbox.snapshots.pvc.size) or the bucket above this; "
+            "archives past SANDBOX_SNAPSHOT_RETENTION are deleted.",
+        ]
+    )
+
+
 def docker_host_lines(p: Plan, host: Host) -> str:
     """The same peak against one Docker host (``plan --docker``): memory is held, so it
     decides how many sandboxes fit; CPU limits only cap each one and may add up past the
@@ -278,6 +295,16 @@ def _memory_gib(text: str) -> Decimal:
     return value if text.strip()[-1:].isdigit() else value / _GIB
 
 
+def _archive_size(text: str) -> int:
+    try:
+        size = byte_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 50Mi")
+    return size
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="sandbox-controller plan",
@@ -351,6 +378,20 @@ def _parser() -> _Parser:
         help="how long your autoscaler takes to add a ready node (default 120)",
     )
     parser.add_argument(
+        "--suspended-sessions",
+        type=_count(0),
+        metavar="N",
+        help="sessions suspended at once (kept archives, no pods): also print the "
+        "snapshot store they take",
+    )
+    parser.add_argument(
+        "--archive-size",
+        type=_archive_size,
+        default=50 * 2**20,
+        metavar="SIZE",
+        help="average archive of a suspended sandbox, e.g. 200Mi (default 50Mi)",
+    )
+    parser.add_argument(
         "--template",
         type=Path,
         metavar="FILE",
@@ -392,6 +433,9 @@ def main(argv: list[str]) -> int:
             return 2
         print()
         print(docker_host_lines(result, host))
+    if args.suspended_sessions is not None:
+        print()
+        print(snapshot_store_lines(args.suspended_sessions, args.archive_size))
     if args.session_domain:
         print()
         print(edge_records(args.session_domain))

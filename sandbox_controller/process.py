@@ -188,7 +188,9 @@ class DevProcess:
             f"  connect URLs    {settings.proxy_url}/s/<session>/\n"
             f"  API token       {settings.api_token}\n"
             f"  console         http://{settings.host}:{api_port}/console\n"
-            f"  database        {settings.database_url}",
+            f"  database        {settings.database_url}\n"
+            f"  when idle       {settings.idle_action}"
+            + (f" (archives in {settings.snapshot_store})" if settings.snapshot_store else ""),
             flush=True,
         )
         controller = self.controller.controller

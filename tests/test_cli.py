@@ -17,7 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox_controller.cli import DEV_CREDENTIALS, _dev_credentials, build_parser, main
+from sandbox_controller.cli import (
+    DEV_CREDENTIALS,
+    _dev_credentials,
+    _dev_suspends,
+    build_parser,
+    main,
+)
 from sandbox_controller.config import load_settings
 
 
@@ -287,3 +293,17 @@ def test_a_session_token_survives_a_restart_of_dev(tmp_path: Path) -> None:
             assert again.status_code in (200, 410), again.text
     finally:
         stop(second)
+
+
+def test_dev_suspends_idle_sandboxes_into_its_state_dir_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SANDBOX_IDLE_ACTION", raising=False)
+    monkeypatch.delenv("SANDBOX_SNAPSHOT_STORE", raising=False)
+    shown = _dev_suspends(load_settings(state_dir=str(tmp_path)))
+    assert shown.idle_action == "suspend"
+    assert shown.snapshot_store == (tmp_path / "snapshots").resolve().as_uri()
+    monkeypatch.setenv("SANDBOX_IDLE_ACTION", "end")
+    monkeypatch.setenv("SANDBOX_SNAPSHOT_STORE", "s3://bucket/dev")
+    told = _dev_suspends(load_settings(state_dir=str(tmp_path)))
+    assert (told.idle_action, told.snapshot_store) == ("end", "s3://bucket/dev")

@@ -14,7 +14,10 @@ COPY pyproject.toml README.md /src/
 COPY sandbox_controller /src/sandbox_controller
 COPY proxy /src/proxy
 RUN pip install --no-cache-dir --no-build-isolation /src && rm -rf /src \
-    && install -d -m 1777 /workspace
+    && install -d -m 1777 /workspace \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/agent-sandbox/snapshots
+# ^ as the controller's image, the mount point of the snapshot store's volume (Compose):
+# a new named volume takes its owner from here, so the controller can write archives.
 # Numeric, so a runtime can check non-root without reading /etc/passwd; HOME is in the
 # writable workspace because the backend mounts the root filesystem read-only. Docker
 # gives that tmpfs the mode of the image's own /workspace (not its owner): 1777.

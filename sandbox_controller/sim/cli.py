@@ -16,7 +16,9 @@ import yaml
 from ..config import ConfigError, load_settings
 from ..durations import parse_duration
 from ..model import Limits, PrewarmPolicy
+from ..quantities import byte_size
 from .simulate import Startup, parse_startup, simulate
+from .suspension import ArchivePlatform
 from .trace import PROFILES, SynthModel, TraceError, TraceEvent, read_trace, synth, write_trace
 
 
@@ -42,6 +44,16 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        size = byte_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 50Mi")
+    return size
 
 
 def _startup(text: str) -> Startup:
@@ -205,6 +217,21 @@ def simulate_parser() -> Parser:
         help="prewarm=0..20: one row per static size, plus the adaptive policy; or "
         "max-total-jobs=50..200:10: one row per cap",
     )
+    parser.add_argument(
+        "--suspend-after",
+        type=_duration,
+        metavar="DURATION",
+        help="also replay with idle sessions suspended after DURATION (SANDBOX_IDLE_ACTION="
+        "suspend, idleTimeout DURATION) and traffic on their threads waking them: the "
+        "pod-hours it saves against the settings given, the resumes it costs",
+    )
+    parser.add_argument(
+        "--archive-size",
+        type=_size,
+        default=ArchivePlatform().archive_bytes,
+        metavar="SIZE",
+        help="average archive of a suspended sandbox, e.g. 200Mi (default 50Mi)",
+    )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw the run (matplotlib)")
     parser.add_argument("--html", type=Path, metavar="FILE", help="a self-contained page")
     return parser
@@ -222,8 +249,21 @@ def simulate_main(argv: list[str]) -> int:
             )
         if limits not in runs:
             runs.append(limits)  # the settings given are always run and shown in full
+        archives = ArchivePlatform(archive_bytes=args.archive_size)
         started = time.perf_counter()
-        results = [simulate(events, run, args.startup, seed=args.seed) for run in runs]
+        results = [
+            simulate(events, run, args.startup, seed=args.seed, archives=archives) for run in runs
+        ]
+        suspended = None
+        if args.suspend_after is not None:
+            if args.suspend_after <= 0:
+                raise UsageError("--suspend-after must be greater than zero")
+            with_suspension = replace(
+                limits, snapshots=True, idle_action="suspend", idle_timeout=args.suspend_after
+            )
+            suspended = simulate(
+                events, with_suspension, args.startup, seed=args.seed, archives=archives
+            )
         elapsed = time.perf_counter() - started
     except _Exit as exc:
         return exc.code
@@ -231,13 +271,16 @@ def simulate_main(argv: list[str]) -> int:
         print(f"sandbox-controller simulate: error: {exc}", file=sys.stderr)
         return 2
     from .page import write_html
-    from .report import summary, table, write_plot
+    from .report import summary, suspension_comparison, table, write_plot
 
     main_result = results[runs.index(limits)]
     print(summary(main_result))
     if len(results) > 1:
         print()
         print(table(results, given=main_result))
+    if suspended is not None:
+        print()
+        print(suspension_comparison(main_result, suspended))
     print(f"\n({len(results)} run(s) of {len(events)} events in {elapsed:.1f}s)", file=sys.stderr)
     if args.plot is not None:
         write_plot(main_result, args.plot)

@@ -73,6 +73,50 @@ def summary(result: Result) -> str:
             f"Peak pods:            {f['peak_pods']}",
             f"Pod-hours:            {f['assigned_pod_hours']:.1f} assigned, "
             f"{f['idle_warm_pod_hours']:.1f} idle-warm",
+            *suspension_lines(result),
+        ]
+    )
+
+
+def suspension_lines(result: Result) -> list[str]:
+    """With suspension on: what it did and what its archives take in the store."""
+    s = result.suspension
+    if s is None:
+        return []
+    size = s.archive_bytes / 2**20
+    return [
+        f"Suspended:            {s.suspends} sessions (idle {result.limits.idle_timeout / 60:g} min"
+        f" or reclaimed); {s.resumes} resumed ({s.wakes} woken by traffic), "
+        f"{s.restore_failures} restores failed",
+        f"Resume:               p50 {s.resume_percentile(0.50):.1f}s  "
+        f"p95 {s.resume_percentile(0.95):.1f}s (asked to ready, archive restored)",
+        f"Snapshot store:       peak {s.peak_archives} archives x {size:g} MiB = "
+        f"{s.peak_bytes / 2**30:.2f} GiB; {s.gib_hours:.1f} GiB-hours "
+        f"(average {s.gib_hours / max(result.duration / 3600, 1e-9):.2f} GiB)",
+    ]
+
+
+def suspension_comparison(given: Result, suspended: Result) -> str:
+    """The trace replayed as configured and with idle sessions suspended: the pod-hours
+    suspension saves and the resumes it costs."""
+    s = suspended.suspension
+    assert s is not None
+    before = given.pod_hours(PodState.ASSIGNED)
+    after = suspended.pod_hours(PodState.ASSIGNED)
+    saved = before - after
+    share = saved / before if before else 0.0
+    return "\n".join(
+        [
+            f"With suspension after {suspended.limits.idle_timeout / 60:g} min idle "
+            f"(as given: idle sessions end after {given.limits.idle_timeout / 60:g} min):",
+            f"  Pod-hours saved:    {saved:.1f} of {before:.1f} assigned ({share:.1%})",
+            f"  Resumes it costs:   {s.resumes} ({s.wakes} woken by traffic), "
+            f"p95 {s.resume_percentile(0.95):.1f}s each",
+            f"  Refused:            {suspended.requests[Outcome.CAPACITY]} x 503 "
+            f"(as given: {given.requests[Outcome.CAPACITY]}), peak pods "
+            f"{suspended.peak_pods} (as given: {given.peak_pods})",
+            f"  Snapshot store:     peak {s.peak_archives} archives, "
+            f"{s.peak_bytes / 2**30:.2f} GiB",
         ]
     )
 

@@ -19,11 +19,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..backends.base import PodPhase, PodStatus
+from ..backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from ..durations import parse_duration
-from ..model import ActivitySource, EndReason, Limits, Outcome, PodState, Shape
+from ..model import ActivitySource, EndReason, Limits, Outcome, PodState, SessionState, Shape
 from ..scheduler.pool import Pool
+from .suspension import ArchivePlatform, SimulatedHooks, SuspensionFigures
 from .trace import EventKind, TraceError, TraceEvent
+
+# How long a request woken by traffic on a suspended thread waits for it (the proxy's
+# SANDBOX_PROXY_RESUME_WAIT default).
+WAKE_WAIT = 30.0
 
 _Z99 = 2.3263478740  # the standard normal's 99th percentile
 
@@ -107,6 +112,8 @@ class Result:
     pod_seconds: dict[PodState, float] = field(default_factory=lambda: dict.fromkeys(PodState, 0.0))
     samples: list[Sample] = field(default_factory=list)
     refusals: list[tuple[float, int]] = field(default_factory=list)  # (time, 429 or 503)
+    # Suspension on: what it did (None: idle sessions end, nothing is suspended).
+    suspension: SuspensionFigures | None = None
 
     @property
     def warm_hit_rate(self) -> float:
@@ -133,6 +140,7 @@ class Simulation:
         platform: Platform | None = None,
         seed: int = 1,
         sample_every: float | None = None,
+        archives: ArchivePlatform | None = None,
     ) -> None:
         ids = itertools.count(1)
         self.pool = Pool(limits, "sim", new_id=lambda: f"s{next(ids):06d}")
@@ -150,6 +158,14 @@ class Simulation:
         self._cold_since: dict[str, float] = {}  # session -> when asked, until it has a pod
         self._next_sample = 0.0
         self.result = Result(limits, startup, 0.0)
+        # Suspension on: the hooks and the store answer (sim/suspension.py).
+        self.hooks: SimulatedHooks | None = None
+        self._wakes: set[int] = set()  # request ids of resumes asked by traffic
+        if limits.suspends_idle:
+            platform_archives = archives or ArchivePlatform()
+            figures = SuspensionFigures(platform_archives.archive_bytes)
+            self.result.suspension = figures
+            self.hooks = SimulatedHooks(self.pool, platform_archives, figures)
 
     def run(self, events: Sequence[TraceEvent], until: float | None = None) -> Result:
         end = until if until is not None else (events[-1].time if events else 0.0)
@@ -189,6 +205,8 @@ class Simulation:
         if span > 0:
             for state in (PodState.ASSIGNED, PodState.IDLE, PodState.PENDING):
                 result.pod_seconds[state] += pool.counts[state] * span
+            if result.suspension is not None:
+                result.suspension.advance(span)
         step = self.sample_every or 1.0
         while self._next_sample <= when:
             result.samples.append(
@@ -229,18 +247,33 @@ class Simulation:
             if session_id is None:
                 return  # refused, or already ended by the controller
             if event.kind is EventKind.ACTIVITY:
+                if pool.sessions[session_id].state is SessionState.SUSPENDED:
+                    self._wake(session_id, now)
                 pool.touch(session_id, now, ActivitySource.PROXY)
             elif event.value in ("", EndReason.DELETED.value):
                 pool.end_session(session_id, EndReason.DELETED, now)
 
         return apply
 
+    def _wake(self, session_id: str, now: float) -> None:
+        """Traffic for a suspended session: the proxy asks for its resume."""
+        request_id = self.pool.next_request_id()
+        self._wakes.add(request_id)
+        assert self.result.suspension is not None
+        self.result.suspension.wakes += 1
+        self.pool.resume(request_id, session_id, WAKE_WAIT, now)
+
     # ------------------------------------------------------------ the platform
 
     def _carry_out(self, now: float) -> None:
         pool, result, platform = self.pool, self.result, self.platform
         out = pool.take_outbox()
+        if self.hooks is not None:
+            self.hooks.carry_out(out, now, self._at)
         for answer in out.answers:
+            if answer.request_id in self._wakes:
+                self._wakes.discard(answer.request_id)  # the proxy's, not an open
+                continue
             asked = self._asked_at.pop(answer.request_id, now)
             result.requests[answer.outcome] += 1
             if answer.outcome is Outcome.WARM:
@@ -272,7 +305,11 @@ class Simulation:
     def _ready(self, name: str) -> Callable[[float], None]:
         def apply(now: float) -> None:
             if name not in self._gone:
-                self.pool.pod_observed(PodStatus(name, PodPhase.READY, address=name), now)
+                # With suspension on, the hooks answer (they take snapshots): the pod
+                # has a create id, as a real one does.
+                labels = {LABEL_CREATE_ID: name} if self.hooks is not None else {}
+                status = PodStatus(name, PodPhase.READY, labels=labels, address=name)
+                self.pool.pod_observed(status, now)
 
         return apply
 
@@ -289,6 +326,7 @@ def simulate(
     seed: int = 1,
     platform: Platform | None = None,
     until: float | None = None,
+    archives: ArchivePlatform | None = None,
 ) -> Result:
     known = {t.name for t in limits.all_templates}
     for event in events:
@@ -297,4 +335,5 @@ def simulate(
                 f"the trace asks for template {event.template!r}, not one of "
                 f"{', '.join(sorted(known))} (SANDBOX_TEMPLATES_FILE)"
             )
-    return Simulation(limits, startup, platform=platform, seed=seed).run(events, until)
+    simulation = Simulation(limits, startup, platform=platform, seed=seed, archives=archives)
+    return simulation.run(events, until)

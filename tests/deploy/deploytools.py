@@ -31,6 +31,10 @@ CONTROLLER_METRICS = frozenset(
         "sandbox_is_leader",
         "sandbox_backend_errors_total",
         "sandbox_pool_condition",
+        "sandbox_snapshots_total",
+        "sandbox_snapshot_bytes",
+        "sandbox_suspend_seconds",
+        "sandbox_resume_seconds",
     }
 )
 PROXY_METRICS = frozenset(
@@ -55,6 +59,9 @@ HISTOGRAMS = frozenset(
         "sandbox_session_assign_seconds",
         "sandbox_pod_startup_seconds",
         "sandbox_proxy_upstream_seconds",
+        "sandbox_snapshot_bytes",
+        "sandbox_suspend_seconds",
+        "sandbox_resume_seconds",
     }
 )
 

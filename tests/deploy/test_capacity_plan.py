@@ -169,3 +169,21 @@ def test_bad_headroom_arguments_exit_2(capsys: pytest.CaptureFixture[str], argv:
     code, out, err = run(capsys, "--peak-editors", "20", *argv)
     assert code == 2
     assert "error" in err and not out
+
+
+def test_suspended_sessions_are_counted_in_the_store_not_in_pods(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(
+        capsys, "--peak-editors", "20", "--suspended-sessions", "300", "--archive-size", "200Mi"
+    )
+    assert code == 0
+    assert "25 pods" in out  # suspended sessions hold no pod
+    assert "Snapshot store:       58.59 GiB (300 suspended sessions x 200 MiB" in out
+
+
+def test_a_bad_archive_size_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "--peak-editors", "5", "--suspended-sessions", "3", "--archive-size", "0"
+    )
+    assert code == 2 and "--archive-size" in err and not out

@@ -127,6 +127,12 @@ def test_the_compose_file_is_valid_and_keeps_the_socket_behind_the_proxy(
         == chosen["SANDBOX_PROXY_TOKEN"]
     )
     assert services["controller"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Suspension on, its archives in a named volume (kept across `down` and upgrades).
+    controller = services["controller"]
+    store = controller["environment"]["SANDBOX_SNAPSHOT_STORE"]
+    assert controller["environment"]["SANDBOX_IDLE_ACTION"] == "suspend"
+    assert "snapshots:" + store.removeprefix("file://") in json.dumps(controller["volumes"])
+    assert proxy["environment"]["SANDBOX_PROXY_RESUME_WAIT"] == "30s"
 
 
 def test_egress_is_enforced_and_the_egress_service_is_the_only_way_out(

@@ -153,6 +153,10 @@ def test_dashboard_panels(tmp_path: Path) -> None:
         "Proxy requests by code",
         "Proxy upstream latency",
         "Proxy open WebSockets",
+        "Suspended sessions",
+        "Snapshots and restores by outcome",
+        "Suspend and resume time",
+        "Archive size",
     ):
         assert wanted in titles
     ids = [p["id"] for p in dashboard["panels"]]

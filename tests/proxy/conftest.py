@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import ProxyProcess
 from sandbox_controller import devsandbox
+from sandbox_controller.clock import Clock
 from sandbox_controller.config import Settings
 from sandbox_controller.serving import Server, bind
 from sandbox_controller.serving import serve as serve_process
@@ -96,6 +97,11 @@ class ControllerDouble:
     down: bool = False  # answers every lookup 503, as a controller in failover would
     refuse_activity: bool = False  # answers activity 503 (and records it in `refused`)
     refused: list[dict[str, float]] = field(default_factory=list)
+    # Seam 1 of SUSPEND.md: a suspended (or resuming) session's route is 409
+    # session_suspended; POST /internal/sessions/{id}/resume takes it to "resuming" (still
+    # 409 until the test says the restore is done) or answers the next queued refusal.
+    resumes: list[str] = field(default_factory=list)
+    resume_refusals: list[tuple[int, str, str | None]] = field(default_factory=list)
 
     def add(self, session_id: str, state: str = "ready", address: str | None = None) -> None:
         lease = 30.0 if address else None
@@ -119,7 +125,28 @@ class ControllerDouble:
         if sid not in self.sessions:
             body = {"error": {"code": "session_not_found", "message": "unknown"}}
             return JSONResponse(body, 404)
+        if self.sessions[sid]["state"] in ("suspended", "resuming"):
+            body = {"error": {"code": "session_suspended", "message": "suspended"}}
+            return JSONResponse(body, 409)
         return JSONResponse({"session_id": sid, **self.sessions[sid]})
+
+    async def resume(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"error": {"code": "unauthorized", "message": "x"}}, 401)
+        sid = request.path_params["session_id"]
+        self.resumes.append(sid)
+        if self.resume_refusals:
+            status, code, retry_after = self.resume_refusals.pop(0)
+            headers = {"retry-after": retry_after} if retry_after else None
+            body = {"error": {"code": code, "message": "refused"}}
+            return JSONResponse(body, status, headers=headers)
+        session = self.sessions.get(sid)
+        if session is None:
+            body = {"error": {"code": "session_not_found", "message": "unknown"}}
+            return JSONResponse(body, 404)
+        if session["state"] == "suspended":
+            session["state"] = "resuming"
+        return JSONResponse({"session_id": sid, "state": "resuming"}, 202)
 
     async def post_activity(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -136,6 +163,7 @@ class ControllerDouble:
             routes=[
                 Route("/internal/routes/{session_id:path}", self.route),
                 Route("/internal/activity", self.post_activity, methods=["POST"]),
+                Route("/internal/sessions/{session_id}/resume", self.resume, methods=["POST"]),
             ]
         )
 
@@ -181,13 +209,14 @@ def proxy_settings(controller_port: int, **overrides: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
+async def running_stack(clock: Clock | None = None, **overrides: Any) -> AsyncIterator[Stack]:
     """The three servers, with the proxy's settings changed by ``overrides``."""
     controller = ControllerDouble()
     controller_served = await serve(controller.app())
     sandbox = Counting(devsandbox.build_app())
     sandbox_served = await serve(sandbox)
-    proxy = ProxyProcess(proxy_settings(controller_served.port, **overrides), drain_timeout=3.0)
+    settings = proxy_settings(controller_served.port, **overrides)
+    proxy = ProxyProcess(settings, clock=clock, drain_timeout=3.0)
     shutdown, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve_process(proxy, shutdown, ready.set))
     await asyncio.wait_for(ready.wait(), 10)

@@ -1,0 +1,117 @@
+"""Wake on traffic through the whole proxy: a request, a streamed body and a WebSocket
+upgrade for a suspended session are held while it resumes, then served by its pod; a
+browser tab gets a page that reloads itself; refusals keep their Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from websockets.asyncio.client import connect
+
+from sandbox_controller.clock import ManualClock
+
+from ..eventually import eventually
+from .conftest import Stack, running_stack, token_for
+
+NAVIGATE = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
+
+
+def suspend(stack: Stack, session_id: str = "sess-a") -> dict[str, str]:
+    stack.controller.add(session_id, "suspended")
+    return {"x-sandbox-token": token_for(session_id)}
+
+
+async def finish_restore(stack: Stack, session_id: str = "sess-a") -> None:
+    await eventually(lambda: stack.controller.resumes == [session_id], what="the resume")
+    stack.controller.add(session_id, "ready", stack.sandbox_served.address)
+
+
+async def test_a_request_for_a_suspended_session_is_held_and_served_by_the_new_pod(
+    stack: Stack,
+) -> None:
+    headers = suspend(stack)
+    held = [
+        asyncio.create_task(stack.client.get(stack.base + "/s/sess-a/", headers=headers))
+        for _ in range(3)
+    ]
+    # A streamed body waits in its socket while the session resumes, then goes through.
+    echoed = asyncio.create_task(
+        stack.client.post(stack.base + "/s/sess-a/echo", content=b"kept", headers=headers)
+    )
+    await finish_restore(stack)
+    assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200, 200]
+    reply = await echoed
+    assert (reply.status_code, reply.content) == (200, b"kept")
+    assert stack.controller.resumes == ["sess-a"]  # one resume for all four
+
+
+async def test_a_websocket_upgrade_for_a_suspended_session_waits_for_the_pod(
+    stack: Stack,
+) -> None:
+    headers = suspend(stack)
+
+    async def talk() -> str | bytes:
+        async with connect(stack.ws_base + "/s/sess-a/ws", additional_headers=headers) as ws:
+            await ws.send("after the wake")
+            return await ws.recv()
+
+    talking = asyncio.create_task(talk())
+    await finish_restore(stack)
+    assert await asyncio.wait_for(talking, 10) == "after the wake"
+
+
+async def test_a_refused_resume_is_passed_on_with_its_retry_after(stack: Stack) -> None:
+    headers = suspend(stack)
+    stack.controller.resume_refusals.append((429, "user_session_limit", "9"))
+    resp = await stack.client.get(stack.base + "/s/sess-a/", headers=headers)
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "9"
+    assert resp.json()["error"]["code"] == "user_session_limit"
+    assert stack.sandbox.count == 0
+
+
+async def test_a_browser_tab_gets_a_page_that_reloads_itself_then_the_sandbox() -> None:
+    clock = ManualClock()
+    async with running_stack(clock=clock) as stack:
+        headers = suspend(stack) | NAVIGATE
+        background = clock.sleepers  # the proxy's own timers (activity flushes)
+        tab = asyncio.create_task(stack.client.get(stack.base + "/s/sess-a/", headers=headers))
+        await eventually(lambda: stack.controller.resumes == ["sess-a"], what="the resume")
+        await clock.until_sleeping(background + 2)  # the wake's poll, the tab's patience
+        clock.advance(2.0)
+        page = await tab
+        assert page.status_code == 503
+        assert page.headers["refresh"] == "2"
+        assert page.headers["content-type"].startswith("text/html")
+        assert "Waking your sandbox" in page.text
+        # The reload, once the restore is done, is the sandbox's own page.
+        await clock.until_sleeping(background + 1)  # the wake polls on
+        stack.controller.add("sess-a", "ready", stack.sandbox_served.address)
+        clock.advance(1.0)
+        await eventually(lambda: _wakes(stack, "ready") == 1, what="the wake to end")
+        reload = await stack.client.get(stack.base + "/s/sess-a/", headers=headers)
+        assert reload.status_code == 200 and "Waking" not in reload.text
+
+
+async def test_a_resume_that_takes_too_long_is_503_with_retry_after() -> None:
+    clock = ManualClock()
+    async with running_stack(clock=clock, proxy_resume_wait=10.0) as stack:
+        headers = suspend(stack)
+        background = clock.sleepers
+        waiting = asyncio.create_task(stack.client.get(stack.base + "/s/sess-a/", headers=headers))
+        await eventually(lambda: stack.controller.resumes == ["sess-a"], what="the resume")
+        await clock.until_sleeping(background + 1)
+        clock.advance(10.0)
+        resp: httpx.Response = await waiting
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "resume_timeout"
+        assert int(resp.headers["retry-after"]) >= 1
+        assert stack.sandbox.count == 0
+
+
+def _wakes(stack: Stack, outcome: str) -> float:
+    samples = stack.proxy.app.metrics.render()[0].decode()
+    line = f'sandbox_proxy_wakes_total{{outcome="{outcome}"}} '
+    found = [row for row in samples.splitlines() if row.startswith(line)]
+    return float(found[0].removeprefix(line)) if found else 0.0
