@@ -236,6 +236,7 @@ class SessionBody(BaseModel):
     egress: SessionEgressBody
     secrets: list[SecretRefBody] = Field(
         description="its egress secrets by name (none once it has ended: they are deleted)"
+    )
     snapshot: SnapshotBody | None = Field(
         None, description="suspended (or resuming) sessions only: the archive kept"
     )
