@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import os
 import queue
 import tarfile
 import threading
@@ -162,6 +163,18 @@ def _problem(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+class UnsafeMember(tarfile.TarError):
+    """A member that would land outside the workspace, or is no file, directory or link."""
+
+
+# tarfile's extraction filters came with Python 3.11.4; sandbox images on Debian
+# bookworm (3.11.2) have none, so the same rules are kept by hand there.
+_FILTERS = hasattr(tarfile, "data_filter")
+_REFUSED: tuple[type[Exception], ...] = (UnsafeMember,) + (
+    (tarfile.FilterError,) if _FILTERS else ()
+)
+
+
 def _inside_only(member: tarfile.TarInfo, workdir: str) -> tarfile.TarInfo:
     """tarfile's ``data`` filter, but an absolute name is refused rather than made
     relative: an archive that names a place outside is not ours to reinterpret."""
@@ -170,9 +183,38 @@ def _inside_only(member: tarfile.TarInfo, workdir: str) -> tarfile.TarInfo:
     return tarfile.data_filter(member, workdir)
 
 
+def _within(root: str, path: str) -> bool:
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def _checked(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    """The ``data`` filter's rules without tarfile's filters: inside the workspace,
+    links included; regular files, directories and links only."""
+    name = member.name
+    if name.startswith("/") or not _within(root, os.path.join(root, name)):
+        raise UnsafeMember(f"{name!r} is outside the workspace")
+    if member.issym():
+        target = os.path.join(os.path.dirname(os.path.join(root, name)), member.linkname)
+        if member.linkname.startswith("/") or not _within(root, target):
+            raise UnsafeMember(f"{name!r} links outside the workspace")
+    elif member.islnk():
+        if not _within(root, os.path.join(root, member.linkname)):
+            raise UnsafeMember(f"{name!r} links outside the workspace")
+    elif not (member.isfile() or member.isdir()):
+        raise UnsafeMember(f"{name!r} is neither a file, a directory nor a link")
+    return member
+
+
 def _unpack(source: IO[bytes], workdir: Path, gzipped: bool) -> None:
     with tarfile.open(fileobj=source, mode="r|gz" if gzipped else "r|") as tar:
-        tar.extractall(workdir, filter=_inside_only)
+        if _FILTERS:
+            tar.extractall(workdir, filter=_inside_only)
+            return
+        root = os.path.realpath(workdir)
+        for member in tar:
+            tar.extract(_checked(member, root), root, set_attrs=False)
+            if member.isfile():  # the data filter's modes: no setuid, owner may write
+                os.chmod(os.path.join(root, member.name), (member.mode & 0o755) | 0o600)
 
 
 async def restore(request: Request, workdir: Path) -> Response:
@@ -197,7 +239,7 @@ async def restore(request: Request, workdir: Path) -> Response:
                 chunk = chunk[PIECE:]
         await _put(pieces, None, unpacking)
         await unpacking
-    except tarfile.FilterError as exc:
+    except _REFUSED as exc:
         return _problem(422, "unsafe_archive", f"refused: {exc}")
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         return _problem(422, "invalid_archive", f"cannot unpack: {exc}")

@@ -121,3 +121,47 @@ async def test_a_sandbox_never_claimed_answers_an_empty_archive(tmp_path: Path) 
     assert taken.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(taken.content)) as tar:
         assert tar.getnames() == []
+
+
+ESCAPES = [
+    [file("../escaped")],
+    [file("/tmp/absolute-escape")],
+    [link("out", "/etc/passwd")],
+    [link("out", "../../..")],
+    [link("here", "."), link("out", "here/..")],
+    [link("hard", "/etc/passwd", tarfile.LNKTYPE)],
+]
+
+
+@pytest.mark.parametrize("members", ESCAPES)
+def test_without_tarfile_filters_the_same_members_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple[tarfile.TarInfo, bytes]]
+) -> None:
+    """Sandbox images on Debian bookworm run Python 3.11.2, older than tarfile's filters:
+    the restore keeps their rules by hand there (found by the Docker end-to-end test)."""
+    from sandbox_controller import devsandbox_snapshot
+
+    monkeypatch.setattr(devsandbox_snapshot, "_FILTERS", False)
+    work = tmp_path / "work"
+    work.mkdir()
+    body = io.BytesIO(archive(*members, file("after-the-escape", b"never written")))
+    with pytest.raises(devsandbox_snapshot.UnsafeMember):
+        devsandbox_snapshot._unpack(body, work, gzipped=False)
+    assert not (work / "after-the-escape").exists()
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_without_tarfile_filters_a_workspace_unpacks_with_its_modes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox_controller import devsandbox_snapshot
+
+    monkeypatch.setattr(devsandbox_snapshot, "_FILTERS", False)
+    script = tarfile.TarInfo("bin/run.sh")
+    script.mode = 0o4755  # setuid dropped, the exec bits kept
+    inside = link("latest", "bin/run.sh")
+    body = io.BytesIO(archive((script, b"#!/bin/sh\n"), inside, file("notes/a.txt", b"hi")))
+    devsandbox_snapshot._unpack(body, tmp_path, gzipped=False)
+    assert (tmp_path / "notes/a.txt").read_bytes() == b"hi"
+    assert (tmp_path / "latest").read_bytes() == b"#!/bin/sh\n"
+    assert (tmp_path / "bin/run.sh").stat().st_mode & 0o7777 == 0o755
