@@ -24,6 +24,8 @@ import pytest
         "benchmarks.budget_bench",
         "benchmarks.token_bench",
         "benchmarks.recovery_bench",
+        "benchmarks.egress_bench",
+        "benchmarks.egress_origin",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

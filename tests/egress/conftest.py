@@ -218,19 +218,12 @@ def world() -> Iterator[World]:
         proxy, port = start_egress_proxy(
             net, controller.url, PROXY_TOKEN, ca.cert, (deploy_cert, deploy_key), log_path
         )
-        yield World(
-            net,
-            ca,
-            deploy_cert,
-            bundle,
-            record,
-            controller,
-            port,
-            log_path,
-            names,
-            deploy_key,
+        built = World(
+            net, ca, deploy_cert, bundle, record, controller, port, log_path, names, deploy_key,
             static,
-        )
+        )  # fmt: skip
+        add_pods(built)
+        yield built
     finally:
         if proxy is not None:
             stop_process(proxy)
@@ -242,8 +235,7 @@ def world() -> Iterator[World]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="package", autouse=True)
-def pods(world: World) -> None:
+def add_pods(world: World) -> None:
     """pod-a enforces a list with two secrets; pod-audit audits; pod-ended's session ended."""
     allow = [
         "allowed.test", "loop.test", "ten.test", "meta.test", "rebind.test", "cidr.test",
