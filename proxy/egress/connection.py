@@ -98,7 +98,9 @@ class Connection:
             record.status, record.reason = 502, "upstream_failed"
             if not exc.started:
                 await self._answer(error_response(502, "upstream_failed", str(exc)))
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            # A peer gone, a TLS alert mid-stream, a chunk line over the cap: the
+            # connection ends; nothing more can be said on it.
             record.reason = record.reason or "connection_lost"
         finally:
             if record.host != "-":
