@@ -91,6 +91,7 @@ class World:
     names: dict[str, str]
     deploy_key: Path
     static: Path  # served as files by the origin (paths other than /)
+    proxy_pid: int = 0
 
     def received(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -222,6 +223,7 @@ def world() -> Iterator[World]:
             net, ca, deploy_cert, bundle, record, controller, port, log_path, names, deploy_key,
             static,
         )  # fmt: skip
+        built.proxy_pid = proxy.pid
         add_pods(built)
         yield built
     finally:
@@ -240,6 +242,7 @@ def add_pods(world: World) -> None:
     allow = [
         "allowed.test", "loop.test", "ten.test", "meta.test", "rebind.test", "cidr.test",
         "api.secret.test", "api2.secret.test", "other.test", "other.test:8443",
+        "allowed.test:9000",
         world.names["other.test"], "10.0.0.1", "[::1]",
     ]  # fmt: skip
     secrets = [
