@@ -25,6 +25,8 @@ import pytest
         "benchmarks.token_bench",
         "benchmarks.recovery_bench",
         "benchmarks.suspend_bench",
+        "benchmarks.egress_bench",
+        "benchmarks.egress_origin",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

@@ -98,7 +98,9 @@ class Connection:
             record.status, record.reason = 502, "upstream_failed"
             if not exc.started:
                 await self._answer(error_response(502, "upstream_failed", str(exc)))
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            # A peer gone, a TLS alert mid-stream, a chunk line over the cap: the
+            # connection ends; nothing more can be said on it.
             record.reason = record.reason or "connection_lost"
         finally:
             if record.host != "-":
@@ -207,9 +209,12 @@ class Connection:
         record.host, record.port = split_authority(authority.rpartition("@")[2], 80)
         grant = await self._authorize(request, record)
         decision = await self._admit(grant, record)
-        headers = self.server.swapped(grant, record, path, end_to_end(request))
-        if not any(k.lower() == "host" for k, _ in headers):
-            headers.insert(0, ("Host", authority))
+        # Host is the authority the policy checked, whatever the client wrote: a second
+        # name on a shared server (a CDN) must not ride on an allowed one.
+        host_header = authority.rpartition("@")[2]
+        headers = [(k, v) for k, v in end_to_end(request) if k.lower() != "host"]
+        headers.insert(0, ("Host", host_header))
+        headers = self.server.swapped(grant, record, path, headers)
         key = (record.host, record.port)
         if self.upstream is None or self.upstream[0] != key:
             self._drop_upstream()

@@ -7,10 +7,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from .common import ESTABLISHED, KEEP_ALIVE_SECONDS, Hub, Record, counter
+from .common import ESTABLISHED, KEEP_ALIVE_SECONDS, Hub, Record, counter, split_authority
 from .controller import Refused
 from .exchange import Streams, exchange
-from .heads import end_to_end, error_response, parse_head, read_head
+from .heads import BadHead, end_to_end, error_response, parse_head, read_head
+
+
+def _same_host(header: str | None, host: str) -> bool:
+    if header is None:
+        return False
+    try:
+        named, _ = split_authority(header, 443)
+    except BadHead:
+        return False
+    return named == host
 
 
 def origin_form(target: str) -> str:
@@ -54,6 +64,14 @@ async def intercept(
                 grant = await server.controller.authorize(*credentials)
             except Refused as exc:
                 writer.write(error_response(403, exc.reason, "credential refused"))
+                await writer.drain()
+                return
+            if not _same_host(inner.get("host"), record.host):
+                # The secret goes to the host it was given for, not to another name the
+                # same server (a CDN) would route the request to.
+                writer.write(
+                    error_response(421, "misdirected_request", "Host is not the CONNECT host")
+                )
                 await writer.drain()
                 return
             target = origin_form(inner.first[1])

@@ -51,7 +51,7 @@ class EgressServer:
                 writer.write(error_response(503, "overloaded", "too many connections"))
                 return
             await Connection(self, (reader, writer)).serve()
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         except Exception:
             log.exception("egress connection failed")

@@ -91,6 +91,7 @@ class World:
     names: dict[str, str]
     deploy_key: Path
     static: Path  # served as files by the origin (paths other than /)
+    proxy_pid: int = 0
 
     def received(self) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -218,19 +219,13 @@ def world() -> Iterator[World]:
         proxy, port = start_egress_proxy(
             net, controller.url, PROXY_TOKEN, ca.cert, (deploy_cert, deploy_key), log_path
         )
-        yield World(
-            net,
-            ca,
-            deploy_cert,
-            bundle,
-            record,
-            controller,
-            port,
-            log_path,
-            names,
-            deploy_key,
+        built = World(
+            net, ca, deploy_cert, bundle, record, controller, port, log_path, names, deploy_key,
             static,
-        )
+        )  # fmt: skip
+        built.proxy_pid = proxy.pid
+        add_pods(built)
+        yield built
     finally:
         if proxy is not None:
             stop_process(proxy)
@@ -242,12 +237,12 @@ def world() -> Iterator[World]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="package", autouse=True)
-def pods(world: World) -> None:
+def add_pods(world: World) -> None:
     """pod-a enforces a list with two secrets; pod-audit audits; pod-ended's session ended."""
     allow = [
         "allowed.test", "loop.test", "ten.test", "meta.test", "rebind.test", "cidr.test",
         "api.secret.test", "api2.secret.test", "other.test", "other.test:8443",
+        "allowed.test:9000",
         world.names["other.test"], "10.0.0.1", "[::1]",
     ]  # fmt: skip
     secrets = [

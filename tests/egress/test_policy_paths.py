@@ -3,7 +3,10 @@ curl through the proxy into the fake internet, the proxy resolving through dnsma
 
 from __future__ import annotations
 
+import base64
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +120,36 @@ def test_healthz_and_metrics_on_the_proxy_port(world: World) -> None:
     metrics = _raw(world, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").decode()
     assert 'sandbox_egress_connections_total{decision="allowed"}' in metrics
     assert 'sandbox_egress_bytes_total{direction="up"}' in metrics
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_tunnel_to_a_fast_source_and_a_reader_that_stops_holds_little(world: World) -> None:
+    """Backpressure: the origin pours as fast as it can; while the sandbox reads nothing
+    the proxy holds about a buffer's worth, not the flood; then everything still arrives."""
+    with socket.create_connection(("127.0.0.1", world.proxy_port), timeout=20) as sock:
+        auth = base64.b64encode(b"pod-a:pw-a").decode()
+        sock.sendall(
+            f"CONNECT allowed.test:9000 HTTP/1.1\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        before = _rss_kib(world.proxy_pid)
+        got = 0
+        while got < 1 << 20:  # the flow has started
+            got += len(sock.recv(1 << 16))
+        time.sleep(1.0)  # the reader stalls; the origin does not
+        stalled = _rss_kib(world.proxy_pid)
+        while got < 64 << 20:
+            data = sock.recv(1 << 20)
+            assert data
+            got += len(data)
+    print(f"proxy RSS {before} KiB at CONNECT, {stalled} KiB with the reader stalled")
+    assert stalled - before < 8 * 1024

@@ -105,3 +105,21 @@ def test_no_secret_value_in_the_proxy_log(world: World) -> None:
     assert "kind=intercept" in log and "leak attempt" in log
     assert SECRET_VALUE not in log and SECRET2_VALUE not in log
     assert "/repos" not in log  # no path from inside a tunnel
+
+
+def test_the_secret_goes_only_to_the_connect_host_and_plain_http_host_is_the_url(
+    world: World,
+) -> None:
+    before = len(world.received())
+    code, _, _ = world.curl(
+        "https://api.secret.test/",
+        "-H",
+        "Host: another-tenant.test",
+        "-H",
+        f"Authorization: Bearer {PLACEHOLDER}",
+    )
+    assert code == 421
+    assert len(world.received()) == before  # nothing reached the origin
+    code, _, err = world.curl("http://allowed.test/", "-H", "Host: another-tenant.test")
+    assert code == 200, err
+    assert _headers(world.received()[-1])["host"] == "allowed.test"

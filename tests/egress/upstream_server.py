@@ -1,12 +1,15 @@
 """An origin server for the fake internet, run inside a network namespace: HTTP on 80,
-HTTPS (under the test CA) on 443 and 8443. It records each request's headers to a JSON-
-lines file the test reads (what the origin really received) and answers only a short
-JSON naming the address it was reached on, so a swapped secret is never echoed back."""
+HTTPS (under the test CA) on 443 and 8443, and a source of zeros on 9000. It records
+each request's headers to a JSON-lines file the test reads (what the origin really
+received) and answers only a short JSON naming the address it was reached on, so a
+swapped secret is never echoed back."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +59,20 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _source(listener: socket.socket) -> None:
+    """Port 9000: zeros to whoever connects, as fast as they are taken, until they go."""
+    block = b"\0" * (1 << 16)
+    while True:
+        conn, _ = listener.accept()
+
+        def pour(conn: socket.socket = conn) -> None:
+            with conn, contextlib.suppress(OSError):
+                while True:
+                    conn.sendall(block)
+
+        threading.Thread(target=pour, daemon=True).start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cert", required=True)
@@ -74,6 +91,8 @@ def main() -> None:
         servers.append(server)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    source = socket.create_server(("0.0.0.0", 9000))
+    threading.Thread(target=_source, args=(source,), daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()
 
