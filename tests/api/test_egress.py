@@ -112,8 +112,20 @@ async def test_grants_patch_denials_and_authorize(start_controller: ControllerFa
 
     # A warm pod: the deployment's list only, no session.
     await ctl.wait_idle_pods(1)
-    warm = next(name for name in ctl.sandboxes() if name != pod)
-    warm_answer = (await authorize(ctl, create_id_of(ctl, warm))).json()
+    answers: list[dict[str, Any]] = []
+
+    async def a_warm_pod_answers() -> bool:
+        # A sandbox process that has just started may not be in the pool yet (it is
+        # refused as gone): ask each until one the pool holds answers.
+        for warm in (name for name in ctl.sandboxes() if name != pod):
+            answer = await authorize(ctl, create_id_of(ctl, warm))
+            if answer.status_code == 200:
+                answers.append(answer.json())
+                return True
+        return False
+
+    await eventually(a_warm_pod_answers, what="a warm pod's authorize answer")
+    warm_answer = answers[0]
     assert warm_answer["session_id"] is None and warm_answer["allow"] == ["pypi.org", "*.npmjs.org"]
 
     patched = await ctl.client.patch(
