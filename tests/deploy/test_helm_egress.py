@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from sandbox_controller.egress_ca import generate_ca
+from sandbox_controller.egress_ca import generate_ca, load_ca
 from tests.deploy.deploytools import (
     CHART,
     NAMESPACE,
@@ -206,7 +205,9 @@ def b64(text: str) -> str:
     return base64.b64decode(text).decode()
 
 
-def test_a_ca_is_generated_and_its_certificate_given_to_sandboxes(render: Render) -> None:
+def test_a_ca_is_generated_and_its_certificate_given_to_sandboxes(
+    render: Render, tmp_path: Path
+) -> None:
     docs = render()
     [secret] = named(docs, "Secret", "rel-agent-sandbox-egress-ca")
     [config] = named(docs, "ConfigMap", "rel-agent-sandbox-egress-ca")
@@ -217,9 +218,10 @@ def test_a_ca_is_generated_and_its_certificate_given_to_sandboxes(render: Render
     cert = certificate(cert_pem)
     assert cert.subject.rfc4514_string() == "CN=agent-sandbox egress CA"
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    assert key.public_key().public_bytes(*public) == cert.public_key().public_bytes(*public)
+    # The pair loads as the egress proxy loads it (egress_ca.load_ca: matching, a CA).
+    (tmp_path / "tls.crt").write_text(cert_pem)
+    (tmp_path / "tls.key").write_text(key_pem)
+    load_ca(tmp_path / "tls.crt", tmp_path / "tls.key")
     # The egress proxy mounts the pair and is told where; the controller gets neither.
     egress = find(docs, "Deployment", "-egress")
     volumes = {v["name"]: v for v in egress["spec"]["template"]["spec"]["volumes"]}
