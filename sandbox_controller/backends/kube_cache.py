@@ -11,9 +11,8 @@ anything else: ``answered`` marks it, the kubelet's Ready ends the mark.
 
 from __future__ import annotations
 
-import calendar
-import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from ..sandbox_contract import POD_PORT
@@ -23,10 +22,13 @@ Obj = dict[str, Any]
 
 
 def parse_time(value: str | None) -> float:
+    """An RFC 3339 time of the API (UTC, whole seconds) as unix seconds; 0 if none.
+    fromisoformat, not strptime: 30x faster, and it runs for every pod listed (10,000
+    at a restart) and every watch event."""
     if not value:
         return 0.0
     try:
-        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")))
+        return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return 0.0
 
