@@ -263,8 +263,18 @@ class PodCache:
         return self._refresh(name) if pod is not None else None
 
     def replace_warnings(self, events: Iterable[Mapping[str, Any]]) -> list[PodEvent]:
+        """A relist of Warning events: the pods whose status they change. Only pods
+        a warning names, or named before, are looked at again: a refresh of every pod
+        was a second pass over all 10,000 at each start."""
+        before = set(self._warnings)
         self._warnings.clear()
+        changed: dict[str, PodEvent] = {}
         for event in events:
-            self.warn(event)
-        out = [self._refresh(name) for name in list(self._pods)]
-        return [e for e in out if e is not None]
+            pod_event = self.warn(event)
+            if pod_event is not None:
+                changed[pod_event.pod.name] = pod_event
+        for name in before - self._warnings.keys():  # a warning no longer listed
+            pod_event = self._refresh(name) if name in self._pods else None
+            if pod_event is not None:
+                changed[name] = pod_event
+        return list(changed.values())
