@@ -363,7 +363,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                         bench_app=bool(args.noop),
                         pod_name=RESTART_POD,
                         code=code,
-                        log=None if args.noop else log,  # bench_app logs no times
+                        log=log,
                     )
                     total = await first_warm_claim(base)
                     runs.append(
@@ -372,7 +372,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                             "s": total,
                             "lease_left_s": lease,
                             "rss_mib": rss_mib(ctl.pid)[0],
-                            **({} if args.noop else restart_phases(log, started)),
+                            **restart_phases(log, started),
                         }
                     )
                     print(json.dumps(runs[-1]), file=sys.stderr)
