@@ -517,9 +517,9 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
         if all(name in r for r in new for name in MILESTONES):
             at = {name: statistics.median(r[name] for r in new) for name in MILESTONES}
             phases = (
-                f"; medians from the restart: imports and store {at['store']:.2f} s, "
-                f"backend and lease {at['lease']:.2f} s, list and rebuild "
-                f"{at['rebuilt']:.2f} s"
+                f"; medians, seconds after the restart: imported and the store answers "
+                f"{at['store']:.2f}, backend made and leading {at['lease']:.2f}, pods "
+                f"listed and pool rebuilt {at['rebuilt']:.2f}"
             )
         lines.append(
             f"| SIGKILL, restart to the first warm claim (median of {len(new)}; its pod's "
