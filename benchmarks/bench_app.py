@@ -26,7 +26,7 @@ from sandbox_controller.api.schemas import CreateSession
 from sandbox_controller.config import load_settings
 from sandbox_controller.console import Console
 from sandbox_controller.controller import Controller
-from sandbox_controller.serving import tune_gc
+from sandbox_controller.serving import configure_logging, tune_gc
 
 bench_rows = sa.Table(
     "bench_rows",
@@ -40,6 +40,7 @@ bench_rows = sa.Table(
 def build() -> FastAPI:
     tune_gc()  # as `sandbox-controller serve` does
     settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)  # so does this
     controller = Controller(settings)
     app = create_app(controller)
     # As ControllerProcess does: the console on the same app (SANDBOX_CONSOLE).

@@ -2,7 +2,8 @@
 
     python benchmarks/kube_bench.py [--pool 3700] [--claims 3600] [--serial 1000]
                                     [--concurrency 50] [--max-total N] [--noop 5]
-                                    [--restart] [--refill 300]
+                                    [--restart [--restarts 3] [--restart-baseline DIR]]
+                                    [--refill 300]
                                     [--refill-qps 20:40,100:200]
                                     [--database sqlite|postgres] [--templates 3]
 
@@ -21,8 +22,11 @@ SANDBOX_BACKEND=kubernetes) as separate processes, so the controller's RSS is it
    /bench/noop), and the same --concurrency connections first hit /bench/noop for
    --noop seconds: the HTTP ceiling of claim_bench.py, at this pool size.
    With --restart, the controller is then SIGKILLed and started again on the same
-   database and kubesim: the time from its start to its first warm claim answered
-   (list, rebuild, lease), and how much of it the killed leader's lease still had.
+   database and kubesim, as the same pod's next process (it takes the lease at once):
+   the time from its start to its first HTTP answer and to its first warm claim
+   answered (list, rebuild, lead); --restarts N times, the median. With
+   --restart-baseline DIR the restarts alternate between DIR's code and this tree's,
+   on the same pods and database: before and after in one run.
    With --noop and BENCH_PROFILE=DIR, pyinstrument profiles the controller during the
    one-at-a-time and the loaded claims (DIR/serial.txt, DIR/loaded.txt).
 2. Refill vs QPS: a --refill pod pool from zero to ready under each client rate limit
@@ -39,11 +43,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,8 @@ from benchmarks.common import fresh_database as _fresh_database
 
 # The controller's code: this tree, or --code (a baseline worktree, run by this bench).
 CODE = ROOT
+# --restart-baseline: the tree whose restarts alternate with CODE's.
+BASELINE = ROOT
 
 
 def fresh_database(kind: str, tmp: Path) -> str:
@@ -90,10 +98,13 @@ def start_controller(
     templates_file: str | None = None,
     bench_app: bool = False,
     pod_name: str | None = None,
+    code: Path | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
+    code = code or CODE
     env = {
         **os.environ,
-        "PYTHONPATH": str(CODE),
+        "PYTHONPATH": str(code),
         "SANDBOX_DATABASE_URL": database,
         "SANDBOX_BACKEND": "kubernetes",
         "SANDBOX_KUBECONFIG": kubeconfig,
@@ -112,6 +123,8 @@ def start_controller(
         "SANDBOX_PORT": str(port),
         "SANDBOX_LOG_LEVEL": "warning",
     }
+    if log is not None:  # its start's milestones, timed (restart_phases)
+        env["SANDBOX_LOG_LEVEL"] = "info"
     if templates_file is not None:
         env["SANDBOX_TEMPLATES_FILE"] = templates_file
     if pod_name is not None:  # as the chart sets it: a restart is the same pod's
@@ -123,7 +136,33 @@ def start_controller(
             *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
             *("--http", "httptools", "--log-level", "warning", "--no-access-log"),
         ]
-    return subprocess.Popen(command, env=env, cwd=CODE)
+    if log is None:
+        return subprocess.Popen(command, env=env, cwd=code)
+    with log.open("wb") as out:
+        return subprocess.Popen(command, env=env, cwd=code, stderr=out)
+
+
+# Log lines of a controller's start (controller.py, scheduler/rounds.py), in order.
+MILESTONES = {
+    "store": "session tokens signed",  # imports done, the database answers
+    "lease": "leading with lease epoch",  # the backend made, the lease taken
+    "rebuilt": "recovered ",  # pods listed, the pool rebuilt (and its first commit)
+}
+
+
+def restart_phases(log: Path, started: float) -> dict[str, float]:
+    """Seconds from ``started`` (wall time) to each milestone in the log of
+    ``sandbox-controller serve`` (asctime, local time); {} if none is found."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        for name, text in MILESTONES.items():
+            if name not in found and text in line:
+                try:
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    continue
+                found[name] = at - started
+    return found
 
 
 def lease_left(database: str) -> float:
@@ -173,6 +212,24 @@ async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
         return body if "pods" in body else None  # a 503 while the store is away
     except (httpx.HTTPError, ValueError):
         return None
+
+
+async def wait_refilled(
+    client: httpx.AsyncClient, pool: int, max_total: int, timeout: float
+) -> float:
+    """Seconds until the pool is refilled as far as maxTotalJobs allows: ``pool`` idle,
+    or every pod not assigned. Judged afresh at each poll: claims wrk left in flight
+    are still being assigned when the wait begins (a target taken once, at the start,
+    could never be reached)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status = await pool_status(client)
+        if status is not None:
+            pods = status["pods"]
+            if pods["idle"] >= min(pool, max_total - pods["assigned"]):
+                return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the pool never refilled to {pool} idle pods")
 
 
 async def wait_idle(client: httpx.AsyncClient, idle: int, timeout: float) -> float:
@@ -275,9 +332,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
-            assigned = ((await pool_status(client)) or {"pods": {}})["pods"].get("assigned", 0)
-            refilled = min(args.pool, max_total - assigned)  # within maxTotalJobs
-            result["refill_s"] = await wait_idle(client, refilled, timeout=900)
+            result["refill_s"] = await wait_refilled(client, args.pool, max_total, timeout=900)
             metrics = (await client.get("/metrics")).text
             rss, hwm = rss_mib(ctl.pid)
             result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
@@ -285,23 +340,50 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             stats = sim.stats()
             if args.restart:
                 result["restart_pool"] = (await pool_status(client) or {}).get("pods")
-                result["lease_left_s"] = lease_left(database)
-                ctl.kill()  # SIGKILL: no hand-over, the lease runs out on its own
-                ctl.wait()
-                ctl = start_controller(
-                    sim.kubeconfig,
-                    database,
-                    port,
-                    pool=args.pool,
-                    max_total=max_total,
-                    qps=args.qps,
-                    burst=args.burst,
-                    creates=args.creates,
-                    bench_app=bool(args.noop),
-                    pod_name=RESTART_POD,
-                )
-                result["restart_s"] = await first_warm_claim(base)
-                result["restart_rss_mib"] = rss_mib(ctl.pid)[0]
+                runs = result["restart_runs"] = []
+                # Alternately the baseline's code and this tree's (--restart-baseline),
+                # on the same kubesim and database: before and after in one sitting.
+                codes = [CODE] if not args.restart_baseline else [BASELINE, CODE]
+                for i in range(args.restarts * len(codes)):
+                    code = codes[i % len(codes)]
+                    lease = lease_left(database)
+                    ctl.kill()  # SIGKILL: no hand-over
+                    ctl.wait()
+                    log = tmp / f"restart-{i}.log"
+                    started = time.time()
+                    ctl = start_controller(
+                        sim.kubeconfig,
+                        database,
+                        port,
+                        pool=args.pool,
+                        max_total=max_total,
+                        qps=args.qps,
+                        burst=args.burst,
+                        creates=args.creates,
+                        bench_app=bool(args.noop),
+                        pod_name=RESTART_POD,
+                        code=code,
+                        log=log,
+                    )
+                    total = await first_warm_claim(base)
+                    runs.append(
+                        {
+                            "code": "baseline" if code == BASELINE else "new",
+                            "s": total,
+                            "lease_left_s": lease,
+                            "rss_mib": rss_mib(ctl.pid)[0],
+                            **restart_phases(log, started),
+                        }
+                    )
+                    print(json.dumps(runs[-1]), file=sys.stderr)
+                    await asyncio.sleep(2)  # its first rounds' writes, as after any start
+                new = [r for r in runs if r["code"] == "new"]
+                result["restart_s"] = statistics.median(r["s"] for r in new)
+                result["lease_left_s"] = new[0]["lease_left_s"]
+                result["restart_rss_mib"] = new[-1]["rss_mib"]
+                base_runs = [r["s"] for r in runs if r["code"] == "baseline"]
+                if base_runs:
+                    result["restart_baseline_s"] = statistics.median(base_runs)
     finally:
         stop(ctl)
         sim.stop()
@@ -429,13 +511,28 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
             f"{warm['claims_per_s'] / noop['rps']:.0%} of it |"
         )
     if "restart_s" in warm:
+        runs = warm["restart_runs"]
+        new = [r for r in runs if r["code"] == "new"]
+        phases = ""
+        if all(name in r for r in new for name in MILESTONES):
+            at = {name: statistics.median(r[name] for r in new) for name in MILESTONES}
+            phases = (
+                f"; medians, seconds after the restart: imported and the store answers "
+                f"{at['store']:.2f}, backend made and leading {at['lease']:.2f}, pods "
+                f"listed and pool rebuilt {at['rebuilt']:.2f}"
+            )
         lines.append(
-            f"| SIGKILL, restart to the first warm claim (list, rebuild, lease) | "
-            f"{warm['restart_s']:.2f} s, of which the killed leader's lease still held "
-            f"{warm['lease_left_s']:.2f} s; after it ran out: "
-            f"{max(0.0, warm['restart_s'] - warm['lease_left_s']):.2f} s "
+            f"| SIGKILL, restart to the first warm claim (median of {len(new)}; its pod's "
+            f"next process takes the lease at once) | {warm['restart_s']:.2f} s{phases} "
             f"(pods then: {warm['restart_pool']}; RSS {warm['restart_rss_mib']:.0f} MiB) |"
         )
+        if "restart_baseline_s" in warm:
+            each = ", ".join(f"{r['code']} {r['s']:.2f}" for r in runs)
+            lines.append(
+                f"| the same, baseline code ({BASELINE}), alternating in this run | "
+                f"{warm['restart_baseline_s']:.2f} s (median); new / baseline "
+                f"{warm['restart_s'] / warm['restart_baseline_s']:.2f} (each, s: {each}) |"
+            )
     many = warm.get("templates")
     if many:
         ratio = many["serial_p99_ms"] / warm["serial_p99_ms"]
@@ -513,6 +610,14 @@ def main() -> None:
         "--restart", action="store_true", help="SIGKILL the controller, time its restart"
     )
     parser.add_argument(
+        "--restarts", type=int, default=1, help="with --restart: how many (the median)"
+    )
+    parser.add_argument(
+        "--restart-baseline",
+        default="",
+        help="with --restart: alternate restarts between this tree and --code's",
+    )
+    parser.add_argument(
         "--code", default="", help="run the controller from this tree (a baseline worktree)"
     )
     parser.add_argument(
@@ -524,6 +629,9 @@ def main() -> None:
     if args.code:
         global CODE
         CODE = Path(args.code).resolve()
+    if args.restart_baseline:
+        global BASELINE
+        BASELINE = Path(args.restart_baseline).resolve()
     if args.lease_ttl:  # start_controller passes the environment on
         os.environ["SANDBOX_LEADER_LEASE_TTL"] = args.lease_ttl
     if not 1 <= args.serial <= args.claims:

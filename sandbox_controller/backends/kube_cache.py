@@ -11,9 +11,8 @@ anything else: ``answered`` marks it, the kubelet's Ready ends the mark.
 
 from __future__ import annotations
 
-import calendar
-import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from ..sandbox_contract import POD_PORT
@@ -23,10 +22,13 @@ Obj = dict[str, Any]
 
 
 def parse_time(value: str | None) -> float:
+    """An RFC 3339 time of the API (UTC, whole seconds) as unix seconds; 0 if none.
+    fromisoformat, not strptime: 30x faster, and it runs for every pod listed (10,000
+    at a restart) and every watch event."""
     if not value:
         return 0.0
     try:
-        return float(calendar.timegm(time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")))
+        return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return 0.0
 
@@ -261,8 +263,18 @@ class PodCache:
         return self._refresh(name) if pod is not None else None
 
     def replace_warnings(self, events: Iterable[Mapping[str, Any]]) -> list[PodEvent]:
+        """A relist of Warning events: the pods whose status they change. Only pods
+        a warning names, or named before, are looked at again: a refresh of every pod
+        was a second pass over all 10,000 at each start."""
+        before = set(self._warnings)
         self._warnings.clear()
+        changed: dict[str, PodEvent] = {}
         for event in events:
-            self.warn(event)
-        out = [self._refresh(name) for name in list(self._pods)]
-        return [e for e in out if e is not None]
+            pod_event = self.warn(event)
+            if pod_event is not None:
+                changed[pod_event.pod.name] = pod_event
+        for name in before - self._warnings.keys():  # a warning no longer listed
+            pod_event = self._refresh(name) if name in self._pods else None
+            if pod_event is not None:
+                changed[name] = pod_event
+        return list(changed.values())

@@ -89,10 +89,11 @@ class Scheduler(Rounds):
             self._queue.put_nowait(Command(lambda pool, now: None))  # wake it
             await asyncio.wait({self._loop}, timeout=STOP_GRACE)
         await self._tasks.stop()
-        if self._pool is not None and (self._pod_rows or self._forgotten_rows):
+        if self._pool is not None and self._pod_rows:
             try:  # best effort: a clean stop leaves no pool pod unaccounted for
                 async with asyncio.timeout(STOP_GRACE):
-                    await self._commit(Outbox(), force=True)
+                    while self._pod_rows:  # a chunk a commit (pod_rows.py)
+                        await self._commit(Outbox(), force=True)
             except Exception as exc:
                 log.warning("could not write the last pod rows: %s", exc)
         await self._effects.stop()

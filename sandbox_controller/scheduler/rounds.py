@@ -37,11 +37,12 @@ from ..errors import (
 from ..hooks import SandboxHooks
 from ..model import CONTROLLER_CALLER, Limits, Opened, Outcome, Session, SessionState
 from ..snapshots import SnapshotStore
-from ..store import Batch, Deposed, Fence
+from ..store import Batch, Deposed, Fence, same_pod_row
 from .changes import ChangeFeed
 from .effect_calls import Command, EffectCalls, event_command
 from .effects import Answer, Outbox
 from .egress import EgressBook
+from .pod_rows import PendingPodRows
 from .pool import Pool
 from .ports import LoopObserver, NoObserver, SchedulerStore
 from .recovery import restore
@@ -52,7 +53,6 @@ log = logging.getLogger("sandbox_controller.scheduler.loop")
 MAX_ROUND = 1000  # commands per round: bounds one transaction's size
 ENDED_IN_MEMORY = 600.0  # ended sessions stay in memory this long, then only in the store
 PRUNE_EVERY = 60.0
-POD_ROWS_DELAY = 1.0
 # Rebuilding after a failed commit: retried until the store answers again. Capped low:
 # callers are refused (store_unavailable) until it succeeds.
 RECOVERY_BACKOFF = Backoff(0.25, 2.0)
@@ -98,10 +98,8 @@ class Rounds(EffectCalls):
         self._stopped = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._next_prune = 0.0
-        # Pod rows waiting to be written with the next commit (see _commit).
-        self._pod_rows: set[str] = set()
-        self._forgotten_rows: set[str] = set()
-        self._pod_rows_due = float("inf")
+        # Pod rows waiting to be written with the next commits (see _commit).
+        self._pod_rows = PendingPodRows()
         # Watchers (the console) learn of each committed round here.
         self.changes = ChangeFeed()
         # A backend that can see a pod serve sooner while sessions wait is told how
@@ -134,9 +132,19 @@ class Rounds(EffectCalls):
         self._handed_out = {name for name in self._handed_out if name in pool.pods}
         pool.tick(now)
         self._pool = pool
-        self._pod_rows, self._forgotten_rows = set(), set()
-        self._pod_rows_due = float("inf")
-        await self._commit(pool.take_outbox(), force=True)
+        self._pod_rows.clear()
+        outbox = pool.take_outbox()
+        # Rows the store already has as they are need no write: at 10,000 pods that
+        # rewrite was most of a restart's time to its first claim.
+        stored = {row.name: row for row in pod_rows}
+        outbox.dirty_pods = {
+            name
+            for name in outbox.dirty_pods
+            if name not in stored
+            or name not in pool.pods
+            or not same_pod_row(pool.pods[name], stored[name])
+        }
+        await self._commit(outbox, force=True)
         self.changes.rebuilt()
         self._told_waiting = -1
         self._tell_waiting(pool)
@@ -166,7 +174,7 @@ class Rounds(EffectCalls):
         assert self._pool is not None
         if self._queue.empty():
             pool_due = self._pool.next_deadline()
-            due = min(float("inf") if pool_due is None else pool_due, self._pod_rows_due)
+            due = min(float("inf") if pool_due is None else pool_due, self._pod_rows.due)
             deadline = None if due == float("inf") else due
             getter = asyncio.ensure_future(self._queue.get())
             waits: set[asyncio.Future[Any]] = {getter}
@@ -301,10 +309,10 @@ class Rounds(EffectCalls):
         so nobody hears of a session that a crash could still lose.
 
         Rows of pool pods alone (created, ready, gone) are not a promise to anyone: they
-        wait up to POD_ROWS_DELAY and go with the next commit. Lost in a crash, they
-        only make the restarted controller delete a fresh pool pod it cannot account
-        for. At one claim at a time this is two commits fewer per claim (the
-        replacement's create and its readiness)."""
+        wait up to POD_ROWS_DELAY and go with the next commit, a bounded chunk at a time
+        (pod_rows.py). Lost in a crash, they only make the restarted controller delete a
+        fresh pool pod it cannot account for. At one claim at a time this is two commits
+        fewer per claim (the replacement's create and its readiness)."""
         pool = self._pool
         assert pool is not None
         batch = Batch()
@@ -320,25 +328,21 @@ class Rounds(EffectCalls):
             batch.sessions.append(session)
         # A new session's secrets go with its first row, sealed.
         self.egress.seal_into(batch, pool.sessions)
-        self._pod_rows |= outbox.dirty_pods
-        self._forgotten_rows |= outbox.forgotten_pods
+        now = self.clock.monotonic()
+        self._pod_rows.add(outbox.dirty_pods, outbox.forgotten_pods, now)
         self._handed_out -= outbox.forgotten_pods
-        if self._pod_rows or self._forgotten_rows:
-            self._pod_rows_due = min(self._pod_rows_due, self.clock.monotonic() + POD_ROWS_DELAY)
         # The trace each pod's calls join, and the traces this commit serves (the first
         # is the commit span's parent, the rest are linked): none unless tracing is on.
         pod_traces, commit_traces = self._round_traces(outbox) if self._traces else ({}, [])
-        if batch.sessions or force or self.clock.monotonic() >= self._pod_rows_due:
-            batch.pods = [pool.pods[n] for n in self._pod_rows if n in pool.pods]
-            batch.forgotten_pods = sorted(self._forgotten_rows)
+        if batch.sessions or force or now >= self._pod_rows.due:
+            claimed = (s.pod_name for s in batch.sessions if s.pod_name)
+            batch.pods, batch.forgotten_pods = self._pod_rows.take(pool.pods, claimed, now)
             if batch and commit_traces:
                 parent, *linked = commit_traces
                 with tracing.span("store.write", parent, links=linked):
                     await self.store.write(batch, self.fence)
             elif batch:
                 await self.store.write(batch, self.fence)
-            self._pod_rows, self._forgotten_rows = set(), set()
-            self._pod_rows_due = float("inf")
         for answer in outbox.answers:
             if answer.outcome not in (Outcome.WARM, Outcome.COLD):
                 # Refused, or a retry for a thread with a session: nothing to deliver.

@@ -202,6 +202,11 @@ def _pod_row(p: Pod) -> dict[str, Any]:
     }
 
 
+def same_pod_row(pod: Pod, row: Pod) -> bool:
+    """Whether ``pod`` would be written as ``row`` already is (no write needed)."""
+    return _pod_row(pod) == _pod_row(row)
+
+
 def pod_from_row(row: sa.Row[Any]) -> Pod:
     m = row._mapping
     return Pod(

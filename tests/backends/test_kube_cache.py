@@ -105,6 +105,28 @@ def test_warning_event_becomes_detail() -> None:
     assert cache.warn(other) is None
 
 
+def test_a_relist_of_warnings_tells_the_pods_whose_detail_changed_and_no_others() -> None:
+    cache = PodCache()
+    for name in ("quiet", "was-warned", "newly-warned"):
+        cache.upsert(pod(name))
+
+    def warning(name: str, message: str) -> dict[str, Any]:
+        involved = {"kind": "Pod", "name": name, "uid": f"uid-{name}"}
+        stamp = "2024-01-01T00:00:05Z"
+        return {
+            "type": "Warning",
+            "message": message,
+            "involvedObject": involved,
+            "lastTimestamp": stamp,
+        }
+
+    cache.warn(warning("was-warned", "Back-off pulling image"))
+    out = cache.replace_warnings([warning("newly-warned", "FailedScheduling")])
+    details = {e.pod.name: e.pod.detail for e in out}
+    assert details == {"was-warned": None, "newly-warned": "FailedScheduling"}
+    assert cache.replace_warnings([warning("newly-warned", "FailedScheduling")]) == []
+
+
 def test_evictions_are_told_from_failures() -> None:
     drain = pod(
         podIP="127.1.0.9",

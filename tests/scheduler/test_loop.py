@@ -35,7 +35,8 @@ from sandbox_controller.model import (
 )
 from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 from sandbox_controller.scheduler.loop import Scheduler
-from sandbox_controller.scheduler.rounds import POD_ROWS_DELAY, RECOVERY_BACKOFF
+from sandbox_controller.scheduler.pod_rows import POD_ROWS_DELAY
+from sandbox_controller.scheduler.rounds import RECOVERY_BACKOFF
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
 from .harness import limits_with

@@ -20,7 +20,7 @@ from sandbox_controller.hooks import ClaimPayload
 from sandbox_controller.model import Outcome, PodState, SessionState
 from sandbox_controller.scheduler.lifecycle import ROUTE_LEASE
 from sandbox_controller.scheduler.loop import Scheduler
-from sandbox_controller.scheduler.rounds import POD_ROWS_DELAY
+from sandbox_controller.scheduler.pod_rows import POD_ROWS_DELAY
 
 from .fakes import FakeBackend, FakeStore, RecordingObserver
 from .faults import Faults
