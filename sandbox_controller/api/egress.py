@@ -166,8 +166,10 @@ def add_egress_routes(
         key = _key_of(ctl.egress_keys, body.user, body.password)
         if key is None:
             return _refuse(401, "bad_credential", "unknown pod or wrong password")
-        pod, session = scheduler.egress_pod(body.user)
-        ended = pod is None or pod.state is PodState.TERMINATING
+        # A pod the pool does not know yet (its create is still being answered) is
+        # answered as a warm one: the deployment's list. One that left it is deleted.
+        pod, session, gone = scheduler.egress_pod(body.user)
+        ended = gone or (pod is not None and pod.state is PodState.TERMINATING)
         if ended or (session is not None and not session.live):
             return _refuse(403, "session_ended", "this sandbox's session has ended")
         allow = list(deployment)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from ..model import Pod, SecretRef, Session
 from ..store import Batch
 
 log = logging.getLogger(__name__)
+
+GONE_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class EgressBook:
         self._pending: dict[str, tuple[OpenSecret, ...]] = {}
         self._open: dict[str, tuple[OpenSecret, ...]] = {}
         self._pods_by_create_id: dict[str, str] = {}
+        # Create ids of pods that left the pool, the latest GONE_KEPT (see ``gone``).
+        self._gone: OrderedDict[str, None] = OrderedDict()
 
     def opened(self, session: Session, secrets: tuple[OpenSecret, ...]) -> None:
         """A new session with secrets: shown by name from now, sealed at its commit."""
@@ -139,6 +144,7 @@ class EgressBook:
         self._pending.clear()
         self._open.clear()
         self._pods_by_create_id.clear()
+        self._gone.clear()
 
     def pod_of(self, create_id: str, pods: Mapping[str, Pod]) -> Pod | None:
         """The pod made by ``create_id``, if the pool has it. An index rebuilt on a miss:
@@ -147,6 +153,17 @@ class EgressBook:
         pod = pods.get(name) if name is not None else None
         if pod is not None and pod.create_id == create_id:
             return pod
+        before = self._pods_by_create_id
         self._pods_by_create_id = {p.create_id: n for n, p in pods.items() if p.create_id}
+        for gone in before.keys() - self._pods_by_create_id.keys():
+            self._gone[gone] = None
+        while len(self._gone) > GONE_KEPT:
+            self._gone.popitem(last=False)
         name = self._pods_by_create_id.get(create_id)
         return pods.get(name) if name is not None else None
+
+    def gone(self, create_id: str) -> bool:
+        """Whether the pod made by ``create_id`` was in the pool and has left it (deleted:
+        its session, if it had one, has ended). A pod never seen is not gone: its create
+        may not be answered yet."""
+        return create_id in self._gone

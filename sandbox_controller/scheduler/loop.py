@@ -440,15 +440,16 @@ class Scheduler(Rounds):
             raise SessionEnded(session_id, found.end_reason)
         return found
 
-    def egress_pod(self, create_id: str) -> tuple[Pod | None, Session | None]:
-        """The pod made by ``create_id`` (None: not in the pool, so gone) and the
-        session it serves, if any (possibly ended): copies, read at once."""
+    def egress_pod(self, create_id: str) -> tuple[Pod | None, Session | None, bool]:
+        """The pod made by ``create_id`` (None: not in the pool, yet or any more), the
+        session it serves, if any (possibly ended), and whether it has left the pool:
+        copies, read at once."""
         pool = self._leading_pool()
         pod = self.egress.pod_of(create_id, pool.pods)
         if pod is None:
-            return None, None
+            return None, None, self.egress.gone(create_id)
         session = pool.sessions.get(pod.session_id) if pod.session_id else None
-        return replace(pod), session_copy(session) if session is not None else None
+        return replace(pod), session_copy(session) if session is not None else None, False
 
     def known_sessions(self, ids: Iterable[str]) -> set[str]:
         """Which of these sessions the pool holds (live, or lately ended)."""

@@ -183,6 +183,16 @@ async def test_grants_patch_denials_and_authorize(start_controller: ControllerFa
     assert (await ctl.client.delete(f"/sessions/{session['id']}")).status_code == 204
     ended = await authorize(ctl, create_id)
     assert ended.status_code == 403 and ended.json()["code"] == "session_ended"
+
+    async def deleted() -> bool:
+        return pod not in ctl.sandboxes()
+
+    await eventually(deleted, within=15, what="the ended session's pod deleted")
+    await ctl.settle()
+    assert (await authorize(ctl, create_id)).status_code == 403  # gone: still refused
+    # A pod of ours the pool does not know yet (its create not answered): as a warm one.
+    fresh = (await authorize(ctl, "0123456789abcdef" * 2)).json()
+    assert fresh["session_id"] is None and fresh["allow"] == ["pypi.org", "*.npmjs.org"]
     late = await ctl.client.patch(f"/sessions/{session['id']}/egress", json={"allow": []})
     assert late.status_code == 410
     # Its denials stay readable after its end (why did it fail?), until retention.
