@@ -488,6 +488,16 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("snapshot_store")
+    @classmethod
+    def _store_location(cls, value: str | None) -> str | None:
+        # Checked here so a typo stops start-up naming the variable (snapshots.open_store).
+        if value is not None and not re.fullmatch(
+            r"file://(localhost)?/.+|s3://[^/]+(/.*)?", value
+        ):
+            raise ValueError(f"must be file:///path or s3://bucket/prefix (not {value!r})")
+        return value
+
     @field_validator("console_token", mode="before")
     @classmethod
     def _console_token(cls, value: object) -> object:

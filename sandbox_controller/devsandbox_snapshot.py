@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 ARCHIVE_TYPE = "application/x-tar"
@@ -162,9 +162,17 @@ def _problem(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _inside_only(member: tarfile.TarInfo, workdir: str) -> tarfile.TarInfo:
+    """tarfile's ``data`` filter, but an absolute name is refused rather than made
+    relative: an archive that names a place outside is not ours to reinterpret."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, workdir)
+
+
 def _unpack(source: IO[bytes], workdir: Path, gzipped: bool) -> None:
     with tarfile.open(fileobj=source, mode="r|gz" if gzipped else "r|") as tar:
-        tar.extractall(workdir, filter="data")
+        tar.extractall(workdir, filter=_inside_only)
 
 
 async def restore(request: Request, workdir: Path) -> Response:
@@ -189,7 +197,11 @@ async def restore(request: Request, workdir: Path) -> Response:
                 chunk = chunk[PIECE:]
         await _put(pieces, None, unpacking)
         await unpacking
-    except (tarfile.FilterError, tarfile.LinkOutsideDestinationError) as exc:
+    except ClientDisconnect:
+        # The controller went away mid-body (its store failed, its deadline passed):
+        # nobody hears an answer; what was unpacked stays, as after any broken restore.
+        return Response(status_code=400)
+    except tarfile.FilterError as exc:
         return _problem(422, "unsafe_archive", f"refused: {exc}")
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         return _problem(422, "invalid_archive", f"cannot unpack: {exc}")

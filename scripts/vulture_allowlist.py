@@ -95,7 +95,11 @@ _.SESSION_SUSPENDED
 _.SESSION_RESUMED
 
 # io.BufferedWriter/BufferedReader call these on the raw files devsandbox's snapshot
-# hooks stream through (devsandbox_snapshot.py).
+# hooks stream through (devsandbox_snapshot.py); botocore and aiohttp read, seek and
+# measure an S3 part's body with them (snapshots/s3_store.py PartBody).
 _.writable
 _.readable
 _.readinto
+_.seekable
+_.seek
+_.tell

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 from ..config import Settings
 from .file_store import FileStore
 from .hook_client import RestoreFailed, SnapshotFailed, restore_snapshot, take_snapshot
+from .s3_store import S3Store
 from .store import (
     ArchiveInfo,
     ArchiveMissing,
@@ -24,6 +25,7 @@ __all__ = [
     "ArchiveMissing",
     "FileStore",
     "RestoreFailed",
+    "S3Store",
     "SnapshotFailed",
     "SnapshotStore",
     "SnapshotTooLarge",
@@ -46,4 +48,13 @@ def open_store(settings: Settings) -> SnapshotStore | None:
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"a file store is on this machine: {location!r}")
         return FileStore(Path(unquote(parts.path)))
+    if parts.scheme == "s3" and parts.netloc:
+        return S3Store(
+            parts.netloc,
+            unquote(parts.path),
+            endpoint_url=settings.snapshot_s3_endpoint_url,
+            region=settings.snapshot_s3_region,
+            access_key_id=settings.snapshot_s3_access_key_id,
+            secret_access_key=settings.snapshot_s3_secret_access_key,
+        )
     raise ValueError(f"not a snapshot store: {location!r} (file:///path or s3://bucket/prefix)")

@@ -14,10 +14,11 @@ on the disk and memory stays at a chunk or two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,12 +61,13 @@ class FileStore:
         check_encoding(encoding)
         part = path.with_name(f"{_PART}{path.name}.{secrets.token_hex(4)}")
         sidecar = self._sidecar(path)
-        try:
+        writing = f"cannot write to {self.root}"
+        with _unavailable(writing):
             handle = await asyncio.to_thread(_open_part, part)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot write to {self.root}: {_why(exc)}") from None
         size = 0
         done = False
+        # Only the disk's errors are the store's: an error of the source (the sandbox's
+        # stream) passes through as it is.
         try:
             pending: list[bytes] = []
             gathered = 0
@@ -76,13 +78,13 @@ class FileStore:
                 pending.append(chunk)
                 gathered += len(chunk)
                 if gathered >= IO_CHUNK:
-                    await asyncio.to_thread(_write, handle, pending)
+                    with _unavailable(writing):
+                        await asyncio.to_thread(_write, handle, pending)
                     pending, gathered = [], 0
-            await asyncio.to_thread(_write, handle, pending)
-            await asyncio.to_thread(_finish, handle, part, path, sidecar, encoding)
+            with _unavailable(writing):
+                await asyncio.to_thread(_write, handle, pending)
+                await asyncio.to_thread(_finish, handle, part, path, sidecar, encoding)
             done = True
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot write to {self.root}: {_why(exc)}") from None
         finally:
             if not done:
                 # Shielded: a cancelled put (the snapshot's deadline) must still clean up.
@@ -216,6 +218,14 @@ def _keys(root: Path, now: float) -> list[str]:
                 continue  # a sidecar
             found.append(full.relative_to(root).as_posix())
     return sorted(found)
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise StoreUnavailable(f"{what}: {_why(exc)}") from None
 
 
 def _why(exc: OSError) -> str:

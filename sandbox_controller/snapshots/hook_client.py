@@ -17,6 +17,7 @@ words plus, for an HTTP refusal, a printable quote of the sandbox's first bytes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import httpx
@@ -78,7 +79,7 @@ async def take_snapshot(
             asyncio.timeout(timeout),
             http.stream("POST", url, headers=_headers(claim_secret), timeout=timeout) as answer,
         ):
-            encoding = await _archive_encoding(answer, max_bytes)
+            encoding = await _archive_encoding(answer, max_bytes, claim_secret)
             return await store.put(key, answer.aiter_raw(), max_bytes=max_bytes, encoding=encoding)
     except TimeoutError:
         raise SnapshotFailed("timeout", f"no whole archive within {timeout:g} s") from None
@@ -92,7 +93,9 @@ async def take_snapshot(
         raise SnapshotFailed("hook_error", _error_words(exc)) from None
 
 
-async def _archive_encoding(answer: httpx.Response, max_bytes: int) -> str | None:
+async def _archive_encoding(
+    answer: httpx.Response, max_bytes: int, claim_secret: str
+) -> str | None:
     """The encoding of an archive the sandbox is sending; SnapshotFailed if it is not
     sending one (a refusal, another type, an encoding not allowed, a declared size over
     the limit)."""
@@ -100,7 +103,7 @@ async def _archive_encoding(answer: httpx.Response, max_bytes: int) -> str | Non
     if status in HOOK_NOT_IMPLEMENTED:
         raise SnapshotFailed("not_supported", f"the sandbox has no snapshot hook (HTTP {status})")
     if not 200 <= status < 300:
-        raise SnapshotFailed("hook_error", await _refusal(answer))
+        raise SnapshotFailed("hook_error", await _refusal(answer, claim_secret))
     media = answer.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media != ARCHIVE_TYPE:
         raise SnapshotFailed("hook_error", f"an answer of type {media or 'none'!r}, not a tar")
@@ -134,15 +137,22 @@ async def restore_snapshot(
             }
             if info.encoding is not None:
                 headers["content-encoding"] = info.encoding
-            async with http.stream(
-                "POST", url, content=store.get(key), headers=headers, timeout=timeout
-            ) as answer:
-                status = answer.status_code
-                if status in HOOK_NOT_IMPLEMENTED:
-                    detail = f"the sandbox has no restore hook (HTTP {status})"
-                    raise RestoreFailed("not_supported", detail)
-                if not 200 <= status < 300:
-                    raise RestoreFailed("hook_error", await _refusal(answer))
+            # Closed when the call ends, however: a sandbox may answer before it has
+            # read the whole body, and the store's download must not wait for the GC.
+            chunks = store.get(key)
+            try:
+                async with http.stream(
+                    "POST", url, content=chunks, headers=headers, timeout=timeout
+                ) as answer:
+                    status = answer.status_code
+                    if status in HOOK_NOT_IMPLEMENTED:
+                        detail = f"the sandbox has no restore hook (HTTP {status})"
+                        raise RestoreFailed("not_supported", detail)
+                    if not 200 <= status < 300:
+                        raise RestoreFailed("hook_error", await _refusal(answer, claim_secret))
+            finally:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
     except TimeoutError:
         raise RestoreFailed("timeout", f"the restore took over {timeout:g} s") from None
     except httpx.TimeoutException:
@@ -155,9 +165,9 @@ async def restore_snapshot(
         raise RestoreFailed("hook_error", _error_words(exc)) from None
 
 
-async def _refusal(answer: httpx.Response) -> str:
+async def _refusal(answer: httpx.Response, claim_secret: str) -> str:
     """``HTTP <status>`` and a quote of the first bytes the sandbox said, read within
-    the call's deadline."""
+    the call's deadline; the claim secret blanked, should the sandbox echo its request."""
     raw = b""
     try:
         async for chunk in answer.aiter_raw():
@@ -166,7 +176,7 @@ async def _refusal(answer: httpx.Response) -> str:
                 break
     except httpx.HTTPError:
         pass
-    words = quote(raw[:_ANSWER_MAX])
+    words = quote(raw[:_ANSWER_MAX], [claim_secret])
     return f"HTTP {answer.status_code}" + (f": {words}" if words else "")
 
 

@@ -180,3 +180,60 @@ async def test_a_restore_refused_or_missing_says_why(
 async def _chunks(*pieces: bytes) -> AsyncIterator[bytes]:
     for piece in pieces:
         yield piece
+
+
+async def test_a_declared_encoding_is_kept_and_given_back_as_declared(
+    http: httpx.AsyncClient, store: FileStore
+) -> None:
+    body = b"(zstd frames, opaque to the controller)"
+    headers = "content-type: application/x-tar\r\ncontent-encoding: zstd\r\n"
+    async with tcp_server(answering(200, body, headers)) as address:
+        size = await take_snapshot(http, address, SECRET, store, KEY, max_bytes=MAX, timeout=10)
+    assert size == len(body) and (await store.info(KEY)).encoding == "zstd"
+
+    received: list[bytes] = []
+
+    async def takes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        received.append(head + await reader.readexactly(len(body)))
+        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with tcp_server(takes) as address:
+        await restore_snapshot(http, address, SECRET, store, KEY, timeout=10)
+    head, _, sent = received[0].partition(b"\r\n\r\n")
+    lines = head.decode().lower().split("\r\n")
+    assert lines[0] == "post /_sandbox/restore http/1.1"
+    assert {"content-encoding: zstd", "content-type: application/x-tar"} <= set(lines)
+    assert f"content-length: {len(body)}" in lines and f"authorization: bearer {SECRET}" in lines
+    assert sent == body
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (401, "content-type: application/json\r\n"),
+        (200, "content-type: application/x-tar\r\ncontent-encoding: br\r\n"),
+    ],
+    ids=["wrong-secret", "undeclared-encoding"],
+)
+async def test_an_answer_that_is_not_an_allowed_archive_is_a_hook_error(
+    http: httpx.AsyncClient, store: FileStore, status: int, headers: str
+) -> None:
+    async with tcp_server(answering(status, b"...", headers)) as address:
+        with pytest.raises(SnapshotFailed) as failed:
+            await take_snapshot(http, address, SECRET, store, KEY, max_bytes=MAX, timeout=10)
+    assert failed.value.reason == "hook_error"
+    assert await store.keys() == []
+
+
+async def test_a_refusal_that_echoes_the_claim_secret_is_quoted_without_it(
+    http: httpx.AsyncClient, store: FileStore
+) -> None:
+    echo = f"bad request: Authorization: Bearer {SECRET}".encode()
+    async with tcp_server(answering(400, echo)) as address:
+        with pytest.raises(SnapshotFailed) as failed:
+            await take_snapshot(http, address, SECRET, store, KEY, max_bytes=MAX, timeout=10)
+    assert failed.value.detail.startswith("HTTP 400: bad request")
+    assert SECRET not in failed.value.detail
