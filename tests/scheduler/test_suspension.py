@@ -174,3 +174,20 @@ def test_a_new_leader_restores_a_session_caught_mid_restore_on_a_new_pod() -> No
     fresh.pool.restore_answered(sid, again.attempt, None, fresh.now)
     fresh.tick()
     assert fresh.state(sid) is SessionState.READY and fresh.archive_deletes == [key]
+
+
+def test_a_caller_whose_wait_ends_mid_restore_is_answered_and_no_second_pod_is_taken() -> None:
+    h = Harness(LIMITS, accept_claims=True)
+    sid = ready_session(h)
+    suspended(h, sid)
+    h.fill_pool(claimable=True)
+    rid = h.open("ann", "t1", wait=30)
+    (call,) = h.restores
+    h.fill_pool(claimable=True)
+    h.advance(31)  # its wait is over while the archive is still being restored
+    answer = h.answer(rid)
+    assert answer is not None and answer.session_id == sid  # provisioning, restoring
+    holders = [
+        p for p in h.pool.pods.values() if p.session_id == sid and p.state is PodState.ASSIGNED
+    ]
+    assert [p.name for p in holders] == [call.pod_name] and len(h.restores) == 1
