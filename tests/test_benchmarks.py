@@ -25,6 +25,7 @@ import pytest
         "benchmarks.token_bench",
         "benchmarks.recovery_bench",
         "benchmarks.suspend_bench",
+        "benchmarks.resume_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:
