@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 ARCHIVE_TYPE = "application/x-tar"
@@ -197,6 +197,10 @@ async def restore(request: Request, workdir: Path) -> Response:
                 chunk = chunk[PIECE:]
         await _put(pieces, None, unpacking)
         await unpacking
+    except ClientDisconnect:
+        # The controller went away mid-body (its store failed, its deadline passed):
+        # nobody hears an answer; what was unpacked stays, as after any broken restore.
+        return Response(status_code=400)
     except tarfile.FilterError as exc:
         return _problem(422, "unsafe_archive", f"refused: {exc}")
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:

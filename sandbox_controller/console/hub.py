@@ -271,6 +271,8 @@ def _entries(now: Glimpse, before: Glimpse | None, *, first: bool) -> list[Entry
             out.append(Entry(now.last_active_at, f"ready on {now.pod}"))
         elif now.state is SessionState.ENDED:
             out.append(Entry(now.ended_at or now.last_active_at, f"ended: {now.end_reason}"))
+        elif now.state is SessionState.SUSPENDED:
+            out.append(Entry(now.last_active_at, "suspended (its pod given back, archive kept)"))
     elif now.last_active_at != before.last_active_at:
         detail = f": {now.detail}" if now.detail else ""
         out.append(Entry(now.last_active_at, f"activity ({now.source}){detail}"))

@@ -222,7 +222,8 @@ def users(rows: Sequence[Row]) -> list[UserRow]:
         out.append(
             UserRow(
                 user=user,
-                live=len(mine),
+                # Against the limit: a suspended session holds no place (README).
+                live=sum(r.state not in ("suspending", "suspended") for r in mine),
                 provisioning=sum(r.state == "provisioning" for r in mine),
                 idle=len(idle),
                 oldest_idle=oldest.idle_for if oldest else 0.0,

@@ -313,7 +313,7 @@ class Admission:
             return  # suspending: answered once its snapshot is done (suspension.py)
         if session.reply_deadline > now:
             pool.deadlines.push(session.reply_deadline, DeadlineKind.REPLY, session_id)
-        elif pool.claiming_session(session_id):
+        elif pool.claiming_session(session_id) or pool.restoring(session_id):
             self.answer_session(session, Outcome.COLD, now)  # provisioning: claiming
         elif self._covered(session_id):
             self.answer_session(session, Outcome.COLD, now)

@@ -99,10 +99,11 @@ async def open_with_work(ctl: RunningController, user: str, thread: str) -> dict
 
 
 async def test_an_idle_session_is_suspended_and_resumed_with_its_files_on_another_pod(
-    start_controller: ControllerFactory, tmp_path: Path
+    start_controller: ControllerFactory, tmp_path: Path, database_url: str
 ) -> None:
+    """On SQLite and on PostgreSQL, with the file store."""
     clock = ManualClock(start=START)
-    ctl = await start(start_controller, clock, tmp_path)
+    ctl = await start(start_controller, clock, tmp_path, database_url=database_url)
     opened = await open_with_work(ctl, "ann", "t1")
     first_pod = opened["pod"]
     assert opened["snapshot"] is None and opened["resumed"] is False

@@ -4,14 +4,16 @@ snapshot never keeps a pod; a failed restore never loses the archive's record.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 
 from sandbox_controller.backends.local import LocalBackend
 from sandbox_controller.clock import ManualClock
 from sandbox_controller.sandbox_contract import hook_key
 
-from ..conftest import ControllerFactory
+from ..conftest import ControllerFactory, sandbox_processes
 from ..eventually import eventually
 from .test_suspend import (
     IDLE_TIMEOUT,
@@ -109,3 +111,46 @@ async def test_a_failed_restore_keeps_the_session_suspended_and_answers_503(
     resumed = await ctl.open("cat", "t1")
     assert resumed.status_code == 200, resumed.text
     assert resumed.json()["state"] == "ready" and resumed.json()["resumed"] is True
+
+
+async def test_a_snapshot_over_the_size_limit_ends_the_session_and_keeps_nothing(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path, snapshot_max_bytes=64)
+    opened = await open_with_work(ctl, "dee", "t1")
+    clock.advance(IDLE_TIMEOUT + 1)
+    ended = await until_state(ctl, opened["id"], "ended")
+    assert ended["end_reason"] == "idle_timeout"
+    assert ended["end_detail"]["snapshot"].startswith("too_large: ")
+    assert archives(tmp_path) == []
+    metrics = (await ctl.client.get("/metrics")).text
+    assert 'sandbox_snapshots_total{outcome="too_large"} 1.0' in metrics
+
+
+async def test_a_hung_snapshot_times_out_ends_the_session_and_its_pod_still_goes(
+    start_controller: ControllerFactory, tmp_path: Path
+) -> None:
+    clock = ManualClock(start=START)
+    ctl = await start(start_controller, clock, tmp_path, snapshot_timeout="1s")
+    opened = await open_with_work(ctl, "eli", "t1")
+    (pid,) = sandbox_processes(opened["pod"])
+    os.kill(pid, signal.SIGSTOP)  # accepts connections (the kernel does), never answers
+    try:
+        asked = await ctl.client.post(f"/sessions/{opened['id']}/suspend")
+        assert asked.status_code == 202, asked.text
+        ended = await until_state(ctl, opened["id"], "ended")  # SANDBOX_SNAPSHOT_TIMEOUT
+        assert ended["end_reason"] == "deleted"
+        assert ended["end_detail"]["snapshot"].startswith("timeout: ")
+        os.kill(pid, signal.SIGCONT)  # the delete sent meanwhile ends it once it runs
+
+        async def pod_gone() -> bool:
+            return opened["pod"] not in ctl.sandboxes()
+
+        await eventually(pod_gone, within=20, what="the hung sandbox to be deleted")
+        assert archives(tmp_path) == []
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

@@ -10,7 +10,14 @@ from typing import Any
 from sandbox_controller.backends.base import LABEL_CREATE_ID, PodPhase, PodStatus
 from sandbox_controller.config import Settings
 from sandbox_controller.model import Limits, Outcome, PodState, SessionState, Shape
-from sandbox_controller.scheduler.effects import Answer, ClaimCall, Release, StatusCheck
+from sandbox_controller.scheduler.effects import (
+    Answer,
+    ClaimCall,
+    Release,
+    RestoreCall,
+    SnapshotCall,
+    StatusCheck,
+)
 from sandbox_controller.scheduler.pool import Pool
 
 TEMPLATE = "tmpl-1"
@@ -44,6 +51,9 @@ class Harness:
         self.claim_failures = 0
         self.status_checks: list[StatusCheck] = []  # asked for, in order
         self.releases: dict[str, Release] = {}  # pod -> the release sent with its delete
+        self.snapshots: list[SnapshotCall] = []  # snapshot hook calls asked for, in order
+        self.restores: list[RestoreCall] = []
+        self.archive_deletes: list[str] = []
         self._names = itertools.count(1)
 
     # -- time and effects
@@ -66,6 +76,9 @@ class Harness:
         self.claim_failures += out.claim_failures
         self.status_checks.extend(out.status_checks)
         self.releases.update(out.releases)
+        self.snapshots.extend(out.snapshots)
+        self.restores.extend(out.restores)
+        self.archive_deletes.extend(out.archive_deletes)
         self._pending_creates = getattr(self, "_pending_creates", 0) + out.creates
         if self.accept_claims and out.claims:
             for call in out.claims:

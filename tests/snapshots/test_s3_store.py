@@ -15,6 +15,7 @@ from aiobotocore.session import get_session
 
 from sandbox_controller.snapshots import (
     ArchiveMissing,
+    RestoreFailed,
     S3Store,
     SnapshotFailed,
     SnapshotTooLarge,
@@ -190,3 +191,45 @@ async def test_a_workspace_round_trips_through_s3(tmp_path: Path, store: S3Store
         async with devsandbox(second) as address:
             await restore_snapshot(http, address, SECRET, store, KEY, timeout=30)
     assert tree(second) == tree(first)
+
+
+async def test_the_sweeps_listing_aborts_uploads_a_crash_left_open(
+    store: S3Store, server: S3Server
+) -> None:
+    async with raw_client(server) as s3:
+        await s3.create_multipart_upload(Bucket=BUCKET, Key="archives/crashed/1.tar")
+    # moto dates every upload 2010-11-10, so this one is past STALE_UPLOAD_AGE; that a
+    # young one (a put under way) is kept is not seen against moto.
+    assert len(await open_uploads(server)) == 1
+    assert await store.keys() == []
+    assert await open_uploads(server) == []
+
+
+async def test_a_store_killed_mid_restore_fails_it_store_unavailable(
+    tmp_path: Path, store: S3Store, server: S3Server
+) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    target.mkdir()
+    (source / "big.bin").write_bytes(await collect(pattern(8 * PART_SIZE)))
+    async with httpx.AsyncClient() as http:
+        async with devsandbox(source, "--snapshot-encoding", "identity") as address:
+            await take_snapshot(
+                http, address, SECRET, store, KEY, max_bytes=16 * PART_SIZE, timeout=60
+            )
+
+        def restoring() -> bool:
+            landed = target / "big.bin"
+            return landed.exists() and landed.stat().st_size > 0
+
+        async def kill_once_restoring() -> None:
+            await eventually(restoring, what="the restore under way", every=0.005)
+            server.kill()
+
+        async with devsandbox(target) as address:
+            killer = asyncio.create_task(kill_once_restoring())
+            with pytest.raises(RestoreFailed) as failed:
+                await restore_snapshot(http, address, SECRET, store, KEY, timeout=60)
+            await killer
+    print(failed.value)
+    assert failed.value.reason == "store_unavailable"
