@@ -3,7 +3,8 @@
 ``GET /healthz`` 200; ``POST /echo`` returns the body, streamed; ``GET /events`` is a
 Server-Sent Events stream (``?n=`` events, ``?interval=`` seconds apart); WebSocket
 ``/ws`` echoes text and binary frames and closes with the code it is sent in a
-``close:<code>`` text frame.
+``close:<code>`` text frame; ``PUT /files/{path}`` writes a file of the workspace and
+``GET`` reads it back (an agent's work, which a suspend keeps).
 
 It also implements the whole sandbox contract (README, "Bring your own sandbox image"):
 an index page at ``/`` (the claimed session's user and env NAMES, never values), and
@@ -15,7 +16,9 @@ answers ``{"busy", "detail"}``; ``POST /_sandbox/release`` records the release;
 ``POST /_sandbox/snapshot`` and ``POST /_sandbox/restore`` stream the workspace out and
 back in (devsandbox_snapshot.py). Tests
 flip ``busy`` with ``POST /_sandbox/busy {"busy": true, "detail": "..."}`` (no secret:
-a sandbox saying it is busy is its own business).
+a sandbox saying it is busy is its own business), and stall the snapshot or restore hook
+with ``POST /_sandbox/stall {"snapshot": seconds, "restore": seconds}`` (the HA drill
+times a leader's death by it; ``GET`` counts the calls begun).
 
 Run it as ``python -m sandbox_controller.devsandbox --port 0``: it binds, then prints
 ``listening <host>:<port>`` on stdout, so whoever started it learns the port without

@@ -27,6 +27,7 @@ import pytest
         "benchmarks.suspend_bench",
         "benchmarks.egress_bench",
         "benchmarks.egress_origin",
+        "benchmarks.resume_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:
