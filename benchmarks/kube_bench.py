@@ -175,6 +175,24 @@ async def pool_status(client: httpx.AsyncClient) -> dict[str, Any] | None:
         return None
 
 
+async def wait_refilled(
+    client: httpx.AsyncClient, pool: int, max_total: int, timeout: float
+) -> float:
+    """Seconds until the pool is refilled as far as maxTotalJobs allows: ``pool`` idle,
+    or every pod not assigned. Judged afresh at each poll: claims wrk left in flight
+    are still being assigned when the wait begins (a target taken once, at the start,
+    could never be reached)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        status = await pool_status(client)
+        if status is not None:
+            pods = status["pods"]
+            if pods["idle"] >= min(pool, max_total - pods["assigned"]):
+                return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"the pool never refilled to {pool} idle pods")
+
+
 async def wait_idle(client: httpx.AsyncClient, idle: int, timeout: float) -> float:
     """Seconds until the pool shows ``idle`` ready pods (polled every 20 ms)."""
     started = time.monotonic()
@@ -257,11 +275,12 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             # overhead stays out of the numbers. One at a time first: the latency of a
             # warm claim itself, no queueing.
             profiling = bool(args.noop and os.environ.get("BENCH_PROFILE"))
+            tag = f"-{templates}t" if templates > 1 else ""  # the one-template run's names stay
             if profiling:
                 await client.post("/bench/profile/start")
             serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial, names)
             if profiling:
-                await client.post("/bench/profile/stop", params={"name": "serial"})
+                await client.post("/bench/profile/stop", params={"name": f"serial{tag}"})
             # Then the rest from --concurrency connections at once (wrk's two threads
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
@@ -271,13 +290,11 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                 await client.post("/bench/profile/start")
             loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share, names)
             if profiling:
-                await client.post("/bench/profile/stop", params={"name": "loaded"})
+                await client.post("/bench/profile/stop", params={"name": f"loaded{tag}"})
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
-            assigned = ((await pool_status(client)) or {"pods": {}})["pods"].get("assigned", 0)
-            refilled = min(args.pool, max_total - assigned)  # within maxTotalJobs
-            result["refill_s"] = await wait_idle(client, refilled, timeout=900)
+            result["refill_s"] = await wait_refilled(client, args.pool, max_total, timeout=900)
             metrics = (await client.get("/metrics")).text
             rss, hwm = rss_mib(ctl.pid)
             result["rss_end_mib"], result["rss_peak_mib"] = rss, hwm
