@@ -24,6 +24,7 @@ import pytest
         "benchmarks.budget_bench",
         "benchmarks.token_bench",
         "benchmarks.recovery_bench",
+        "benchmarks.template_rounds_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:
