@@ -265,6 +265,12 @@ def bucket_quantile(buckets: dict[float, float], q: float) -> float:
     return float("inf")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def templates_file(tmp: Path, count: int, pool: int) -> tuple[str, str]:
     """``count`` templates of equal warm pools summing to ``pool``, and their names."""
     names = [f"t{i}" for i in range(count)]
@@ -314,11 +320,16 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             # overhead stays out of the numbers. One at a time first: the latency of a
             # warm claim itself, no queueing.
             profiling = bool(args.noop and os.environ.get("BENCH_PROFILE"))
+            tag = f"-{templates}t" if templates > 1 else ""  # the one-template run's names stay
             if profiling:
                 await client.post("/bench/profile/start")
+            cpu_before = cpu_seconds(ctl.pid)
             serial = run_wrk(base, "/sessions", 1, 300, "serial", args.serial, names)
+            # The controller's CPU per claim: what templates add, read apart from the
+            # latency a loaded machine adds to it.
+            result["serial_cpu_ms"] = (cpu_seconds(ctl.pid) - cpu_before) * 1000 / args.serial
             if profiling:
-                await client.post("/bench/profile/stop", params={"name": "serial"})
+                await client.post("/bench/profile/stop", params={"name": f"serial{tag}"})
             # Then the rest from --concurrency connections at once (wrk's two threads
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
@@ -328,7 +339,7 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                 await client.post("/bench/profile/start")
             loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share, names)
             if profiling:
-                await client.post("/bench/profile/stop", params={"name": "loaded"})
+                await client.post("/bench/profile/stop", params={"name": f"loaded{tag}"})
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
             # Let the refill finish, so calls per session include the replacement pod
             # (and the controller has answered every claim wrk left in flight).
@@ -550,6 +561,9 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
             f"{many['serial_p50_ms'] / warm['serial_p50_ms']:.2f} |",
             f"| warm claim p99, one at a time | {warm['serial_p99_ms']:.1f} ms | "
             f"{many['serial_p99_ms']:.1f} ms | {ratio:.2f} |",
+            f"| controller CPU per claim, one at a time | {warm['serial_cpu_ms']:.2f} ms | "
+            f"{many['serial_cpu_ms']:.2f} ms | "
+            f"{many['serial_cpu_ms'] / warm['serial_cpu_ms']:.2f} |",
             f"| claim p99 at concurrency {args.concurrency} | {warm['p99_ms']:.1f} ms | "
             f"{many['p99_ms']:.1f} ms | {many['p99_ms'] / warm['p99_ms']:.2f} |",
             f"| claims served warm | {warm['warm']:.0f} of {warm['sessions']:.0f} | "

@@ -593,11 +593,19 @@ class Settings(BaseSettings):
             raise ValueError("SANDBOX_STORE_TIMEOUT must be greater than zero")
         if self.kube_readiness_interval < 0.01:
             raise ValueError("SANDBOX_KUBE_READINESS_INTERVAL must be at least 10ms")
+        named: dict[str, str] = {}
         for key in self.label_metadata_keys:
             if not _LABEL_KEY.fullmatch(key):
                 raise ValueError(
                     f"SANDBOX_POD_LABEL_METADATA_KEYS: {key!r} cannot name a label "
                     "(letters, digits, -, _ and ., at most 58 characters)"
+                )
+            # sandbox_pod_labels names labels as Prometheus does: - and . become _.
+            other = named.setdefault(re.sub(r"[-.]", "_", key), key)
+            if other != key:
+                raise ValueError(
+                    f"SANDBOX_POD_LABEL_METADATA_KEYS: {other!r} and {key!r} differ only "
+                    "in -, _ or ., and would be one label in the metrics"
                 )
         try:
             self.templates()

@@ -169,7 +169,9 @@ class Controller:
         self.schema: SchemaState | None = None
         # The lease as last seen while standing by (who leads, until when); None leading.
         self.leader_seen: LeaseHolder | None = None
-        self.metrics = ControllerMetrics(self.pool_snapshot, lambda: self.is_leader)
+        self.metrics = ControllerMetrics(
+            self.pool_snapshot, lambda: self.is_leader, pod_labels=self.pod_labels
+        )
         self.audit_log = AuditLog(settings.audit_log_file)
         self.webhooks: Webhooks | None = None
         if settings.webhook_url and settings.webhook_secret:
@@ -548,3 +550,10 @@ class Controller:
         if scheduler is None or not scheduler.running:
             return None
         return scheduler.snapshot(self.clock.monotonic(), sessions_by_activity=sessions_by_activity)
+
+    def pod_labels(self) -> list[tuple[str, dict[str, str]]]:
+        """Each session's pod and the labels that attribute it; none unless leading."""
+        scheduler = self.scheduler
+        if scheduler is None or not scheduler.running:
+            return []
+        return scheduler.pod_labels()

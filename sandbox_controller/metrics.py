@@ -9,6 +9,7 @@ scheduler.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -19,6 +20,8 @@ from .errors import OrgRateLimited, OrgSessionLimit, SandboxError
 from .model import ConditionType, EndReason, Outcome, PodState, PoolStatus, SessionActivity
 
 ASSIGN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Each session's pod and its attribution labels (label key -> value).
+PodLabels = list[tuple[str, dict[str, str]]]
 STARTUP_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 # Archives from a few KB (an empty workspace) to the 1 GiB default limit.
 SNAPSHOT_BYTES_BUCKETS = tuple(float(2**n) for n in range(10, 31, 2))
@@ -141,9 +144,46 @@ class _PoolCollector(Collector):
         yield leader
 
 
+def kube_label_name(key: str) -> str:
+    """A pod label key as kube-state-metrics names it in kube_pod_labels."""
+    return "label_" + _NOT_IN_NAME.sub("_", key)
+
+
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+
+class _PodLabelsCollector(Collector):
+    """``sandbox_pod_labels``: 1 per pod held by a live session, with the labels that
+    pod carries on Kubernetes, named as kube-state-metrics' ``kube_pod_labels`` names
+    them. On Docker a container's labels are fixed when it is made (a warm one before
+    any session), so this is where its org and metadata are found: join container
+    metrics (cAdvisor's ``name``) on ``pod`` (README "Cost attribution")."""
+
+    def __init__(self, pod_labels: Callable[[], PodLabels]) -> None:
+        self._pod_labels = pod_labels
+
+    def collect(self) -> Iterator[Metric]:
+        pods = self._pod_labels()
+        keys = sorted({key for _, labels in pods for key in labels})
+        family = GaugeMetricFamily(
+            "sandbox_pod_labels",
+            "1 per pod held by a live session, with its template, size, org and "
+            "allow-listed metadata labels (as kube_pod_labels names them); for cost "
+            "attribution where pod labels cannot be changed (Docker)",
+            labels=["pod", *(kube_label_name(key) for key in keys)],
+        )
+        for pod, labels in pods:
+            family.add_metric([pod, *(labels.get(key, "") for key in keys)], 1.0)
+        yield family
+
+
 class ControllerMetrics:
     def __init__(
-        self, status: Callable[[], PoolStatus | None], is_leader: Callable[[], bool]
+        self,
+        status: Callable[[], PoolStatus | None],
+        is_leader: Callable[[], bool],
+        *,
+        pod_labels: Callable[[], PodLabels] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -267,6 +307,8 @@ class ControllerMetrics:
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(status, is_leader))
+        if pod_labels is not None:
+            self.registry.register(_PodLabelsCollector(pod_labels))
 
     def refused(self, error: SandboxError) -> None:
         """A POST /sessions refused with this domain error."""

@@ -28,6 +28,7 @@ import pytest
         "benchmarks.egress_bench",
         "benchmarks.egress_origin",
         "benchmarks.resume_bench",
+        "benchmarks.template_rounds_bench",
     ],
 )
 def test_benchmark_imports_against_the_current_code(module: str) -> None:

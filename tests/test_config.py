@@ -68,6 +68,8 @@ def test_the_recovery_guard_comes_from_the_environment(monkeypatch: pytest.Monke
         ("SANDBOX_BACKEND", "nomad", "SANDBOX_BACKEND"),
         ("SANDBOX_RECOVERY_MAX_DELETE", "1.5", "SANDBOX_RECOVERY_MAX_DELETE"),
         ("SANDBOX_RECOVERY_MAX_PODS", "-1", "SANDBOX_RECOVERY_MAX_PODS"),
+        # One label in sandbox_pod_labels (label_agent_sandbox_meta_cost_center).
+        ("SANDBOX_POD_LABEL_METADATA_KEYS", "cost-center,cost_center", "differ only in"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(

@@ -92,3 +92,21 @@ def test_the_condition_gauge_is_one_while_a_condition_holds() -> None:
     assert 'sandbox_pool_condition{type="CreateRejected"} 1.0' in scrape(
         ControllerMetrics(lambda: rejected, lambda: True)
     )
+
+
+def test_each_sessions_pod_is_shown_with_its_labels_as_kube_pod_labels_names_them() -> None:
+    pods = [
+        ("sandbox-a", {"agent-sandbox/template": "py", "agent-sandbox/org": "acme"}),
+        ("sandbox-b", {"agent-sandbox/template": "node", "agent-sandbox/meta-cost-center": "7"}),
+    ]
+    text = scrape(ControllerMetrics(lambda: None, lambda: True, pod_labels=lambda: pods))
+    assert (
+        'sandbox_pod_labels{label_agent_sandbox_meta_cost_center="",'
+        'label_agent_sandbox_org="acme",label_agent_sandbox_template="py",pod="sandbox-a"} 1.0'
+    ) in text
+    assert (
+        'sandbox_pod_labels{label_agent_sandbox_meta_cost_center="7",'
+        'label_agent_sandbox_org="",label_agent_sandbox_template="node",pod="sandbox-b"} 1.0'
+    ) in text
+    empty = scrape(ControllerMetrics(lambda: None, lambda: True, pod_labels=lambda: []))
+    assert "sandbox_pod_labels{" not in empty

@@ -39,6 +39,10 @@ class PodLifecycle:
         self.create_throttle = CreateThrottle()
         self.cap_blocked = False
         self._releases: dict[str, Release] = {}  # pod -> its release, sent with the delete
+        # Each template's own shape, made once: reconcile asks after every template's
+        # warm pool several times a round, and a Shape made and hashed anew each time
+        # was most of what a round cost per template (benchmarks/README.md).
+        self._own = {t.name: Shape(t.name) for t in pool.limits.all_templates}
 
     # ------------------------------------------------------------ pod bookkeeping
 
@@ -307,7 +311,7 @@ class PodLifecycle:
         limits = pool.limits
         targets = self._prewarm_targets(now)
         for name, target in targets.items():
-            if len(pool.inventory.idle_by_shape.get(Shape(name)) or ()) >= target:
+            if len(pool.inventory.idle_by_shape.get(self._own_shape(name)) or ()) >= target:
                 pool.orgs.pool_full(name)  # the warm-share counts start again (orgs.py)
         needs, warm = self._demand(targets)
         room = limits.max_total_jobs - pool.total_pods
@@ -335,11 +339,15 @@ class PodLifecycle:
             return
         shapes = needs[:count]
         refills = refill_order(warm, wanted, count - len(shapes))
-        shapes += [Shape(name) for name in refills]
+        shapes += [self._own_shape(name) for name in refills]
         for shape in shapes:
             self.creates_in_flight += 1
             self.in_flight[shape] += 1
             pool.outbox.create_shapes.append(shape)
+
+    def _own_shape(self, template: str) -> Shape:
+        shape = self._own.get(template)
+        return shape if shape is not None else Shape(template)
 
     def _hand_idle_to_waiters(self, now: float) -> None:
         """Idle pods of their shape go to waiting sessions, first come first, skipping
@@ -383,7 +391,8 @@ class PodLifecycle:
                 coming[shape] -= 1
             else:
                 needs.append(shape)
-        warm = {name: idle[Shape(name)] + coming[Shape(name)] for name in targets}
+        own = {name: self._own_shape(name) for name in targets}
+        warm = {name: idle[shape] + coming[shape] for name, shape in own.items()}
         return needs, warm
 
     def _give_up_excess(self, warm: dict[str, int], wanted: dict[str, int], now: float) -> None:
@@ -398,7 +407,7 @@ class PodLifecycle:
                 for name in list(idle):
                     self.delete(self.pool.pods[name], now)
         for name, have in warm.items():
-            own = inventory.idle_by_shape.get(Shape(name))
+            own = inventory.idle_by_shape.get(self._own_shape(name))
             # The oldest first. islice, not list(): a copy of thousands of idle names
             # in every round was the claim path's largest cost at 10,000 pods.
             for pod_name in list(islice(own or (), max(0, have - wanted[name]))):
@@ -409,10 +418,12 @@ class PodLifecycle:
         go, and a deadline wakes the pool when a target may next change on its own."""
         pool = self.pool
         targets: dict[str, int] = {}
-        waiting = Counter(pool.sessions[sid].template for sid in pool.waiting)
+        waiting: Counter[str] = Counter()
+        if pool.waiting:
+            waiting.update(pool.sessions[sid].template for sid in pool.waiting)
         for name, prewarm in pool.prewarms.items():
             targets[name] = prewarm.decide(now).target
-            idle = pool.inventory.idle_by_shape.get(Shape(name))
+            idle = pool.inventory.idle_by_shape.get(self._own_shape(name))
             excess = prewarm.excess_idle(len(idle or ()), waiting[name], now)
             for pod_name in list(islice(idle or (), excess)):  # as in _give_up_excess
                 self.delete(pool.pods[pod_name], now)  # the oldest first

@@ -536,6 +536,10 @@ class Scheduler(Rounds):
         session spared: the console's feed and GET /pool do not show them)."""
         return self._leading_pool().status(now, sessions_by_activity=sessions_by_activity)
 
+    def pod_labels(self) -> list[tuple[str, dict[str, str]]]:
+        """Each session's pod and the labels that attribute it (views.py)."""
+        return self._leading_pool().pod_labels()
+
     async def settle(self) -> None:
         """Return once every command queued so far has been applied and committed."""
         await self._call(lambda pool, now: None)

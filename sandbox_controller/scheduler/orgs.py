@@ -80,5 +80,7 @@ class OrgLedger:
 
     def pool_full(self, template: str) -> None:
         """That template's warm pool is full again: its orgs start from zero."""
+        if not self._warm_taken:  # asked each round of every full pool: mostly nothing
+            return
         for key in [k for k in self._warm_taken if k[0] == template]:
             del self._warm_taken[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+from ..backends.base import LABEL_STATE, attribution_labels, pool_labels
 from ..model import (
     Limits,
     Pod,
@@ -126,6 +127,25 @@ class PoolViews:
             held_pods=len(self.orphans.held),
             templates=self.template_status(),
         )
+
+    def pod_labels(self) -> list[tuple[str, dict[str, str]]]:
+        """Each pod held by a live session, with the labels that say whose it is (its
+        template and size, the session's org and allow-listed metadata): what the pod
+        carries on Kubernetes, for the metrics, since a Docker container's labels are
+        fixed when it is made, before any session (README "Cost attribution"). A pass
+        over every live session: the metrics' only."""
+        keys = self.limits.label_metadata_keys
+        found = []
+        for sid in self.live_by_thread.values():
+            session = self.sessions[sid]
+            pod = self.inventory.pods.get(session.pod_name or "")
+            if pod is None or pod.session_id != sid:
+                continue
+            labels = pool_labels(pod.shape)
+            del labels[LABEL_STATE]  # the pool's own word, not the session's
+            labels.update(attribution_labels(session.metadata, keys, session.org_id))
+            found.append((pod.name, labels))
+        return found
 
     def template_status(self) -> tuple[TemplateStatus, ...]:
         """Each template's pods, creates, waiting sessions and warm target."""

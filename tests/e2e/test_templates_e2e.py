@@ -148,11 +148,36 @@ async def test_a_sessions_pod_is_labelled_for_cost_attribution(
         json={
             "user_id": "ann",
             "thread_id": "t1",
+            "org_id": "acme",
             "metadata": {"team": "data science/ml", "secret": "not a label"},
         },
     )
     assert opened.status_code == 201, opened.text
     pod = opened.json()["pod"]
+
+    # On every backend the metrics say whose the pod is, under the name its platform
+    # gives it: on Docker, where a container's labels are fixed when it is made (a warm
+    # one before any session), this is where a cost tool finds the org and metadata,
+    # joining container metrics (cAdvisor's ``name``) on ``pod``.
+    metrics = (await ctl.client.get("/metrics")).text
+    (sample,) = [line for line in metrics.splitlines() if line.startswith("sandbox_pod_labels{")]
+    for label in (
+        f'pod="{pod}"',
+        'label_agent_sandbox_template="default"',
+        'label_agent_sandbox_org="acme"',
+        'label_agent_sandbox_meta_team="data_science_ml"',
+    ):
+        assert label in sample, sample
+    assert "secret" not in sample  # only allow-listed keys
+
+    if platform.name == "docker":
+        # What Docker itself says: the container is named as the metric names it, and
+        # its own labels carry its template (cAdvisor exports them as they are).
+        data = json.loads(docker("inspect", pod))[0]
+        assert data["Name"] == f"/{pod}"
+        assert data["Config"]["Labels"][LABEL_TEMPLATE] == "default"
+        assert "agent-sandbox/org" not in data["Config"]["Labels"]  # the documented limit
+        return
     if platform.name == "kubernetes":
 
         def labels() -> dict[str, str]:
@@ -161,20 +186,16 @@ async def test_a_sessions_pod_is_labelled_for_cost_attribution(
             ]
             return found
 
-    elif platform.name == "local":
+    else:
 
         def labels() -> dict[str, str]:
             found: dict[str, str] = ctl.sandboxes()[pod]["labels"]
             return found
-
-    else:  # Docker fixes labels at creation: a pool container shows its template only
-        data = json.loads(docker("inspect", pod))[0]
-        assert data["Config"]["Labels"][LABEL_TEMPLATE] == "default"
-        return
 
     async def labelled() -> bool:
         return labels().get("agent-sandbox/meta-team") == "data_science_ml"
 
     await eventually(labelled, within=30, what="the attribution labels")
     assert labels()[LABEL_TEMPLATE] == "default"
+    assert labels()["agent-sandbox/org"] == "acme"
     assert not any("secret" in key for key in labels())  # only allow-listed keys

@@ -4,7 +4,7 @@ pods rolled on a change to that template only."""
 
 from __future__ import annotations
 
-from sandbox_controller.model import Outcome, PodState, Resources, Shape, TemplateLimits
+from sandbox_controller.model import EndReason, Outcome, PodState, Resources, Shape, TemplateLimits
 from sandbox_controller.scheduler.shares import refill_order, warm_shares
 
 from .harness import Harness, limits_with
@@ -143,3 +143,30 @@ def test_a_session_of_a_removed_template_blocks_no_other_template() -> None:
     rid = h.open("u2", "t2", shape=Shape("node"))
     assert h.outcome(rid) is Outcome.WARM
     assert [h.pool.pods[n].template for n in h.complete_creates()] == ["node"]
+
+
+def test_each_sessions_pod_is_listed_with_the_labels_that_attribute_it() -> None:
+    # What sandbox_pod_labels shows: a Docker container cannot be labelled after it is
+    # made, so the org and metadata of the session holding it are found there.
+    limits = limits_with(templates=(PY, NODE), label_metadata_keys=("team",))
+    h = Harness(limits, template_hashes=HASHES)
+    h.tick()
+    h.fill_pool()
+    assert h.pool.pod_labels() == []  # warm pods are no one's
+    rid = h.pool.next_request_id()
+    metadata = {"team": "data science", "secret": "x"}
+    h.pool.open_session(rid, "u1", "t1", 30.0, h.now, metadata, org_id="acme", shape=Shape("node"))
+    h.tick()
+    pod = h.pool.sessions[h.session_of(rid)].pod_name
+    assert h.pool.pod_labels() == [
+        (
+            pod,
+            {
+                "agent-sandbox/template": "node",
+                "agent-sandbox/org": "acme",
+                "agent-sandbox/meta-team": "data_science",
+            },
+        )
+    ]
+    h.pool.end_session(h.session_of(rid), EndReason.DELETED, h.now)
+    assert h.pool.pod_labels() == []
