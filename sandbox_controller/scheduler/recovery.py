@@ -54,12 +54,15 @@ def restore(
     confirmed: frozenset[str] | set[str] = frozenset(),
 ) -> None:
     rows = {p.name: p for p in pod_rows}
+    suspending: set[str] = set()
     for stored in sessions:
         if stored.state is SessionState.SUSPENDING:
             # Its snapshot died with the previous leader (an archive it may have left has
-            # no record: the sweep takes it). Ready again on its pod, if that is healthy;
-            # its idle timeout, long past, suspends it again.
+            # no record: the sweep takes it). Adopted on its pod as ready, if that is
+            # healthy, then suspended again below at once: ready for even a round, it
+            # would count toward its user's limit beside the session that took its seat.
             stored.state = SessionState.READY
+            suspending.add(stored.id)
         elif stored.resuming:
             # A resume the previous leader began: finished here, on a new pod (the one it
             # had, which may hold part of the archive, is deleted below).
@@ -124,6 +127,8 @@ def restore(
             pool.orgs.restored(session.org_id, session.created_mono, now)
         if session.state is SessionState.READY and session.pod_name not in adopted:
             pool.end_session(session.id, EndReason.POD_FAILED, now)
+        elif session.id in suspending:
+            pool.suspension.suspend(session, EndReason.IDLE_TIMEOUT, now)
 
 
 def _fresh_pool_pod(status: PodStatus, row: Pod | None, template_hash: str | None) -> bool:

@@ -19,8 +19,8 @@ timeout): that pod is deleted and the session is suspended again with its archiv
 callers hear 503 ``restore_failed``.
 
 Which state survives a leader's crash is what the rounds committed: a ``suspending``
-row is read back as ``ready`` (its pod is adopted and its idle timeout, long past,
-suspends it again; an archive uploaded meanwhile has no record and the sweep takes
+row is read back as ``ready`` on its adopted pod and suspended again at once (the
+snapshot taken anew; an archive uploaded meanwhile has no record and the sweep takes
 it); a resuming row (provisioning, with an archive) waits for a pod and is restored by
 the new leader. An archive's object is deleted only after the round that removed its
 record, so a crash leaves at worst an object without a record, never the reverse.
