@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
-from .backends.docker_spec import bundle_archive, create_template, network_spec
+from .backends.docker_spec import MAX_BUNDLE, bundle_archive, create_template, network_spec
 from .egress_env import BUNDLE_NAME, DOCKER_BUNDLE_DIR
 
 _VERSION = r"(?P<version>/v[0-9]{1,2}\.[0-9]{1,3})?"
@@ -258,8 +258,6 @@ def user_refusal(user: Any, configured: str) -> str | None:
 
 
 # -- the CA bundle upload --------------------------------------------------------------
-
-MAX_BUNDLE = 1 << 19  # a system store is about 200 KiB
 
 
 def check_archive(path: str | None, body: bytes, policy: Policy) -> bytes:

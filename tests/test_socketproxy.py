@@ -20,6 +20,7 @@ from aiohttp import web
 from sandbox_controller.backends.base import LABEL_STATE, PodPhase
 from sandbox_controller.backends.docker import DockerBackend
 from sandbox_controller.backends.docker_spec import (
+    MAX_BUNDLE,
     base_labels,
     bundle_archive,
     container_spec,
@@ -254,6 +255,12 @@ def test_the_bundle_is_rebuilt_root_owned_and_read_only() -> None:
             "PEM",
         ),
         (DOCKER_BUNDLE_DIR, gzip.compress(tar_of(entry(BUNDLE_NAME))), EGRESS_POLICY, "tar"),
+        (
+            DOCKER_BUNDLE_DIR,
+            tar_of(entry(BUNDLE_NAME), data=PEM * (MAX_BUNDLE // len(PEM) + 1)),
+            EGRESS_POLICY,
+            "larger than",
+        ),
     ],
 )
 def test_an_upload_that_is_not_the_bundle_is_refused(

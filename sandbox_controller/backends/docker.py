@@ -61,6 +61,7 @@ from .base import (
 from .docker_events import CONNECTION_ERRORS, follow_events
 from .docker_room import HostRoom
 from .docker_spec import (
+    MAX_BUNDLE,
     Host,
     Obj,
     SandboxContainer,
@@ -129,9 +130,15 @@ class DockerBackend(HostRoom):
         # With egress on: each sandbox's proxy env (egress_env.py), and the CA bundle's
         # tar, made once and uploaded into each container before it starts.
         self.egress = egress
-        self._bundle_tar = (
-            bundle_archive(egress.bundle_pem) if egress is not None and egress.bundle_pem else None
-        )
+        bundle = egress.bundle_pem if egress is not None else None
+        if bundle is not None and len(bundle) > MAX_BUNDLE:
+            raise BackendError(
+                f"the egress CA bundle is {len(bundle)} bytes, more than {MAX_BUNDLE} "
+                "(this machine's system roots and SANDBOX_EGRESS_CA_CERT_FILE)",
+                retryable=False,
+                kind=ErrorKind.PERMANENT,
+            )
+        self._bundle_tar = bundle_archive(bundle) if bundle else None
         self.stop_on_close = stop_on_close
         self.options = options
         self.host = host

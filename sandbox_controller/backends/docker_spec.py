@@ -34,6 +34,9 @@ Obj = dict[str, Any]
 _DOCKER_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z")
 # A fork bomb in one sandbox must not take the host's pid space from the others.
 PIDS_LIMIT = 1024
+# The CA bundle's largest size (a system store is about 200 KiB); the socket proxy
+# refuses a larger upload, so the backend refuses to start with one.
+MAX_BUNDLE = 1 << 19
 GIB = 2**30
 
 
