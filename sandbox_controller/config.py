@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     # system's resolver.
     egress_resolver: str | None = None
     # The deployment CA that signs intercepted hosts' certificates (PEM files); unset:
-    # generated on first start (see README, "Control what sandboxes reach").
+    # generated on first start (see README, "Control what sandboxes reach"). On Docker
+    # the controller reads the certificate for the bundle it uploads into sandboxes.
     egress_ca_cert_file: str | None = None
     egress_ca_key_file: str | None = None
     # Secrets the deployment gives every sandbox (a YAML/JSON list shaped like POST

@@ -28,7 +28,8 @@ from .backends.base import Backend, LeaseLost, MarksLeader, WriteGuard, no_guard
 from .clock import Clock, SystemClock
 from .config import Settings
 from .credentials import split_list
-from .egress_env import KUBE_BUNDLE, SandboxEgress
+from .egress_ca import sandbox_bundle
+from .egress_env import DOCKER_BUNDLE, KUBE_BUNDLE, SandboxEgress
 from .egress_secrets import Sealer
 from .hooks import SandboxHooks
 from .metrics import ControllerMetrics
@@ -98,15 +99,26 @@ async def make_backend(
 def sandbox_egress(settings: Settings, key: bytes) -> SandboxEgress | None:
     """Every sandbox's egress env (egress_env.py), or None with egress off. The CA
     bundle: on Kubernetes the pod's own (its init container builds it from the CA's
-    ConfigMap); on the local backend the one ``dev`` writes (egress_bundle_path)."""
+    ConfigMap); on the local backend the one ``dev`` writes (egress_bundle_path); on
+    Docker one built here once from SANDBOX_EGRESS_CA_CERT_FILE, which the backend
+    uploads into each container before it starts."""
     if settings.egress == "off":
         return None
     lists = settings.egress_lists
     bundle: str | None = None
+    bundle_pem: bytes | None = None
     if settings.backend == "kubernetes" and settings.egress_ca_configmap:
         bundle = KUBE_BUNDLE
     elif settings.backend == "local" and egress_bundle_path(settings).exists():
         bundle = str(egress_bundle_path(settings))
+    elif settings.backend == "docker":
+        if settings.egress_ca_cert_file:
+            bundle, bundle_pem = DOCKER_BUNDLE, sandbox_bundle(Path(settings.egress_ca_cert_file))
+        else:
+            log.warning(
+                "egress is on but SANDBOX_EGRESS_CA_CERT_FILE is unset: sandboxes get no CA "
+                "bundle, so TLS to secret hosts (intercepted) fails in them"
+            )
     return SandboxEgress(
         key,
         settings.egress_proxy_address,
@@ -114,6 +126,7 @@ def sandbox_egress(settings: Settings, key: bytes) -> SandboxEgress | None:
         bundle,
         lists.secrets,
         settings.egress_ca_configmap if settings.backend == "kubernetes" else None,
+        bundle_pem,
     )
 
 

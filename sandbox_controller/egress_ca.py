@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -115,6 +116,14 @@ def bundle(system_bundle: Path, ca_cert: Path) -> bytes:
     if system and not system.endswith(b"\n"):
         system += b"\n"
     return system + ca_cert.read_bytes()
+
+
+def sandbox_bundle(ca_cert: Path) -> bytes:
+    """The bundle sandboxes trust: this machine's system roots and the CA (the CA alone
+    where there is no system store to read)."""
+    paths = ssl.get_default_verify_paths()
+    system = Path(paths.cafile or paths.openssl_cafile)
+    return bundle(system, ca_cert) if system.is_file() else ca_cert.read_bytes()
 
 
 def _public_der(public: PublicKeyTypes) -> bytes:

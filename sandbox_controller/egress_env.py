@@ -10,6 +10,7 @@ placeholder for each of the deployment's secrets. Pure: no I/O.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,13 @@ KUBE_BUNDLE = f"{KUBE_BUNDLE_DIR}/bundle.pem"
 KUBE_SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 KUBE_INIT_NAME = "egress-ca-bundle"
 
+# Docker: the root is read-only and the socket proxy allows no bind mount, so the backend
+# uploads the bundle (PUT /containers/{id}/archive) into an anonymous volume of the
+# container at DOCKER_BUNDLE_DIR after create, before start (backends/docker_bundle.py).
+BUNDLE_NAME = "bundle.pem"
+DOCKER_BUNDLE_DIR = "/egress"
+DOCKER_BUNDLE = f"{DOCKER_BUNDLE_DIR}/{BUNDLE_NAME}"
+
 
 @dataclass(frozen=True)
 class SandboxEgress:
@@ -51,17 +59,23 @@ class SandboxEgress:
     secrets: Sequence[SecretSpec] = ()  # the deployment's: only names are used here
     # Kubernetes only: the ConfigMap holding the CA's certificate as ca.pem.
     ca_configmap: str | None = None
+    # Docker only: the bundle itself (system roots + the CA), built once by the controller
+    # and uploaded into each container at bundle_path before it starts.
+    bundle_pem: bytes | None = field(default=None, repr=False)
 
     def fingerprint(self) -> dict[str, object]:
         """What a pod made with this egress env depends on, beyond its create id (a
         change makes new pods of another template hash)."""
-        return {
+        marks: dict[str, object] = {
             "proxy": self.proxy_url,
             "no_proxy": list(self.no_proxy),
             "bundle": self.bundle_path,
             "ca_configmap": self.ca_configmap,
             "secrets": [s.name for s in self.secrets],
         }
+        if self.bundle_pem:  # a new CA makes new pods
+            marks["bundle_sha256"] = hashlib.sha256(self.bundle_pem).hexdigest()[:16]
+        return marks
 
     def proxy_with_credentials(self, create_id: str) -> str:
         parts = urlsplit(self.proxy_url)

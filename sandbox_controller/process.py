@@ -9,9 +9,7 @@ import asyncio
 import logging
 import secrets
 import socket
-import ssl
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy import ProxyProcess
@@ -215,17 +213,23 @@ class DevProcess:
         from proxy.egress.process import EgressProxyProcess
 
         from .controller import egress_bundle_path
-        from .egress_ca import bundle
+        from .egress_ca import sandbox_bundle
 
-        cert, _ = ca_paths(settings)
+        cert, key = ca_paths(settings)
         path = egress_bundle_path(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        paths = ssl.get_default_verify_paths()
-        system = Path(paths.cafile or paths.openssl_cafile)
-        path.write_bytes(bundle(system, cert) if system.is_file() else cert.read_bytes())
+        path.write_bytes(sandbox_bundle(cert))
         self.egress = EgressProxyProcess(settings)
         await self.egress.startup()
-        return settings.model_copy(update={"egress_proxy_port": self.egress.port})
+        # The CA's files named for the controller too: on Docker it uploads the bundle
+        # into each sandbox container (controller.sandbox_egress).
+        return settings.model_copy(
+            update={
+                "egress_proxy_port": self.egress.port,
+                "egress_ca_cert_file": str(cert),
+                "egress_ca_key_file": str(key),
+            }
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         assert self.proxy is not None and self.controller is not None

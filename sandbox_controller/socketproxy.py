@@ -13,7 +13,9 @@ sandboxes only, and answers 403 to everything else (socketproxy_policy.py decide
 - a container create that is, key for key, the backend's sandbox (non-root, every
   capability dropped, a read-only root, only tmpfs mounts, the sandbox network, the
   sandbox image), re-encoded before it is forwarded;
-- the sandbox network's inspect and create, in its one shape.
+- the sandbox network's inspect and create, in its one shape;
+- with egress on, the CA bundle's upload (PUT .../archive) into a created, not yet
+  started sandbox of the stack: to its bundle directory only, one PEM file, rebuilt.
 
 Each request on a kept-alive connection is checked on its own: HTTP, not a byte splice.
 
@@ -39,6 +41,7 @@ from aiohttp import web
 from .socketproxy_policy import (
     Policy,
     Refused,
+    check_archive,
     check_create,
     check_network,
     check_query,
@@ -109,6 +112,14 @@ class Upstream:
                 return full_id
         raise Refused(f"No such container: {ref}", 404)
 
+    async def not_started(self, full_id: str) -> None:
+        """Refused unless the container was created and never started: the bundle goes
+        in before anything in the sandbox runs (asked afresh: state is never cached)."""
+        info = await self.get(f"/containers/{full_id}/json")
+        state = (info or {}).get("State") or {}
+        if state.get("Status") != "created":
+            raise Refused("an archive may be uploaded only before the container starts", 409)
+
     async def image_id(self, policy: Policy) -> str:
         info = await self.get(f"/images/{quote(policy.image, safe='/:')}/json")
         if info is None:
@@ -120,7 +131,7 @@ async def _checked(
     request: web.Request, policy: Policy
 ) -> tuple[str, dict[str, str], bytes | None]:
     """Where to forward the request (path and query) and the body to send: what was
-    checked, rebuilt from its parts."""
+    checked, rebuilt from its parts (a JSON document, or the bundle's tar)."""
     found = route(request.method, request.path)
     if found is None:
         raise Refused(f"{request.method} {request.path} is not allowed")
@@ -130,7 +141,7 @@ async def _checked(
     version = parts.get("version", "")
     upstream = Upstream(request.app, version)
     body = await request.read() if request.can_read_body else b""
-    if body and the_route.kind not in ("create", "network-create"):
+    if body and the_route.kind not in ("create", "network-create", "archive"):
         raise Refused(f"{request.method} {request.path} takes no body", 400)
     path = request.path
     if the_route.kind == "scoped":
@@ -142,6 +153,11 @@ async def _checked(
     elif the_route.kind == "container":
         full_id = await upstream.own_container(parts["ref"], policy)
         path = path.replace(f"/containers/{parts['ref']}", f"/containers/{full_id}", 1)
+    elif the_route.kind == "archive":
+        pem_tar = check_archive(query.get("path"), body, policy)
+        full_id = await upstream.own_container(parts["ref"], policy)
+        await upstream.not_started(full_id)
+        return f"{version}/containers/{full_id}/archive", query, pem_tar
     elif the_route.kind == "create":
         image_id = await upstream.image_id(policy)
         return path, query, encode(check_create(decode(body), policy, image_id))
@@ -170,7 +186,8 @@ def make_app(upstream: str, policy: Policy) -> web.Application:
             return _refuse(refused.status, str(refused))
         headers = {"User-Agent": request.headers.get("User-Agent", "socket-proxy")}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            archive = request.path.endswith("/archive")
+            headers["Content-Type"] = "application/x-tar" if archive else "application/json"
         url = f"http://docker{quote(path)}" + (f"?{urlencode(query)}" if query else "")
         async with request.app[SESSION].request(
             request.method, url, headers=headers, data=body

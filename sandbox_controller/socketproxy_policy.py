@@ -4,7 +4,8 @@ the I/O).
 It allows, it does not forbid. A route is on a list, with the query parameters it may
 carry; a container create must be, key for key, the create the Docker backend sends
 (docker_spec.create_template), with only the values the controller's settings choose
-left free; a network create must be the sandbox network (docker_spec.network_spec).
+left free; a network create must be the sandbox network (docker_spec.network_spec); an
+archive upload must be the CA bundle, to its one directory (check_archive).
 
 Docker's JSON decoder matches a struct's keys case-insensitively and keeps the last of
 two duplicates, so ``"user": "0"`` after ``"User": "10001"`` would run as root. Here a
@@ -15,14 +16,17 @@ what it checked, never the client's bytes.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
-from .backends.docker_spec import create_template, network_spec
+from .backends.docker_spec import MAX_BUNDLE, bundle_archive, create_template, network_spec
+from .egress_env import BUNDLE_NAME, DOCKER_BUNDLE_DIR
 
 _VERSION = r"(?P<version>/v[0-9]{1,2}\.[0-9]{1,3})?"
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
@@ -78,7 +82,7 @@ ROUTES = [
     _route("HEAD", "/_ping", "plain"),
     _route("GET", "/version", "plain"),
     _route("GET", "/info", "plain"),
-    _route("GET", "/events", "scoped", "since", "until", "filters"),
+    _route("GET", "/events", "scoped", "since", "until", "filters", "stream"),
     _route("GET", rf"/images/(?P<image>{_ID}(/{_ID})*(:{_ID})?)/json", "image"),
     _route("GET", "/containers/json", "scoped", "all", "filters", "limit", "size"),
     _route("POST", "/containers/create", "create", "name"),
@@ -87,6 +91,8 @@ ROUTES = [
     _route("POST", f"{_CONTAINER}/stop", "container", "t", "signal"),
     _route("POST", f"{_CONTAINER}/kill", "container", "signal"),
     _route("DELETE", _CONTAINER, "container", "force", "v"),
+    # The CA bundle, into a created sandbox's own volume (egress on; check_archive).
+    _route("PUT", f"{_CONTAINER}/archive", "archive", "path"),
     _route("GET", rf"/networks/(?P<network>{_ID})", "network"),
     _route("POST", "/networks/create", "network-create"),
 ]
@@ -163,7 +169,7 @@ def _exact_keys(value: dict[str, Any], template: Mapping[str, Any], where: str) 
 
 def check_create(document: Any, policy: Policy, image_id: str) -> dict[str, Any]:
     """The create, if it is a sandbox of this stack as the backend makes it."""
-    template = create_template(policy.network, policy.user, policy.runtime)
+    template = create_template(policy.network, policy.user, policy.runtime, policy.internal)
     config = _object(document, "the body")
     _exact_keys(config, template, "")
     host = _object(config["HostConfig"], "HostConfig")
@@ -179,6 +185,10 @@ def check_create(document: Any, policy: Policy, image_id: str) -> dict[str, Any]
     _check_tmpfs(_object(host["Tmpfs"], "HostConfig.Tmpfs"), template["HostConfig"]["Tmpfs"])
     if not _same(config["ExposedPorts"], template["ExposedPorts"]):
         raise Refused(f"ExposedPorts must be {json.dumps(template['ExposedPorts'])}")
+    # Egress on: the one anonymous volume, the CA bundle's (never a named one, which
+    # another container could share, nor a host path).
+    if "Volumes" in template and not _same(config["Volumes"], template["Volumes"]):
+        raise Refused(f"Volumes must be {json.dumps(template['Volumes'])}")
     if config["Image"] != image_id:
         raise Refused(f"the image must be {policy.image} ({image_id})")
     why = user_refusal(config["User"], policy.user)
@@ -245,6 +255,38 @@ def user_refusal(user: Any, configured: str) -> str | None:
     ):
         return None  # a name the operator configured
     return f"containers must run as {configured} or another non-root numeric user, not {user!r}"
+
+
+# -- the CA bundle upload --------------------------------------------------------------
+
+
+def check_archive(path: str | None, body: bytes, policy: Policy) -> bytes:
+    """A bundle upload, if it is the backend's: egress on, to DOCKER_BUNDLE_DIR (the
+    container's own volume), one regular file BUNDLE_NAME of PEM text. What is forwarded
+    is a tar made here (root's, read-only), never the client's bytes: no link, no other
+    name, no path that climbs out."""
+    if not policy.internal:
+        raise Refused("no CA bundle is uploaded with egress off")
+    if path != DOCKER_BUNDLE_DIR:
+        raise Refused(f"an archive may be uploaded only to {DOCKER_BUNDLE_DIR}, not {path!r}")
+    try:
+        # "r:": uncompressed only, so what is read is no larger than the body.
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:") as archive:
+            members = archive.getmembers()
+            if len(members) != 1 or not members[0].isreg() or members[0].name != BUNDLE_NAME:
+                raise Refused(f"the archive must hold one regular file, {BUNDLE_NAME}")
+            if members[0].size > MAX_BUNDLE:
+                raise Refused(f"the bundle is larger than {MAX_BUNDLE} bytes")
+            extracted = archive.extractfile(members[0])
+            pem = extracted.read() if extracted is not None else b""
+    except tarfile.TarError:
+        raise Refused("the body is not a tar archive", 400) from None
+    if not _PEM_TEXT.fullmatch(pem) or b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise Refused("the bundle must be PEM certificates (ASCII text)")
+    return bundle_archive(pem)
+
+
+_PEM_TEXT = re.compile(rb"[\x20-\x7e\t\r\n]*")
 
 
 # -- a network create, and list filters -----------------------------------------------

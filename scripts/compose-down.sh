@@ -48,7 +48,7 @@ guard_image=$(setting EGRESS_GUARD_IMAGE agent-sandbox/egress-guard:latest)
 sandboxes=$(docker ps -aq --filter "label=app.kubernetes.io/instance=$instance")
 if [ -n "$sandboxes" ]; then
     # shellcheck disable=SC2086  # one id per word
-    docker rm -f $sandboxes >/dev/null
+    docker rm -f -v $sandboxes >/dev/null  # -v: their anonymous CA-bundle volumes too
 fi
 echo "compose-down: removed $(printf '%s' "$sandboxes" | grep -c . || true) sandboxes of $instance" >&2
 # The guard removes its chains when it stops (SIGTERM).

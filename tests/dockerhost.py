@@ -129,7 +129,7 @@ def containers(instance: str) -> set[str]:
 def remove_all(instance: str) -> None:
     names = containers(instance)
     if names:
-        docker("rm", "-f", *names, check=False)
+        docker("rm", "-f", "-v", *names, check=False)
 
 
 def options(image: str, instance: str, **overrides: Any) -> DockerOptions:

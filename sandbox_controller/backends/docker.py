@@ -40,7 +40,7 @@ from ..aiotasks import TaskGroup
 from ..aiotime import Backoff
 from ..clock import Clock, SystemClock
 from ..config import DockerOptions
-from ..egress_env import SandboxEgress
+from ..egress_env import DOCKER_BUNDLE_DIR, SandboxEgress
 from ..model import DEFAULT_TEMPLATE, TemplateLimits
 from ..sandbox_contract import ENV_POD_NAME, claim_env
 from ..templates import Template
@@ -61,10 +61,12 @@ from .base import (
 from .docker_events import CONNECTION_ERRORS, follow_events
 from .docker_room import HostRoom
 from .docker_spec import (
+    MAX_BUNDLE,
     Host,
     Obj,
     SandboxContainer,
     base_labels,
+    bundle_archive,
     container_spec,
     label_filters,
     network_spec,
@@ -125,8 +127,18 @@ class DockerBackend(HostRoom):
         # Each sandbox's claim secret derives from it and the create id (claim_env);
         # None: sandboxes get none, and refuse claims.
         self.claim_key = claim_key
-        # With egress on: each sandbox's proxy env (egress_env.py).
+        # With egress on: each sandbox's proxy env (egress_env.py), and the CA bundle's
+        # tar, made once and uploaded into each container before it starts.
         self.egress = egress
+        bundle = egress.bundle_pem if egress is not None else None
+        if bundle is not None and len(bundle) > MAX_BUNDLE:
+            raise BackendError(
+                f"the egress CA bundle is {len(bundle)} bytes, more than {MAX_BUNDLE} "
+                "(this machine's system roots and SANDBOX_EGRESS_CA_CERT_FILE)",
+                retryable=False,
+                kind=ErrorKind.PERMANENT,
+            )
+        self._bundle_tar = bundle_archive(bundle) if bundle else None
         self.stop_on_close = stop_on_close
         self.options = options
         self.host = host
@@ -396,6 +408,23 @@ class DockerBackend(HostRoom):
     async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
         await container.stop(t=int(self.options.stop_grace))
         await container.delete(force=True, v=True)
+
+    async def _before_start(self, entry: SandboxContainer) -> None:
+        # Into the container's own volume (docker_spec.container_spec), before its first
+        # start, so nothing in the sandbox ever runs without it. Every start, not only
+        # after create: a container adopted unstarted may have missed it in a crash.
+        if self._bundle_tar is None or not self.options.internal:
+            return
+        container = self.docker.containers.container(entry.id)
+        try:
+            await container.put_archive(DOCKER_BUNDLE_DIR, self._bundle_tar)  # type: ignore[no-untyped-call]
+        except aiodocker.DockerError as exc:
+            # Started meanwhile (a relist queued it while create_pod started it): the
+            # start that won uploaded it first; the socket proxy refuses a second upload
+            # into a started container (409), and a start of it again does nothing.
+            if exc.status == 409 and observe(await container.show(), self.options).started:
+                return
+            raise
 
     # -- the cache ---------------------------------------------------------------------
 

@@ -50,6 +50,10 @@ class HostRoom:
     async def _refresh(self, name: str, *, probe_first: bool = False) -> None:
         raise NotImplementedError
 
+    async def _before_start(self, entry: SandboxContainer) -> None:
+        """What a created container needs before it first starts (the CA bundle)."""
+        raise NotImplementedError
+
     def _held(self) -> tuple[int, int]:
         holding = [c for c in self._containers.values() if c.holds_memory]
         return sum(c.memory for c in holding), len(holding)
@@ -65,6 +69,7 @@ class HostRoom:
         self.write_guard()
         entry.unschedulable, entry.detail, entry.start_requested = False, "starting", True
         try:
+            await self._before_start(entry)
             await self.docker.containers.container(entry.id).start()
         except (aiodocker.DockerError, *CONNECTION_ERRORS) as exc:
             entry.start_requested = False

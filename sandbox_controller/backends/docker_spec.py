@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import re
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..config import DockerOptions
+from ..egress_env import BUNDLE_NAME, DOCKER_BUNDLE_DIR
 from ..model import Resources
 from ..quantities import cpu_millis, memory_bytes
 from ..sandbox_contract import POD_PORT
@@ -31,6 +34,9 @@ Obj = dict[str, Any]
 _DOCKER_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z")
 # A fork bomb in one sandbox must not take the host's pid space from the others.
 PIDS_LIMIT = 1024
+# The CA bundle's largest size (a system store is about 200 KiB); the socket proxy
+# refuses a larger upload, so the backend refuses to start with one.
+MAX_BUNDLE = 1 << 19
 GIB = 2**30
 
 
@@ -63,15 +69,33 @@ def container_spec(options: DockerOptions, image_id: str) -> Obj:
         host["Runtime"] = options.runtime
     if options.publish:
         host["PortBindings"] = {f"{POD_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
-    return {
+    spec: Obj = {
         "Image": image_id,
         "User": options.user,
         "ExposedPorts": {f"{POD_PORT}/tcp": {}},
         "HostConfig": host,
     }
+    if options.internal:
+        # Egress on: an anonymous volume (the container's own, removed with it) for the
+        # CA bundle, uploaded before start (bundle_archive): the root is read-only, and
+        # Docker takes no upload into a tmpfs. Root-owned, so the sandbox cannot write it.
+        spec["Volumes"] = {DOCKER_BUNDLE_DIR: {}}
+    return spec
 
 
-def create_template(network: str, user: str, runtime: str | None) -> Obj:
+def bundle_archive(pem: bytes) -> bytes:
+    """The tar the backend uploads to DOCKER_BUNDLE_DIR (and the socket proxy rebuilds
+    from what it checked): one regular file, root's, read-only for everyone."""
+    # TarInfo's owner is root (uid and gid 0) unless set otherwise.
+    entry = tarfile.TarInfo(BUNDLE_NAME)
+    entry.size, entry.mode = len(pem), 0o444
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(entry, io.BytesIO(pem))
+    return out.getvalue()
+
+
+def create_template(network: str, user: str, runtime: str | None, internal: bool = False) -> Obj:
     """A container create as docker.py sends it, for the socket proxy to hold every
     create against (socketproxy_policy.py): it lets through only the keys here. The
     values the controller's settings or each create fill in (image, limits, the
@@ -89,6 +113,7 @@ def create_template(network: str, user: str, runtime: str | None) -> Obj:
         workspace_size=GIB,
         user=user,
         max_concurrent_creates=1,
+        internal=internal,
     )
     return {**container_spec(options, ""), "Labels": {}, "Env": []}
 

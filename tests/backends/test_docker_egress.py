@@ -2,7 +2,8 @@
 (no route out). A sandbox that ignores HTTP_PROXY and connects straight to a server
 outside reaches nothing, while a container on both networks (where the egress proxy
 runs) carries the same request out. Real dockerd, a real network namespace as "outside"
-(an address of this machine, never the internet), real sockets."""
+(an address of this machine, never the internet), real sockets. And the CA bundle:
+uploaded into each sandbox before it starts, where SSL_CERT_FILE points."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from sandbox_controller.backends.base import BackendError, PodPhase
 from sandbox_controller.backends.docker import DockerBackend
 from sandbox_controller.backends.docker_spec import bridge_name
+from sandbox_controller.config import Settings
+from sandbox_controller.controller import sandbox_egress
+from sandbox_controller.egress_ca import CA_SUBJECT, ensure_ca
+from sandbox_controller.egress_env import CA_BUNDLE_VARIABLES, DOCKER_BUNDLE
 
 from ..dockerhost import (
     REPO,
@@ -289,3 +295,43 @@ async def test_the_compose_layout_a_host_proxy_on_the_gateway_is_the_one_way_out
         relay.wait(10)
         other.wait(10)
         subprocess.run([*guard[:4], "--down", bridge_name(network)], capture_output=True)
+
+
+async def test_a_sandbox_trusts_the_deployment_ca_through_its_bundle(tmp_path: Path) -> None:
+    """Straight to dockerd, as `dev` runs the Docker backend: the bundle the controller
+    built is in the container before it starts, where SSL_CERT_FILE (and the others)
+    point, and a TLS client in the sandbox (Python's ssl) trusts the CA through it."""
+    image, instance = require_docker(), new_instance()
+    network = f"sbx-ca-{uuid.uuid4().hex[:8]}"
+    cert, _ = ensure_ca(tmp_path / "ca")
+    settings = Settings(
+        backend="docker", egress="enforce", egress_ca_cert_file=str(cert), state_dir=str(tmp_path)
+    )
+    egress = sandbox_egress(settings, b"k" * 32)
+    backend = await DockerBackend.connect(
+        options(image, instance, network=network, internal=True, publish=False), egress=egress
+    )
+    try:
+        await backend.start()
+        name = await backend.create_pod({})
+
+        async def ready() -> bool:
+            found = next((p for p in await backend.resync() if p.name == name), None)
+            return found is not None and found.phase is PodPhase.READY
+
+        await eventually(ready, within=60, what=f"{name} ready")
+        env = dict(e.split("=", 1) for e in inspect(name)["Config"]["Env"])
+        assert {env[v] for v in CA_BUNDLE_VARIABLES} == {DOCKER_BUNDLE}
+        # Python's ssl in the sandbox loads the bundle SSL_CERT_FILE names: the
+        # deployment CA is among the certificates it trusts.
+        subject = docker(
+            "exec", name, "python", "-c",
+            "import ssl; print([dict(x[0] for x in c['subject']).get('commonName')"
+            " for c in ssl.create_default_context().get_ca_certs()])",
+        )  # fmt: skip
+        print(f"CAs the sandbox trusts: {subject.count(',') + 1}")
+        assert CA_SUBJECT in subject
+    finally:
+        await backend.close()
+        remove_all(instance)
+        docker("network", "rm", network, check=False)
