@@ -82,7 +82,10 @@ class HostPattern:
         return host == self.host
 
     def matches(self, host: str, port: int) -> bool:
-        return port in self.ports and self.matches_host(host)
+        # As ``port in self.ports``, without building a set per call.
+        if port != self.port and (self.port is not None or port not in DEFAULT_PORTS):
+            return False
+        return self.matches_host(host)
 
     def __str__(self) -> str:
         host = ("*." + self.host) if self.wildcard else self.host
@@ -111,6 +114,11 @@ def parse_ip(host: str) -> IPAddress | None:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if "%" in host:  # a zone id: link-local by definition; refuse as a name
+        return None
+    if ":" not in host and not host.replace(".", "").isdigit():
+        # Not an address: IPv6 needs a colon, IPv4 only digits and dots. Said here, as
+        # ipaddress would say it, without its two exceptions (4 us; a name is checked
+        # several times per CONNECT).
         return None
     try:
         return ipaddress.ip_address(host)

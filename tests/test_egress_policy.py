@@ -22,6 +22,7 @@ from sandbox_controller.egress_policy import (
     is_grantable,
     matches_any,
     parse_cidrs,
+    parse_ip,
     parse_pattern,
     parse_patterns,
     within,
@@ -77,6 +78,44 @@ def test_parse_pattern(text: str, expected: HostPattern) -> None:
 def test_bad_patterns_say_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(PatternError, match=says):
         parse_pattern(text)
+
+
+def _ip_or_none(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "bulk.test",
+        "203.0.113.5",
+        "2001:db8::1",
+        "::ffff:127.0.0.1",
+        "127.1",
+        "0x7f.0.0.1",
+        "017.0.0.1",
+        "1.2.3.4.",
+        "\u0661.2.3.4",
+        "\u00b9.2.3.4",
+        "",
+        ".",
+        "1..2.3",
+        "10.0.0.256",
+    ],
+)
+def test_parse_ip_fast_path_agrees_with_ipaddress(host: str) -> None:
+    # An IP-literal host must be checked as the address it is: the shortcut for names
+    # may never call an address a name (nor the reverse).
+    assert parse_ip(host) == _ip_or_none(host)
+
+
+@given(st.text(alphabet="0123456789.:abcdefx\u0661\u00b9%[]", max_size=24))
+def test_parse_ip_fast_path_agrees_on_anything(host: str) -> None:
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    assert parse_ip(host) == (None if "%" in inner else _ip_or_none(inner))
 
 
 def test_matching() -> None:

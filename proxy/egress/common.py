@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sandbox_controller.egress_policy import Decision, normalize_host
+from sandbox_controller.egress_policy import Decision, IPAddress, normalize_host
 
 from .controller import ControllerClient, Grant
 from .heads import BadHead
@@ -46,6 +46,19 @@ class Record:
     up: int = 0
     down: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+DECISIONS_MAX = 10_000  # verdicts kept (connection._admit); all dropped beyond
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """One (grant, host, port)'s verdicts: by name, and by the addresses last found."""
+
+    grant: Grant
+    by_name: Decision
+    found: list[IPAddress] | None = None
+    decision: Decision | None = None
 
 
 def split_authority(authority: str, default_port: int | None) -> tuple[str, int]:
@@ -93,6 +106,7 @@ class Hub(Protocol):
     interceptor: Interceptor
     metrics: EgressMetrics
     header_timeout: float
+    decisions: dict[tuple[int, str, int], Verdicts]
 
     def admitted(self, record: Record, session_id: str | None, decision: Decision) -> None: ...
 

@@ -25,11 +25,13 @@ from . import tunnel
 from .common import (
     AUTHENTICATE,
     CONNECT_TIMEOUT,
+    DECISIONS_MAX,
     ESTABLISHED,
     KEEP_ALIVE_SECONDS,
     Hub,
     Record,
     Refusal,
+    Verdicts,
     basic_credentials,
     counter,
     split_authority,
@@ -131,15 +133,29 @@ class Connection:
             record.decision, record.reason = decision.decision, decision.reason
             self.server.admitted(record, grant.session_id, decision)
             return decision
-        by_name = decide_name(grant.mode, grant.allow, record.host, record.port)
-        decision = by_name
+        # The verdicts are pure functions of (grant, host, port) and of the addresses
+        # found, so they are kept while the grant is the controller's cached answer and
+        # the resolver returns the very list it checked before (its cached answer); the
+        # name is still resolved for every decision, and a new answer is checked anew.
+        memo = self.server.decisions
+        memo_key = (id(grant), record.host, record.port)
+        entry = memo.get(memo_key)
+        if entry is None or entry.grant is not grant:
+            entry = Verdicts(grant, decide_name(grant.mode, grant.allow, *key))
+            if len(memo) >= DECISIONS_MAX:
+                memo.clear()
+            memo[memo_key] = entry
+        decision = by_name = entry.by_name
         if by_name.allowed:
             literal = parse_ip(record.host)
             try:
                 found = [literal] if literal else await self.server.resolver.resolve(record.host)
             except ResolveFailed:
                 found = []
-            decision = decide_addresses(by_name, found, grant.deny_cidrs)
+            if entry.found is not found or entry.decision is None:
+                entry.found = found
+                entry.decision = decide_addresses(by_name, found, grant.deny_cidrs)
+            decision = entry.decision
         record.decision, record.reason = decision.decision, decision.reason
         if not decision.allowed:
             self.server.denied(record, grant.session_id, decision.reason or "not_allowed")

@@ -10,7 +10,7 @@ import time
 
 from sandbox_controller.egress_policy import Decision
 
-from .common import Record
+from .common import Record, Verdicts
 from .connection import Connection
 from .controller import ControllerClient, Grant
 from .heads import error_response
@@ -40,6 +40,7 @@ class EgressServer:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.connections: set[asyncio.Task[None]] = set()
+        self.decisions: dict[tuple[int, str, int], Verdicts] = {}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
