@@ -68,7 +68,12 @@ class LabelState(enum.StrEnum):
 def pool_labels(shape: Shape | None = None) -> dict[str, str]:
     """The labels of a new pod made for the warm pool, in ``shape`` (None: the default
     template's own). A backend makes the pod in the shape they say (``shape_of``)."""
-    labels = {LABEL_STATE: LabelState.POOL.value}
+    return {LABEL_STATE: LabelState.POOL.value, **shape_labels(shape)}
+
+
+def shape_labels(shape: Shape | None) -> dict[str, str]:
+    """The labels that say a pod's template and size (none for None)."""
+    labels = {}
     if shape is not None:
         labels[LABEL_TEMPLATE] = shape.template
         if shape.resources is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from ..backends.base import LABEL_STATE, attribution_labels, pool_labels
+from ..backends.base import attribution_labels, shape_labels
 from ..model import (
     Limits,
     Pod,
@@ -141,8 +141,7 @@ class PoolViews:
             pod = self.inventory.pods.get(session.pod_name or "")
             if pod is None or pod.session_id != sid:
                 continue
-            labels = pool_labels(pod.shape)
-            del labels[LABEL_STATE]  # the pool's own word, not the session's
+            labels = shape_labels(pod.shape)
             labels.update(attribution_labels(session.metadata, keys, session.org_id))
             found.append((pod.name, labels))
         return found
