@@ -17,291 +17,82 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
 from .aiotime import Backoff
+from .client_errors import (
+    ERRORS,
+    RETRIED,
+    CapacityExhaustedError,
+    ClaimLimitExceededError,
+    EgressNotGrantableError,
+    HooksDisabledError,
+    InvalidRequestError,
+    NotLeaderError,
+    NotReadyError,
+    OrgRateLimitedError,
+    OrgSessionLimitError,
+    ResourcesOutOfBoundsError,
+    RestoreFailedError,
+    SandboxAPIError,
+    SessionEndedError,
+    SessionNotFoundError,
+    SessionNotReadyError,
+    SessionSuspendedError,
+    StoreUnavailableError,
+    SuspensionDisabledError,
+    ThreadOwnedByOtherUserError,
+    UnauthorizedError,
+    UnknownPlanError,
+    UnknownTemplateError,
+    UserBeingDeletedError,
+    UserSessionLimitError,
+    error_from,
+)
+from .client_results import Connect, EndDetail, Opened, Session
 from .clock import Clock, SystemClock
 from .wire_errors import STATUS, ErrorCode
 
+__all__ = [
+    "ERRORS",
+    "RETRIED",
+    "AsyncSandboxClient",
+    "CapacityExhaustedError",
+    "ClaimLimitExceededError",
+    "Connect",
+    "EgressNotGrantableError",
+    "EndDetail",
+    "HooksDisabledError",
+    "InvalidRequestError",
+    "NotLeaderError",
+    "NotReadyError",
+    "Opened",
+    "OrgRateLimitedError",
+    "OrgSessionLimitError",
+    "ResourcesOutOfBoundsError",
+    "RestoreFailedError",
+    "SandboxAPIError",
+    "SandboxClient",
+    "Session",
+    "SessionEndedError",
+    "SessionNotFoundError",
+    "SessionNotReadyError",
+    "SessionSuspendedError",
+    "StoreUnavailableError",
+    "SuspensionDisabledError",
+    "ThreadOwnedByOtherUserError",
+    "UnauthorizedError",
+    "UnknownPlanError",
+    "UnknownTemplateError",
+    "UserBeingDeletedError",
+    "UserSessionLimitError",
+    "error_from",
+]
+
 T = TypeVar("T")
-
-
-# ------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class Connect:
-    """Where the editor reaches the sandbox, and the token that opens it (until it expires:
-    ``refresh`` hands out a fresh one)."""
-
-    url: str
-    token: str
-
-
-@dataclass(frozen=True)
-class EndDetail:
-    """Why a session ended when it did: its last activity, where that came from, the
-    sandbox's answer when it was asked whether it was busy, and why its claim was given
-    up (claim_rejected); None where they do not apply."""
-
-    last_active_at: str | None
-    activity_source: str | None  # handover | proxy | touch | busy
-    busy_answer: str | None
-    # claim_rejected: why the claim was given up, quoting the sandbox's answer.
-    claim_answer: str | None = None
-    # evicted: the platform's words for the eviction.
-    eviction: str | None = None
-
-
-@dataclass(frozen=True)
-class Session:
-    id: str
-    user_id: str
-    thread_id: str
-    state: str  # provisioning | ready | ended
-    # deleted | idle_timeout | max_lifetime | reclaimed | pod_failed | startup_timeout |
-    # claim_rejected | controller_stopped | evicted
-    end_reason: str | None
-    created_at: str
-    last_active_at: str | None
-    ended_at: str | None
-    pod: str | None
-    connect: Connect | None  # None once ended
-    reclaimed_session_id: str | None
-    detail: str | None  # why a provisioning session is not ready yet
-    metadata: Mapping[str, str] = field(default_factory=dict)  # as given at open
-    activity_source: str | None = None  # of the last activity: handover|proxy|touch|busy
-    activity_detail: str | None = None  # what it said (a busy sandbox's detail)
-    end_detail: EndDetail | None = None  # once ended
-    org_id: str | None = None  # as given at open
-    plan: str | None = None  # the plan it was admitted under (None: the defaults)
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Session:
-        connect = body.get("connect")
-        activity = body.get("last_activity") or {}
-        ended = body.get("end_detail")
-        return cls(
-            id=body["id"],
-            user_id=body["user_id"],
-            thread_id=body["thread_id"],
-            state=body["state"],
-            end_reason=body.get("end_reason"),
-            created_at=body["created_at"],
-            last_active_at=body.get("last_active_at"),
-            ended_at=body.get("ended_at"),
-            pod=body.get("pod"),
-            connect=Connect(connect["url"], connect["token"]) if connect else None,
-            reclaimed_session_id=body.get("reclaimed_session_id"),
-            detail=body.get("detail"),
-            metadata=body.get("metadata") or {},
-            activity_source=activity.get("source"),
-            activity_detail=activity.get("detail"),
-            end_detail=EndDetail(
-                ended.get("last_active_at"),
-                ended.get("activity_source"),
-                ended.get("busy_answer"),
-                ended.get("claim_answer"),
-                ended.get("eviction"),
-            )
-            if ended
-            else None,
-            org_id=body.get("org_id"),
-            plan=body.get("plan"),
-        )
-
-
-@dataclass(frozen=True)
-class Opened:
-    """What ``open_session`` got: the session, and whether it was made now (201) or the
-    thread already had it (200)."""
-
-    session: Session
-    created: bool
-
-
-# ------------------------------------------------------------------ errors
-
-
-class SandboxAPIError(Exception):
-    """The controller refused: ``code`` is the error code of its body."""
-
-    code: str = ""  # each subclass names its code; an instance keeps the server's word
-
-    def __init__(
-        self, code: str, message: str, status: int, retry_after: float | None = None
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-
-
-class UnauthorizedError(SandboxAPIError):
-    code = ErrorCode.UNAUTHORIZED
-
-
-class InvalidRequestError(SandboxAPIError):
-    code = ErrorCode.INVALID_REQUEST
-
-
-class ClaimLimitExceededError(SandboxAPIError):
-    """``env``, ``metadata`` or ``files`` over a limit (README, claim-time configuration)."""
-
-    code = ErrorCode.CLAIM_LIMIT_EXCEEDED
-
-
-class HooksDisabledError(SandboxAPIError):
-    """``env`` or ``files`` sent to a controller running with SANDBOX_HOOKS=false."""
-
-    code = ErrorCode.HOOKS_DISABLED
-
-
-class UserSessionLimitError(SandboxAPIError):
-    code = ErrorCode.USER_SESSION_LIMIT
-
-
-class UnknownPlanError(SandboxAPIError):
-    code = ErrorCode.UNKNOWN_PLAN
-
-
-class OrgSessionLimitError(SandboxAPIError):
-    code = ErrorCode.ORG_SESSION_LIMIT
-
-
-class OrgRateLimitedError(SandboxAPIError):
-    code = ErrorCode.ORG_RATE_LIMITED
-
-
-class CapacityExhaustedError(SandboxAPIError):
-    code = ErrorCode.CAPACITY_EXHAUSTED
-
-
-class NotLeaderError(SandboxAPIError):
-    code = ErrorCode.NOT_LEADER
-
-
-class StoreUnavailableError(SandboxAPIError):
-    code = ErrorCode.STORE_UNAVAILABLE
-
-
-class SessionNotFoundError(SandboxAPIError):
-    code = ErrorCode.SESSION_NOT_FOUND
-
-
-class SessionEndedError(SandboxAPIError):
-    code = ErrorCode.SESSION_ENDED
-
-
-class ThreadOwnedByOtherUserError(SandboxAPIError):
-    code = ErrorCode.THREAD_OWNED_BY_OTHER_USER
-
-
-class UnknownTemplateError(SandboxAPIError):
-    code = ErrorCode.UNKNOWN_TEMPLATE
-
-
-class ResourcesOutOfBoundsError(SandboxAPIError):
-    code = ErrorCode.RESOURCES_OUT_OF_BOUNDS
-
-
-class EgressNotGrantableError(SandboxAPIError):
-    """An egress grant outside the deployment's SANDBOX_EGRESS_GRANTABLE."""
-
-    code = ErrorCode.EGRESS_NOT_GRANTABLE
-
-
-class UserBeingDeletedError(SandboxAPIError):
-    """The user's data is being deleted (DELETE /users/{id}); no session meanwhile."""
-
-    code = ErrorCode.USER_BEING_DELETED
-
-
-class RestoreFailedError(SandboxAPIError):
-    """A resume's restore failed; the session stays suspended (retried after
-    Retry-After, as a 503)."""
-
-    code = ErrorCode.RESTORE_FAILED
-
-
-class SessionSuspendedError(SandboxAPIError):
-    code = ErrorCode.SESSION_SUSPENDED
-
-
-class SuspensionDisabledError(SandboxAPIError):
-    code = ErrorCode.SUSPENSION_DISABLED
-
-
-class SessionNotReadyError(SandboxAPIError):
-    code = ErrorCode.SESSION_NOT_READY
-
-
-class NotReadyError(SandboxAPIError):
-    """Client-side: the session was still provisioning when ``ready_within`` ran out.
-    The session is live; open it again (same thread) to keep waiting, or delete it."""
-
-    code = "not_ready"
-
-    def __init__(self, session: Session, waited: float) -> None:
-        super().__init__(
-            self.code,
-            f"session {session.id} not ready after {waited:.1f} s: {session.detail}",
-            0,
-        )
-        self.session = session
-
-
-ERRORS: dict[str, type[SandboxAPIError]] = {
-    cls.code: cls
-    for cls in (
-        UnauthorizedError,
-        InvalidRequestError,
-        ClaimLimitExceededError,
-        HooksDisabledError,
-        UserSessionLimitError,
-        UnknownPlanError,
-        OrgSessionLimitError,
-        OrgRateLimitedError,
-        CapacityExhaustedError,
-        NotLeaderError,
-        StoreUnavailableError,
-        SessionNotFoundError,
-        SessionEndedError,
-        ThreadOwnedByOtherUserError,
-        UnknownTemplateError,
-        ResourcesOutOfBoundsError,
-        EgressNotGrantableError,
-        UserBeingDeletedError,
-        RestoreFailedError,
-        SessionSuspendedError,
-        SuspensionDisabledError,
-        SessionNotReadyError,
-    )
-}
-RETRIED = frozenset({429, 503})
-
-
-def error_from(response: httpx.Response) -> SandboxAPIError:
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = ErrorCode.HTTP_ERROR, response.text[:200]
-    retry_after: float | None
-    try:
-        retry_after = float(response.headers["retry-after"])
-    except (KeyError, ValueError):
-        retry_after = None
-    return ERRORS.get(code, SandboxAPIError)(code, message, response.status_code, retry_after)
 
 
 # ------------------------------------------------------------------ the clients
