@@ -12,11 +12,12 @@ import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from .backends.docker_spec import Host
+from .cli_parser import ParserExit, ReturningParser
 from .quantities import byte_size, parse_quantity
 
 _GIB = Decimal(1024**3)
@@ -243,19 +244,6 @@ def docker_host(url: str | None, reserved_memory: int) -> Host:
         raise PlanError(f"cannot read docker info: {exc}") from None
 
 
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse calls sys.exit on bad arguments and --help; main() returns a code instead.
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
-
-
 def _count(minimum: int) -> Any:
     def convert(text: str) -> int:
         try:
@@ -305,8 +293,8 @@ def _archive_size(text: str) -> int:
     return size
 
 
-def _parser() -> _Parser:
-    parser = _Parser(
+def _parser() -> ReturningParser:
+    parser = ReturningParser(
         prog="sandbox-controller plan",
         description="Size the sandbox pool for a peak number of concurrent editors.",
         epilog="With --trace FILE instead, plan simulates your own traffic: "
@@ -408,7 +396,7 @@ def main(argv: list[str]) -> int:
         return plan_from_trace(argv)
     try:
         args = _parser().parse_args(argv)
-    except _Exit as exc:
+    except ParserExit as exc:
         return exc.code
     cpu: Decimal = args.cpu
     memory: Decimal = args.memory_gib

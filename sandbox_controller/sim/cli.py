@@ -9,10 +9,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import yaml
 
+from ..cli_parser import ParserExit, ReturningParser
 from ..config import ConfigError, load_settings
 from ..durations import parse_duration
 from ..model import Limits, PrewarmPolicy
@@ -24,19 +25,6 @@ from .trace import PROFILES, SynthModel, TraceError, TraceEvent, read_trace, syn
 
 class UsageError(Exception):
     """Bad input; the message is for the operator."""
-
-
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-class Parser(argparse.ArgumentParser):
-    # argparse calls sys.exit on bad arguments and --help; main() returns a code instead.
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            sys.stderr.write(message)
-        raise _Exit(status)
 
 
 def _duration(text: str) -> float:
@@ -204,8 +192,8 @@ def sweep_limits(spec: str, limits: Limits) -> list[Limits]:
     return out
 
 
-def simulate_parser() -> Parser:
-    parser = Parser(
+def simulate_parser() -> ReturningParser:
+    parser = ReturningParser(
         prog="sandbox-controller simulate",
         description="Replay a trace through the real scheduler on a simulated clock.",
     )
@@ -265,7 +253,7 @@ def simulate_main(argv: list[str]) -> int:
                 events, with_suspension, args.startup, seed=args.seed, archives=archives
             )
         elapsed = time.perf_counter() - started
-    except _Exit as exc:
+    except ParserExit as exc:
         return exc.code
     except (UsageError, TraceError) as exc:
         print(f"sandbox-controller simulate: error: {exc}", file=sys.stderr)
@@ -292,8 +280,10 @@ def simulate_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------ trace
 
 
-def trace_parser() -> Parser:
-    parser = Parser(prog="sandbox-controller trace", description="Make traces to simulate.")
+def trace_parser() -> ReturningParser:
+    parser = ReturningParser(
+        prog="sandbox-controller trace", description="Make traces to simulate."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     export = sub.add_parser("export", help="real sessions from the store, as CSV")
     export.add_argument("--database-url", help="default: SANDBOX_DATABASE_URL")
@@ -382,7 +372,7 @@ def trace_main(argv: list[str]) -> int:
             events = _export(args)
         else:
             events = synth(_model(args))
-    except _Exit as exc:
+    except ParserExit as exc:
         return exc.code
     except (UsageError, TraceError, ConfigError) as exc:
         print(f"sandbox-controller trace: error: {exc}", file=sys.stderr)

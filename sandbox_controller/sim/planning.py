@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..cli_parser import ParserExit, ReturningParser
 from ..model import Limits, Outcome, PodState, PrewarmPolicy
 from .advice import (
     DEFAULT_HEADROOM,
@@ -21,7 +22,7 @@ from .advice import (
     values_fragment,
     with_headroom,
 )
-from .cli import Parser, UsageError, _Exit, add_limit_flags, limits_from, load_trace
+from .cli import UsageError, add_limit_flags, limits_from, load_trace
 from .simulate import Result, Startup, simulate
 from .trace import TraceError, TraceEvent
 
@@ -171,7 +172,7 @@ def _share(text: str) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = Parser(
+    parser = ReturningParser(
         prog="sandbox-controller plan --trace",
         description="Recommend prewarm and maxTotalJobs by simulating a trace.",
     )
@@ -206,7 +207,7 @@ def main(argv: list[str]) -> int:
             headroom=args.headroom,
             seed=args.seed,
         )
-    except _Exit as exc:
+    except ParserExit as exc:
         return exc.code
     except (UsageError, TraceError) as exc:
         print(f"sandbox-controller plan: error: {exc}", file=sys.stderr)
