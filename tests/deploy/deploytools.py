@@ -1,14 +1,22 @@
-"""Helpers shared by the deploy tests: paths, the metric contract, manifest lookups."""
+"""Helpers shared by the deploy tests: paths, the metric contract, manifest lookups, and
+the two outside tools run on a render (server-side `helm template`, checkov)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from tests.deploy.fake_kube_api import fake_kube_api
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "agent-sandbox"
@@ -118,3 +126,76 @@ def dashboard_expressions() -> list[str]:
 def agent(**controller_and_more: Any) -> dict[str, Any]:
     """Values nested under agentSandbox, for short test parameters."""
     return {"agentSandbox": controller_and_more}
+
+
+def render_against(
+    helm: str,
+    tmp_path: Path,
+    objects: dict[str, Any],
+    show_only: str,
+    values: dict[str, Any] | None = None,
+) -> Docs:
+    """`helm template --dry-run=server` of one template against a fake API server
+    holding `objects` (API path -> object), so the chart's `lookup` reads them as it
+    would on an upgrade."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values or {}))
+    with fake_kube_api(objects, tmp_path / "kubeconfig") as kubeconfig:
+        proc = subprocess.run(
+            [
+                helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                "--dry-run=server", "--kubeconfig", str(kubeconfig), "-f", str(path),
+                "--show-only", show_only,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def tls_secret(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """A `kubernetes.io/tls` Secret as the API server would hand it to `lookup`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        },
+    }
+
+
+def require_checkov() -> str:
+    checkov = shutil.which("checkov")
+    if checkov is None:
+        pytest.fail("checkov is missing: it is in the test extra (pip install -e '.[test]')")
+    return checkov
+
+
+def run_checkov(checkov: str, docs: Docs, tmp_path: Path, *options: str) -> dict[str, Any]:
+    """checkov's results on `docs`, offline (no guideline download): by default with
+    the chart's own config (its skips, each with its reason); `options` replace that."""
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    chosen = options or ("--config-file", str(CHART / ".checkov.yaml"))
+    proc = subprocess.run(
+        [checkov, "-f", str(rendered), "--framework", "kubernetes", *chosen, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    report = json.loads(proc.stdout)
+    results: dict[str, Any] = (
+        report[0]["results"] if isinstance(report, list) else report["results"]
+    )
+    results["returncode"] = proc.returncode
+    return results
+
+
+def failed_checks(results: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(c["check_id"], c["resource"]) for c in results["failed_checks"]]

@@ -4,17 +4,21 @@ wildcard host for subdomain mode, and checkov clean but for the skips it lists."
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
-from tests.deploy.deploytools import CHART, NAMESPACE, Render, agent, container_env, find
+from tests.deploy.deploytools import (
+    CHART,
+    NAMESPACE,
+    Render,
+    agent,
+    container_env,
+    failed_checks,
+    find,
+    require_checkov,
+    run_checkov,
+)
 
 ALL_ON: dict[str, Any] = {
     **agent(
@@ -102,35 +106,12 @@ def test_the_controller_mounts_its_api_token_explicitly_and_the_proxy_none(
 
 
 def test_checkov_passes_on_the_rendered_chart(render: Render, tmp_path: Path) -> None:
-    checkov = shutil.which("checkov")
-    if checkov is None:
-        pytest.fail("checkov is missing: it is in the test extra (pip install -e '.[test]')")
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(yaml.safe_dump_all(render(ALL_ON)))
+    checkov = require_checkov()
     started = time.monotonic()
-    proc = subprocess.run(
-        [
-            checkov,
-            "-f",
-            str(rendered),
-            "--framework",
-            "kubernetes",
-            "--config-file",
-            str(CHART / ".checkov.yaml"),
-            "--output",
-            "json",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download
-    )
-    report = json.loads(proc.stdout)
-    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    results = run_checkov(checkov, render(ALL_ON), tmp_path)
     print(f"checkov took {time.monotonic() - started:.1f} s in namespace {NAMESPACE}")
-    assert failed == [], failed
-    assert proc.returncode == 0
+    assert failed_checks(results) == []
+    assert results["returncode"] == 0
     # Each skip in the file carries its reason, on the comment lines above it.
     lines = (CHART / ".checkov.yaml").read_text().splitlines()
     for i, line in enumerate(lines):

@@ -22,8 +22,8 @@ from tests.deploy.deploytools import (
     container_env,
     find,
     pod_template,
+    render_against,
 )
-from tests.deploy.fake_kube_api import fake_kube_api
 
 # The oldest Kubernetes still in upstream support when this was written, and the newest
 # that the installed kubernetes-validate knows.
@@ -511,27 +511,7 @@ def test_generated_secrets_are_kept_on_upgrade(helm: str, tmp_path: Path) -> Non
         },
     }
     path = f"/api/v1/namespaces/{NAMESPACE}/secrets/rel-agent-sandbox"
-    with fake_kube_api({path: existing}, tmp_path / "kubeconfig") as kubeconfig:
-        proc = subprocess.run(
-            [
-                helm,
-                "template",
-                "rel",
-                str(CHART),
-                "--namespace",
-                NAMESPACE,
-                "--dry-run=server",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--show-only",
-                "templates/secret.yaml",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 0, proc.stderr
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    docs = render_against(helm, tmp_path, {path: existing}, "templates/secret.yaml")
     assert secret_data(docs) == {
         "api-token": "kept-api-token",
         "token-secret": "kept-signing-secret",

@@ -4,9 +4,6 @@ priority class, their disk limits, and no do-not-evict annotation on a warm pod.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +20,13 @@ from tests.deploy.deploytools import (
     Render,
     agent,
     container_env,
+    failed_checks,
     find,
     pod_template,
+    render_against,
+    require_checkov,
+    run_checkov,
 )
-from tests.deploy.fake_kube_api import fake_kube_api
 from tests.deploy.test_helm_chart import K8S_VERSIONS
 
 BUDGET = "rel-agent-sandbox-sandboxes"
@@ -164,41 +164,17 @@ def test_a_size_that_is_not_a_quantity_is_refused(helm_template: Any, size: str)
 def test_checkov_passes_on_the_sandbox_pod(render: Render, tmp_path: Path) -> None:
     """checkov reads the rendered chart, where the sandbox pod is only text in a
     ConfigMap: here it reads the pod itself (read-only root, no escalation, limits)."""
-    checkov = shutil.which("checkov")
-    if checkov is None:
-        pytest.fail("checkov is missing: it is in the test extra (pip install -e '.[test]')")
+    checkov = require_checkov()
     docs = render(DISK)
     # The warm pod the controller makes of the template (its labels and annotations too).
     pod = build_pod(pod_template(docs), pool_labels(), "0123456789")
     pod["metadata"] |= {"name": "sandbox", "namespace": NAMESPACE}
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
-    rendered = tmp_path / "pod.yaml"
-    rendered.write_text(yaml.safe_dump_all([pod, *policies]))
-    proc = subprocess.run(
-        [
-            checkov,
-            "-f",
-            str(rendered),
-            "--framework",
-            "kubernetes",
-            # The chart's skips (.checkov.yaml, each with its reason), and no liveness
-            # probe, by design: a sandbox is never restarted in place.
-            "--skip-check",
-            ",".join(
-                [*yaml.safe_load((CHART / ".checkov.yaml").read_text())["skip-check"], "CKV_K8S_8"]
-            ),
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
-    )
-    report = json.loads(proc.stdout)
-    results = report[0]["results"] if isinstance(report, list) else report["results"]
-    failed = [(c["check_id"], c["resource"]) for c in results["failed_checks"]]
-    assert failed == [], failed
+    # The chart's skips (.checkov.yaml, each with its reason), and no liveness probe, by
+    # design: a sandbox is never restarted in place.
+    skips = [*yaml.safe_load((CHART / ".checkov.yaml").read_text())["skip-check"], "CKV_K8S_8"]
+    results = run_checkov(checkov, [pod, *policies], tmp_path, "--skip-check", ",".join(skips))
+    assert failed_checks(results) == []
     passed = {c["check_id"] for c in results["passed_checks"]}
     assert "CKV_K8S_22" in passed  # readOnlyRootFilesystem
 
@@ -213,25 +189,5 @@ def test_an_upgrade_keeps_the_minimum_the_controller_set(helm: str, tmp_path: Pa
         "spec": {"minAvailable": 7},
     }
     path = f"/apis/policy/v1/namespaces/{NAMESPACE}/poddisruptionbudgets/{BUDGET}"
-    with fake_kube_api({path: live}, tmp_path / "kubeconfig") as kubeconfig:
-        proc = subprocess.run(
-            [
-                helm,
-                "template",
-                "rel",
-                str(CHART),
-                "--namespace",
-                NAMESPACE,
-                "--dry-run=server",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--show-only",
-                "templates/sandbox-pdb.yaml",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 0, proc.stderr
-    [budget] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    [budget] = render_against(helm, tmp_path, {path: live}, "templates/sandbox-pdb.yaml")
     assert budget["spec"]["minAvailable"] == 7

@@ -12,20 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 
 from sandbox_controller.egress_ca import generate_ca, load_ca
 from tests.deploy.deploytools import (
-    CHART,
     NAMESPACE,
     Docs,
     Render,
     agent,
     container_env,
     find,
+    render_against,
+    tls_secret,
 )
-from tests.deploy.fake_kube_api import fake_kube_api
+
+CA_TEMPLATE = "templates/egress-ca.yaml"
 
 REGISTRIES = {
     "registry.npmjs.org",
@@ -277,43 +278,12 @@ def test_the_service_monitor_scrapes_the_egress_proxy(render: Render) -> None:
     assert "egress" in components
 
 
-def render_against(
-    helm: str, tmp_path: Path, objects: dict[str, Any], values: dict[str, Any] | None = None
-) -> Docs:
-    """`helm template --dry-run=server` against a fake API server holding `objects`, so
-    the chart's `lookup` reads them as it would on an upgrade."""
-    path = tmp_path / "values.yaml"
-    path.write_text(yaml.safe_dump(values or {}))
-    with fake_kube_api(objects, tmp_path / "kubeconfig") as kubeconfig:
-        proc = subprocess.run(
-            [
-                helm, "template", "rel", str(CHART), "--namespace", NAMESPACE,
-                "--dry-run=server", "--kubeconfig", str(kubeconfig), "-f", str(path),
-                "--show-only", "templates/egress-ca.yaml",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
 def test_the_generated_ca_is_kept_on_upgrade(helm: str, tmp_path: Path) -> None:
     # A new CA on `helm upgrade` would break every sandbox that trusts the old one.
     cert_pem, key_pem = generate_ca()
-    existing = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "rel-agent-sandbox-egress-ca", "namespace": NAMESPACE},
-        "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": base64.b64encode(cert_pem).decode(),
-            "tls.key": base64.b64encode(key_pem).decode(),
-        },
-    }
+    existing = tls_secret("rel-agent-sandbox-egress-ca", cert_pem, key_pem)
     path = f"/api/v1/namespaces/{NAMESPACE}/secrets/rel-agent-sandbox-egress-ca"
-    docs = render_against(helm, tmp_path, {path: existing})
+    docs = render_against(helm, tmp_path, {path: existing}, CA_TEMPLATE)
     [secret] = named(docs, "Secret", "rel-agent-sandbox-egress-ca")
     assert b64(secret["data"]["tls.crt"]) == cert_pem.decode()
     assert b64(secret["data"]["tls.key"]) == key_pem.decode()
@@ -323,20 +293,10 @@ def test_the_generated_ca_is_kept_on_upgrade(helm: str, tmp_path: Path) -> None:
 
 def test_a_given_ca_secret_is_read_with_lookup_when_helm_can(helm: str, tmp_path: Path) -> None:
     cert_pem, key_pem = generate_ca()
-    given = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "my-ca", "namespace": NAMESPACE},
-        "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": base64.b64encode(cert_pem).decode(),
-            "tls.key": base64.b64encode(key_pem).decode(),
-        },
-    }
+    given = tls_secret("my-ca", cert_pem, key_pem)
     path = f"/api/v1/namespaces/{NAMESPACE}/secrets/my-ca"
-    docs = render_against(
-        helm, tmp_path, {path: given}, agent(egress={"ca": {"existingSecret": "my-ca"}})
-    )
+    values = agent(egress={"ca": {"existingSecret": "my-ca"}})
+    docs = render_against(helm, tmp_path, {path: given}, CA_TEMPLATE, values)
     assert not named(docs, "Secret", "rel-agent-sandbox-egress-ca")
     [config] = named(docs, "ConfigMap", "rel-agent-sandbox-egress-ca")
     assert config["data"]["ca.pem"] == cert_pem.decode()

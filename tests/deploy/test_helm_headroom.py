@@ -3,18 +3,22 @@ nodes, and headroom placeholders of the sandbox's size below the sandboxes' prio
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml
 
-from tests.deploy.deploytools import CHART, Docs, Render, agent, find, pod_template
+from tests.deploy.deploytools import (
+    Docs,
+    Render,
+    agent,
+    failed_checks,
+    find,
+    pod_template,
+    require_checkov,
+    run_checkov,
+)
 
 PLACEMENT: dict[str, Any] = {
     "nodeSelector": {"pool": "sandboxes"},
@@ -181,27 +185,11 @@ def test_prepuller_and_headroom_are_valid_kubernetes(render: Render, version: st
 
 
 def test_prepuller_and_headroom_pass_checkov(render: Render, tmp_path: Path) -> None:
-    checkov = shutil.which("checkov")
-    if checkov is None:
-        pytest.fail("checkov is missing: it is in the test extra (pip install -e '.[test]')")
+    checkov = require_checkov()
     docs = idle_manifests(render(PLACED))
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(yaml.safe_dump_all(docs))
-    proc = subprocess.run(
-        [
-            checkov,
-            *("-f", str(rendered), "--framework", "kubernetes"),
-            *("--config-file", str(CHART / ".checkov.yaml"), "--output", "json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download
-    )
-    report = json.loads(proc.stdout)
-    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
-    assert failed == [], failed
+    results = run_checkov(checkov, docs, tmp_path)
+    assert failed_checks(results) == []
     # The checks run on these resources at all (a render checkov skipped would pass too).
-    checked = {c["resource"].split(".")[0] for c in report["results"]["passed_checks"]}
+    checked = {c["resource"].split(".")[0] for c in results["passed_checks"]}
     assert {"DaemonSet", "Deployment"} <= checked
-    assert proc.returncode == 0
+    assert results["returncode"] == 0

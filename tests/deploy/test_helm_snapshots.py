@@ -4,19 +4,24 @@ accepts what the chart renders; values that cannot work are refused with a messa
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml
 
 from sandbox_controller.config import Settings, load_settings
-from tests.deploy.deploytools import CHART, Docs, Render, agent, container_env, find
+from tests.deploy.deploytools import (
+    Docs,
+    Render,
+    agent,
+    container_env,
+    failed_checks,
+    find,
+    require_checkov,
+    run_checkov,
+)
 
 PVC = agent(snapshots={"pvc": {"enabled": True, "size": "50Gi", "storageClassName": "fast"}})
 S3 = agent(
@@ -194,28 +199,12 @@ def test_the_store_manifests_are_valid_kubernetes(render: Render, version: str) 
 
 
 def test_the_store_manifests_pass_checkov(render: Render, tmp_path: Path) -> None:
-    checkov = shutil.which("checkov")
-    if checkov is None:
-        pytest.fail("checkov is missing: it is in the test extra (pip install -e '.[test]')")
+    checkov = require_checkov()
     everything = render(PVC)
     # With the NetworkPolicies, which checkov wants to see beside any pod.
     docs = snapshot_manifests(everything) + [d for d in everything if d["kind"] == "NetworkPolicy"]
-    rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(yaml.safe_dump_all(docs))
-    proc = subprocess.run(
-        [
-            checkov,
-            *("-f", str(rendered), "--framework", "kubernetes"),
-            *("--config-file", str(CHART / ".checkov.yaml"), "--output", "json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download
-    )
-    report = json.loads(proc.stdout)
-    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
-    assert failed == [], failed
-    checked = {c["resource"].split(".")[0] for c in report["results"]["passed_checks"]}
+    results = run_checkov(checkov, docs, tmp_path)
+    assert failed_checks(results) == []
+    checked = {c["resource"].split(".")[0] for c in results["passed_checks"]}
     assert "Deployment" in checked
-    assert proc.returncode == 0
+    assert results["returncode"] == 0
