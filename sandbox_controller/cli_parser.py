@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import NoReturn
 
+from .quantities import byte_size
+
 
 class ParserExit(Exception):
     def __init__(self, code: int) -> None:
@@ -22,3 +24,14 @@ class ReturningParser(argparse.ArgumentParser):
         if message:
             sys.stderr.write(message)
         raise ParserExit(status)
+
+
+def archive_size(text: str) -> int:
+    """An argument that is a size of more than nothing: ``50Mi``, ``1G``, ``1048576``."""
+    try:
+        size = byte_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 50Mi")
+    return size

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from .backends.docker_spec import Host
-from .cli_parser import ParserExit, ReturningParser
-from .quantities import byte_size, parse_quantity
+from .cli_parser import ParserExit, ReturningParser, archive_size
+from .quantities import parse_quantity
 
 _GIB = Decimal(1024**3)
 
@@ -283,16 +283,6 @@ def _memory_gib(text: str) -> Decimal:
     return value if text.strip()[-1:].isdigit() else value / _GIB
 
 
-def _archive_size(text: str) -> int:
-    try:
-        size = byte_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 50Mi")
-    return size
-
-
 def _parser() -> ReturningParser:
     parser = ReturningParser(
         prog="sandbox-controller plan",
@@ -374,7 +364,7 @@ def _parser() -> ReturningParser:
     )
     parser.add_argument(
         "--archive-size",
-        type=_archive_size,
+        type=archive_size,
         default=50 * 2**20,
         metavar="SIZE",
         help="average archive of a suspended sandbox, e.g. 200Mi (default 50Mi)",

@@ -13,11 +13,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..cli_parser import ParserExit, ReturningParser
+from ..cli_parser import ParserExit, ReturningParser, archive_size
 from ..config import ConfigError, load_settings
 from ..durations import parse_duration
 from ..model import Limits, PrewarmPolicy
-from ..quantities import byte_size
 from .simulate import Startup, parse_startup, simulate
 from .suspension import ArchivePlatform
 from .trace import PROFILES, SynthModel, TraceError, TraceEvent, read_trace, synth, write_trace
@@ -32,16 +31,6 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        size = byte_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 50Mi")
-    return size
 
 
 def _startup(text: str) -> Startup:
@@ -215,7 +204,7 @@ def simulate_parser() -> ReturningParser:
     )
     parser.add_argument(
         "--archive-size",
-        type=_size,
+        type=archive_size,
         default=ArchivePlatform().archive_bytes,
         metavar="SIZE",
         help="average archive of a suspended sandbox, e.g. 200Mi (default 50Mi)",
