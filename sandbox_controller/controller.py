@@ -405,8 +405,16 @@ class Controller:
             if self.schema is SchemaState.BEHIND:  # migrations only as leader
                 await self.store.migrate()
                 self.schema = SchemaState.CURRENT
-            # A fresh list, then the watch from it: no standby backlog to replay.
-            await self.backend.start()
+            # A fresh list, then the watch from it: no standby backlog to replay. The
+            # store's rows are read meanwhile: both wait mostly on another process (at
+            # 10,000 pods, the API server's answer is most of a second).
+            loading = asyncio.create_task(self.store.load(), name="controller:load")
+            try:
+                await self.backend.start()
+                loaded = await loading
+            finally:  # after a failed list: not left running, its error not left unread
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
             scheduler = Scheduler(
                 limits=self.settings.limits(),
                 store=self.store,
@@ -420,7 +428,7 @@ class Controller:
                 snapshot_max_bytes=self.settings.snapshot_max_bytes,
             )
             scheduler.egress.sealer = self.sealer
-            await scheduler.start()
+            await scheduler.start(loaded)
         except Exception:
             log.exception("could not start leading; releasing the lease")
             await self._give_up_leading(scheduler, epoch)

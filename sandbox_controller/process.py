@@ -12,8 +12,6 @@ import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from proxy import ProxyProcess
-
 from .api import create_app
 from .backends.base import Backend
 from .clock import Clock
@@ -24,6 +22,7 @@ from .serving import EdgeLimits, Listener, bind
 from .tokens import public_key
 
 if TYPE_CHECKING:
+    from proxy import ProxyProcess
     from proxy.egress.process import EgressProxyProcess
 
 log = logging.getLogger(__name__)
@@ -153,6 +152,9 @@ class DevProcess:
             update={"token_secret": None, "api_token": None, "api_tokens": ""}
         )
         secrets_in_use = (settings.token_secret.encode(), *settings.verifying_token_secrets)
+        # Imported here: `serve`, whose restart is timed, never runs the proxy.
+        from proxy import ProxyProcess
+
         try:
             self.proxy = ProxyProcess(
                 proxy_settings, verify_keys=[public_key(s) for s in secrets_in_use]

@@ -71,10 +71,19 @@ def eviction(pod: Mapping[str, Any]) -> str | None:
     API, preemption or the kubelet set (Kubernetes 1.26+), or the kubelet's older
     ``reason: Evicted`` status (node pressure, ephemeral storage over its limits)."""
     status = pod.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            reason, message = cond.get("reason"), cond.get("message")
-            return f"{reason}: {message}" if reason and message else str(message or reason)
+    return _eviction(status, _conditions(status))
+
+
+def _conditions(status: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+    """The pod's conditions by type (the last of a type, as the API has one of each)."""
+    return {c.get("type"): c for c in status.get("conditions") or ()}
+
+
+def _eviction(status: Mapping[str, Any], conditions: Mapping[Any, Mapping[str, Any]]) -> str | None:
+    cond = conditions.get("DisruptionTarget")
+    if cond is not None and cond.get("status") == "True":
+        reason, message = cond.get("reason"), cond.get("message")
+        return f"{reason}: {message}" if reason and message else str(message or reason)
     if status.get("reason") == "Evicted":
         return str(status.get("message") or "Evicted")
     return None
@@ -120,13 +129,13 @@ def pod_status(
 ) -> PodStatus:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    conditions = _conditions(status)  # one pass: this runs for every pod listed
     common: dict[str, Any] = {
         "name": meta.get("name", ""),
         "labels": dict(meta.get("labels") or {}),
         "created_at": parse_time(meta.get("creationTimestamp")),
         "terminating": bool(meta.get("deletionTimestamp")),
-        "evicted": eviction(pod),
+        "evicted": _eviction(status, conditions),
     }
     failure = _failure(pod)
     if failure is not None:
@@ -196,7 +205,7 @@ class PodCache:
     def _refresh(self, name: str) -> PodEvent | None:
         pod = self._pods[name]
         warning = self._warnings.get(name)
-        if kubelet_ready(pod):
+        if name in self._answered and kubelet_ready(pod):
             self._answered.discard(name)  # the kubelet agrees: its word from now on
         answered = name in self._answered
         new = pod_status(pod, warning[1] if warning else None, self.port, answered)

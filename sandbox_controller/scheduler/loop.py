@@ -49,6 +49,7 @@ from .effects import Outbox
 from .egress import OpenSecret
 from .lifecycle import ROUTE_LEASE
 from .pool import Pool
+from .ports import Loaded
 from .rounds import Rounds, session_copy
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,11 @@ class Scheduler(Rounds):
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Rebuild from the store and the backend, then start the loop."""
-        await self._recover()
+    async def start(self, loaded: Loaded | None = None) -> None:
+        """Rebuild from the store and the backend, then start the loop. ``loaded``:
+        the store's rows, read already (the controller reads them while the backend
+        lists its pods); else they are read here."""
+        await self._recover(loaded)
         self.running = True
         self._tasks.start(self._feed_events(), "events")
         self._loop = self._tasks.start(self._run(), "loop")

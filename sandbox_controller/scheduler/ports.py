@@ -10,9 +10,12 @@ from ..backends.base import ErrorKind
 from ..model import EndReason, Pod, Session, SessionPage, SessionQuery
 from ..store import Batch, Fence
 
+# What a rebuild starts from: the live sessions and every pod row.
+Loaded = tuple[list[Session], list[Pod]]
+
 
 class SchedulerStore(Protocol):
-    async def load(self) -> tuple[list[Session], list[Pod]]:
+    async def load(self) -> Loaded:
         """Every live session (and the ended ones kept), and every pod row."""
 
     async def get_session(self, session_id: str) -> Session | None: ...

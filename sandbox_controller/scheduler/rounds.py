@@ -44,7 +44,7 @@ from .effects import Answer, Outbox
 from .egress import EgressBook
 from .pod_rows import PendingPodRows
 from .pool import Pool
-from .ports import LoopObserver, NoObserver, SchedulerStore
+from .ports import Loaded, LoopObserver, NoObserver, SchedulerStore
 from .recovery import restore
 
 # The loop's parts log as the loop: one logger for operators to tune.
@@ -111,8 +111,8 @@ class Rounds(EffectCalls):
         # Sessions' egress secrets and the create-id index (scheduler/egress.py).
         self.egress = EgressBook()
 
-    async def _recover(self) -> None:
-        sessions, pod_rows = await self.store.load()
+    async def _recover(self, loaded: Loaded | None = None) -> None:
+        sessions, pod_rows = loaded if loaded is not None else await self.store.load()
         backend_pods = await self.backend.resync()
         now = self.clock.monotonic()
         pool = self.pool_type(

@@ -12,18 +12,12 @@ cannot write.
 from __future__ import annotations
 
 import asyncio
-import enum
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -45,12 +39,14 @@ from ..model import (
 )
 from . import egress
 from .engines import Engine, open_engine
+from .schema import MIGRATIONS as MIGRATIONS
+from .schema import SchemaState as SchemaState
+from .schema import UnknownRevision as UnknownRevision
+from .schema import current_revision, migrate_to, schema_state
 from .tables import leader_lease, pods, session_secrets, sessions
 
 T = TypeVar("T")
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-_VERSION_TABLE = "alembic_version"  # Alembic's own
 LEASE_NAME = "controller"
 
 
@@ -63,15 +59,6 @@ _FENCE = (
     .where(leader_lease.c.epoch == sa.bindparam("fence_epoch"))
     .values(epoch=leader_lease.c.epoch)
 )
-
-
-class SchemaState(enum.Enum):
-    EMPTY = "empty"  # a new database: any replica may create the schema
-    BEHIND = "behind"  # an older schema this version knows: the leader migrates it
-    CURRENT = "current"
-    # A revision this version does not know: a newer version migrated the database.
-    # Writing with old code could corrupt it, so this replica waits, not ready.
-    NEWER = "newer"
 
 
 class Deposed(Exception):
@@ -256,21 +243,21 @@ class Store:
         the store's timeouts: a migration may rightly take longer than any one
         statement should."""
         if self._url is None or self.dialect == "sqlite":
-            await self.run(_migrate_to, to)  # SQLite: one connection, the store's own
+            await self.run(migrate_to, to)  # SQLite: one connection, the store's own
             return
         engine = open_engine(self._url)
         try:
-            await engine.run(_migrate_to, to)
+            await engine.run(migrate_to, to)
         finally:
             await engine.close()
 
     async def revision(self) -> str | None:
         """The database's schema revision (None: an empty database)."""
-        return await self.run(_current_revision)
+        return await self.run(current_revision)
 
     async def schema(self) -> SchemaState:
         """Whether the database's schema is one this version knows (see SchemaState)."""
-        return await self.run(_schema_state)
+        return await self.run(schema_state)
 
     # ------------------------------------------------------------ reads
 
@@ -463,57 +450,6 @@ def _acquire_lease(
         .values(holder=holder, epoch=epoch, expires_at=now + ttl)
     )
     return epoch if result.rowcount == 1 else None
-
-
-@functools.cache
-def _revisions() -> tuple[frozenset[str], frozenset[str]]:
-    """Every revision this version knows, and its heads."""
-    script = ScriptDirectory(str(MIGRATIONS))
-    known = frozenset(r.revision for r in script.walk_revisions())
-    return known, frozenset(script.get_heads())
-
-
-def _schema_state(connection: Connection) -> SchemaState:
-    # Read directly: a standby asks twice a second, and MigrationContext logs each time.
-    current: set[str] = set()
-    if sa.inspect(connection).has_table(_VERSION_TABLE):
-        rows = connection.execute(sa.text(f"SELECT version_num FROM {_VERSION_TABLE}"))
-        current = {str(row[0]) for row in rows}
-    known, heads = _revisions()
-    if not current:
-        return SchemaState.EMPTY
-    if not current <= known:
-        return SchemaState.NEWER
-    return SchemaState.CURRENT if current == heads else SchemaState.BEHIND
-
-
-class UnknownRevision(ValueError):
-    """``migrate --to`` named a revision this version does not know."""
-
-
-def _migrate_to(connection: Connection, target: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    known, _ = _revisions()
-    if target == "head":
-        command.upgrade(config, "head")
-        return
-    if target not in known and target != "base":
-        raise UnknownRevision(f"no revision {target!r}; known: {', '.join(sorted(known))}")
-    current = _current_revision(connection)
-    script = ScriptDirectory(str(MIGRATIONS))
-    below = {r.revision for r in script.walk_revisions("base", current)} if current else set()
-    if target == "base" or (target in below and target != current):
-        command.downgrade(config, target)  # each migration's downgrade(), newest first
-    else:
-        command.upgrade(config, target)
-
-
-def _current_revision(connection: Connection) -> str | None:
-    if not sa.inspect(connection).has_table(_VERSION_TABLE):
-        return None
-    return connection.execute(sa.text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalar()
 
 
 async def wait_for_database(
