@@ -150,6 +150,17 @@ async def test_a_request_its_pod_left_untouched_goes_to_the_next_pod_or_is_refus
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "sandbox_suspending"
         assert refused.headers["retry-after"] == "1"
+
+        # A WebSocket upgrade the old pod refuses untouched is dialled at the next pod.
+        stack.controller.add("sess-c", "ready", old.address)
+        third = {"x-sandbox-token": token_for("sess-c")}
+        # Its health check (still served) leaves the proxy holding the route.
+        health = await stack.client.get(stack.base + "/s/sess-c/healthz", headers=third)
+        assert health.status_code == 200
+        stack.controller.add("sess-c", "ready", stack.sandbox_served.address)
+        async with connect(stack.ws_base + "/s/sess-c/ws", additional_headers=third) as ws:
+            await ws.send("to the next pod")
+            assert await ws.recv() == "to the next pod"
     finally:
         await old.stop()
 
