@@ -4,8 +4,9 @@ The contract (README, "Suspend and resume: the sandbox contract"): once a sandbo
 begun answering ``POST /_sandbox/snapshot`` it serves nothing but its hooks and its
 health check until it is deleted. Every other request, and every WebSocket upgrade, is
 answered 503 with ``X-Sandbox-Suspending: 1`` and left untouched, so the proxy may send
-it to the session's next pod; the snapshot waits (a while) for the requests already in
-progress, so that what they acknowledged is in it; one that answers only after the
+it to the session's next pod; the snapshot waits (up to 10 s) for the requests in
+progress not yet answered, so that what they acknowledge is in it (a stream whose
+status went out before, SSE, is not waited for); one that answers only after the
 packing began gets a plain 503 instead of its own answer (it may or may not be in the
 archive: never a success that might be lost); open WebSockets are closed with 1012
 (service restart), and the client's reconnection wakes the session.
@@ -60,7 +61,7 @@ class Quiesce:
 
     async def quiesce(self) -> None:
         """Refuse new work, close the WebSockets, and wait (up to DRAIN_SECONDS) for the
-        requests in progress to be answered."""
+        requests in progress to be answered (their status sent)."""
         self.quiet = True
         for send in list(self._sockets):
             with contextlib.suppress(Exception):  # it closed meanwhile
@@ -86,21 +87,31 @@ class Quiesce:
             if self.quiet:
                 await _refuse(scope, receive, send)
                 return
+            # Busy until answered (its status sent: a stream already answered, SSE, is
+            # not waited for) or, for a WebSocket, until it closes.
             self._busy += 1
+            busy = True
+
+            def answered() -> None:
+                nonlocal busy
+                if busy:
+                    busy = False
+                    self._busy -= 1
+                    if not self._busy and self._idle is not None:
+                        self._idle.set()
+
             websocket = scope["type"] == "websocket"
             if websocket:
                 self._sockets.add(send)
             try:
-                await app(scope, receive, send if websocket else self._guard(send))
+                await app(scope, receive, send if websocket else self._guard(send, answered))
             finally:
-                self._busy -= 1
                 self._sockets.discard(send)
-                if not self._busy and self._idle is not None:
-                    self._idle.set()
+                answered()
 
         return quiescing
 
-    def _guard(self, send: Send) -> Send:
+    def _guard(self, send: Send, answered: Callable[[], None]) -> Send:
         late = False
 
         async def guarded(message: Message) -> None:
@@ -112,6 +123,8 @@ class Quiesce:
                 return
             if not late:
                 await send(message)
+                if message["type"] == "http.response.start":
+                    answered()
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 await send({"type": "http.response.body", "body": _LATE})
 

@@ -87,3 +87,17 @@ async def test_an_answer_after_the_packing_began_is_a_plain_503(
         late = await slow
         assert late.status_code == 503 and "x-sandbox-suspending" not in late.headers
         assert late.json()["error"]["code"] == "sandbox_suspending"
+
+
+async def test_a_stream_already_answered_does_not_hold_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devsandbox_quiesce, "DRAIN_SECONDS", 600.0)  # a hang, if waited for
+    transport = httpx.ASGITransport(app=build_app(SECRET, tmp_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        events = asyncio.create_task(client.get("/events?n=1000&interval=0.5"))
+        await asyncio.sleep(0.1)  # its status and first event are out
+        answer = await asyncio.wait_for(client.post("/_sandbox/snapshot", headers=AUTH), 60)
+        assert answer.status_code == 200
+        assert not events.done()
+        events.cancel()
