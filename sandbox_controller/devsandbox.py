@@ -222,8 +222,7 @@ class ContractState:
     snapshot_encoding: Encoding = "gzip"
     stall: StallSwitch = field(default_factory=StallSwitch)
     calls: dict[str, int] = field(default_factory=lambda: {"snapshot": 0, "restore": 0})
-    # From its snapshot on it serves its hooks only (devsandbox_quiesce.py).
-    quiesce: Quiesce = field(default_factory=Quiesce)
+    quiesce: Quiesce = field(default_factory=Quiesce)  # hooks only, from its snapshot on
 
     def ensure_workdir(self) -> Path:
         """The workspace, made at the first hook that needs it (claim or restore)."""
