@@ -53,7 +53,8 @@ FORWARD_RESPONSES: dict[int, tuple[str, list[str]]] = {
     503: (
         "the controller cannot be asked, the proxy is draining or at its connection cap; "
         "or a suspended session could not be woken (cap, failed restore, the resume wait "
-        "passed); a browser tab gets a page that reloads itself",
+        "passed), or its sandbox was being suspended as a streamed body went to it; a "
+        "browser tab gets a page that reloads itself",
         [
             "controller_unavailable",
             "draining",
@@ -61,6 +62,7 @@ FORWARD_RESPONSES: dict[int, tuple[str, list[str]]] = {
             "capacity_exhausted",
             "restore_failed",
             "resume_timeout",
+            "sandbox_suspending",
         ],
     ),
     504: ("timed out connecting to the sandbox", ["sandbox_timeout"]),

@@ -22,6 +22,7 @@ from sandbox_controller.config import ConfigError, Settings
 from sandbox_controller.serving import KEEP_ALIVE_SECONDS
 from sandbox_controller.tokens import TokenClaims, public_key, token_key_id
 
+from .access import access_log, log_access
 from .activity import ActivityReporter
 from .admin import build_admin
 from .auth import (
@@ -38,19 +39,17 @@ from .auth import (
     strip_cookie,
     strip_query_token,
 )
-from .errors import ProxyError, unreachable, upstream_timeout
-from .forward import ClientGone, Exchange, request_head
+from .errors import ProxyError, sandbox_suspending, unreachable, upstream_timeout
+from .forward import ClientGone, Exchange, Suspending, request_head
 from .metrics import ProxyMetrics
 from .paths import Target, host_target, parse_target
 from .routes import RouteCache
 from .tokenkeys import TokenKeyFetcher
-from .upstream import BadHead, DialTimeout, HeadLimits, UpstreamError, UpstreamPool
-from .wake import StillWaking, Waker, waking_page
+from .upstream import BadHead, DialError, DialTimeout, HeadLimits, UpstreamError, UpstreamPool
+from .wake import StillWaking, Waker, is_navigation, waking_page
 from .websocket import Relay, upstream_headers
 
 log = logging.getLogger(__name__)
-# One line per request or WebSocket, secrets never in it (paths are logged without query).
-access_log = logging.getLogger("proxy.access")
 
 Header = tuple[bytes, bytes]
 
@@ -255,33 +254,52 @@ class ProxyApp:
             sent = len(page)
         self.metrics.request(status)
         if access_log.isEnabledFor(logging.INFO):
-            _log_access(scope, session_id, status, sent, time.perf_counter() - started)
+            log_access(scope, session_id, status, sent, time.perf_counter() - started)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, target: Target, prefix: bytes
     ) -> tuple[int, int]:
+        session_id = target.session_id
+        cached = self.routes.cached(session_id)  # the route before this request asks
         cookie, address = await self._admit(scope, target)
         query = strip_query_token(scope["query_string"])
         path = target.upstream_path + b"?" + query if query else target.upstream_path
         head, length, chunked = request_head(scope, path, address, prefix, _strip_auth)
-        session_id = target.session_id
         activity = self.activity
 
         def mark() -> None:
             activity.mark(session_id)
 
         exchange = Exchange(scope, receive, send, self.pool, mark)
-        try:
-            status = await exchange.run(address, head, length, chunked, cookie)
-        except DialTimeout:
-            self._forget(session_id, address)
-            raise upstream_timeout() from None
-        except UpstreamError as exc:
-            log.info("sandbox %s for session %s: %s", address, session_id, exc)
-            self._forget(session_id, address)
-            raise exc.error if isinstance(exc, BadHead) else unreachable() from None
-        except ClientGone:
-            return 499, 0  # nginx's code for "client closed request"; nothing was sent
+        for again in (False, True):
+            try:
+                status = await exchange.run(address, head, length, chunked, cookie)
+                break
+            except DialTimeout:
+                self._forget(session_id, address)
+                raise upstream_timeout() from None
+            except (Suspending, DialError) as exc:
+                # Left untouched by a pod being suspended, or not reached through a
+                # cached route (a pod gone): sent once more, where the controller now
+                # says (wake.py ``elsewhere``); never a success that might be lost.
+                log.info("sandbox %s for session %s: %s", address, session_id, exc)
+                fresh = self.routes.cached(session_id) is not cached  # asked just now
+                self._forget(session_id, address)
+                if isinstance(exc, Suspending):
+                    error, last = sandbox_suspending(), not exc.replayable
+                else:
+                    error, last = unreachable(), fresh
+                if again or last:
+                    raise error from None
+                nav = is_navigation(scope)
+                address = await self.waker.elsewhere(session_id, address, error, nav)
+                head, length, chunked = request_head(scope, path, address, prefix, _strip_auth)
+            except UpstreamError as exc:
+                log.info("sandbox %s for session %s: %s", address, session_id, exc)
+                self._forget(session_id, address)
+                raise exc.error if isinstance(exc, BadHead) else unreachable() from None
+            except ClientGone:
+                return 499, 0  # nginx's code for "client closed request"; nothing was sent
         self.metrics.upstream_seconds.observe(exchange.upstream_seconds)
         return status, exchange.sent_bytes
 
@@ -314,7 +332,7 @@ class ProxyApp:
 
     async def _address(self, scope: Scope, session_id: str) -> str:
         """The session's pod, woken first if it is suspended (wake.py)."""
-        return await self.waker.address(session_id, navigation=_is_navigation(scope))
+        return await self.waker.address(session_id, navigation=is_navigation(scope))
 
     def _secure(self, scope: Scope) -> bool:
         return (
@@ -381,20 +399,26 @@ class ProxyApp:
             def mark() -> None:
                 activity.mark(session_id)
 
-            relay = Relay(mark)
-            try:
-                await relay.dial(
-                    address,
-                    path + "?" + query.decode("latin-1") if query else path,
-                    # Built in the call: the request head is not kept for the relay's life.
-                    upstream_headers(scope, prefix.decode("latin-1"), _strip_auth),
-                    scope.get("subprotocols", []),
-                    self.connect_timeout,
-                )
-            except ProxyError as err:
-                if err.status in (502, 504):
-                    self._forget(target.session_id, address)
-                raise
+            for again in (False, True):
+                relay = Relay(mark)
+                try:
+                    await relay.dial(
+                        address,
+                        path + "?" + query.decode("latin-1") if query else path,
+                        # Built in the call: the request head is not kept for the relay's life.
+                        upstream_headers(scope, prefix.decode("latin-1"), _strip_auth),
+                        scope.get("subprotocols", []),
+                        self.connect_timeout,
+                    )
+                    break
+                except ProxyError as err:
+                    moved = err.code in ("sandbox_suspending", "sandbox_unreachable")
+                    if err.status in (502, 504) or moved:
+                        self._forget(target.session_id, address)
+                    if again or not moved:
+                        raise
+                    # Nothing went through: dialled once more, as for HTTP.
+                    address = await self.waker.elsewhere(target.session_id, address, err)
         except ProxyError as err:
             self.metrics.request(err.status)
             log.info(
@@ -428,45 +452,7 @@ class ProxyApp:
                 self._relays_done.set()
             if access_log.isEnabledFor(logging.INFO):
                 duration = time.perf_counter() - started
-                _log_access(scope, session_id, 101, relay.bytes_relayed, duration)
-
-
-def _log_access(scope: Scope, session_id: str, status: int, sent: int, seconds: float) -> None:
-    method = scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET"
-    path = scope["path"]  # never the query: a token may be in it
-    access_log.info(
-        "%s %s session=%s status=%d bytes=%d duration_ms=%.1f",
-        method,
-        path,
-        session_id,
-        status,
-        sent,
-        seconds * 1000,
-        extra={
-            "fields": {
-                "method": method,
-                "path": path,
-                "session_id": session_id,
-                "status": status,
-                "bytes": sent,
-                "duration_ms": round(seconds * 1000, 3),
-            }
-        },
-    )
-
-
-def _is_navigation(scope: Scope) -> bool:
-    """A browser loading a page in a tab (not a fetch, not an API client): worth a page
-    that says what it waits for rather than a long blank wait."""
-    if scope["type"] != "http" or scope["method"] != "GET":
-        return False
-    mode = accept = b""
-    for name, value in scope["headers"]:
-        if name == b"sec-fetch-mode":
-            mode = value
-        elif name == b"accept":
-            accept = value
-    return mode == b"navigate" and b"text/html" in accept
+                log_access(scope, session_id, 101, relay.bytes_relayed, duration)
 
 
 def _retry_after(err: ProxyError) -> list[Header]:

@@ -47,6 +47,11 @@ def suspended() -> ProxyError:
     return ProxyError(409, "session_suspended", "the session is suspended")
 
 
+def sandbox_suspending() -> ProxyError:
+    message = "the session's sandbox is being suspended; send the request again"
+    return ProxyError(503, "sandbox_suspending", message, retry_after=1.0)
+
+
 def resume_timeout(seconds: float) -> ProxyError:
     message = f"the session did not resume within {seconds:g} s; try again"
     return ProxyError(503, "resume_timeout", message, retry_after=2.0)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
+from sandbox_controller.sandbox_contract import SUSPENDING_HEADER
+
 from .auth import host_only
 from .upstream import Connection, Response, UpstreamError, UpstreamPool, read_head
 
@@ -51,6 +53,19 @@ class ClientGone(Exception):
 
 class Truncated(Exception):
     """The pod broke off after the response had started: nothing to answer any more."""
+
+
+class Suspending(Exception):
+    """The sandbox is being suspended and left the request untouched (its 503 with
+    X-Sandbox-Suspending: 1). ``replayable``: the whole request is still at hand, so it
+    may go to the session's next pod; otherwise its body has streamed past."""
+
+    def __init__(self, replayable: bool) -> None:
+        super().__init__("the sandbox is being suspended")
+        self.replayable = replayable
+
+
+_SUSPENDING = (SUSPENDING_HEADER.encode(), b"1")
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -145,6 +160,10 @@ class Exchange:
         self.client_gone = False
         self.upstream_seconds = 0.0
         self.sent_bytes = 0  # response body bytes, for the access log
+        # The request body's first piece and whether more follows, once received: kept
+        # so that the request can be sent again to another pod (Suspending, a dial
+        # refused) without asking the client for it twice.
+        self._first_body: tuple[bytes, bool] | None = None
 
     async def run(
         self,
@@ -159,11 +178,12 @@ class Exchange:
         first = head
         more_body = False
         if chunked or length:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            body: bytes = message.get("body", b"")
-            more_body = message.get("more_body", False)
+            if self._first_body is None:
+                message = await self.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                self._first_body = (message.get("body", b""), message.get("more_body", False))
+            body, more_body = self._first_body
             if body:
                 self.mark()
                 first += _frame(body, chunked)
@@ -186,6 +206,8 @@ class Exchange:
                 resp = await self._read_head(conn, head_only)
             if resp is None:
                 raise UpstreamError("the sandbox closed the connection before responding")
+            if resp.status == 503 and _SUSPENDING in resp.headers:
+                raise Suspending(replayable=not more_body)
         except BaseException:
             conn.close()
             if helper is not None:

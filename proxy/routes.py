@@ -130,6 +130,9 @@ class RouteCache:
         if not task.cancelled():
             task.exception()  # retrieved here; the waiters got it already, if any are left
 
+    def cached(self, session_id: str) -> Route | None:
+        return self._entries.get(session_id)
+
     def invalidate(self, session_id: str) -> None:
         self._entries.pop(session_id, None)
 

@@ -20,6 +20,7 @@ import logging
 from urllib.parse import quote
 
 import httpx
+from starlette.types import Scope
 
 from sandbox_controller.clock import Clock
 
@@ -90,6 +91,19 @@ class Waker:
         # Shielded: one client leaving must not cancel the wake for the rest. The wake
         # itself gives up at the resume wait.
         return await asyncio.shield(task)
+
+    async def elsewhere(
+        self, session_id: str, address: str, error: ProxyError, navigation: bool = False
+    ) -> str:
+        """The session's pod now, for a request its pod at ``address`` left untouched
+        (being suspended, or gone): the route asked again, the session woken first if
+        it is suspended. ``error`` if that is the same address (a pod that died rather
+        than moved: the controller has not seen it yet)."""
+        self._routes.invalidate(session_id)
+        moved = await self.address(session_id, navigation=navigation)
+        if moved == address:
+            raise error
+        return moved
 
     async def _hold(self, task: asyncio.Task[str], seconds: float) -> str:
         """The wake's answer, or StillWaking once ``seconds`` of the clock have passed."""
@@ -185,6 +199,20 @@ def _retry_after(resp: httpx.Response) -> float | None:
     except ValueError:
         return None
     return seconds if 0 <= seconds < 86400 else None
+
+
+def is_navigation(scope: Scope) -> bool:
+    """A browser loading a page in a tab (not a fetch, not an API client): worth a page
+    that says what it waits for rather than a long blank wait."""
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    mode = accept = b""
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-mode":
+            mode = value
+        elif name == b"accept":
+            accept = value
+    return mode == b"navigate" and b"text/html" in accept
 
 
 _PAGE = b"""<!doctype html>

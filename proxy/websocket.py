@@ -29,7 +29,9 @@ from starlette.types import Scope, Send
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from .errors import ProxyError, unreachable, upstream_timeout
+from sandbox_controller.sandbox_contract import SUSPENDING_HEADER
+
+from .errors import ProxyError, sandbox_suspending, unreachable, upstream_timeout
 from .forward import HOP_BY_HOP, REQUEST_OWN, connection_tokens
 
 GOING_AWAY = 1001
@@ -38,6 +40,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HANDSHAKE = 64 * 1024
 _DATA_OPCODES = (0x0, 0x1, 0x2)
 _CLOSE = 0x8
+_SUSPENDING = b"\r\n" + SUSPENDING_HEADER.encode() + b": 1"
 
 
 def upstream_headers(
@@ -258,6 +261,8 @@ class Relay:
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         if status != 101:
             self.abort()
+            if status == 503 and _SUSPENDING in head.lower():
+                raise sandbox_suspending()  # untouched: the proxy may dial its next pod
             if 400 <= status < 600:
                 message = f"the sandbox answered {status}"
                 raise ProxyError(status, "sandbox_refused", message)

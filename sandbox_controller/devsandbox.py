@@ -51,9 +51,10 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .devsandbox_quiesce import Quiesce
 from .devsandbox_snapshot import Encoding, restore, snapshot_response
 from .sandbox_contract import (
     CLAIM_PATH,
@@ -221,6 +222,7 @@ class ContractState:
     snapshot_encoding: Encoding = "gzip"
     stall: StallSwitch = field(default_factory=StallSwitch)
     calls: dict[str, int] = field(default_factory=lambda: {"snapshot": 0, "restore": 0})
+    quiesce: Quiesce = field(default_factory=Quiesce)  # hooks only, from its snapshot on
 
     def ensure_workdir(self) -> Path:
         """The workspace, made at the first hook that needs it (claim or restore)."""
@@ -324,7 +326,9 @@ def contract_routes(state: ContractState) -> list[Route]:
 
     async def snapshot(request: Request) -> Response:
         state.calls["snapshot"] += 1
+        await state.quiesce.quiesce()  # what was acknowledged is in the archive
         await asyncio.sleep(state.stall.snapshot)
+        state.quiesce.packing()
         return snapshot_response(state.workdir, state.snapshot_encoding)
 
     async def restore_workspace(request: Request) -> Response:
@@ -427,10 +431,10 @@ def build_app(
     *,
     hooks: bool = True,
     snapshot_encoding: Encoding = "gzip",
-) -> Starlette:
+) -> ASGIApp:
     """``hooks=False``: a sandbox that implements none of the contract's hooks (404)."""
     state = ContractState(claim_secret, workdir, snapshot_encoding=snapshot_encoding)
-    return Starlette(
+    app = Starlette(
         routes=[
             *(contract_routes(state) if hooks else []),
             Route(HEALTH_PATH, healthz),
@@ -442,6 +446,7 @@ def build_app(
             WebSocketRoute("/ws", ws_echo),
         ]
     )
+    return state.quiesce.around(app)
 
 
 def main(argv: list[str] | None = None) -> None:

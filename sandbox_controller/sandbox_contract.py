@@ -24,6 +24,10 @@ SNAPSHOT_PATH = HOOK_PREFIX + "snapshot"
 RESTORE_PATH = HOOK_PREFIX + "restore"
 # Answers that mean "this sandbox does not implement the hook": it works as before.
 HOOK_NOT_IMPLEMENTED = frozenset({404, 405, 501})
+# From its snapshot on, a sandbox serves its hooks and health check only: every other
+# request (and WebSocket upgrade) is answered 503 with this header, set to "1", and
+# left untouched, so the proxy may send it to the session's next pod instead.
+SUSPENDING_HEADER = "x-sandbox-suspending"
 
 # The pod's claim secret: the sandbox accepts hook calls only with it.
 ENV_CLAIM_SECRET = "SANDBOX_CLAIM_SECRET"

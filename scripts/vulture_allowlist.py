@@ -106,3 +106,5 @@ _.readinto
 _.seekable
 _.seek
 _.tell
+# tarfile reads it when it copies a member out (devsandbox_snapshot.py _unpack).
+_.copybufsize

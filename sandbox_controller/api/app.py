@@ -167,11 +167,11 @@ def create_app(controller: Controller) -> FastAPI:
         grants = body.egress.grants if body.egress else ()
         check_grants(grants, ctl)
         held = session_secrets(body.secrets, ctl)
-        # The sandbox's env gets each secret's placeholder, never its value.
-        env = {**body.env, **{s.name: s.placeholder for s in held}}
+        # The sandbox's env gets each secret's placeholder, never its value: added by
+        # every claim of the session, its first and each resume's (effect_calls.py).
         payload = ClaimPayload(
             metadata=body.metadata,
-            env=env,
+            env=body.env,
             files=tuple(ClaimFile(f.path, f.content) for f in body.files),
         )
         try:

@@ -30,6 +30,7 @@ from ..model import (
     Plan,
     PodState,
     Provisioning,
+    SecretRef,
     Session,
     SessionState,
     Shape,
@@ -68,6 +69,7 @@ class Admission:
         org_id: str = "",
         plan: str | None = None,
         shape: Shape | None = None,
+        secrets: tuple[SecretRef, ...] = (),
     ) -> None:
         """A builder opened an agent thread. The answer arrives via the outbox. A retry
         for a thread with a live session gets that session; its metadata (and plan) is
@@ -121,6 +123,7 @@ class Admission:
             template=shape.template,
             resources=shape.resources,
             opened_by=pool.caller,
+            secrets=secrets,
         )
         pool.track_live(session)
         self._seat(session, request_id, wait_seconds, now)

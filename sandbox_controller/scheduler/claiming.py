@@ -112,6 +112,7 @@ class Claims:
             pod.create_id,
             self._payload_of.get(session.id),
             dict(session.metadata),
+            bool(session.secrets),
         )
 
     def finish(self, session_id: str, attempt: int) -> Claim | None:

@@ -32,6 +32,7 @@ from ..snapshots import (
 from .claiming import NO_ANSWER, ClaimFailure
 from .conditions import kind_of
 from .effects import ClaimCall, Outbox, Release, RestoreCall, SnapshotCall, StatusCheck
+from .egress import OpenSecret
 from .pool import Pool
 from .ports import LoopObserver, StatusAnswer
 
@@ -269,29 +270,44 @@ class EffectCalls:
         round that decided it committed under this leader's fence."""
         accepted, failure = True, NO_ANSWER
         if self.hooks is not None:
-            held = self._payloads.get(call.request_id) if call.request_id is not None else None
-            payload = ClaimPayload(
-                metadata=call.metadata,
-                env=held.env if held else {},
-                files=held.files if held else (),
-            )
-            session = (call.session_id, call.user_id, call.thread_id)
-            # The hook's request carries this span's traceparent (hooks.py).
-            with tracing.span("sandbox.claim", trace, kind=SpanKind.CLIENT, pod=call.pod_name):
-                result = await self.hooks.claim(call.address, call.create_id, session, payload)
-            accepted, failure = result.ok, claim_failure(result)
+            accepted, failure = await self._call_claim(self.hooks, call, trace)
             if not accepted:
                 log.warning(
                     "claim hook of pod %s failed for session %s: %s",
                     call.pod_name,
                     call.session_id,
-                    result.detail,
+                    failure.words,
                 )
 
         def apply(pool: Pool, now: float) -> None:
             pool.claim_answered(call.session_id, call.attempt, accepted, now, failure)
 
         self._queue.put_nowait(Command(apply))
+
+    async def _call_claim(
+        self, hooks: SandboxHooks, call: ClaimCall, trace: Context | None
+    ) -> tuple[bool, ClaimFailure]:
+        held = self._payloads.get(call.request_id) if call.request_id is not None else None
+        env = dict(held.env) if held else {}
+        if call.secrets:
+            # Each secret's placeholder, never its value, and the session's own (the
+            # same on every pod it has, so code that saved one keeps working).
+            try:
+                secrets = await self.egress_secrets(call.session_id)
+            except Exception as exc:  # the store unreachable: an attempt failed, retried
+                return False, ClaimFailure(False, f"its egress secrets unread: {exc}")
+            env.update({s.name: s.placeholder for s in secrets})
+        payload = ClaimPayload(metadata=call.metadata, env=env, files=held.files if held else ())
+        session = (call.session_id, call.user_id, call.thread_id)
+        # The hook's request carries this span's traceparent (hooks.py).
+        with tracing.span("sandbox.claim", trace, kind=SpanKind.CLIENT, pod=call.pod_name):
+            result = await hooks.claim(call.address, call.create_id, session, payload)
+        return result.ok, claim_failure(result)
+
+    async def egress_secrets(self, session_id: str) -> tuple[OpenSecret, ...]:
+        """A live session's egress secrets with their values (loop.py: from the egress
+        book, else the store)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ hook effects
 

@@ -12,7 +12,9 @@ from ..model import AuditEvent, EndReason, Outcome, Shape
 @dataclass(frozen=True)
 class ClaimCall:
     """One claim attempt for the loop to carry out (effect_calls.py ``_claim``).
-    ``request_id`` names the POST /sessions call whose env and files go with it."""
+    ``request_id`` names the POST /sessions call whose env and files go with it;
+    ``secrets``: the session holds egress secrets, whose placeholders every claim's env
+    carries (its first and each resume's: the same ones)."""
 
     attempt: int
     session_id: str
@@ -23,6 +25,7 @@ class ClaimCall:
     create_id: str
     request_id: int | None
     metadata: dict[str, str] = field(default_factory=dict)
+    secrets: bool = False
 
 
 @dataclass(frozen=True)

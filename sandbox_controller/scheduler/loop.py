@@ -175,6 +175,7 @@ class Scheduler(Rounds):
                 org_id=org_id,
                 plan=plan,
                 shape=shape,
+                secrets=tuple(s.ref for s in secrets),
             )
             sid = pool.live_by_thread.get(thread)
             if (egress_allow or secrets) and sid is not None and sid != before:  # a new one

@@ -36,6 +36,7 @@ from ..model import (
     Pod,
     PodState,
     Provisioning,
+    SecretRef,
     Session,
     SessionState,
     Shape,
@@ -438,9 +439,11 @@ class Pool(PoolViews):
         org_id: str = "",
         plan: str | None = None,
         shape: Shape | None = None,
+        secrets: tuple[SecretRef, ...] = (),
     ) -> None:
         """A builder opened an agent thread (admission.py); answered via the outbox.
-        ``shape``: its template and resources (None: the default template's own)."""
+        ``shape``: its template and resources (None: the default template's own);
+        ``secrets``: a new session's egress secrets (its claims carry placeholders)."""
         self.admission.open_session(
             request_id,
             user_id,
@@ -451,6 +454,7 @@ class Pool(PoolViews):
             org_id=org_id,
             plan=plan,
             shape=shape,
+            secrets=secrets,
         )
 
     def lease_route(self, session_id: str, now: float) -> Pod | None:

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from .store import (
     ArchiveInfo,
     ArchiveMissing,
-    SnapshotTooLarge,
+    Bounded,
     StoreUnavailable,
     check_encoding,
     check_key,
@@ -64,17 +64,14 @@ class FileStore:
         writing = f"cannot write to {self.root}"
         with _unavailable(writing):
             handle = await asyncio.to_thread(_open_part, part)
-        size = 0
+        source = Bounded(chunks, max_bytes)
         done = False
         # Only the disk's errors are the store's: an error of the source (the sandbox's
         # stream) passes through as it is.
         try:
             pending: list[bytes] = []
             gathered = 0
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise SnapshotTooLarge(max_bytes)
+            async for chunk in source:
                 pending.append(chunk)
                 gathered += len(chunk)
                 if gathered >= IO_CHUNK:
@@ -89,7 +86,7 @@ class FileStore:
             if not done:
                 # Shielded: a cancelled put (the snapshot's deadline) must still clean up.
                 await asyncio.shield(asyncio.to_thread(_discard, handle, part))
-        return size
+        return source.size
 
     async def get(self, key: str) -> AsyncIterator[bytes]:
         path = self._path(key)

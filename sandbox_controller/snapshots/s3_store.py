@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .store import (
     ArchiveInfo,
     ArchiveMissing,
-    SnapshotTooLarge,
+    Bounded,
     StoreUnavailable,
     check_encoding,
     check_key,
@@ -109,7 +109,8 @@ class S3Store:
         # One buffer of one part, filled in place and sent from where it lies: no
         # copy of a part is made, and its memory is the same for every part.
         buffer = bytearray(PART_SIZE)
-        filled = size = 0
+        filled = 0
+        source = Bounded(chunks, max_bytes)
         upload: str | None = None
         parts: list[dict[str, Any]] = []
         done = False
@@ -119,10 +120,7 @@ class S3Store:
         try:
             with _unavailable(writing):
                 s3 = await self._s3()
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise SnapshotTooLarge(max_bytes)
+            async for chunk in source:
                 view = memoryview(chunk)
                 while view:
                     taken = min(len(view), PART_SIZE - filled)
@@ -158,7 +156,7 @@ class S3Store:
             if not done and upload is not None:
                 # Shielded: a cancelled put (the snapshot's deadline) still aborts.
                 await asyncio.shield(self._abort(name, upload))
-        return size
+        return source.size
 
     async def _part(
         self, s3: Any, name: str, upload: str, number: int, body: PartBody

@@ -90,6 +90,24 @@ class SnapshotStore(Protocol):
     async def close(self) -> None: ...
 
 
+class Bounded:
+    """A put's chunks, counted as they pass (``size``): SnapshotTooLarge as soon as
+    they add up past ``max_bytes``, whatever the source promised. Every store's put
+    reads its source through one."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], max_bytes: int) -> None:
+        self._chunks = chunks
+        self.max_bytes = max_bytes
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            self.size += len(chunk)
+            if self.size > self.max_bytes:
+                raise SnapshotTooLarge(self.max_bytes)
+            yield chunk
+
+
 def check_key(key: str) -> str:
     """The key, if it is one a store accepts; ValueError otherwise (a programming
     error: keys are made by the scheduler, never taken from a request)."""

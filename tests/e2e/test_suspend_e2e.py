@@ -258,3 +258,53 @@ async def test_reclaim_at_the_user_limit_suspends_the_oldest_idle_session(
     reclaimed = await s.until_state(first["id"], "suspended")
     assert reclaimed["end_reason"] is None  # suspended, not ended: nothing was lost
     await s.gone(first["pod"])
+
+
+async def test_no_write_acknowledged_during_a_suspend_is_lost(
+    suspending: Callable[..., Any],
+) -> None:
+    """Writes keep coming through the proxy (its route to the old pod cached) while the
+    session is suspended: each is either in the resumed workspace or answered with an
+    error, never a success then lost with the old pod. The old pod serves nothing after
+    its snapshot (503 X-Sandbox-Suspending), so the proxy wakes the session and sends the
+    write to its new pod."""
+    s: Suspending = await suspending()
+    opened = await s.open("eve", "t1")
+    await s.write(opened, "before.txt", b"before")  # the proxy now holds the route
+    acked: dict[str, bytes] = {"before.txt": b"before"}
+    refused: list[int] = []
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            name, content = f"w{n}.txt", f"write {n}".encode()
+            n += 1
+            url = opened["connect"]["url"] + "files/" + name
+            response = await s.http.put(url, content=content, headers=bearer(opened))
+            if response.status_code < 300:
+                acked[name] = content
+            else:
+                refused.append(response.status_code)
+            await asyncio.sleep(0.005)
+
+    writing = asyncio.create_task(writer())
+    asked = await s.ctl.client.post(f"/sessions/{opened['id']}/suspend")
+    assert asked.status_code == 202, asked.text
+
+    async def snapshot_kept() -> bool:
+        now = await s.session(opened["id"])
+        return bool(now["state"] == "suspended" or now["pod"] not in (None, opened["pod"]))
+
+    await eventually(snapshot_kept, within=30, what="the snapshot to be kept")
+    tried = len(acked) + len(refused)
+    await eventually(lambda: len(acked) + len(refused) >= tried + 3, what="writes after it")
+    stop.set()
+    await writing
+    print(f"{len(acked)} writes acknowledged, {len(refused)} refused ({sorted(set(refused))})")
+
+    s.clock.advance(ROUTE_LEASE + 1)  # the old pod outlives the proxy's route, then goes
+    await s.gone(opened["pod"])
+    for name, content in acked.items():
+        response = await s.read(opened, name)
+        assert (response.status_code, response.content) == (200, content), name

@@ -5,14 +5,16 @@ browser tab gets a page that reloads itself; refusals keep their Retry-After."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
 from websockets.asyncio.client import connect
 
+from sandbox_controller import devsandbox
 from sandbox_controller.clock import ManualClock
 
 from ..eventually import eventually
-from .conftest import Stack, running_stack, token_for
+from .conftest import Stack, running_stack, serve, token_for
 
 NAVIGATE = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
 
@@ -108,6 +110,59 @@ async def test_a_resume_that_takes_too_long_is_503_with_retry_after() -> None:
         assert resp.json()["error"]["code"] == "resume_timeout"
         assert int(resp.headers["retry-after"]) >= 1
         assert stack.sandbox.count == 0
+
+
+async def test_a_request_its_pod_left_untouched_goes_to_the_next_pod_or_is_refused(
+    stack: Stack,
+) -> None:
+    """A pod being suspended (its snapshot taken) answers 503 X-Sandbox-Suspending: the
+    proxy sends a whole request where the controller now says, and refuses one whose
+    body has streamed past with 503 sandbox_suspending: never a success then lost."""
+    old = await serve(devsandbox.build_app("old-pod-claim-secret"))
+    try:
+        headers = {"x-sandbox-token": token_for("sess-a")}
+        stack.controller.add("sess-a", "ready", old.address)
+        first = await stack.client.get(stack.base + "/s/sess-a/headers", headers=headers)
+        assert first.status_code == 200  # the proxy now holds the route to the old pod
+        auth = {"authorization": "Bearer old-pod-claim-secret"}
+        async with httpx.AsyncClient() as direct:
+            taken = await direct.post(f"http://{old.address}/_sandbox/snapshot", headers=auth)
+        assert taken.status_code == 200
+        stack.controller.add("sess-a", "ready", stack.sandbox_served.address)  # moved
+
+        before = stack.sandbox.count
+        moved = await stack.client.post(
+            stack.base + "/s/sess-a/echo", content=b"kept", headers=headers
+        )
+        assert (moved.status_code, moved.content) == (200, b"kept")
+        assert stack.sandbox.count == before + 1  # the new pod served it
+
+        async def streamed() -> AsyncIterator[bytes]:
+            yield b"first half, "
+            await asyncio.sleep(0.2)
+            yield b"second half"
+
+        stack.controller.add("sess-b", "ready", old.address)
+        other = {"x-sandbox-token": token_for("sess-b")}
+        refused = await stack.client.post(
+            stack.base + "/s/sess-b/echo", content=streamed(), headers=other
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "sandbox_suspending"
+        assert refused.headers["retry-after"] == "1"
+
+        # A WebSocket upgrade the old pod refuses untouched is dialled at the next pod.
+        stack.controller.add("sess-c", "ready", old.address)
+        third = {"x-sandbox-token": token_for("sess-c")}
+        # Its health check (still served) leaves the proxy holding the route.
+        health = await stack.client.get(stack.base + "/s/sess-c/healthz", headers=third)
+        assert health.status_code == 200
+        stack.controller.add("sess-c", "ready", stack.sandbox_served.address)
+        async with connect(stack.ws_base + "/s/sess-c/ws", additional_headers=third) as ws:
+            await ws.send("to the next pod")
+            assert await ws.recv() == "to the next pod"
+    finally:
+        await old.stop()
 
 
 def _wakes(stack: Stack, outcome: str) -> float:
