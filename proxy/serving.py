@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -20,7 +19,6 @@ from sandbox_controller.config import Settings, load_settings
 from sandbox_controller.serving import (
     Process,
     configure_logging,
-    logging_off_the_loop,
     serve,
     stop_on_signals,
     tune_gc,
@@ -39,11 +37,9 @@ def main(
     settings_prefix: str,
     make: Callable[[Settings], Bound],
     quiet: Sequence[str] = (),
-    logs_off_the_loop: bool = False,
 ) -> None:
     """``settings_prefix``: whose host and port ``--host``/``--port`` set (``proxy`` or
-    ``egress_proxy``); ``quiet``: loggers held at WARNING; ``logs_off_the_loop``:
-    serving.logging_off_the_loop, for a process logging a line per connection."""
+    ``egress_proxy``); ``quiet``: loggers held at WARNING."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
@@ -66,10 +62,9 @@ def main(
         await serve(process, stop, lambda: print(f"listening {host}:{process.port}", flush=True))
 
     tune_gc()  # a process of its own, so the collector may be tuned for serving
-    with logging_off_the_loop() if logs_off_the_loop else contextlib.nullcontext():
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(run())
-        else:
-            uvloop.run(run())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import json
 import logging
@@ -342,13 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if taken is not None:
         print(f"sandbox-controller: port {taken[1]} on {taken[0]} is taken", file=sys.stderr)
         return 1
-    from .serving import logging_off_the_loop
-
-    # The egress proxy logs a line per connection: written off its event loop.
-    offload = logging_off_the_loop if args.command == "egress-proxy" else contextlib.nullcontext
     try:
-        with offload():
-            uvloop.run(_main(args.command, settings, getattr(args, "to", "head")))
+        uvloop.run(_main(args.command, settings, getattr(args, "to", "head")))
     except KeyboardInterrupt:
         pass
     except BadRevision as exc:

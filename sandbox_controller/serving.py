@@ -15,13 +15,11 @@ import contextlib
 import gc
 import json
 import logging
-import logging.handlers
-import queue
 import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 import uvicorn
@@ -261,36 +259,3 @@ def configure_logging(level: str, log_format: str = "text", stream: Any = None) 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-
-
-class _Enqueue(logging.handlers.QueueHandler):
-    """Queues the record as it is: the handlers behind the queue redact and format it."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
-@contextlib.contextmanager
-def logging_off_the_loop() -> Iterator[None]:
-    """While inside, the root logger's handlers (configure_logging's) run on a thread of
-    their own: the event loop makes each record and queues it; redaction, formatting and
-    the write happen there, mostly while the loop waits in epoll. For a process whose
-    every connection logs a line (the egress proxy), so a line never delays the next
-    connection's set-up. A record's arguments are read on that thread: pass values, not
-    objects that change after the call. Leaving drains the queue."""
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
-    enqueue = _Enqueue(records)
-    for handler in handlers:
-        root.removeHandler(handler)
-    root.addHandler(enqueue)
-    listener.start()
-    try:
-        yield
-    finally:
-        root.removeHandler(enqueue)
-        listener.stop()
-        for handler in handlers:
-            root.addHandler(handler)

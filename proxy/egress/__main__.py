@@ -1,5 +1,4 @@
-"""``python -m proxy.egress [--host H] [--port P]``: the egress proxy alone (serving.py).
-Its connection log lines are written off the event loop."""
+"""``python -m proxy.egress [--host H] [--port P]``: the egress proxy alone (serving.py)."""
 
 from __future__ import annotations
 
@@ -15,5 +14,4 @@ if __name__ == "__main__":
         make=EgressProxyProcess,
         # One line per controller call is noise (the connection's own line says what matters).
         quiet=("httpx", "httpcore"),
-        logs_off_the_loop=True,
     )
