@@ -318,6 +318,66 @@ async def measure(
     return results
 
 
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / tick, int(fields[12]) / tick
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        more = tree_cpu(int(child))
+        user, system = user + more[0], system + more[1]
+    return user, system
+
+
+async def setup_cost(
+    args: argparse.Namespace, targets: dict[str, Target], ip: str, pids: dict[str, int]
+) -> dict[str, dict[str, list[float]]]:
+    """CONNECT set-up only (--setup-only): p50 and each proxy's CPU per CONNECT, the two
+    proxies alternating round by round; with --strace, a last pass per proxy under
+    ``strace -c -f`` (its syscall counts per CONNECT; strace slows what it traces, so
+    that pass is not timed)."""
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in pids}
+    for rnd in range(args.rounds):
+        for name in pids:
+            before = tree_cpu(pids[name])
+            lat = await connect_latency(targets[name], ip, args.connects)
+            after = tree_cpu(pids[name])
+            user, system = (
+                (a - b) / args.connects * 1e6 for a, b in zip(after, before, strict=True)
+            )
+            results[name].setdefault("connect_p50_ms", []).append(pct(lat, 0.5) * 1000)
+            results[name].setdefault("user_us", []).append(user)
+            results[name].setdefault("sys_us", []).append(system)
+            print(
+                f"round {rnd + 1} {name}: p50 {pct(lat, 0.5) * 1000:.3f} ms, "
+                f"CPU per CONNECT {user:.0f} us user + {system:.0f} us sys"
+            )
+    if args.strace:
+        for name in pids:
+            out = Path(tempfile.mkdtemp()) / "strace.txt"
+            tracer = subprocess.Popen(
+                ["strace", "-c", "-f", "-o", str(out), "-p", str(pids[name])],
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1.0)  # attached
+            await connect_latency(targets[name], ip, args.connects)
+            await asyncio.sleep(0.5)
+            tracer.send_signal(2)
+            tracer.wait(10)
+            print(f"\n{name}: strace -c -f over {args.connects} CONNECTs")
+            print(out.read_text())
+    for name, res in results.items():
+        p50, user, system = (
+            statistics.median(res[k]) for k in ("connect_p50_ms", "user_us", "sys_us")
+        )
+        print(
+            f"{name}: median p50 {p50:.3f} ms, CPU per CONNECT {user:.0f} us user "
+            f"+ {system:.0f} us sys (medians)"
+        )
+    return results
+
+
 def table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> str:
     cols = [
         ("connect_p50_ms", "CONNECT p50 ms"),
@@ -356,6 +416,10 @@ def main() -> None:
     parser.add_argument("--bulk-mib", type=int, default=512)
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/egress.md")
+    parser.add_argument(
+        "--setup-only", action="store_true", help="CONNECT set-up p50 and CPU per CONNECT"
+    )
+    parser.add_argument("--strace", action="store_true", help="with --setup-only: strace -c")
     args = parser.parse_args()
     reason = available() or (None if shutil.which("squid") else "needs squid")
     if reason:
@@ -420,6 +484,9 @@ def main() -> None:
             "squid": ("127.0.0.1", squid_port),
         }
         pids = {"egress proxy": ours.pid, "squid": squid.pid}
+        if args.setup_only:
+            uvloop.run(setup_cost(args, targets, ip, pids))
+            return
         results = uvloop.run(measure(args, targets, ip, pids, ctx))
         out = table(results, args)
         print(out)

@@ -3,6 +3,7 @@ line is made from, refusals, credentials, and the face of the server it reports 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -98,15 +99,27 @@ def basic_credentials(value: str | None) -> tuple[str, str] | None:
     return (user, password) if sep and user else None
 
 
+class Open(Protocol):
+    """An open client connection (front.Front), as the server's drain sees it."""
+
+    def abort(self) -> None: ...
+
+
 class Hub(Protocol):
     """The server's side of a connection (server.EgressServer)."""
 
+    loop: asyncio.AbstractEventLoop
     controller: ControllerClient
     resolver: Resolver
     interceptor: Interceptor
     metrics: EgressMetrics
     header_timeout: float
+    max_connections: int
+    max_header_bytes: int
+    live: set[Open]
     decisions: dict[tuple[int, str, int], Verdicts]
+
+    def ended(self, front: Open) -> None: ...
 
     def admitted(self, record: Record, session_id: str | None, decision: Decision) -> None: ...
 

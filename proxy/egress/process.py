@@ -58,12 +58,11 @@ class EgressProxyProcess:
             self.metrics,
             header_timeout=s.header_read_timeout,
             max_connections=s.max_connections,
+            max_header_bytes=s.max_header_bytes,
         )
         sock = bind(s.egress_proxy_host, s.egress_proxy_port)
-        # limit: the cap on a request head (431 beyond), and each stream's read buffer.
-        self._server = await asyncio.start_server(
-            self._egress.handle, sock=sock, limit=s.max_header_bytes, backlog=2048
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._egress.accept, sock=sock, backlog=2048)
         self._tasks.start(self.controller.run_denials(DENIAL_FLUSH_SECONDS), "denials")
         log.info("egress proxy listening on %s:%s", s.egress_proxy_host, self.port)
 
@@ -74,13 +73,8 @@ class EgressProxyProcess:
         log.info("egress proxy draining")
         if self._server is not None:
             self._server.close()
-        if self._egress is not None and self._egress.connections:
-            _, pending = await asyncio.wait(
-                list(self._egress.connections), timeout=self.drain_timeout
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._egress is not None:
+            await self._egress.drain(self.drain_timeout)
         await self._tasks.stop()
         await self.controller.flush_denials()
         await self.controller.aclose()

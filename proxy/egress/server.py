@@ -1,5 +1,5 @@
-"""The egress proxy's listener: accepts on raw asyncio streams and hands each connection
-to connection.py; counts, logs and reports what it decided."""
+"""The egress proxy's server: the connections open now (front.py's, one per accepted
+socket), and what they share: counting, logging and reporting what was decided."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import time
 
 from sandbox_controller.egress_policy import Decision
 
-from .common import Record, Verdicts
-from .connection import Connection
+from .common import Open, Record, Verdicts
 from .controller import ControllerClient, Grant
-from .heads import error_response
+from .front import Front
 from .intercept import Interceptor
 from .metrics import EgressMetrics
 from .resolve import Resolver
@@ -32,6 +31,7 @@ class EgressServer:
         *,
         header_timeout: float,
         max_connections: int,
+        max_header_bytes: int,
     ) -> None:
         self.controller = controller
         self.resolver = resolver
@@ -39,28 +39,32 @@ class EgressServer:
         self.metrics = metrics
         self.header_timeout = header_timeout
         self.max_connections = max_connections
-        self.connections: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()  # made in the loop it serves
+        self.max_header_bytes = max_header_bytes  # a request head's cap (431 beyond)
+        self.live: set[Open] = set()
+        self._empty: asyncio.Event | None = None  # set once none is left, while draining
         self.decisions: dict[tuple[int, str, int], Verdicts] = {}
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.connections.add(task)
-        self.metrics.open_tunnels.inc()
-        try:
-            if len(self.connections) > self.max_connections:
-                writer.write(error_response(503, "overloaded", "too many connections"))
+    def accept(self) -> Front:
+        """The protocol for one accepted connection (the listener's factory)."""
+        return Front(self)
+
+    def ended(self, front: Open) -> None:
+        self.live.discard(front)
+        self.metrics.open_tunnels.dec()
+        if not self.live and self._empty is not None:
+            self._empty.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Let open connections finish for up to ``timeout``, then end the rest."""
+        self._empty = asyncio.Event()
+        for wait, end_them in ((timeout, True), (5.0, False)):
+            if not self.live:
                 return
-            await Connection(self, (reader, writer)).serve()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass
-        except Exception:
-            log.exception("egress connection failed")
-        finally:
-            self.connections.discard(task)
-            self.metrics.open_tunnels.dec()
-            with contextlib.suppress(Exception):
-                writer.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), wait)
+            for front in list(self.live) if end_them else ():
+                front.abort()
 
     def admitted(self, record: Record, session_id: str | None, decision: Decision) -> None:
         self.metrics.connections[decision.decision].inc()

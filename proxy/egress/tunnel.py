@@ -29,11 +29,17 @@ class Relay(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.eof = False
         self.partner: Relay | None = None  # the relay on the other side
+        # Told when connected (front.py wires the tunnel and writes the 200 in that very
+        # turn) and when closed (the tunnel's end, for its log line).
+        self.made: Callable[[Relay], None] | None = None
+        self.gone: Callable[[Relay], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.made is not None:
+            self.made(self)
 
     def wire(self, partner: Relay, count: Callable[[int], None]) -> None:
         assert partner.transport is not None
@@ -78,6 +84,8 @@ class Relay(asyncio.Protocol):
             self.peer.close()  # flushes what is buffered, then closes
         if not self.lost.done():
             self.lost.set_result(None)
+        if self.gone is not None:
+            self.gone(self)
 
 
 async def dial(addresses: Sequence[IPAddress], port: int, timeout: float) -> Relay:
@@ -92,6 +100,33 @@ async def dial(addresses: Sequence[IPAddress], port: int, timeout: float) -> Rel
         except (OSError, TimeoutError) as exc:
             last = exc
     raise OSError(f"no checked address answered: {last}")
+
+
+async def connect(relay: Relay, host: str, port: int, timeout: float) -> None:
+    """``relay`` connected to (host, port), an address already checked; the deadline is
+    one loop timer rather than a timeout context per CONNECT."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_later(timeout, expire)
+    try:
+        await loop.create_connection(lambda: relay, host, port)
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if relay.transport is not None:  # connected just as the deadline passed
+            task.uncancel()
+            return
+        raise TimeoutError(f"no answer from {host}:{port} in {timeout:g} s") from None
+    finally:
+        timer.cancel()
 
 
 async def splice(

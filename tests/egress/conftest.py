@@ -139,10 +139,17 @@ def answer(
 
 
 def start_egress_proxy(
-    net: FakeNet, controller_url: str, token: str, trust: Path, ca: tuple[Path, Path], log: Path
+    net: FakeNet,
+    controller_url: str,
+    token: str,
+    trust: Path,
+    ca: tuple[Path, Path],
+    log: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
     """``python -m proxy.egress`` resolving through the namespace's dnsmasq, trusting
-    ``trust`` for upstream certificates (as a system store would), logging to ``log``."""
+    ``trust`` for upstream certificates (as a system store would), logging to ``log``;
+    ``extra_env``: more SANDBOX_* settings."""
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(Path(__file__).parents[2]),
@@ -155,6 +162,7 @@ def start_egress_proxy(
         "SANDBOX_LOG_LEVEL": "debug",
         "SANDBOX_MAX_HEADER_BYTES": "8192",
         "SSL_CERT_FILE": str(trust),
+        **(extra_env or {}),
     }
     with open(log, "w") as log_file:
         proxy = subprocess.Popen(
