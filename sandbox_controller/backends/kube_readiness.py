@@ -11,7 +11,7 @@ would take. Pods are probed only while sessions wait; the rest are left to the
 kubelet. At most PROBE_CONCURRENCY probes are in flight at once, and at most PROBE_RATE
 are sent a second, all pods together (with more pods than that allows at ``interval``,
 each is probed less often). Until a pod's port takes a connection, a probe is a bare
-TCP connect (``accepts``): an app still starting costs a sixth of an HTTP probe.
+TCP connect (``accepts``): an app still starting costs a quarter of a refused HTTP probe.
 
 The kubelet stays the authority: a pod reported ready on our probe alone must be
 confirmed by its Ready condition within ``confirm_within`` (the template's probe
@@ -36,9 +36,10 @@ from .probing import accepts, probe
 log = logging.getLogger(__name__)
 
 PROBE_CONCURRENCY = 16
-# Probes a second, all pods together: an HTTP probe costs the controller up to about
-# 1 ms of CPU (benchmarks/probe_cost.py), so this bounds probing at a fifth of a core
-# however many pods start while sessions wait; up to 10 pods get the 50 ms default.
+# Probes a second, all pods together: an HTTP probe costs the controller 1-1.7 ms of
+# CPU (benchmarks/probe_cost.py; a bare connect a tenth of that), so this bounds
+# probing at a fifth to a third of a core however many pods start while sessions
+# wait; up to 10 pods get the 50 ms default.
 PROBE_RATE = 200
 # The kubelet's rule for an httpGet probe: 2xx and 3xx are success.
 KUBELET_ACCEPTS = range(200, 400)
@@ -219,7 +220,7 @@ class DirectReadiness:
 
     async def _ask(self, name: str, ip: str, http: httpx.AsyncClient) -> bool:
         """One probe: the template's HTTP GET, after a bare connect until the pod's
-        port takes one (an app that does not listen yet refuses it at a sixth of the
+        port takes one (an app that does not listen yet refuses it at a quarter of the
         cost)."""
         if name not in self._listening:
             if not await accepts(ip, self.target.port, timeout=self.target.timeout):

@@ -50,8 +50,9 @@ async def probe(
 
 async def accepts(host: str, port: int, *, timeout: float = PROBE_TIMEOUT) -> bool:
     """``host``:``port`` takes a TCP connection within ``timeout`` (closed at once, with
-    nothing sent). A fraction of an HTTP probe's CPU (about 70 us against 450 us, refused,
-    benchmarks/README.md §12): the cheap test of an app that does not listen yet."""
+    nothing sent): the cheap test of an app that does not listen yet, a quarter of a
+    refused HTTP probe's CPU or less (0.1-0.2 ms against 0.4-0.8 ms, benchmarks/README.md
+    §12)."""
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)
