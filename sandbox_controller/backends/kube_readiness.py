@@ -36,8 +36,8 @@ from .probing import accepts, probe
 log = logging.getLogger(__name__)
 
 PROBE_CONCURRENCY = 16
-# Probes a second, all pods together: an HTTP probe costs the controller 1-1.7 ms of
-# CPU (benchmarks/probe_cost.py; a bare connect a tenth of that), so this bounds
+# Probes a second, all pods together: an HTTP probe costs the controller 0.8-1.7 ms of
+# CPU (benchmarks/probe_cost.py; a bare connect 0.1-0.16 ms), so this bounds
 # probing at a fifth to a third of a core however many pods start while sessions
 # wait; up to 10 pods get the 50 ms default.
 PROBE_RATE = 200
