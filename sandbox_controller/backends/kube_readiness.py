@@ -1,12 +1,17 @@
 """Readiness seen directly: while a session waits for a cold pod, the backend probes
 the pod's readiness endpoint itself, every ``interval`` (SANDBOX_KUBE_READINESS_INTERVAL,
-100 ms) from the moment its container runs, and reports it ready at the first answer, rather than at the
-kubelet's next probe (up to one probe period later: 2 s in the chart).
+50 ms) from the moment its container runs, and reports it ready at the first answer,
+rather than at the kubelet's next probe (up to one probe period later: 2 s in the chart).
+The answer is seen half an interval after the app answers on average, a whole one at
+worst, so the interval is most of a cold claim's overhead (benchmarks/README.md §12).
 
 The probe is the pod template's own (the first container's ``readinessProbe.httpGet``:
 its path, port and headers), so a pod is taken as ready by the answer the kubelet
 would take. Pods are probed only while sessions wait; the rest are left to the
-kubelet. At most PROBE_CONCURRENCY probes are in flight at once.
+kubelet. At most PROBE_CONCURRENCY probes are in flight at once, and at most PROBE_RATE
+are sent a second, all pods together (with more pods than that allows at ``interval``,
+each is probed less often). Until a pod's port takes a connection, a probe is a bare
+TCP connect (``accepts``): an app still starting costs a quarter of a refused HTTP probe.
 
 The kubelet stays the authority: a pod reported ready on our probe alone must be
 confirmed by its Ready condition within ``confirm_within`` (the template's probe
@@ -26,11 +31,16 @@ import httpx
 
 from ..aiotasks import TaskGroup
 from ..clock import Clock
-from .probing import probe
+from .probing import accepts, probe
 
 log = logging.getLogger(__name__)
 
 PROBE_CONCURRENCY = 16
+# Probes a second, all pods together: an HTTP probe costs the controller 0.8-1.7 ms of
+# CPU (benchmarks/probe_cost.py; a bare connect 0.1-0.16 ms), so this bounds
+# probing at a fifth to a third of a core however many pods start while sessions
+# wait; up to 10 pods get the 50 ms default.
+PROBE_RATE = 200
 # The kubelet's rule for an httpGet probe: 2xx and 3xx are success.
 KUBELET_ACCEPTS = range(200, 400)
 # Added to the template's probe timing before an answer the kubelet has not confirmed
@@ -127,14 +137,16 @@ class DirectReadiness:
         clock: Clock,
         answered: Callable[[str], None],
         unconfirmed: Callable[[str], None],
-        interval: float = 0.1,
+        interval: float = 0.05,
         concurrency: int = PROBE_CONCURRENCY,
+        rate: float = PROBE_RATE,
     ) -> None:
         self.target = target
         self.clock = clock
         self._answered = answered
         self._unconfirmed = unconfirmed
         self.interval = interval
+        self.rate = rate
         self._slots = asyncio.Semaphore(concurrency)
         self._unready: dict[str, str] = {}  # pod name -> its IP
         self._probing: dict[str, asyncio.Task[Any]] = {}
@@ -142,6 +154,8 @@ class DirectReadiness:
         # Answered but never confirmed by the kubelet: not probed again (it would only
         # flap) until the kubelet speaks or the pod goes.
         self._distrusted: set[str] = set()
+        # Pods whose port took a connection: probed over HTTP from then on.
+        self._listening: set[str] = set()
         self._waiting = 0
         self._tasks = TaskGroup("direct-readiness")
         # No proxy from the environment: a pod's address is reached directly.
@@ -168,6 +182,7 @@ class DirectReadiness:
         ``confirmed`` (the kubelet said Ready, or the pod is gone) no confirmation is
         awaited either."""
         self._unready.pop(name, None)
+        self._listening.discard(name)
         task = self._probing.pop(name, None)
         if task is not None:
             task.cancel()
@@ -188,21 +203,36 @@ class DirectReadiness:
             started = self.clock.monotonic()
             async with self._slots:
                 ip = self._unready.get(name)
-                ok = ip is not None and await probe(
-                    self._http,
-                    self.target.url(ip),
-                    accept=KUBELET_ACCEPTS,
-                    timeout=self.target.timeout,
-                    headers=self.target.headers,
-                )
+                ok = ip is not None and await self._ask(name, ip, self._http)
             if ok and self._probing.get(name) is asyncio.current_task():
                 del self._probing[name]
                 self._unready.pop(name, None)
                 self._confirming[name] = self._tasks.start(self._confirm(name), f"confirm {name}")
                 self._answered(name)
                 return
-            # One probe per interval, however long this one took to be refused.
-            await self.clock.sleep(self.interval - (self.clock.monotonic() - started))
+            # One probe per period, however long this one took to be refused.
+            await self.clock.sleep(self.period() - (self.clock.monotonic() - started))
+
+    def period(self) -> float:
+        """Between two probes of one pod: ``interval``, or longer when probing every
+        pod that often would send more than ``rate`` probes a second."""
+        return max(self.interval, len(self._probing) / self.rate)
+
+    async def _ask(self, name: str, ip: str, http: httpx.AsyncClient) -> bool:
+        """One probe: the template's HTTP GET, after a bare connect until the pod's
+        port takes one (an app that does not listen yet refuses it at a quarter of the
+        cost)."""
+        if name not in self._listening:
+            if not await accepts(ip, self.target.port, timeout=self.target.timeout):
+                return False
+            self._listening.add(name)
+        return await probe(
+            http,
+            self.target.url(ip),
+            accept=KUBELET_ACCEPTS,
+            timeout=self.target.timeout,
+            headers=self.target.headers,
+        )
 
     async def _confirm(self, name: str) -> None:
         await self.clock.sleep(self.target.confirm_within)
@@ -222,6 +252,7 @@ class DirectReadiness:
         self._probing.clear()
         self._confirming.clear()
         self._distrusted.clear()
+        self._listening.clear()
         await self._tasks.stop()
         if self._http is not None:
             await self._http.aclose()

@@ -101,6 +101,11 @@ class EffectCalls:
         """Start the round's calls; ``traces``: the trace each pod's calls join."""
         self._handed_out.update(outbox.labels)
         self._handed_out.update(call.pod_name for call in outbox.claims)
+        # Claims first: a caller's answer waits on each, and every task takes its first
+        # step (building and sending its request) in the order it was started.
+        for call in outbox.claims:
+            claim = self._claim(call, traces.get(call.pod_name))
+            self._effects.start(claim, f"claim:{call.pod_name}")
         for shape in outbox.create_shapes:
             self._effects.start(self._create(shape), "create")
         for name in outbox.deletes:
@@ -114,9 +119,6 @@ class EffectCalls:
             self.observer.pod_started(seconds)
         for reason in outbox.ended:
             self.observer.session_ended(reason)
-        for call in outbox.claims:
-            claim = self._claim(call, traces.get(call.pod_name))
-            self._effects.start(claim, f"claim:{call.pod_name}")
         for _ in range(outbox.claim_failures):
             self.observer.claim_hook_failed()
         for event in outbox.audit:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from sandbox_controller.backends.base import PodPhase
-from sandbox_controller.backends.kube_readiness import probe_target
+from sandbox_controller.backends.kube_readiness import DirectReadiness, ProbeTarget, probe_target
 from sandbox_controller.backends.kube_template import DEFAULT_TEMPLATE
 from sandbox_controller.backends.kubernetes import KubernetesBackend
 from sandbox_controller.clock import ManualClock
@@ -186,6 +187,49 @@ async def test_an_answer_the_kubelet_never_confirms_is_taken_back(world: World) 
     probes = world.probed_by_us(name)
     await world.our_probes(3)
     assert world.probed_by_us(name) == probes
+
+
+async def test_more_pods_than_the_rate_allows_are_each_probed_less_often() -> None:
+    hits: list[str] = []
+
+    async def not_ready(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", not_ready)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    clock = ManualClock()
+    prober = DirectReadiness(
+        ProbeTarget("/healthz", runner.addresses[0][1], {}, 1.0, 60.0),
+        clock=clock,
+        answered=lambda name: None,
+        unconfirmed=lambda name: None,
+        interval=0.05,
+        rate=40,
+    )
+    try:
+        for i in range(4):
+            prober.unready(f"pod-{i}", "127.0.0.1")
+        prober.set_waiting(1)
+        assert prober.period() == 4 / 40  # not the 50 ms interval: 80 probes a second
+        await eventually(lambda: len(hits) == 4)
+        await clock.until_sleeping(4)
+        clock.advance(0.05)
+        await asyncio.sleep(0.05)
+        assert len(hits) == 4
+        clock.advance(0.05)
+        await eventually(lambda: len(hits) == 8)
+        prober.settled("pod-0")
+        prober.settled("pod-1")
+        assert prober.period() == 0.05  # two pods: the interval again
+        prober.set_waiting(0)
+        assert prober.period() == 0.05
+    finally:
+        await prober.stop()
+        await runner.cleanup()
 
 
 async def test_with_direct_readiness_off_only_the_kubelet_decides(tmp_path: Path) -> None:

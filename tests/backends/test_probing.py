@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from sandbox_controller.backends.kube_readiness import KUBELET_ACCEPTS
-from sandbox_controller.backends.probing import PROBE_BODY_MAX, probe, serves
+from sandbox_controller.backends.probing import PROBE_BODY_MAX, accepts, probe, serves
 
 
 class Sandbox:
@@ -95,3 +95,10 @@ async def test_an_answer_that_never_ends_is_cut_at_the_deadline(
 
 async def test_nothing_listening_is_not_serving(http: httpx.AsyncClient) -> None:
     assert not await probe(http, "http://127.0.0.1:9/healthz")
+
+
+async def test_a_bare_connect_tells_a_listening_port_and_asks_nothing(sandbox: Sandbox) -> None:
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    assert await accepts("127.0.0.1", port)
+    assert sandbox.hits == {}
+    assert not await accepts("127.0.0.1", 9)
