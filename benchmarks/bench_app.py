@@ -42,16 +42,17 @@ bench_rows = sa.Table(
 )
 
 
-def gc_report(pauses: list[tuple[int, float]]) -> str:
+def gc_report(pauses: list[tuple[int, float, int]]) -> str:
     """Collections by generation during a profile window: count, total, longest (ms),
     and the objects the collector tracks at the end (gc.freeze's are not counted)."""
     lines = []
     for generation in range(3):
-        times = [s * 1000 for g, s in pauses if g == generation]
+        times = [(s * 1000, n) for g, s, n in pauses if g == generation]
         if times:
             lines.append(
-                f"gen{generation}: {len(times)} collections, {sum(times):.1f} ms total, "
-                f"max {max(times):.2f} ms"
+                f"gen{generation}: {len(times)} collections, "
+                f"{sum(t for t, _ in times):.1f} ms total, each (ms, objects collected): "
+                + ", ".join(f"{t:.1f} {n}" for t, n in times)
             )
     lines.append(f"tracked objects {len(gc.get_objects())}, frozen {gc.get_freeze_count()}")
     return "\n".join(lines) + "\n"
@@ -104,14 +105,16 @@ def build() -> FastAPI:
         # BENCH_PYSPY: py-spy (CPU samples, raw stacks) instead of pyinstrument.
         spy = bool(os.environ.get("BENCH_PYSPY"))
         spies: list[subprocess.Popen[bytes]] = []
-        pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
+        # (generation, seconds, objects collected) of each collection
+        pauses: list[tuple[int, float, int]] = []
         gc_started = [0.0]
 
         def on_gc(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
                 gc_started[0] = time.perf_counter()
             else:
-                pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+                pause = time.perf_counter() - gc_started[0]
+                pauses.append((info["generation"], pause, info["collected"]))
 
         gc.callbacks.append(on_gc)
 
