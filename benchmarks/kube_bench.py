@@ -334,10 +334,20 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
             # each stop after their share of answers).
             share = -(-(args.claims - serial["requests"]) // 2)
             if args.noop:  # the HTTP ceiling, from the same connections
+                cpu_before = cpu_seconds(ctl.pid)
                 result["noop"] = run_wrk(base, "/bench/noop", args.concurrency, args.noop, "noop")
+                result["noop_cpu_ms"] = (
+                    (cpu_seconds(ctl.pid) - cpu_before) * 1000 / max(result["noop"]["requests"], 1)
+                )
             if profiling:
                 await client.post("/bench/profile/start")
+            cpu_before = cpu_seconds(ctl.pid)
             loaded = run_wrk(base, "/sessions", args.concurrency, 300, "loaded", share, names)
+            # The controller's CPU per claim at load, beside the noop's per request: what
+            # a claim costs beyond the HTTP ceiling, apart from the machine's noise.
+            result["loaded_cpu_ms"] = (
+                (cpu_seconds(ctl.pid) - cpu_before) * 1000 / max(loaded["requests"], 1)
+            )
             if profiling:
                 await client.post("/bench/profile/stop", params={"name": f"loaded{tag}"})
             result["rss_claims_mib"] = rss_mib(ctl.pid)[0]
@@ -520,6 +530,12 @@ def render(args: argparse.Namespace, warm: dict[str, Any], refills: list[dict[st
             f"| /bench/noop at concurrency {args.concurrency} (the HTTP ceiling, same app) | "
             f"{noop['rps']:.0f} req/s, p50 {noop['p50_us'] / 1000:.1f} ms; claims reach "
             f"{warm['claims_per_s'] / noop['rps']:.0%} of it |"
+        )
+        lines.append(
+            f"| controller CPU per request: claim one at a time / claim at concurrency "
+            f"{args.concurrency} / noop at concurrency {args.concurrency} | "
+            f"{warm['serial_cpu_ms']:.2f} / {warm['loaded_cpu_ms']:.2f} / "
+            f"{warm['noop_cpu_ms']:.2f} ms |"
         )
     if "restart_s" in warm:
         runs = warm["restart_runs"]

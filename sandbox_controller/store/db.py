@@ -38,7 +38,8 @@ from ..model import (
     Snapshot,
 )
 from . import egress
-from .engines import Engine, open_engine
+from .engines import AsyncioEngine, Engine, open_engine
+from .pg_write import PgBatchWriter
 from .schema import MIGRATIONS as MIGRATIONS
 from .schema import SchemaState as SchemaState
 from .schema import UnknownRevision as UnknownRevision
@@ -219,6 +220,14 @@ class Store:
         # form is cached, where a multi-VALUES statement would be compiled each round.
         self._upsert_sessions = _upsert(insert, sessions, "id")
         self._upsert_pods = _upsert(insert, pods, "name")
+        self._pg_write: PgBatchWriter | None = None
+        if isinstance(engine, AsyncioEngine) and self.dialect == "postgresql":
+            self._pg_write = PgBatchWriter(
+                engine.engine.dialect,
+                fence=_FENCE,
+                upsert_sessions=self._upsert_sessions,
+                upsert_pods=self._upsert_pods,
+            )
 
     @classmethod
     def open(cls, url: str, timeout: float | None = None) -> Store:
@@ -340,7 +349,25 @@ class Store:
 
     async def write(self, batch: Batch, fence: Fence | None) -> None:
         """Commit a scheduler batch in one transaction, fenced by the lease epoch."""
-        await self.run(self._write, batch, fence)
+        if self._pg_write is None or not isinstance(self._engine, AsyncioEngine):
+            await self.run(self._write, batch, fence)
+            return
+        # PostgreSQL: the same transaction on the driver itself (pg_write.py).
+        ordered = sorted(batch.sessions, key=lambda s: s.state is not SessionState.ENDED)
+        fenced = (
+            None if fence is None else {"fence_holder": fence.holder, "fence_epoch": fence.epoch}
+        )
+        current = await self._engine.run_driver(
+            self._pg_write,
+            fenced,
+            ordered,
+            [_session_row(s) for s in ordered],
+            [_pod_row(p) for p in batch.pods],
+            batch.forgotten_pods,
+            batch.secrets,
+        )
+        if not current and fence is not None:
+            raise Deposed(f"lease epoch {fence.epoch} of {fence.holder} is no longer current")
 
     def _write(self, conn: Connection, batch: Batch, fence: Fence | None) -> None:
         if fence is not None:

@@ -25,17 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# What asyncpg raises when the server or the network ended the connection (a server
+# that ends an idle connection can leave asyncpg's protocol mid-operation: an
+# InternalClientError at the next statement).
+_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError,
+    ConnectionError,
+)
 
 
 class Engine(Protocol):
@@ -110,8 +122,50 @@ class AsyncioEngine:
         async with self.engine.begin() as conn:
             return await conn.run_sync(fn, *args)
 
+    async def run_driver(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(driver_connection, *args)`` in one transaction on the driver's own
+        connection (asyncpg), from the same pool, past SQLAlchemy's execution layer
+        (pg_write.py says why). A connection the server dropped is dropped from the pool
+        and the transaction runs once more on another, as ``run`` does."""
+        for attempt in (0, 1):
+            async with self.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                if driver is None or driver.is_closed():
+                    await conn.invalidate()
+                    continue  # seen closed before use: nothing was sent
+                try:
+                    async with driver.transaction():
+                        return await fn(driver, *args)
+                except _LOST as exc:
+                    # Never back into the pool: its protocol may be mid-operation.
+                    await conn.invalidate(exc)
+                    if attempt:
+                        raise _as_sqlalchemy(exc) from exc
+                    log.info("database connection lost (%s); retrying on a new one", exc)
+                except asyncpg.PostgresError as exc:
+                    raise _as_sqlalchemy(exc) from exc
+        async with self.engine.connect() as conn:  # every pooled one was closed
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # a connection just checked out
+            try:
+                async with driver.transaction():
+                    return await fn(driver, *args)
+            except (*_LOST, asyncpg.PostgresError) as exc:
+                raise _as_sqlalchemy(exc) from exc
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _as_sqlalchemy(exc: BaseException) -> sa.exc.DBAPIError:
+    """The driver's error as SQLAlchemy would have raised it through ``run``: callers
+    catch SQLAlchemy's classes (IntegrityError for a unique index, say)."""
+    if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
+        return sa.exc.IntegrityError(None, None, exc)
+    if isinstance(exc, _LOST):
+        return sa.exc.OperationalError(None, None, exc, connection_invalidated=True)
+    return sa.exc.DatabaseError(None, None, exc)
 
 
 class SqliteEngine:
