@@ -389,7 +389,9 @@ async def warm_claims(args: argparse.Namespace, tmp: Path, templates: int = 1) -
                     total = await first_warm_claim(base)
                     runs.append(
                         {
-                            "code": "baseline" if code == BASELINE else "new",
+                            "code": "baseline"
+                            if args.restart_baseline and code == BASELINE
+                            else "new",
                             "s": total,
                             "lease_left_s": lease,
                             "rss_mib": rss_mib(ctl.pid)[0],
