@@ -96,6 +96,14 @@ async def test_each_role_gets_its_own_part_and_none_carries_a_csrf_token(
     session = (await ctl.open("ada", "t1")).json()
     operator, viewer = await signed_in(ctl, API_TOKEN), await signed_in(ctl, VIEWER_TOKEN)
     page = f"/console/sessions/{session['id']}"
+
+    async def seen_by_the_feed() -> bool:
+        # The feed notes a session's changes once a tick (hub.TICK): a touch landing in
+        # the tick that first sees the session is folded into "ready on", never shown
+        # as activity. So the page is taken, and the touch made, after that tick.
+        return f"ready on {session['pod']}" in (await operator.get(page)).text
+
+    await eventually(seen_by_the_feed, within=10, what="the feed's first note of the session")
     full = (await operator.get(page)).text
     csrf = re.search(r'<meta name="csrf" content="([^"]+)"', full)
     assert csrf is not None and 'id="end-button"' in full
